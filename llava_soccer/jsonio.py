@@ -1,0 +1,40 @@
+"""Files that are never half-written (temp file beside, fsync, rename), and clear input errors."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class InputError(Exception):
+    """Bad input from the user: main() prints it as one line and exits non-zero."""
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Replace path with text; a crash leaves the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: https://docs.python.org/3/library/os.html#os.replace
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_json(path, what="file"):
+    """Load JSON, or raise InputError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} {path} is not valid JSON ({e})") from None

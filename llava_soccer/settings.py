@@ -1,0 +1,43 @@
+"""Every setting of the pipeline in one place: sampling, windows, classes, paths.
+
+The numbers match the earlier Qwen runs (see the seed README) so the models compare fairly.
+"""
+import os
+from pathlib import Path
+
+FPS = 5.0                  # frames sampled per second of video
+WINDOW_S = 3.0             # seconds per window -> 15 frames
+STEP_S = 2.0               # a new window every 2 s (1 s overlap)
+FRAMES_PER_WINDOW = round(FPS * WINDOW_S)
+SAMPLES_PER_STEP = round(FPS * STEP_S)
+DEDUP_S = 3.0              # same label within this many seconds = one event
+
+DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32")
+VIDEO_SUFFIXES = (".mkv", ".mp4")
+
+# The 17 SoccerNet-v2 action classes, exact strings as in Labels-v2.json.
+SOCCERNET_CLASSES = (
+    "Penalty", "Kick-off", "Goal", "Substitution", "Offside", "Shots on target",
+    "Shots off target", "Clearance", "Ball out of play", "Throw-in", "Foul",
+    "Indirect free-kick", "Direct free-kick", "Corner", "Yellow card", "Red card",
+    "Yellow->red card",
+)
+
+
+def env(name, default):
+    """An environment variable's value, or default when unset or empty."""
+    return os.environ.get(name) or default
+
+
+def project_dir(value=None) -> Path:
+    """$SOCCER_PROJECT (default ~/soccer_project): videos under raw_data/, results beside."""
+    return Path(value or env("SOCCER_PROJECT", "~/soccer_project")).expanduser()
+
+
+def partial_path(project: Path, video_index: int, gpu_id: int) -> Path:
+    return project / f"partial_results_llava_vid{video_index}_gpu{gpu_id}.json"
+
+
+def final_path(project: Path, video_index: int, model: str = "llava") -> Path:
+    return project / f"final_predictions_{model}_video_{video_index}.json"

@@ -1,0 +1,161 @@
+"""Which video an index means, its window grid, and its frames at exact 5 FPS timestamps.
+
+Windows start on one global grid (0, 2, 4, ... s) and belong to the slice their start lies
+in, so N workers together cover every window exactly once. Frames are decoded once, in
+order (grab() skips, retrieve() only decodes the frames we keep), and shared by the
+overlapping windows; a seek happens only where a worker starts or jumps far ahead.
+"""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .jsonio import InputError, atomic_write_text
+from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
+
+MANIFEST = "videos.txt"
+
+
+def manifest(project: Path) -> list[str]:
+    """Video paths relative to raw_data/, index = line number.
+
+    Written the first time; later runs append videos that appeared since, so an index
+    never changes meaning once given.
+    """
+    raw = project / "raw_data"
+    path = project / MANIFEST
+    listed = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if raw.is_dir():
+        found = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*")
+                       if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        new = [v for v in found if v not in set(listed)]
+        if new or not path.exists():
+            listed += new
+            atomic_write_text(path, "".join(f"{v}\n" for v in listed))
+    return listed
+
+
+def resolve_video(project: Path, index: int) -> Path:
+    """The file behind a video index, or InputError saying what to fix."""
+    videos = manifest(project)
+    if not videos:
+        raise InputError(f"no videos: put .mkv/.mp4 files under {project / 'raw_data'} (or set SOCCER_PROJECT)")
+    if not 0 <= index < len(videos):
+        raise InputError(f"--video_index {index} is out of range: {project / MANIFEST} lists {len(videos)} "
+                         f"videos (0..{len(videos) - 1})")
+    path = project / "raw_data" / videos[index]
+    if not path.is_file():
+        raise InputError(f"video #{index} ({videos[index]}, listed in {project / MANIFEST}) is missing: {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    fps: float
+    frame_count: int
+
+    @property
+    def duration(self) -> float:
+        return self.frame_count / self.fps
+
+    def sample_frame(self, j: int) -> int:
+        """Frame index shown closest to the j-th sample time j / FPS."""
+        return int(math.floor(j * self.fps / FPS + 0.5))
+
+    @property
+    def n_samples(self) -> int:
+        n = math.ceil(self.frame_count * FPS / self.fps) + 1
+        while n and self.sample_frame(n - 1) >= self.frame_count:
+            n -= 1
+        return n
+
+    @property
+    def n_windows(self) -> int:
+        return math.ceil(self.n_samples / SAMPLES_PER_STEP)
+
+    def window_start(self, k: int) -> float:
+        return round(k * STEP_S, 3)
+
+    def window_samples(self, k: int) -> range:
+        first = k * SAMPLES_PER_STEP
+        return range(first, min(first + FRAMES_PER_WINDOW, self.n_samples))
+
+    def slice_of(self, k: int, num_workers: int) -> int:
+        """Which of num_workers equal time slices window k starts in."""
+        return min(num_workers - 1, int(self.window_start(k) * num_workers / self.duration))
+
+    def slice_windows(self, gpu_id: int, num_workers: int) -> list[int]:
+        return [k for k in range(self.n_windows) if self.slice_of(k, num_workers) == gpu_id]
+
+
+def probe(path) -> VideoInfo:
+    """fps and frame count of a video, or InputError if OpenCV cannot read it."""
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        if not (fps > 0 and count > 0 and cap.grab()):
+            raise InputError(f"cannot read video {path}: OpenCV found no frames (corrupt file or missing codec)")
+    finally:
+        cap.release()
+    return VideoInfo(Path(path), fps, count)
+
+
+class FrameReader:
+    """Frames of one video in increasing sample order, RGB uint8 arrays."""
+
+    SEEK_AHEAD = 250  # frames: a longer jump seeks instead of grabbing through
+
+    def __init__(self, info: VideoInfo):
+        import cv2
+        self._cv2 = cv2
+        self.info = info
+        self._cap = cv2.VideoCapture(str(info.path))
+        self._next = 0  # index of the frame the next grab() returns
+        self.ended = False
+
+    def frame(self, j: int):
+        """RGB frame at sample j, or None past the decodable end. j must not decrease."""
+        target = self.info.sample_frame(j)
+        if self.ended or target < self._next:
+            return None if self.ended else self._fail(target)
+        if target - self._next > self.SEEK_AHEAD:
+            self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, target)
+            self._next = target
+        while self._next <= target:
+            if not self._cap.grab():
+                self.ended = True
+                return None
+            self._next += 1
+        ok, bgr = self._cap.retrieve()
+        if not ok:
+            self.ended = True
+            return None
+        return self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
+
+    def _fail(self, target):
+        raise ValueError(f"frame {target} requested after frame {self._next - 1}: frames must be read in order")
+
+    def close(self):
+        self._cap.release()
+
+
+def iter_windows(info: VideoInfo, windows):
+    """Yield (k, start_s, frame_times, frames) for the ascending window indices given.
+
+    Samples shared by overlapping windows are decoded once. A window whose frames cannot
+    be decoded (file shorter than its header says) comes with fewer or no frames.
+    """
+    reader, cache = FrameReader(info), {}
+    try:
+        for k in windows:
+            wanted = info.window_samples(k)
+            cache = {j: f for j, f in cache.items() if j >= wanted.start}
+            for j in wanted:
+                if j not in cache:
+                    cache[j] = reader.frame(j)
+            kept = [j for j in wanted if cache[j] is not None]
+            yield k, info.window_start(k), [round(j / FPS, 3) for j in kept], [cache[j] for j in kept]
+    finally:
+        reader.close()
