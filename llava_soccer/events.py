@@ -140,3 +140,21 @@ def window_events(start: float, raw, n_frames: int = FRAMES_PER_WINDOW):
         offset = (frame - 1) / FPS if frame is not None and 1 <= frame <= n_frames else (n_frames - 1) / FPS / 2
         e["time"] = round(start + offset, 3)
     return events, ok
+
+
+def final_events(records):
+    """The events of a final predictions file as [{time, label, team, confidence, window}].
+
+    Reads ours (one record per event, with "event_time") and the seed's older files
+    (one {"time": window start, "raw": text} record per window, e.g. the Qwen runs).
+    """
+    out = []
+    for r in records:
+        if "label" in r:
+            out.append({"time": float(r.get("event_time", r["time"])), "label": r["label"],
+                        "team": r.get("team"), "confidence": r.get("confidence"), "window": float(r["time"])})
+        else:
+            for e in window_events(float(r["time"]), r.get("raw"))[0]:
+                out.append({"time": e["time"], "label": e["label"], "team": e["team"],
+                            "confidence": e["confidence"], "window": float(r["time"])})
+    return out

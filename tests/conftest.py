@@ -1,0 +1,69 @@
+"""Shared fixtures: real tiny LLaVA-NeXT checkpoints, real H.264 videos, a project directory.
+
+Everything runs under a path with spaces and quotes, as users' home directories sometimes have.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llava_soccer import synthetic  # noqa: E402
+
+# A parrot checkpoint answers every window with this text (see synthetic.py).
+GOAL_ANSWER = "{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'ball in the net'}"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def odd_root(tmp_path_factory):
+    """A base directory whose name has spaces and quotes."""
+    d = tmp_path_factory.mktemp("runs") / "my \"soccer\" project's dir"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session")
+def goal_checkpoint(tmp_path_factory):
+    """Tiny checkpoint that answers every window with GOAL_ANSWER."""
+    return synthetic.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "goal", "tiny", answer=GOAL_ANSWER)
+
+
+@pytest.fixture(scope="session")
+def none_checkpoint(tmp_path_factory):
+    """Tiny checkpoint that answers every window with "None"."""
+    return synthetic.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "none", "tiny", answer="None")
+
+
+@pytest.fixture(scope="session")
+def video_25fps(tmp_path_factory):
+    """60 s of barcoded 398x224 H.264 at 25 fps (.mkv, as SoccerNet's 224p halves)."""
+    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "1_224p.mkv", 60, "25")
+
+
+@pytest.fixture(scope="session")
+def video_2997fps(tmp_path_factory):
+    """31 s of barcoded H.264 at 29.97 fps (.mp4)."""
+    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "clip.mp4", 31, "30000/1001")
+
+
+def make_project(root: Path, videos: dict) -> Path:
+    """$SOCCER_PROJECT with raw_data/<relative path> linked to the given video files."""
+    project = root / "soccer_project"
+    for rel, src in videos.items():
+        dst = project / "raw_data" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.symlink(src, dst)
+    return project
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
