@@ -1,0 +1,83 @@
+"""LLaVA-NeXT loading, the event prompt and batched generation.
+
+The real Hugging Face classes run everywhere: on the cluster with the hub id, in tests with a
+tiny checkpoint directory built by synthetic.py (same from_pretrained call).
+"""
+import os
+
+from .settings import FPS, SOCCERNET_CLASSES
+
+QUESTION = (
+    "These are {n} consecutive frames of a soccer match broadcast, {gap:g} seconds apart, numbered "
+    "Frame 1 to Frame {n} with their time in the video. Which of these events happen in them: "
+    + ", ".join(SOCCERNET_CLASSES) + "? "
+    "For each event write one Python dict: {{'label': one of the event names above, 'team': 'home' or "
+    "'away', 'confidence': a number from 0 to 1, 'frame': the number of the frame where it happens, "
+    "'details': a few words}}. Answer with the dicts only, or None if none of these events happens."
+)
+
+
+def clock(t: float) -> str:
+    return f"{int(t // 60)}:{t % 60:04.1f}"
+
+
+def build_prompt(frame_times) -> str:
+    """Mistral's [INST] format with each frame's number and time just before its image.
+
+    The hub chat template would move every image to the front; keeping the number beside
+    its image lets the model say WHEN (SoccerNet's tight metric forgives at most ~1 s).
+    """
+    frames = "".join(f"Frame {i} ({clock(t)}): <image>\n" for i, t in enumerate(frame_times, 1))
+    return f"[INST] {frames}{QUESTION.format(n=len(frame_times), gap=1 / FPS)} [/INST]"
+
+
+def pick_device(gpu_id: int) -> str:
+    """The GPU this worker should use: the only one it sees when Slurm/CUDA_VISIBLE_DEVICES pins
+    it, else the gpu_id-th of those visible; CPU when torch sees no GPU."""
+    import torch
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{gpu_id % torch.cuda.device_count()}"
+
+
+def load(model_id: str, quantization: str, device: str):
+    """(model, processor); quantization nf4 = 4-bit NormalFloat with bf16 compute (the seed's setting)."""
+    import torch
+    from transformers import BitsAndBytesConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-shard bars would flood the job log; we log the load time
+    token = os.environ.get("HF_TOKEN") or None  # used, never printed
+    kwargs = {"token": token, "device_map": {"": device}}
+    if quantization == "nf4":
+        # bf16 compute: same range as the checkpoint's weights, no fp16 overflow, faster on Hopper.
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[quantization]
+    processor = LlavaNextProcessor.from_pretrained(model_id, token=token)
+    processor.tokenizer.padding_side = "left"  # batched generation appends on the right
+    model = LlavaNextForConditionalGeneration.from_pretrained(model_id, **kwargs).eval()
+    return model, processor
+
+
+def prepare(processor, windows):
+    """Processor inputs (CPU tensors) for a batch of windows [(frame_times, rgb_frames)]."""
+    prompts = [build_prompt(times) for times, _ in windows]
+    images = [f for _, frames in windows for f in frames]
+    return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+
+
+def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0):
+    """The decoded answers of one prepared batch."""
+    import torch
+    inputs = inputs.to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+        "do_sample": False}
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens,
+                             pad_token_id=processor.tokenizer.pad_token_id, **sampling)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,278 @@
+"""One GPU's slice of one video through LLaVA-v1.6-Mistral-7B: windows in, partial JSON out.
+
+    python llava_split_worker.py --gpu_id 0 --num_workers 4 --video_index 5
+    python llava_split_worker.py --gpu_id 0 --num_workers 1 --video_index 5 --quantization bf16 --batch-size 4
+
+Video I is line I of $SOCCER_PROJECT/videos.txt (made from raw_data/ the first time). The video
+is cut into 3 s windows (15 frames at 5 FPS) every 2 s; this worker takes the windows that start
+in the gpu_id-th of num_workers equal time slices, asks the model for events in each, and
+rewrites $SOCCER_PROJECT/partial_results_llava_vid{I}_gpu{G}.json after every batch.
+
+Rerun the same command to resume (finished windows are kept); delete the partial file to start
+over. On SIGUSR1/SIGTERM it finishes the current batch, saves and exits with code 75.
+Exit codes: 0 slice complete, 1 error (one line says why), 2 bad flags, 75 interrupted.
+"""
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+from llava_soccer import model as llava
+from llava_soccer import settings, videos
+from llava_soccer.events import window_events
+from llava_soccer.jsonio import InputError, atomic_write_json, read_json
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
+MAX_ERRORS_IN_A_ROW = 5
+log = logging.getLogger("llava_worker")
+
+
+def parse_args(argv):
+    env = settings.env
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu_id", type=int, required=True, help="which slice this worker takes (0-based)")
+    p.add_argument("--num_workers", type=int, default=int(env("LLAVA_NUM_WORKERS", 4)),
+                   help="slices the video is split into (env LLAVA_NUM_WORKERS, default 4)")
+    p.add_argument("--video_index", type=int, required=True, help="line of videos.txt (0-based)")
+    p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    p.add_argument("--model", default=env("LLAVA_MODEL", settings.DEFAULT_MODEL),
+                   help="hub id or local checkpoint directory (env LLAVA_MODEL)")
+    p.add_argument("--quantization", choices=settings.QUANTIZATIONS, default=env("LLAVA_QUANT", "nf4"),
+                   help="weights: 4-bit NF4 (~11 GB) or plain bf16/fp16/fp32 (env LLAVA_QUANT, default nf4)")
+    p.add_argument("--batch-size", type=int, default=int(env("LLAVA_BATCH_SIZE", 1)),
+                   help="windows per generate call; halved automatically on OOM (env LLAVA_BATCH_SIZE)")
+    p.add_argument("--max-new-tokens", type=int, default=int(env("LLAVA_MAX_NEW_TOKENS", 256)),
+                   help="answer length limit (env LLAVA_MAX_NEW_TOKENS, default 256)")
+    p.add_argument("--temperature", type=float, default=float(env("LLAVA_TEMPERATURE", 0.0)),
+                   help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7 (env LLAVA_TEMPERATURE)")
+    p.add_argument("--top-p", type=float, default=float(env("LLAVA_TOP_P", 0.9)),
+                   help="nucleus sampling when temperature > 0 (env LLAVA_TOP_P)")
+    p.add_argument("--retry-skipped", action="store_true",
+                   help="reprocess windows recorded as skipped (OOM or error) in the partial file")
+    p.add_argument("--progress-every", type=float, default=30.0,
+                   help="seconds between progress lines when the log is a file (default 30)")
+    args = p.parse_args(argv)
+    if not 0 <= args.gpu_id < args.num_workers:
+        p.error(f"--gpu_id {args.gpu_id} must be between 0 and --num_workers - 1 ({args.num_workers - 1})")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        p.error("--batch-size and --max-new-tokens must be at least 1")
+    return args
+
+
+class Progress:
+    """tqdm's bar on a terminal; in a log file, one tqdm-formatted line every few seconds."""
+
+    def __init__(self, total, desc, every):
+        from tqdm import tqdm
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit="win", disable=not self.tty, dynamic_ncols=True)
+        self.format, self.total, self.desc, self.every = tqdm.format_meter, total, desc, every
+        self.n, self.t0, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n):
+        self.bar.update(n)
+        self.n += n
+        now = time.monotonic()
+        if not self.tty and (now - self.last >= self.every or self.n == self.total):
+            self.last = now
+            log.info(self.format(self.n, self.total, now - self.t0, prefix=self.desc, unit="win", ncols=80))
+
+    def write(self, line):
+        self.bar.write(line) if self.tty else log.info(line)
+
+    def close(self):
+        self.bar.close()
+
+
+def prefetched(items, depth=2):
+    """Run the items generator in a thread, so decoding and preprocessing overlap generation."""
+    q, done = queue.Queue(depth), object()
+
+    def fill():
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def load_partial(path, slice_starts, retry_skipped):
+    """Records already in the partial file, checked to belong to this slice."""
+    if not path.exists():
+        return []
+    records = read_json(path, "partial file")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
+        raise InputError(f"partial file {path} is not a list of window records; delete it to start over")
+    foreign = sorted({r["time"] for r in records} - slice_starts)
+    if foreign:
+        raise InputError(f"partial file {path} has windows outside this slice (e.g. {foreign[0]} s): it was "
+                         f"written with another --num_workers or video; delete it to start over")
+    if retry_skipped:
+        records = [r for r in records if r.get("status") != "skipped"]
+    return records
+
+
+class Abort(Exception):
+    """Too many failures to go on: main() prints it as one line and exits 1."""
+
+
+def skipped(start, end, error):
+    return {"time": start, "end": end, "status": "skipped", "error": error, "raw": None, "events": []}
+
+
+class Worker:
+    def __init__(self, args, model, processor, info):
+        self.args, self.model, self.processor, self.info = args, model, processor, info
+        self.errors_in_a_row = 0
+
+    def answer(self, batch, inputs=None):
+        """Records for a batch of windows (k, start, frame_times, frames), in order."""
+        records = {w[1]: skipped(w[1], w[1], "no frames decoded (video shorter than its header says)")
+                   for w in batch if not w[2]}
+        ready = [w for w in batch if w[2]]
+        if ready:
+            records.update((r["time"], r) for r in self._answer(ready, inputs if len(ready) == len(batch) else None))
+        return [records[w[1]] for w in batch]
+
+    def _answer(self, ready, inputs):
+        """OOM halves the batch; a lone window that still fails is recorded as skipped."""
+        import torch
+        try:
+            if inputs is None:
+                inputs = llava.prepare(self.processor, [(w[2], w[3]) for w in ready])
+            texts = llava.generate(self.model, self.processor, inputs, self.args.max_new_tokens,
+                                   self.args.temperature, self.args.top_p)
+        except torch.OutOfMemoryError:
+            del inputs
+            if self.model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(ready) > 1:
+                half = len(ready) // 2
+                return self._answer(ready[:half], None) + self._answer(ready[half:], None)
+            start = ready[0][1]
+            log.warning(f"⚠️ OOM at {start}s: window skipped (try --batch-size 1 or --quantization nf4)")
+            return [skipped(start, ready[0][2][-1], "OOM")]
+        except Exception as e:  # one bad window must not end a 12-minute slice
+            if len(ready) > 1:
+                return [r for w in ready for r in self._answer([w], None)]
+            self.errors_in_a_row += 1
+            start = ready[0][1]
+            log.warning(f"⚠️ error at {start}s, window skipped: {type(e).__name__}: {e}")
+            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {start}s "
+                            f"({type(e).__name__}: {e}); fix the cause and rerun with --retry-skipped") from e
+            return [skipped(start, ready[0][2][-1], f"{type(e).__name__}: {e}")]
+        self.errors_in_a_row = 0
+        records = []
+        for (_, start, times, _), text in zip(ready, texts):
+            events, ok = window_events(start, text, len(times))
+            records.append({"time": start, "end": times[-1], "status": "ok", "raw": text, "parsed": ok,
+                            "events": events})
+        return records
+
+
+def batches(info, todo, batch_size, processor):
+    """(windows, processor inputs) per batch, in time order; decoding happens here."""
+    batch = []
+    for window in videos.iter_windows(info, todo):
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield batch, _prepare(processor, batch)
+            batch = []
+    if batch:
+        yield batch, _prepare(processor, batch)
+
+
+def _prepare(processor, batch):
+    ready = [(w[2], w[3]) for w in batch if w[2]]
+    return llava.prepare(processor, ready) if len(ready) == len(batch) else None
+
+
+def run(args):
+    project = settings.project_dir(args.project)
+    video = videos.resolve_video(project, args.video_index)
+    info = videos.probe(video)
+    slice_windows = info.slice_windows(args.gpu_id, args.num_workers)
+    starts = {info.window_start(k): k for k in slice_windows}
+    out = settings.partial_path(project, args.video_index, args.gpu_id)
+    records = load_partial(out, set(starts), args.retry_skipped)
+    done = {r["time"] for r in records}
+    todo = [k for k in slice_windows if info.window_start(k) not in done]
+    span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
+            if slice_windows else "empty")
+    log.info(f"video {args.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, {info.n_windows} windows); "
+             f"slice {args.gpu_id + 1}/{args.num_workers}: {len(slice_windows)} windows {span}, "
+             f"{len(done)} already in {out.name}")
+    if not todo:
+        log.info("slice already complete: nothing to do")
+        return 0
+    device = llava.pick_device(args.gpu_id)
+    log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
+             f"batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
+             f"top_p={args.top_p} HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
+    t0 = time.monotonic()
+    try:
+        model, processor = llava.load(args.model, args.quantization, device)
+    except Exception as e:  # hub errors are long; the first line says what is missing
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): {first}. Check --model/LLAVA_MODEL, "
+                         f"HF_TOKEN and network, or pre-download the model (README: Troubleshooting)") from None
+    log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
+
+    stop = []
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
+    worker = Worker(args, model, processor, info)
+    progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
+    n_events = n_skipped = 0
+    t0 = time.monotonic()
+    try:
+        for batch, inputs in prefetched(batches(info, todo, args.batch_size, processor)):
+            new = worker.answer(batch, inputs)
+            records = sorted(records + new, key=lambda r: r["time"])
+            atomic_write_json(out, records)
+            for r in new:
+                n_skipped += r["status"] == "skipped"
+                for e in r["events"]:
+                    n_events += 1
+                    conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
+                    progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {e['label']} "
+                                   f"[{e['team']}, {conf}] {e['details'] or ''}".rstrip())
+            progress.update(len(batch))
+            if stop:
+                log.warning(f"{stop[0]} received: saved {len(records)} windows to {out.name}; "
+                            f"rerun the same command to resume")
+                return EXIT_INTERRUPTED
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - t0
+    log.info(f"slice complete: {len(todo)} windows in {elapsed:.1f} s ({elapsed / len(todo):.2f} s/window), "
+             f"{n_events} events, {n_skipped} skipped -> {out}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format=f"%(asctime)s [vid{args.video_index} gpu{args.gpu_id}] %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return run(args)
+    except (InputError, Abort) as e:
+        log.error(f"error: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

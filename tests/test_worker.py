@@ -1,0 +1,243 @@
+"""llava_split_worker.py on real H.264 videos with real tiny LLaVA-NeXT checkpoints."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import transformers
+
+import llava_split_worker as worker
+from conftest import GOAL_ANSWER, ROOT, load, make_project
+from llava_soccer import model as llava
+from llava_soccer import synthetic, videos
+from llava_soccer.settings import partial_path
+
+
+def run_worker(project, ckpt, *extra, gpu=0, workers=1, index=0):
+    return worker.main(["--gpu_id", str(gpu), "--num_workers", str(workers), "--video_index", str(index),
+                        "--project", str(project), "--model", str(ckpt), "--quantization", "fp32", *extra])
+
+
+def worker_cmd(project, ckpt, gpu=0, workers=1, index=0):
+    return [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu_id", str(gpu), "--num_workers",
+            str(workers), "--video_index", str(index), "--project", str(project), "--model", str(ckpt),
+            "--quantization", "fp32"]
+
+
+@pytest.mark.parametrize("fixture", ["video_25fps", "video_2997fps"])
+def test_each_window_gets_the_frames_at_its_exact_timestamps(fixture, request):
+    info = videos.probe(request.getfixturevalue(fixture))
+    assert info.n_windows == (30 if fixture == "video_25fps" else 16)
+    for k, start, times, frames in videos.iter_windows(info, range(info.n_windows)):
+        assert start == 2 * k
+        assert len(frames) == (15 if start + 3 <= info.duration else len(times))
+        for t, frame in zip(times, frames):
+            # the frame shown nearest to t, read back from the barcode burned into it
+            assert synthetic.read_barcode(frame) == round(t * info.fps), (start, t)
+            assert frame.shape == (224, 398, 3)
+    # RGB, not OpenCV's BGR: the pitch is green-dominant, red low
+    assert frame[100, 5, 1] > 100 and frame[100, 5, 0] < 90
+
+
+def test_starting_late_in_a_video_seeks_to_the_right_frames(video_25fps):
+    info = videos.probe(video_25fps)
+    (k, start, times, frames), = videos.iter_windows(info, [27])
+    assert [synthetic.read_barcode(f) for f in frames] == [round(t * 25) for t in times] == list(range(1350, 1425, 5))
+
+
+@pytest.mark.parametrize("frames,fps", [(1500, 25.0), (899, 29.97), (1, 25.0), (75001, 25.0), (29, 29.97)])
+def test_slices_cover_every_window_exactly_once(frames, fps):
+    info = videos.VideoInfo(None, fps, frames)
+    for n in range(1, 6):
+        owned = [k for g in range(n) for k in info.slice_windows(g, n)]
+        assert sorted(owned) == list(range(info.n_windows))
+    assert info.n_windows == -(-info.n_samples // 10)
+
+
+def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_root, video_25fps, goal_checkpoint,
+                                                                         capsys):
+    project = make_project(odd_root / "four", {"league/season/game/1_224p.mkv": video_25fps})
+    for g in range(4):
+        assert run_worker(project, goal_checkpoint, gpu=g, workers=4) == 0
+    log = capsys.readouterr().err
+    assert (project / "videos.txt").read_text() == "league/season/game/1_224p.mkv\n"
+    starts = []
+    for g in range(4):
+        records = load(partial_path(project, 0, g))
+        assert [r["time"] for r in records] == sorted(r["time"] for r in records)
+        starts += [r["time"] for r in records]
+        for r in records:
+            assert r["status"] == "ok" and r["raw"] == GOAL_ANSWER and r["parsed"] is True
+            (event,) = r["events"]
+            # frame 8 of the window = 7 samples after its start, at 5 FPS
+            assert event == {"label": "Goal", "label_raw": "Goal", "team": "home", "confidence": 0.9,
+                             "details": "ball in the net", "frame": 8, "time": round(r["time"] + 1.4, 3)}
+    assert starts == [2.0 * k for k in range(30)]
+    assert "slice 1/4: 8 windows 0.0-14.0s" in log and "slice 4/4: 7 windows 46.0-58.0s" in log
+    assert "⚽ 0:01.4 (1.4 s) Goal [home, 0.90] ball in the net" in log
+    assert "model loaded in" in log and "30/30" not in log
+
+
+def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_checkpoint, capsys):
+    project = make_project(odd_root / "rerun", {"a.mkv": video_25fps})
+    assert run_worker(project, none_checkpoint, gpu=3, workers=4) == 0
+    records = load(partial_path(project, 0, 3))
+    assert all(r["raw"] == "None" and r["events"] == [] and r["parsed"] for r in records)
+    capsys.readouterr()
+    t = time.monotonic()
+    assert run_worker(project, "/nonexistent/model", gpu=3, workers=4) == 0  # model never loaded
+    assert time.monotonic() - t < 5
+    assert "slice already complete" in capsys.readouterr().err
+    assert load(partial_path(project, 0, 3)) == records
+
+
+def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
+    video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
+    clean, killed = make_project(tmp_path / "clean", {"v.mkv": video}), make_project(tmp_path / "killed", {"v.mkv": video})
+    subprocess.run(worker_cmd(clean, goal_checkpoint), check=True, capture_output=True)
+    partial = partial_path(killed, 0, 0)
+    proc = subprocess.Popen(worker_cmd(killed, goal_checkpoint), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(load(partial)) >= 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(load(partial))
+    assert 4 <= n_before < 20
+    done = subprocess.run(worker_cmd(killed, goal_checkpoint), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{n_before} already in" in done.stderr
+    assert load(partial) == load(partial_path(clean, 0, 0))
+
+
+def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
+    video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
+    project = make_project(tmp_path / "p", {"v.mkv": video})
+    partial = partial_path(project, 0, 0)
+    proc = subprocess.Popen(worker_cmd(project, none_checkpoint), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(load(partial)) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    err = proc.communicate()[1]
+    assert proc.returncode == worker.EXIT_INTERRUPTED, err
+    assert "SIGUSR1 received" in err and "rerun the same command to resume" in err
+    n = len(load(partial))
+    assert 2 <= n < 20
+    assert subprocess.run(worker_cmd(project, none_checkpoint), capture_output=True).returncode == 0
+    assert [r["time"] for r in load(partial)] == [2.0 * k for k in range(20)]
+
+
+def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_checkpoint, monkeypatch, capsys):
+    real_generate = transformers.LlavaNextForConditionalGeneration.generate
+    calls = []
+
+    def generate(self, input_ids=None, **kw):
+        calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > 1 or len(calls) == 6:  # batches never fit; window 4 s (call 4,2,1,1,2,[1]) fails alone too
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_generate(self, input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "generate", generate)
+    project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
+    assert run_worker(project, goal_checkpoint, "--batch-size", "4", gpu=0, workers=4) == 0
+    records = load(partial_path(project, 0, 0))
+    assert [r["time"] for r in records] == [2.0 * k for k in range(8)]
+    assert calls[:4] == [4, 2, 1, 1]
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["time"] == 4.0 and skipped[0]["error"] == "OOM" and skipped[0]["raw"] is None
+    assert f"⚠️ OOM at {skipped[0]['time']}s" in capsys.readouterr().err
+    assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
+    # --retry-skipped gives that window another chance
+    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "generate", real_generate)
+    assert run_worker(project, goal_checkpoint, "--retry-skipped", gpu=0, workers=4) == 0
+    assert all(r["status"] == "ok" for r in load(partial_path(project, 0, 0)))
+
+
+def test_a_window_that_keeps_failing_is_skipped_and_five_in_a_row_stop_the_worker(odd_root, video_25fps,
+                                                                                  goal_checkpoint, monkeypatch,
+                                                                                  capsys):
+    def broken(self, **kw):
+        raise ValueError("Image features and image tokens do not match")
+
+    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "generate", broken)
+    project = make_project(odd_root / "broken", {"a.mkv": video_25fps})
+    assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
+    err = capsys.readouterr().err
+    assert "⚠️ error at 0.0s, window skipped: ValueError: Image features" in err
+    assert "5 windows in a row failed, last at 8.0s" in err and "--retry-skipped" in err
+    assert [r["status"] for r in load(partial_path(project, 0, 0))] == ["skipped"] * 4
+
+
+def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkpoint, capsys):
+    import bitsandbytes as bnb
+    model, processor = llava.load(str(goal_checkpoint), "nf4", "cpu")
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) > 10
+    project = make_project(odd_root / "nf4", {"a.mkv": video_25fps})
+    args = ["--gpu_id", "3", "--num_workers", "4", "--video_index", "0", "--project", str(project),
+            "--model", str(goal_checkpoint), "--quantization", "nf4"]
+    assert worker.main(args) == 0
+    assert "quantization=nf4 device=cpu" in capsys.readouterr().err
+    assert {r["raw"] for r in load(partial_path(project, 0, 3))} == {GOAL_ANSWER}
+
+
+def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
+    """At image size 336 the processor gives the hub model's numbers: 1,608 tokens per 224p frame."""
+    ckpt = synthetic.make_checkpoint(tmp_path / "ck336", "tiny336")
+    processor = transformers.LlavaNextProcessor.from_pretrained(ckpt)
+    (_, _, times, frames), = videos.iter_windows(videos.probe(video_25fps), [0])
+    inputs = llava.prepare(processor, [(times, frames)])
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((inputs["input_ids"] == image_id).sum()) == 15 * 1608
+    prompt = processor.batch_decode(inputs["input_ids"])[0]
+    assert "Frame 1 (0:00.0): <image>" in prompt and "Frame 15 (0:02.8): <image>" in prompt
+
+
+def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, video_2997fps):
+    project = make_project(tmp_path, {"b/2_224p.mkv": video_25fps})
+    assert videos.manifest(project) == ["b/2_224p.mkv"]
+    make_project(tmp_path, {"a/1_224p.mkv": video_2997fps})
+    assert videos.manifest(project) == ["b/2_224p.mkv", "a/1_224p.mkv"]
+    assert videos.resolve_video(project, 1).name == "1_224p.mkv"
+
+
+@pytest.mark.parametrize("case,message", [
+    ("index", "--video_index 5 is out of range: "),
+    ("corrupt", "cannot read video "),
+    ("model", "cannot load model '/no/such/model' (fp32): "),
+    ("foreign", "has windows outside this slice (e.g. 1.0 s): it was written with another --num_workers"),
+    ("garbled", "is not valid JSON"),
+])
+def test_bad_input_is_one_clear_line_and_exit_1(tmp_path, video_25fps, goal_checkpoint, case, message, capsys):
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(b"\x1aE\xdf\xa3 not really a matroska file" * 100)
+    project = make_project(tmp_path, {"good.mkv": video_25fps, "z_bad.mkv": bad})
+    if case == "foreign":
+        partial_path(project, 0, 0).write_text('[{"time": 1.0, "raw": "None"}]')
+    if case == "garbled":
+        partial_path(project, 0, 0).write_text('[{"time": 0.0, "raw": "No')
+    index = {"index": 5, "corrupt": 1}.get(case, 0)
+    ckpt = "/no/such/model" if case == "model" else goal_checkpoint
+    assert run_worker(project, ckpt, index=index) == 1
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err_lines) == 1 and message in err_lines[0]
+
+
+def test_bad_flags_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        worker.main(["--gpu_id", "4", "--num_workers", "4", "--video_index", "0"])
+    assert e.value.code == 2
+    assert "--gpu_id 4 must be between 0 and --num_workers - 1 (3)" in capsys.readouterr().err
+
+
+def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoint):
+    project = make_project(tmp_path, {"v.mkv": video_25fps})
+    env = {**os.environ, "HF_TOKEN": "hf_SuperSecretValue123"}
+    out = subprocess.run(worker_cmd(project, none_checkpoint, gpu=3, workers=4), env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0
+    assert "HF_TOKEN=set" in out.stderr
+    assert "SuperSecret" not in out.stderr + out.stdout
