@@ -257,7 +257,11 @@ def run(args):
     finally:
         progress.close()
     elapsed = time.monotonic() - t0
-    log.info(f"slice complete: {len(todo)} windows in {elapsed:.1f} s ({elapsed / len(todo):.2f} s/window), "
+    memory = ""
+    if device.startswith("cuda"):
+        import torch
+        memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+    log.info(f"slice complete: {len(todo)} windows in {elapsed:.1f} s ({elapsed / len(todo):.2f} s/window){memory}, "
              f"{n_events} events, {n_skipped} skipped -> {out}")
     return 0
 
