@@ -1,0 +1,222 @@
+"""Compare two models' final predictions, video by video (replaces the seed's shell loop).
+
+    python compare_counts.py                                  # videos 0-39, qwen7b vs llava
+    python compare_counts.py --start 0 --end 20 --models qwen7b llava --tolerance 3
+    python compare_counts.py --csv counts.csv --plot counts.png --ensemble ensemble/
+    python compare_counts.py --dirs ../qwen_runs ~/soccer_project  # each model's files elsewhere
+
+Reads final_predictions_<model>_video_N.json of both models: ours (one record per event)
+and the seed's older per-window files ({"time", "raw"}, e.g. the Qwen runs) alike. Labels
+are normalised to the SoccerNet classes and each model's events are de-duplicated with the
+merge's rule (same label within --dedup-s s), so a per-window file is not counted once per
+overlapping window. Then, per video and in total: each model's events, events found by both
+(same label within --tolerance s, one-to-one), found by only one, and label disagreements
+(one event of each model, unmatched, within --tolerance s of each other, different labels).
+Videos where a model's file is missing are listed, not counted.
+
+--ensemble OUT_DIR writes final_predictions_ensemble_video_N.json: the events both models
+found, at their mean time, with the mean of the two confidences, in the merge's final format.
+"""
+import argparse
+import csv
+import io
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from llava_soccer import merge, settings
+from llava_soccer.events import final_events
+from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text, read_json
+from llava_soccer.matching import match
+
+
+def parse_args(argv):
+    env = settings.env
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--start", type=int, default=0, help="first video index (default 0)")
+    p.add_argument("--end", type=int, default=39, help="last video index, inclusive (default 39)")
+    p.add_argument("--models", nargs=2, default=["qwen7b", "llava"], metavar=("A", "B"),
+                   help="the two model names in final_predictions_<model>_video_N.json (default qwen7b llava)")
+    p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    p.add_argument("--dirs", nargs=2, default=None, metavar=("DIR_A", "DIR_B"),
+                   help="read each model's files from its own directory (default: both from --project)")
+    p.add_argument("--tolerance", type=float, default=float(env("LLAVA_MATCH_S", settings.DEDUP_S)),
+                   help=f"seconds within which two events are the same moment (env LLAVA_MATCH_S, "
+                        f"default {settings.DEDUP_S:g})")
+    p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
+                   help=f"de-duplicate each model's events as the merge does (env LLAVA_DEDUP_S, "
+                        f"default {settings.DEDUP_S:g}; 0 merges only equal times)")
+    p.add_argument("--ensemble", default=None, metavar="OUT_DIR",
+                   help="write the events both models found to OUT_DIR/final_predictions_ensemble_video_N.json")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the per-video table as CSV")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="draw per-video counts and a per-label comparison (matplotlib)")
+    args = p.parse_args(argv)
+    if args.end < args.start:
+        p.error(f"--end {args.end} is before --start {args.start}")
+    if args.models[0] == args.models[1] and not args.dirs:
+        p.error("--models names the same model twice: give two models, or --dirs to compare two runs")
+    if args.tolerance < 0 or args.dedup_s < 0:
+        p.error("--tolerance and --dedup-s must be 0 or more")
+    return args
+
+
+def load_events(path: Path, dedup_s: float):
+    records = read_json(path, "predictions file")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
+        raise InputError(f"predictions file {path} is not a list of {{\"time\": ..., ...}} records: "
+                         f"regenerate it with merge_results_llava.py")
+    try:
+        events = [e for e in final_events(records) if e["label"] is not None]
+    except (TypeError, ValueError) as e:
+        raise InputError(f"predictions file {path} has a record with a bad time ({e})") from None
+    for e in events:
+        try:
+            e["confidence"] = float(e["confidence"])
+        except (TypeError, ValueError):
+            e["confidence"] = None  # ranks lowest in de-duplication; left out of ensemble means
+    return merge.dedup(events, dedup_s)
+
+
+def compare(a, b, tolerance):
+    """pairs, disagreements: matched (i, j); unmatched (i, j) at the same moment, other labels."""
+    pairs = match(a, b, tolerance)
+    used_a, used_b = {i for i, _ in pairs}, {j for _, j in pairs}
+    left_a = [i for i in range(len(a)) if i not in used_a]
+    left_b = [j for j in range(len(b)) if j not in used_b]
+    near = match([a[i] for i in left_a], [b[j] for j in left_b], tolerance, key=lambda e: None)
+    disagreements = [(left_a[i], left_b[j]) for i, j in near if a[left_a[i]]["label"] != b[left_b[j]]["label"]]
+    return pairs, disagreements
+
+
+def ensemble_record(ea, eb, names):
+    conf = [c for c in (ea["confidence"], eb["confidence"]) if c is not None]
+    return {"time": ea["window"], "raw": ea["raw"], "label": ea["label"],
+            "team": ea["team"] if ea["team"] == eb["team"] else "unknown",
+            "confidence": round(sum(conf) / len(conf), 4) if conf else None,
+            "details": ea["details"], "event_time": round((ea["time"] + eb["time"]) / 2, 3), "frame": None,
+            "models": {name: {"event_time": e["time"], "confidence": e["confidence"], "team": e["team"],
+                              "details": e["details"]} for name, e in zip(names, (ea, eb))}}
+
+
+def _ranges(indices) -> str:
+    runs = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def plot(path, names, rows, per_label):
+    import matplotlib
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(rows) + 3), 9))
+    x, w = np.arange(len(rows)), 0.28
+    for n, (key, name) in enumerate([(names[0], names[0]), (names[1], names[1]), ("both", "found by both")]):
+        top.bar(x + (n - 1) * w, [r[key] for r in rows], w, label=name)
+    top.set_xticks(x, [str(r["video"]) for r in rows])
+    top.set(xlabel="video", ylabel="events", title="Events per video")
+    top.set_ylim(0, 1.2 * max([1] + [max(r[names[0]], r[names[1]]) for r in rows]))  # room for the legend
+    top.legend(ncols=3, loc="upper center")
+    labels = sorted(per_label, key=lambda lab: -max(per_label[lab].values()))
+    y = np.arange(len(labels))
+    for n, key in enumerate([names[0], names[1], "both"]):
+        bottom.barh(y + (n - 1) * w, [per_label[lab][key] for lab in labels], w,
+                    label=key if key != "both" else "found by both")
+    bottom.set_yticks(y, labels)
+    bottom.invert_yaxis()
+    bottom.set(xlabel="events (all compared videos)", title="Events per label")
+    bottom.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)  # a reader never sees half a PNG
+
+
+def run(args) -> int:
+    names = args.models
+    project = settings.project_dir(args.project)
+    dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
+    rows, per_label, pair_labels, missing = [], {}, Counter(), {name: [] for name in names}
+    for video in range(args.start, args.end + 1):
+        paths = [settings.final_path(d, video, name) for d, name in zip(dirs, names)]
+        for name, path in zip(names, paths):
+            if not path.exists():
+                missing[name].append(video)
+        if not all(p.exists() for p in paths):
+            continue
+        a, b = (load_events(p, args.dedup_s) for p in paths)
+        pairs, disagreements = compare(a, b, args.tolerance)
+        rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
+                     f"only_{names[0]}": len(a) - len(pairs), f"only_{names[1]}": len(b) - len(pairs),
+                     "disagree": len(disagreements)})
+        for key, events in ((names[0], a), (names[1], b)):
+            for e in events:
+                per_label.setdefault(e["label"], Counter())[key] += 1
+        for i, _ in pairs:
+            per_label[a[i]["label"]]["both"] += 1
+        pair_labels.update((a[i]["label"], b[j]["label"]) for i, j in disagreements)
+        if args.ensemble:
+            out = Path(args.ensemble).expanduser()
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(settings.final_path(out, video, "ensemble"),
+                              [ensemble_record(a[i], b[j], names) for i, j in pairs])
+    if not rows:
+        raise InputError(f"no video in {args.start}-{args.end} has both final_predictions_{names[0]}_video_N.json "
+                         f"({dirs[0]}) and final_predictions_{names[1]}_video_N.json ({dirs[1]}): check --project, "
+                         f"--dirs, --models and --start/--end")
+
+    columns = ["video", names[0], names[1], "both", f"only_{names[0]}", f"only_{names[1]}", "disagree"]
+    total = {"video": "total", **{c: sum(r[c] for r in rows) for c in columns[1:]}}
+    width = max(8, *(len(c) + 1 for c in columns))
+    print(f"{names[0]} vs {names[1]}: events after de-duplication (same label within {args.dedup_s:g} s); "
+          f"both = same label within {args.tolerance:g} s; disagree = different labels within {args.tolerance:g} s")
+    for r in [dict(zip(columns, columns))] + rows + [total]:
+        print("".join(f"{r[c]!s:>{width}}" for c in columns))
+    for name in names:
+        if missing[name]:
+            print(f"no final_predictions_{name}_video_N.json for videos: {_ranges(missing[name])} (not compared)")
+    print(f"\nper label, {len(rows)} videos:")
+    lw = max(len(str(lab)) for lab in per_label) + 2
+    print(f"{'label':<{lw}}" + "".join(f"{c:>{width}}" for c in (names[0], names[1], "both")))
+    for lab in sorted(per_label, key=lambda lab: (-per_label[lab][names[0]] - per_label[lab][names[1]], lab)):
+        print(f"{lab:<{lw}}" + "".join(f"{per_label[lab][c]:>{width}}" for c in (names[0], names[1], "both")))
+    if pair_labels:
+        print(f"\nmost frequent disagreements ({names[0]} label / {names[1]} label):")
+        for (la, lb), n in pair_labels.most_common(5):
+            print(f"  {la} / {lb}: {n}")
+
+    if args.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows + [total])
+        atomic_write_text(Path(args.csv).expanduser(), buf.getvalue())
+        print(f"wrote {args.csv}")
+    if args.plot:
+        plot(Path(args.plot).expanduser(), names, rows, per_label)
+        print(f"wrote {args.plot}")
+    if args.ensemble:
+        print(f"wrote {len(rows)} ensemble files to {args.ensemble} ({total['both']} events)")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"compare_counts.py: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

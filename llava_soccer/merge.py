@@ -1,0 +1,141 @@
+"""One video's partials -> its final events: coverage check, re-parsing, de-duplication.
+
+Used by merge_results_llava.py (one video) and compare_counts.py (de-duplicating the older
+per-window Qwen files the same way, so both models are counted alike).
+"""
+import bisect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .events import window_events
+from .jsonio import InputError, read_json
+from .settings import SOCCERNET_CLASSES, STEP_S, WINDOW_S
+
+_EPS = 1e-6  # event times are sums of floats: 3.0 s apart can come out as 3.0000000000000284
+
+
+def dedup(events, dedup_s):
+    """Events with the same label less than or exactly dedup_s apart kept once.
+
+    The most confident is kept, with its own time; a tie goes to the earlier event and
+    confidence None ranks lowest. An event is dropped only for a *kept* event nearby, so a
+    chain 0, 2, 4 s keeps 0 and 4 (2 is within 3 s of 0; 4 is not). Returns time order.
+    """
+    def rank(e):
+        c = e["confidence"] if isinstance(e["confidence"], (int, float)) else None
+        return (c is None, -(c or 0.0), e["time"])
+
+    kept_times, kept = {}, []
+    for e in sorted(events, key=rank):
+        times = kept_times.setdefault(e["label"], [])
+        i = bisect.bisect_left(times, e["time"])
+        near = [times[j] for j in (i - 1, i) if 0 <= j < len(times)]
+        if all(abs(t - e["time"]) > dedup_s + _EPS for t in near):
+            times.insert(i, e["time"])
+            kept.append(e)
+    return sorted(kept, key=lambda e: (e["time"], str(e["label"])))
+
+
+def partial_files(project: Path, video_index: int) -> list[Path]:
+    """Every partial of the video (settings.partial_path), whatever the number of workers."""
+    name = re.compile(rf"partial_results_llava_vid{video_index}_gpu(\d+)\.json")
+    found = [p for p in project.glob(f"partial_results_llava_vid{video_index}_gpu*.json") if name.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(name.fullmatch(p.name)[1]))
+
+
+@dataclass
+class Windows:
+    """The window records of one video, one per grid window found in the partials."""
+    n_windows: int
+    records: dict = field(default_factory=dict)  # window index -> record
+    overlaps: int = 0  # windows found in more than one partial
+
+    @property
+    def missing(self) -> list[int]:
+        return [k for k in range(self.n_windows) if k not in self.records]
+
+    @property
+    def skipped(self) -> list[dict]:
+        return [self.records[k] for k in sorted(self.records) if _is_skipped(self.records[k])]
+
+
+def _is_skipped(record) -> bool:
+    # The seed's partials have no "status": every record of theirs is a processed window.
+    return record.get("status") == "skipped"
+
+
+def read_windows(files, n_windows: int) -> Windows:
+    """Collect window records from the partials, checking each lies on the video's grid.
+
+    A window found twice (stale partials of an earlier run with another number of workers)
+    takes the newest file's record, unless that one skipped a window the other processed.
+    """
+    windows = Windows(n_windows)
+    last = (n_windows - 1) * STEP_S
+    for path in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):
+        records = read_json(path, "partial")
+        if not isinstance(records, list):
+            raise InputError(f"partial {path} is not a JSON list of window records: delete it and rerun the worker")
+        for n, r in enumerate(records):
+            t = r.get("time") if isinstance(r, dict) else None
+            k = round(t / STEP_S) if isinstance(t, (int, float)) and not isinstance(t, bool) else -1
+            if not (0 <= k < n_windows and abs(k * STEP_S - t) < _EPS):
+                raise InputError(f"partial {path}: record {n} has time {t!r}, not a window start of this video "
+                                 f"(0, {STEP_S:g}, ..., {last:g} s): is it another video's? delete it and rerun "
+                                 f"the worker")
+            old = windows.records.get(k)
+            if old is not None:
+                windows.overlaps += 1
+                if _is_skipped(r) and not _is_skipped(old):
+                    continue
+            windows.records[k] = r
+    return windows
+
+
+def missing_ranges(missing, duration: float) -> list[str]:
+    """Consecutive missing windows as readable time ranges, e.g. '24.0-37.0 s (windows 12-17)'."""
+    runs = []
+    for k in missing:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return [f"{a * STEP_S:.1f}-{min(b * STEP_S + WINDOW_S, max(duration, b * STEP_S)):.1f} s "
+            f"(window{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''})" for a, b in runs]
+
+
+def window_records_to_events(windows: Windows):
+    """(events, failures): every event of every processed window, re-parsed from its raw text.
+
+    Each event carries its window's "window" start and "raw" text; failures are the
+    processed windows whose text is neither events nor None.
+    """
+    events, failures = [], []
+    for k in sorted(windows.records):
+        r = windows.records[k]
+        if _is_skipped(r):
+            continue
+        found, ok = window_events(float(r["time"]), r.get("raw"))
+        if not ok:
+            failures.append(r)
+        for e in found:
+            events.append({**e, "window": float(r["time"]), "raw": r.get("raw")})
+    return events, failures
+
+
+def final_record(e) -> dict:
+    """The final-file record of one event: the seed's {time, raw} plus the parsed event."""
+    return {"time": e["window"], "raw": e["raw"], "label": e["label"], "label_raw": e.get("label_raw"),
+            "team": e["team"], "confidence": e["confidence"], "details": e.get("details"),
+            "event_time": e["time"], "frame": e.get("frame")}
+
+
+def label_counts(events) -> tuple[dict, dict]:
+    """(SoccerNet class -> count, other label -> count), each most frequent first."""
+    counts = {}
+    for e in events:
+        counts[e["label"]] = counts.get(e["label"], 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ({k: v for k, v in ordered if k in SOCCERNET_CLASSES},
+            {k: v for k, v in ordered if k not in SOCCERNET_CLASSES})

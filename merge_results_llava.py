@@ -1,0 +1,120 @@
+"""Merge one video's partial results into final_predictions_llava_video_{I}.json.
+
+    python merge_results_llava.py --video_index 5
+    python merge_results_llava.py --video_index 5 --keep-partials --dedup-s 3.0
+
+Reads every $SOCCER_PROJECT/partial_results_llava_vid{I}_gpu*.json (any number of workers),
+re-parses each window's raw model text (so parser fixes apply to old partials), normalises
+labels to the 17 SoccerNet classes (other labels are kept under their own name), and keeps
+one event per label within --dedup-s seconds: the most confident, with its own time.
+
+Before writing, every window of the video must be in some partial (processed or recorded
+as skipped). If any are missing it writes nothing, keeps the partials, prints the missing
+time ranges and exits 75: rerun the workers for that video (they resume), then merge again.
+The final file is written atomically; the partials are deleted only after that.
+
+Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad flags,
+75 windows missing.
+"""
+import argparse
+import sys
+
+from llava_soccer import merge, settings, videos
+from llava_soccer.jsonio import InputError, atomic_write_json
+
+EXIT_MISSING = 75  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
+
+
+def parse_args(argv):
+    env = settings.env
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video_index", type=int, required=True, help="line of videos.txt (0-based)")
+    p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
+                   help="events of one label this many seconds apart or closer are one event "
+                        f"(env LLAVA_DEDUP_S, default {settings.DEDUP_S:g}; 0 merges only equal times)")
+    p.add_argument("--keep-partials", action="store_true",
+                   help="keep the partial files after writing the final file (default: delete them)")
+    p.add_argument("--show-failures", type=int, default=20,
+                   help="unparseable windows whose text is printed in the summary (default 20)")
+    args = p.parse_args(argv)
+    if args.dedup_s < 0:
+        p.error(f"--dedup-s must be 0 or more, not {args.dedup_s:g}")
+    return args
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
+
+
+def _short(text, width=100) -> str:
+    text = repr(text)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def run(args) -> int:
+    project = settings.project_dir(args.project)
+    final = settings.final_path(project, args.video_index)
+    files = merge.partial_files(project, args.video_index)
+    if not files:
+        if final.exists():
+            print(f"video {args.video_index}: already merged into {final} (no partials left)")
+            return 0
+        raise InputError(f"no partials of video {args.video_index} in {project} "
+                         f"(partial_results_llava_vid{args.video_index}_gpu*.json): run the workers first")
+    video = videos.resolve_video(project, args.video_index)
+    info = videos.probe(video)
+    windows = merge.read_windows(files, info.n_windows)
+
+    missing = windows.missing
+    if missing:
+        print(f"video {args.video_index}: {len(missing)} of {info.n_windows} windows are in none of the "
+              f"{len(files)} partials; not finalising, partials kept. Missing:", file=sys.stderr)
+        for line in merge.missing_ranges(missing, info.duration):
+            print(f"  {line}", file=sys.stderr)
+        print(f"fix: rerun the workers of video {args.video_index} (they resume from the partials), "
+              f"then merge again", file=sys.stderr)
+        return EXIT_MISSING
+
+    found, failures = merge.window_records_to_events(windows)
+    kept = merge.dedup(found, args.dedup_s)
+    atomic_write_json(final, [merge.final_record(e) for e in kept])
+    if not args.keep_partials:
+        for path in files:
+            path.unlink(missing_ok=True)
+
+    skipped = windows.skipped
+    processed = info.n_windows - len(skipped)
+    classes, others = merge.label_counts(kept)
+    print(f"video {args.video_index} ({video.name}): {info.n_windows} windows from {len(files)} partials: "
+          f"{processed} processed, {len(skipped)} skipped")
+    if skipped:
+        shown = ", ".join(f"{r['time']:g} s ({r.get('error') or 'error'})" for r in skipped[:10])
+        print(f"  skipped: {shown}{f', ... {len(skipped) - 10} more' if len(skipped) > 10 else ''}")
+    if windows.overlaps:
+        print(f"  {windows.overlaps} windows were in more than one partial: used the newest file's record")
+    print(f"events: {len(found)} found, {len(kept)} after de-duplication (same label within {args.dedup_s:g} s)")
+    print(f"labels: {_counts(classes)}")
+    if others:
+        print(f"labels that are not SoccerNet classes (kept as they are): {_counts(others)}")
+    print(f"parse failures: {len(failures)} of {processed} processed windows")
+    for r in failures[:args.show_failures]:
+        print(f"  {r['time']:g} s: {_short(r.get('raw'))}")
+    if len(failures) > args.show_failures:
+        print(f"  ... {len(failures) - args.show_failures} more (--show-failures N prints more)")
+    kept_note = "partials kept" if args.keep_partials else f"deleted {len(files)} partials"
+    print(f"wrote {final} ({len(kept)} events); {kept_note}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"merge_results_llava.py: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""merge_results_llava.py on hand-made partials of a real 60 s video (30 windows of 2 s)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT, load, make_project
+
+import merge_results_llava
+from llava_soccer import merge, settings, videos
+from llava_soccer.events import final_events
+
+N_WINDOWS = 30
+
+
+@pytest.fixture
+def project(odd_root, video_25fps, request):
+    p = make_project(odd_root / request.node.name, {"league/game/1_224p.mkv": video_25fps})
+    videos.manifest(p)  # videos.txt, as the workers leave it
+    return p
+
+
+def answer(*events):
+    """A window's raw text as LLaVA writes it: Python dicts, frames numbered 1..15."""
+    return "\n".join("{" + ", ".join(f"'{k}': {v!r}" for k, v in e.items()) + "}" for e in events)
+
+
+def ev(label, frame, confidence=0.9, team="home"):
+    return {"label": label, "team": team, "confidence": confidence, "frame": frame, "details": "seen"}
+
+
+def ok(k, raw="None"):
+    return {"time": 2.0 * k, "end": 2.0 * k + 2.8, "status": "ok", "raw": raw, "parsed": True, "events": []}
+
+
+def skipped(k, error="OOM"):
+    return {"time": 2.0 * k, "end": 2.0 * k + 2.8, "status": "skipped", "error": error, "raw": None, "events": []}
+
+
+def write_partials(project, *parts, video=0):
+    """One partial per list of records, gpu0, gpu1, ... (as settings.partial_path names them)."""
+    paths = [settings.partial_path(project, video, g) for g in range(len(parts))]
+    for path, records in zip(paths, parts):
+        path.write_text(json.dumps(records))
+    return paths
+
+
+def all_windows(raws=None, skip=()):
+    raws = raws or {}
+    return [skipped(k) if k in skip else ok(k, raws.get(k, "None")) for k in range(N_WINDOWS)]
+
+
+def run_merge(project, capsys, *extra, video=0):
+    code = merge_results_llava.main(["--video_index", str(video), "--project", str(project), *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_merge_writes_final_deletes_partials_and_summarises(project, capsys):
+    raws = {
+        1: "```json\n{\"label\": \"Shot on target\", \"team\": \"away\", \"confidence\": 0.8, \"frame\": 6}\n```",
+        3: answer(ev("Goal", 8), ev("Offside", 8, 0.6)),  # two events in one window: both count
+        5: "A player from the away team kicks the ball.",  # prose: a parse failure
+        7: "Sure! {'label': 'Other', 'team': 'home', 'confidence': 0.5} is what I see.",
+    }
+    records = all_windows(raws, skip={9})
+    records[20] = {"time": 40.0, "raw": answer(ev("Corners", 1))}  # the seed's partial format: no status
+    paths = write_partials(project, records[:12], records[12:])
+
+    code, out, err = run_merge(project, capsys)
+
+    assert code == 0, err
+    assert not any(p.exists() for p in paths)
+    final = load(settings.final_path(project, 0))
+    assert [(r["label"], r["event_time"], r["time"]) for r in final] == [
+        ("Shots on target", 3.0, 2.0), ("Goal", 7.4, 6.0), ("Offside", 7.4, 6.0), ("Other", 15.4, 14.0),
+        ("Corner", 40.0, 40.0)]
+    goal = final[1]
+    assert goal["raw"] == raws[3] and goal["team"] == "home" and goal["confidence"] == 0.9
+    assert goal["details"] == "seen" and goal["frame"] == 8 and goal["label_raw"] == "Goal"
+    assert final[0]["label_raw"] == "Shot on target"
+    assert [e["label"] for e in final_events(final)] == [r["label"] for r in final]
+    assert "30 windows from 2 partials: 29 processed, 1 skipped" in out
+    assert "skipped: 18 s (OOM)" in out
+    assert "events: 5 found, 5 after de-duplication (same label within 3 s)" in out
+    assert "labels: Corner 1, Goal 1, Offside 1, Shots on target 1" in out
+    assert "not SoccerNet classes (kept as they are): Other 1" in out
+    assert "parse failures: 1 of 29 processed windows" in out
+    assert "10 s: 'A player from the away team kicks the ball.'" in out
+    assert "deleted 2 partials" in out
+
+
+def test_dedup_boundaries_ties_and_labels(project, capsys):
+    raws = {
+        0: answer(ev("Goal", 1, 0.9)),                            # 0.0
+        1: answer(ev("Goal", 5, 0.8)),                            # 2.8: 2.8 s after -> duplicate
+        5: answer(ev("Corner", 1, 0.7)),                          # 10.0
+        6: answer(ev("Corner", 6, 0.9)),                          # 13.0: exactly 3.0 s -> duplicate, wins
+        10: answer(ev("Foul", 1)),                                # 20.0
+        11: answer(ev("Foul", 7)),                                # 23.2: 3.2 s -> two events
+        15: answer(ev("Goal", 3), ev("Offside", 3), ev("Shot on target", 3, 0.5), ev("Shots on target", 3, 0.7)),
+        20: answer(ev("Throw-in", 1, 0.8)),                       # 40.0 } equal confidence:
+        21: answer(ev("Throw-in", 1, 0.8)),                       # 42.0 } the earlier one stays
+        25: "{'label': 'Clearance', 'frame': 1}",                 # 50.0, no confidence: ranks lowest
+        26: answer(ev("Clearance", 1, 0.1)),                      # 52.0
+    }
+    write_partials(project, all_windows(raws))
+
+    code, out, err = run_merge(project, capsys, "--keep-partials")
+
+    assert code == 0, err
+    final = load(settings.final_path(project, 0))
+    kept = [(r["label"], r["event_time"], r["confidence"]) for r in final]
+    assert kept == [("Goal", 0.0, 0.9), ("Corner", 13.0, 0.9), ("Foul", 20.0, 0.9), ("Foul", 23.2, 0.9),
+                    ("Goal", 30.4, 0.9), ("Offside", 30.4, 0.9), ("Shots on target", 30.4, 0.7),
+                    ("Throw-in", 40.0, 0.8), ("Clearance", 52.0, 0.1)]
+    assert "events: 14 found, 9 after de-duplication" in out
+    assert settings.partial_path(project, 0, 0).exists() and "partials kept" in out
+
+
+def test_dedup_flag_changes_the_window(project, capsys):
+    write_partials(project, all_windows({0: answer(ev("Goal", 1)), 1: answer(ev("Goal", 5, 0.5))}))
+    code, out, _ = run_merge(project, capsys, "--dedup-s", "2.5")
+    assert code == 0
+    assert [r["event_time"] for r in load(settings.final_path(project, 0))] == [0.0, 2.8]
+
+
+@pytest.mark.parametrize("apart, kept", [(2.9, 1), (3.0, 1), (3.1, 2)])
+def test_dedup_is_inclusive_at_three_seconds(apart, kept):
+    # Float times are inexact: 4.4 - 1.4 = 3.0000000000000004 must still count as 3.0 s.
+    events = [{"label": "Goal", "time": 1.4, "confidence": 0.9},
+              {"label": "Goal", "time": round(1.4 + apart, 3), "confidence": 0.9}]
+    assert 4.4 - 1.4 > 3.0
+    assert len(merge.dedup(events, settings.DEDUP_S)) == kept
+
+
+def test_missing_windows_block_the_final_and_keep_partials(project, capsys):
+    old = settings.final_path(project, 0)
+    old.write_text("[]\n")  # e.g. from an earlier run: must stay as it is
+    records = all_windows()
+    paths = write_partials(project, records[:10], records[20:29])  # 10-19 and 29 never written
+
+    code, out, err = run_merge(project, capsys)
+
+    assert code == merge_results_llava.EXIT_MISSING == 75
+    assert old.read_text() == "[]\n"
+    assert all(p.exists() for p in paths)
+    assert "11 of 30 windows are in none of the 2 partials; not finalising, partials kept" in err
+    assert "  20.0-41.0 s (windows 10-19)\n" in err
+    assert "  58.0-60.0 s (window 29)\n" in err
+    assert "rerun the workers of video 0" in err
+    assert out == ""
+
+
+def test_skipped_windows_count_as_covered_and_any_number_of_partials(project, capsys):
+    records = all_windows({4: answer(ev("Goal", 1))}, skip={0, 1, 29})
+    write_partials(project, records[:3], records[3:4], records[4:17], records[17:])
+    code, out, err = run_merge(project, capsys)
+    assert code == 0, err
+    assert "30 windows from 4 partials: 27 processed, 3 skipped" in out
+    assert "skipped: 0 s (OOM), 2 s (OOM), 58 s (OOM)" in out
+    assert len(load(settings.final_path(project, 0))) == 1
+
+
+def test_only_this_videos_partials_are_read(odd_root, video_25fps, capsys, request):
+    project = make_project(odd_root / request.node.name, {"a/1_224p.mkv": video_25fps, "a/2_224p.mkv": video_25fps})
+    assert videos.manifest(project) == ["a/1_224p.mkv", "a/2_224p.mkv"]
+    write_partials(project, all_windows({0: answer(ev("Goal", 1))}), video=1)
+    decoys = [project / "partial_results_llava_vid10_gpu0.json", project / "partial_results_llava_vid1_gpu0.json.bak",
+              project / ".partial_results_llava_vid1_gpu1.json.x1.tmp"]
+    for d in decoys:
+        d.write_text("not json")
+    code, out, err = run_merge(project, capsys, video=1)
+    assert code == 0, err
+    assert "30 windows from 1 partials" in out
+    assert len(load(settings.final_path(project, 1))) == 1
+    assert all(d.exists() for d in decoys)
+
+
+def test_a_stale_partial_does_not_undo_a_processed_window(project, capsys):
+    # An earlier 2-worker run left gpu1 (windows 15-29, all processed); the rerun with one
+    # worker skipped window 20 and processed the rest. Window 20 keeps the earlier answer.
+    old = all_windows({20: answer(ev("Goal", 1))})[15:]
+    new = all_windows({21: answer(ev("Foul", 1))}, skip={20})
+    g0, g1 = write_partials(project, new, old)
+    os.utime(g1, (1_000_000, 1_000_000))
+    code, out, err = run_merge(project, capsys)
+    assert code == 0, err
+    assert [r["label"] for r in load(settings.final_path(project, 0))] == ["Goal", "Foul"]
+    assert "15 windows were in more than one partial: used the newest file's record" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[{\"time\": 0.0, \"raw\": ", "is not valid JSON"),
+    ("{\"time\": 0.0}", "is not a JSON list of window records"),
+    ("[{\"time\": 3.0, \"raw\": \"None\"}]", "record 0 has time 3.0, not a window start of this video (0, 2, ..., 58 s)"),
+    ("[{\"time\": 60.0, \"raw\": \"None\"}]", "record 0 has time 60.0, not a window start"),
+    ("[{\"raw\": \"None\"}]", "record 0 has time None"),
+])
+def test_bad_partial_is_one_line_naming_the_file(project, capsys, content, message):
+    write_partials(project, all_windows()[:15])
+    bad = settings.partial_path(project, 0, 1)
+    bad.write_text(content)
+    code, out, err = run_merge(project, capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("merge_results_llava.py: error: partial ")
+    assert str(bad) in err and message in err
+    assert not settings.final_path(project, 0).exists() and bad.exists()
+
+
+def test_no_partials(project, capsys):
+    code, _, err = run_merge(project, capsys)
+    assert code == 1 and "no partials of video 0" in err and "run the workers first" in err
+    settings.final_path(project, 0).write_text("[]\n")
+    code, out, _ = run_merge(project, capsys)
+    assert code == 0 and "already merged" in out
+
+
+def test_bad_flags_exit_2(project, capsys):
+    with pytest.raises(SystemExit) as e:
+        merge_results_llava.main(["--video_index", "0", "--dedup-s", "-1"])
+    assert e.value.code == 2 and "--dedup-s must be 0 or more" in capsys.readouterr().err
+
+
+# A child process merges with a writer that stops at a chosen point and says so; the test
+# then SIGKILLs it there, as a node failure or `scancel --signal=KILL` would.
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import merge_results_llava
+    point = sys.argv[3]
+
+    def stop():
+        print("STOPPED", flush=True)
+        time.sleep(60)
+
+    real_fdopen, real_replace = os.fdopen, os.replace
+
+    class HalfWriter:
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+        def write(self, text):
+            self.f.write(text[:len(text) // 2])
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            stop()
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    if point == "mid-write":
+        os.fdopen = lambda *a, **k: HalfWriter(real_fdopen(*a, **k))
+    else:
+        os.replace = lambda *a: (stop(), real_replace(*a))
+    merge_results_llava.main(["--video_index", "0", "--project", sys.argv[2]])
+""")
+
+
+@pytest.mark.parametrize("point, old_final", [("mid-write", True), ("before-rename", True), ("mid-write", False)])
+def test_kill_while_writing_final_leaves_old_or_no_final(project, capsys, point, old_final):
+    final = settings.final_path(project, 0)
+    old = '[{"time": 0.0, "raw": "old"}]\n'
+    if old_final:
+        final.write_text(old)
+    partials = write_partials(project, all_windows({k: answer(ev("Goal", 1)) for k in range(0, 30, 3)}))
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(project), point],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "STOPPED\n"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    if old_final:
+        assert final.read_text() == old
+    else:
+        assert not final.exists()
+    assert all(p.exists() for p in partials)
+    assert any(p.name.endswith(".tmp") for p in project.iterdir())  # the killed writer's leftover
+
+    code, out, err = run_merge(project, capsys)  # the rerun finishes the job
+    assert code == 0, err
+    assert len(load(final)) == 10 and not any(p.exists() for p in partials)
