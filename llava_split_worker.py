@@ -51,6 +51,8 @@ def parse_args(argv):
                    help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7 (env LLAVA_TEMPERATURE)")
     p.add_argument("--top-p", type=float, default=float(env("LLAVA_TOP_P", 0.9)),
                    help="nucleus sampling when temperature > 0 (env LLAVA_TOP_P)")
+    p.add_argument("--cache", choices=["dynamic", "static"], default=env("LLAVA_CACHE", "dynamic"),
+                   help="KV cache of generate: static preallocates it (faster decode; env LLAVA_CACHE)")
     p.add_argument("--retry-skipped", action="store_true",
                    help="reprocess windows recorded as skipped (OOM or error) in the partial file")
     p.add_argument("--progress-every", type=float, default=30.0,
@@ -152,7 +154,7 @@ class Worker:
             if inputs is None:
                 inputs = llava.prepare(self.processor, [(w[2], w[3]) for w in ready])
             texts = llava.generate(self.model, self.processor, inputs, self.args.max_new_tokens,
-                                   self.args.temperature, self.args.top_p)
+                                   self.args.temperature, self.args.top_p, self.args.cache)
         except torch.OutOfMemoryError:
             del inputs
             if self.model.device.type == "cuda":
@@ -199,7 +201,8 @@ def _prepare(processor, batch):
     return llava.prepare(processor, ready) if len(ready) == len(batch) else None
 
 
-def run(args):
+def run(args, loaded=None):
+    """Process the slice; loaded=(model, processor) skips loading (benchmarks/bench_worker.py)."""
     project = settings.project_dir(args.project)
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
@@ -219,11 +222,11 @@ def run(args):
         return 0
     device = llava.pick_device(args.gpu_id)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
+             f"batch_size={args.batch_size} cache={args.cache} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
              f"top_p={args.top_p} HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
     t0 = time.monotonic()
     try:
-        model, processor = llava.load(args.model, args.quantization, device)
+        model, processor = loaded or llava.load(args.model, args.quantization, device)
     except Exception as e:  # hub errors are long; the first line says what is missing
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load model {args.model!r} ({args.quantization}): {first}. Check --model/LLAVA_MODEL, "

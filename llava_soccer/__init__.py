@@ -5,6 +5,7 @@ jsonio     atomic JSON writes and one-line input errors
 videos     videos.txt manifest, window grid and slices, exact-timestamp frame reading
 events     model text -> events (never eval), label normalisation to the 17 SoccerNet classes
 merge      partials -> final events: coverage check, re-parsing, de-duplication
+soccernet  SoccerNet labels, results_spotting.json, official average-mAP, precision/recall
 matching   one-to-one label+time matching (model vs model, model vs ground truth)
 model      loading LLaVA-NeXT (NF4/bf16/...), the prompt, batched generate
 synthetic  tiny/full-size random checkpoints and barcoded H.264 videos for tests and demos

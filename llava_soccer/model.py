@@ -70,14 +70,15 @@ def prepare(processor, windows):
     return processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
 
-def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0):
-    """The decoded answers of one prepared batch."""
+def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0, cache="dynamic"):
+    """The decoded answers of one prepared batch. cache="static" preallocates the KV cache, which
+    makes each decode step cheaper (decode is launch-bound: benchmarks/RESULTS.md)."""
     import torch
     inputs = inputs.to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False}
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens,
-                             pad_token_id=processor.tokenizer.pad_token_id, **sampling)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id,
+                             **({"cache_implementation": "static"} if cache == "static" else {}), **sampling)
     return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

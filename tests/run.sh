@@ -31,6 +31,10 @@ log "installing Python requirements into ${venv}"
 # (the grep only hides this machine's noisy pip-index warnings; pip's own exit status counts)
 "${venv}/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r tests/requirements.txt \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# The official SoccerNet evaluator (evaluate_soccernet.py). --no-deps: its evaluation module needs
+# only numpy and tqdm; the package's declared dependencies (boto3, pycocoevalcap, ...) are not used.
+"${venv}/bin/pip" install -q --disable-pip-version-check --no-deps SoccerNet==0.2.0 \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 log "running tests"
 exec "${venv}/bin/python" -m pytest tests -q -rs "$@"

@@ -1,0 +1,180 @@
+"""Seconds per window of the real worker on one GPU: the number to plan cluster time with.
+
+    python benchmarks/bench_worker.py --video match_224p.mkv                       # nf4, batch 1
+    python benchmarks/bench_worker.py --video match_224p.mkv --quantization nf4 bf16 \\
+        --batch-sizes 1 4 8 --caches dynamic static --windows 16 --max-new-tokens 64
+
+Builds the full-size llava-v1.6-mistral-7b architecture from its config with random weights
+(no download; --checkpoint DIR reuses one), loads it the way the worker does (NF4 quantizes the
+saved bf16 copy at load time, as with the hub checkpoint), then for each setting runs the
+worker's own loop (llava_split_worker.run: decode, preprocess in a prefetch thread, generate,
+partial JSON) over --windows windows of the video. Random weights never stop generating, so
+every window produces exactly --max-new-tokens tokens.
+
+Prints, per setting: s/window, windows/s, mean GPU utilisation, peak GPU memory, and the
+projected minutes for a 50-minute half (1,500 windows) on 4 GPUs; and, per quantization, the
+time split of one window: decode video, preprocess, vision tower, prefill, per new token.
+Writes everything as JSON to --out (default $OUT/bench.json or ./bench.json).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import llava_split_worker as worker  # noqa: E402
+from llava_soccer import model as llava  # noqa: E402
+from llava_soccer import synthetic, videos  # noqa: E402
+from llava_soccer.jsonio import atomic_write_json  # noqa: E402
+from llava_soccer.settings import partial_path  # noqa: E402
+
+HALF_WINDOWS = 1500  # 50 minutes, a window every 2 s
+
+
+CUDA = torch.cuda.is_available()  # on CPU (tests, with a tiny --checkpoint) GPU numbers are None
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t, out
+
+
+class UtilSampler(threading.Thread):
+    """Mean GPU utilisation (nvidia-smi's number, via NVML) while running."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples, self.running = [], True
+
+    def run(self):
+        while self.running:
+            try:
+                self.samples.append(torch.cuda.utilization())
+            except Exception:  # NVML missing: report no number rather than fail the run
+                return
+            time.sleep(0.1)
+
+    def stop(self):
+        self.running = False
+        if self.is_alive():
+            self.join()
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def time_split(model, processor, info, max_new_tokens):
+    """Seconds of each stage for one window (the second of the video, after a warm-up)."""
+    t = time.perf_counter()
+    (_, _, times, frames), = videos.iter_windows(info, [1])
+    decode = time.perf_counter() - t
+    t = time.perf_counter()
+    inputs = llava.prepare(processor, [(times, frames)])
+    preprocess = time.perf_counter() - t
+    gpu = inputs.to(model.device)
+    pixels = gpu["pixel_values"].to(model.dtype)
+    with torch.inference_mode():
+        vision, _ = timed(lambda: model.model.get_image_features(pixels, gpu["image_sizes"]))
+    prefill, _ = timed(lambda: llava.generate(model, processor, inputs, max_new_tokens=1))
+    full, _ = timed(lambda: llava.generate(model, processor, inputs, max_new_tokens=max_new_tokens))
+    return {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision,
+            "prefill_s": prefill, "generate_s": full, "per_new_token_ms": 1000 * (full - prefill) / (max_new_tokens - 1),
+            "tokens": int(inputs["input_ids"].shape[1])}
+
+
+def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tokens, quant):
+    """llava_split_worker.run over the first `windows` windows; the partial file pretends the rest are done."""
+    project = Path(tempfile.mkdtemp()) / "project"
+    (project / "raw_data").mkdir(parents=True)
+    os.symlink(video, project / "raw_data" / "match.mkv")
+    info = videos.probe(video)
+    rest = [{"time": info.window_start(k), "raw": "None", "status": "ok", "events": []}
+            for k in range(windows, info.n_windows)]
+    atomic_write_json(partial_path(project, 0, 0), rest)
+    args = worker.parse_args(["--gpu_id", "0", "--num_workers", "1", "--video_index", "0", "--project", str(project),
+                              "--model", str(ckpt), "--quantization", quant, "--batch-size", str(batch), "--cache", cache,
+                              "--max-new-tokens", str(max_new_tokens), "--progress-every", "1e9"])
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    sampler = UtilSampler()
+    if CUDA:
+        sampler.start()
+    seconds, code = timed(lambda: worker.run(args, loaded=(model, processor)))
+    util = sampler.stop()
+    assert code == 0, f"worker exited {code}"
+    per_window = seconds / windows
+    return {"quantization": quant, "batch_size": batch, "cache": cache, "windows": windows,
+            "s_per_window": per_window, "windows_per_s": 1 / per_window, "gpu_util_pct": util,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else None,
+            "half_on_4_gpus_min": per_window * HALF_WINDOWS / 4 / 60}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", required=True, help="a 224p H.264 video of at least --windows * 2 s")
+    p.add_argument("--checkpoint", default=None, help="reuse a full-size checkpoint directory (default: build one)")
+    p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp32"], default=["nf4"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
+    p.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"])
+    p.add_argument("--windows", type=int, default=16, help="windows per setting (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="fixed answer length (default 64)")
+    p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
+    a = p.parse_args(argv)
+    video = os.path.abspath(a.video)
+    info = videos.probe(video)
+    ckpt = a.checkpoint
+    if ckpt is None:
+        ckpt = tempfile.mkdtemp(prefix="llava_full_")
+        t = time.perf_counter()
+        synthetic.make_checkpoint(ckpt, "full", dtype="bfloat16", device="cuda")
+        print(f"built the full-size checkpoint in {time.perf_counter() - t:.0f} s", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    results = {"gpu": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "video": a.video,
+               "max_new_tokens": a.max_new_tokens, "split": {}, "runs": []}
+    for quant in a.quantization:
+        t = time.perf_counter()
+        model, processor = llava.load(ckpt, quant, llava.pick_device(0))
+        print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
+        run_worker(model, processor, ckpt, video, 2, 1, "dynamic", 8, quant)  # warm-up: CUDA kernels, allocator
+        results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens)
+        print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
+        for cache in a.caches:
+            for batch in a.batch_sizes:
+                try:
+                    r = run_worker(model, processor, ckpt, video, a.windows, batch, cache, a.max_new_tokens, quant)
+                except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
+                    r = {"quantization": quant, "batch_size": batch, "cache": cache, "error": f"{type(e).__name__}: {e}"}
+                results["runs"].append(r)
+                print(json.dumps(r), flush=True)
+        del model, processor
+        if CUDA:
+            torch.cuda.empty_cache()
+    atomic_write_json(a.out, results)
+    print(f"\n| quant | batch | cache | s/window | windows/s | GPU util | peak GiB | 50-min half on 4 GPUs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results["runs"]:
+        if "error" in r:
+            print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']} | {r['error'][:60]} |")
+            continue
+        util = f"{r['gpu_util_pct']:.0f}%" if r["gpu_util_pct"] is not None else "n/a"
+        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
+        print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']} | {r['s_per_window']:.2f} | "
+              f"{r['windows_per_s']:.2f} | {util} | {peak} | {r['half_on_4_gpus_min']:.1f} min |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""Score final predictions against SoccerNet-v2 labels: official average-mAP + precision/recall.
+
+    pip install --no-deps SoccerNet==0.2.0          # the official evaluator (once; see README)
+    python evaluate_soccernet.py --soccernet /data/SoccerNet
+    python evaluate_soccernet.py --soccernet /data/SoccerNet --models llava,qwen7b=/data/qwen_runs --plot
+    python evaluate_soccernet.py --videos 0-9 --tolerance 5 --min_confidence 0.6 --metrics tight
+
+Reads every $SOCCER_PROJECT/final_predictions_<model>_video_<N>.json (or --videos), maps N
+through $SOCCER_PROJECT/videos.txt to <league>/<season>/<game>/<half>_<res>.mkv, and reads
+<soccernet>/<league>/<season>/<game>/Labels-v2.json. Only the games and halves that were
+processed are scored. Writes into --out (default $SOCCER_PROJECT/soccernet_eval):
+  <model>/<league>/<season>/<game>/results_spotting.json   official layout (EvalAI, evaluator)
+  summary.json, per_class.csv                              everything printed, and more
+  precision_recall.png, timeline_video_<N>.png             with --plot
+Official numbers come from SoccerNet.Evaluation.ActionSpotting.evaluate itself, in [0, 1]
+(papers print them x100); classes absent from the ground truth count 0 in its mean.
+Exit codes: 0 done, 1 input error (one line names the file and the fix), 2 bad flags.
+"""
+import argparse
+import csv
+import io
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from llava_soccer import settings, soccernet, videos
+from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text
+from llava_soccer.settings import SOCCERNET_CLASSES
+
+METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}
+
+
+def parse_args(argv):
+    env = settings.env
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--soccernet", default=env("SOCCERNET_DIR", None),
+                   help="SoccerNet folder holding <league>/<season>/<game>/Labels-v2.json (env SOCCERNET_DIR)")
+    p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    p.add_argument("--models", default="llava",
+                   help="comma-separated models, each NAME (files in --predictions_dir) or NAME=DIR; "
+                        "e.g. llava,qwen7b=/runs/qwen (default llava)")
+    p.add_argument("--predictions_dir", default=None,
+                   help="folder of final_predictions_<model>_video_<N>.json (default: the project directory)")
+    p.add_argument("--videos", default="all", help="video indices to score, e.g. 0-9,12 (default all with predictions)")
+    p.add_argument("--out", default=None, help="output folder (default <project>/soccernet_eval)")
+    p.add_argument("--tolerance", type=float, default=3.0,
+                   help="precision/recall: a prediction matches a ground-truth event of its class at most this "
+                        "many seconds away, one-to-one (default 3)")
+    p.add_argument("--min_confidence", type=float, default=0.0,
+                   help="precision/recall: ignore predictions less confident than this (default 0 = all); "
+                        "the official mAP sweeps all thresholds itself")
+    p.add_argument("--missing_confidence", type=float, default=0.5,
+                   help="confidence given to events without one (default 0.5; values > 1 are read as percent)")
+    p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
+                   help="events of one label this many seconds apart or closer are one event, the most confident "
+                        f"kept (the merge's rule; env LLAVA_DEDUP_S, default {settings.DEDUP_S:g}; 0 keeps all "
+                        "but exact repeats)")
+    p.add_argument("--metrics", default=",".join(soccernet.OFFICIAL_METRICS),
+                   help="official average-mAP variants: tight (1-5 s), loose (5-60 s), at1, at5, or none "
+                        "(default all four; about 8 s per model)")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw precision_recall.png and timeline_video_<N>.png (default off)")
+    p.add_argument("--timeline_video", type=int, default=None,
+                   help="video index of the timeline plot (default the first one scored)")
+    args = p.parse_args(argv)
+    metrics = [m for m in args.metrics.split(",") if m]
+    if metrics == ["none"]:
+        metrics = []
+    bad = [m for m in metrics if m not in soccernet.OFFICIAL_METRICS]
+    if bad:
+        p.error(f"--metrics: unknown {','.join(bad)}; choose from {','.join(soccernet.OFFICIAL_METRICS)} or none")
+    args.metrics = metrics
+    if args.tolerance < 0 or args.dedup_s < 0:
+        p.error("--tolerance and --dedup-s must be 0 or more seconds")
+    return args
+
+
+def parse_indices(text):
+    """"0-9,12" -> {0..9, 12}; "all" -> None."""
+    if text.strip() == "all":
+        return None
+    out = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise InputError(f"--videos {text!r}: use indices and ranges like 0-9,12 (or all)")
+        out.update(range(int(m[1]), int(m[2] or m[1]) + 1))
+    return out
+
+
+def parse_models(text, default_dir):
+    models = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, folder = item.partition("=")
+        if not re.fullmatch(r"[\w.+-]+", name):
+            raise InputError(f"--models: {name!r} is not a model name (letters, digits, . _ + -)")
+        models[name] = Path(folder).expanduser() if folder else default_dir
+    if not models:
+        raise InputError("--models is empty: give e.g. llava or llava,qwen7b=/path/to/qwen_finals")
+    return models
+
+
+def load_model(name, folder, manifest, wanted, project, args):
+    """The Halves of one model, with its events; notes for videos that are not SoccerNet halves."""
+    files = soccernet.prediction_files(folder, name)
+    if wanted is not None:
+        missing = sorted(wanted - set(files))
+        if missing:
+            raise InputError(f"--videos asks for {missing[:10]} but {folder} has no "
+                             f"final_predictions_{name}_video_<N>.json for them")
+        files = {i: p for i, p in files.items() if i in wanted}
+    if not files:
+        raise InputError(f"no final_predictions_{name}_video_<N>.json in {folder} "
+                         "(run the pipeline, or point --predictions_dir / --models NAME=DIR at them)")
+    halves, notes, seen = [], [], {}
+    for index, path in files.items():
+        if index >= len(manifest):
+            raise InputError(f"{path.name} is for video #{index} but {project / videos.MANIFEST} lists "
+                             f"{len(manifest)} videos: use the project the predictions came from (--project)")
+        where = soccernet.video_half(manifest[index])
+        if where is None:
+            notes.append(f"video #{index} ({manifest[index]}) is not <league>/<season>/<game>/<1|2>_*.mkv: skipped")
+            continue
+        if where in seen:
+            raise InputError(f"videos #{seen[where]} and #{index} are both {where[0]} half {where[1]} "
+                             f"({name}): choose one with --videos")
+        seen[where] = index
+        events, unscored = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s)
+        halves.append(soccernet.Half(index, manifest[index], where[0], where[1], path, events, unscored))
+    return halves, notes
+
+
+def evaluate_model(name, halves, labels, out, args):
+    """Write the model's results_spotting.json files; return its summary (official + per class)."""
+    by_game = {}
+    for h in halves:
+        by_game.setdefault(h.game, []).append(h)
+    collapsed = 0
+    official_labels = {}
+    unscored_gt, skipped_gt = Counter(), 0
+    counts = soccernet.new_counts()
+    below_threshold = 0
+    for game, game_halves in by_game.items():
+        content, n = soccernet.results_spotting(game, game_halves)
+        collapsed += n
+        (out / name / game).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / name / game / soccernet.RESULTS_FILE, content)
+        done = {h.half for h in game_halves}
+        annotations = labels[game]
+        official_labels[game] = [a["raw"] for a in annotations if a["half"] in done]
+        skipped_gt += sum(a["half"] not in done for a in annotations)
+        for h in game_halves:
+            gt = [a for a in annotations if a["half"] == h.half]
+            unscored_gt.update(a["label"] for a in gt if a["label"] not in SOCCERNET_CLASSES)
+            gt = [a for a in gt if a["label"] in SOCCERNET_CLASSES]
+            preds = [e for e in h.events if e["confidence"] >= args.min_confidence]
+            below_threshold += len(h.events) - len(preds)
+            soccernet.count_matches(gt, preds, args.tolerance, counts)
+    official = soccernet.official_average_map(official_labels, out / name, args.metrics) if args.metrics else {}
+    rows = soccernet.class_rows(counts)
+    present = [c for c in SOCCERNET_CLASSES if counts[c]["gt"]]
+    for metric, res in official.items():
+        # Not official: the mean over classes the ground truth has (the official mean divides by 17).
+        res["a_mAP_present_classes"] = (sum(res["a_mAP_per_class"][c] for c in present) / len(present)
+                                        if present else None)
+        for row in rows:
+            row[f"a_mAP_{metric}"] = res["a_mAP"] if row["class"] == "all" else res["a_mAP_per_class"][row["class"]]
+    unscored_pred = Counter()
+    for h in halves:
+        unscored_pred.update(h.unscored)
+    return {
+        "model": name,
+        "videos": [{"index": h.index, "video": h.video, "game": h.game, "half": h.half,
+                    "predictions_file": str(h.source), "events": len(h.events)} for h in halves],
+        "games": len(by_game),
+        "official": official,
+        "per_class": rows,
+        "not_scored": {
+            "predicted_labels_outside_classes": dict(unscored_pred.most_common()),
+            "ground_truth_labels_outside_classes": dict(unscored_gt.most_common()),
+            "ground_truth_in_unprocessed_halves": skipped_gt,
+            "predictions_below_min_confidence": below_threshold,
+            "predictions_sharing_a_0.5s_frame_dropped_from_results_spotting": collapsed,
+        },
+    }
+
+
+def fmt(v, digits=3):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_report(s, args):
+    n_videos = len(s["videos"])
+    print(f"\n== {s['model']}: {n_videos} video{'s' * (n_videos != 1)}, {s['games']} game{'s' * (s['games'] != 1)} ==")
+    if s["official"]:
+        parts = [f"{METRIC_NAMES[m]} {r['a_mAP']:.4f}" for m, r in s["official"].items()]
+        print("official average-mAP (SoccerNet evaluator; classes absent from the ground truth count 0): "
+              + "  ".join(parts))
+        parts = [f"{METRIC_NAMES[m]} {fmt(r['a_mAP_present_classes'], 4)}" for m, r in s["official"].items()]
+        print("  same, averaged over the classes present in the ground truth only: " + "  ".join(parts))
+    print(f"precision/recall: one-to-one within +-{args.tolerance:g} s, confidence >= {args.min_confidence:g} "
+          "(vis = visible, n/s = not shown)")
+    head = (f"{'class':<19}{'GT':>5}{'vis':>5}{'n/s':>5}{'pred':>6}{'TP':>5}{'prec':>7}{'recall':>7}{'F1':>7}"
+            f"{'rec vis':>8}{'rec n/s':>8}")
+    head += "".join(f"{METRIC_NAMES[m]:>7}" for m in s["official"])
+    print(head)
+    for r in s["per_class"]:
+        if r["class"] == "all":
+            print("-" * len(head))
+        line = (f"{r['class']:<19}{r['gt']:>5}{r['gt_visible']:>5}{r['gt_not_shown']:>5}{r['pred']:>6}{r['tp']:>5}"
+                f"{fmt(r['precision']):>7}{fmt(r['recall']):>7}{fmt(r['f1']):>7}"
+                f"{fmt(r['recall_visible']):>8}{fmt(r['recall_not_shown']):>8}")
+        line += "".join(f"{fmt(r.get(f'a_mAP_{m}')):>7}" for m in s["official"])
+        print(line)
+    ns = s["not_scored"]
+    for key, what in (("predicted_labels_outside_classes", "predicted labels outside the 17 classes"),
+                      ("ground_truth_labels_outside_classes", "ground-truth labels outside the 17 classes")):
+        if ns[key]:
+            items = list(ns[key].items())
+            text = ", ".join(f"{k} {v}" for k, v in items[:8]) + (f", ... ({len(items)} labels)" if len(items) > 8 else "")
+            print(f"not scored, {what}: {text}")
+    if ns["ground_truth_in_unprocessed_halves"]:
+        print(f"not scored: {ns['ground_truth_in_unprocessed_halves']} ground-truth events in halves not processed")
+
+
+def write_csv(path, summaries, metrics):
+    columns = ["model", "class", "gt", "gt_visible", "gt_not_shown", "pred", "pred_visible", "pred_not_shown",
+               "tp", "tp_visible", "tp_not_shown", "precision", "recall", "f1", "precision_visible",
+               "recall_visible", "f1_visible", "precision_not_shown", "recall_not_shown", "f1_not_shown"]
+    columns += [f"a_mAP_{m}" for m in metrics]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for s in summaries:
+        for r in s["per_class"]:
+            w.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v)
+                        for k, v in {"model": s["model"], **r}.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_precision_recall(path, summaries, args):
+    import matplotlib
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(SOCCERNET_CLASSES))
+    fig, axes = plt.subplots(len(summaries), 1, figsize=(12, 3.6 * len(summaries)), squeeze=False)
+    for ax, s in zip(axes[:, 0], summaries):
+        rows = {r["class"]: r for r in s["per_class"]}
+        for k, (key, color) in enumerate((("precision", "tab:blue"), ("recall", "tab:orange"))):
+            vals = [rows[c][key] or 0 for c in SOCCERNET_CLASSES]
+            ax.bar(x + (k - 0.5) * 0.4, vals, 0.4, label=key, color=color)
+        for i, c in enumerate(SOCCERNET_CLASSES):
+            ax.text(i, 1.02, f"{rows[c]['gt']}/{rows[c]['pred']}", ha="center", fontsize=7)
+        ax.set_xticks(x, SOCCERNET_CLASSES, rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(f"{s['model']}: precision and recall per class (+-{args.tolerance:g} s, "
+                     f"confidence >= {args.min_confidence:g}; numbers: ground truth/predicted)", fontsize=10)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_timeline(path, index, gt, sources):
+    """Ground truth of one half and each model's events on it, one row per class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = 1 + len(sources)
+    fig, axes = plt.subplots(rows, 1, figsize=(14, 2.6 * rows + 0.6), sharex=True, squeeze=False)
+    ypos = {c: i for i, c in enumerate(SOCCERNET_CLASSES)}
+    ax = axes[0, 0]
+    for vis, color in (("visible", "black"), ("not shown", "tab:gray")):
+        pts = [(a["time"] / 60, ypos[a["label"]]) for a in gt if a["visibility"] == vis and a["label"] in ypos]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="|", s=120, color=color, label=vis)
+    ax.set_title(f"video #{index}: ground truth", fontsize=10, loc="left")
+    ax.legend(loc="upper right", fontsize=7)
+    for ax, (name, events) in zip(axes[1:, 0], sources.items()):
+        ax.scatter([e["time"] / 60 for e in events], [ypos[e["label"]] for e in events], marker="|", s=120,
+                   c=[e["confidence"] for e in events], cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"{name} ({len(events)} events, colour = confidence)", fontsize=10, loc="left")
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(SOCCERNET_CLASSES)), SOCCERNET_CLASSES, fontsize=6)
+        ax.set_ylim(-1, len(SOCCERNET_CLASSES))
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("minutes from the start of the half")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args):
+    project = settings.project_dir(args.project)
+    if not args.soccernet:
+        raise InputError("no SoccerNet folder: pass --soccernet DIR (holding <league>/<season>/<game>/Labels-v2.json) "
+                         "or set SOCCERNET_DIR")
+    root = Path(args.soccernet).expanduser()
+    if not root.is_dir():
+        raise InputError(f"--soccernet {root} is not a folder (expected <league>/<season>/<game>/Labels-v2.json in it)")
+    manifest = videos.manifest(project)
+    if not manifest:
+        raise InputError(f"{project / videos.MANIFEST} is missing or empty: pass the project the predictions came "
+                         "from (--project or SOCCER_PROJECT)")
+    out = Path(args.out).expanduser() if args.out else project / "soccernet_eval"
+    models = parse_models(args.models, Path(args.predictions_dir).expanduser() if args.predictions_dir else project)
+    wanted = parse_indices(args.videos)
+
+    loaded = {}
+    for name, folder in models.items():
+        halves, notes = load_model(name, folder, manifest, wanted, project, args)
+        for note in notes:
+            print(f"{name}: {note}")
+        if not halves:
+            raise InputError(f"none of {name}'s videos is a SoccerNet half (<league>/<season>/<game>/1_*.mkv)")
+        loaded[name] = halves
+    labels = {}
+    for halves in loaded.values():
+        for h in halves:
+            if h.game not in labels:
+                labels[h.game] = soccernet.read_labels(root / h.game / soccernet.LABELS_FILE)
+
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = [evaluate_model(name, halves, labels, out, args) for name, halves in loaded.items()]
+    for s in summaries:
+        print_report(s, args)
+    if len({tuple(sorted(v["index"] for v in s["videos"])) for s in summaries}) > 1:
+        print("\nnote: the models were scored on different videos; pass --videos to compare them on the same ones")
+
+    settings_used = {k: getattr(args, k) for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s", "metrics")}
+    atomic_write_json(out / "summary.json", {"soccernet": str(root), "project": str(project), "settings": settings_used,
+                                             "models": summaries})
+    write_csv(out / "per_class.csv", summaries, args.metrics)
+    written = [out / "summary.json", out / "per_class.csv"]
+    if args.plot:
+        plot_precision_recall(out / "precision_recall.png", summaries, args)
+        index = args.timeline_video if args.timeline_video is not None else loaded[next(iter(loaded))][0].index
+        shown = {name: next((h for h in halves if h.index == index), None) for name, halves in loaded.items()}
+        first = next((h for h in shown.values() if h), None)
+        if first is None:
+            raise InputError(f"--timeline_video {index}: no model has predictions for video #{index}")
+        gt = [a for a in labels[first.game] if a["half"] == first.half]
+        plot_timeline(out / f"timeline_video_{index}.png", index, gt,
+                      {name: h.events for name, h in shown.items() if h})
+        written += [out / "precision_recall.png", out / f"timeline_video_{index}.png"]
+    print(f"\nwrote results_spotting.json per game under {out}/<model>/, and " + ", ".join(p.name for p in written))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"evaluate_soccernet.py: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

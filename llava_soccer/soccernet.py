@@ -1,0 +1,249 @@
+"""Scoring final predictions against SoccerNet-v2 action-spotting labels.
+
+Two kinds of numbers:
+- official average-mAP (tight, loose, at 1 s, at 5 s), computed by the SoccerNet package's own
+  evaluator (SoccerNet.Evaluation.ActionSpotting.evaluate) on the results_spotting.json files we
+  write, so the numbers are the ones the EvalAI server would give for the same games and halves;
+- per class precision, recall and F1 at one tolerance (one-to-one matching, matching.match).
+
+Careful: the evaluator's "delta" is a window WIDTH (a prediction 1 s off counts at delta >= 2 s,
+as |dt| <= delta / 2), while --tolerance here is a half-width (|dt| <= tolerance).
+"""
+import contextlib
+import inspect
+import io
+import json
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from . import merge
+from .events import final_events, normalise_label
+from .jsonio import InputError, atomic_write_json, read_json
+from .matching import match
+from .settings import DEDUP_S, SOCCERNET_CLASSES
+
+LABELS_FILE = "Labels-v2.json"
+RESULTS_FILE = "results_spotting.json"
+OFFICIAL_METRICS = ("tight", "loose", "at1", "at5")  # names of evaluate()'s metric argument
+OFFICIAL_FRAMERATE = 2  # the evaluator bins time in 0.5 s frames; one prediction per class per bin
+VISIBILITIES = ("visible", "not shown")
+INSTALL_HINT = "pip install --no-deps SoccerNet==0.2.0"
+
+
+@dataclass
+class Half:
+    """One processed video = one half of one SoccerNet game, with its events."""
+    index: int
+    video: str          # path relative to raw_data/, as in videos.txt
+    game: str           # <league>/<season>/<game>
+    half: int
+    source: Path = None
+    events: list = field(default_factory=list)  # scored predictions: {time, label, confidence}
+    unscored: Counter = field(default_factory=Counter)  # predicted labels outside the 17 classes
+
+
+def video_half(video: str):
+    """(game, half) of a manifest path <league>/<season>/<game>/<half>_<res>.mkv, or None."""
+    p = PurePosixPath(video)
+    m = re.match(r"([12])(?!\d)", p.name)
+    if not m or len(p.parts) < 2:
+        return None
+    return p.parent.as_posix(), int(m[1])
+
+
+def prediction_files(directory: Path, model: str) -> dict:
+    """{video index: path} of final_predictions_<model>_video_<N>.json files in directory."""
+    pattern = re.compile(rf"final_predictions_{re.escape(model)}_video_(\d+)\.json")
+    found = {}
+    if directory.is_dir():
+        for p in directory.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m:
+                found[int(m[1])] = p
+    return dict(sorted(found.items()))
+
+
+def clean_confidence(value):
+    """A confidence in [0, 1] (95 -> 0.95: percent), clipped, 6 decimals; None when there is none."""
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        return None
+    if c != c:  # NaN
+        return None
+    if c > 1:
+        c /= 100  # models sometimes answer in percent
+    return round(min(max(c, 0.0), 1.0), 6)
+
+
+def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S):
+    """(scored events, Counter of unscored labels) of one final predictions file.
+
+    Events are de-duplicated with the merge's rule (same label within dedup_s seconds), as
+    compare_counts.py does: our finals are already de-duplicated so, while the seed's per-window files
+    (one record per overlapping window) would otherwise count one event two or three times.
+    """
+    records = read_json(path, "predictions file")
+    if not isinstance(records, list):
+        raise InputError(f"predictions file {path} is not a JSON list of events (a final_predictions_*.json?)")
+    try:
+        events = final_events(records)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"predictions file {path} has a malformed record ({type(e).__name__}: {e}); "
+                         f"expected [{{\"time\": s, \"label\": ...}}] or [{{\"time\": s, \"raw\": text}}]") from None
+    scored, unscored = [], Counter()
+    for e in events:
+        label = normalise_label(e["label"])
+        if label is None:
+            unscored[str(e["label"])] += 1
+            continue
+        scored.append({"time": max(0.0, float(e["time"])), "label": label,
+                       "confidence": clean_confidence(e["confidence"])})
+    scored = merge.dedup(scored, dedup_s)  # before filling in missing confidences: None ranks lowest
+    for e in scored:
+        if e["confidence"] is None:
+            e["confidence"] = missing_confidence
+    return scored, unscored
+
+
+def _seconds(game_time: str):
+    """Seconds of "1 - 05:23" (the fallback the official evaluator uses when position is absent)."""
+    minutes, seconds = game_time.split("-", 1)[1].strip().split(":")
+    return int(minutes) * 60 + int(seconds)
+
+
+def read_labels(path: Path) -> list:
+    """Annotations of a Labels-v2.json as [{time, half, label, visibility, raw}], or InputError."""
+    data = read_json(path, "SoccerNet labels file")
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise InputError(f"SoccerNet labels file {path} has no \"annotations\" list (is it a Labels-v2.json?)")
+    out = []
+    for k, a in enumerate(annotations):
+        try:
+            half = int(str(a["gameTime"]).strip()[0])  # the evaluator reads the half the same way
+            ms = int(a["position"]) if "position" in a else 1000 * _seconds(a["gameTime"])
+            label = a["label"]
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise InputError(f"SoccerNet labels file {path}: annotation #{k} is malformed ({json.dumps(a)[:120]}); "
+                             "each needs \"gameTime\": \"1 - 05:23\", \"label\" and \"position\" in ms") from None
+        visibility = "not shown" if a.get("visibility") == "not shown" else "visible"  # as the evaluator
+        out.append({"time": ms / 1000, "half": half, "label": str(label), "visibility": visibility, "raw": a})
+    return out
+
+
+def results_spotting(game: str, halves) -> tuple:
+    """(results_spotting.json content, number of predictions collapsed) for one game.
+
+    The evaluator keeps one prediction per class per 0.5 s frame (the last one it reads); we
+    keep the most confident one ourselves, so the file holds exactly what gets scored.
+    """
+    best = {}
+    for h in halves:
+        for e in h.events:
+            ms = round(e["time"] * 1000)
+            key = (h.half, e["label"], int(OFFICIAL_FRAMERATE * ms / 1000))
+            if key not in best or e["confidence"] > best[key][1]:
+                best[key] = (ms, e["confidence"])
+    predictions = []
+    for (half, label, _), (ms, conf) in sorted(best.items(), key=lambda kv: (kv[0][0], kv[1][0], kv[0][1])):
+        s = ms // 1000
+        predictions.append({"gameTime": f"{half} - {s // 60:02d}:{s % 60:02d}", "label": label,
+                            "position": str(ms), "half": str(half), "confidence": str(conf)})
+    n_events = sum(len(h.events) for h in halves)
+    return {"UrlLocal": game, "predictions": predictions}, n_events - len(predictions)
+
+
+def official_average_map(labels: dict, predictions_dir: Path, metrics) -> dict:
+    """{metric: results} from SoccerNet's evaluate() over exactly the games in labels.
+
+    labels = {game: [annotation dicts]}. evaluate() scores every game under the labels folder
+    it is given, and both halves of each; so it gets a temporary folder holding only our games,
+    their labels cut to the halves we processed.
+    """
+    try:
+        from SoccerNet.Evaluation.ActionSpotting import evaluate
+        from SoccerNet.Evaluation.utils import EVENT_DICTIONARY_V2, INVERSE_EVENT_DICTIONARY_V2
+    except ImportError:
+        raise InputError(f"the official SoccerNet evaluator is not installed: {INSTALL_HINT} "
+                         "(or pass --metrics none)") from None
+    if "EVENT_DICTIONARY" not in inspect.signature(evaluate).parameters:  # older SoccerNet releases
+        raise InputError(f"the installed SoccerNet package is too old for this script: {INSTALL_HINT}")
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="soccernet_labels_") as tmp:
+        for game, annotations in labels.items():
+            (Path(tmp) / game).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(Path(tmp) / game / LABELS_FILE, {"annotations": annotations})
+        for metric in metrics:
+            with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bars
+                r = evaluate(tmp, str(predictions_dir), prediction_file=RESULTS_FILE, split=None, version=2,
+                             framerate=OFFICIAL_FRAMERATE, metric=metric, label_files=LABELS_FILE,
+                             dataset=None, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+            res = {}
+            for key in ("a_mAP", "a_mAP_visible", "a_mAP_unshown"):
+                res[key] = float(r[key])
+            for key in ("a_mAP_per_class", "a_mAP_per_class_visible", "a_mAP_per_class_unshown"):
+                res[key] = {INVERSE_EVENT_DICTIONARY_V2[c]: float(v) for c, v in enumerate(r[key])}
+            out[metric] = res
+    return out
+
+
+_COUNTS = ("gt", "gt_visible", "gt_not_shown", "pred", "pred_visible", "pred_not_shown",
+           "tp", "tp_visible", "tp_not_shown")
+
+
+def _ratio(a, b):
+    return a / b if b else None
+
+
+def count_matches(gt: list, preds: list, tolerance: float, counts: dict) -> None:
+    """Add one half's counts per class to counts[class][...].
+
+    A prediction's visibility is that of the ground-truth event it matched, else of the nearest
+    ground-truth event of its class (as the official evaluator assigns it), else none.
+    """
+    pairs = match(gt, preds, tolerance)
+    matched_pred = {j: i for i, j in pairs}
+    for g in gt:
+        c = counts[g["label"]]
+        c["gt"] += 1
+        c["gt_visible" if g["visibility"] == "visible" else "gt_not_shown"] += 1
+    for i, _ in pairs:
+        c = counts[gt[i]["label"]]
+        c["tp"] += 1
+        c["tp_visible" if gt[i]["visibility"] == "visible" else "tp_not_shown"] += 1
+    for j, p in enumerate(preds):
+        c = counts[p["label"]]
+        c["pred"] += 1
+        if j in matched_pred:
+            visibility = gt[matched_pred[j]]["visibility"]
+        else:
+            same = [g for g in gt if g["label"] == p["label"]]
+            visibility = min(same, key=lambda g: abs(g["time"] - p["time"]))["visibility"] if same else None
+        if visibility:
+            c["pred_visible" if visibility == "visible" else "pred_not_shown"] += 1
+
+
+def new_counts() -> dict:
+    return {name: dict.fromkeys(_COUNTS, 0) for name in SOCCERNET_CLASSES}
+
+
+def class_rows(counts: dict) -> list:
+    """Rows per class plus "all" (summed): counts, precision, recall, F1, same per visibility."""
+    total = dict.fromkeys(_COUNTS, 0)
+    for c in counts.values():
+        for k in _COUNTS:
+            total[k] += c[k]
+    rows = []
+    for name, c in list(counts.items()) + [("all", total)]:
+        row = {"class": name, **c}
+        for suffix in ("", "_visible", "_not_shown"):
+            tp, gt, pred = c["tp" + suffix], c["gt" + suffix], c["pred" + suffix]
+            row["precision" + suffix] = _ratio(tp, pred)
+            row["recall" + suffix] = _ratio(tp, gt)
+            row["f1" + suffix] = _ratio(2 * tp, gt + pred)  # = 2PR/(P+R), defined when either is
+        rows.append(row)
+    return rows

@@ -1,0 +1,397 @@
+"""evaluate_soccernet.py on synthetic SoccerNet trees whose scores are known by hand.
+
+Official numbers are checked against hand-computed values (the evaluator's delta is a window
+width: a prediction d seconds off counts from delta = 2d) and against calling
+SoccerNet.Evaluation.ActionSpotting.evaluate directly on files we write ourselves.
+"""
+import contextlib
+import csv
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluate_soccernet as ev
+from conftest import ROOT, load
+from llava_soccer.settings import SOCCERNET_CLASSES
+
+try:
+    from SoccerNet.Evaluation.ActionSpotting import evaluate as official_evaluate
+    from SoccerNet.Evaluation.utils import EVENT_DICTIONARY_V2
+except ImportError as e:  # fail, not skip: these tests are about that evaluator
+    raise ImportError(f"{e}: bash tests/run.sh installs it (pip install --no-deps SoccerNet==0.2.0)") from None
+
+GAME = "england_epl/2015-2016/2015-08-08 - 19-30 Chelsea 2 - 2 Swansea"
+GAME2 = "england_epl/2015-2016/2015-08-16 - 18-00 Man City 3 - 0 Chelsea"
+
+
+def ann(half, seconds, label, visibility="visible"):
+    """A Labels-v2.json annotation, as SoccerNet writes them."""
+    s = int(seconds)
+    return {"gameTime": f"{half} - {s // 60:02d}:{s % 60:02d}", "label": label,
+            "position": str(round(seconds * 1000)), "team": "home", "visibility": visibility}
+
+
+def pred(seconds, label, confidence=0.9):
+    """One event of a final predictions file, as merge_results_llava.py writes them."""
+    return {"time": max(0.0, seconds - 1), "event_time": seconds, "label": label, "team": "home",
+            "confidence": confidence}
+
+
+def make_case(root, name, labels, videos, predictions):
+    """project/ (videos.txt + finals) and soccernet/ (Labels-v2.json per game) under root/name.
+
+    labels {game: [annotations]}, videos [manifest lines], predictions {model: {index: records}}.
+    """
+    base = root / name
+    shutil.rmtree(base, ignore_errors=True)
+    project, sn = base / "soccer_project", base / "Soccer Net"
+    project.mkdir(parents=True)
+    (project / "videos.txt").write_text("".join(v + "\n" for v in videos))
+    for game, annotations in labels.items():
+        (sn / game).mkdir(parents=True)
+        (sn / game / "Labels-v2.json").write_text(json.dumps({"UrlLocal": game, "annotations": annotations}))
+    for model, per_video in predictions.items():
+        for index, records in per_video.items():
+            (project / f"final_predictions_{model}_video_{index}.json").write_text(json.dumps(records))
+    return project, sn
+
+
+def run(project, sn, *extra):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = ev.main(["--project", str(project), "--soccernet", str(sn), *extra])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def summary(project, model="llava"):
+    s = load(project / "soccernet_eval" / "summary.json")
+    return next(m for m in s["models"] if m["model"] == model)
+
+
+def rows(project, model="llava"):
+    return {r["class"]: r for r in summary(project, model)["per_class"]}
+
+
+def test_perfect_predictions_score_one_and_write_the_official_layout(odd_root):
+    gt = [ann(1, 100, "Goal"), ann(1, 400.5, "Corner"), ann(1, 700, "Foul", "not shown"),
+          ann(2, 61, "Goal"), ann(2, 2700, "Throw-in")]
+    finals = {0: [pred(int(a["position"]) / 1000, a["label"]) for a in gt if a["gameTime"][0] == "1"],
+              1: [pred(int(a["position"]) / 1000, a["label"], None) for a in gt if a["gameTime"][0] == "2"]}
+    project, sn = make_case(odd_root, "perfect", {GAME: gt}, [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"],
+                            {"llava": finals})
+    rc, out, err = run(project, sn, "--metrics", "at1,at5")  # all four: next test (loose alone takes ~4 s)
+    assert rc == 0, err
+    r = rows(project)
+    for c in ("Goal", "Corner", "Foul", "Throw-in"):
+        assert (r[c]["precision"], r[c]["recall"], r[c]["f1"]) == (1, 1, 1)
+    assert (r["all"]["gt"], r["all"]["gt_visible"], r["all"]["gt_not_shown"], r["all"]["pred"]) == (5, 4, 1, 5)
+    assert (r["all"]["recall_visible"], r["all"]["recall_not_shown"]) == (1, 1)
+    assert r["Penalty"]["precision"] is None and r["Penalty"]["recall"] is None
+    official = summary(project)["official"]
+    for metric in ("at1", "at5"):
+        # 4 classes perfect, the 13 classes absent from the ground truth count 0 in the official mean
+        assert official[metric]["a_mAP"] == pytest.approx(4 / 17, abs=1e-12)
+        assert official[metric]["a_mAP_present_classes"] == pytest.approx(1.0, abs=1e-12)
+    assert "@1s 0.2353  @5s 0.2353" in out
+    assert any(line.startswith("Goal") and line.split()[1:6] == ["2", "2", "0", "2", "2"] for line in out.splitlines())
+
+    spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")
+    assert spotting["UrlLocal"] == GAME
+    assert spotting["predictions"][:2] == [
+        {"gameTime": "1 - 01:40", "label": "Goal", "position": "100000", "half": "1", "confidence": "0.9"},
+        {"gameTime": "1 - 06:40", "label": "Corner", "position": "400500", "half": "1", "confidence": "0.9"}]
+    # events without a confidence get --missing_confidence (0.5)
+    assert spotting["predictions"][-1] == {"gameTime": "2 - 45:00", "label": "Throw-in", "position": "2700000",
+                                           "half": "2", "confidence": "0.5"}
+    with open(project / "soccernet_eval" / "per_class.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["class"] for t in table] == [*SOCCERNET_CLASSES, "all"]
+    assert table[-1]["a_mAP_at5"] == str(round(4 / 17, 6)) and table[2]["recall"] == "1.0"
+
+
+def test_shifted_predictions_score_as_computed_by_hand(odd_root):
+    # One class per shift, two events each, far apart (loose tolerates up to 30 s).
+    shifts = {"Goal": 0, "Corner": 1, "Foul": -2, "Throw-in": 3, "Clearance": 6}
+    gt, finals = [], []
+    for k, (label, shift) in enumerate(shifts.items()):
+        for t in (200 + 300 * k, 1800 + 300 * k):
+            gt.append(ann(1, t, label))
+            finals.append(pred(t + shift, label))
+    project, sn = make_case(odd_root, "shifts", {GAME: gt}, [f"{GAME}/1_720p.mkv"], {"llava": {0: finals}})
+    rc, out, err = run(project, sn)
+    assert rc == 0, err
+    per_class = {m: r["a_mAP_per_class"] for m, r in summary(project)["official"].items()}
+    # mAP per delta is 1 once delta/2 >= |shift|, else 0; average-mAP = trapezoid over the deltas.
+    expected = {  # tight deltas 1..5 s, loose 5..60 s, at1 = delta 1 s (+-0.5), at5 = delta 5 s (+-2.5)
+        "Goal": {"tight": 1, "loose": 1, "at1": 1, "at5": 1},
+        "Corner": {"tight": 3.5 / 4, "loose": 1, "at1": 0, "at5": 1},     # counts from delta 2
+        "Foul": {"tight": 1.5 / 4, "loose": 1, "at1": 0, "at5": 1},       # from delta 4
+        "Throw-in": {"tight": 0, "loose": 10.5 / 11, "at1": 0, "at5": 0},  # from delta 6 -> 10
+        "Clearance": {"tight": 0, "loose": 9.5 / 11, "at1": 0, "at5": 0},  # from delta 12 -> 15
+    }
+    for label, by_metric in expected.items():
+        for metric, value in by_metric.items():
+            assert per_class[metric][label] == pytest.approx(value, abs=1e-12), (label, metric)
+    assert summary(project)["official"]["tight"]["a_mAP"] == pytest.approx((1 + 3.5 / 4 + 1.5 / 4) / 17, abs=1e-12)
+
+    # precision/recall at the default +-3 s: everything up to 3 s off matches, 6 s never does
+    r = rows(project)
+    assert [r[c]["tp"] for c in shifts] == [2, 2, 2, 2, 0]
+    assert (r["Clearance"]["precision"], r["Clearance"]["recall"], r["Clearance"]["f1"]) == (0, 0, 0)
+    assert (r["all"]["tp"], r["all"]["pred"], r["all"]["gt"]) == (8, 10, 10)
+    assert r["all"]["precision"] == pytest.approx(0.8)
+    assert "one-to-one within +-3 s" in out
+
+    for tolerance, tps in (("1", [2, 2, 0, 0, 0]), ("6", [2, 2, 2, 2, 2]), ("0", [2, 0, 0, 0, 0])):
+        assert run(project, sn, "--tolerance", tolerance, "--metrics", "none")[0] == 0
+        assert [rows(project)[c]["tp"] for c in shifts] == tps, tolerance
+
+
+def test_false_positives_and_constant_confidence(odd_root):
+    goals = [300, 900, 1500, 2100]
+    noise = [600, 1200, 1800, 2400]  # far from any goal: false positives at every tolerance
+    project, sn = make_case(odd_root, "false_positives", {GAME: [ann(1, t, "Goal") for t in goals]},
+                            [f"{GAME}/1_224p.mkv"], {
+                                "flat": {0: [pred(t, "Goal", 0.7) for t in goals + noise]},
+                                "ranked": {0: [pred(t, "Goal", 0.9) for t in goals] + [pred(t, "Goal", 0.3) for t in noise]},
+                            })
+    rc, out, err = run(project, sn, "--models", "flat,ranked", "--metrics", "at5")
+    assert rc == 0, err
+    for model in ("flat", "ranked"):
+        g = rows(project, model)["Goal"]
+        assert (g["tp"], g["pred"], g["gt"], g["precision"], g["recall"]) == (4, 8, 4, 0.5, 1)
+        assert g["f1"] == pytest.approx(2 / 3)
+    # One confidence for all: the precision/recall curve is a single point (P 0.5, R 1) -> AP 0.5.
+    # Noise ranked below the goals: a threshold between them gives P 1, R 1 -> AP 1.
+    assert summary(project, "flat")["official"]["at5"]["a_mAP_per_class"]["Goal"] == pytest.approx(0.5, abs=1e-12)
+    assert summary(project, "ranked")["official"]["at5"]["a_mAP_per_class"]["Goal"] == pytest.approx(1, abs=1e-12)
+    assert "== flat: 1 video, 1 game ==" in out and "== ranked: 1 video, 1 game ==" in out
+
+    # --min_confidence drops the noise from precision/recall only
+    assert run(project, sn, "--models", "ranked", "--metrics", "none", "--min_confidence", "0.5")[0] == 0
+    g = rows(project, "ranked")["Goal"]
+    assert (g["precision"], g["recall"]) == (1, 1)
+    assert summary(project, "ranked")["not_scored"]["predictions_below_min_confidence"] == 4
+
+
+def test_only_processed_games_and_halves_are_scored(odd_root):
+    labels = {GAME: [ann(1, 100, "Goal"), ann(2, 100, "Corner"), ann(2, 900, "Foul")],
+              GAME2: [ann(1, 50, "Goal"), ann(2, 70, "Goal")],
+              "italy_serie-a/2016-2017/not processed": [ann(1, 10, "Penalty")]}
+    videos = [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv", f"{GAME2}/1_224p.mkv", f"{GAME2}/2_224p.mkv"]
+    project, sn = make_case(odd_root, "subset", labels, videos, {"llava": {
+        0: [pred(100, "Goal")], 2: [pred(50, "Goal")], 3: [pred(70, "Goal")]}})
+    rc, out, err = run(project, sn, "--metrics", "at5")
+    assert rc == 0, err
+    s = summary(project)
+    assert [v["index"] for v in s["videos"]] == [0, 2, 3] and s["games"] == 2
+    # half 2 of GAME was not processed: its Corner and Foul are neither misses nor in the mean
+    assert rows(project)["all"]["gt"] == 3 and rows(project)["Corner"]["gt"] == 0
+    assert s["official"]["at5"]["a_mAP"] == pytest.approx(1 / 17, abs=1e-12)
+    assert s["not_scored"]["ground_truth_in_unprocessed_halves"] == 2
+    assert "not scored: 2 ground-truth events in halves not processed" in out
+    spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")
+    assert {p["half"] for p in spotting["predictions"]} == {"1"}
+    assert not (project / "soccernet_eval" / "llava" / "italy_serie-a").exists()
+
+    # --videos picks a subset
+    assert run(project, sn, "--metrics", "none", "--videos", "2-3")[0] == 0
+    assert [v["index"] for v in summary(project)["videos"]] == [2, 3]
+
+
+def test_labels_outside_the_classes_are_reported_not_scored(odd_root):
+    gt = [ann(1, 100, "Goal"), ann(1, 300, "Drop ball"), ann(1, 500, "Drop ball")]
+    finals = [pred(100, "Goal"), pred(300, "Other"), pred(310, "Free-kick"), pred(320, "Other"),
+              pred(330, "shot on goal")]  # an alias: scored as "Shots on target"
+    project, sn = make_case(odd_root, "outside", {GAME: gt}, [f"{GAME}/1_224p.mkv"], {"llava": {0: finals}})
+    rc, out, err = run(project, sn, "--metrics", "at1")
+    assert rc == 0, err
+    assert "not scored, predicted labels outside the 17 classes: Other 2, Free-kick 1" in out
+    assert "not scored, ground-truth labels outside the 17 classes: Drop ball 2" in out
+    r = rows(project)
+    assert (r["all"]["gt"], r["all"]["pred"], r["Shots on target"]["pred"]) == (1, 2, 1)
+    assert summary(project)["official"]["at1"]["a_mAP_per_class"]["Goal"] == 1
+    labels = [p["label"] for p in load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")["predictions"]]
+    assert labels == ["Goal", "Shots on target"]
+
+
+def test_one_prediction_per_class_per_half_second_keeps_the_most_confident(odd_root):
+    project, sn = make_case(odd_root, "collapse", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100.1, "Goal", 0.2), pred(100.3, "Goal", 0.95), pred(100.4, "Goal", 0.4),
+                                           pred(100.3, "Corner", 0.1), pred(101, "Goal", 95)]}})  # 95 = percent
+    assert run(project, sn, "--metrics", "none", "--dedup-s", "0")[0] == 0  # de-duplication: next test
+    spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")["predictions"]
+    assert [(p["label"], p["position"], p["confidence"]) for p in spotting] == [
+        ("Corner", "100300", "0.1"), ("Goal", "100300", "0.95"), ("Goal", "101000", "0.95")]
+    assert summary(project)["not_scored"]["predictions_sharing_a_0.5s_frame_dropped_from_results_spotting"] == 2
+
+
+def test_per_window_files_are_deduplicated_as_the_merge_does(odd_root):
+    # The seed's Qwen format: one record per 3 s window every 2 s; frame 8 = window start + 1.4 s.
+    windows = [{"time": float(t), "raw": "```json\n{'label': 'Goal', 'confidence': %s, 'frame': 8}\n```" % c}
+               for t, c in ((96, 0.6), (98, 0.9), (100, 0.7))]
+    project, sn = make_case(odd_root, "dedup", {GAME: [ann(1, 99, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"qwen7b": {0: windows}})
+    assert run(project, sn, "--models", "qwen7b", "--metrics", "none")[0] == 0
+    spotting = load(project / "soccernet_eval" / "qwen7b" / GAME / "results_spotting.json")["predictions"]
+    assert [(p["position"], p["confidence"]) for p in spotting] == [("99400", "0.9")]  # the most confident
+    assert (rows(project, "qwen7b")["Goal"]["precision"], rows(project, "qwen7b")["Goal"]["recall"]) == (1, 1)
+    assert run(project, sn, "--models", "qwen7b", "--metrics", "none", "--dedup-s", "0")[0] == 0
+    assert rows(project, "qwen7b")["Goal"]["pred"] == 3 and rows(project, "qwen7b")["Goal"]["precision"] == 1 / 3
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_numbers_equal_the_official_evaluator_called_directly(odd_root, tmp_path, seed):
+    """Random games, halves, classes, visibilities and confidences; the reference files are
+    written here by hand in the official layout and scored by evaluate() without our code."""
+    rng = random.Random(seed)
+    games = [f"league/20{seed}/game {g}" for g in range(3)]
+    labels, videos, finals, reference = {}, [], {}, {}
+    for game in games:
+        halves = [1, 2] if game != games[-1] else [rng.choice([1, 2])]  # one game with a single half
+        labels[game] = [ann(h, rng.uniform(0, 2800), rng.choice(SOCCERNET_CLASSES),
+                            rng.choice(["visible", "visible", "not shown"])) for h in (1, 2) for _ in range(40)]
+        labels[game].append(ann(1, 30, "Drop ball"))
+        reference[game] = []
+        for h in halves:
+            gt = [a for a in labels[game] if a["gameTime"][0] == str(h)]
+            events, used = [], set()
+            for a in gt + [None] * 30:  # near-misses of every real event, plus noise anywhere
+                t = rng.uniform(0, 2800) if a is None else int(a["position"]) / 1000 + rng.gauss(0, 4)
+                label = rng.choice(SOCCERNET_CLASSES) if a is None else a["label"]
+                ms = round(max(t, 0) * 1000)
+                if (label, ms // 500) in used:  # the evaluator keeps one per class per 0.5 s frame
+                    continue
+                used.add((label, ms // 500))
+                conf = round(rng.random(), 6)
+                events.append(pred(ms / 1000, label, conf))
+                reference[game].append({"gameTime": "", "label": label, "position": str(ms), "half": str(h),
+                                        "confidence": str(conf)})
+            finals[len(videos)] = events
+            videos.append(f"{game}/{h}_224p.mkv")
+    project, sn = make_case(odd_root, f"random{seed}", labels, videos, {"llava": finals})
+    metrics = ["at1", "at5"]  # one delta each; tight and loose average more (test_shifted_...)
+    rc, out, err = run(project, sn, "--metrics", ",".join(metrics), "--dedup-s", "0")  # every event scored
+    assert rc == 0, err
+    ours = summary(project)["official"]
+
+    # The reference: labels cut to the processed halves, predictions as written above.
+    ref_labels, ref_preds = tmp_path / "labels", tmp_path / "predictions"
+    for game in games:
+        halves = {v.rsplit("/", 1)[1][0] for v in videos if v.startswith(game + "/")}
+        (ref_labels / game).mkdir(parents=True)
+        (ref_preds / game).mkdir(parents=True)
+        kept = [a for a in labels[game] if a["gameTime"][0] in halves]
+        (ref_labels / game / "Labels-v2.json").write_text(json.dumps({"annotations": kept}))
+        (ref_preds / game / "results_spotting.json").write_text(json.dumps({"predictions": reference[game]}))
+    for metric in metrics:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ref = official_evaluate(str(ref_labels), str(ref_preds), split=None, version=2, framerate=2,
+                                    metric=metric, dataset=None, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+        assert 0.01 < ref["a_mAP"] < 0.99  # a varied case, not all-or-nothing
+        for key in ("a_mAP", "a_mAP_visible", "a_mAP_unshown"):
+            assert ours[metric][key] == pytest.approx(float(ref[key]), abs=1e-9), (metric, key)
+        for key in ("a_mAP_per_class", "a_mAP_per_class_visible", "a_mAP_per_class_unshown"):
+            assert list(ours[metric][key].values()) == pytest.approx([float(v) for v in ref[key]], abs=1e-9)
+
+
+def test_plot_draws_precision_recall_and_a_timeline(odd_root):
+    gt = [ann(1, 100, "Goal"), ann(1, 400, "Corner", "not shown")]
+    project, sn = make_case(odd_root, "plot", {GAME: gt}, [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"], {
+        "llava": {0: [pred(101, "Goal")], 1: [pred(50, "Foul")]},
+        "qwen7b": {0: [{"time": 98.0, "raw": "```json\n{'label': 'Corner', 'confidence': 0.8, 'frame': 3}\n```"}]}})
+    rc, out, err = run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot")
+    assert rc == 0, err
+    for name in ("precision_recall.png", "timeline_video_0.png"):
+        data = (project / "soccernet_eval" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    assert "note: the models were scored on different videos" in out
+    assert run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot", "--timeline_video", "1")[0] == 0
+    assert (project / "soccernet_eval" / "timeline_video_1.png").exists()
+
+
+def test_real_qwen_predictions_in_the_seed_format(odd_root):
+    real = Path(__file__).resolve().parents[2] / "shared/data/seed_predictions/qwen7b/final_predictions_qwen7b_video_0.json"
+    if not real.exists():
+        pytest.skip(f"{real} not on this machine")
+    project, sn = make_case(odd_root, "qwen", {GAME: [ann(1, 600, "Foul"), ann(1, 1200, "Goal")]},
+                            [f"{GAME}/1_224p.mkv"], {})
+    shutil.copy(real, project)
+    rc, out, err = run(project, sn, "--models", "qwen7b", "--metrics", "none")
+    assert rc == 0, err
+    s = summary(project, "qwen7b")
+    assert s["per_class"][-1]["pred"] > 500
+    assert s["not_scored"]["predicted_labels_outside_classes"]["Other"] > 10
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no_labels", "SoccerNet labels file not found: {sn}/{game}/Labels-v2.json"),
+    ("bad_json", "SoccerNet labels file {sn}/{game}/Labels-v2.json is not valid JSON"),
+    ("no_annotations", "SoccerNet labels file {sn}/{game}/Labels-v2.json has no \"annotations\" list"),
+    ("bad_annotation", "SoccerNet labels file {sn}/{game}/Labels-v2.json: annotation #1 is malformed"),
+    ("bad_predictions", "predictions file {project}/final_predictions_llava_video_0.json is not a JSON list"),
+    ("no_predictions", "no final_predictions_llava_video_<N>.json in {project}"),
+    ("same_half_twice", "videos #0 and #1 are both {game} half 1 (llava): choose one with --videos"),
+    ("missing_video", "--videos asks for [5] but"),
+    ("no_evaluator", "the official SoccerNet evaluator is not installed: pip install --no-deps SoccerNet==0.2.0"),
+    ("no_soccernet", "no SoccerNet folder: pass --soccernet DIR"),
+])
+def test_bad_inputs_give_one_clear_line(odd_root, monkeypatch, case, expected):
+    project, sn = make_case(odd_root, "errors", {GAME: [ann(1, 100, "Goal"), ann(1, 200, "Corner")]},
+                            [f"{GAME}/1_224p.mkv", f"{GAME}/1_720p.mkv"], {"llava": {0: [pred(100, "Goal")]}})
+    labels = sn / GAME / "Labels-v2.json"
+    args = ["--metrics", "none", "--videos", "0"]
+    if case == "no_labels":
+        labels.unlink()
+    elif case == "bad_json":
+        labels.write_text('{"annotations": [')
+    elif case == "no_annotations":
+        labels.write_text("[]")
+    elif case == "bad_annotation":
+        labels.write_text(json.dumps({"annotations": [ann(1, 5, "Goal"), {"label": "Goal", "position": "1000"}]}))
+    elif case == "bad_predictions":
+        (project / "final_predictions_llava_video_0.json").write_text('{"time": 1}')
+    elif case == "no_predictions":
+        (project / "final_predictions_llava_video_0.json").unlink()
+        args = ["--metrics", "none"]
+    elif case == "same_half_twice":
+        (project / "final_predictions_llava_video_1.json").write_text("[]")
+        args = ["--metrics", "none"]
+    elif case == "missing_video":
+        args = ["--metrics", "none", "--videos", "0,5"]
+    elif case == "no_evaluator":
+        monkeypatch.setitem(sys.modules, "SoccerNet.Evaluation.ActionSpotting", None)  # import fails
+        args = ["--metrics", "at1"]
+    elif case == "no_soccernet":
+        monkeypatch.delenv("SOCCERNET_DIR", raising=False)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert ev.main(["--project", str(project)]) == 1
+        assert expected in err.getvalue()
+        return
+    rc, out, err = run(project, sn, *args)
+    assert rc == 1
+    assert err.startswith("evaluate_soccernet.py: error: ")
+    assert expected.format(sn=sn, game=GAME, project=project) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_command_line(odd_root):
+    project, sn = make_case(odd_root, "cli", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal")]}})
+    script = str(ROOT / "evaluate_soccernet.py")
+    env = {"PATH": "/usr/bin:/bin", "SOCCER_PROJECT": str(project), "SOCCERNET_DIR": str(sn)}
+    done = subprocess.run([sys.executable, script, "--metrics", "at1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "official average-mAP" in done.stdout and "@1s 0.0588" in done.stdout
+    assert done.stderr == ""  # the evaluator's progress bars are not shown
+    bad = subprocess.run([sys.executable, script, "--metrics", "medium"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--metrics: unknown medium" in bad.stderr
+    assert "pip install --no-deps SoccerNet==0.2.0" in subprocess.run(
+        [sys.executable, script, "--help"], capture_output=True, text=True).stdout
