@@ -53,6 +53,8 @@ def parse_args(argv):
                    help="nucleus sampling when temperature > 0 (env LLAVA_TOP_P)")
     p.add_argument("--cache", choices=["dynamic", "static"], default=env("LLAVA_CACHE", "dynamic"),
                    help="KV cache of generate: static preallocates it (faster decode; env LLAVA_CACHE)")
+    p.add_argument("--attention", choices=["auto", "cudnn"], default=env("LLAVA_ATTENTION", "auto"),
+                   help="SDPA kernel order: PyTorch's (auto) or cuDNN first (env LLAVA_ATTENTION)")
     p.add_argument("--retry-skipped", action="store_true",
                    help="reprocess windows recorded as skipped (OOM or error) in the partial file")
     p.add_argument("--progress-every", type=float, default=30.0,
@@ -154,7 +156,8 @@ class Worker:
             if inputs is None:
                 inputs = llava.prepare(self.processor, [(w[2], w[3]) for w in ready])
             texts = llava.generate(self.model, self.processor, inputs, self.args.max_new_tokens,
-                                   self.args.temperature, self.args.top_p, self.args.cache)
+                                   self.args.temperature, self.args.top_p, self.args.cache,
+                                   self.args.attention)
         except torch.OutOfMemoryError:
             del inputs
             if self.model.device.type == "cuda":
@@ -222,7 +225,7 @@ def run(args, loaded=None):
         return 0
     device = llava.pick_device(args.gpu_id)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} cache={args.cache} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
+             f"batch_size={args.batch_size} cache={args.cache} attention={args.attention} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
              f"top_p={args.top_p} HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
     t0 = time.monotonic()
     try:

@@ -17,6 +17,7 @@ time split of one window: decode video, preprocess, vision tower, prefill, per n
 Writes everything as JSON to --out (default $OUT/bench.json or ./bench.json).
 """
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ def time_split(model, processor, info, max_new_tokens):
             "tokens": int(inputs["input_ids"].shape[1])}
 
 
-def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tokens, quant):
+def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tokens, quant, attention="auto"):
     """llava_split_worker.run over the first `windows` windows; the partial file pretends the rest are done."""
     project = Path(tempfile.mkdtemp()) / "project"
     (project / "raw_data").mkdir(parents=True)
@@ -107,6 +108,7 @@ def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tok
     atomic_write_json(partial_path(project, 0, 0), rest)
     args = worker.parse_args(["--gpu_id", "0", "--num_workers", "1", "--video_index", "0", "--project", str(project),
                               "--model", str(ckpt), "--quantization", quant, "--batch-size", str(batch), "--cache", cache,
+                              "--attention", attention,
                               "--max-new-tokens", str(max_new_tokens), "--progress-every", "1e9"])
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
@@ -117,7 +119,7 @@ def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tok
     util = sampler.stop()
     assert code == 0, f"worker exited {code}"
     per_window = seconds / windows
-    return {"quantization": quant, "batch_size": batch, "cache": cache, "windows": windows,
+    return {"quantization": quant, "batch_size": batch, "cache": cache, "attention": attention, "windows": windows,
             "s_per_window": per_window, "windows_per_s": 1 / per_window, "gpu_util_pct": util,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else None,
             "half_on_4_gpus_min": per_window * HALF_WINDOWS / 4 / 60}
@@ -130,6 +132,7 @@ def main(argv=None):
     p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp32"], default=["nf4"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
     p.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"])
+    p.add_argument("--attentions", nargs="+", choices=["auto", "cudnn"], default=["auto"])
     p.add_argument("--windows", type=int, default=16, help="windows per setting (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="fixed answer length (default 64)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
@@ -152,27 +155,28 @@ def main(argv=None):
         run_worker(model, processor, ckpt, video, 2, 1, "dynamic", 8, quant)  # warm-up: CUDA kernels, allocator
         results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens)
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
-        for cache in a.caches:
-            for batch in a.batch_sizes:
-                try:
-                    r = run_worker(model, processor, ckpt, video, a.windows, batch, cache, a.max_new_tokens, quant)
-                except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
-                    r = {"quantization": quant, "batch_size": batch, "cache": cache, "error": f"{type(e).__name__}: {e}"}
-                results["runs"].append(r)
-                print(json.dumps(r), flush=True)
+        for cache, attention, batch in itertools.product(a.caches, a.attentions, a.batch_sizes):
+            try:
+                r = run_worker(model, processor, ckpt, video, a.windows, batch, cache, a.max_new_tokens, quant,
+                               attention)
+            except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
+                r = {"quantization": quant, "batch_size": batch, "cache": cache, "attention": attention,
+                     "error": f"{type(e).__name__}: {e}"}
+            results["runs"].append(r)
+            print(json.dumps(r), flush=True)
         del model, processor
         if CUDA:
             torch.cuda.empty_cache()
     atomic_write_json(a.out, results)
-    print(f"\n| quant | batch | cache | s/window | windows/s | GPU util | peak GiB | 50-min half on 4 GPUs |")
+    print(f"\n| quant | batch | cache+attention | s/window | windows/s | GPU util | peak GiB | 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
         if "error" in r:
-            print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']} | {r['error'][:60]} |")
+            print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']}+{r['attention']} | {r['error'][:60]} |")
             continue
         util = f"{r['gpu_util_pct']:.0f}%" if r["gpu_util_pct"] is not None else "n/a"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-        print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']} | {r['s_per_window']:.2f} | "
+        print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']}+{r['attention']} | {r['s_per_window']:.2f} | "
               f"{r['windows_per_s']:.2f} | {util} | {peak} | {r['half_on_4_gpus_min']:.1f} min |")
 
 

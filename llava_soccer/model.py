@@ -3,6 +3,7 @@
 The real Hugging Face classes run everywhere: on the cluster with the hub id, in tests with a
 tiny checkpoint directory built by synthetic.py (same from_pretrained call).
 """
+import contextlib
 import os
 
 from .settings import FPS, SOCCERNET_CLASSES
@@ -70,15 +71,27 @@ def prepare(processor, windows):
     return processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
 
-def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0, cache="dynamic"):
-    """The decoded answers of one prepared batch. cache="static" preallocates the KV cache, which
-    makes each decode step cheaper (decode is launch-bound: benchmarks/RESULTS.md)."""
+def _attention(kind):
+    """SDPA backend order: "cudnn" tries cuDNN attention first (measured faster than flash for the
+    25k-token prefill on H100/H200, FACTS.md); "auto" leaves PyTorch's own choice."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if kind == "auto" or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0, cache="dynamic",
+             attention="auto"):
+    """The decoded answers of one prepared batch. cache="static" preallocates the KV cache
+    (measured slower with 25k-token prompts: benchmarks/RESULTS.md)."""
     import torch
     inputs = inputs.to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False}
-    with torch.inference_mode():
+    with torch.inference_mode(), _attention(attention):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id,
                              **({"cache_implementation": "static"} if cache == "static" else {}), **sampling)
     return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,21 @@
+"""benchmarks/bench_worker.py still runs the worker's own loop (on CPU with a tiny checkpoint here;
+its numbers are meaningful only on a GPU: benchmarks/RESULTS.md)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_25fps, goal_checkpoint):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_worker.py"), "--video", str(video_25fps),
+                           "--checkpoint", str(goal_checkpoint), "--quantization", "fp32", "--batch-sizes", "1", "3",
+                           "--windows", "3", "--max-new-tokens", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(r["batch_size"], r["windows"]) for r in result["runs"]] == [(1, 3), (3, 3)]
+    assert all(r["s_per_window"] > 0 and r["half_on_4_gpus_min"] > 0 for r in result["runs"])
+    assert result["split"]["fp32"]["tokens"] > 3000
+    assert "| fp32 | 3 | dynamic+auto |" in proc.stdout
