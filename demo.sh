@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+#
+# demo.sh - the whole pipeline in a minute or two, on any machine: no GPU, no Slurm, no download.
+#
+#   bash demo.sh              # works in ./llava_demo
+#   bash demo.sh DIR          # or in DIR
+#
+# It builds two synthetic "matches" (barcoded H.264 videos) and a tiny random LLaVA-NeXT
+# checkpoint that answers every window with a goal, then runs the real loop exactly as a job
+# would - `bash submit_llava.sh 0 1` with SOCCER_PROJECT=DIR: two workers per video (on CPU),
+# their partial files, the merge, the final file - printing each file as it appears (+) or
+# disappears (-). A second run shows finished videos being skipped.
+#
+# Settings (environment): LLAVA_PYTHON (python with the requirements; default: the repository's
+# .venv, else python3), LLAVA_NUM_WORKERS (2).
+
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE
+readonly ANSWER="{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'ball in the net'}"
+readonly MARKER=.llava_demo
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+find_python() {
+  if [[ -n ${LLAVA_PYTHON:-} ]]; then
+    printf '%s\n' "${LLAVA_PYTHON}"
+  elif [[ -x ${HERE}/.venv/bin/python ]]; then
+    printf '%s\n' "${HERE}/.venv/bin/python"
+  else
+    printf '%s\n' python3
+  fi
+}
+
+# python -m llava_soccer.synthetic ARGS, quiet unless it fails
+synthetic() {
+  local out
+  out=$(PYTHONPATH="${HERE}${PYTHONPATH:+:${PYTHONPATH}}" "${PY}" -m llava_soccer.synthetic "$@" 2>&1) ||
+    die "python -m llava_soccer.synthetic $* failed: ${out}"
+}
+
+# The pipeline's files in DIR, one per line.
+list_files() {
+  (cd "${DIR}" && ls -1 videos.txt partial_results_llava_* final_predictions_llava_* 2>/dev/null) || true
+}
+
+# Print "+ file" / "- file" while the files in DIR change, until killed.
+watch_files() {
+  local before after
+  before=$(list_files)
+  while true; do
+    sleep 0.3
+    after=$(list_files)
+    if [[ ${after} != "${before}" ]]; then
+      comm -13 <(printf '%s\n' "${before}") <(printf '%s\n' "${after}") | sed '/^$/d; s/^/          [files] + /'
+      comm -23 <(printf '%s\n' "${before}") <(printf '%s\n' "${after}") | sed '/^$/d; s/^/          [files] - /'
+      before=${after}
+    fi
+  done
+}
+
+main() {
+  (($# <= 1)) || { printf 'usage: bash demo.sh [DIR]\n' >&2; exit 2; }
+  DIR=${1:-${PWD}/llava_demo}
+  PY=$(find_python)
+  command -v ffmpeg >/dev/null 2>&1 || die "ffmpeg is needed to encode the demo videos (apt install ffmpeg)"
+  "${PY}" -c 'import torch, transformers, cv2' 2>/dev/null ||
+    die "${PY} lacks torch/transformers/OpenCV: pip install -r requirements.txt, or set LLAVA_PYTHON"
+  if [[ -e ${DIR} && ! -e ${DIR}/${MARKER} ]] && [[ -n $(ls -A "${DIR}" 2>/dev/null) ]]; then
+    die "${DIR} exists and is not a demo directory: give another DIR"
+  fi
+  mkdir -p "${DIR}/raw_data"
+  DIR=$(cd "${DIR}" && pwd)
+  touch "${DIR}/${MARKER}"
+  cd "${DIR}"
+
+  log "1/4 two synthetic matches in ${DIR}/raw_data (30 s and 20 s of H.264, a barcode on every frame)"
+  [[ -f raw_data/match_a.mkv ]] || synthetic video raw_data/match_a.mkv --seconds 30
+  [[ -f raw_data/match_b.mkv ]] || synthetic video raw_data/match_b.mkv --seconds 20
+  log "2/4 a tiny random LLaVA-NeXT checkpoint in ${DIR}/tiny_llava (it answers every window: ${ANSWER})"
+  [[ -f tiny_llava/config.json ]] || synthetic checkpoint tiny_llava --answer "${ANSWER}"
+  rm -f final_predictions_llava_video_*.json partial_results_llava_vid*_gpu*.json  # start the demo afresh
+
+  local -a run=(env -u SLURM_JOB_ID -u SLURM_ARRAY_TASK_ID
+    SOCCER_PROJECT="${DIR}" LLAVA_MODEL="${DIR}/tiny_llava" LLAVA_QUANT=fp32
+    LLAVA_NUM_WORKERS="${LLAVA_NUM_WORKERS:-2}" CUDA_VISIBLE_DEVICES= LLAVA_PYTHON="${PY}" LLAVA_HOME="${HERE}"
+    HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+    bash "${HERE}/submit_llava.sh" 0 1)
+  log "3/4 the full loop, as a Slurm job runs it: ${run[*]: -4}"
+  log "    (workers -> partial_results_llava_vid*_gpu*.json -> merge -> final_predictions_llava_video_*.json)"
+  watch_files &
+  local watcher=$! status=0
+  "${run[@]}" || status=$?
+  sleep 0.5
+  kill "${watcher}" 2>/dev/null || true
+  wait "${watcher}" 2>/dev/null || true
+  ((status == 0)) || die "submit_llava.sh exited with ${status} (see above)"
+
+  log "4/4 run it again: finished videos are skipped"
+  "${run[@]}" 2>&1 | grep -E 'skipped|summary' >&2 || true
+
+  log "the result, ${DIR}/final_predictions_llava_video_0.json (first events):"
+  "${PY}" - "${DIR}/final_predictions_llava_video_0.json" <<'EOF'
+import json, sys
+events = json.load(open(sys.argv[1]))
+for e in events[:3]:
+    print("   ", json.dumps(e)[:160])
+print(f"    ... {len(events)} events in all")
+EOF
+  local q_dir q_here
+  q_dir=$(printf '%q' "${DIR}")
+  q_here=$(printf '%q' "${HERE}")
+  log "demo done. Next, reprocess one video the way users do:"
+  log "  rm ${q_dir}/final_predictions_llava_video_1.json"
+  log "  cd ${q_here} && SOCCER_PROJECT=${q_dir} LLAVA_MODEL=${q_dir}/tiny_llava LLAVA_QUANT=fp32 CUDA_VISIBLE_DEVICES= bash submit_llava.sh 1 1"
+  log "  (on a Slurm cluster: the same variables, then sbatch submit_llava.sh 1 1; tail -f llava_*.log)"
+}
+
+main "$@"

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+#
+# submit_llava.sh - run LLaVA-v1.6-Mistral-7B over soccer videos START..END, one worker per GPU.
+#
+#   sbatch submit_llava.sh 0 39             # videos 0..39, one after the other, in one job
+#   sbatch --array=0-39 submit_llava.sh     # one array task per video (many nodes at once)
+#   bash submit_llava.sh 0 1                # no Slurm: this machine's GPUs, or one CPU worker
+#
+# For each video it skips the video if final_predictions_llava_video_I.json exists, starts
+# one llava_split_worker.py per GPU (each worker sees exactly one GPU and takes one time
+# slice), waits for all of them, merges their partial files with merge_results_llava.py and
+# moves on. A video whose worker or merge fails is reported as failed (its partial files are
+# kept: a rerun resumes it) and the next video starts. The last lines of the log list the
+# done / skipped / failed videos.
+#
+# Preemption and time limits: on SIGUSR1 (sent by --signal below 120 s before the time limit)
+# the workers finish their current window, save, and the job requeues itself; the requeued
+# job resumes the unfinished video from its partial files. On SIGTERM (scancel, preemption)
+# the workers save and stop; the same sbatch command later resumes.
+#
+# WHAT USERS EDIT: the #SBATCH lines below (partition, time, GPUs, CPUs, memory); options
+# given to sbatch override them (sbatch -p gpu --time=2:00:00 submit_llava.sh 0 9).
+# Everything else is set with environment variables, exported before sbatch:
+#   SOCCER_PROJECT       project directory: raw_data/, videos.txt, results (~/soccer_project)
+#   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
+#   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 (nf4)
+#   LLAVA_NUM_WORKERS    workers (slices) per video (one per GPU of the job; 1 without GPUs)
+#   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   passed on to the worker
+#   LLAVA_HOME           where llava_split_worker.py and merge_results_llava.py are
+#                        (default: this script's directory, the submit directory, or SOCCER_PROJECT)
+#   LLAVA_PYTHON         python to run them ($SOCCER_PROJECT/venv/bin/python if present, else python3)
+#   HF_TOKEN             Hugging Face token, if the model is not cached yet
+#
+# Exit status: 0 every video done or skipped; 1 some video failed; 2 bad usage or setup;
+# 75 interrupted (rerun the same command to resume).
+#
+#SBATCH --job-name=llava
+#SBATCH --output=llava_%j.log        # in the submit directory: tail -f llava_*.log
+#SBATCH --open-mode=append           # a requeued job appends to the same log
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gres=gpu:4                 # EDIT: GPUs per job = workers per video
+#SBATCH --cpus-per-task=16           # EDIT: CPU cores (frame decoding; ~4 per GPU)
+#SBATCH --mem=64G                    # EDIT: host memory (~12 GB per worker with nf4)
+#SBATCH --time=06:00:00              # EDIT: wall-clock limit (~5 min per video on 4 GPUs)
+##SBATCH --partition=gpu             # EDIT: delete one '#' and name your GPU partition
+#SBATCH --signal=B:USR1@120          # 120 s before the limit: save and requeue
+#SBATCH --requeue                    # allow the job to be requeued (the signal, preemption)
+
+set -euo pipefail
+
+readonly EX_USAGE=2
+readonly EX_INTERRUPTED=75   # EX_TEMPFAIL, as the worker: rerun to resume
+
+log() { printf '[%(%Y-%m-%d %H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit "${EX_USAGE}"; }
+
+# --- Slurm specifics: everything this script asks of Slurm is in this section ---------------
+
+in_slurm() { [[ -n ${SLURM_JOB_ID:-} ]]; }
+
+# "job 123 on node7" or "local run on host"
+where() {
+  if in_slurm; then
+    printf 'job %s%s on %s (restart %s)' "${SLURM_JOB_ID}" \
+      "${SLURM_ARRAY_TASK_ID:+ (array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})}" \
+      "${SLURMD_NODENAME:-$(hostname)}" "${SLURM_RESTART_COUNT:-0}"
+  else
+    printf 'local run on %s (no Slurm)' "$(hostname)"
+  fi
+}
+
+# The GPUs this run may use, one id per line: Slurm's CUDA_VISIBLE_DEVICES (set from --gres),
+# a CUDA_VISIBLE_DEVICES the user set, else every GPU nvidia-smi lists; none means CPU.
+gpu_ids() {
+  local id
+  local -a ids
+  if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+    IFS=',' read -r -a ids <<<"${CUDA_VISIBLE_DEVICES}"
+    for id in "${ids[@]}"; do
+      [[ -n ${id} && ${id} != NoDevFiles && ${id} != -1 ]] && printf '%s\n' "${id}"
+    done
+  elif ! in_slurm && command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true
+  fi
+  return 0
+}
+
+# CPU cores this run may use: the job's cores under Slurm, else the machine's.
+cpu_count() {
+  local cpus
+  cpus=$(nproc 2>/dev/null || echo 1)
+  if [[ ${SLURM_CPUS_PER_TASK:-} =~ ^[0-9]+$ ]] && ((SLURM_CPUS_PER_TASK < cpus)); then
+    cpus=${SLURM_CPUS_PER_TASK}
+  fi
+  printf '%s\n' "${cpus}"
+}
+
+# Put the job back in the queue; the next run skips finished videos and resumes the rest.
+requeue_job() {
+  in_slurm || return 1
+  command -v scontrol >/dev/null 2>&1 || return 1
+  scontrol requeue "${SLURM_JOB_ID}"
+}
+
+# --- configuration ------------------------------------------------------------------------
+
+# The directory holding llava_split_worker.py. Under sbatch, $0 is slurmd's copy of this
+# script, so its directory is only a candidate when run with bash.
+find_home() {
+  local dir
+  local -a candidates=()
+  if [[ -n ${LLAVA_HOME:-} ]]; then
+    candidates=("${LLAVA_HOME}")
+  else
+    candidates+=("$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)")
+    [[ -n ${SLURM_SUBMIT_DIR:-} ]] && candidates+=("${SLURM_SUBMIT_DIR}")
+    candidates+=("${PROJECT}")
+  fi
+  for dir in "${candidates[@]}"; do
+    if [[ -f ${dir}/llava_split_worker.py && -f ${dir}/merge_results_llava.py ]]; then
+      printf '%s\n' "${dir}"
+      return 0
+    fi
+  done
+  die "llava_split_worker.py and merge_results_llava.py not found in: ${candidates[*]}." \
+    "Run 'bash setup_llava.sh' (copies them to SOCCER_PROJECT) or set LLAVA_HOME"
+}
+
+find_python() {
+  if [[ -n ${LLAVA_PYTHON:-} ]]; then
+    printf '%s\n' "${LLAVA_PYTHON}"
+  elif [[ -x ${PROJECT}/venv/bin/python ]]; then
+    printf '%s\n' "${PROJECT}/venv/bin/python"
+  else
+    printf '%s\n' python3
+  fi
+}
+
+usage() {
+  cat >&2 <<EOF
+usage: sbatch submit_llava.sh START [END]     videos START..END (indices in videos.txt)
+       sbatch --array=0-39 submit_llava.sh    one video per array task
+       bash submit_llava.sh START [END]       without Slurm
+EOF
+  exit "${EX_USAGE}"
+}
+
+# --- running one video --------------------------------------------------------------------
+
+declare -a WORKER_PIDS=()
+STOP_SIGNAL=""     # first of USR1/TERM/INT received: finish the current window and stop
+SIGNALS_SEEN=0
+WAIT_STATUS=0
+
+on_signal() {
+  local sig=$1 forward=$1
+  [[ ${sig} == INT ]] && forward=TERM
+  SIGNALS_SEEN=$((SIGNALS_SEEN + 1))
+  [[ -n ${STOP_SIGNAL} ]] || STOP_SIGNAL=${sig}
+  log "received SIG${sig}: workers finish their current window, save and stop"
+  if ((${#WORKER_PIDS[@]})); then
+    kill -s "${forward}" "${WORKER_PIDS[@]}" 2>/dev/null || true
+  fi
+}
+
+# wait_for PID: wait until the process PID has exited (a trap interrupts `wait`: wait
+# again); its exit status goes to WAIT_STATUS.
+wait_for() {
+  local pid=$1 seen status previous=""
+  while true; do
+    seen=${SIGNALS_SEEN}
+    status=0
+    wait "${pid}" || status=$?
+    # bash < 5.1 forgets a status once waited for: then the previous one was real
+    if [[ -n ${previous} ]] && ((status == 127)); then
+      status=${previous}
+      break
+    fi
+    ((SIGNALS_SEEN == seen)) && break
+    previous=${status}
+  done
+  WAIT_STATUS=${status}
+}
+
+start_worker() {
+  local video=$1 slice=$2 device=$3
+  local -a cmd=("${PYTHON}" "${LLAVA_HOME}/llava_split_worker.py"
+    --gpu_id "${slice}" --num_workers "${NUM_WORKERS}" --video_index "${video}" --project "${PROJECT}")
+  [[ -n ${LLAVA_MODEL:-} ]] && cmd+=(--model "${LLAVA_MODEL}")
+  [[ -n ${LLAVA_QUANT:-} ]] && cmd+=(--quantization "${LLAVA_QUANT}")
+  [[ -n ${LLAVA_BATCH_SIZE:-} ]] && cmd+=(--batch-size "${LLAVA_BATCH_SIZE}")
+  [[ -n ${LLAVA_MAX_NEW_TOKENS:-} ]] && cmd+=(--max-new-tokens "${LLAVA_MAX_NEW_TOKENS}")
+  CUDA_VISIBLE_DEVICES=${device} "${cmd[@]}" &
+  WORKER_PIDS+=("$!")
+  log "video ${video}: worker ${slice}/${NUM_WORKERS} pid $! on GPU ${device:-none (CPU)} (CUDA_VISIBLE_DEVICES=${device})"
+}
+
+# process_video I: appends I to DONE, SKIPPED, FAILED or INTERRUPTED.
+process_video() {
+  local video=$1 slice merge_status
+  local final="${PROJECT}/final_predictions_llava_video_${video}.json"
+  local -a statuses=() bad=()
+  if [[ -f ${final} ]]; then
+    log "video ${video}: skipped, ${final} exists"
+    SKIPPED+=("${video}")
+    return 0
+  fi
+  log "video ${video}: starting ${NUM_WORKERS} worker(s)"
+  WORKER_PIDS=()
+  for ((slice = 0; slice < NUM_WORKERS; slice++)); do
+    if ((${#GPUS[@]})); then
+      start_worker "${video}" "${slice}" "${GPUS[slice % ${#GPUS[@]}]}"
+    else
+      start_worker "${video}" "${slice}" ""
+    fi
+  done
+  for ((slice = 0; slice < NUM_WORKERS; slice++)); do
+    wait_for "${WORKER_PIDS[slice]}"
+    statuses+=("${WAIT_STATUS}")
+    ((WAIT_STATUS == 0)) || bad+=("worker ${slice} exit ${WAIT_STATUS}")
+  done
+  WORKER_PIDS=()
+  if [[ -n ${STOP_SIGNAL} ]] || [[ " ${statuses[*]} " == *" ${EX_INTERRUPTED} "* ]]; then
+    log "video ${video}: interrupted (exit codes ${statuses[*]}); partial results saved, a rerun resumes it"
+    INTERRUPTED+=("${video}")
+    [[ -n ${STOP_SIGNAL} ]] || STOP_SIGNAL=worker
+    return 0
+  fi
+  if ((${#bad[@]})); then
+    log "video ${video}: FAILED (${bad[*]}); partial results kept, see the worker lines above"
+    FAILED+=("${video}")
+    return 0
+  fi
+  log "video ${video}: all ${NUM_WORKERS} worker(s) done, merging"
+  merge_status=0
+  "${PYTHON}" "${LLAVA_HOME}/merge_results_llava.py" --video_index "${video}" --project "${PROJECT}" ||
+    merge_status=$?
+  if ((merge_status != 0)) || [[ ! -f ${final} ]]; then
+    log "video ${video}: FAILED (merge exit ${merge_status}); partial results kept"
+    FAILED+=("${video}")
+    return 0
+  fi
+  log "video ${video}: done -> ${final}"
+  DONE+=("${video}")
+}
+
+summary() {
+  log "summary: ${#DONE[@]} done, ${#SKIPPED[@]} skipped, ${#FAILED[@]} failed, ${#INTERRUPTED[@]} interrupted, ${#NOT_STARTED[@]} not started"
+  log "  done:        ${DONE[*]:--}"
+  log "  skipped:     ${SKIPPED[*]:--}"
+  log "  failed:      ${FAILED[*]:--}"
+  log "  interrupted: ${INTERRUPTED[*]:--}"
+  log "  not started: ${NOT_STARTED[*]:--}"
+}
+
+main() {
+  local first last video
+  if in_slurm && [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
+    (($# == 0)) || die "in a job array give no START END: each task processes video SLURM_ARRAY_TASK_ID" \
+      "(sbatch --array=0-39 submit_llava.sh)"
+    first=${SLURM_ARRAY_TASK_ID} last=${SLURM_ARRAY_TASK_ID}
+  else
+    (($# == 1 || $# == 2)) || usage
+    first=$1 last=${2:-$1}
+  fi
+  [[ ${first} =~ ^[0-9]+$ && ${last} =~ ^[0-9]+$ ]] || die "START and END must be video indices (0, 1, ...), not '${first}' '${last}'"
+  ((first <= last)) || die "START (${first}) is after END (${last})"
+
+  PROJECT=${SOCCER_PROJECT:-${HOME}/soccer_project}
+  [[ -d ${PROJECT} ]] || die "project directory ${PROJECT} does not exist: set SOCCER_PROJECT or run 'bash setup_llava.sh'"
+  PROJECT=$(cd "${PROJECT}" && pwd)
+  export SOCCER_PROJECT=${PROJECT}
+  LLAVA_HOME=$(find_home)
+  PYTHON=$(find_python)
+  command -v "${PYTHON}" >/dev/null 2>&1 || die "python '${PYTHON}' not found: run 'bash setup_llava.sh' or set LLAVA_PYTHON"
+  mapfile -t GPUS < <(gpu_ids)
+  NUM_WORKERS=${LLAVA_NUM_WORKERS:-${#GPUS[@]}}
+  [[ ${NUM_WORKERS} =~ ^[0-9]+$ ]] || die "LLAVA_NUM_WORKERS must be a number, not '${NUM_WORKERS}'"
+  ((NUM_WORKERS > 0)) || NUM_WORKERS=1
+  export PYTHONUNBUFFERED=1   # worker lines reach the log as they happen
+  # Share the CPU cores between the workers (torch would give each one thread per core).
+  local threads=$(($(cpu_count) / NUM_WORKERS))
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
+
+  DONE=() SKIPPED=() FAILED=() INTERRUPTED=() NOT_STARTED=()
+  trap 'on_signal USR1' USR1
+  trap 'on_signal TERM' TERM
+  trap 'on_signal INT' INT
+
+  log "LLaVA soccer: videos ${first}..${last}, $(where)"
+  log "project ${PROJECT}; scripts ${LLAVA_HOME}; python ${PYTHON}"
+  log "model ${LLAVA_MODEL:-(worker default)}, quantization ${LLAVA_QUANT:-(worker default)}," \
+    "${NUM_WORKERS} worker(s) per video, GPUs: ${GPUS[*]:-none (CPU)}, ${OMP_NUM_THREADS} CPU thread(s) per worker"
+
+  for ((video = first; video <= last; video++)); do
+    if [[ -n ${STOP_SIGNAL} ]]; then
+      NOT_STARTED+=("${video}")
+      continue
+    fi
+    process_video "${video}"
+  done
+  summary
+
+  if [[ -n ${STOP_SIGNAL} ]]; then
+    if [[ ${STOP_SIGNAL} == USR1 ]] && in_slurm; then
+      log "requeueing ${SLURM_JOB_ID}: the next run skips finished videos and resumes the rest"
+      if requeue_job; then
+        exit 0
+      fi
+      log "could not requeue (was the job submitted with --no-requeue?): resubmit the same command to resume"
+    else
+      log "stopped by ${STOP_SIGNAL}: rerun the same command to resume"
+    fi
+    exit "${EX_INTERRUPTED}"
+  fi
+  ((${#FAILED[@]} == 0)) || exit 1
+}
+
+main "$@"

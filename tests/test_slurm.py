@@ -1,0 +1,305 @@
+"""submit_llava.sh on a real one-node Slurm cluster (tests/slurm_cluster.py) with 4 fake GPUs.
+
+Real sbatch / scancel / scontrol / sacct, the tiny parrot checkpoint on CPU and short barcoded
+H.264 videos, everything under a path with spaces and quotes. Jobs are submitted as users
+type them (`sbatch submit_llava.sh 0 1`, the #SBATCH header as shipped) from a submit
+directory; what is checked is what a user sees: files, the log's summary, exit codes,
+processes left behind.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_project
+from llava_soccer import synthetic
+from slurm_cluster import SlurmCluster, missing_binaries
+
+SUBMIT = ROOT / "submit_llava.sh"
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    if missing_binaries():
+        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
+    c = SlurmCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()  # by PID, also when a test failed
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Short videos (10 s = 5 windows) and a long one for interrupting (100 s = 50 windows)."""
+    d = tmp_path_factory.mktemp("slurm_videos")
+    corrupt = d / "corrupt.mkv"
+    corrupt.write_bytes(b"\x1a\x45\xdf\xa3 this is not a video " * 500)
+    return {"a": synthetic.make_video(d / "a.mkv", 10), "b": synthetic.make_video(d / "b.mkv", 10),
+            "c": synthetic.make_video(d / "c.mkv", 10), "long": synthetic.make_video(d / "long.mkv", 100),
+            "corrupt": corrupt}
+
+
+@pytest.fixture(scope="module")
+def base_env(goal_checkpoint):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CUDA_VISIBLE_DEVICES"}
+    env.update(LLAVA_MODEL=str(goal_checkpoint), LLAVA_QUANT="fp32", LLAVA_PYTHON=sys.executable,
+               LLAVA_HOME=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    return env
+
+
+class Site:
+    """A project and a submit directory, both under odd_root."""
+
+    def __init__(self, root, name, videos, env, cluster=None):
+        self.project = make_project(root / name, videos)
+        self.project.mkdir(parents=True, exist_ok=True)
+        self.submit_dir = root / name / "submit dir"
+        self.submit_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**env, "SOCCER_PROJECT": str(self.project)}
+        self.cluster = cluster
+
+    def sbatch(self, *args):
+        return self.cluster.sbatch(*args, cwd=self.submit_dir, env=self.env)
+
+    def log(self, job_id):
+        return (self.submit_dir / f"llava_{job_id}.log").read_text()
+
+    def final(self, i):
+        return self.project / f"final_predictions_llava_video_{i}.json"
+
+    def partials(self, i):
+        return sorted(self.project.glob(f"partial_results_llava_vid{i}_gpu*.json"))
+
+    def records(self, i):
+        """Window records saved so far in video i's partial files (written atomically)."""
+        return [r for p in self.partials(i) for r in json.loads(p.read_text())]
+
+    def workers_alive(self):
+        """Worker processes (any state but zombie) working on this project."""
+        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines()
+                if "llava_split_worker.py" in line and str(self.project) in line and not line.startswith("Z")]
+
+
+def summary(log):
+    """The log's summary lines as {'done': [...], 'skipped': [...], ...}."""
+    found = {}
+    for key in ("done", "skipped", "failed", "interrupted", "not started"):
+        lines = re.findall(rf"\]   {key}: +(.*)$", log, re.M)
+        assert lines, f"no '{key}:' summary line in the log:\n{log}"
+        found[key] = [int(v) for v in lines[-1].split() if v != "-"]
+    return found
+
+
+def worker_gpus(log, video):
+    """{slice: CUDA_VISIBLE_DEVICES} from the launcher's lines for one video (the last run)."""
+    lines = re.findall(rf"video {video}: worker (\d+)/(\d+) pid (\d+) on GPU .*\(CUDA_VISIBLE_DEVICES=(.*)\)$",
+                       log, re.M)
+    return {int(s): gpu for s, _, _, gpu in lines}
+
+
+def wait_for_records(site, video, n, job_id, timeout=120):
+    def enough():
+        state = site.cluster.job_state(job_id)
+        assert state in ("PENDING", "RUNNING"), f"job {job_id} {state} before {n} windows:\n{site.log(job_id)}"
+        return len(site.records(video)) >= n
+    site.cluster.wait_until(enough, timeout, f"{n} windows of video {video} saved")
+
+
+@pytest.fixture(scope="module")
+def main_site(odd_root, cluster, clips, base_env):
+    return Site(odd_root, "main", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
+
+
+@pytest.fixture(scope="module")
+def first_run(main_site):
+    """`sbatch submit_llava.sh 0 1` on two fresh videos, typed in a directory holding the script."""
+    shutil.copy(SUBMIT, main_site.submit_dir / "submit_llava.sh")
+    job = main_site.sbatch("submit_llava.sh", "0", "1")
+    state = main_site.cluster.wait_job(job, timeout=240)
+    return job, state, main_site.log(job)
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_run):
+    job, state, log = first_run
+    assert state == "COMPLETED", log
+    assert main_site.cluster.finished_runs(job) == [("COMPLETED", "0:0")]
+    for i in (0, 1):
+        final = json.loads(main_site.final(i).read_text())
+        assert final and all(e["label"] == "Goal" for e in final)
+        assert main_site.partials(i) == []  # merged, then cleaned
+        # four workers, each pinned to a different one of the job's four GPUs
+        assert worker_gpus(log, i) == {0: "0", 1: "1", 2: "2", 3: "3"}
+        assert f"video {i}: done -> {main_site.final(i)}" in log
+    assert "GPUs: 0 1 2 3" in log and f"job {job} on llavanode" in log
+    assert summary(log) == {"done": [0, 1], "skipped": [], "failed": [], "interrupted": [], "not started": []}
+    assert not main_site.workers_alive()
+
+
+def test_second_sbatch_skips_finished_videos(main_site, first_run):
+    before = {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)}
+    job = main_site.sbatch(SUBMIT, "0", "1")
+    assert main_site.cluster.wait_job(job) == "COMPLETED"
+    log = main_site.log(job)
+    assert summary(log)["skipped"] == [0, 1] and summary(log)["done"] == []
+    assert "starting" not in log  # no worker started
+    assert {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)} == before
+
+
+def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, first_run, clips):
+    # the README's "reprocess a video": delete its final (and partials); add a corrupt video (index 2)
+    # and a good one after it (index 3): the failure must not stop the loop.
+    main_site.final(1).unlink()
+    kept = main_site.final(0).stat().st_mtime_ns
+    os.symlink(clips["corrupt"], main_site.project / "raw_data" / "corrupt.mkv")
+    job = main_site.sbatch(SUBMIT, "0", "2")  # index 2 = corrupt.mkv (videos.txt appends new files)
+    assert main_site.cluster.wait_job(job) == "FAILED"
+    log = main_site.log(job)
+    assert summary(log) == {"done": [1], "skipped": [0], "failed": [2], "interrupted": [], "not started": []}
+    assert main_site.cluster.finished_runs(job) == [("FAILED", "1:0")]  # "some videos failed"
+    assert main_site.final(1).exists() and main_site.final(0).stat().st_mtime_ns == kept
+    assert not main_site.final(2).exists()
+    assert "cannot read video" in log  # the worker's one-line reason is in the job log
+    assert re.search(r"video 2: FAILED \(worker 0 exit 1", log)
+
+    # the loop goes on after a failed video
+    os.symlink(clips["c"], main_site.project / "raw_data" / "zz_next.mkv")  # index 3
+    job = main_site.sbatch(SUBMIT, "2", "3")
+    assert main_site.cluster.wait_job(job) == "FAILED"
+    log = main_site.log(job)
+    assert summary(log)["failed"] == [2] and summary(log)["done"] == [3]
+    assert main_site.final(3).exists()
+
+
+def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_env):
+    """scancel mid-video: workers save and exit, none is left behind; a new sbatch resumes
+    without redoing windows; USR1 (what --signal=B:USR1@120 sends before the time limit)
+    makes the job save and requeue itself, and the requeued run finishes the video."""
+    site = Site(odd_root, "interrupt", {"long.mkv": clips["long"]}, base_env, cluster)
+
+    # 1. scancel while all four workers are mid-slice
+    job1 = site.sbatch(SUBMIT, "0", "0")
+    wait_for_records(site, 0, 4, job1)
+    log = site.log(job1)
+    pids = {int(p) for p in re.findall(r"video 0: worker \d/4 pid (\d+) on GPU", log)}
+    assert len(pids) == 4
+    seen = {}
+    for pid in pids:  # what each worker process really has in its environment
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        seen[pid] = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"CUDA_VISIBLE_DEVICES=")]
+    assert sorted(v for vs in seen.values() for v in vs) == ["0", "1", "2", "3"], seen
+    cluster.run("scancel", job1)
+    assert cluster.wait_job(job1) == "CANCELLED"
+    assert not site.workers_alive(), "scancel left workers behind"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    saved = {(r["time"], r["raw"]) for r in site.records(0)}
+    assert len(saved) >= 4 and not site.final(0).exists()
+    log = site.log(job1)
+    assert "received SIGTERM" in log and summary(log)["interrupted"] == [0]
+
+    # 2. a new sbatch resumes: each worker starts after its saved windows
+    job2 = site.sbatch(SUBMIT, "0", "0")
+    wait_for_records(site, 0, len(saved) + 4, job2)
+    log = site.log(job2)
+    already = [int(n) for n in re.findall(r"(\d+) already in partial_results_llava_vid0_gpu\d\.json", log)]
+    assert sum(already) == len(saved), log
+    assert saved <= {(r["time"], r["raw"]) for r in site.records(0)}  # earlier windows kept, not redone
+
+    # 3. USR1 to the batch shell, as Slurm sends it 120 s before the time limit
+    cluster.run("scancel", "--batch", "--signal=USR1", job2)
+    cluster.wait_until(lambda: cluster.job_info(job2).get("Restarts") == "1", 60, f"job {job2} requeued")
+    log = site.log(job2)
+    assert "received SIGUSR1" in log and f"requeueing {job2}" in log
+    assert summary(log)["interrupted"] == [0] and not site.final(0).exists()
+    at_requeue = len(site.records(0))
+    # Slurm holds a requeued job ~2 minutes (BeginTime) before it may start again: skip the wait.
+    cluster.run("scontrol", "update", f"JobId={job2}", "StartTime=now")
+    assert cluster.wait_job(job2, timeout=240) == "COMPLETED"
+    log = site.log(job2)  # both runs append to the same log
+    assert "(restart 1)" in log
+    resumed = [int(n) for n in re.findall(r"(\d+) already in partial_results_llava_vid0_gpu\d\.json", log)][-4:]
+    assert sum(resumed) == at_requeue
+    assert summary(log)["done"] == [0]
+    assert site.final(0).exists() and site.partials(0) == []
+    assert len(json.loads(site.final(0).read_text())) > 0
+    assert not site.workers_alive()
+    assert ("COMPLETED", "0:0") in cluster.finished_runs(job2)
+
+
+def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
+    site = Site(odd_root, "array", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
+    # one GPU and 2 CPUs per task, so both tasks fit on the node at once ("many nodes")
+    job = site.sbatch("--array=0-1", "--gres=gpu:1", "--cpus-per-task=2", SUBMIT)
+    states = cluster.wait_job(job, timeout=180)
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert site.final(0).exists() and site.final(1).exists()
+    logs = [p.read_text() for p in site.submit_dir.glob("llava_*.log")]
+    assert len(logs) == 2
+    assert sorted(tuple(summary(log)["done"]) for log in logs) == [(0,), (1,)]
+    assert all("1 worker(s) per video" in log and "array task" in log for log in logs)
+
+
+def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base_env):
+    site = Site(odd_root, "array_usage", {"a.mkv": clips["a"]}, base_env, cluster)
+    job = site.sbatch("--array=0", SUBMIT, "0", "5")
+    state = cluster.wait_job(job)
+    assert set(state.values() if isinstance(state, dict) else [state]) == {"FAILED"}
+    log = next(site.submit_dir.glob("llava_*.log")).read_text()
+    assert "in a job array give no START END" in log
+
+
+# --- without Slurm ----------------------------------------------------------------------------
+
+def run_local(site, *args, **env):
+    return subprocess.run(["bash", str(SUBMIT), *args], capture_output=True, text=True,
+                          env={**site.env, **env}, cwd=site.submit_dir, timeout=300)
+
+
+def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clips, base_env):
+    site = Site(odd_root, "local", {"a.mkv": clips["a"]}, base_env)
+    r = run_local(site, "0", "0", CUDA_VISIBLE_DEVICES="3,5")
+    assert r.returncode == 0, r.stderr
+    assert "local run on" in r.stderr and "2 worker(s) per video" in r.stderr
+    assert worker_gpus(r.stderr, 0) == {0: "3", 1: "5"}
+    assert summary(r.stderr)["done"] == [0] and site.final(0).exists()
+    r = run_local(site, "0")  # no GPU visible: one CPU worker; video 0 is skipped
+    assert r.returncode == 0 and summary(r.stderr)["skipped"] == [0]
+    if shutil.which("nvidia-smi") is None:
+        assert "1 worker(s) per video, GPUs: none (CPU)" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "usage: sbatch submit_llava.sh START [END]"),
+    (["a", "b"], "START and END must be video indices"),
+    (["3", "1"], "START (3) is after END (1)"),
+])
+def test_usage_errors_exit_2(odd_root, base_env, args, message):
+    site = Site(odd_root, "usage", {}, base_env)
+    r = run_local(site, *args)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_missing_scripts_or_project_are_clear_errors(odd_root, base_env, tmp_path):
+    site = Site(odd_root, "usage", {}, base_env)
+    r = run_local(site, "0", SOCCER_PROJECT=str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "project directory" in r.stderr and "does not exist" in r.stderr
+    r = run_local(site, "0", LLAVA_HOME=str(tmp_path))
+    assert r.returncode == 2 and "llava_split_worker.py and merge_results_llava.py not found" in r.stderr
+
+
+def test_shellcheck_is_clean():
+    scripts = [str(ROOT / name) for name in ("submit_llava.sh", "setup_llava.sh", "demo.sh") if (ROOT / name).exists()]
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (bash tests/run.sh installs it)")
+    r = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
