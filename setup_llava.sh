@@ -84,7 +84,10 @@ install_venv() {
     return 0
   fi
   log "installing requirements.txt into ${venv}"
-  if "${PY}" -m pip install --disable-pip-version-check -q -r "${PROJECT}/requirements.txt"; then
+  # The SoccerNet evaluator (evaluate_soccernet.py) without its heavy declared dependencies:
+  # its scoring code needs only numpy and tqdm (README: Evaluating against SoccerNet labels).
+  if "${PY}" -m pip install --disable-pip-version-check -q -r "${PROJECT}/requirements.txt" &&
+    "${PY}" -m pip install --disable-pip-version-check -q --no-deps SoccerNet==0.2.0; then
     cp "${PROJECT}/requirements.txt" "${stamp}"
     ok "venv ${venv} installed"
   else
