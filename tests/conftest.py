@@ -17,6 +17,12 @@ from llava_soccer import synthetic  # noqa: E402
 # A parrot checkpoint answers every window with this text (see synthetic.py).
 GOAL_ANSWER = "{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'ball in the net'}"
 
+# The real Qwen/Phi outputs beside the checkout. Tests that read them skip on a machine without
+# them, but CI always has them: there a missing folder is an error, not a silent skip.
+SEED_PREDICTIONS = ROOT.parent / "shared" / "data" / "seed_predictions"
+if os.environ.get("CI") and not (SEED_PREDICTIONS / "qwen7b").is_dir():
+    raise RuntimeError(f"CI run without the real seed predictions at {SEED_PREDICTIONS}")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
