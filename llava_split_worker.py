@@ -55,6 +55,9 @@ def parse_args(argv):
                    help="KV cache of generate: static preallocates it (faster decode; env LLAVA_CACHE)")
     p.add_argument("--attention", choices=["auto", "cudnn"], default=env("LLAVA_ATTENTION", "auto"),
                    help="SDPA kernel order: PyTorch's (auto) or cuDNN first (env LLAVA_ATTENTION)")
+    p.add_argument("--visual-tokens", choices=["full", "reduced"], default=env("LLAVA_VISUAL_TOKENS", "full"),
+                   help="full: LLaVA-NeXT's tiling, 1,608 tokens per 224p frame (default, as the seed); "
+                        "reduced: fast mode, base view + one tile, 926 tokens (env LLAVA_VISUAL_TOKENS)")
     p.add_argument("--retry-skipped", action="store_true",
                    help="reprocess windows recorded as skipped (OOM or error) in the partial file")
     p.add_argument("--progress-every", type=float, default=30.0,
@@ -225,11 +228,11 @@ def run(args, loaded=None):
         return 0
     device = llava.pick_device(args.gpu_id)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} cache={args.cache} attention={args.attention} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
+             f"batch_size={args.batch_size} cache={args.cache} attention={args.attention} visual_tokens={args.visual_tokens} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
              f"top_p={args.top_p} HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
     t0 = time.monotonic()
     try:
-        model, processor = loaded or llava.load(args.model, args.quantization, device)
+        model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens)
     except Exception as e:  # hub errors are long; the first line says what is missing
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load model {args.model!r} ({args.quantization}): {first}. Check --model/LLAVA_MODEL, "

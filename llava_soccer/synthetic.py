@@ -73,7 +73,7 @@ def _wire_parrot(model, tokenizer, answer):
         head[ids["</s>"], ids[answer]] = 10.0  # answer -> </s>
 
 
-def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu"):
+def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu", init_std=0.02):
     """Save a random LLaVA-NeXT checkpoint + processor to out_dir; return out_dir."""
     import torch
     from transformers import (CLIPVisionConfig, GenerationConfig, LlavaNextConfig,
@@ -88,8 +88,8 @@ def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", 
                  [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]]
     text = MistralConfig(**{"vocab_size": len(tokenizer), **dims["text"]}, max_position_embeddings=32768,
                          rope_theta=1e6, sliding_window=None, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id)
-    vision = CLIPVisionConfig(**{**dims["vision"], "image_size": image_size}, patch_size=14)
+                         pad_token_id=tokenizer.pad_token_id, initializer_range=init_std)
+    vision = CLIPVisionConfig(**{**dims["vision"], "image_size": image_size}, patch_size=14, initializer_range=init_std)
     config = LlavaNextConfig(text_config=text, vision_config=vision,
                              image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
                              image_grid_pinpoints=pinpoints, vision_feature_layer=-2,

@@ -194,6 +194,11 @@ def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     assert int((inputs["input_ids"] == image_id).sum()) == 15 * 1608
     prompt = processor.batch_decode(inputs["input_ids"])[0]
     assert "Frame 1 (0:00.0): <image>" in prompt and "Frame 15 (0:02.8): <image>" in prompt
+    # the fast mode: base view + one tile
+    model, processor = llava.load(str(ckpt), "fp32", "cpu", visual_tokens="reduced")
+    inputs = llava.prepare(processor, [(times, frames)])
+    assert int((inputs["input_ids"] == image_id).sum()) == 15 * 926
+    assert len(llava.generate(model, processor, inputs, max_new_tokens=2)) == 1
 
 
 def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, video_2997fps):
@@ -241,3 +246,16 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
     assert out.returncode == 0
     assert "HF_TOKEN=set" in out.stderr
     assert "SuperSecret" not in out.stderr + out.stdout
+
+
+def test_batching_and_cache_options_do_not_change_greedy_answers(tmp_path, video_25fps):
+    """A random checkpoint (answers differ window by window) gives the same text for every
+    window whether windows are generated alone, in left-padded batches, or with a static cache."""
+    ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
+    answers = {}
+    for name, extra in {"plain": [], "batch3": ["--batch-size", "3"], "static": ["--cache", "static", "--batch-size", "2"]}.items():
+        project = make_project(tmp_path / name, {"v.mkv": video_25fps})
+        assert run_worker(project, ckpt, "--max-new-tokens", "12", *extra, gpu=1, workers=4) == 0
+        answers[name] = [(r["time"], r["raw"]) for r in load(partial_path(project, 0, 1))]
+    assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
+    assert answers["batch3"] == answers["plain"] and answers["static"] == answers["plain"]
