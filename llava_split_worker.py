@@ -43,8 +43,11 @@ def parse_args(argv):
                    help="hub id or local checkpoint directory (env LLAVA_MODEL)")
     p.add_argument("--quantization", choices=settings.QUANTIZATIONS, default=env("LLAVA_QUANT", "nf4"),
                    help="weights: 4-bit NF4 (~11 GB) or plain bf16/fp16/fp32 (env LLAVA_QUANT, default nf4)")
-    p.add_argument("--batch-size", type=int, default=int(env("LLAVA_BATCH_SIZE", 1)),
-                   help="windows per generate call; halved automatically on OOM (env LLAVA_BATCH_SIZE)")
+    p.add_argument("--batch-size", default=env("LLAVA_BATCH_SIZE", "1"),
+                   help="windows per generate call, or 'auto': measure the first window's memory and fill "
+                        "the GPU's free memory up to --max-batch-size; halved on OOM (env LLAVA_BATCH_SIZE, default 1)")
+    p.add_argument("--max-batch-size", type=int, default=int(env("LLAVA_MAX_BATCH_SIZE", 8)),
+                   help="upper bound for --batch-size auto (default 8: larger batches gained little on an H200)")
     p.add_argument("--max-new-tokens", type=int, default=int(env("LLAVA_MAX_NEW_TOKENS", 256)),
                    help="answer length limit (env LLAVA_MAX_NEW_TOKENS, default 256)")
     p.add_argument("--temperature", type=float, default=float(env("LLAVA_TEMPERATURE", 0.0)),
@@ -65,8 +68,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 0 <= args.gpu_id < args.num_workers:
         p.error(f"--gpu_id {args.gpu_id} must be between 0 and --num_workers - 1 ({args.num_workers - 1})")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        p.error("--batch-size and --max-new-tokens must be at least 1")
+    if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) >= 1):
+        p.error(f"--batch-size must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
+    if args.max_new_tokens < 1 or args.max_batch_size < 1:
+        p.error("--max-new-tokens and --max-batch-size must be at least 1")
     return args
 
 
@@ -190,12 +195,21 @@ class Worker:
         return records
 
 
+def auto_batch_size(device, window_bytes, cap):
+    """Windows per batch that fit in the GPU's free memory, given one window's peak extra bytes."""
+    import torch
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached by PyTorch
+    return max(1, min(cap, int(0.9 * free // max(window_bytes, 1))))
+
+
 def batches(info, todo, batch_size, processor):
-    """(windows, processor inputs) per batch, in time order; decoding happens here."""
+    """(windows, processor inputs) per batch, in time order; decoding happens here.
+    batch_size() is asked before each batch, so --batch-size auto can change it on the way."""
     batch = []
     for window in videos.iter_windows(info, todo):
         batch.append(window)
-        if len(batch) == batch_size:
+        if len(batch) >= batch_size():
             yield batch, _prepare(processor, batch)
             batch = []
     if batch:
@@ -244,11 +258,24 @@ def run(args, loaded=None):
         signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
     worker = Worker(args, model, processor, info)
     progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
-    n_events = n_skipped = 0
+    n_events = n_skipped = n_done = 0
     t0 = time.monotonic()
     try:
-        for batch, inputs in prefetched(batches(info, todo, args.batch_size, processor)):
+        auto = args.batch_size == "auto" and device.startswith("cuda")
+        size = [1 if args.batch_size == "auto" else int(args.batch_size)]
+        if args.batch_size == "auto" and not auto:
+            log.info("--batch-size auto: no GPU, using batches of 1")
+        if auto:
+            import torch
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        for batch, inputs in prefetched(batches(info, todo, lambda: size[0], processor)):
             new = worker.answer(batch, inputs)
+            if auto and not n_done:
+                size[0] = auto_batch_size(device, torch.cuda.max_memory_allocated(device) - base, args.max_batch_size)
+                log.info(f"--batch-size auto: one window took {(torch.cuda.max_memory_allocated(device) - base) / 2**30:.1f} "
+                         f"GiB at peak; using batches of {size[0]}")
+            n_done += len(batch)
             records = sorted(records + new, key=lambda r: r["time"])
             atomic_write_json(out, records)
             for r in new:

@@ -130,7 +130,7 @@ def main(argv=None):
     p.add_argument("--video", required=True, help="a 224p H.264 video of at least --windows * 2 s")
     p.add_argument("--checkpoint", default=None, help="reuse a full-size checkpoint directory (default: build one)")
     p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp32"], default=["nf4"])
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
+    p.add_argument("--batch-sizes", nargs="+", default=["1"], help="whole numbers, or auto (the worker's --batch-size auto)")
     p.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"])
     p.add_argument("--visual-tokens", choices=["full", "reduced"], default="full",
                    help="reduced = the worker's opt-in fast mode (926 instead of 1,608 tokens per 224p frame)")

@@ -178,9 +178,10 @@ def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkp
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) > 10
     project = make_project(odd_root / "nf4", {"a.mkv": video_25fps})
     args = ["--gpu_id", "3", "--num_workers", "4", "--video_index", "0", "--project", str(project),
-            "--model", str(goal_checkpoint), "--quantization", "nf4"]
+            "--model", str(goal_checkpoint), "--quantization", "nf4", "--batch-size", "auto"]
     assert worker.main(args) == 0
-    assert "quantization=nf4 device=cpu" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "quantization=nf4 device=cpu" in err and "--batch-size auto: no GPU, using batches of 1" in err
     assert {r["raw"] for r in load(partial_path(project, 0, 3))} == {GOAL_ANSWER}
 
 
