@@ -27,7 +27,7 @@ from pathlib import Path
 
 from llava_soccer import merge, settings
 from llava_soccer.events import final_events
-from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text, read_json
+from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text, read_json, run_cli
 from llava_soccer.matching import match
 
 
@@ -210,12 +210,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except InputError as e:
-        print(f"compare_counts.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, parse_args(argv), "compare_counts.py")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from llava_soccer import settings, soccernet, videos
-from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text
+from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text, run_cli
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}
@@ -351,12 +351,7 @@ def run(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except InputError as e:
-        print(f"evaluate_soccernet.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, parse_args(argv), "evaluate_soccernet.py")
 
 
 if __name__ == "__main__":

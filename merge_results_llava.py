@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from llava_soccer import merge, settings, videos
-from llava_soccer.jsonio import InputError, atomic_write_json
+from llava_soccer.jsonio import InputError, atomic_write_json, run_cli
 
 EXIT_MISSING = 75  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
 
@@ -108,12 +108,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except InputError as e:
-        print(f"merge_results_llava.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, parse_args(argv), "merge_results_llava.py")
 
 
 if __name__ == "__main__":

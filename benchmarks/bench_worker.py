@@ -170,7 +170,7 @@ def main(argv=None):
         if CUDA:
             torch.cuda.empty_cache()
     atomic_write_json(a.out, results)
-    print(f"\n| quant | batch | cache+attention | s/window | windows/s | GPU util | peak GiB | 50-min half on 4 GPUs |")
+    print("\n| quant | batch | cache+attention | s/window | windows/s | GPU util | peak GiB | 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
         if "error" in r:

@@ -1,6 +1,7 @@
 """Files that are never half-written (temp file beside, fsync, rename), and clear input errors."""
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,3 +39,12 @@ def read_json(path, what="file"):
         raise InputError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{what} {path} is not valid JSON ({e})") from None
+
+
+def run_cli(run, args, prog) -> int:
+    """A script's main(): run(args)'s exit code, or 1 with one line on stderr for bad input."""
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
