@@ -149,20 +149,20 @@ class Worker:
         self.errors_in_a_row = 0
 
     def answer(self, batch, inputs=None):
-        """Records for a batch of windows (k, start, frame_times, frames), in order."""
-        records = {w[1]: skipped(w[1], w[1], "no frames decoded (video shorter than its header says)")
-                   for w in batch if not w[2]}
-        ready = [w for w in batch if w[2]]
+        """Records for a batch of Windows, in order."""
+        records = {w.start: skipped(w.start, w.start, "no frames decoded (video shorter than its header says)")
+                   for w in batch if not w.frames}
+        ready = [w for w in batch if w.frames]
         if ready:
             records.update((r["time"], r) for r in self._answer(ready, inputs if len(ready) == len(batch) else None))
-        return [records[w[1]] for w in batch]
+        return [records[w.start] for w in batch]
 
     def _answer(self, ready, inputs):
         """OOM halves the batch; a lone window that still fails is recorded as skipped."""
         import torch
         try:
             if inputs is None:
-                inputs = llava.prepare(self.processor, [(w[2], w[3]) for w in ready])
+                inputs = llava.prepare(self.processor, [(w.times, w.frames) for w in ready])
             texts = llava.generate(self.model, self.processor, inputs, self.args.max_new_tokens,
                                    self.args.temperature, self.args.top_p, self.args.cache,
                                    self.args.attention)
@@ -173,34 +173,56 @@ class Worker:
             if len(ready) > 1:
                 half = len(ready) // 2
                 return self._answer(ready[:half], None) + self._answer(ready[half:], None)
-            start = ready[0][1]
-            log.warning(f"⚠️ OOM at {start}s: window skipped (try --batch-size 1 or --quantization nf4)")
-            return [skipped(start, ready[0][2][-1], "OOM")]
+            w = ready[0]
+            log.warning(f"⚠️ OOM at {w.start}s: window skipped (try --batch-size 1 or --quantization nf4)")
+            return [skipped(w.start, w.times[-1], "OOM")]
         except Exception as e:  # one bad window must not end a 12-minute slice
             if len(ready) > 1:
                 return [r for w in ready for r in self._answer([w], None)]
             self.errors_in_a_row += 1
-            start = ready[0][1]
-            log.warning(f"⚠️ error at {start}s, window skipped: {type(e).__name__}: {e}")
+            w = ready[0]
+            log.warning(f"⚠️ error at {w.start}s, window skipped: {type(e).__name__}: {e}")
             if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {start}s "
+                raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s "
                             f"({type(e).__name__}: {e}); fix the cause and rerun with --retry-skipped") from e
-            return [skipped(start, ready[0][2][-1], f"{type(e).__name__}: {e}")]
+            return [skipped(w.start, w.times[-1], f"{type(e).__name__}: {e}")]
         self.errors_in_a_row = 0
         records = []
-        for (_, start, times, _), text in zip(ready, texts):
-            events, ok = window_events(start, text, len(times))
-            records.append({"time": start, "end": times[-1], "status": "ok", "raw": text, "parsed": ok,
+        for w, text in zip(ready, texts):
+            events, ok = window_events(w.start, text, len(w.times))
+            records.append({"time": w.start, "end": w.times[-1], "status": "ok", "raw": text, "parsed": ok,
                             "events": events})
         return records
 
 
-def auto_batch_size(device, window_bytes, cap):
-    """Windows per batch that fit in the GPU's free memory, given one window's peak extra bytes."""
-    import torch
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached by PyTorch
-    return max(1, min(cap, int(0.9 * free // max(window_bytes, 1))))
+class BatchSize:
+    """--batch-size: a number, or "auto": the first window alone, then as many windows as its
+    measured peak memory says fit in the GPU's free memory (up to --max-batch-size)."""
+
+    def __init__(self, value, cap, device):
+        self.size, self.cap, self.device = 1 if value == "auto" else int(value), cap, device
+        self.measuring = value == "auto" and device.startswith("cuda")
+        if value == "auto" and not self.measuring:
+            log.info("--batch-size auto: no GPU, using batches of 1")
+        if self.measuring:
+            import torch
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+
+    def __call__(self):
+        return self.size
+
+    def measured(self):
+        """Called after each batch; sizes the batches once, after the first."""
+        if not self.measuring:
+            return
+        import torch
+        self.measuring = False
+        window = torch.cuda.max_memory_allocated(self.device) - self.base
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)  # PyTorch's cache
+        self.size = max(1, min(self.cap, int(0.9 * free // max(window, 1))))
+        log.info(f"--batch-size auto: one window took {window / 2**30:.1f} GiB at peak; using batches of {self.size}")
 
 
 def batches(info, todo, batch_size, processor):
@@ -217,8 +239,10 @@ def batches(info, todo, batch_size, processor):
 
 
 def _prepare(processor, batch):
-    ready = [(w[2], w[3]) for w in batch if w[2]]
-    return llava.prepare(processor, ready) if len(ready) == len(batch) else None
+    """Processor inputs, or None when a window has no frames (Worker.answer handles those)."""
+    if all(w.frames for w in batch):
+        return llava.prepare(processor, [(w.times, w.frames) for w in batch])
+    return None
 
 
 def run(args, loaded=None):
@@ -242,8 +266,10 @@ def run(args, loaded=None):
         return 0
     device = llava.pick_device(args.gpu_id)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} cache={args.cache} attention={args.attention} visual_tokens={args.visual_tokens} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
-             f"top_p={args.top_p} HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
+             f"batch_size={args.batch_size} cache={args.cache} attention={args.attention} "
+             f"visual_tokens={args.visual_tokens} max_new_tokens={args.max_new_tokens} "
+             f"temperature={args.temperature} top_p={args.top_p} "
+             f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
     t0 = time.monotonic()
     try:
         model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens)
@@ -258,24 +284,13 @@ def run(args, loaded=None):
         signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
     worker = Worker(args, model, processor, info)
     progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
-    n_events = n_skipped = n_done = 0
+    n_events = n_skipped = 0
+    batch_size = BatchSize(args.batch_size, args.max_batch_size, device)
     t0 = time.monotonic()
     try:
-        auto = args.batch_size == "auto" and device.startswith("cuda")
-        size = [1 if args.batch_size == "auto" else int(args.batch_size)]
-        if args.batch_size == "auto" and not auto:
-            log.info("--batch-size auto: no GPU, using batches of 1")
-        if auto:
-            import torch
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        for batch, inputs in prefetched(batches(info, todo, lambda: size[0], processor)):
+        for batch, inputs in prefetched(batches(info, todo, batch_size, processor)):
             new = worker.answer(batch, inputs)
-            if auto and not n_done:
-                size[0] = auto_batch_size(device, torch.cuda.max_memory_allocated(device) - base, args.max_batch_size)
-                log.info(f"--batch-size auto: one window took {(torch.cuda.max_memory_allocated(device) - base) / 2**30:.1f} "
-                         f"GiB at peak; using batches of {size[0]}")
-            n_done += len(batch)
+            batch_size.measured()
             records = sorted(records + new, key=lambda r: r["time"])
             atomic_write_json(out, records)
             for r in new:

@@ -6,6 +6,7 @@ order (grab() skips, retrieve() only decodes the frames we keep), and shared by 
 overlapping windows; a seek happens only where a worker starts or jumps far ahead.
 """
 import math
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .jsonio import InputError, atomic_write_text
 from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
 
 MANIFEST = "videos.txt"
+Window = namedtuple("Window", "k start times frames")  # frames: RGB arrays, times: their seconds
 
 
 def manifest(project: Path) -> list[str]:
@@ -142,7 +144,7 @@ class FrameReader:
 
 
 def iter_windows(info: VideoInfo, windows):
-    """Yield (k, start_s, frame_times, frames) for the ascending window indices given.
+    """Yield a Window(k, start, times, frames) for each of the ascending window indices given.
 
     Samples shared by overlapping windows are decoded once. A window whose frames cannot
     be decoded (file shorter than its header says) comes with fewer or no frames.
@@ -156,6 +158,6 @@ def iter_windows(info: VideoInfo, windows):
                 if j not in cache:
                     cache[j] = reader.frame(j)
             kept = [j for j in wanted if cache[j] is not None]
-            yield k, info.window_start(k), [round(j / FPS, 3) for j in kept], [cache[j] for j in kept]
+            yield Window(k, info.window_start(k), [round(j / FPS, 3) for j in kept], [cache[j] for j in kept])
     finally:
         reader.close()
