@@ -24,7 +24,7 @@ import time
 from llava_soccer import model as llava
 from llava_soccer import settings, videos
 from llava_soccer.events import window_events
-from llava_soccer.jsonio import InputError, atomic_write_json, read_json
+from llava_soccer.jsonio import InputError, atomic_write_json, read_json, remove_stale_temps
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
 MAX_ERRORS_IN_A_ROW = 5
@@ -253,6 +253,7 @@ def run(args, loaded=None):
     slice_windows = info.slice_windows(args.gpu_id, args.num_workers)
     starts = {info.window_start(k): k for k in slice_windows}
     out = settings.partial_path(project, args.video_index, args.gpu_id)
+    remove_stale_temps(out)
     records = load_partial(out, set(starts), args.retry_skipped)
     done = {r["time"] for r in records}
     todo = [k for k in slice_windows if info.window_start(k) not in done]

@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from llava_soccer import merge, settings, videos
-from llava_soccer.jsonio import InputError, atomic_write_json, run_cli
+from llava_soccer.jsonio import InputError, atomic_write_json, remove_stale_temps, run_cli
 
 EXIT_MISSING = 75  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
 
@@ -55,6 +55,7 @@ def _short(text, width=100) -> str:
 def run(args) -> int:
     project = settings.project_dir(args.project)
     final = settings.final_path(project, args.video_index)
+    remove_stale_temps(final)
     files = merge.partial_files(project, args.video_index)
     if not files:
         if final.exists():

@@ -25,6 +25,14 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
+def remove_stale_temps(path) -> None:
+    """Delete temp files that a killed atomic write of path left behind. Only the one process
+    that writes path may call this (each partial has one worker, each final one merge)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 

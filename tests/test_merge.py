@@ -291,3 +291,4 @@ def test_kill_while_writing_final_leaves_old_or_no_final(project, capsys, point,
     code, out, err = run_merge(project, capsys)  # the rerun finishes the job
     assert code == 0, err
     assert len(load(final)) == 10 and not any(p.exists() for p in partials)
+    assert not any(p.name.endswith(".tmp") for p in project.iterdir())  # the rerun removed the leftover

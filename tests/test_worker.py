@@ -87,11 +87,13 @@ def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_che
     records = load(partial_path(project, 0, 3))
     assert all(r["raw"] == "None" and r["events"] == [] and r["parsed"] for r in records)
     capsys.readouterr()
+    stale = partial_path(project, 0, 3).with_name(".partial_results_llava_vid0_gpu3.json.x1y2.tmp")
+    stale.write_text('[{"time": 46')  # what a kill -9 during an atomic write leaves
     t = time.monotonic()
     assert run_worker(project, "/nonexistent/model", gpu=3, workers=4) == 0  # model never loaded
     assert time.monotonic() - t < 5
     assert "slice already complete" in capsys.readouterr().err
-    assert load(partial_path(project, 0, 3)) == records
+    assert load(partial_path(project, 0, 3)) == records and not stale.exists()
 
 
 def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
