@@ -101,13 +101,7 @@ def ensemble_record(ea, eb, names):
 
 
 def _ranges(indices) -> str:
-    runs = []
-    for i in indices:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(indices))
 
 
 def plot(path, names, rows, per_label):

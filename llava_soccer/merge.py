@@ -93,16 +93,21 @@ def read_windows(files, n_windows: int) -> Windows:
     return windows
 
 
+def consecutive_runs(indices) -> list[list[int]]:
+    """[first, last] of each run of consecutive integers in ascending indices: 1,2,3,7 -> [1,3],[7,7]."""
+    runs = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
 def missing_ranges(missing, duration: float) -> list[str]:
     """Consecutive missing windows as readable time ranges, e.g. '24.0-37.0 s (windows 12-17)'."""
-    runs = []
-    for k in missing:
-        if runs and k == runs[-1][1] + 1:
-            runs[-1][1] = k
-        else:
-            runs.append([k, k])
     return [f"{a * STEP_S:.1f}-{min(b * STEP_S + WINDOW_S, max(duration, b * STEP_S)):.1f} s "
-            f"(window{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''})" for a, b in runs]
+            f"(window{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''})" for a, b in consecutive_runs(missing)]
 
 
 def window_records_to_events(windows: Windows):
