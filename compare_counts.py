@@ -20,14 +20,14 @@ found, at their mean time, with the mean of the two confidences, in the merge's 
 import argparse
 import csv
 import io
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from llava_soccer import merge, settings
 from llava_soccer.events import final_events
-from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text, read_json, run_cli
+from llava_soccer.jsonio import (InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json,
+                                  run_cli)
 from llava_soccer.matching import match
 
 
@@ -128,11 +128,8 @@ def plot(path, names, rows, per_label):
     bottom.set(xlabel="events (all compared videos)", title="Events per label")
     bottom.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)  # a reader never sees half a PNG
 
 
 def run(args) -> int:

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from llava_soccer import settings, soccernet, videos
-from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_text, run_cli
+from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, run_cli
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}
@@ -260,7 +260,7 @@ def plot_precision_recall(path, summaries, args):
                      f"confidence >= {args.min_confidence:g}; numbers: ground truth/predicted)", fontsize=10)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -289,7 +289,7 @@ def plot_timeline(path, index, gt, sources):
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("minutes from the start of the half")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -33,6 +33,19 @@ def remove_stale_temps(path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_savefig(fig, path, dpi=100) -> None:
+    """Save a matplotlib figure as PNG the same way: a reader never sees half a picture."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
