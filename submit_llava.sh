@@ -25,7 +25,7 @@
 #   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
 #   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 (nf4)
 #   LLAVA_NUM_WORKERS    workers (slices) per video (one per GPU of the job; 1 without GPUs)
-#   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   passed on to the worker
+#   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   and the other LLAVA_* worker settings (README), read by the worker
 #   LLAVA_HOME           where llava_split_worker.py and merge_results_llava.py are
 #                        (default: this script's directory, the submit directory, or SOCCER_PROJECT)
 #   LLAVA_PYTHON         python to run them ($SOCCER_PROJECT/venv/bin/python if present, else python3)
@@ -187,10 +187,7 @@ start_worker() {
   local video=$1 slice=$2 device=$3
   local -a cmd=("${PYTHON}" "${LLAVA_HOME}/llava_split_worker.py"
     --gpu_id "${slice}" --num_workers "${NUM_WORKERS}" --video_index "${video}" --project "${PROJECT}")
-  [[ -n ${LLAVA_MODEL:-} ]] && cmd+=(--model "${LLAVA_MODEL}")
-  [[ -n ${LLAVA_QUANT:-} ]] && cmd+=(--quantization "${LLAVA_QUANT}")
-  [[ -n ${LLAVA_BATCH_SIZE:-} ]] && cmd+=(--batch-size "${LLAVA_BATCH_SIZE}")
-  [[ -n ${LLAVA_MAX_NEW_TOKENS:-} ]] && cmd+=(--max-new-tokens "${LLAVA_MAX_NEW_TOKENS}")
+  # LLAVA_MODEL, LLAVA_QUANT, LLAVA_BATCH_SIZE, ... reach the worker through the environment.
   CUDA_VISIBLE_DEVICES=${device} "${cmd[@]}" &
   WORKER_PIDS+=("$!")
   log "video ${video}: worker ${slice}/${NUM_WORKERS} pid $! on GPU ${device:-none (CPU)} (CUDA_VISIBLE_DEVICES=${device})"
