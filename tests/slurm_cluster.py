@@ -86,7 +86,8 @@ SlurmUser={user}
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+# cred_expire: also how long a requeued job is held before it may restart (default 120 s)
+AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid

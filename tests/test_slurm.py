@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -222,7 +223,15 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_en
     assert "received SIGUSR1" in log and f"requeueing {job2}" in log
     assert summary(log)["interrupted"] == [0] and not site.final(0).exists()
     at_requeue = len(site.records(0))
-    # Slurm holds a requeued job ~2 minutes (BeginTime) before it may start again: skip the wait.
+    # Slurm holds a requeued job (BeginTime) for cred_expire: 120 s by default, 10 s on the test cluster.
+    # Starting it before the node has forgotten the old run's credential fails now and then with
+    # "Job credential revoked", so wait out the hold, then ask for the start the scheduler would
+    # otherwise make only at its next periodic pass (up to a minute later).
+    def hold_over():
+        eligible = cluster.job_info(job2).get("EligibleTime", "")  # the held job's begin time
+        return eligible[:1].isdigit() and datetime.now() >= datetime.fromisoformat(eligible)
+
+    cluster.wait_until(hold_over, 60, f"end of job {job2}'s requeue hold")
     cluster.run("scontrol", "update", f"JobId={job2}", "StartTime=now")
     assert cluster.wait_job(job2, timeout=240) == "COMPLETED"
     log = site.log(job2)  # both runs append to the same log
