@@ -46,12 +46,14 @@ list_files() {
   (cd "${DIR}" && ls -1 videos.txt partial_results_llava_* final_predictions_llava_* 2>/dev/null) || true
 }
 
-# Print "+ file" / "- file" while the files in DIR change, until killed.
+# Print "+ file" / "- file" while the files in DIR change, until the file $1 exists; the last
+# comparison runs after it appears, so no change made before it is missed.
 watch_files() {
-  local before after
+  local stop=$1 before after last=0
   before=$(list_files)
-  while true; do
+  while ((!last)); do
     sleep 0.3
+    [[ -e ${stop} ]] && last=1
     after=$(list_files)
     if [[ ${after} != "${before}" ]]; then
       comm -13 <(printf '%s\n' "${before}") <(printf '%s\n' "${after}") | sed '/^$/d; s/^/          [files] + /'
@@ -90,12 +92,14 @@ main() {
     bash "${HERE}/submit_llava.sh" 0 1)
   log "3/4 the full loop, as a Slurm job runs it: ${run[*]: -4}"
   log "    (workers -> partial_results_llava_vid*_gpu*.json -> merge -> final_predictions_llava_video_*.json)"
-  watch_files &
-  local watcher=$! status=0
+  local stop=${DIR}/.llava_demo_done status=0
+  rm -f "${stop}"
+  watch_files "${stop}" &
+  local watcher=$!
   "${run[@]}" || status=$?
-  sleep 0.5
-  kill "${watcher}" 2>/dev/null || true
-  wait "${watcher}" 2>/dev/null || true
+  touch "${stop}"
+  wait "${watcher}" || true
+  rm -f "${stop}"
   ((status == 0)) || die "submit_llava.sh exited with ${status} (see above)"
 
   log "4/4 run it again: finished videos are skipped"

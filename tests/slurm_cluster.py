@@ -223,7 +223,7 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         r = self.run("scontrol", "show", "job", "-o", job_id, check=False)
         return dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
 
-    def wait_job(self, job_id, timeout=180):
+    def wait_job(self, job_id, timeout=600):
         """Poll squeue until the job (every task of an array) has ended; return its state(s)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

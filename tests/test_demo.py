@@ -13,7 +13,7 @@ def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_")) and k != "SOCCER_PROJECT"}
     env.update(LLAVA_PYTHON=sys.executable)
     r = subprocess.run(["bash", str(ROOT / "demo.sh"), str(demo_dir)], capture_output=True, text=True,
-                       timeout=400, env=env)
+                       timeout=1200, env=env)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     for i in (0, 1):

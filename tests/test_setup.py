@@ -24,7 +24,7 @@ def clean_env(**extra):
 
 
 def setup(project, **env):
-    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=300,
+    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900,
                        env=clean_env(SOCCER_PROJECT=project, **env))
     return r.returncode, r.stderr
 
@@ -54,7 +54,7 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
 
     # the installed copy runs on its own: submit_llava.sh finds its scripts beside it
     r = subprocess.run(["bash", "submit_llava.sh", "0", "0"], cwd=project, capture_output=True, text=True,
-                       timeout=300, env=clean_env(SOCCER_PROJECT=project, LLAVA_PYTHON=sys.executable,
+                       timeout=900, env=clean_env(SOCCER_PROJECT=project, LLAVA_PYTHON=sys.executable,
                                                   LLAVA_MODEL=goal_checkpoint, LLAVA_QUANT="fp32",
                                                   LLAVA_NUM_WORKERS=2))
     assert r.returncode == 0, r.stderr

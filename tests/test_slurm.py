@@ -107,7 +107,7 @@ def worker_gpus(log, video):
     return {int(s): gpu for s, _, _, gpu in lines}
 
 
-def wait_for_records(site, video, n, job_id, timeout=120):
+def wait_for_records(site, video, n, job_id, timeout=400):
     def enough():
         state = site.cluster.job_state(job_id)
         assert state in ("PENDING", "RUNNING"), f"job {job_id} {state} before {n} windows:\n{site.log(job_id)}"
@@ -125,7 +125,7 @@ def first_run(main_site):
     """`sbatch submit_llava.sh 0 1` on two fresh videos, typed in a directory holding the script."""
     shutil.copy(SUBMIT, main_site.submit_dir / "submit_llava.sh")
     job = main_site.sbatch("submit_llava.sh", "0", "1")
-    state = main_site.cluster.wait_job(job, timeout=240)
+    state = main_site.cluster.wait_job(job, timeout=600)
     return job, state, main_site.log(job)
 
 
@@ -218,7 +218,7 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_en
 
     # 3. USR1 to the batch shell, as Slurm sends it 120 s before the time limit
     cluster.run("scancel", "--batch", "--signal=USR1", job2)
-    cluster.wait_until(lambda: cluster.job_info(job2).get("Restarts") == "1", 60, f"job {job2} requeued")
+    cluster.wait_until(lambda: cluster.job_info(job2).get("Restarts") == "1", 240, f"job {job2} requeued")
     log = site.log(job2)
     assert "received SIGUSR1" in log and f"requeueing {job2}" in log
     assert summary(log)["interrupted"] == [0] and not site.final(0).exists()
@@ -231,9 +231,9 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_en
         eligible = cluster.job_info(job2).get("EligibleTime", "")  # the held job's begin time
         return eligible[:1].isdigit() and datetime.now() >= datetime.fromisoformat(eligible)
 
-    cluster.wait_until(hold_over, 60, f"end of job {job2}'s requeue hold")
+    cluster.wait_until(hold_over, 120, f"end of job {job2}'s requeue hold")
     cluster.run("scontrol", "update", f"JobId={job2}", "StartTime=now")
-    assert cluster.wait_job(job2, timeout=240) == "COMPLETED"
+    assert cluster.wait_job(job2, timeout=600) == "COMPLETED"
     log = site.log(job2)  # both runs append to the same log
     assert "(restart 1)" in log
     resumed = [int(n) for n in re.findall(r"(\d+) already in partial_results_llava_vid0_gpu\d\.json", log)][-4:]
@@ -249,7 +249,7 @@ def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
     # one GPU and 2 CPUs per task, so both tasks fit on the node at once ("many nodes")
     job = site.sbatch("--array=0-1", "--gres=gpu:1", "--cpus-per-task=2", SUBMIT)
-    states = cluster.wait_job(job, timeout=180)
+    states = cluster.wait_job(job, timeout=600)
     assert set(states.values()) == {"COMPLETED"}, states
     assert site.final(0).exists() and site.final(1).exists()
     logs = [p.read_text() for p in site.submit_dir.glob("llava_*.log")]
@@ -271,7 +271,7 @@ def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base
 
 def run_local(site, *args, **env):
     return subprocess.run(["bash", str(SUBMIT), *args], capture_output=True, text=True,
-                          env={**site.env, **env}, cwd=site.submit_dir, timeout=300)
+                          env={**site.env, **env}, cwd=site.submit_dir, timeout=900)
 
 
 def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clips, base_env):
