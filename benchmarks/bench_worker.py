@@ -2,7 +2,7 @@
 
     python benchmarks/bench_worker.py --video match_224p.mkv                       # nf4, batch 1
     python benchmarks/bench_worker.py --video match_224p.mkv --quantization nf4 bf16 \\
-        --batch-sizes 1 4 8 --caches dynamic static --windows 16 --max-new-tokens 64
+        --batch-sizes 8 16 --caches preallocated dynamic --attentions cudnn --windows 32 --max-new-tokens 64
 
 Builds the full-size llava-v1.6-mistral-7b architecture from its config with random weights
 (no download; --checkpoint DIR reuses one), loads it the way the worker does (NF4 quantizes the
@@ -97,6 +97,32 @@ def time_split(model, processor, info, max_new_tokens):
             "tokens": int(inputs["input_ids"].shape[1])}
 
 
+def attention_check(model, processor, info, new_tokens=16):
+    """Is cuDNN attention's output as good as flash's on the real 25k-token prompt? Last-token
+    logits of one prefill with each SDPA backend alone, their largest differences, and whether
+    greedy answers of `new_tokens` tokens agree when each backend is tried first."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    (_, _, times, frames), = videos.iter_windows(info, [1])
+    inputs = llava.prepare(processor, [(times, frames)]).to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+    logits, answers = {}, {}
+    for name, backend in backends.items():
+        with torch.inference_mode(), sdpa_kernel([backend]):
+            logits[name] = model(**inputs, logits_to_keep=1).logits[0, -1].float()
+        order = [backend] + [b for b in backends.values() if b != backend] + [SDPBackend.EFFICIENT_ATTENTION,
+                                                                                SDPBackend.MATH]
+        with torch.inference_mode(), sdpa_kernel(order, set_priority=True):
+            out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=processor.tokenizer.pad_token_id)
+        answers[name] = out[0, inputs["input_ids"].shape[1]:].tolist()
+    scale = logits["flash"].abs().max().item()
+    return {"max_abs_logit": scale, "max_abs_diff_cudnn_flash": (logits["cudnn"] - logits["flash"]).abs().max().item(),
+            "same_argmax": {k: int(logits[k].argmax()) == int(logits["flash"].argmax()) for k in logits},
+            f"same_{new_tokens}_greedy_tokens_as_flash": {k: answers[k] == answers["flash"] for k in answers}}
+
+
 def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tokens, quant, attention="auto"):
     """llava_split_worker.run over the first `windows` windows; the partial file pretends the rest are done."""
     project = Path(tempfile.mkdtemp()) / "project"
@@ -131,10 +157,12 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="reuse a full-size checkpoint directory (default: build one)")
     p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp32"], default=["nf4"])
     p.add_argument("--batch-sizes", nargs="+", default=["1"], help="whole numbers, or auto (the worker's --batch-size auto)")
-    p.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"])
+    p.add_argument("--caches", nargs="+", choices=["preallocated", "dynamic", "static"], default=["preallocated"])
     p.add_argument("--visual-tokens", choices=["full", "reduced"], default="full",
                    help="reduced = the worker's opt-in fast mode (926 instead of 1,608 tokens per 224p frame)")
     p.add_argument("--attentions", nargs="+", choices=["auto", "cudnn"], default=["auto"])
+    p.add_argument("--attention-check", choices=["yes", "no"], default="no",
+                   help="compare cuDNN, flash and memory-efficient attention outputs on one real window")
     p.add_argument("--windows", type=int, default=16, help="windows per setting (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="fixed answer length (default 64)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
@@ -157,6 +185,13 @@ def main(argv=None):
         run_worker(model, processor, ckpt, video, 2, 1, "dynamic", 8, quant)  # warm-up: CUDA kernels, allocator
         results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens)
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
+        if a.attention_check == "yes" and CUDA:
+            try:
+                check = attention_check(model, processor, info)
+            except Exception as e:  # report, and still run the settings
+                check = {"error": f"{type(e).__name__}: {e}"}
+            results.setdefault("attention_check", {})[quant] = check
+            print(f"{quant} attention check: {json.dumps(check)}", flush=True)
         for cache, attention, batch in itertools.product(a.caches, a.attentions, a.batch_sizes):
             try:
                 r = run_worker(model, processor, ckpt, video, a.windows, batch, cache, a.max_new_tokens, quant,

@@ -92,16 +92,51 @@ def _attention(kind):
     return sdpa_kernel(order, set_priority=True)
 
 
-def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0, cache="dynamic",
+def preallocated_cache(room: int):
+    """A DynamicCache that does not copy itself at every new token.
+
+    transformers' DynamicLayer appends with torch.cat, so each decode step re-copies the whole
+    KV cache: ~3.3 GB per 25k-token window, i.e. ~26 GB per step at batch 8. Here the prefill's
+    keys/values go into a buffer with `room` spare positions and each new token is written in
+    place; attention still sees exactly the filled length (unlike StaticCache, which attends
+    over its full padded length with a mask), so the answers are the same.
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = self.keys.shape[-2] if self.is_initialized else 0
+            m = n + key_states.shape[-2]
+            if n == 0 or m > self.buffers[0].shape[-2] or self.keys.data_ptr() != self.buffers[0].data_ptr():
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                old = (self.keys, self.values)
+                self.buffers = [x.new_empty((*x.shape[:-2], m + room, x.shape[-1])) for x in (key_states, value_states)]
+                for buf, x in zip(self.buffers, old if n else ()):
+                    buf[..., :n, :].copy_(x)
+            for buf, x in zip(self.buffers, (key_states, value_states)):
+                buf[..., n:m, :].copy_(x)
+            self.keys, self.values = (buf[..., :m, :] for buf in self.buffers)
+            return self.keys, self.values
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = PreallocatedLayer
+    return cache
+
+
+def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0, cache="preallocated",
              attention="auto"):
-    """The decoded answers of one prepared batch. cache="static" preallocates the KV cache
-    (measured slower with 25k-token prompts: benchmarks/RESULTS.md)."""
+    """The decoded answers of one prepared batch. cache: "preallocated" (see preallocated_cache),
+    "dynamic" (transformers' default) or "static" (measured slower with 25k-token prompts:
+    benchmarks/RESULTS.md)."""
     import torch
     inputs = inputs.to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False}
     with torch.inference_mode(), _attention(attention):
+        kv = {"static": {"cache_implementation": "static"}, "dynamic": {},
+              "preallocated": {"past_key_values": preallocated_cache(max_new_tokens)}}[cache]
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id,
-                             **({"cache_implementation": "static"} if cache == "static" else {}), **sampling)
+                             **kv, **sampling)
     return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

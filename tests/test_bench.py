@@ -18,4 +18,4 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     assert [(r["batch_size"], r["windows"]) for r in result["runs"]] == [("1", 3), ("3", 3)]
     assert all(r["s_per_window"] > 0 and r["half_on_4_gpus_min"] > 0 for r in result["runs"])
     assert result["split"]["fp32"]["tokens"] > 3000
-    assert "| fp32 | 3 | dynamic+auto |" in proc.stdout
+    assert "| fp32 | 3 | preallocated+auto |" in proc.stdout

@@ -253,12 +253,32 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
 
 def test_batching_and_cache_options_do_not_change_greedy_answers(tmp_path, video_25fps):
     """A random checkpoint (answers differ window by window) gives the same text for every
-    window whether windows are generated alone, in left-padded batches, or with a static cache."""
+    window whether windows are generated alone, in left-padded batches, with transformers' own
+    dynamic cache (the plain path) or with the preallocated (default) or static cache."""
     ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
     answers = {}
-    for name, extra in {"plain": [], "batch3": ["--batch-size", "3"], "static": ["--cache", "static", "--batch-size", "2"]}.items():
+    for name, extra in {"plain": ["--cache", "dynamic"], "batch3": ["--batch-size", "3"], "default": [],
+                        "static": ["--cache", "static", "--batch-size", "2"]}.items():
         project = make_project(tmp_path / name, {"v.mkv": video_25fps})
         assert run_worker(project, ckpt, "--max-new-tokens", "12", *extra, gpu=1, workers=4) == 0
         answers[name] = [(r["time"], r["raw"]) for r in load(partial_path(project, 0, 1))]
     assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
+    assert answers["default"] == answers["plain"]
     assert answers["batch3"] == answers["plain"] and answers["static"] == answers["plain"]
+
+
+def test_preallocated_cache_holds_what_the_dynamic_cache_holds_without_copying():
+    """Same keys/values as transformers' DynamicCache after a prefill, single new tokens, a
+    chunk; within its room a new token is written in place (no new buffer), beyond it it grows."""
+    from transformers.cache_utils import DynamicCache
+    ours, theirs = llava.preallocated_cache(room=3), DynamicCache()
+    g = torch.Generator().manual_seed(0)
+    buffers = []
+    for n in (5, 1, 1, 1, 1, 4, 1):
+        kv = torch.randn(2, 2, 4, n, 8, generator=g)
+        for layer in (0, 1):
+            a, b = ours.update(kv[0], kv[1], layer), theirs.update(kv[0], kv[1], layer)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        buffers.append(ours.layers[0].keys.data_ptr())
+    assert ours.get_seq_length() == theirs.get_seq_length() == 14
+    assert len(set(buffers[:4])) == 1 and buffers[4] != buffers[3]  # room 3: grows at the 4th new token
