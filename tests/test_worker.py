@@ -102,7 +102,7 @@ def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_check
     subprocess.run(worker_cmd(clean, goal_checkpoint), check=True, capture_output=True)
     partial = partial_path(killed, 0, 0)
     proc = subprocess.Popen(worker_cmd(killed, goal_checkpoint), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 400
     while not (partial.exists() and len(load(partial)) >= 4) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -120,7 +120,7 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     project = make_project(tmp_path / "p", {"v.mkv": video})
     partial = partial_path(project, 0, 0)
     proc = subprocess.Popen(worker_cmd(project, none_checkpoint), stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 400
     while not (partial.exists() and len(load(partial)) >= 2) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
