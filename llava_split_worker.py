@@ -47,7 +47,7 @@ def parse_args(argv):
                    help="windows per generate call, or 'auto': measure the first window's memory and fill "
                         "the GPU's free memory up to --max-batch-size; halved on OOM (env LLAVA_BATCH_SIZE, default 1)")
     p.add_argument("--max-batch-size", type=int, default=int(env("LLAVA_MAX_BATCH_SIZE", 8)),
-                   help="upper bound for --batch-size auto (default 8: batch 16 was 2.3x slower per window on an H200)")
+                   help="upper bound for --batch-size auto (default 8: bf16 batch 16 was 2.3x slower per window on an H200)")
     p.add_argument("--max-new-tokens", type=int, default=int(env("LLAVA_MAX_NEW_TOKENS", 256)),
                    help="answer length limit (env LLAVA_MAX_NEW_TOKENS, default 256)")
     p.add_argument("--temperature", type=float, default=float(env("LLAVA_TEMPERATURE", 0.0)),

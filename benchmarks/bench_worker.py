@@ -162,7 +162,7 @@ def main(argv=None):
                    help="reduced = the worker's opt-in fast mode (926 instead of 1,608 tokens per 224p frame)")
     p.add_argument("--attentions", nargs="+", choices=["auto", "cudnn"], default=["auto"])
     p.add_argument("--attention-check", choices=["yes", "no"], default="no",
-                   help="compare cuDNN, flash and memory-efficient attention outputs on one real window")
+                   help="compare cuDNN and flash attention outputs (logits, greedy tokens) on one real window")
     p.add_argument("--windows", type=int, default=16, help="windows per setting (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="fixed answer length (default 64)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
