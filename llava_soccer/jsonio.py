@@ -10,19 +10,24 @@ class InputError(Exception):
     """Bad input from the user: main() prints it as one line and exits non-zero."""
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Replace path with text; a crash leaves the old file or the new one, never a mix."""
+def _atomic_write(path, write) -> None:
+    """Replace path with what write(binary file) writes; a crash leaves the old file or the new
+    one, never a mix (temp file beside it, fsync, rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: https://docs.python.org/3/library/os.html#os.replace
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def remove_stale_temps(path) -> None:
@@ -35,15 +40,7 @@ def remove_stale_temps(path) -> None:
 
 def atomic_savefig(fig, path, dpi=100) -> None:
     """Save a matplotlib figure as PNG the same way: a reader never sees half a picture."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def atomic_write_json(path, obj) -> None:
