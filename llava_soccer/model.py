@@ -136,8 +136,8 @@ def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False}
     with torch.inference_mode(), _attention(attention):
-        kv = {"static": {"cache_implementation": "static"}, "dynamic": {},
-              "preallocated": {"past_key_values": preallocated_cache(max_new_tokens)}}[cache]
+        kv = ({"past_key_values": preallocated_cache(max_new_tokens)} if cache == "preallocated" else
+              {"cache_implementation": "static"} if cache == "static" else {})
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id,
                              **kv, **sampling)
     return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
