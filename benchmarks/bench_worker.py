@@ -2,7 +2,7 @@
 
     python benchmarks/bench_worker.py --video match_224p.mkv                       # nf4, batch 1
     python benchmarks/bench_worker.py --video match_224p.mkv --quantization nf4 bf16 \\
-        --batch-sizes 8 16 --caches preallocated dynamic --attentions cudnn --windows 32 --max-new-tokens 64
+        --batch-sizes 1 8 --decoders fast transformers --attentions cudnn --windows 32 --max-new-tokens 64
 
 Builds the full-size llava-v1.6-mistral-7b architecture from its config with random weights
 (no download; --checkpoint DIR reuses one), loads it the way the worker does (NF4 quantizes the
@@ -14,6 +14,8 @@ every window produces exactly --max-new-tokens tokens.
 Prints, per setting: s/window, windows/s, mean GPU utilisation, peak GPU memory, and the
 projected minutes for a 50-minute half (1,500 windows) on 4 GPUs; and, per quantization, the
 time split of one window: decode video, preprocess, vision tower, prefill, per new token.
+--profile yes adds the GPU kernels that take the time in one prefill and in decode steps;
+--decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
 Writes everything as JSON to --out (default $OUT/bench.json or ./bench.json).
 """
 import argparse
@@ -33,7 +35,7 @@ import torch  # noqa: E402
 
 import llava_split_worker as worker  # noqa: E402
 from llava_soccer import model as llava  # noqa: E402
-from llava_soccer import synthetic, videos  # noqa: E402
+from llava_soccer import decoding, synthetic, videos  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
 
@@ -84,17 +86,77 @@ def time_split(model, processor, info, max_new_tokens):
     (_, _, times, frames), = videos.iter_windows(info, [1])
     decode = time.perf_counter() - t
     t = time.perf_counter()
-    inputs = llava.prepare(processor, [(times, frames)])
+    windows = llava.prepare(processor, [(times, frames)])
     preprocess = time.perf_counter() - t
-    gpu = inputs.to(model.device)
-    pixels = gpu["pixel_values"].to(model.dtype)
+    pixels = windows[0]["pixel_values"].to(model.device, model.dtype)
+    sizes = windows[0]["image_sizes"].to(model.device)
     with torch.inference_mode():
-        vision, _ = timed(lambda: model.model.get_image_features(pixels, gpu["image_sizes"]))
-    prefill, _ = timed(lambda: llava.generate(model, processor, inputs, max_new_tokens=1))
-    full, _ = timed(lambda: llava.generate(model, processor, inputs, max_new_tokens=max_new_tokens))
-    return {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision,
-            "prefill_s": prefill, "generate_s": full, "per_new_token_ms": 1000 * (full - prefill) / (max_new_tokens - 1),
-            "tokens": int(inputs["input_ids"].shape[1])}
+        vision, _ = timed(lambda: model.model.get_image_features(pixels, sizes))
+        prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens))
+    split = {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision, "prefill_s": prefill}
+    for decoder in ("fast", "transformers"):
+        full, _ = timed(lambda: llava.generate(model, processor, windows, max_new_tokens, decoder=decoder))
+        split[f"{decoder}_per_new_token_ms"] = 1000 * (full - prefill) / (max_new_tokens - 1)
+    return {**split, "tokens": int(windows[0]["input_ids"].shape[1])}
+
+
+def profile(model, processor, info, batch, fused, steps=8):
+    """The GPU kernels that take the time: one window's prefill (with each --fused-kernels value in
+    `fused`), then `steps` fast-decoder steps at `batch` (eager, so each kernel shows; the CUDA
+    graph replays the same kernels)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    windows = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, range(batch))])
+    tables = {}
+    with torch.inference_mode():
+        tokens, positions, kv = decoding.prefill(model, windows, steps)
+        step = decoding.Step(model, *kv)
+        runs = [(f"prefill_fused_{f}", f, lambda: decoding.prefill(model, windows[:1], 1)) for f in fused]
+        runs.append((f"{steps}_decode_steps_batch_{batch}", fused[-1],
+                     lambda: [step(tokens, positions + i) for i in range(steps)]))
+        for name, f, fn in runs:
+            if llava.fuse_elementwise(model, f == "yes" and CUDA):
+                fn()  # compile outside the profile
+            sync()
+            with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
+                fn()
+                sync()
+            tables[name] = prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total",
+                                                     row_limit=18, max_name_column_width=70)
+    return tables
+
+
+def decoder_check(model, processor, info, new_tokens=24):
+    """Greedy tokens of two windows from the fast decoder (CUDA graph, eager) and transformers'
+    generate: are they the same? (Near-equal logits may flip under bf16 rounding; the count says how far they agree.)"""
+    from transformers.cache_utils import DynamicCache
+    windows = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
+    eos, pad = [model.generation_config.eos_token_id], processor.tokenizer.pad_token_id
+    with torch.inference_mode():  # logits of one new token: the fast step vs the model's own forward
+        first, lengths, kv = decoding.prefill(model, windows[:1], 1)
+        ours = decoding.Step(model, *kv)(first, lengths)[0].float()
+        one = {k: v.to(model.device) for k, v in windows[0].items()}
+        one["pixel_values"] = one["pixel_values"].to(model.dtype)
+        cache = DynamicCache()
+        model(**one, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        theirs = model(input_ids=first[:, None], past_key_values=cache, use_cache=True).logits[0, -1].float()
+        del cache, kv
+    logits = {"max_abs_logit": theirs.abs().max().item(), "max_abs_diff_fast_vs_transformers":
+              (ours - theirs).abs().max().item(), "same_argmax": bool(ours.argmax() == theirs.argmax())}
+    with torch.inference_mode():
+        ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad),
+               "eager": decoding.greedy(model, windows, new_tokens, eos, pad, graph="no")}
+        batch = {k: v.to(model.device) for k, v in llava.collate(processor, windows).items()}
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
+
+    def agree(a, b):  # how many leading tokens are equal, per window
+        n = min(a.shape[1], b.shape[1])
+        return [int(d.nonzero()[0]) if d.any() else n for d in a[:, :n] != b[:, :n]]
+    return {f"leading_tokens_equal_{k}_vs_transformers": agree(v, ids["transformers"]) for k, v in ids.items()
+            if k != "transformers"} | {"graph_equals_eager": bool(torch.equal(ids["graph"], ids["eager"])),
+                                       "new_tokens": new_tokens, **logits}
 
 
 def attention_check(model, processor, info, new_tokens=16):
@@ -103,7 +165,7 @@ def attention_check(model, processor, info, new_tokens=16):
     greedy answers of `new_tokens` tokens agree when each backend is tried first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     (_, _, times, frames), = videos.iter_windows(info, [1])
-    inputs = llava.prepare(processor, [(times, frames)]).to(model.device)
+    inputs = {k: v.to(model.device) for k, v in llava.prepare(processor, [(times, frames)])[0].items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
     backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
@@ -111,8 +173,8 @@ def attention_check(model, processor, info, new_tokens=16):
     for name, backend in backends.items():
         with torch.inference_mode(), sdpa_kernel([backend]):
             logits[name] = model(**inputs, logits_to_keep=1).logits[0, -1].float()
-        order = [backend] + [b for b in backends.values() if b != backend] + [SDPBackend.EFFICIENT_ATTENTION,
-                                                                                SDPBackend.MATH]
+        order = [backend, *(b for b in backends.values() if b != backend), SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
         with torch.inference_mode(), sdpa_kernel(order, set_priority=True):
             out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id)
@@ -123,7 +185,8 @@ def attention_check(model, processor, info, new_tokens=16):
             f"same_{new_tokens}_greedy_tokens_as_flash": {k: answers[k] == answers["flash"] for k in answers}}
 
 
-def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tokens, quant, attention="auto"):
+def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
+               fused="no"):
     """llava_split_worker.run over the first `windows` windows; the partial file pretends the rest are done."""
     project = Path(tempfile.mkdtemp()) / "project"
     (project / "raw_data").mkdir(parents=True)
@@ -133,7 +196,8 @@ def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tok
             for k in range(windows, info.n_windows)]
     atomic_write_json(partial_path(project, 0, 0), rest)
     args = worker.parse_args(["--gpu_id", "0", "--num_workers", "1", "--video_index", "0", "--project", str(project),
-                              "--model", str(ckpt), "--quantization", quant, "--batch-size", str(batch), "--cache", cache,
+                              "--model", str(ckpt), "--quantization", quant, "--batch-size", str(batch),
+                              "--decoder", decoder, "--fused-kernels", fused,
                               "--attention", attention,
                               "--max-new-tokens", str(max_new_tokens), "--progress-every", "1e9"])
     if CUDA:
@@ -145,7 +209,8 @@ def run_worker(model, processor, ckpt, video, windows, batch, cache, max_new_tok
     util = sampler.stop()
     assert code == 0, f"worker exited {code}"
     per_window = seconds / windows
-    return {"quantization": quant, "batch_size": batch, "cache": cache, "attention": attention, "windows": windows,
+    return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,
+            "attention": attention, "windows": windows,
             "s_per_window": per_window, "windows_per_s": 1 / per_window, "gpu_util_pct": util,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else None,
             "half_on_4_gpus_min": per_window * HALF_WINDOWS / 4 / 60}
@@ -156,13 +221,21 @@ def main(argv=None):
     p.add_argument("--video", required=True, help="a 224p H.264 video of at least --windows * 2 s")
     p.add_argument("--checkpoint", default=None, help="reuse a full-size checkpoint directory (default: build one)")
     p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp32"], default=["nf4"])
-    p.add_argument("--batch-sizes", nargs="+", default=["1"], help="whole numbers, or auto (the worker's --batch-size auto)")
-    p.add_argument("--caches", nargs="+", choices=["preallocated", "dynamic", "static"], default=["preallocated"])
+    p.add_argument("--batch-sizes", nargs="+", default=["1"],
+                   help="whole numbers, or auto (the worker's --batch-size auto)")
+    p.add_argument("--decoders", nargs="+", choices=["fast", "transformers"], default=["fast"],
+                   help="the worker's --decoder values to run (default: fast)")
     p.add_argument("--visual-tokens", choices=["full", "reduced"], default="full",
                    help="reduced = the worker's opt-in fast mode (926 instead of 1,608 tokens per 224p frame)")
+    p.add_argument("--fused-kernels", nargs="+", choices=["yes", "no"], default=["yes"],
+                   help="the worker's --fused-kernels values to run (default: yes)")
     p.add_argument("--attentions", nargs="+", choices=["auto", "cudnn"], default=["auto"])
     p.add_argument("--attention-check", choices=["yes", "no"], default="no",
                    help="compare cuDNN and flash attention outputs (logits, greedy tokens) on one real window")
+    p.add_argument("--decoder-check", choices=["yes", "no"], default="no",
+                   help="greedy tokens of the fast decoder (graph and eager) vs transformers' generate on two windows")
+    p.add_argument("--profile", choices=["yes", "no"], default="no",
+                   help="print the kernels that take the time in one prefill and in decode steps at the largest batch")
     p.add_argument("--windows", type=int, default=16, help="windows per setting (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="fixed answer length (default 64)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
@@ -176,44 +249,55 @@ def main(argv=None):
         synthetic.make_checkpoint(ckpt, "full", dtype="bfloat16", device="cuda")
         print(f"built the full-size checkpoint in {time.perf_counter() - t:.0f} s", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    profile_batch = max((int(b) for b in a.batch_sizes if b.isdigit()), default=1)
     results = {"gpu": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "video": a.video,
                "max_new_tokens": a.max_new_tokens, "visual_tokens": a.visual_tokens, "split": {}, "runs": []}
     for quant in a.quantization:
         t = time.perf_counter()
         model, processor = llava.load(ckpt, quant, llava.pick_device(0), a.visual_tokens)
         print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
-        run_worker(model, processor, ckpt, video, 2, 1, "dynamic", 8, quant)  # warm-up: CUDA kernels, allocator
+        for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)
+            for batch in (1, 2):
+                run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused)
         results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens)
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
-        if a.attention_check == "yes" and CUDA:
+        checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
+                  "decoder_check": (decoder_check, (a.decoder_check == "yes",)),
+                  "profile": (profile, (a.profile == "yes", profile_batch, a.fused_kernels))}
+        for name, (check, (wanted, *extra)) in checks.items():
+            if not wanted:
+                continue
             try:
-                check = attention_check(model, processor, info)
+                found = check(model, processor, info, *extra)
             except Exception as e:  # report, and still run the settings
-                check = {"error": f"{type(e).__name__}: {e}"}
-            results.setdefault("attention_check", {})[quant] = check
-            print(f"{quant} attention check: {json.dumps(check)}", flush=True)
-        for cache, attention, batch in itertools.product(a.caches, a.attentions, a.batch_sizes):
+                found = {"error": f"{type(e).__name__}: {e}"}
+            results.setdefault(name, {})[quant] = found
+            for k, v in found.items():
+                print(f"{quant} {name} {k}:" + (f"\n{v}" if isinstance(v, str) and "\n" in v else f" {v}"), flush=True)
+        for fused, decoder, attention, batch in itertools.product(a.fused_kernels, a.decoders, a.attentions,
+                                                                  a.batch_sizes):
             try:
-                r = run_worker(model, processor, ckpt, video, a.windows, batch, cache, a.max_new_tokens, quant,
-                               attention)
+                r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
+                               attention, fused)
             except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
-                r = {"quantization": quant, "batch_size": batch, "cache": cache, "attention": attention,
-                     "error": f"{type(e).__name__}: {e}"}
+                r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
+                     "fused_kernels": fused, "error": f"{type(e).__name__}: {e}"}
             results["runs"].append(r)
             print(json.dumps(r), flush=True)
         del model, processor
         if CUDA:
             torch.cuda.empty_cache()
     atomic_write_json(a.out, results)
-    print("\n| quant | batch | cache+attention | s/window | windows/s | GPU util | peak GiB | 50-min half on 4 GPUs |")
+    print("\n| quant | batch | decoder+attention+fused | s/window | windows/s | GPU util | peak GiB "
+          "| 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
         if "error" in r:
-            print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']}+{r['attention']} | {r['error'][:60]} |")
+            print(f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']} | {r['error'][:60]} |")
             continue
         util = f"{r['gpu_util_pct']:.0f}%" if r["gpu_util_pct"] is not None else "n/a"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-        print(f"| {r['quantization']} | {r['batch_size']} | {r['cache']}+{r['attention']} | {r['s_per_window']:.2f} | "
+        print(f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']} | {r['s_per_window']:.2f} | "
               f"{r['windows_per_s']:.2f} | {util} | {peak} | {r['half_on_4_gpus_min']:.1f} min |")
 
 

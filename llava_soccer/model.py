@@ -4,6 +4,7 @@ The real Hugging Face classes run everywhere: on the cluster with the hub id, in
 tiny checkpoint directory built by synthetic.py (same from_pretrained call).
 """
 import contextlib
+import logging
 import os
 
 from .settings import FPS, SOCCERNET_CLASSES
@@ -75,10 +76,18 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
 
 
 def prepare(processor, windows):
-    """Processor inputs (CPU tensors) for a batch of windows [(frame_times, rgb_frames)]."""
-    prompts = [build_prompt(times) for times, _ in windows]
-    images = [f for _, frames in windows for f in frames]
-    return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    """Processor inputs (CPU tensors), one per window [(frame_times, rgb_frames)]: the fast decoder
+    prefills each window alone; collate() batches them for transformers' generate."""
+    return [processor(images=frames, text=build_prompt(times), return_tensors="pt") for times, frames in windows]
+
+
+def collate(processor, windows):
+    """One left-padded batch out of prepare()'s per-window inputs."""
+    import torch
+    text = processor.tokenizer.pad([{k: w[k][0] for k in ("input_ids", "attention_mask")} for w in windows],
+                                   padding=True, return_tensors="pt")
+    return {**text, "pixel_values": torch.cat([w["pixel_values"] for w in windows]),
+            "image_sizes": torch.cat([w["image_sizes"] for w in windows])}
 
 
 def _attention(kind):
@@ -92,52 +101,80 @@ def _attention(kind):
     return sdpa_kernel(order, set_priority=True)
 
 
-def preallocated_cache(room: int):
-    """A DynamicCache that does not copy itself at every new token.
-
-    transformers' DynamicLayer appends with torch.cat, so each decode step re-copies the whole
-    KV cache: ~3.3 GB per 25k-token window, i.e. ~26 GB per step at batch 8. Here the prefill's
-    keys/values go into a buffer with `room` spare positions and each new token is written in
-    place; attention still sees exactly the filled length (unlike StaticCache, which attends
-    over its full padded length with a mask), so the answers are the same. Measured on an H200:
-    1-2% faster than DynamicCache at batch 8 (benchmarks/RESULTS.md).
-    """
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        def update(self, key_states, value_states, *args, **kwargs):
-            n = self.keys.shape[-2] if self.is_initialized else 0
-            m = n + key_states.shape[-2]
-            if n == 0 or m > self.buffers[0].shape[-2] or self.keys.data_ptr() != self.buffers[0].data_ptr():
-                if not self.is_initialized:
-                    self.lazy_initialization(key_states, value_states)
-                old = (self.keys, self.values)
-                self.buffers = [x.new_empty((*x.shape[:-2], m + room, x.shape[-1])) for x in (key_states, value_states)]
-                for buf, x in zip(self.buffers, old if n else ()):
-                    buf[..., :n, :].copy_(x)
-            for buf, x in zip(self.buffers, (key_states, value_states)):
-                buf[..., n:m, :].copy_(x)
-            self.keys, self.values = (buf[..., :m, :] for buf in self.buffers)
-            return self.keys, self.values
-
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = PreallocatedLayer
-    return cache
+_EAGER = {}  # Mistral's own functions, restored by fuse_elementwise(False)
 
 
-def generate(model, processor, inputs, max_new_tokens=256, temperature=0.0, top_p=1.0, cache="preallocated",
-             attention="auto"):
-    """The decoded answers of one prepared batch. cache: "preallocated" (see preallocated_cache),
-    "dynamic" (transformers' default) or "static" (measured slower with 25k-token prompts:
-    benchmarks/RESULTS.md)."""
+def _rms_norm(x, weight, eps):  # MistralRMSNorm.forward's arithmetic, as a function of tensors
     import torch
-    inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-        "do_sample": False}
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def _silu_gate(gate, up):  # MistralMLP: act_fn(gate_proj(x)) * up_proj(x), act_fn = SiLU
+    import torch.nn.functional as F
+    return F.silu(gate) * up
+
+
+def fuse_elementwise(model, on: bool) -> bool:
+    """Run the RMSNorm, rotary-embedding and SiLU-gate arithmetic of Mistral's layers as fused
+    torch.compile kernels (GPU only; the same operations in the same precision). Eager PyTorch runs
+    each as 3-7 kernels that all read and write the whole 25k-token activation: fused, the NF4
+    prefill's GPU time drops from 1.01 to 0.90 s on an H200 (benchmarks/RESULTS.md).
+    Process-wide; on=False restores transformers' code. Returns whether fused kernels are on:
+    False, with a warning, when compiling fails."""
+    import torch
+    from transformers.models.mistral import modeling_mistral as mistral
+    if not _EAGER:
+        _EAGER.update(norm=mistral.MistralRMSNorm.forward, mlp=mistral.MistralMLP.forward,
+                      rope=mistral.apply_rotary_pos_emb)
+    mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward = _EAGER["norm"], _EAGER["mlp"]
+    mistral.apply_rotary_pos_emb = _EAGER["rope"]
+    if not on:
+        return False
+    if "compiled" not in _EAGER:  # once per process: recompiling the same functions trips dynamo
+        # dynamic=None: sizes that vary (prompt length, batch) become symbolic, head sizes stay fixed
+        norm, gate, rope = (torch.compile(f) for f in (_rms_norm, _silu_gate, _EAGER["rope"]))
+        text = model.config.text_config
+        d = text.head_dim or text.hidden_size // text.num_attention_heads
+        x = torch.randn(1, 7, text.hidden_size, device=model.device, dtype=model.dtype)
+        q, cos = torch.randn(1, text.num_attention_heads, 7, d, device=model.device, dtype=model.dtype), x[..., :d]
+        try:  # compile now (Triton, a C compiler): a failure here must not fail every window later
+            norm(x, x[0, 0], text.rms_norm_eps), gate(x, x), rope(q, q[:, :text.num_key_value_heads], cos, cos)
+            _EAGER["compiled"] = norm, gate, rope
+        except Exception as e:
+            _EAGER["compiled"] = None
+            logging.getLogger("llava_worker").warning(
+                f"⚠️ fused kernels unavailable ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
+                f"prefill runs transformers' own kernels, ~10% slower. --fused-kernels no skips this attempt")
+    if _EAGER["compiled"] is None:
+        return False
+    norm, gate, rope = _EAGER["compiled"]
+    mistral.MistralRMSNorm.forward = lambda self, x: norm(x, self.weight, self.variance_epsilon)
+    mistral.MistralMLP.forward = lambda self, x: self.down_proj(gate(self.gate_proj(x), self.up_proj(x)))
+    mistral.apply_rotary_pos_emb = rope
+    return True
+
+
+def generate(model, processor, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
+             attention="auto"):
+    """The decoded answers to prepare()'s windows. decoder "fast": decoding.greedy (same greedy
+    answers, CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a
+    left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50)."""
+    import torch
+    from . import decoding
     with torch.inference_mode(), _attention(attention):
-        kv = ({"past_key_values": preallocated_cache(max_new_tokens)} if cache == "preallocated" else
-              {"cache_implementation": "static"} if cache == "static" else {})
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id,
-                             **kv, **sampling)
-    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        if decoder == "fast" and temperature == 0:
+            eos = model.generation_config.eos_token_id
+            ids = decoding.greedy(model, windows, max_new_tokens, eos if isinstance(eos, list) else [eos],
+                                  processor.tokenizer.pad_token_id)
+        else:
+            inputs = {k: v.to(model.device) for k, v in collate(processor, windows).items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+                "do_sample": False}
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                 pad_token_id=processor.tokenizer.pad_token_id, **sampling)
+            ids = out[:, inputs["input_ids"].shape[1]:]
+    return processor.batch_decode(ids, skip_special_tokens=True)

@@ -12,7 +12,7 @@ import transformers
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, load, make_project
 from llava_soccer import model as llava
-from llava_soccer import synthetic, videos
+from llava_soccer import decoding, synthetic, videos
 from llava_soccer.settings import partial_path
 
 
@@ -134,16 +134,16 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
 
 
 def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_checkpoint, monkeypatch, capsys):
-    real_generate = transformers.LlavaNextForConditionalGeneration.generate
+    real_greedy = decoding.greedy
     calls = []
 
-    def generate(self, input_ids=None, **kw):
-        calls.append(input_ids.shape[0])
-        if input_ids.shape[0] > 1 or len(calls) == 6:  # batches never fit; window 4 s (call 4,2,1,1,2,[1]) fails alone too
+    def greedy(model, windows, *args, **kw):
+        calls.append(len(windows))
+        if len(windows) > 1 or len(calls) == 6:  # batches never fit; window 4 s (call 4,2,1,1,2,[1]) fails alone too
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_generate(self, input_ids=input_ids, **kw)
+        return real_greedy(model, windows, *args, **kw)
 
-    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "generate", generate)
+    monkeypatch.setattr(decoding, "greedy", greedy)
     project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, "--batch-size", "4", gpu=0, workers=4) == 0
     records = load(partial_path(project, 0, 0))
@@ -154,7 +154,7 @@ def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_
     assert f"⚠️ OOM at {skipped[0]['time']}s" in capsys.readouterr().err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
     # --retry-skipped gives that window another chance
-    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "generate", real_generate)
+    monkeypatch.setattr(decoding, "greedy", real_greedy)
     assert run_worker(project, goal_checkpoint, "--retry-skipped", gpu=0, workers=4) == 0
     assert all(r["status"] == "ok" for r in load(partial_path(project, 0, 0)))
 
@@ -162,10 +162,10 @@ def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_
 def test_a_window_that_keeps_failing_is_skipped_and_five_in_a_row_stop_the_worker(odd_root, video_25fps,
                                                                                   goal_checkpoint, monkeypatch,
                                                                                   capsys):
-    def broken(self, **kw):
+    def broken(self, *args, **kw):
         raise ValueError("Image features and image tokens do not match")
 
-    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "generate", broken)
+    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "forward", broken)
     project = make_project(odd_root / "broken", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
     err = capsys.readouterr().err
@@ -192,7 +192,7 @@ def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     ckpt = synthetic.make_checkpoint(tmp_path / "ck336", "tiny336")
     processor = transformers.LlavaNextProcessor.from_pretrained(ckpt)
     (_, _, times, frames), = videos.iter_windows(videos.probe(video_25fps), [0])
-    inputs = llava.prepare(processor, [(times, frames)])
+    inputs, = llava.prepare(processor, [(times, frames)])
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert int((inputs["input_ids"] == image_id).sum()) == 15 * 1608
     prompt = processor.batch_decode(inputs["input_ids"])[0]
@@ -200,7 +200,7 @@ def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     # the fast mode: base view + one tile
     model, processor = llava.load(str(ckpt), "fp32", "cpu", visual_tokens="reduced")
     inputs = llava.prepare(processor, [(times, frames)])
-    assert int((inputs["input_ids"] == image_id).sum()) == 15 * 926
+    assert int((inputs[0]["input_ids"] == image_id).sum()) == 15 * 926
     assert len(llava.generate(model, processor, inputs, max_new_tokens=2)) == 1
 
 
@@ -251,34 +251,65 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
     assert "SuperSecret" not in out.stderr + out.stdout
 
 
-def test_batching_and_cache_options_do_not_change_greedy_answers(tmp_path, video_25fps):
+def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, video_25fps):
     """A random checkpoint (answers differ window by window) gives the same text for every
-    window whether windows are generated alone, in left-padded batches, with transformers' own
-    dynamic cache (the plain path) or with the preallocated (default) or static cache."""
+    window whether generated alone by transformers' generate (the plain path), by it in batches,
+    or by the fast decoder (the default) alone or in batches."""
     ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
     answers = {}
-    for name, extra in {"plain": ["--cache", "dynamic"], "batch3": ["--batch-size", "3"], "default": [],
-                        "static": ["--cache", "static", "--batch-size", "2"]}.items():
+    for name, extra in {"plain": ["--decoder", "transformers"], "default": [], "fast3": ["--batch-size", "3"],
+                        "transformers2": ["--decoder", "transformers", "--batch-size", "2"]}.items():
         project = make_project(tmp_path / name, {"v.mkv": video_25fps})
         assert run_worker(project, ckpt, "--max-new-tokens", "12", *extra, gpu=1, workers=4) == 0
         answers[name] = [(r["time"], r["raw"]) for r in load(partial_path(project, 0, 1))]
     assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
     assert answers["default"] == answers["plain"]
-    assert answers["batch3"] == answers["plain"] and answers["static"] == answers["plain"]
+    assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
 
 
-def test_preallocated_cache_holds_what_the_dynamic_cache_holds_without_copying():
-    """Same keys/values as transformers' DynamicCache after a prefill, single new tokens, a
-    chunk; within its room a new token is written in place (no new buffer), beyond it it grows."""
+def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path):
+    """Windows whose prompts differ in length (frame times crossing 10:00 add a character) are
+    left-padded in generate()'s batch; the fast decoder prefills each alone and masks per row.
+    Same greedy text, including rows that stop early at </s> (a checkpoint that answers "None")."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
+                                                   for _ in range(15)]) for t in (590.0, 598.0, 1000.0, 4.0)]
+    answers = []
+    for ckpt, n in ((synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
+                    (synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None"), 30)):
+        model, processor = llava.load(str(ckpt), "fp32", "cpu")
+        inputs = llava.prepare(processor, windows)
+        assert len({w["input_ids"].shape[1] for w in inputs}) == 3  # padding happens in a batch
+        alone = [llava.generate(model, processor, [w], n, decoder="transformers")[0] for w in inputs]
+        assert llava.generate(model, processor, inputs, n, decoder="transformers") == alone
+        assert llava.generate(model, processor, inputs, n, decoder="fast") == alone
+        answers.append(alone)
+    assert len(set(answers[0])) == 4 and answers[1] == ["None"] * 4
+
+
+def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path):
+    """decoding.Step for two windows of different prompt lengths, two new tokens each, against
+    transformers' forward for each window alone with its DynamicCache: same logits (fp32; leaving out
+    the new token itself from attention would differ by 4e-3 to 5e-2 on this checkpoint)."""
+    import numpy as np
     from transformers.cache_utils import DynamicCache
-    ours, theirs = llava.preallocated_cache(room=3), DynamicCache()
-    g = torch.Generator().manual_seed(0)
-    buffers = []
-    for n in (5, 1, 1, 1, 1, 4, 1):
-        kv = torch.randn(2, 2, 4, n, 8, generator=g)
-        for layer in (0, 1):
-            a, b = ours.update(kv[0], kv[1], layer), theirs.update(kv[0], kv[1], layer)
-            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        buffers.append(ours.layers[0].keys.data_ptr())
-    assert ours.get_seq_length() == theirs.get_seq_length() == 14
-    assert len(set(buffers[:4])) == 1 and buffers[4] != buffers[3]  # room 3: grows at the 4th new token
+    rng = np.random.default_rng(1)
+    windows = [([t + 0.2 * i for i in range(3)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
+                                                  for _ in range(3)]) for t in (599.6, 4.0)]
+    model, processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)),
+                                  "fp32", "cpu")
+    inputs = llava.prepare(processor, windows)
+    new = torch.tensor([[5, 9], [7, 11]])
+    with torch.inference_mode():
+        first, lengths, kv = decoding.prefill(model, inputs, room=2)
+        step = decoding.Step(model, *kv)
+        ours = [step(new[:, 0], lengths), step(new[:, 1], lengths + 1)]
+        for row, window in enumerate(inputs):
+            cache = DynamicCache()
+            out = model(**window, past_key_values=cache, use_cache=True)
+            assert first[row] == out.logits[0, -1].argmax() and lengths[row] == window["input_ids"].shape[1]
+            for t in range(2):
+                logits = model(input_ids=new[row:row + 1, t:t + 1], past_key_values=cache, use_cache=True).logits
+                torch.testing.assert_close(ours[t][row], logits[0, -1], rtol=1e-5, atol=1e-4)
+    assert lengths[0] > lengths[1]

@@ -1,0 +1,224 @@
+"""Greedy answers for a batch of windows: the same tokens as transformers' generate, less overhead.
+
+    ids = decoding.greedy(model, windows, max_new_tokens=256, eos=[2], pad=0)   # windows: model.prepare()
+
+With 25k-token prompts, generate() spends most of its decode time launching ~1,000 small
+kernels per new token from Python (benchmarks/RESULTS.md). Here:
+1. Prefill: each window alone through the model's own forward (image features, language model,
+   transformers' DynamicCache). No padding, so attention stays on the causal fast path; prefill
+   is compute-bound, so batching it gains nothing and only multiplies activation memory.
+2. Its keys/values go straight into row i of one zeroed buffer per layer, with room for the answer.
+3. Decode: one step per new token for the whole batch, built from the model's own modules
+   (norms, projections, rotary embedding, MLP) in Mistral's decoder-layer order. Attention (attend)
+   reads the whole buffer with a per-row length mask; the query heads that share a key/value head
+   are that head's queries, so the cache is never repeated (grouped-query attention).
+   Shapes never change, so on a GPU the step is recorded once per batch as a CUDA graph and each
+   new token is one replay (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs).
+tests/test_worker.py checks that the answers equal generate()'s on a random tiny checkpoint.
+"""
+import logging
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
+
+log = logging.getLogger("llava_worker")
+
+
+def attend(q, keys, values, positions, scale):
+    """Attention of (b, kv heads, group, d) queries over the (b, kv heads, slots, d) keys and values
+    at slots <= positions[row]. On a GPU: split_kv_attention (Triton). Elsewhere, or without
+    Triton: PyTorch's SDPA with a mask, whose kernels give each (row, kv head) a single thread
+    block to walk 25k slots: ~0.83 ms per layer at batch 8 on an H200 (benchmarks/RESULTS.md)."""
+    if q.is_cuda and _triton_kernel() is not None:
+        return split_kv_attention(q, keys, values, positions, scale)
+    mask = (torch.arange(keys.shape[2], device=q.device) <= positions[:, None])[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+
+
+_KERNEL = []
+
+
+def _triton_kernel():
+    """The Triton kernel of split_kv_attention, or None where Triton is missing (CPU-only torch)."""
+    if _KERNEL:
+        return _KERNEL[0]
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        _KERNEL.append(None)
+        return None
+
+    @triton.jit
+    def kernel(Q, K, V, POS, OUT, LSE, sqb, sqh, skb, skh, svb, svh, sob, soh, sos, slb, slh, sls, scale, chunk,
+               G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+        # one program: row b, kv head h, slots [s * chunk, (s + 1) * chunk) cut at POS[b] + 1
+        b, h, s = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
+        end = tl.minimum(s * chunk + chunk, tl.load(POS + b).to(tl.int32) + 1)
+        g, d, n = tl.arange(0, GP), tl.arange(0, D), tl.arange(0, BLOCK)
+        q = tl.load(Q + b * sqb + h * sqh + g[:, None] * D + d[None, :], mask=g[:, None] < G, other=0.0)
+        m = tl.full([GP], float("-inf"), tl.float32)
+        total = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        for start in range(s * chunk, end, BLOCK):
+            slot = start + n
+            ok = slot < end
+            k = tl.load(K + b * skb + h * skh + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+            score = tl.where(ok[None, :], tl.dot(q, tl.trans(k)) * scale, float("-inf"))  # fp32, as flash
+            m_new = tl.maximum(m, tl.max(score, 1))
+            p = tl.exp(score - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            v = tl.load(V + b * svb + h * svh + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            total = total * alpha + tl.sum(p, 1)
+            m = m_new
+        some = total > 0
+        out = tl.where(some[:, None], acc / tl.where(some, total, 1.0)[:, None], 0.0)
+        tl.store(OUT + b * sob + h * soh + s * sos + g[:, None] * D + d[None, :], out, mask=g[:, None] < G)
+        tl.store(LSE + b * slb + h * slh + s * sls + g, tl.where(some, m + tl.log(total), float("-inf")),
+                 mask=g < G)
+
+    _KERNEL.append(kernel)
+    return kernel
+
+
+def split_kv_attention(q, keys, values, positions, scale, block=64):
+    """Flash-decoding (https://crfm.stanford.edu/2023/10/12/flashdecoding.html): the slots are cut
+    into chunks so that rows x kv heads x chunks fill the GPU; each chunk's softmax partial (fp32)
+    is combined by its log-sum-exp. Shapes depend only on the buffer, so it runs in a CUDA graph."""
+    b, h, g, d = q.shape
+    slots = keys.shape[2]
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    splits = max(1, min(-(-slots // block), -(-4 * sms // (b * h))))
+    chunk = -(-slots // (splits * block)) * block
+    splits = -(-slots // chunk)
+    out = torch.empty((b, h, splits, g, d), device=q.device, dtype=torch.float32)
+    lse = torch.empty((b, h, splits, g), device=q.device, dtype=torch.float32)
+    q, keys, values = q.contiguous(), keys.contiguous(), values.contiguous()
+    _triton_kernel()[(b, h, splits)](
+        q, keys, values, positions, out, lse, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1),
+        values.stride(0), values.stride(1), out.stride(0), out.stride(1), out.stride(2), lse.stride(0),
+        lse.stride(1), lse.stride(2), scale, chunk, G=g, GP=max(16, 1 << (g - 1).bit_length()), D=d, BLOCK=block)
+    weights = torch.softmax(lse, dim=2)[..., None]
+    return (weights * out).sum(2).to(q.dtype)
+
+
+class Step:
+    """One new token for every row: (tokens (b,), positions (b,)) -> logits (b, vocab).
+    Writes each row's key/value at its position, then attends to positions <= it."""
+
+    def __init__(self, model, keys, values):
+        self.lm, self.head = model.model.language_model, model.lm_head
+        self.keys, self.values = keys, values
+        b, self.kv_heads, _, self.head_dim = keys[0].shape
+        self.rows = torch.arange(b, device=keys[0].device)
+
+    def __call__(self, tokens, positions):
+        b, d = tokens.shape[0], self.head_dim
+        h = self.lm.embed_tokens(tokens[:, None])
+        cos, sin = self.lm.rotary_emb(h, positions[:, None])
+        for layer, k_cache, v_cache in zip(self.lm.layers, self.keys, self.values):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(b, 1, -1, d).transpose(1, 2)
+            k = attn.k_proj(x).view(b, 1, -1, d).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k_cache[self.rows, :, positions] = k[:, :, 0]
+            v_cache[self.rows, :, positions] = attn.v_proj(x).view(b, -1, d)
+            o = attend(q.reshape(b, self.kv_heads, -1, d), k_cache, v_cache, positions, attn.scaling)
+            h = h + attn.o_proj(o.reshape(b, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.head(self.lm.norm(h))[:, -1]
+
+
+def graphed(step, tokens, positions):
+    """step(tokens, positions) recorded as a CUDA graph: returns run() -> logits, which replays it
+    reading the current contents of `tokens` and `positions` (fill them in place)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the graph: lazy inits, cuBLAS workspaces
+        step(tokens, positions)   # (writes the same key/value the first replay writes again)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        logits = step(tokens, positions)
+
+    def run():
+        graph.replay()
+        return logits
+    return run
+
+
+_warned = []
+
+
+class _Row(DynamicLayer):
+    """A cache layer that writes one window's keys/values straight into row `row` of the decode
+    buffers: no second copy of a 3.3 GB prompt cache at the memory peak."""
+
+    def __init__(self, keys, values, row):
+        super().__init__()
+        self.buffers, self.row = (keys, values), row
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = self.get_seq_length()
+        m = n + key_states.shape[-2]
+        for buffer, new in zip(self.buffers, (key_states, value_states)):
+            buffer[self.row, :, n:m] = new[0]
+        self.keys, self.values = (buffer[self.row:self.row + 1, :, :m] for buffer in self.buffers)
+        return self.keys, self.values
+
+
+def prefill(model, windows, room):
+    """Each window alone through the model: (first greedy tokens (b,), prompt lengths (b,),
+    [keys, values]: per layer a (b, kv heads, longest prompt + room, head dim) buffer, zeros past
+    each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN))."""
+    device, text = model.device, model.config.text_config
+    lengths = [w["input_ids"].shape[1] for w in windows]
+    shape = (len(windows), text.num_key_value_heads, max(lengths) + room,
+             text.head_dim or text.hidden_size // text.num_attention_heads)
+    kv = [[torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(text.num_hidden_layers)]
+          for _ in "kv"]
+    first = []
+    for i, window in enumerate(windows):
+        window = {k: v.to(device) for k, v in window.items() if k != "attention_mask"}  # no padding
+        window["pixel_values"] = window["pixel_values"].to(model.dtype)
+        cache = Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)])
+        first.append(model(**window, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1))
+    return torch.cat(first), torch.tensor(lengths, device=device), kv
+
+
+def greedy(model, windows, max_new_tokens, eos, pad, graph="auto"):
+    """Token ids (b, n), n <= max_new_tokens, of the greedy answers to windows (a list of one
+    window's processor inputs each). Like generate(), a finished row is filled with `pad` and
+    decoding stops when every row has produced one of the `eos` ids.
+    graph: "auto" (CUDA graph on a GPU), "no" (eager steps, e.g. to compare)."""
+    tokens, positions, kv = prefill(model, windows, max_new_tokens)
+    eos = torch.tensor(eos, device=tokens.device)
+    out, done = [tokens], torch.isin(tokens, eos)
+    if max_new_tokens == 1 or bool(done.all()):
+        return torch.stack(out, 1)
+    step_in = (tokens.clone(), positions)
+    step = Step(model, *kv)
+    run = lambda: step(*step_in)  # noqa: E731
+    if graph == "auto" and tokens.device.type == "cuda":
+        try:
+            run = graphed(step, *step_in)
+        except Exception as e:  # still right, only slower
+            if not _warned:
+                _warned.append(e)
+                log.warning(f"⚠️ CUDA graph capture failed ({type(e).__name__}: {e}); decoding without it is "
+                            f"slower but gives the same answers (--decoder transformers is the other option)")
+    for _ in range(max_new_tokens - 1):
+        logits = run()
+        tokens = torch.where(done, pad, logits.argmax(-1))
+        done |= torch.isin(tokens, eos)
+        out.append(tokens)
+        if bool(done.all()):
+            break
+        step_in[0].copy_(tokens)
+        step_in[1].add_(1)
+    return torch.stack(out, 1)
