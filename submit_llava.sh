@@ -279,6 +279,11 @@ main() {
   # Share the CPU cores between the workers (torch would give each one thread per core).
   local threads=$(($(cpu_count) / NUM_WORKERS))
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
+  # Workers sharing a GPU would each size --batch-size auto from the same free memory.
+  if ((${#GPUS[@]} && NUM_WORKERS > ${#GPUS[@]})) && [[ -z ${LLAVA_BATCH_SIZE:-} ]]; then
+    export LLAVA_BATCH_SIZE=1
+    log "${NUM_WORKERS} workers share ${#GPUS[@]} GPU(s): LLAVA_BATCH_SIZE=1 (set it to override)"
+  fi
 
   DONE=() SKIPPED=() FAILED=() INTERRUPTED=() NOT_STARTED=()
   trap 'on_signal USR1' USR1

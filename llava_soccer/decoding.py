@@ -2,19 +2,20 @@
 
     ids = decoding.greedy(model, windows, max_new_tokens=256, eos=[2], pad=0)   # windows: model.prepare()
 
-With 25k-token prompts, generate() spends most of its decode time launching ~1,000 small
-kernels per new token from Python (benchmarks/RESULTS.md). Here:
-1. Prefill: each window alone through the model's own forward (image features, language model,
-   transformers' DynamicCache). No padding, so attention stays on the causal fast path; prefill
-   is compute-bound, so batching it gains nothing and only multiplies activation memory.
+With 25k-token prompts, generate() spends ~60-100 ms per new token launching ~1,000 small kernels
+from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.md):
+1. Prefill: each window alone through the model's own forward (image features, language model).
+   No padding, so attention stays on the causal fast path; prefill is compute-bound, so batching
+   it gains nothing and only multiplies activation memory.
 2. Its keys/values go straight into row i of one zeroed buffer per layer, with room for the answer.
 3. Decode: one step per new token for the whole batch, built from the model's own modules
    (norms, projections, rotary embedding, MLP) in Mistral's decoder-layer order. Attention (attend)
-   reads the whole buffer with a per-row length mask; the query heads that share a key/value head
+   reads the buffer up to each row's own length; the query heads that share a key/value head
    are that head's queries, so the cache is never repeated (grouped-query attention).
    Shapes never change, so on a GPU the step is recorded once per batch as a CUDA graph and each
    new token is one replay (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs).
-tests/test_worker.py checks that the answers equal generate()'s on a random tiny checkpoint.
+tests/test_worker.py checks that the answers equal generate()'s on random tiny checkpoints (CPU:
+SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
 """
 import logging
 

@@ -287,6 +287,16 @@ def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clip
         assert "1 worker(s) per video, GPUs: none (CPU)" in r.stderr
 
 
+def test_workers_sharing_a_gpu_get_batches_of_one(odd_root, clips, base_env):
+    """--batch-size auto sizes batches from the GPU's free memory: two workers on one GPU would
+    both count the same memory, so the launcher sets LLAVA_BATCH_SIZE=1 (unless the user set it)."""
+    site = Site(odd_root, "shared gpu", {"a.mkv": clips["a"]}, base_env)
+    r = run_local(site, "0", "0", CUDA_VISIBLE_DEVICES="3", LLAVA_NUM_WORKERS="2")
+    assert r.returncode == 0, r.stderr
+    assert "2 workers share 1 GPU(s): LLAVA_BATCH_SIZE=1" in r.stderr
+    assert worker_gpus(r.stderr, 0) == {0: "3", 1: "3"} and r.stderr.count("batch_size=1 ") == 2
+
+
 @pytest.mark.parametrize("args,message", [
     ([], "usage: sbatch submit_llava.sh START [END]"),
     (["a", "b"], "START and END must be video indices"),
