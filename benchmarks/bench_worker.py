@@ -135,8 +135,7 @@ def decoder_check(model, processor, info, new_tokens=24):
     with torch.inference_mode():  # logits of one new token: the fast step vs the model's own forward
         first, lengths, kv = decoding.prefill(model, windows[:1], 1)
         ours = decoding.Step(model, *kv)(first, lengths)[0].float()
-        one = {k: v.to(model.device) for k, v in windows[0].items()}
-        one["pixel_values"] = one["pixel_values"].to(model.dtype)
+        one = llava.on_model(model, windows[0])
         cache = DynamicCache()
         model(**one, past_key_values=cache, use_cache=True, logits_to_keep=1)
         theirs = model(input_ids=first[:, None], past_key_values=cache, use_cache=True).logits[0, -1].float()
@@ -146,8 +145,7 @@ def decoder_check(model, processor, info, new_tokens=24):
     with torch.inference_mode():
         ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad),
                "eager": decoding.greedy(model, windows, new_tokens, eos, pad, graph="no")}
-        batch = {k: v.to(model.device) for k, v in llava.collate(processor, windows).items()}
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        batch = llava.on_model(model, llava.collate(processor, windows))
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
 
@@ -165,8 +163,7 @@ def attention_check(model, processor, info, new_tokens=16):
     greedy answers of `new_tokens` tokens agree when each backend is tried first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     (_, _, times, frames), = videos.iter_windows(info, [1])
-    inputs = {k: v.to(model.device) for k, v in llava.prepare(processor, [(times, frames)])[0].items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = llava.on_model(model, llava.prepare(processor, [(times, frames)])[0])
     # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
     backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
     logits, answers = {}, {}

@@ -23,6 +23,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
+from .model import on_model
+
 log = logging.getLogger("llava_worker")
 
 
@@ -185,8 +187,7 @@ def prefill(model, windows, room):
           for _ in "kv"]
     first = []
     for i, window in enumerate(windows):
-        window = {k: v.to(device) for k, v in window.items() if k != "attention_mask"}  # no padding
-        window["pixel_values"] = window["pixel_values"].to(model.dtype)
+        window = on_model(model, {k: v for k, v in window.items() if k != "attention_mask"})  # no padding
         cache = Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)])
         first.append(model(**window, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1))
     return torch.cat(first), torch.tensor(lengths, device=device), kv

@@ -81,6 +81,13 @@ def prepare(processor, windows):
     return [processor(images=frames, text=build_prompt(times), return_tensors="pt") for times, frames in windows]
 
 
+def on_model(model, inputs):
+    """Processor inputs on the model's device, the pixels in its dtype."""
+    moved = {k: v.to(model.device) for k, v in inputs.items()}
+    moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
+    return moved
+
+
 def collate(processor, windows):
     """One left-padded batch out of prepare()'s per-window inputs."""
     import torch
@@ -170,8 +177,7 @@ def generate(model, processor, windows, max_new_tokens=256, temperature=0.0, top
             ids = decoding.greedy(model, windows, max_new_tokens, eos if isinstance(eos, list) else [eos],
                                   processor.tokenizer.pad_token_id)
         else:
-            inputs = {k: v.to(model.device) for k, v in collate(processor, windows).items()}
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            inputs = on_model(model, collate(processor, windows))
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
                 "do_sample": False}
             out = model.generate(**inputs, max_new_tokens=max_new_tokens,
