@@ -61,7 +61,8 @@ def parse_args(argv):
                         "--temperature > 0) (env LLAVA_DECODER)")
     p.add_argument("--fused-kernels", choices=["yes", "no"], default=env("LLAVA_FUSED_KERNELS", "yes"),
                    help="yes: torch.compile Mistral's RMSNorm/rotary/SiLU-gate arithmetic into fused GPU kernels for "
-                        "a ~10%% faster prefill (compiles in the first windows; ignored on CPU) (env LLAVA_FUSED_KERNELS)")
+                        "a ~10%% faster prefill (compiles in the first windows; ignored on CPU) "
+                        "(env LLAVA_FUSED_KERNELS)")
     p.add_argument("--attention", choices=["auto", "cudnn"], default=env("LLAVA_ATTENTION", "auto"),
                    help="SDPA kernel order: PyTorch's (auto) or cuDNN first (env LLAVA_ATTENTION)")
     p.add_argument("--visual-tokens", choices=["full", "reduced"], default=env("LLAVA_VISUAL_TOKENS", "full"),
@@ -167,39 +168,36 @@ class Worker:
         self.args, self.model, self.processor, self.info = args, model, processor, info
         self.errors_in_a_row = 0
 
-    def answer(self, batch, inputs=None):
-        """Records for a batch of Windows, in order."""
+    def answer(self, batch):
+        """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""
         records = {w.start: skipped(w.start, w.start, "no frames decoded (video shorter than its header says)")
-                   for w in batch if not w.frames}
-        ready = [w for w in batch if w.frames]
+                   for w, _ in batch if not w.frames}
+        ready = [(w, inputs) for w, inputs in batch if w.frames]
         if ready:
-            records.update((r["time"], r) for r in self._answer(ready, inputs if len(ready) == len(batch) else None))
-        return [records[w.start] for w in batch]
+            records.update((r["time"], r) for r in self._answer(ready))
+        return [records[w.start] for w, _ in batch]
 
-    def _answer(self, ready, inputs):
+    def _answer(self, ready):
         """OOM halves the batch; a lone window that still fails is recorded as skipped."""
         import torch
         try:
-            if inputs is None:
-                inputs = llava.prepare(self.processor, [(w.times, w.frames) for w in ready])
-            texts = llava.generate(self.model, self.processor, inputs, self.args.max_new_tokens,
-                                   self.args.temperature, self.args.top_p, self.args.decoder,
-                                   self.args.attention)
+            texts = llava.generate(self.model, self.processor, [inputs for _, inputs in ready],
+                                   self.args.max_new_tokens, self.args.temperature, self.args.top_p,
+                                   self.args.decoder, self.args.attention)
         except torch.OutOfMemoryError:
-            del inputs
             if self.model.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(ready) > 1:
                 half = len(ready) // 2
-                return self._answer(ready[:half], None) + self._answer(ready[half:], None)
-            w = ready[0]
+                return self._answer(ready[:half]) + self._answer(ready[half:])
+            w = ready[0][0]
             log.warning(f"⚠️ OOM at {w.start}s: window skipped (try --batch-size 1 or --quantization nf4)")
             return [skipped(w.start, w.times[-1], "OOM")]
         except Exception as e:  # one bad window must not end a 12-minute slice
             if len(ready) > 1:
-                return [r for w in ready for r in self._answer([w], None)]
+                return [r for item in ready for r in self._answer([item])]
             self.errors_in_a_row += 1
-            w = ready[0]
+            w = ready[0][0]
             log.warning(f"⚠️ error at {w.start}s, window skipped: {type(e).__name__}: {e}")
             if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                 raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s "
@@ -207,7 +205,7 @@ class Worker:
             return [skipped(w.start, w.times[-1], f"{type(e).__name__}: {e}")]
         self.errors_in_a_row = 0
         records = []
-        for w, text in zip(ready, texts):
+        for (w, _), text in zip(ready, texts):
             events, ok = window_events(w.start, text, len(w.times))
             records.append({"time": w.start, "end": w.times[-1], "status": "ok", "raw": text, "parsed": ok,
                             "events": events})
@@ -245,23 +243,17 @@ class BatchSize:
 
 
 def batches(info, todo, batch_size, processor):
-    """(windows, processor inputs) per batch, in time order; decoding happens here.
-    batch_size() is asked before each batch, so --batch-size auto can change it on the way."""
+    """Lists of (Window, its processor inputs, or None when it has no frames), in time order;
+    decoding and preprocessing happen here. batch_size() is asked before each batch, so
+    --batch-size auto can change it on the way."""
     batch = []
-    for window in videos.iter_windows(info, todo):
-        batch.append(window)
+    for w in videos.iter_windows(info, todo):
+        batch.append((w, llava.prepare(processor, [(w.times, w.frames)])[0] if w.frames else None))
         if len(batch) >= batch_size():
-            yield batch, _prepare(processor, batch)
+            yield batch
             batch = []
     if batch:
-        yield batch, _prepare(processor, batch)
-
-
-def _prepare(processor, batch):
-    """Processor inputs, or None when a window has no frames (Worker.answer handles those)."""
-    if all(w.frames for w in batch):
-        return llava.prepare(processor, [(w.times, w.frames) for w in batch])
-    return None
+        yield batch
 
 
 def run(args, loaded=None):
@@ -312,8 +304,8 @@ def run(args, loaded=None):
     batch_size = BatchSize(args.batch_size, args.max_batch_size, device)
     t0 = time.monotonic()
     try:
-        for batch, inputs in prefetched(batches(info, todo, batch_size, processor)):
-            new = worker.answer(batch, inputs)
+        for batch in prefetched(batches(info, todo, batch_size, processor)):
+            new = worker.answer(batch)
             batch_size.measured()
             records = sorted(records + new, key=lambda r: r["time"])
             atomic_write_json(out, records)
