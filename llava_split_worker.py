@@ -2,6 +2,8 @@
 
     python llava_split_worker.py --gpu_id 0 --num_workers 4 --video_index 5
     python llava_split_worker.py --gpu_id 0 --num_workers 1 --video_index 5 --quantization bf16 --batch-size 4
+    python llava_split_worker.py --print-plan                      # this GPU's plan as JSON, no model loaded
+    python llava_split_worker.py --print-plan --assume-gpu 6.1,11  # ... as if on a GTX 1080 Ti
 
 Video I is line I of $SOCCER_PROJECT/videos.txt (made from raw_data/ the first time). The video
 is cut into 3 s windows (15 frames at 5 FPS) every 2 s; this worker takes the windows that start
@@ -10,6 +12,8 @@ rewrites $SOCCER_PROJECT/partial_results_llava_vid{I}_gpu{G}.json after every ba
 
 Rerun the same command to resume (finished windows are kept); delete the partial file to start
 over. On SIGUSR1/SIGTERM it finishes the current batch, saves and exits with code 75.
+Dtypes and kernels follow one plan per GPU (llava_soccer/gpus.py), logged at start; the flags
+below marked "auto" override it.
 Exit codes: 0 slice complete, 1 error (one line says why), 2 bad flags, 75 interrupted.
 """
 import argparse
@@ -22,7 +26,7 @@ import threading
 import time
 
 from llava_soccer import model as llava
-from llava_soccer import settings, videos
+from llava_soccer import gpus, settings, videos
 from llava_soccer.events import window_events
 from llava_soccer.jsonio import InputError, atomic_write_json, read_json, remove_stale_temps
 
@@ -32,53 +36,84 @@ log = logging.getLogger("llava_worker")
 
 
 def parse_args(argv):
-    env = settings.env
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu_id", type=int, required=True, help="which slice this worker takes (0-based)")
-    p.add_argument("--num_workers", type=int, default=int(env("LLAVA_NUM_WORKERS", 4)),
-                   help="slices the video is split into (env LLAVA_NUM_WORKERS, default 4)")
-    p.add_argument("--video_index", type=int, required=True, help="line of videos.txt (0-based)")
+    envs = {}  # dest -> environment variable giving its default
+
+    def opt(flag, env, default, **kw):
+        envs[flag.lstrip("-").replace("-", "_")] = env
+        p.add_argument(flag, default=settings.env(env, default), **kw)
+
+    p.add_argument("--gpu_id", type=int, help="which slice this worker takes (0-based)")
+    opt("--num_workers", "LLAVA_NUM_WORKERS", 4, type=int, help="slices the video is split into (default 4)")
+    p.add_argument("--video_index", type=int, help="line of videos.txt (0-based)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
-    p.add_argument("--model", default=env("LLAVA_MODEL", settings.DEFAULT_MODEL),
-                   help="hub id or local checkpoint directory (env LLAVA_MODEL)")
-    p.add_argument("--quantization", choices=settings.QUANTIZATIONS, default=env("LLAVA_QUANT", "nf4"),
-                   help="weights: 4-bit NF4 (~11 GB) or plain bf16/fp16/fp32 (env LLAVA_QUANT, default nf4)")
-    p.add_argument("--batch-size", default=env("LLAVA_BATCH_SIZE", "auto"),
-                   help="windows decoded together, or 'auto' (default): measure the first window's memory and fill "
-                        "the GPU's free memory up to --max-batch-size; halved on OOM (env LLAVA_BATCH_SIZE)")
-    p.add_argument("--max-batch-size", type=int, default=int(env("LLAVA_MAX_BATCH_SIZE", 16)),
-                   help="upper bound for --batch-size auto (default 16: each window is prefilled alone, so a batch "
-                        "adds ~3.3 GiB of KV cache per 224p window) (env LLAVA_MAX_BATCH_SIZE)")
-    p.add_argument("--max-new-tokens", type=int, default=int(env("LLAVA_MAX_NEW_TOKENS", 256)),
-                   help="answer length limit (env LLAVA_MAX_NEW_TOKENS, default 256)")
-    p.add_argument("--temperature", type=float, default=float(env("LLAVA_TEMPERATURE", 0.0)),
-                   help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7 (env LLAVA_TEMPERATURE)")
-    p.add_argument("--top-p", type=float, default=float(env("LLAVA_TOP_P", 0.9)),
-                   help="nucleus sampling when temperature > 0 (env LLAVA_TOP_P)")
-    p.add_argument("--decoder", choices=["fast", "transformers"], default=env("LLAVA_DECODER", "fast"),
-                   help="fast: each window prefilled alone, then one CUDA-graph step per new token for the batch "
-                        "(default; greedy, same answers); transformers: its generate() (always used when "
-                        "--temperature > 0) (env LLAVA_DECODER)")
-    p.add_argument("--fused-kernels", choices=["yes", "no"], default=env("LLAVA_FUSED_KERNELS", "yes"),
-                   help="yes: torch.compile Mistral's RMSNorm/rotary/SiLU-gate arithmetic into fused GPU kernels for "
-                        "a ~10%% faster prefill (compiles in the first windows; ignored on CPU) "
-                        "(env LLAVA_FUSED_KERNELS)")
-    p.add_argument("--attention", choices=["auto", "cudnn"], default=env("LLAVA_ATTENTION", "auto"),
-                   help="SDPA kernel order: PyTorch's (auto) or cuDNN first (env LLAVA_ATTENTION)")
-    p.add_argument("--visual-tokens", choices=["full", "reduced"], default=env("LLAVA_VISUAL_TOKENS", "full"),
-                   help="full: LLaVA-NeXT's tiling, 1,608 tokens per 224p frame (default, as the seed); "
-                        "reduced: fast mode, base view + one tile, 926 tokens (env LLAVA_VISUAL_TOKENS)")
+    opt("--model", "LLAVA_MODEL", settings.DEFAULT_MODEL, help="hub id or local checkpoint directory")
+    opt("--quantization", "LLAVA_QUANT", "nf4", choices=settings.QUANTIZATIONS,
+        help="weights: 4-bit NF4 (default; computes in the plan's dtype) or plain bf16/fp16/fp32")
+    opt("--batch-size", "LLAVA_BATCH_SIZE", "auto",
+        help="windows decoded together, or 'auto' (default): measure the first window's memory and fill the GPU's "
+             "(or the assumed GPU's) memory up to --max-batch-size; halved on OOM")
+    opt("--max-batch-size", "LLAVA_MAX_BATCH_SIZE", 16, type=int,
+        help="upper bound for --batch-size auto (default 16: each window is prefilled alone, so a batch adds "
+             "~3.1 GiB of KV cache per 224p window)")
+    opt("--max-new-tokens", "LLAVA_MAX_NEW_TOKENS", 256, type=int, help="answer length limit (default 256)")
+    opt("--temperature", "LLAVA_TEMPERATURE", 0.0, type=float,
+        help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7")
+    opt("--top-p", "LLAVA_TOP_P", 0.9, type=float, help="nucleus sampling when temperature > 0")
+    opt("--decoder", "LLAVA_DECODER", "fast", choices=["fast", "transformers"],
+        help="fast: each window prefilled alone, then one step per new token for the batch (default; greedy, same "
+             "answers); transformers: its generate() (always used when --temperature > 0)")
+    opt("--assume-gpu", "LLAVA_ASSUME_GPU", None, metavar="CC[,GIB]",
+        help="plan as if on a GPU of compute capability CC with GIB GiB (e.g. 7.5,24 for a Titan RTX); on a real "
+             "GPU also run that plan with PyTorch's memory capped at what such a card leaves")
+    opt("--attention", "LLAVA_ATTENTION", "auto", choices=["auto", *gpus.BACKENDS],
+        help="SDPA backend tried first for the prefill; auto: the plan's (cuDNN on 8.0+, memory-efficient below)")
+    opt("--prefill-chunk", "LLAVA_PREFILL_CHUNK", "auto",
+        help="tokens per prefill chunk, 0 = the whole prompt at once; auto: the plan's (chunks of 4096 on GPUs "
+             "under 40 GiB)")
+    opt("--decode-attention", "LLAVA_DECODE_ATTENTION", "auto", choices=["auto", "triton", "sdpa"],
+        help="decode-step attention: triton (split-KV kernel, 8.0+) or sdpa; auto: the plan's")
+    opt("--fused-kernels", "LLAVA_FUSED_KERNELS", "auto", choices=["auto", "yes", "no"],
+        help="yes: torch.compile Mistral's RMSNorm/rotary/SiLU-gate arithmetic into fused kernels for a ~10%% faster "
+             "prefill (8.0+; compiles in the first windows); auto: the plan's")
+    opt("--cuda-graphs", "LLAVA_CUDA_GRAPHS", "auto", choices=["auto", "yes", "no"],
+        help="record each batch's decode step as a CUDA graph; auto: the plan's (yes on a GPU)")
+    opt("--visual-tokens", "LLAVA_VISUAL_TOKENS", "full", choices=["full", "reduced"],
+        help="full: LLaVA-NeXT's tiling, 1,608 tokens per 224p frame (default, as the seed); "
+             "reduced: fast mode, base view + one tile, 926 tokens")
+    p.add_argument("--print-plan", action="store_true",
+                   help="print this GPU's (or --assume-gpu's) plan as one JSON object and exit; loads no model")
     p.add_argument("--retry-skipped", action="store_true",
                    help="reprocess windows recorded as skipped (OOM or error) in the partial file")
     p.add_argument("--progress-every", type=float, default=30.0,
                    help="seconds between progress lines when the log is a file (default 30)")
+    for action in p._actions:  # the (env X) in each help text; an env value is checked as the flag's would be
+        env = envs.get(action.dest)
+        if env:
+            action.help += f" (env {env})"
+            raw = os.environ.get(env)
+            try:
+                value = action.type(raw) if raw and action.type else raw
+            except ValueError:
+                p.error(f"{env}={raw!r} is not a valid {action.option_strings[0]} value")
+            if raw and action.choices and value not in action.choices:
+                p.error(f"{env}={raw!r}: choose from {', '.join(map(str, action.choices))} ({action.option_strings[0]})")
     args = p.parse_args(argv)
-    if not 0 <= args.gpu_id < args.num_workers:
+    if not args.print_plan and (args.gpu_id is None or args.video_index is None):
+        p.error("--gpu_id and --video_index are required (or --print-plan)")
+    if args.gpu_id is not None and not 0 <= args.gpu_id < args.num_workers:
         p.error(f"--gpu_id {args.gpu_id} must be between 0 and --num_workers - 1 ({args.num_workers - 1})")
     if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) >= 1):
         p.error(f"--batch-size must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
+    if args.prefill_chunk != "auto" and not args.prefill_chunk.isdigit():
+        p.error(f"--prefill-chunk must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
     if args.max_new_tokens < 1 or args.max_batch_size < 1:
         p.error("--max-new-tokens and --max-batch-size must be at least 1")
+    if args.assume_gpu:
+        try:
+            gpus.parse_assume(args.assume_gpu)
+        except ValueError as e:
+            p.error(f"--assume-gpu / LLAVA_ASSUME_GPU: {e}")
     return args
 
 
@@ -163,9 +198,19 @@ def skipped(start, end, error):
     return {"time": start, "end": end, "status": "skipped", "error": error, "raw": None, "events": []}
 
 
+def oom_hint(args, plan):
+    """What can still lower the memory of one window, given the settings in use."""
+    hints = [h for h, useful in (
+        ("--quantization nf4", args.quantization != "nf4"),
+        ("--prefill-chunk 2048", not plan.prefill_chunk or plan.prefill_chunk > 2048),
+        ("--visual-tokens reduced (fewer tokens per frame: changes answers)", args.visual_tokens == "full"),
+        ("one worker per GPU (LLAVA_NUM_WORKERS)", True)) if useful]
+    return "try " + ", ".join(hints) + ", or a GPU with more memory"
+
+
 class Worker:
-    def __init__(self, args, model, processor, info):
-        self.args, self.model, self.processor, self.info = args, model, processor, info
+    def __init__(self, args, model, processor, info, plan):
+        self.args, self.model, self.processor, self.info, self.plan = args, model, processor, info, plan
         self.errors_in_a_row = 0
 
     def answer(self, batch):
@@ -183,7 +228,7 @@ class Worker:
         try:
             texts = llava.generate(self.model, self.processor, [inputs for _, inputs in ready],
                                    self.args.max_new_tokens, self.args.temperature, self.args.top_p,
-                                   self.args.decoder, self.args.attention)
+                                   self.args.decoder, self.plan)
         except torch.OutOfMemoryError:
             if self.model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -191,7 +236,8 @@ class Worker:
                 half = len(ready) // 2
                 return self._answer(ready[:half]) + self._answer(ready[half:])
             w = ready[0][0]
-            log.warning(f"⚠️ OOM at {w.start}s: window skipped (try --batch-size 1 or --quantization nf4)")
+            log.warning(f"⚠️ OOM at {w.start}s: window skipped ({oom_hint(self.args, self.plan)}; then rerun with "
+                        f"--retry-skipped)")
             return [skipped(w.start, w.times[-1], "OOM")]
         except Exception as e:  # one bad window must not end a 12-minute slice
             if len(ready) > 1:
@@ -213,12 +259,15 @@ class Worker:
 
 
 class BatchSize:
-    """--batch-size: a number, or "auto": the first window alone, then as many windows as its
-    measured peak memory says fit in the GPU's free memory (up to --max-batch-size)."""
+    """--batch-size: a number, or "auto": the first window alone, then as many windows as fit in the
+    GPU's memory (the plan's cap for an assumed GPU), up to --max-batch-size. The fast decoder
+    prefills one window at a time, so a batch adds only each window's KV cache to the first
+    window's peak; transformers' generate() prefills the whole batch, so it adds the whole peak."""
 
-    def __init__(self, value, cap, device):
-        self.size, self.cap, self.device = 1 if value == "auto" else int(value), cap, device
+    def __init__(self, value, cap, device, plan, per_row_is_kv=True):
+        self.size, self.cap, self.device, self.plan = 1 if value == "auto" else int(value), cap, device, plan
         self.measuring = value == "auto" and device.startswith("cuda")
+        self.per_row_is_kv = per_row_is_kv
         if value == "auto" and not self.measuring:
             log.info("--batch-size auto: no GPU, using batches of 1")
         if self.measuring:
@@ -229,17 +278,23 @@ class BatchSize:
     def __call__(self):
         return self.size
 
-    def measured(self):
-        """Called after each batch; sizes the batches once, after the first."""
+    def measured(self, kv_bytes):
+        """Called after each batch with the KV cache bytes of its first window; sizes the batches once."""
         if not self.measuring:
             return
         import torch
         self.measuring = False
-        window = torch.cuda.max_memory_allocated(self.device) - self.base
-        free, _ = torch.cuda.mem_get_info(self.device)
-        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)  # PyTorch's cache
-        self.size = max(1, min(self.cap, int(0.9 * free // max(window, 1))))
-        log.info(f"--batch-size auto: one window took {window / 2**30:.1f} GiB at peak; using batches of {self.size}")
+        peak = torch.cuda.max_memory_allocated(self.device)
+        if self.plan.memory_cap_gib is not None:
+            capacity = self.plan.memory_cap_gib * 2**30
+        else:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            capacity = free + torch.cuda.memory_reserved(self.device)  # PyTorch's own cache is free to us too
+        window = peak - self.base
+        row = kv_bytes if self.per_row_is_kv and kv_bytes else window
+        self.size = max(1, min(self.cap, 1 + int((0.92 * capacity - peak) // max(row, 1))))
+        log.info(f"--batch-size auto: one window took {window / 2**30:.1f} GiB at peak "
+                 f"({row / 2**30:.1f} GiB per extra window); using batches of {self.size}")
 
 
 def batches(info, todo, batch_size, processor):
@@ -256,8 +311,27 @@ def batches(info, todo, batch_size, processor):
         yield batch
 
 
+def kv_bytes(model, tokens, room):
+    """The fast decoder's KV cache for one window of `tokens` prompt tokens and `room` new ones."""
+    text = model.config.text_config
+    head = text.head_dim or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * text.num_key_value_heads * head * (tokens + room) * model.dtype.itemsize
+
+
+def plan_for(args):
+    """(device, plan) for this worker; InputError if its torch has no kernels for the GPU."""
+    device = llava.pick_device(args.gpu_id or 0)
+    problem = gpus.check_torch_build(device)
+    if problem:
+        raise InputError(problem)
+    return device, gpus.make(args, gpus.detect(device))
+
+
 def run(args, loaded=None):
     """Process the slice; loaded=(model, processor) skips loading (benchmarks/bench_worker.py)."""
+    if args.print_plan:
+        print(plan_for(args)[1].to_json())
+        return 0
     project = settings.project_dir(args.project)
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
@@ -276,37 +350,42 @@ def run(args, loaded=None):
     if not todo:
         log.info("slice already complete: nothing to do")
         return 0
-    device = llava.pick_device(args.gpu_id)
+    device, plan = plan_for(args)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} decoder={args.decoder} fused_kernels={args.fused_kernels} "
-             f"attention={args.attention} "
-             f"visual_tokens={args.visual_tokens} max_new_tokens={args.max_new_tokens} "
-             f"temperature={args.temperature} top_p={args.top_p} "
+             f"batch_size={args.batch_size} decoder={args.decoder} visual_tokens={args.visual_tokens} "
+             f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_p={args.top_p} "
              f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
+    log.info(plan.line())
+    for warning in plan.warnings:
+        log.warning(f"⚠️ {warning}")
+    gpus.apply_memory(plan, device)
     t0 = time.monotonic()
     try:
-        model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens)
+        model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
     except Exception as e:  # hub errors are long; the first line says what is missing
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load model {args.model!r} ({args.quantization}): {first}. Check --model/LLAVA_MODEL, "
                          f"HF_TOKEN and network, or pre-download the model (README: Troubleshooting)") from None
     log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
     t0 = time.monotonic()
-    if llava.fuse_elementwise(model, args.fused_kernels == "yes" and device.startswith("cuda")):
-        log.info(f"fused kernels compiled in {time.monotonic() - t0:.1f} s (more compile on the first window)")
+    plan.fused_kernels = llava.fuse_elementwise(model, plan.fused_kernels)
+    if plan.fused_kernels:
+        log.info(f"fused kernels compiled and checked in {time.monotonic() - t0:.1f} s (more compile on the first "
+                 f"window)")
 
     stop = []
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
-    worker = Worker(args, model, processor, info)
+    worker = Worker(args, model, processor, info, plan)
     progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
     n_events = n_skipped = 0
-    batch_size = BatchSize(args.batch_size, args.max_batch_size, device)
+    batch_size = BatchSize(args.batch_size, args.max_batch_size, device, plan, args.decoder == "fast")
     t0 = time.monotonic()
     try:
         for batch in prefetched(batches(info, todo, batch_size, processor)):
             new = worker.answer(batch)
-            batch_size.measured()
+            first = next((inputs for _, inputs in batch if inputs is not None), None)
+            batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
             records = sorted(records + new, key=lambda r: r["time"])
             atomic_write_json(out, records)
             for r in new:
@@ -336,7 +415,8 @@ def run(args, loaded=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                        format=f"%(asctime)s [vid{args.video_index} gpu{args.gpu_id}] %(message)s",
+                        format=f"%(asctime)s [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
+                        if not args.print_plan else "%(message)s",
                         datefmt="%H:%M:%S")
     try:
         return run(args)

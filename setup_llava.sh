@@ -9,22 +9,36 @@
 #    package and requirements.txt to $SOCCER_PROJECT (only files that changed), creates
 #    $SOCCER_PROJECT/raw_data/ for the videos;
 # 2. creates the virtual environment $SOCCER_PROJECT/venv from requirements.txt if it is
-#    missing, and updates it when requirements.txt changed (set LLAVA_PYTHON to use another
-#    python instead; submit_llava.sh then needs the same LLAVA_PYTHON);
-# 3. checks what it can: python and packages, GPUs visible, ffmpeg/OpenCV, HF_TOKEN or a cached
-#    model, videos in raw_data/, Slurm's sbatch.
+#    missing, and updates it when requirements.txt or the torch build it needs changed (set
+#    LLAVA_PYTHON to use another python instead; submit_llava.sh then needs the same LLAVA_PYTHON).
+#    The torch build follows this node's GPUs (nvidia-smi): PyPI's torch is a CUDA 13 build
+#    (NVIDIA driver >= 580, compute capability >= 7.5); with an older driver (>= 525.60.13) or an
+#    older GPU (Titan V 7.0, GTX 1080 Ti 6.1) the same torch version comes from PyTorch's CUDA 12.6
+#    index first. Run setup where the jobs run: srun -p GPU --gres=gpu:1 bash setup_llava.sh;
+# 3. checks what it can: python and packages, that torch has kernels for this node's GPUs and
+#    suits its driver, ffmpeg/OpenCV, HF_TOKEN or a cached model, videos in raw_data/, sbatch.
 # Safe to run again at any time. Exit status: 0 ready (warnings are printed), 1 a problem
 # that stops the pipeline (printed as ERROR).
 #
 # Settings (environment): SOCCER_PROJECT (~/soccer_project), LLAVA_PYTHON (python to use instead
 # of creating venv/), LLAVA_MODEL (model to look for in the cache), HF_TOKEN, PYTHON (python3:
-# the interpreter that creates the venv).
+# the interpreter that creates the venv), LLAVA_TORCH_INDEX (the pip index to install torch from,
+# a URL or a directory; overrides the choice from nvidia-smi, e.g. https://download.pytorch.org/whl/cu126).
 
 set -euo pipefail
 
 readonly FILES=(llava_split_worker.py merge_results_llava.py submit_llava.sh requirements.txt)
 readonly OPTIONAL_FILES=(compare_counts.py evaluate_soccernet.py)
 readonly DEFAULT_MODEL=llava-hf/llava-v1.6-mistral-7b-hf
+# torch builds (README "Set up"): PyPI's Linux torch is built for CUDA 13, which needs driver >= 580
+# and has no kernels below compute capability 7.5; PyTorch's cu126 index has the same torch version
+# for CUDA 12.6 with kernels for 5.0-9.0 (Maxwell to Hopper), running on drivers >= 525.60.13
+# (CUDA minor version compatibility, docs.nvidia.com/deploy/cuda-compatibility).
+readonly CUDA12_INDEX=https://download.pytorch.org/whl/cu126
+readonly CUDA12_DRIVER=525.60.13
+readonly CUDA13_DRIVER=580
+readonly CUDA13_MIN_CC=7.5
+readonly STAMP_INDEX='# setup_llava.sh: torch from '
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 ok() { log "ok:      $*"; }
@@ -65,45 +79,214 @@ install_files() {
   ok "scripts in ${PROJECT} (${COPIED} file(s) updated)"
 }
 
-# Sets PY: LLAVA_PYTHON, or the project's venv (created or updated from requirements.txt).
+# version_ge A B: dotted version A >= B (535.104.05 >= 525.60.13).
+version_ge() { [[ $(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1) == "$2" ]]; }
+
+# Sets GPUS (one "name|driver|capability" per GPU that nvidia-smi lists; none on a login node, or
+# where nvidia-smi fails; capability "?" where nvidia-smi cannot tell, as old drivers cannot) and
+# DRIVER (the lowest driver version).
+read_gpus() {
+  local out name driver cc
+  GPUS=()
+  DRIVER=''
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  out=$(timeout 60 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader 2>/dev/null) ||
+    out=$(timeout 60 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null) || return 0
+  while IFS=, read -r name driver cc; do
+    name=${name#"${name%%[![:space:]]*}"} driver=${driver//[[:space:]]/} cc=${cc//[[:space:]]/}
+    name=${name%"${name##*[![:space:]]}"}
+    [[ -n ${name} && ${driver} =~ ^[0-9]+(\.[0-9]+)*$ ]] || continue
+    [[ ${cc} =~ ^[0-9]+\.[0-9]+$ ]] || cc='?'
+    GPUS+=("${name}|${driver}|${cc}")
+    if [[ -z ${DRIVER} ]] || ! version_ge "${driver}" "${DRIVER}"; then DRIVER=${driver}; fi
+  done <<<"${out}"
+}
+
+# The GPU part of the checks runs only where it can tell something: GPUs listed and a driver that
+# some torch build supports (else that is the one error to fix first).
+check_driver() {
+  TORCH_CHECK=0
+  ((${#GPUS[@]})) || return 0
+  if [[ -z ${LLAVA_TORCH_INDEX:-} ]] && ! version_ge "${DRIVER}" "${CUDA12_DRIVER}"; then
+    error "NVIDIA driver ${DRIVER} on this node is too old for torch $(torch_version): its CUDA 12 build needs driver >= ${CUDA12_DRIVER}, the CUDA 13 build (PyPI) >= ${CUDA13_DRIVER}; ask the admins for a newer driver, or set LLAVA_TORCH_INDEX to a pip index with a torch build for driver ${DRIVER} and rerun setup"
+    return 0
+  fi
+  TORCH_CHECK=1
+}
+
+# The torch version pinned in requirements.txt (torch==X), or nothing.
+torch_version() {
+  [[ -f ${PROJECT}/requirements.txt ]] || return 0
+  sed -n -E '/^[[:space:]]*torch[[:space:]]*==/{s/^[[:space:]]*torch[[:space:]]*==[[:space:]]*([^[:space:];#,]+).*/\1/p;q;}' \
+    "${PROJECT}/requirements.txt"
+}
+
+# LLAVA_TORCH_INDEX as pip's --index-url: a URL as given, a directory as file://; fails if neither.
+user_index() {
+  local value=${LLAVA_TORCH_INDEX}
+  if [[ ${value} =~ ^(https?|file)://[^[:space:]]+$ ]]; then
+    printf '%s\n' "${value%/}"
+  elif [[ -d ${value} ]]; then
+    printf 'file://%s\n' "$(cd "${value}" && pwd)"
+  else
+    return 1
+  fi
+}
+
+# Sets TORCH_INDEX (the pip index torch comes from; empty: PyPI, with the other packages) and
+# TORCH_WHY (why, for the log). `previous` is the index the venv was installed from. Only a
+# node that needs a CUDA 12 build (or LLAVA_TORCH_INDEX) changes it: the cu126 build runs on
+# every GPU of the cluster, so setup on a login node or a Titan RTX node keeps it for the others.
+# Returns 1 when nothing may be installed (the error is printed).
+choose_torch_index() {
+  local previous=$1 gpu name cc
+  local -a reasons=()
+  local -A seen=()
+  TORCH_INDEX=''
+  TORCH_WHY=''
+  if [[ -n ${LLAVA_TORCH_INDEX:-} ]]; then
+    if ! TORCH_INDEX=$(user_index); then
+      error "LLAVA_TORCH_INDEX=${LLAVA_TORCH_INDEX} is neither a URL (https://..., file://...) nor a directory: set it to a pip index such as ${CUDA12_INDEX}, or unset it"
+      return 1
+    fi
+    TORCH_WHY="LLAVA_TORCH_INDEX is set"
+    return 0
+  fi
+  if ((${#GPUS[@]} == 0)); then
+    if [[ -n ${previous} ]]; then
+      TORCH_INDEX=${previous}
+      TORCH_WHY="no nvidia-smi here: keeping the build chosen before on a GPU node"
+    else
+      warn "no nvidia-smi here (login node): using PyPI's torch, which needs NVIDIA driver >= ${CUDA13_DRIVER} and compute capability >= ${CUDA13_MIN_CC} (Titan RTX); for Titan V / GTX 1080 Ti nodes or older drivers run setup on a GPU node: srun -p GPU --gres=gpu:1 bash setup_llava.sh"
+    fi
+    return 0
+  fi
+  version_ge "${DRIVER}" "${CUDA12_DRIVER}" || return 1  # check_driver said so
+  version_ge "${DRIVER}" "${CUDA13_DRIVER}" || reasons+=("driver ${DRIVER%%.*} (CUDA 13 needs ${CUDA13_DRIVER})")
+  for gpu in "${GPUS[@]}"; do
+    name=${gpu%%|*} cc=${gpu##*|}
+    [[ -n ${seen["${name}|${cc}"]:-} ]] && continue
+    seen["${name}|${cc}"]=1
+    if [[ ${cc} == '?' ]]; then
+      reasons+=("${name}: compute capability unknown")
+    elif ! version_ge "${cc}" "${CUDA13_MIN_CC}"; then
+      reasons+=("${name} is compute capability ${cc}")
+    fi
+  done
+  if ((${#reasons[@]})); then
+    TORCH_INDEX=${CUDA12_INDEX}
+    TORCH_WHY=$(printf '%s, ' "${reasons[@]}")
+    TORCH_WHY=${TORCH_WHY%, }
+  elif [[ -n ${previous} ]]; then
+    TORCH_INDEX=${previous}
+    TORCH_WHY="kept: it runs on this node too (LLAVA_TORCH_INDEX=https://pypi.org/simple switches to PyPI's build)"
+  fi
+  return 0
+}
+
+# What the venv stamp records: requirements.txt, plus the torch index when it is not PyPI.
+stamp_text() {
+  cat "${PROJECT}/requirements.txt"
+  [[ -z ${TORCH_INDEX} ]] || printf '\n%s%s\n' "${STAMP_INDEX}" "${TORCH_INDEX}"
+}
+
+# Installs torch from TORCH_INDEX into PY: torch==X+cu126 for an index named like PyTorch's (so a
+# torch==X from PyPI already there is replaced: pip would call it satisfied), else a reinstall.
+install_torch() {
+  local version label spec cmd
+  local -a extra=()
+  version=$(torch_version)
+  label=${TORCH_INDEX%/}
+  label=${label##*/}
+  if [[ -n ${version} && ${version} != *+* && ${label} =~ ^(cu[0-9]+|rocm[0-9.]+|cpu|xpu)$ ]]; then
+    spec="torch==${version}+${label}"
+  else
+    spec="torch${version:+==${version}}"
+    extra=(--force-reinstall)
+  fi
+  log "installing ${spec} from ${TORCH_INDEX} into ${PY%/bin/python}"
+  "${PY}" -m pip install --disable-pip-version-check -q "${extra[@]}" "${spec}" --index-url "${TORCH_INDEX}" && return 0
+  cmd=$(printf '%q ' "${PY}" -m pip install "${extra[@]}" "${spec}" --index-url "${TORCH_INDEX}")
+  error "installing torch from ${TORCH_INDEX} failed (pip's message above; nothing else was changed): run by hand ${cmd% }, then rerun setup; if this node cannot reach the index, run setup where it can (login node) with LLAVA_TORCH_INDEX=${TORCH_INDEX}"
+  return 1
+}
+
+# Sets PY: LLAVA_PYTHON, or the project's venv (created or updated from requirements.txt and
+# the torch build this node needs). INSTALL_FAILED=1 when installing failed.
 install_venv() {
-  local venv=${PROJECT}/venv stamp
+  local venv=${PROJECT}/venv stamp previous=''
+  INSTALL_FAILED=0
   if [[ -n ${LLAVA_PYTHON:-} ]]; then
     PY=${LLAVA_PYTHON}
     ok "using LLAVA_PYTHON=${PY} (no venv created; export the same LLAVA_PYTHON before sbatch)"
+    [[ -z ${LLAVA_TORCH_INDEX:-} ]] || warn "LLAVA_TORCH_INDEX is ignored with LLAVA_PYTHON: setup installs nothing into it"
     return 0
   fi
   PY=${venv}/bin/python
-  stamp=${venv}/llava-requirements.txt   # the requirements.txt last installed
+  stamp=${venv}/llava-requirements.txt   # the requirements.txt (and torch index) last installed
+  [[ -f ${stamp} ]] && previous=$(sed -n "s|^${STAMP_INDEX}||p" "${stamp}" | tail -n 1)
+  if ! choose_torch_index "${previous}"; then
+    INSTALL_FAILED=1
+    return 0
+  fi
   if [[ ! -x ${PY} ]]; then
-    command -v "${PYTHON:-python3}" >/dev/null 2>&1 || { error "${PYTHON:-python3} not found: install Python 3.10+ (or module load python)"; return 0; }
+    command -v "${PYTHON:-python3}" >/dev/null 2>&1 || { error "${PYTHON:-python3} not found: install Python 3.10+ (or module load python)"; INSTALL_FAILED=1; return 0; }
     log "creating ${venv} (pip downloads ~3 GB of packages the first time: torch, transformers, ...)"
-    "${PYTHON:-python3}" -m venv "${venv}" || { error "python3 -m venv failed (Debian/Ubuntu: apt install python3-venv)"; return 0; }
-  elif [[ -f ${stamp} ]] && cmp -s "${stamp}" "${PROJECT}/requirements.txt"; then
-    ok "venv ${venv} is up to date with requirements.txt"
+    "${PYTHON:-python3}" -m venv "${venv}" || { error "python3 -m venv failed (Debian/Ubuntu: apt install python3-venv)"; INSTALL_FAILED=1; return 0; }
+  elif [[ -f ${stamp} ]] && cmp -s "${stamp}" <(stamp_text); then
+    ok "venv ${venv} is up to date with requirements.txt${TORCH_INDEX:+ (torch from ${TORCH_INDEX})}"
     return 0
   fi
   log "installing requirements.txt into ${venv}"
+  if [[ -n ${TORCH_INDEX} ]]; then
+    ok "torch $(torch_version) from ${TORCH_INDEX}: ${TORCH_WHY}"
+    install_torch || { INSTALL_FAILED=1; return 0; }
+  fi
   # The SoccerNet evaluator (evaluate_soccernet.py) without its heavy declared dependencies:
   # its scoring code needs only numpy and tqdm (README: Evaluating against SoccerNet labels).
   if "${PY}" -m pip install --disable-pip-version-check -q -r "${PROJECT}/requirements.txt" &&
     "${PY}" -m pip install --disable-pip-version-check -q --no-deps SoccerNet==0.2.0; then
-    cp "${PROJECT}/requirements.txt" "${stamp}"
+    stamp_text >"${stamp}"
     ok "venv ${venv} installed"
   else
     error "pip install -r requirements.txt failed (see above); rerun when fixed"
+    INSTALL_FAILED=1
+  fi
+}
+
+# How to get a torch that suits this node, for the check's error line.
+torch_fix() {
+  local version
+  version=$(torch_version)
+  if ! version_ge "${DRIVER}" "${CUDA12_DRIVER}"; then
+    printf 'ask the admins for NVIDIA driver >= %s (CUDA 12) or >= %s (CUDA 13), or set LLAVA_TORCH_INDEX to a pip index with a torch build for driver %s and rerun setup' \
+      "${CUDA12_DRIVER}" "${CUDA13_DRIVER}" "${DRIVER}"
+  else
+    printf 'install the CUDA 12.6 build, which runs on all these GPUs: %s' \
+      "$(printf '%q ' "${PY}" -m pip install "torch${version:+==${version}+cu126}" --index-url "${CUDA12_INDEX}")"
+    if [[ -z ${LLAVA_PYTHON:-} && -n ${LLAVA_TORCH_INDEX:-} ]]; then
+      printf '(or unset LLAVA_TORCH_INDEX and rerun setup on this node)'
+    fi
   fi
 }
 
 # One python run checks the interpreter, packages, GPUs, OpenCV and the model; it prints
 # "ok|...", "warn|..." or "error|..." lines, which become this script's messages.
+# The GPU part (nvidia-smi's GPUs; skipped on a login node) asks llava_soccer.gpus whether this
+# torch has kernels for each GPU, and checks its CUDA version against the driver.
 check_python() {
-  local out line status=0
+  local out line status=0 fix=''
+  if ((INSTALL_FAILED)); then
+    log "         (the checks of python and its packages run once the install works)"
+    return 0
+  fi
   if ! command -v "${PY}" >/dev/null 2>&1; then
     error "python ${PY} not found"
     return 0
   fi
-  out=$("${PY}" - "${LLAVA_MODEL:-${DEFAULT_MODEL}}" 2>&1 <<'EOF'
+  ((TORCH_CHECK)) && fix=$(torch_fix)
+  out=$(SETUP_GPUS=$(printf '%s\n' "${GPUS[@]}") SETUP_TORCH_CHECK=${TORCH_CHECK} SETUP_FIX=${fix} SETUP_CUDA_DRIVERS="11=450.80.02 12=${CUDA12_DRIVER} 13=${CUDA13_DRIVER}" \
+    PYTHONPATH="${PROJECT}${PYTHONPATH:+:${PYTHONPATH}}" "${PY}" - "${LLAVA_MODEL:-${DEFAULT_MODEL}}" 2>&1 <<'EOF'
 import os, sys
 v = sys.version_info
 if v < (3, 10):
@@ -119,9 +302,46 @@ try:
     print(f"ok|bitsandbytes {bitsandbytes.__version__} (LLAVA_QUANT=nf4, 4-bit)")
 except Exception:
     print("warn|bitsandbytes missing: LLAVA_QUANT=nf4 (the default) fails; use bf16 or pip install bitsandbytes")
+# nvidia-smi's GPUs (name|driver|capability per line; none on a login node): does this torch suit them?
+gpus = [line.split("|") for line in os.environ.get("SETUP_GPUS", "").splitlines() if line.count("|") == 2]
+problems = []
+if gpus and os.environ["SETUP_TORCH_CHECK"] == "1":  # else the driver is the error to fix first
+    from llava_soccer.gpus import torch_build_problem
+
+    def version(text):
+        return tuple(int(x) for x in text.split(".") if x.isdigit())
+
+    driver = min((g[1] for g in gpus), key=version)
+    needs = dict(item.split("=") for item in os.environ["SETUP_CUDA_DRIVERS"].split())
+    kinds = sorted({(name, cc) for name, _, cc in gpus})
+    listed = ", ".join(f"{sum(g[0] == name and g[2] == cc for g in gpus)}x {name} ({cc})" for name, cc in kinds)
+    cuda = torch.version.cuda
+    if cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU-only build, but nvidia-smi lists GPUs here: {listed}")
+    else:
+        major = cuda.split(".")[0]
+        need = needs.get(major, needs["13"] if int(major) > 13 else None)
+        if need and version(driver) < version(need):
+            problems.append(f"torch {torch.__version__} is built for CUDA {cuda}, which needs NVIDIA driver >= {need}; "
+                            f"this node has {driver}")
+        for name, cc in kinds:
+            if cc == "?":
+                continue
+            problem = torch_build_problem(tuple(int(x) for x in cc.split(".")), torch.cuda.get_arch_list(),
+                                          torch.__version__, cuda)
+            if problem:  # its own fix ("run setup on a node with this GPU") is where we are: ours follows
+                problems.append(f"{name}: {problem.partition(': run setup')[0]}")
+    if problems:
+        print(f"error|{'; '.join(problems)}. Fix: {os.environ['SETUP_FIX'].strip()}")
+    else:
+        print(f"ok|torch {torch.__version__} (CUDA {cuda}) suits this node: {listed}, driver {driver}")
 n = torch.cuda.device_count() if torch.cuda.is_available() else 0
 if n:
     print(f"ok|CUDA: {n} GPU(s) visible here: {torch.cuda.get_device_name(0)}")
+elif gpus:
+    if os.environ["SETUP_TORCH_CHECK"] == "1" and not problems:
+        print(f"warn|torch sees no GPU although nvidia-smi lists {len(gpus)}: check CUDA_VISIBLE_DEVICES "
+              f"({os.environ.get('CUDA_VISIBLE_DEVICES', 'not set')}) and that this node's driver works")
 else:
     print("warn|no GPU visible here: normal on a login node (jobs get theirs from #SBATCH --gres); "
           "on CPU the 7B model is far too slow" + (" - and this torch is a CPU build" if torch.version.cuda is None else ""))
@@ -195,6 +415,8 @@ main() {
   PROJECT=$(cd "${PROJECT}" && pwd)
   log "setting up the LLaVA soccer pipeline in ${PROJECT}"
   install_files
+  read_gpus
+  check_driver
   install_venv
   check_python
   check_ffmpeg

@@ -16,9 +16,13 @@ projected minutes for a 50-minute half (1,500 windows) on 4 GPUs; and, per quant
 time split of one window: decode video, preprocess, vision tower, prefill, per new token.
 --profile yes adds the GPU kernels that take the time in one prefill and in decode steps;
 --decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
+--assume-gpu CC,GIB runs every setting with the plan of that GPU (llava_soccer/gpus.py), PyTorch's
+memory capped at what such a card leaves; --plan-check CC ... compares the first-token logits of
+those plans (e.g. fp16 compute on 7.x) with the real GPU's plan on real windows.
 Writes everything as JSON to --out (default $OUT/bench.json or ./bench.json).
 """
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -35,7 +39,7 @@ import torch  # noqa: E402
 
 import llava_split_worker as worker  # noqa: E402
 from llava_soccer import model as llava  # noqa: E402
-from llava_soccer import decoding, synthetic, videos  # noqa: E402
+from llava_soccer import decoding, gpus, synthetic, videos  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
 
@@ -80,7 +84,7 @@ class UtilSampler(threading.Thread):
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def time_split(model, processor, info, max_new_tokens):
+def time_split(model, processor, info, max_new_tokens, plan):
     """Seconds of each stage for one window (the second of the video, after a warm-up)."""
     t = time.perf_counter()
     (_, _, times, frames), = videos.iter_windows(info, [1])
@@ -90,17 +94,44 @@ def time_split(model, processor, info, max_new_tokens):
     preprocess = time.perf_counter() - t
     pixels = windows[0]["pixel_values"].to(model.device, model.dtype)
     sizes = windows[0]["image_sizes"].to(model.device)
+    llava.generate(model, processor, windows, 2, plan=plan)  # the plan's self-checks, outside the timing
     with torch.inference_mode():
         vision, _ = timed(lambda: model.model.get_image_features(pixels, sizes))
-        prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens))
+        prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens, plan.prefill_chunk))
     split = {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision, "prefill_s": prefill}
     for decoder in ("fast", "transformers"):
-        full, _ = timed(lambda: llava.generate(model, processor, windows, max_new_tokens, decoder=decoder))
+        full, _ = timed(lambda: llava.generate(model, processor, windows, max_new_tokens, decoder=decoder, plan=plan))
         split[f"{decoder}_per_new_token_ms"] = 1000 * (full - prefill) / (max_new_tokens - 1)
     return {**split, "tokens": int(windows[0]["input_ids"].shape[1])}
 
 
-def profile(model, processor, info, batch, fused, steps=8):
+def plan_check(ckpt, quant, visual_tokens, info, plans, windows=(1, 2, 3)):
+    """First-token logits of real windows under each --assume-gpu plan in `plans` against the real
+    GPU's own plan (e.g. 7.5's fp16 compute against bf16): largest difference, same argmax, inf/NaN."""
+    from transformers.cache_utils import DynamicCache
+    device, found, reference = llava.pick_device(0), {}, None
+    for assume in [None, *plans]:
+        plan = gpus.for_device(device, quant, assume_gpu=assume)
+        model, processor = llava.load(ckpt, quant, device, visual_tokens, plan)
+        inputs = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
+        with torch.inference_mode(), llava._attention(model, plan.prefill_attention):
+            frames = decoding.FRAMES_PER_VISION_CALL if plan.prefill_chunk else None
+            logits = [decoding.last_logits(model, decoding.embed(model, llava.on_model(model, w), frames),
+                                           DynamicCache(), plan.prefill_chunk)[0].float().cpu() for w in inputs]
+        logits = torch.stack(logits)
+        del model, processor
+        torch.cuda.empty_cache() if CUDA else None
+        if reference is None:
+            reference = logits
+            found["reference"] = {"plan": plan.line(), "max_abs_logit": reference.abs().max().item()}
+            continue
+        found[assume] = {"plan": plan.line(), "finite": bool(torch.isfinite(logits).all()),
+                         "max_abs_diff": (logits - reference).abs().max().item(),
+                         "same_argmax": (logits.argmax(-1) == reference.argmax(-1)).tolist()}
+    return found
+
+
+def profile(model, processor, info, batch, fused, plan, steps=8):
     """The GPU kernels that take the time: one window's prefill (with each --fused-kernels value in
     `fused`), then `steps` fast-decoder steps at `batch` (eager, so each kernel shows; the CUDA
     graph replays the same kernels)."""
@@ -109,13 +140,13 @@ def profile(model, processor, info, batch, fused, steps=8):
     windows = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, range(batch))])
     tables = {}
     with torch.inference_mode():
-        tokens, positions, kv = decoding.prefill(model, windows, steps)
-        step = decoding.Step(model, *kv)
+        tokens, positions, kv = decoding.prefill(model, windows, steps, plan.prefill_chunk)
+        step = decoding.Step(model, *kv, plan.decode_attention)
         runs = [(f"prefill_fused_{f}", f, lambda: decoding.prefill(model, windows[:1], 1)) for f in fused]
         runs.append((f"{steps}_decode_steps_batch_{batch}", fused[-1],
                      lambda: [step(tokens, positions + i) for i in range(steps)]))
         for name, f, fn in runs:
-            if llava.fuse_elementwise(model, f == "yes" and CUDA):
+            if llava.fuse_elementwise(model, (plan.fused_kernels if f == "auto" else f == "yes") and CUDA):
                 fn()  # compile outside the profile
             sync()
             with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
@@ -126,15 +157,15 @@ def profile(model, processor, info, batch, fused, steps=8):
     return tables
 
 
-def decoder_check(model, processor, info, new_tokens=24):
+def decoder_check(model, processor, info, plan, new_tokens=24):
     """Greedy tokens of two windows from the fast decoder (CUDA graph, eager) and transformers'
     generate: are they the same? (Near-equal logits may flip under bf16 rounding; the count says how far they agree.)"""
     from transformers.cache_utils import DynamicCache
     windows = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
     eos, pad = [model.generation_config.eos_token_id], processor.tokenizer.pad_token_id
     with torch.inference_mode():  # logits of one new token: the fast step vs the model's own forward
-        first, lengths, kv = decoding.prefill(model, windows[:1], 1)
-        ours = decoding.Step(model, *kv)(first, lengths)[0].float()
+        first, lengths, kv = decoding.prefill(model, windows[:1], 1, plan.prefill_chunk)
+        ours = decoding.Step(model, *kv, plan.decode_attention)(first, lengths)[0].float()
         one = llava.on_model(model, windows[0])
         cache = DynamicCache()
         model(**one, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -143,8 +174,9 @@ def decoder_check(model, processor, info, new_tokens=24):
     logits = {"max_abs_logit": theirs.abs().max().item(), "max_abs_diff_fast_vs_transformers":
               (ours - theirs).abs().max().item(), "same_argmax": bool(ours.argmax() == theirs.argmax())}
     with torch.inference_mode():
-        ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad),
-               "eager": decoding.greedy(model, windows, new_tokens, eos, pad, graph="no")}
+        ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad, plan),
+               "eager": decoding.greedy(model, windows, new_tokens, eos, pad,
+                                        dataclasses.replace(plan, cuda_graphs=False, checked=set()))}
         batch = llava.on_model(model, llava.collate(processor, windows))
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
@@ -183,7 +215,7 @@ def attention_check(model, processor, info, new_tokens=16):
 
 
 def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
-               fused="no"):
+               fused="no", assume=None):
     """llava_split_worker.run over the first `windows` windows; the partial file pretends the rest are done."""
     project = Path(tempfile.mkdtemp()) / "project"
     (project / "raw_data").mkdir(parents=True)
@@ -196,7 +228,8 @@ def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_t
                               "--model", str(ckpt), "--quantization", quant, "--batch-size", str(batch),
                               "--decoder", decoder, "--fused-kernels", fused,
                               "--attention", attention,
-                              "--max-new-tokens", str(max_new_tokens), "--progress-every", "1e9"])
+                              "--max-new-tokens", str(max_new_tokens), "--progress-every", "1e9",
+                              *(["--assume-gpu", assume] if assume else [])])
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     sampler = UtilSampler()
@@ -224,9 +257,13 @@ def main(argv=None):
                    help="the worker's --decoder values to run (default: fast)")
     p.add_argument("--visual-tokens", choices=["full", "reduced"], default="full",
                    help="reduced = the worker's opt-in fast mode (926 instead of 1,608 tokens per 224p frame)")
-    p.add_argument("--fused-kernels", nargs="+", choices=["yes", "no"], default=["yes"],
-                   help="the worker's --fused-kernels values to run (default: yes)")
-    p.add_argument("--attentions", nargs="+", choices=["auto", "cudnn"], default=["auto"])
+    p.add_argument("--fused-kernels", nargs="+", choices=["auto", "yes", "no"], default=["auto"],
+                   help="the worker's --fused-kernels values to run (default: auto, the plan's)")
+    p.add_argument("--attentions", nargs="+", choices=["auto", *gpus.BACKENDS], default=["auto"])
+    p.add_argument("--assume-gpu", default=None, metavar="CC,GIB",
+                   help="run with the plan of that GPU, memory capped (the worker's --assume-gpu)")
+    p.add_argument("--plan-check", nargs="*", default=[], metavar="CC,GIB",
+                   help="compare first-token logits of these plans with this GPU's own on 3 real windows")
     p.add_argument("--attention-check", choices=["yes", "no"], default="no",
                    help="compare cuDNN and flash attention outputs (logits, greedy tokens) on one real window")
     p.add_argument("--decoder-check", choices=["yes", "no"], default="no",
@@ -251,16 +288,20 @@ def main(argv=None):
                "max_new_tokens": a.max_new_tokens, "visual_tokens": a.visual_tokens, "split": {}, "runs": []}
     for quant in a.quantization:
         t = time.perf_counter()
-        model, processor = llava.load(ckpt, quant, llava.pick_device(0), a.visual_tokens)
+        device = llava.pick_device(0)
+        plan = gpus.for_device(device, quant, assume_gpu=a.assume_gpu)
+        gpus.apply_memory(plan, device)
+        print(plan.line(), flush=True)
+        model, processor = llava.load(ckpt, quant, device, a.visual_tokens, plan)
         print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
         for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)
             for batch in (1, 2):
-                run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused)
-        results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens)
+                run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused, assume=a.assume_gpu)
+        results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens, plan)
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
         checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
-                  "decoder_check": (decoder_check, (a.decoder_check == "yes",)),
-                  "profile": (profile, (a.profile == "yes", profile_batch, a.fused_kernels))}
+                  "decoder_check": (decoder_check, (a.decoder_check == "yes", plan)),
+                  "profile": (profile, (a.profile == "yes", profile_batch, a.fused_kernels, plan))}
         for name, (check, (wanted, *extra)) in checks.items():
             if not wanted:
                 continue
@@ -275,7 +316,7 @@ def main(argv=None):
                                                                   a.batch_sizes):
             try:
                 r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
-                               attention, fused)
+                               attention, fused, a.assume_gpu)
             except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
                 r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
                      "fused_kernels": fused, "error": f"{type(e).__name__}: {e}"}
@@ -284,6 +325,11 @@ def main(argv=None):
         del model, processor
         if CUDA:
             torch.cuda.empty_cache()
+        if a.plan_check:
+            results.setdefault("plan_check", {})[quant] = found = plan_check(ckpt, quant, a.visual_tokens, info,
+                                                                              a.plan_check)
+            for k, v in found.items():
+                print(f"{quant} plan_check {k}: {v}", flush=True)
     atomic_write_json(a.out, results)
     print("\n| quant | batch | decoder+attention+fused | s/window | windows/s | GPU util | peak GiB "
           "| 50-min half on 4 GPUs |")

@@ -14,29 +14,91 @@ from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.
    are that head's queries, so the cache is never repeated (grouped-query attention).
    Shapes never change, so on a GPU the step is recorded once per batch as a CUDA graph and each
    new token is one replay (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs).
+Memory: the first window's embeddings are made before the KV buffer exists. On 11-12 GB cards
+(a plan's prefill_chunk, llava_soccer/gpus.py) the vision tower also runs a few frames at a time (it
+keeps all 25 layers' hidden states, 2.2 GB for a whole window) and the prompt goes through the
+language model in chunks, each attending to the cache so far (causal_attention), so activations
+scale with the chunk, not with the 25k-token prompt. Chunks cost time (~40% of the prefill on an
+H100, whose cuDNN attention they cannot use), so larger cards prefill whole.
+Self-check: the first batch of a process compares each optional path (Triton decode attention,
+the CUDA graph) with the plain one (SDPA, eager) on its first step; on an error or a difference
+beyond SELF_CHECK_MAX_ERROR it warns once and keeps the plain path (the plan says which is used).
 tests/test_worker.py checks that the answers equal generate()'s on random tiny checkpoints (CPU:
 SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
 """
+import contextlib
 import logging
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
+from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from .model import on_model
 
 log = logging.getLogger("llava_worker")
+FRAMES_PER_VISION_CALL = 3
+# Self-check: an optional path's logits may differ from the plain path's by this relative error
+# (||a - b|| / ||b||). Measured on the full-size model with random weights, whose rounding errors
+# grow layer to layer far more than a trained model's: 2.7% (Triton decode step vs SDPA) and 6.1%
+# (fused kernels, 64 tokens through 32 layers) on an H100 (benchmarks/RESULTS.md, session 4);
+# unrelated logits differ by ~140%. The largest single difference is no test: a near-tie moves one
+# logit by 0.4 of 7 with nothing wrong.
+SELF_CHECK_MAX_ERROR = 0.2
 
 
-def attend(q, keys, values, positions, scale):
+def relative_error(logits, plain):
+    """||logits - plain|| / ||plain|| in fp32; inf when logits has inf/NaN."""
+    logits, plain = logits.float(), plain.float()
+    if not bool(torch.isfinite(logits).all()):
+        return float("inf")
+    return ((logits - plain).norm() / plain.norm().clamp_min(1e-6)).item()
+
+
+def attend(q, keys, values, positions, scale, kernel="sdpa"):
     """Attention of (b, kv heads, group, d) queries over the (b, kv heads, slots, d) keys and values
-    at slots <= positions[row]. On a GPU: split_kv_attention (Triton). Elsewhere, or without
-    Triton: PyTorch's SDPA with a mask, whose kernels give each (row, kv head) a single thread
+    at slots <= positions[row]. kernel "triton": split_kv_attention (GPU, compute capability 8.0+).
+    "sdpa": PyTorch's SDPA with a mask, whose kernels give each (row, kv head) a single thread
     block to walk 25k slots: ~0.83 ms per layer at batch 8 on an H200 (benchmarks/RESULTS.md)."""
-    if q.is_cuda and _triton_kernel() is not None:
+    if kernel == "triton":
         return split_kv_attention(q, keys, values, positions, scale)
     mask = (torch.arange(keys.shape[2], device=q.device) <= positions[:, None])[:, None, None, :]
     return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+
+
+def causal_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """Causal attention for one window's prefill (never padded, so attention_mask is not needed):
+    the whole prompt (is_causal), or a chunk of queries against every key so far (the causal mask
+    aligned to the last key). Keys/values are repeated for the query heads unless the allowed SDPA
+    backends (flash, cuDNN: 8.0+) take grouped-query attention as it is; the memory-efficient
+    kernel of 6.x/7.x GPUs does not."""
+    native = not query.is_cuda or torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.cudnn_sdp_enabled()
+    q_len, kv_len = query.shape[2], key.shape[2]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if q_len == kv_len and native:
+        out = sdpa(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+    else:
+        key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+        mask = causal_lower_right(q_len, kv_len) if q_len != kv_len else None
+        out = sdpa(query, key, value, attn_mask=mask, is_causal=mask is None, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("llava_causal", causal_attention)
+
+
+@contextlib.contextmanager
+def _causal(model):
+    """The language model's attention is causal_attention inside (transformers builds no mask for it)."""
+    config = model.model.language_model.config
+    saved = config._attn_implementation
+    config._attn_implementation = "llava_causal"
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 _KERNEL = []
@@ -90,6 +152,8 @@ def split_kv_attention(q, keys, values, positions, scale, block=64):
     """Flash-decoding (https://crfm.stanford.edu/2023/10/12/flashdecoding.html): the slots are cut
     into chunks so that rows x kv heads x chunks fill the GPU; each chunk's softmax partial (fp32)
     is combined by its log-sum-exp. Shapes depend only on the buffer, so it runs in a CUDA graph."""
+    if not q.is_cuda or _triton_kernel() is None:
+        raise RuntimeError("split_kv_attention needs a CUDA GPU and Triton")
     b, h, g, d = q.shape
     slots = keys.shape[2]
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
@@ -111,9 +175,9 @@ class Step:
     """One new token for every row: (tokens (b,), positions (b,)) -> logits (b, vocab).
     Writes each row's key/value at its position, then attends to positions <= it."""
 
-    def __init__(self, model, keys, values):
+    def __init__(self, model, keys, values, attention="sdpa"):
         self.lm, self.head = model.model.language_model, model.lm_head
-        self.keys, self.values = keys, values
+        self.keys, self.values, self.attention = keys, values, attention
         b, self.kv_heads, _, self.head_dim = keys[0].shape
         self.rows = torch.arange(b, device=keys[0].device)
 
@@ -129,7 +193,8 @@ class Step:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             k_cache[self.rows, :, positions] = k[:, :, 0]
             v_cache[self.rows, :, positions] = attn.v_proj(x).view(b, -1, d)
-            o = attend(q.reshape(b, self.kv_heads, -1, d), k_cache, v_cache, positions, attn.scaling)
+            o = attend(q.reshape(b, self.kv_heads, -1, d), k_cache, v_cache, positions, attn.scaling,
+                       self.attention)
             h = h + attn.o_proj(o.reshape(b, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.head(self.lm.norm(h))[:, -1]
@@ -153,9 +218,6 @@ def graphed(step, tokens, positions):
     return run
 
 
-_warned = []
-
-
 class _Row(DynamicLayer):
     """A cache layer that writes one window's keys/values straight into row `row` of the decode
     buffers: no second copy of a 3.3 GB prompt cache at the memory peak."""
@@ -175,45 +237,105 @@ class _Row(DynamicLayer):
         return self.keys, self.values
 
 
-def prefill(model, windows, room):
+def embed(model, window, frames=None):
+    """Input embeddings of one window (processor inputs on the model's device), image tokens
+    replaced by image features; the vision tower sees `frames` frames at a time (None: all)."""
+    inner = model.model
+    ids = window["input_ids"]
+    embeds = inner.get_input_embeddings()(ids)
+    pixels, sizes = window["pixel_values"], window["image_sizes"]
+    step = frames or len(pixels)
+    features = torch.cat([f for i in range(0, len(pixels), step)
+                          for f in inner.get_image_features(pixels[i:i + step], sizes[i:i + step]).pooler_output])
+    mask = inner.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
+    return embeds.masked_scatter(mask, features.to(embeds.dtype))
+
+
+def prefill(model, windows, room, chunk=None):
     """Each window alone through the model: (first greedy tokens (b,), prompt lengths (b,),
     [keys, values]: per layer a (b, kv heads, longest prompt + room, head dim) buffer, zeros past
-    each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN))."""
+    each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN)).
+    chunk: prefill the prompt in chunks of that many tokens, the vision tower a few frames at a
+    time (None: all at once). The first window's embeddings are made before the buffer exists:
+    the vision tower's peak and the cache's never add up."""
     device, text = model.device, model.config.text_config
     lengths = [w["input_ids"].shape[1] for w in windows]
     shape = (len(windows), text.num_key_value_heads, max(lengths) + room,
              text.head_dim or text.hidden_size // text.num_attention_heads)
+    frames = FRAMES_PER_VISION_CALL if chunk else None
+    first_embeds = embed(model, on_model(model, windows[0]), frames)
     kv = [[torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(text.num_hidden_layers)]
           for _ in "kv"]
     first = []
     for i, window in enumerate(windows):
-        window = on_model(model, {k: v for k, v in window.items() if k != "attention_mask"})  # no padding
-        cache = Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)])
-        first.append(model(**window, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1))
+        embeds = first_embeds if i == 0 else embed(model, on_model(model, window), frames)
+        first_embeds = None
+        first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk).argmax(-1))
+        del embeds
     return torch.cat(first), torch.tensor(lengths, device=device), kv
 
 
-def greedy(model, windows, max_new_tokens, eos, pad, graph="auto"):
+def last_logits(model, embeds, cache, chunk=None):
+    """Logits (1, vocab) after one window's prompt (its embed()), prefilled in chunks of `chunk`
+    tokens (None: at once) with causal_attention; its keys and values go into `cache`."""
+    step = chunk or embeds.shape[1]
+    with _causal(model):
+        for start in range(0, embeds.shape[1], step):
+            hidden = model.model.language_model(inputs_embeds=embeds[:, start:start + step], past_key_values=cache,
+                                                use_cache=True).last_hidden_state
+    return model.lm_head(hidden[:, -1])
+
+
+def _checked(name, make, plain, instead):
+    """make() builds an optional path's step (a callable -> logits). Returns it if it runs and,
+    when plain logits are given (the first use in this process), agrees with them within
+    SELF_CHECK_MAX_ERROR; otherwise warns once and returns None (the caller uses the plain path)."""
+    try:
+        run = make()
+        if plain is None:
+            return run
+        error = relative_error(run(), plain)
+        if error <= SELF_CHECK_MAX_ERROR:
+            log.info(f"{name} passed its self-check (logits within {error:.2%} of the plain path's)")
+            return run
+        problem = f"its logits differ from the plain path's by {error:.1%}"
+    except Exception as e:
+        problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    log.warning(f"⚠️ {name} failed its self-check on this GPU ({problem}); using {instead} instead: "
+                f"same answers, slower")
+    return None
+
+
+def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
     """Token ids (b, n), n <= max_new_tokens, of the greedy answers to windows (a list of one
     window's processor inputs each). Like generate(), a finished row is filled with `pad` and
     decoding stops when every row has produced one of the `eos` ids.
-    graph: "auto" (CUDA graph on a GPU), "no" (eager steps, e.g. to compare)."""
-    tokens, positions, kv = prefill(model, windows, max_new_tokens)
+    plan (llava_soccer.gpus.Plan; default: the plan for the model's device): prefill chunk, decode
+    attention, CUDA graphs. Its first call checks the optional paths and turns off those that fail."""
+    if plan is None:
+        from .gpus import for_device
+        plan = for_device(str(model.device))
+    tokens, positions, kv = prefill(model, windows, max_new_tokens, plan.prefill_chunk)
     eos = torch.tensor(eos, device=tokens.device)
     out, done = [tokens], torch.isin(tokens, eos)
     if max_new_tokens == 1 or bool(done.all()):
         return torch.stack(out, 1)
     step_in = (tokens.clone(), positions)
-    step = Step(model, *kv)
-    run = lambda: step(*step_in)  # noqa: E731
-    if graph == "auto" and tokens.device.type == "cuda":
-        try:
-            run = graphed(step, *step_in)
-        except Exception as e:  # still right, only slower
-            if not _warned:
-                _warned.append(e)
-                log.warning(f"⚠️ CUDA graph capture failed ({type(e).__name__}: {e}); decoding without it is "
-                            f"slower but gives the same answers (--decoder transformers is the other option)")
+    first_use = "decode" not in plan.checked
+    optional = plan.decode_attention != "sdpa" or plan.cuda_graphs
+    plain = Step(model, *kv, "sdpa")(*step_in) if first_use and optional else None
+    if plan.decode_attention != "sdpa":
+        kernel = plan.decode_attention
+        if _checked(f"{kernel} decode attention", lambda: lambda: Step(model, *kv, kernel)(*step_in), plain,
+                    "SDPA decode attention") is None:
+            plan.decode_attention = "sdpa"
+    step = Step(model, *kv, plan.decode_attention)
+    run = None
+    if plan.cuda_graphs:
+        run = _checked("CUDA-graph decoding", lambda: graphed(step, *step_in), plain, "eager decode steps")
+        plan.cuda_graphs = run is not None
+    run = run or (lambda: step(*step_in))
+    plan.checked.add("decode")
     for _ in range(max_new_tokens - 1):
         logits = run()
         tokens = torch.where(done, pad, logits.argmax(-1))

@@ -42,8 +42,10 @@ def pick_device(gpu_id: int) -> str:
     return f"cuda:{gpu_id % torch.cuda.device_count()}"
 
 
-def load(model_id: str, quantization: str, device: str, visual_tokens: str = "full"):
-    """(model, processor); quantization nf4 = 4-bit NormalFloat with bf16 compute (the seed's setting).
+def load(model_id: str, quantization: str, device: str, visual_tokens: str = "full", plan=None):
+    """(model, processor); quantization nf4 = 4-bit NormalFloat (the seed's setting) computing in the
+    plan's compute dtype (llava_soccer.gpus: bf16 on 8.0+, fp16 on 7.x, fp32 on 6.x; default bf16),
+    everything else stored in its storage dtype.
 
     visual_tokens="reduced" is the opt-in fast mode: each frame is seen as the 336x336 base view
     plus ONE high-resolution tile instead of LLaVA-NeXT's best grid of up to 2x2 tiles
@@ -56,14 +58,15 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
     hf_logging.disable_progress_bar()  # its per-shard bars would flood the job log; we log the load time
     token = os.environ.get("HF_TOKEN") or None  # used, never printed
     kwargs = {"token": token, "device_map": {"": device}}
+    default = {"nf4": "bfloat16", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quantization]
+    compute, storage = (getattr(torch, plan.compute_dtype), getattr(torch, plan.storage_dtype)) if plan else (
+        getattr(torch, default),) * 2
+    kwargs["dtype"] = storage
     if quantization == "nf4":
-        # bf16 compute: same range as the checkpoint's weights, no fp16 overflow, faster on Hopper.
+        # bnb casts each layer's input to the compute dtype and its output back to the storage dtype
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["dtype"] = torch.bfloat16
-    else:
-        kwargs["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[quantization]
+            bnb_4bit_compute_dtype=compute)
     processor = LlavaNextProcessor.from_pretrained(model_id, token=token)
     processor.tokenizer.padding_side = "left"  # batched generation appends on the right
     model = LlavaNextForConditionalGeneration.from_pretrained(model_id, **kwargs).eval()
@@ -97,15 +100,15 @@ def collate(processor, windows):
             "image_sizes": torch.cat([w["image_sizes"] for w in windows])}
 
 
-def _attention(kind):
-    """SDPA backend order: "cudnn" tries cuDNN attention first (measured faster than flash for the
-    25k-token prefill on H100/H200, FACTS.md); "auto" leaves PyTorch's own choice."""
-    import torch
+def _attention(model, backends):
+    """The plan's SDPA backends, in order, on a GPU (cuDNN first on 8.0+: faster than flash for the
+    25k-token prefill on H100/H200; the memory-efficient kernel alone below 8.0)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    if kind == "auto" or not torch.cuda.is_available():
+    if model.device.type != "cuda":
         return contextlib.nullcontext()
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    return sdpa_kernel(order, set_priority=True)
+    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([names[b] for b in backends], set_priority=True)
 
 
 _EAGER = {}  # Mistral's own functions, restored by fuse_elementwise(False)
@@ -147,35 +150,60 @@ def fuse_elementwise(model, on: bool) -> bool:
         d = text.head_dim or text.hidden_size // text.num_attention_heads
         x = torch.randn(1, 7, text.hidden_size, device=model.device, dtype=model.dtype)
         q, cos = torch.randn(1, text.num_attention_heads, 7, d, device=model.device, dtype=model.dtype), x[..., :d]
+        plain = _lm_logits(model)
         try:  # compile now (Triton, a C compiler): a failure here must not fail every window later
+            from .decoding import SELF_CHECK_MAX_ERROR, relative_error
             norm(x, x[0, 0], text.rms_norm_eps), gate(x, x), rope(q, q[:, :text.num_key_value_heads], cos, cos)
+            _patch(mistral, norm, gate, rope)
+            error = relative_error(_lm_logits(model), plain)
+            if not error <= SELF_CHECK_MAX_ERROR:
+                raise ValueError(f"their logits differ from transformers' kernels' by {error:.1%}")
+            logging.getLogger("llava_worker").info(
+                f"fused kernels passed their self-check (logits within {error:.2%} of transformers' kernels')")
             _EAGER["compiled"] = norm, gate, rope
         except Exception as e:
             _EAGER["compiled"] = None
+            mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward = _EAGER["norm"], _EAGER["mlp"]
+            mistral.apply_rotary_pos_emb = _EAGER["rope"]
             logging.getLogger("llava_worker").warning(
-                f"⚠️ fused kernels unavailable ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
-                f"prefill runs transformers' own kernels, ~10% slower. --fused-kernels no skips this attempt")
+                f"⚠️ fused kernels failed their self-check on this GPU ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); prefill runs transformers' own "
+                f"kernels, ~10% slower. --fused-kernels no skips this attempt")
     if _EAGER["compiled"] is None:
         return False
-    norm, gate, rope = _EAGER["compiled"]
-    mistral.MistralRMSNorm.forward = lambda self, x: norm(x, self.weight, self.variance_epsilon)
-    mistral.MistralMLP.forward = lambda self, x: self.down_proj(gate(self.gate_proj(x), self.up_proj(x)))
-    mistral.apply_rotary_pos_emb = rope
+    _patch(mistral, *_EAGER["compiled"])
     return True
 
 
-def generate(model, processor, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
-             attention="auto"):
+def _patch(mistral, norm, gate, rope):
+    mistral.MistralRMSNorm.forward = lambda self, x: norm(x, self.weight, self.variance_epsilon)
+    mistral.MistralMLP.forward = lambda self, x: self.down_proj(gate(self.gate_proj(x), self.up_proj(x)))
+    mistral.apply_rotary_pos_emb = rope
+
+
+def _lm_logits(model, tokens=64):
+    """Logits of the language model over a fixed random prompt: the fused kernels' self-check."""
+    import torch
+    ids = torch.randint(0, model.config.text_config.vocab_size, (1, tokens),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+    with torch.inference_mode():
+        hidden = model.model.language_model(input_ids=ids).last_hidden_state
+        return model.lm_head(hidden).float()
+
+
+def generate(model, processor, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast", plan=None):
     """The decoded answers to prepare()'s windows. decoder "fast": decoding.greedy (same greedy
     answers, CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a
-    left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50)."""
+    left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50).
+    plan: llava_soccer.gpus.Plan (default: the one for the model's device)."""
     import torch
-    from . import decoding
-    with torch.inference_mode(), _attention(attention):
+    from . import decoding, gpus
+    plan = plan or gpus.for_device(str(model.device))
+    with torch.inference_mode(), _attention(model, plan.prefill_attention):
         if decoder == "fast" and temperature == 0:
             eos = model.generation_config.eos_token_id
             ids = decoding.greedy(model, windows, max_new_tokens, eos if isinstance(eos, list) else [eos],
-                                  processor.tokenizer.pad_token_id)
+                                  processor.tokenizer.pad_token_id, plan)
         else:
             inputs = on_model(model, collate(processor, windows))
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {

@@ -12,14 +12,17 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_worker.py"), "--video", str(video_25fps),
                            "--checkpoint", str(goal_checkpoint), "--quantization", "fp32", "--batch-sizes", "1", "3",
                            "--windows", "3", "--max-new-tokens", "4", "--decoder-check", "yes", "--profile", "yes",
-                           "--out", str(out)],
+                           "--assume-gpu", "7.5,24", "--plan-check", "6.1,11", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert [(r["batch_size"], r["windows"]) for r in result["runs"]] == [("1", 3), ("3", 3)]
     assert all(r["s_per_window"] > 0 and r["half_on_4_gpus_min"] > 0 for r in result["runs"])
     assert result["split"]["fp32"]["tokens"] > 3000
-    assert "| fp32 | 3 | fast+auto+yes |" in proc.stdout
+    assert "| fp32 | 3 | fast+auto+auto |" in proc.stdout
+    assert "plan for a Titan RTX-class GPU (compute capability 7.5, 24 GiB, assumed)" in proc.stdout
+    plans = result["plan_check"]["fp32"]  # fp32 weights: the 6.1 plan computes in fp32 too, so the same logits
+    assert plans["6.1,11"]["finite"] and plans["6.1,11"]["max_abs_diff"] < 1e-4
     check = result["decoder_check"]["fp32"]  # the parrot's answer is 2 tokens (answer, </s>) on every path
     assert check["graph_equals_eager"] and check["leading_tokens_equal_eager_vs_transformers"] == [2, 2]
-    assert "aten::" in proc.stdout and "fp32 profile prefill_fused_yes:" in proc.stdout
+    assert "aten::" in proc.stdout and "fp32 profile prefill_fused_auto:" in proc.stdout

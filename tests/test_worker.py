@@ -165,7 +165,7 @@ def test_a_window_that_keeps_failing_is_skipped_and_five_in_a_row_stop_the_worke
     def broken(self, *args, **kw):
         raise ValueError("Image features and image tokens do not match")
 
-    monkeypatch.setattr(transformers.LlavaNextForConditionalGeneration, "forward", broken)
+    monkeypatch.setattr(transformers.LlavaNextModel, "get_image_features", broken)
     project = make_project(odd_root / "broken", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
     err = capsys.readouterr().err

@@ -1,0 +1,210 @@
+"""One execution plan per GPU: the dtypes and kernels the worker uses, chosen once from the GPU's
+compute capability and memory, so the same command runs on a GTX 1080 Ti and on an H200.
+
+    python llava_split_worker.py --gpu_id 0 --num_workers 4 --video_index 0 --print-plan
+    python llava_split_worker.py ... --assume-gpu 7.5,24      # plan (and on a GPU run, memory capped) as a Titan RTX
+
+The rules (README "Which GPUs"; sources in the comments):
+- 8.0+ (A100, L40S, H100, H200): bf16 compute, cuDNN/flash attention, Triton decode attention,
+  torch.compile'd elementwise kernels, CUDA-graph decode.
+- 7.x (Titan V, V100, Titan RTX, T4): no bf16 in hardware (Turing/Volta MMA has fp16 only), so fp16
+  compute (NF4's compute dtype too); flash and cuDNN attention need 8.0+, so the memory-efficient
+  SDPA kernel; Triton >= 3.3 supports 8.0+ only (triton-lang/triton#5066), so neither Triton decode
+  attention nor torch.compile (its GPU backend writes Triton).
+- 6.x (GTX 1080 Ti, P100): as 7.x, but GP102 runs fp16 arithmetic at 1/64 rate, so matrix products
+  compute in fp32 while weights, activations and the KV cache are stored in fp16 (an fp32 KV cache
+  alone would not fit 11 GB).
+- Cards under 16 GiB prefill the 25k-token prompt in chunks (llava_soccer.decoding), so faithful NF4
+  at batch 1 fits an 11 GB card; larger ones prefill it whole (faster).
+Optional paths (Triton decode attention, fused kernels, CUDA graphs) are checked against the plain
+path the first time they run in a process and dropped with one warning if they fail or disagree.
+"""
+import dataclasses
+import json
+import re
+
+# --assume-gpu CC without GIB: the memory of the users' cards of that capability (README table).
+TYPICAL = {(6, 0): ("Tesla P100", 16), (6, 1): ("GTX 1080 Ti", 11), (7, 0): ("Titan V", 12),
+           (7, 5): ("Titan RTX", 24), (8, 0): ("A100", 80), (8, 6): ("RTX 3090", 24), (8, 9): ("L40S", 48),
+           (9, 0): ("H100", 80)}
+CONTEXT_GIB = 0.7          # CUDA context + cuBLAS workspace: what PyTorch cannot allocate of a card
+CHUNKED_BELOW_GIB = 16     # smaller cards (11-12 GB) prefill in chunks: less memory, slower
+PREFILL_CHUNK = 4096       # tokens per prefill chunk on those cards (a 224p window has ~25k)
+BACKENDS = ("cudnn", "flash", "efficient", "math")
+# The worker's memory per window, for the plan's batch-size estimate (NF4, 224p, measured on the
+# device's H100/H200; benchmarks/RESULTS.md): weights, prefill activations, KV cache of one window.
+WEIGHTS_GIB = {"nf4": 4.2, "bf16": 14.2, "fp16": 14.2, "fp32": 28.4}
+ACTIVATIONS_GIB = 1.0
+KV_GIB = 3.1
+
+
+@dataclasses.dataclass
+class Plan:
+    gpu: str                       # the card's name ("cpu" without one)
+    capability: str | None         # "7.5"
+    memory_gib: float | None       # the card's memory
+    assumed: bool                  # planned for --assume-gpu, not for the card it runs on
+    quantization: str
+    compute_dtype: str             # matrix products: bfloat16 / float16 / float32
+    storage_dtype: str             # weights outside NF4, activations, KV cache
+    prefill_attention: list        # SDPA backends, in the order tried
+    prefill_chunk: int | None      # tokens per prefill chunk; None = the whole prompt at once
+    decode_attention: str          # triton / sdpa
+    fused_kernels: bool
+    cuda_graphs: bool
+    batch_size: int | str          # a number or "auto"
+    batch_size_estimate: int       # what auto should reach at 224p
+    memory_cap_gib: float | None   # what this process may allocate (assumed GPUs only)
+    warnings: list = dataclasses.field(default_factory=list)
+    checked: set = dataclasses.field(default_factory=set)  # optional paths self-checked in this process
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k != "checked"})
+
+    def line(self) -> str:
+        cc = f" (compute capability {self.capability}, {self.memory_gib:g} GiB" + (
+            f", assumed: memory capped at {self.memory_cap_gib:g} GiB)" if self.memory_cap_gib else
+            ", assumed)" if self.assumed else ")") if self.capability else ""
+        chunk = f"chunks of {self.prefill_chunk} tokens" if self.prefill_chunk else "whole"
+        return (f"plan for {self.gpu}{cc}: {self.quantization}, {self.compute_dtype} compute, "
+                f"{self.storage_dtype} storage; prefill attention {'>'.join(self.prefill_attention)}, prefill {chunk}; "
+                f"decode attention {self.decode_attention}; fused kernels {_yes(self.fused_kernels)}; "
+                f"CUDA graphs {_yes(self.cuda_graphs)}; batch size {self.batch_size}"
+                + (f" (~{self.batch_size_estimate} at 224p)" if self.batch_size == "auto" else ""))
+
+
+def _yes(flag):
+    return "yes" if flag else "no"
+
+
+def parse_assume(value: str):
+    """'7.5' or '7.5,24' -> ((7, 5), 24.0 or None); ValueError with a message naming the format."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d)\s*(?:,\s*(\d+(?:\.\d+)?)\s*)?", value or "")
+    if not m or not 3 <= int(m[1]) <= 20 or (m[3] is not None and not 1 <= float(m[3]) <= 4096):
+        raise ValueError(f"{value!r} is not CC[,GIB], e.g. 7.5,24 (compute capability 7.5, 24 GiB)")
+    return (int(m[1]), int(m[2])), float(m[3]) if m[3] is not None else None
+
+
+def detect(device: str):
+    """(name, (major, minor), memory GiB) of the device's GPU, None for the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    props = torch.cuda.get_device_properties(device)
+    return props.name, (props.major, props.minor), props.total_memory / 2**30
+
+
+def make(args, real):
+    """The plan for args (the worker's flags) on `real` (detect()'s answer), or on args.assume_gpu."""
+    assumed = bool(args.assume_gpu)
+    if assumed:
+        cc, gib = parse_assume(args.assume_gpu)
+        typical = TYPICAL.get(cc, (f"GPU {cc[0]}.{cc[1]}", 16))
+        gib = float(gib or typical[1])
+        name = f"a {typical[0]}-class GPU" + (f" (on {real[0]})" if real else "")
+    elif real:
+        name, cc, gib = real
+    else:
+        name, cc, gib = "cpu", None, None
+    warnings = []
+    quant = args.quantization
+    if cc is None:  # CPU: PyTorch's own kernels; nf4 keeps bf16 compute as before
+        compute = {"nf4": "bfloat16", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quant]
+        backends, decode, fused, graphs = ["math"], "sdpa", False, False
+    else:
+        modern, pascal = cc >= (8, 0), cc < (7, 0)
+        default = "bfloat16" if modern else "float32" if pascal else "float16"
+        compute = {"nf4": default, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quant]
+        if compute == "bfloat16" and not modern:
+            warnings.append(f"--quantization {quant} on compute capability {cc[0]}.{cc[1]}: bf16 has no hardware "
+                            "support before 8.0, so PyTorch emulates it, several times slower; nf4 or fp16 is faster")
+        if compute == "float16" and pascal:
+            warnings.append(f"--quantization fp16 on compute capability {cc[0]}.{cc[1]}: fp16 arithmetic runs at "
+                            "1/64 rate on Pascal; nf4 (fp32 compute) is faster")
+        backends = ["cudnn", "flash", "efficient", "math"] if modern else ["efficient", "math"]
+        decode, fused, graphs = ("triton" if modern else "sdpa"), modern, True
+    storage = "float16" if compute == "float32" and quant == "nf4" and cc is not None else compute
+    chunk = PREFILL_CHUNK if gib is not None and gib < CHUNKED_BELOW_GIB else None
+
+    # explicit flags win over the plan
+    if args.attention != "auto":
+        backends = [args.attention] + [b for b in BACKENDS if b != args.attention]
+        if cc is not None and cc < (8, 0) and args.attention in ("cudnn", "flash"):
+            warnings.append(f"--attention {args.attention} needs compute capability 8.0+; PyTorch will use the "
+                            "next backend in the list")
+    if args.prefill_chunk != "auto":
+        chunk = int(args.prefill_chunk) or None
+    if args.decode_attention != "auto":
+        decode = args.decode_attention
+    if args.fused_kernels != "auto":
+        fused = args.fused_kernels == "yes"
+    if args.cuda_graphs != "auto":
+        graphs = args.cuda_graphs == "yes"
+    if cc is None and (decode == "triton" or fused or graphs):
+        warnings.append("no GPU: Triton decode attention, fused kernels and CUDA graphs are tried, fail their "
+                        "self-check and fall back to PyTorch's kernels")
+    weights = WEIGHTS_GIB[quant]
+    cap = round(gib - CONTEXT_GIB, 2) if assumed and real else None
+    usable = (gib - CONTEXT_GIB) if gib else 0
+    estimate = max(1, min(args.max_batch_size, int((usable - weights - ACTIVATIONS_GIB) // KV_GIB)))
+    batch = "auto" if args.batch_size == "auto" else int(args.batch_size)
+    if gib and usable < weights + ACTIVATIONS_GIB + KV_GIB:
+        warnings.append(f"{gib:g} GiB is less than one 224p window needs with --quantization {quant} "
+                        f"(~{weights + ACTIVATIONS_GIB + KV_GIB:.0f} GiB): expect OOM; use nf4 and --visual-tokens reduced")
+    return Plan(gpu=name, capability=f"{cc[0]}.{cc[1]}" if cc else None, memory_gib=round(gib, 1) if gib else None,
+                assumed=assumed, quantization=quant, compute_dtype=compute, storage_dtype=storage,
+                prefill_attention=backends, prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
+                cuda_graphs=graphs, batch_size=batch, batch_size_estimate=estimate, memory_cap_gib=cap,
+                warnings=warnings)
+
+
+FLAG_DEFAULTS = dict(assume_gpu=None, attention="auto", prefill_chunk="auto", decode_attention="auto",
+                     fused_kernels="auto", cuda_graphs="auto", batch_size="auto", max_batch_size=16)
+
+
+def for_device(device, quantization="nf4", **flags):
+    """The plan with the worker's default flags (and any given) for this device's own GPU."""
+    import types
+    return make(types.SimpleNamespace(**{**FLAG_DEFAULTS, "quantization": quantization, **flags}), detect(device))
+
+
+def apply_memory(plan, device):
+    """On a GPU: expandable segments, so freed blocks of the 25k-token prefill are reused rather than
+    fragmenting the cache (unless PYTORCH_CUDA_ALLOC_CONF / PYTORCH_ALLOC_CONF is set;
+    https://pytorch.org/docs/stable/notes/cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf);
+    and on a GPU larger than the assumed one, the allocator capped at what that card leaves."""
+    import os
+    import torch
+    if not str(device).startswith("cuda"):
+        return
+    if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    if plan.memory_cap_gib is not None:
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, plan.memory_cap_gib / total), device)
+
+
+def torch_build_problem(capability, arch_list, torch_version, cuda_version):
+    """None if this torch has kernels for a GPU of `capability` ((major, minor)), else one line
+    naming the fix. A cubin sm_XY runs on X.Z for Z >= Y; PTX compute_XY is compiled for any
+    newer GPU by the driver (https://docs.nvidia.com/cuda/cuda-c-programming-guide/#binary-compatibility)."""
+    major, minor = capability
+    for arch in arch_list:
+        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", arch)
+        if not m:
+            continue
+        built = (int(m[2]), int(m[3]))
+        if (m[1] == "sm" and built[0] == major and built[1] <= minor) or (m[1] == "compute" and built <= (major, minor)):
+            return None
+    return (f"torch {torch_version} (CUDA {cuda_version}) has no kernels for compute capability {major}.{minor} "
+            f"(built for {' '.join(arch_list) or 'CPU only'}): run setup on a node with this GPU "
+            f"(srun -p GPU --gres=gpu:1 bash setup_llava.sh), which installs a CUDA 12 build of torch for it")
+
+
+def check_torch_build(device):
+    """torch_build_problem() for the device's real GPU (never an assumed one); None on CPU."""
+    real = detect(device)
+    if real is None:
+        return None
+    import torch
+    return torch_build_problem(real[1], torch.cuda.get_arch_list(), torch.__version__, torch.version.cuda)
