@@ -32,6 +32,10 @@ from llava_soccer.jsonio import InputError, atomic_write_json, read_json, remove
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
 MAX_ERRORS_IN_A_ROW = 5
+# --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
+# fragmentation and what PyTorch cannot see (a 12 GB plan at 94% showed 12.0 GB in nvidia-smi on the
+# device; benchmarks/RESULTS.md, session 4).
+AUTO_HEADROOM = 0.85
 log = logging.getLogger("llava_worker")
 
 
@@ -70,7 +74,7 @@ def parse_args(argv):
         help="SDPA backend tried first for the prefill; auto: the plan's (cuDNN on 8.0+, memory-efficient below)")
     opt("--prefill-chunk", "LLAVA_PREFILL_CHUNK", "auto",
         help="tokens per prefill chunk, 0 = the whole prompt at once; auto: the plan's (chunks of 4096 on GPUs "
-             "under 40 GiB)")
+             "under 16 GiB)")
     opt("--decode-attention", "LLAVA_DECODE_ATTENTION", "auto", choices=["auto", "triton", "sdpa"],
         help="decode-step attention: triton (split-KV kernel, 8.0+) or sdpa; auto: the plan's")
     opt("--fused-kernels", "LLAVA_FUSED_KERNELS", "auto", choices=["auto", "yes", "no"],
@@ -99,21 +103,30 @@ def parse_args(argv):
             if raw and action.choices and value not in action.choices:
                 p.error(f"{env}={raw!r}: choose from {', '.join(map(str, action.choices))} ({action.option_strings[0]})")
     args = p.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+
+    def bad(flag, problem):  # names the environment variable when the value came from it
+        env = envs.get(flag.lstrip("-").replace("-", "_"))
+        if env and os.environ.get(env) and not any(a == flag or a.startswith(flag + "=") for a in given):
+            p.error(f"{env}={os.environ[env]!r} ({flag}): {problem}")
+        p.error(f"{flag}: {problem}")
+
     if not args.print_plan and (args.gpu_id is None or args.video_index is None):
         p.error("--gpu_id and --video_index are required (or --print-plan)")
     if args.gpu_id is not None and not 0 <= args.gpu_id < args.num_workers:
         p.error(f"--gpu_id {args.gpu_id} must be between 0 and --num_workers - 1 ({args.num_workers - 1})")
     if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) >= 1):
-        p.error(f"--batch-size must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
+        bad("--batch-size", f"must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
     if args.prefill_chunk != "auto" and not args.prefill_chunk.isdigit():
-        p.error(f"--prefill-chunk must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
-    if args.max_new_tokens < 1 or args.max_batch_size < 1:
-        p.error("--max-new-tokens and --max-batch-size must be at least 1")
+        bad("--prefill-chunk", f"must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
+    for flag in ("--max-new-tokens", "--max-batch-size", "--num_workers"):
+        if getattr(args, flag.lstrip("-").replace("-", "_")) < 1:
+            bad(flag, "must be at least 1")
     if args.assume_gpu:
         try:
             gpus.parse_assume(args.assume_gpu)
         except ValueError as e:
-            p.error(f"--assume-gpu / LLAVA_ASSUME_GPU: {e}")
+            bad("--assume-gpu", str(e))
     return args
 
 
@@ -292,7 +305,7 @@ class BatchSize:
             capacity = free + torch.cuda.memory_reserved(self.device)  # PyTorch's own cache is free to us too
         window = peak - self.base
         row = kv_bytes if self.per_row_is_kv and kv_bytes else window
-        self.size = max(1, min(self.cap, 1 + int((0.92 * capacity - peak) // max(row, 1))))
+        self.size = max(1, min(self.cap, 1 + int((AUTO_HEADROOM * capacity - peak) // max(row, 1))))
         log.info(f"--batch-size auto: one window took {window / 2**30:.1f} GiB at peak "
                  f"({row / 2**30:.1f} GiB per extra window); using batches of {self.size}")
 

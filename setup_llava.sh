@@ -30,10 +30,13 @@ set -euo pipefail
 readonly FILES=(llava_split_worker.py merge_results_llava.py submit_llava.sh requirements.txt)
 readonly OPTIONAL_FILES=(compare_counts.py evaluate_soccernet.py)
 readonly DEFAULT_MODEL=llava-hf/llava-v1.6-mistral-7b-hf
-# torch builds (README "Set up"): PyPI's Linux torch is built for CUDA 13, which needs driver >= 580
-# and has no kernels below compute capability 7.5; PyTorch's cu126 index has the same torch version
-# for CUDA 12.6 with kernels for 5.0-9.0 (Maxwell to Hopper), running on drivers >= 525.60.13
-# (CUDA minor version compatibility, docs.nvidia.com/deploy/cuda-compatibility).
+# torch builds: PyPI's Linux torch 2.13 is built for CUDA 13.0, which needs driver >= 580 and has
+# kernels for compute capability 7.5 and up only; PyTorch's cu126 index has the same version built
+# for CUDA 12.6 with sm_50/60/70/75/80/86/90 kernels (5.x to 9.0, Maxwell to Hopper: no Blackwell),
+# which runs on drivers >= 525.60.13 (CUDA minor version compatibility,
+# docs.nvidia.com/deploy/cuda-compatibility; PyTorch RELEASE.md, "CUDA Support Matrix").
+# cu126 is PyTorch's last build for GPUs below 7.5: it is planned to end after 2.14
+# (pytorch/pytorch#190385), so a newer torch pin needs a new answer for Titan V / GTX 1080 Ti nodes.
 readonly CUDA12_INDEX=https://download.pytorch.org/whl/cu126
 readonly CUDA12_DRIVER=525.60.13
 readonly CUDA13_DRIVER=580
@@ -83,8 +86,8 @@ install_files() {
 version_ge() { [[ $(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1) == "$2" ]]; }
 
 # Sets GPUS (one "name|driver|capability" per GPU that nvidia-smi lists; none on a login node, or
-# where nvidia-smi fails; capability "?" where nvidia-smi cannot tell, as old drivers cannot) and
-# DRIVER (the lowest driver version).
+# where nvidia-smi fails; capability "?" where nvidia-smi cannot tell: old drivers such as 470 have
+# no compute_cap field, and are too old for torch anyway) and DRIVER (the lowest driver version).
 read_gpus() {
   local out name driver cc
   GPUS=()
@@ -93,8 +96,7 @@ read_gpus() {
   out=$(timeout 60 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader 2>/dev/null) ||
     out=$(timeout 60 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null) || return 0
   while IFS=, read -r name driver cc; do
-    name=${name#"${name%%[![:space:]]*}"} driver=${driver//[[:space:]]/} cc=${cc//[[:space:]]/}
-    name=${name%"${name##*[![:space:]]}"}
+    driver=${driver//[[:space:]]/} cc=${cc//[[:space:]]/}
     [[ -n ${name} && ${driver} =~ ^[0-9]+(\.[0-9]+)*$ ]] || continue
     [[ ${cc} =~ ^[0-9]+\.[0-9]+$ ]] || cc='?'
     GPUS+=("${name}|${driver}|${cc}")
@@ -136,12 +138,13 @@ user_index() {
 # Sets TORCH_INDEX (the pip index torch comes from; empty: PyPI, with the other packages) and
 # TORCH_WHY (why, for the log). `previous` is the index the venv was installed from. Only a
 # node that needs a CUDA 12 build (or LLAVA_TORCH_INDEX) changes it: the cu126 build runs on
-# every GPU of the cluster, so setup on a login node or a Titan RTX node keeps it for the others.
-# Returns 1 when nothing may be installed (the error is printed).
+# every GPU of the cluster (none is newer than Hopper), so setup on a login node or a Titan RTX
+# node keeps it for the others; on a login node (no nvidia-smi) a new venv gets PyPI's torch, and
+# the check's warning asks for setup on a GPU node. Returns 1 when nothing may be installed (the
+# error is printed).
 choose_torch_index() {
-  local previous=$1 gpu name cc
+  local previous=$1 name cc
   local -a reasons=()
-  local -A seen=()
   TORCH_INDEX=''
   TORCH_WHY=''
   if [[ -n ${LLAVA_TORCH_INDEX:-} ]]; then
@@ -153,26 +156,19 @@ choose_torch_index() {
     return 0
   fi
   if ((${#GPUS[@]} == 0)); then
-    if [[ -n ${previous} ]]; then
-      TORCH_INDEX=${previous}
-      TORCH_WHY="no nvidia-smi here: keeping the build chosen before on a GPU node"
-    else
-      warn "no nvidia-smi here (login node): using PyPI's torch, which needs NVIDIA driver >= ${CUDA13_DRIVER} and compute capability >= ${CUDA13_MIN_CC} (Titan RTX); for Titan V / GTX 1080 Ti nodes or older drivers run setup on a GPU node: srun -p GPU --gres=gpu:1 bash setup_llava.sh"
-    fi
+    TORCH_INDEX=${previous}
+    TORCH_WHY="no nvidia-smi here: keeping the build chosen before on a GPU node"
     return 0
   fi
   version_ge "${DRIVER}" "${CUDA12_DRIVER}" || return 1  # check_driver said so
   version_ge "${DRIVER}" "${CUDA13_DRIVER}" || reasons+=("driver ${DRIVER%%.*} (CUDA 13 needs ${CUDA13_DRIVER})")
-  for gpu in "${GPUS[@]}"; do
-    name=${gpu%%|*} cc=${gpu##*|}
-    [[ -n ${seen["${name}|${cc}"]:-} ]] && continue
-    seen["${name}|${cc}"]=1
+  while IFS='|' read -r name cc; do  # each kind of GPU once
     if [[ ${cc} == '?' ]]; then
       reasons+=("${name}: compute capability unknown")
     elif ! version_ge "${cc}" "${CUDA13_MIN_CC}"; then
       reasons+=("${name} is compute capability ${cc}")
     fi
-  done
+  done < <(printf '%s\n' "${GPUS[@]}" | cut -d '|' -f 1,3 | sort -u)
   if ((${#reasons[@]})); then
     TORCH_INDEX=${CUDA12_INDEX}
     TORCH_WHY=$(printf '%s, ' "${reasons[@]}")
@@ -262,7 +258,7 @@ torch_fix() {
     printf 'ask the admins for NVIDIA driver >= %s (CUDA 12) or >= %s (CUDA 13), or set LLAVA_TORCH_INDEX to a pip index with a torch build for driver %s and rerun setup' \
       "${CUDA12_DRIVER}" "${CUDA13_DRIVER}" "${DRIVER}"
   else
-    printf 'install the CUDA 12.6 build, which runs on all these GPUs: %s' \
+    printf 'install the CUDA 12.6 build (compute capability 5.0-9.0, driver >= %s): %s' "${CUDA12_DRIVER}" \
       "$(printf '%q ' "${PY}" -m pip install "torch${version:+==${version}+cu126}" --index-url "${CUDA12_INDEX}")"
     if [[ -z ${LLAVA_PYTHON:-} && -n ${LLAVA_TORCH_INDEX:-} ]]; then
       printf '(or unset LLAVA_TORCH_INDEX and rerun setup on this node)'
@@ -285,7 +281,8 @@ check_python() {
     return 0
   fi
   ((TORCH_CHECK)) && fix=$(torch_fix)
-  out=$(SETUP_GPUS=$(printf '%s\n' "${GPUS[@]}") SETUP_TORCH_CHECK=${TORCH_CHECK} SETUP_FIX=${fix} SETUP_CUDA_DRIVERS="11=450.80.02 12=${CUDA12_DRIVER} 13=${CUDA13_DRIVER}" \
+  out=$(SETUP_GPUS=$(printf '%s\n' "${GPUS[@]}") SETUP_DRIVER=${DRIVER} SETUP_TORCH_CHECK=${TORCH_CHECK} SETUP_FIX=${fix} \
+    SETUP_CUDA_DRIVERS="11=450.80.02 12=${CUDA12_DRIVER} 13=${CUDA13_DRIVER}" \
     PYTHONPATH="${PROJECT}${PYTHONPATH:+:${PYTHONPATH}}" "${PY}" - "${LLAVA_MODEL:-${DEFAULT_MODEL}}" 2>&1 <<'EOF'
 import os, sys
 v = sys.version_info
@@ -311,7 +308,7 @@ if gpus and os.environ["SETUP_TORCH_CHECK"] == "1":  # else the driver is the er
     def version(text):
         return tuple(int(x) for x in text.split(".") if x.isdigit())
 
-    driver = min((g[1] for g in gpus), key=version)
+    driver = os.environ["SETUP_DRIVER"]  # the lowest
     needs = dict(item.split("=") for item in os.environ["SETUP_CUDA_DRIVERS"].split())
     kinds = sorted({(name, cc) for name, _, cc in gpus})
     listed = ", ".join(f"{sum(g[0] == name and g[2] == cc for g in gpus)}x {name} ({cc})" for name, cc in kinds)
@@ -342,9 +339,11 @@ elif gpus:
     if os.environ["SETUP_TORCH_CHECK"] == "1" and not problems:
         print(f"warn|torch sees no GPU although nvidia-smi lists {len(gpus)}: check CUDA_VISIBLE_DEVICES "
               f"({os.environ.get('CUDA_VISIBLE_DEVICES', 'not set')}) and that this node's driver works")
-else:
-    print("warn|no GPU visible here: normal on a login node (jobs get theirs from #SBATCH --gres); "
-          "on CPU the 7B model is far too slow" + (" - and this torch is a CPU build" if torch.version.cuda is None else ""))
+else:  # no nvidia-smi: a login node, where nothing tells which torch build the GPU nodes need
+    print("warn|no GPU visible here: normal on a login node (jobs get theirs from #SBATCH --gres), but only on a GPU "
+          "node can setup check torch against its GPUs and driver (and pick the torch build they need): "
+          "srun -p GPU --gres=gpu:1 bash setup_llava.sh; on CPU the 7B model is far too slow"
+          + (" - and this torch is a CPU build" if torch.version.cuda is None else ""))
 build = cv2.getBuildInformation().replace(" ", "")
 if "FFMPEG:YES" in build:
     print("ok|OpenCV can decode videos (FFMPEG backend)")

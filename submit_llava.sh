@@ -39,10 +39,10 @@
 #SBATCH --open-mode=append           # a requeued job appends to the same log
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --gres=gpu:4                 # EDIT: GPUs per job = workers per video
+#SBATCH --gres=gpu:4                 # EDIT: GPUs per job = workers per video; a type: gpu:TitanRTX:4
 #SBATCH --cpus-per-task=16           # EDIT: CPU cores (frame decoding; ~4 per GPU)
 #SBATCH --mem=64G                    # EDIT: host memory (~12 GB per worker with nf4)
-#SBATCH --time=06:00:00              # EDIT: wall-clock limit (~5 min per video on 4 GPUs)
+#SBATCH --time=06:00:00              # EDIT: wall-clock limit (per 50-min video on 4 GPUs: ~7 min H100, ~50 min Titan RTX; README Which GPUs)
 ##SBATCH --partition=gpu             # EDIT: delete one '#' and name your GPU partition
 #SBATCH --signal=B:USR1@120          # 120 s before the limit: save and requeue
 #SBATCH --requeue                    # allow the job to be requeued (the signal, preemption)

@@ -80,8 +80,10 @@ def _yes(flag):
 def parse_assume(value: str):
     """'7.5' or '7.5,24' -> ((7, 5), 24.0 or None); ValueError with a message naming the format."""
     m = re.fullmatch(r"\s*(\d+)\.(\d)\s*(?:,\s*(\d+(?:\.\d+)?)\s*)?", value or "")
-    if not m or not 3 <= int(m[1]) <= 20 or (m[3] is not None and not 1 <= float(m[3]) <= 4096):
+    if not m or not 3 <= int(m[1]) <= 20:
         raise ValueError(f"{value!r} is not CC[,GIB], e.g. 7.5,24 (compute capability 7.5, 24 GiB)")
+    if m[3] is not None and not 1 <= float(m[3]) <= 4096:
+        raise ValueError(f"{value!r}: the memory must be 1 to 4096 GiB, e.g. 7.5,24")
     return (int(m[1]), int(m[2])), float(m[3]) if m[3] is not None else None
 
 
@@ -101,7 +103,8 @@ def make(args, real):
         cc, gib = parse_assume(args.assume_gpu)
         typical = TYPICAL.get(cc, (f"GPU {cc[0]}.{cc[1]}", 16))
         gib = float(gib or typical[1])
-        name = f"a {typical[0]}-class GPU" + (f" (on {real[0]})" if real else "")
+        article = "an" if typical[0][0] in "AEFHILMNORSX" else "a"  # an A100, an H100, a Titan V
+        name = f"{article} {typical[0]}-class GPU" + (f" (on {real[0]})" if real else "")
     elif real:
         name, cc, gib = real
     else:
@@ -141,8 +144,8 @@ def make(args, real):
     if args.cuda_graphs != "auto":
         graphs = args.cuda_graphs == "yes"
     if cc is None and (decode == "triton" or fused or graphs):
-        warnings.append("no GPU: Triton decode attention, fused kernels and CUDA graphs are tried, fail their "
-                        "self-check and fall back to PyTorch's kernels")
+        warnings.append("no GPU: the GPU paths asked for (Triton decode attention, CUDA graphs, fused kernels) are "
+                        "tried; those that fail their self-check fall back to PyTorch's kernels")
     weights = WEIGHTS_GIB[quant]
     cap = round(gib - CONTEXT_GIB, 2) if assumed and real else None
     usable = (gib - CONTEXT_GIB) if gib else 0

@@ -1,6 +1,7 @@
 """setup_llava.sh: copies the pipeline into $SOCCER_PROJECT, makes/keeps its venv, checks, idempotent."""
 import filecmp
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -91,3 +92,161 @@ def test_missing_packages_are_an_error(tmp_path):
     rc, out = setup(tmp_path / "proj", LLAVA_PYTHON=python)
     assert rc == 1
     assert "ERROR:   package missing: No module named" in out and "setup incomplete: 1 error(s)" in out
+
+
+# --- the torch build for this node's GPUs (issue 11) -------------------------------------------
+# Fakes: an nvidia-smi on PATH (answers like the real one; drivers before compute_cap reject that
+# field), a sitecustomize.py that gives the test's CPU torch the CUDA version and kernel list of a
+# CUDA build, and pip without an index (PIP_NO_INDEX), so nothing is ever downloaded.
+CU126 = "https://download.pytorch.org/whl/cu126"
+SRUN = "srun -p GPU --gres=gpu:1 bash setup_llava.sh"
+TORCH_PIN = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)[1]
+PYPI_ARCHS = "sm_75,sm_80,sm_86,sm_90,sm_100,sm_120"        # torch 2.13 from PyPI (CUDA 13.0)
+CU126_ARCHS = "sm_50,sm_60,sm_70,sm_75,sm_80,sm_86,sm_90"    # torch 2.13 from the cu126 index
+
+FAKE_TORCH = """\
+import os
+import re
+if os.environ.get("FAKE_TORCH_CUDA"):
+    import torch
+    torch.version.cuda = os.environ["FAKE_TORCH_CUDA"]
+    torch.cuda.get_arch_list = lambda: os.environ["FAKE_TORCH_ARCHS"].split(",")
+"""
+
+
+def errors(out):
+    """setup's own ERROR lines (pip prints some of its own)."""
+    return [line for line in out.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] ERROR:", line)]
+
+
+def path_without_nvidia_smi():
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                           if not os.path.exists(os.path.join(d, "nvidia-smi")))
+
+
+def gpu_node(tmp_path, gpu, driver, cc):
+    """PATH with an nvidia-smi listing one GPU; pass cc=None for a driver without compute_cap."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"""#!/bin/sh
+case "$*" in
+  *compute_cap*) [ -n "{cc or ''}" ] || {{ echo 'Field "compute_cap" is not a valid field to query.'; exit 2; }}
+                 echo "{gpu}, {driver}, {cc}" ;;
+  *name,driver_version*) echo "{gpu}, {driver}" ;;
+  *) exit 1 ;;
+esac
+""")
+    smi.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{path_without_nvidia_smi()}"
+
+
+def offline_venv(project, stamp=None):
+    """$SOCCER_PROJECT/venv without pip or packages of its own: site-packages points (.pth) at
+    the test environment's (as in test_venv_is_made_once_and_reused). `stamp`: what setup wrote
+    the last time it installed it."""
+    venv = project / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    v = sys.version_info
+    site_packages = venv / "lib" / f"python{v.major}.{v.minor}" / "site-packages"
+    (site_packages / "host.pth").write_text(site.getsitepackages()[0] + "\n")
+    if stamp is not None:
+        (venv / "llava-requirements.txt").write_text(stamp)
+    return venv, site_packages
+
+
+@pytest.fixture
+def fake_torch(tmp_path):
+    """PYTHONPATH whose sitecustomize.py fakes torch's CUDA build from FAKE_TORCH_CUDA/_ARCHS."""
+    d = tmp_path / "fake_torch"
+    d.mkdir()
+    (d / "sitecustomize.py").write_text(FAKE_TORCH)
+    return d
+
+
+def no_index_pip():
+    """pip settings that never reach a network or this machine's wheel folders."""
+    return dict(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS="", PIP_EXTRA_INDEX_URL="")
+
+
+def test_titan_v_with_driver_535_installs_torch_from_the_cu126_index(tmp_path):
+    """Driver 535 (CUDA 12.2) and a Titan V (7.0): PyPI's CUDA 13 torch runs on neither, so torch
+    comes from PyTorch's cu126 index, before anything else. pip has no index here and fails: one
+    ERROR line names the exact command; nothing else is installed and the venv is not stamped."""
+    project = tmp_path / "proj"
+    venv, site_packages = offline_venv(project)
+    rc, out = setup(project, PATH=gpu_node(tmp_path, "TITAN V", "535.104.05", "7.0"), **no_index_pip())
+    assert rc == 1, out
+    assert (f"ok:      torch {TORCH_PIN} from {CU126}: driver 535 (CUDA 13 needs 580), "
+            "TITAN V is compute capability 7.0") in out
+    assert f"installing torch=={TORCH_PIN}+cu126 from {CU126} into {venv}" in out
+    [line] = errors(out)
+    assert (f"installing torch from {CU126} failed (pip's message above; nothing else was changed): run by hand "
+            f"{venv}/bin/python -m pip install torch=={TORCH_PIN}+cu126 --index-url {CU126}, then rerun setup") in line
+    assert f"torch=={TORCH_PIN}+cu126" in out.replace(line, "")  # pip's own message is shown too
+    assert "setup incomplete: 1 error(s)" in out
+    assert sorted(p.name for p in site_packages.iterdir()) == ["host.pth"]
+    assert not (venv / "llava-requirements.txt").exists()
+
+
+def test_driver_470_is_too_old_for_any_torch_build(tmp_path):
+    """Driver 470 (no compute_cap field yet): no torch 2.13 build runs on it; one ERROR, no venv."""
+    project = tmp_path / "proj"
+    rc, out = setup(project, PATH=gpu_node(tmp_path, "TITAN V", "470.182.03", None), **no_index_pip())
+    assert rc == 1, out
+    [line] = errors(out)
+    assert f"NVIDIA driver 470.182.03 on this node is too old for torch {TORCH_PIN}" in line
+    assert "needs driver >= 525.60.13" in line and ">= 580" in line
+    assert "installing" not in out and not (project / "venv").exists()
+
+
+@pytest.mark.parametrize("index", ["", CU126], ids=["pypi", "cu126-kept"])
+def test_titan_rtx_with_driver_580_keeps_the_venv(tmp_path, fake_torch, index):
+    """Driver 580 and a Titan RTX (7.5) run PyPI's CUDA 13 build: a venv installed from PyPI stays
+    as it is (no torch index at all), and one that got the cu126 build on a Titan V node keeps it,
+    as it runs here too and the other nodes need it."""
+    project = tmp_path / "proj"
+    stamp = (ROOT / "requirements.txt").read_text()
+    if index:
+        stamp += f"\n# setup_llava.sh: torch from {index}\n"
+    venv, site_packages = offline_venv(project, stamp)
+    rc, out = setup(project, PATH=gpu_node(tmp_path, "TITAN RTX", "580.65.06", "7.5"), PYTHONPATH=fake_torch,
+                    FAKE_TORCH_CUDA="12.6" if index else "13.0", FAKE_TORCH_ARCHS=CU126_ARCHS if index else PYPI_ARCHS,
+                    **no_index_pip())
+    assert rc == 0, out
+    suffix = f" (torch from {index})" if index else ""
+    assert f"ok:      venv {venv} is up to date with requirements.txt{suffix}\n" in out
+    assert "installing" not in out
+    if not index:
+        assert "download.pytorch.org" not in out
+    assert "suits this node: 1x TITAN RTX (7.5), driver 580.65.06" in out
+    assert sorted(p.name for p in site_packages.iterdir()) == ["host.pth"]
+
+
+def test_check_finds_torch_without_kernels_for_the_titan_v(tmp_path, fake_torch):
+    """LLAVA_PYTHON with PyPI's CUDA 13 torch (kernels from 7.5) on a Titan V node with driver 535:
+    one ERROR line says so and names the cu126 install; with the cu126 build the node is fine."""
+    env = dict(LLAVA_PYTHON=sys.executable, PATH=gpu_node(tmp_path, "TITAN V", "535.104.05", "7.0"),
+               PYTHONPATH=fake_torch)
+    rc, out = setup(tmp_path / "proj", FAKE_TORCH_CUDA="13.0", FAKE_TORCH_ARCHS=PYPI_ARCHS, **env)
+    assert rc == 1, out
+    [line] = errors(out)
+    assert "which needs NVIDIA driver >= 580; this node has 535.104.05" in line
+    assert ("TITAN V: torch " in line and "(CUDA 13.0) has no kernels for compute capability 7.0 "
+            f"(built for {PYPI_ARCHS.replace(',', ' ')})") in line
+    assert line.endswith(f"Fix: install the CUDA 12.6 build (compute capability 5.0-9.0, driver >= 525.60.13): "
+                         f"{sys.executable} -m pip install torch=={TORCH_PIN}+cu126 --index-url {CU126}")
+
+    rc, out = setup(tmp_path / "proj", FAKE_TORCH_CUDA="12.6", FAKE_TORCH_ARCHS=CU126_ARCHS, **env)
+    assert rc == 0, out
+    assert errors(out) == []
+    assert "(CUDA 12.6) suits this node: 1x TITAN V (7.0), driver 535.104.05" in out
+    assert "WARNING: torch sees no GPU although nvidia-smi lists 1" in out  # the fake has no real GPU
+
+
+def test_login_node_asks_for_setup_on_a_gpu_node(tmp_path):
+    """No nvidia-smi (a login node): a warning names the command that runs setup on a GPU node."""
+    rc, out = setup(tmp_path / "proj", LLAVA_PYTHON=sys.executable, PATH=path_without_nvidia_smi())
+    assert rc == 0, out
+    [line] = [line for line in out.splitlines() if "WARNING: no GPU visible here" in line]
+    assert "normal on a login node" in line and SRUN in line

@@ -1,0 +1,402 @@
+"""Per-GPU execution plans (llava_soccer/gpus.py) and the self-checked optional paths, through the
+worker's command line: what --print-plan prints, which flags and environment values it refuses,
+and that every path a plan can pick (fp16 compute, chunked prefill, Triton decode attention,
+CUDA graphs, fused kernels) gives the plain path's answers on a real tiny random checkpoint, on
+CPU, with real H.264 windows. GPU-only paths fail on CPU, or are made to give wrong numbers here,
+and must then fall back with one warning."""
+import json
+import re
+import types
+
+import pytest
+import torch
+
+import llava_split_worker as worker
+from conftest import load, make_project
+from llava_soccer import model as llava
+from llava_soccer import decoding, gpus, synthetic, videos
+from llava_soccer.settings import partial_path
+
+REQUIRED_KEYS = {"gpu", "capability", "memory_gib", "assumed", "quantization", "compute_dtype", "storage_dtype",
+                 "prefill_attention", "prefill_chunk", "decode_attention", "fused_kernels", "cuda_graphs",
+                 "batch_size", "batch_size_estimate", "memory_cap_gib", "warnings"}
+# what the plan leaves out, so every other run below is "plain": PyTorch's own kernels, eager steps
+PLAIN = ["--decode-attention", "sdpa", "--cuda-graphs", "no", "--fused-kernels", "no", "--prefill-chunk", "0"]
+WORKERS = 10  # slice 0 of 10 of the 60 s video: windows at 0, 2 and 4 s
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """No LLAVA_* variable of the caller's shell leaks in; Mistral's own functions afterwards
+    (fuse_elementwise patches them process-wide)."""
+    for name in ("LLAVA_ASSUME_GPU", "LLAVA_ATTENTION", "LLAVA_PREFILL_CHUNK", "LLAVA_DECODE_ATTENTION",
+                 "LLAVA_FUSED_KERNELS", "LLAVA_CUDA_GRAPHS", "LLAVA_QUANT", "LLAVA_BATCH_SIZE", "LLAVA_MODEL",
+                 "LLAVA_NUM_WORKERS", "LLAVA_MAX_NEW_TOKENS", "LLAVA_DECODER", "LLAVA_VISUAL_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    llava.fuse_elementwise(None, False)
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    """Random weights large enough (std 0.5) that each window gets its own answer, and that bf16
+    rounding already changes some of them."""
+    return synthetic.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "random", "tiny", seed=3, init_std=0.5)
+
+
+def print_plan(capsys, *argv):
+    """(exit code, the plan as a dict) of `--print-plan` with a model that does not exist."""
+    code = worker.main(["--print-plan", "--model", "/nonexistent/model", *argv])
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, out  # one JSON object on one line, nothing else on stdout
+    return code, json.loads(out)
+
+
+def run_worker(root, name, video, ckpt, *extra):
+    """The worker on slice 0 of WORKERS of `video` in a fresh project: (exit code, its records)."""
+    project = make_project(root / name, {"match/1_224p.mkv": video})
+    code = worker.main(["--gpu_id", "0", "--num_workers", str(WORKERS), "--video_index", "0", "--project",
+                        str(project), "--model", str(ckpt), "--quantization", "fp32", "--max-new-tokens", "8",
+                        *extra])
+    path = partial_path(project, 0, 0)
+    return code, load(path) if path.exists() else None
+
+
+def answers(records):
+    assert records and all(r["status"] == "ok" for r in records), records
+    return [(r["time"], r["raw"]) for r in records]
+
+
+@pytest.fixture(scope="module")
+def plain_answers(odd_root, video_25fps, random_ckpt):
+    """The answers of the plain path, which every optional path must reproduce."""
+    code, records = run_worker(odd_root, "plain", video_25fps, random_ckpt, *PLAIN)
+    assert code == 0
+    result = answers(records)
+    assert [t for t, _ in result] == [0.0, 2.0, 4.0]
+    assert len({raw for _, raw in result}) == 3  # the windows' answers differ: a wrong path would show
+    return result
+
+
+def warnings_in(log):
+    return [line for line in log.splitlines() if "⚠️" in line]
+
+
+# --- 1. the plan per GPU --------------------------------------------------------------------
+
+@pytest.mark.parametrize("gpu,dtype,modern,chunked", [
+    ("6.1,11", "float32", False, True),    # GTX 1080 Ti
+    ("7.0,12", "float16", False, True),    # Titan V
+    ("7.5,24", "float16", False, False),   # Titan RTX
+    ("8.0,80", "bfloat16", True, False),   # A100
+    ("8.9,48", "bfloat16", True, False),   # L40S
+    ("9.0,80", "bfloat16", True, False),   # H100
+])
+def test_print_plan_for_an_assumed_gpu(gpu, dtype, modern, chunked, capsys):
+    code, plan = print_plan(capsys, "--assume-gpu", gpu)
+    assert code == 0  # and /nonexistent/model was never loaded
+    assert REQUIRED_KEYS <= set(plan)
+    cc, gib = gpu.split(",")
+    assert plan["capability"] == cc and plan["memory_gib"] == float(gib) and plan["assumed"] is True
+    assert plan["quantization"] == "nf4" and plan["compute_dtype"] == dtype
+    # fp32 compute on Pascal keeps weights, activations and the KV cache in fp16 (an fp32 cache would not fit)
+    assert plan["storage_dtype"] == ("float16" if dtype == "float32" else dtype)
+    assert plan["decode_attention"] == ("triton" if modern else "sdpa")
+    assert plan["fused_kernels"] is modern
+    assert plan["prefill_attention"][0] == ("cudnn" if modern else "efficient")
+    assert plan["prefill_attention"][-1] == "math"
+    assert plan["prefill_chunk"] == (gpus.PREFILL_CHUNK if chunked else None)
+    assert isinstance(plan["prefill_chunk"], int) or not chunked
+    assert plan["cuda_graphs"] is True and plan["batch_size"] == "auto"
+    assert plan["memory_cap_gib"] is None  # no real GPU here to cap
+    assert plan["warnings"] == []
+
+
+def test_assume_gpu_without_memory_uses_the_typical_card(capsys):
+    code, plan = print_plan(capsys, "--assume-gpu", "7.5")
+    assert code == 0
+    assert plan["memory_gib"] == 24.0 and "Titan RTX" in plan["gpu"] and plan["compute_dtype"] == "float16"
+    assert plan["prefill_chunk"] is None
+    code, plan = print_plan(capsys, "--assume-gpu", "6.1")
+    assert code == 0 and plan["memory_gib"] == 11.0 and plan["prefill_chunk"] == gpus.PREFILL_CHUNK
+
+
+def test_llava_assume_gpu_environment_variable_works_like_the_flag(capsys, monkeypatch):
+    monkeypatch.setenv("LLAVA_ASSUME_GPU", "7.0,12")
+    code, from_env = print_plan(capsys)
+    assert code == 0
+    monkeypatch.delenv("LLAVA_ASSUME_GPU")
+    assert from_env == print_plan(capsys, "--assume-gpu", "7.0,12")[1]
+    assert from_env["capability"] == "7.0" and from_env["compute_dtype"] == "float16"
+    # the flag wins over the environment
+    monkeypatch.setenv("LLAVA_ASSUME_GPU", "7.0,12")
+    assert print_plan(capsys, "--assume-gpu", "9.0,80")[1]["capability"] == "9.0"
+
+
+def test_print_plan_without_a_gpu_is_the_cpu_plan(capsys):
+    code, plan = print_plan(capsys, "--quantization", "fp32")
+    assert code == 0
+    assert plan["gpu"] == "cpu" and plan["capability"] is None and plan["assumed"] is False
+    assert plan["compute_dtype"] == "float32" and plan["prefill_attention"] == ["math"]
+    assert plan["decode_attention"] == "sdpa" and plan["fused_kernels"] is False and plan["cuda_graphs"] is False
+
+
+def test_help_states_the_plans_chunking_threshold(capsys):
+    with pytest.raises(SystemExit) as e:
+        worker.main(["--help"])
+    assert e.value.code == 0
+    assert f"under {gpus.CHUNKED_BELOW_GIB} GiB" in " ".join(capsys.readouterr().out.split())
+
+
+# --- 2. explicit flags win --------------------------------------------------------------------
+
+def test_bf16_on_turing_is_honoured_with_a_warning(capsys):
+    code, plan = print_plan(capsys, "--assume-gpu", "7.5,24", "--quantization", "bf16")
+    assert code == 0
+    assert plan["compute_dtype"] == "bfloat16" and plan["storage_dtype"] == "bfloat16"
+    (warning,) = plan["warnings"]
+    assert "--quantization bf16 on compute capability 7.5" in warning and "emulates" in warning
+
+
+@pytest.mark.parametrize("gpu,flags,key,value", [
+    ("7.5,24", ["--decode-attention", "triton"], "decode_attention", "triton"),
+    ("9.0,80", ["--decode-attention", "sdpa"], "decode_attention", "sdpa"),
+    ("9.0,80", ["--fused-kernels", "no"], "fused_kernels", False),
+    ("7.5,24", ["--fused-kernels", "yes"], "fused_kernels", True),
+    ("9.0,80", ["--cuda-graphs", "no"], "cuda_graphs", False),
+    ("6.1,11", ["--prefill-chunk", "0"], "prefill_chunk", None),
+    ("9.0,80", ["--prefill-chunk", "2048"], "prefill_chunk", 2048),
+    ("9.0,80", ["--attention", "efficient"], "prefill_attention", ["efficient", "cudnn", "flash", "math"]),
+    ("7.5,24", ["--batch-size", "3"], "batch_size", 3),
+    ("7.5,24", ["--quantization", "fp32"], "compute_dtype", "float32"),
+])
+def test_explicit_flags_win_over_the_plan(gpu, flags, key, value, capsys):
+    code, plan = print_plan(capsys, "--assume-gpu", gpu, *flags)
+    assert code == 0 and plan[key] == value
+
+
+def test_flash_attention_on_turing_warns_that_it_needs_8_0(capsys):
+    code, plan = print_plan(capsys, "--assume-gpu", "7.5,24", "--attention", "flash")
+    assert code == 0 and plan["prefill_attention"][0] == "flash"
+    assert any("--attention flash needs compute capability 8.0+" in w for w in plan["warnings"])
+
+
+# --- 3. bad environment values: exit 2 and one line saying what is wrong ----------------------
+
+@pytest.mark.parametrize("env,value,says", [
+    ("LLAVA_ASSUME_GPU", "banana", ["LLAVA_ASSUME_GPU", "'banana' is not CC[,GIB], e.g. 7.5,24"]),
+    ("LLAVA_ASSUME_GPU", "7.5,0", ["LLAVA_ASSUME_GPU", "the memory must be 1 to 4096 GiB"]),
+    ("LLAVA_FUSED_KERNELS", "true", ["LLAVA_FUSED_KERNELS='true'", "choose from auto, yes, no", "--fused-kernels"]),
+    ("LLAVA_PREFILL_CHUNK", "-5", ["LLAVA_PREFILL_CHUNK='-5' (--prefill-chunk): must be a whole number"]),
+    ("LLAVA_BATCH_SIZE", "0", ["LLAVA_BATCH_SIZE='0' (--batch-size): must be a whole number >= 1"]),
+    ("LLAVA_MAX_NEW_TOKENS", "abc", ["LLAVA_MAX_NEW_TOKENS='abc' is not a valid --max-new-tokens value"]),
+    ("LLAVA_MAX_NEW_TOKENS", "0", ["LLAVA_MAX_NEW_TOKENS='0' (--max-new-tokens): must be at least 1"]),
+])
+def test_bad_environment_values_exit_2_with_one_line(env, value, says, capsys, monkeypatch):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SystemExit) as e:
+        worker.main(["--print-plan", "--model", "/nonexistent/model"])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = [line for line in captured.err.splitlines() if "error:" in line]
+    for text in says:
+        assert text in line, line
+
+
+# --- 4. fp16 compute gives fp32's answers --------------------------------------------------
+
+def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
+    """The 7.x plans compute in fp16: the same greedy answers as fp32, plain weights and NF4 alike
+    (NF4 with the Titan RTX plan's fp16 compute vs the GTX 1080 Ti plan's fp32 compute). On CPU."""
+    info = videos.probe(video_25fps)
+    windows = [(w.times, w.frames) for w in videos.iter_windows(info, [0, 7, 22])]
+
+    def answers_with(quantization, gpu):
+        plan = gpus.make(types.SimpleNamespace(**{**gpus.FLAG_DEFAULTS, "quantization": quantization,
+                                                  "assume_gpu": gpu, "cuda_graphs": "no",
+                                                  "decode_attention": "sdpa", "fused_kernels": "no",
+                                                  "prefill_chunk": "0"}), None)
+        model, processor = llava.load(str(random_ckpt), quantization, "cpu", plan=plan)
+        assert model.dtype == getattr(torch, plan.storage_dtype)
+        return plan.compute_dtype, llava.generate(model, processor, llava.prepare(processor, windows), 8, plan=plan)
+
+    fp32 = answers_with("fp32", None)
+    assert fp32[0] == "float32" and len(set(fp32[1])) == 3
+    assert answers_with("fp16", "7.5,24") == ("float16", fp32[1])
+    nf4_fp32 = answers_with("nf4", "6.1,11")
+    assert nf4_fp32[0] == "float32" and len(set(nf4_fp32[1])) == 3
+    assert answers_with("nf4", "7.5,24") == ("float16", nf4_fp32[1])
+
+
+# --- 5. the H100 plan on a CPU: every optional path falls back, same answers ------------------
+
+def test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers(odd_root, video_25fps, random_ckpt,
+                                                                                 plain_answers, capsys):
+    """--assume-gpu on CPU plans for that GPU (no memory cap without one): Triton decode attention
+    and CUDA graphs fail their self-check and warn once each. The fused kernels are torch.compile'd
+    for the CPU (Inductor, with a C compiler) and pass, or fail and warn where no compiler works."""
+    capsys.readouterr()
+    code, records = run_worker(odd_root, "h100 on cpu", video_25fps, random_ckpt, "--assume-gpu", "9.0,80")
+    log = capsys.readouterr().err
+    assert code == 0
+    assert answers(records) == plain_answers
+    assert "plan for an H100-class GPU (compute capability 9.0, 80 GiB, assumed)" in log
+    assert "decode attention triton; fused kernels yes; CUDA graphs yes" in log
+    warned = warnings_in(log)
+    triton = [w for w in warned if "triton decode attention failed its self-check" in w]
+    graphs = [w for w in warned if "CUDA-graph decoding failed its self-check" in w]
+    assert len(triton) == 1 and "using SDPA decode attention instead" in triton[0]
+    assert len(graphs) == 1 and "using eager decode steps instead" in graphs[0]
+    fused_failed = [w for w in warned if "fused kernels failed their self-check" in w]
+    assert ("fused kernels passed their self-check" in log) != bool(fused_failed)
+    assert len(warned) == 2 + len(fused_failed), warned
+    assert "0 skipped" in log
+
+
+# --- 6. optional paths that give wrong numbers are caught ---------------------------------
+
+@pytest.mark.parametrize("kernel", ["wrong", "right"])
+def test_triton_decode_attention_is_checked_against_sdpa(kernel, odd_root, video_25fps, random_ckpt, plain_answers,
+                                                         monkeypatch, capsys):
+    """A stand-in for the Triton kernel runs on CPU: one that gives wrong attention is used for the
+    self-check step only, with a warning; a right one passes and decodes every later token."""
+    calls = []
+
+    def split_kv_attention(q, keys, values, positions, scale, block=64):
+        calls.append(q.shape)
+        right = decoding.attend(q, keys, values, positions, scale, "sdpa")
+        return right if kernel == "right" else -3 * right
+
+    monkeypatch.setattr(decoding, "split_kv_attention", split_kv_attention)
+    capsys.readouterr()
+    code, records = run_worker(odd_root, f"triton {kernel}", video_25fps, random_ckpt, "--assume-gpu", "9.0,80",
+                               "--cuda-graphs", "no", "--fused-kernels", "no")
+    log = capsys.readouterr().err
+    assert code == 0 and answers(records) == plain_answers
+    layers = 2  # the tiny checkpoint's
+    if kernel == "wrong":
+        (warning,) = warnings_in(log)
+        m = re.search(r"triton decode attention failed its self-check on this GPU \(its logits differ from the "
+                      r"plain path's by ([\d.]+)%\); using SDPA decode attention instead", warning)
+        assert m and float(m[1]) > 100 * decoding.SELF_CHECK_MAX_ERROR, warning
+        assert len(calls) == layers  # one step, then never again
+    else:
+        assert warnings_in(log) == []
+        assert "triton decode attention passed its self-check" in log
+        assert len(calls) > 3 * layers  # decoded every window with it
+
+
+@pytest.mark.parametrize("kernels", ["wrong", "right"])
+def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video_25fps, random_ckpt, plain_answers,
+                                                        monkeypatch, capsys):
+    """torch.compile replaced by one whose RMSNorm is wrong (x3): the self-check warns and the
+    prefill keeps transformers' kernels; one that compiles to the same function passes."""
+    compiled = []
+
+    def compile_(fn, *args, **kwargs):
+        compiled.append(fn)
+        if kernels == "wrong" and fn is llava._rms_norm:
+            return lambda x, weight, eps: 3 * fn(x, weight, eps)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setitem(llava._EAGER, "compiled", None)  # compile again in this process (undone afterwards)
+    del llava._EAGER["compiled"]
+    capsys.readouterr()
+    code, records = run_worker(odd_root, f"fused {kernels}", video_25fps, random_ckpt, "--assume-gpu", "9.0,80",
+                               "--decode-attention", "sdpa", "--cuda-graphs", "no")
+    log = capsys.readouterr().err
+    assert code == 0 and answers(records) == plain_answers
+    assert llava._rms_norm in compiled
+    if kernels == "wrong":
+        (warning,) = warnings_in(log)
+        assert re.search(r"fused kernels failed their self-check on this GPU \(ValueError: their logits differ from "
+                         r"transformers' kernels' by [\d.]+%\); prefill runs transformers' own kernels", warning)
+        assert "fused kernels compiled and checked" not in log
+    else:
+        assert warnings_in(log) == []
+        assert "fused kernels passed their self-check" in log and "fused kernels compiled and checked" in log
+
+
+# --- 7. chunked prefill gives the whole prefill's answers ------------------------------------
+
+@pytest.mark.parametrize("flags,chunk", [(["--prefill-chunk", "500"], 500),
+                                         (["--assume-gpu", "6.1,11", "--cuda-graphs", "no"], gpus.PREFILL_CHUNK)])
+def test_chunked_prefill_gives_the_whole_prefills_answers(flags, chunk, odd_root, video_25fps, random_ckpt,
+                                                          plain_answers, monkeypatch, capsys):
+    """An explicit chunk, and the GTX 1080 Ti plan's own (4096 tokens, fp32 compute, SDPA decode)."""
+    prompts = []
+    real_last_logits = decoding.last_logits
+
+    def last_logits(model, embeds, cache, chunk=None):
+        prompts.append((embeds.shape[1], chunk))
+        return real_last_logits(model, embeds, cache, chunk)
+
+    monkeypatch.setattr(decoding, "last_logits", last_logits)
+    capsys.readouterr()
+    code, records = run_worker(odd_root, f"chunk {chunk}", video_25fps, random_ckpt, *flags)
+    log = capsys.readouterr().err
+    assert code == 0 and answers(records) == plain_answers
+    assert f"prefill chunks of {chunk} tokens" in log
+    assert len(prompts) == 3 and all(n > chunk and c == chunk for n, c in prompts)  # really cut into chunks
+    assert not [w for w in warnings_in(log) if "self-check" in w]  # (fp32 on an 11 GiB plan warns of OOM)
+
+
+# --- 8. a GPU that this torch build has no kernels for --------------------------------------
+
+def simulate_gpu(monkeypatch, name, capability, gib, arch_list):
+    """torch reports one CUDA GPU: the parts of torch.cuda that pick_device and gpus.detect ask."""
+    props = types.SimpleNamespace(name=name, major=capability[0], minor=capability[1], total_memory=gib * 2**30,
+                                  multi_processor_count=80)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+
+
+@pytest.mark.parametrize("extra", [[], ["--assume-gpu", "9.0,80"]])
+def test_a_gpu_without_kernels_in_this_torch_is_refused_before_loading_the_model(extra, odd_root, video_25fps,
+                                                                                 monkeypatch, capsys):
+    """A Titan V (7.0) with a torch built for sm_75+ only: exit 1, one line naming the fix, before
+    the model is loaded (the model path does not exist) and before anything is written. Assuming
+    another GPU does not hide it: the check is for the real card."""
+    simulate_gpu(monkeypatch, "NVIDIA TITAN V", (7, 0), 12, ["sm_75", "sm_80", "sm_90"])
+    project = make_project(odd_root / f"titan v {len(extra)}", {"v.mkv": video_25fps})
+    code = worker.main(["--gpu_id", "0", "--num_workers", "4", "--video_index", "0", "--project", str(project),
+                        "--model", "/nonexistent/model", *extra])
+    err = capsys.readouterr().err
+    assert code == 1
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "has no kernels for compute capability 7.0 (built for sm_75 sm_80 sm_90)" in line
+    assert "srun -p GPU --gres=gpu:1 bash setup_llava.sh" in line
+    assert "cannot load model" not in err and "model loaded" not in err
+    assert not partial_path(project, 0, 0).exists()
+    # --print-plan says the same and prints no plan
+    assert worker.main(["--print-plan", "--model", "/nonexistent/model", *extra]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "has no kernels for compute capability 7.0" in captured.err
+
+
+@pytest.mark.parametrize("arch_list", [["sm_70", "sm_75", "sm_80"], ["sm_80", "sm_90", "compute_70"],
+                                       ["sm_60", "sm_70"]])
+def test_a_gpu_with_kernels_in_this_torch_gets_its_plan(arch_list, monkeypatch, capsys):
+    """The same Titan V with a torch that has sm_70 cubins or compute_70 PTX: its own plan."""
+    simulate_gpu(monkeypatch, "NVIDIA TITAN V", (7, 0), 12, arch_list)
+    code, plan = print_plan(capsys)
+    assert code == 0
+    assert plan["gpu"] == "NVIDIA TITAN V" and plan["capability"] == "7.0" and plan["assumed"] is False
+    assert plan["compute_dtype"] == "float16" and plan["prefill_chunk"] == gpus.PREFILL_CHUNK
+    assert plan["memory_cap_gib"] is None
+
+
+def test_assuming_a_smaller_gpu_on_a_real_one_caps_the_memory(monkeypatch, capsys):
+    simulate_gpu(monkeypatch, "NVIDIA H200", (9, 0), 140, ["sm_80", "sm_90"])
+    code, plan = print_plan(capsys, "--assume-gpu", "7.5,24")
+    assert code == 0
+    assert plan["gpu"] == "a Titan RTX-class GPU (on NVIDIA H200)" and plan["assumed"] is True
+    assert plan["memory_cap_gib"] == round(24 - gpus.CONTEXT_GIB, 2)
+    assert plan["compute_dtype"] == "float16" and plan["decode_attention"] == "sdpa"
