@@ -10,9 +10,10 @@ and the seed's older per-window files ({"time", "raw"}, e.g. the Qwen runs) alik
 are normalised to the SoccerNet classes and each model's events are de-duplicated with the
 merge's rule (same label within --dedup-s s), so a per-window file is not counted once per
 overlapping window. Then, per video and in total: each model's events, events found by both
-(same label within --tolerance s, one-to-one), found by only one, and label disagreements
-(one event of each model, unmatched, within --tolerance s of each other, different labels).
-Videos where a model's file is missing are listed, not counted.
+(same label within --tolerance s, one-to-one, as many pairs as possible), found by only one,
+and label disagreements (one event of each model, unmatched, within --tolerance s of each
+other, different labels). Videos where a model's file is missing are listed, not counted;
+videos where neither model has an event count zeros.
 
 --ensemble OUT_DIR writes final_predictions_ensemble_video_N.json: the events both models
 found, at their mean time, with the mean of the two confidences, in the merge's final format.
@@ -57,7 +58,7 @@ def parse_args(argv):
         p.error(f"--end {args.end} is before --start {args.start}")
     if args.models[0] == args.models[1] and not args.dirs:
         p.error("--models names the same model twice: give two models, or --dirs to compare two runs")
-    if args.tolerance < 0 or args.dedup_s < 0:
+    if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
         p.error("--tolerance and --dedup-s must be 0 or more")
     return args
 
@@ -119,6 +120,13 @@ def plot(path, names, rows, per_label):
     top.set_ylim(0, 1.2 * max([1] + [max(r[names[0]], r[names[1]]) for r in rows]))  # room for the legend
     top.legend(ncols=3, loc="upper center")
     labels = sorted(per_label, key=lambda lab: -max(per_label[lab].values()))
+    if not labels:  # neither model found anything
+        bottom.text(0.5, 0.5, "no events in either model's files", ha="center", va="center")
+        bottom.set_axis_off()
+        fig.tight_layout()
+        atomic_savefig(fig, path, dpi=100)
+        plt.close(fig)
+        return
     y = np.arange(len(labels))
     for n, key in enumerate([names[0], names[1], "both"]):
         bottom.barh(y + (n - 1) * w, [per_label[lab][key] for lab in labels], w,
@@ -175,11 +183,15 @@ def run(args) -> int:
     for name in names:
         if missing[name]:
             print(f"no final_predictions_{name}_video_N.json for videos: {_ranges(missing[name])} (not compared)")
-    print(f"\nper label, {len(rows)} videos:")
-    lw = max(len(str(lab)) for lab in per_label) + 2
-    print(f"{'label':<{lw}}" + "".join(f"{c:>{width}}" for c in (names[0], names[1], "both")))
-    for lab in sorted(per_label, key=lambda lab: (-per_label[lab][names[0]] - per_label[lab][names[1]], lab)):
-        print(f"{lab:<{lw}}" + "".join(f"{per_label[lab][c]:>{width}}" for c in (names[0], names[1], "both")))
+    n_videos = f"{len(rows)} video{'s' * (len(rows) != 1)}"
+    if per_label:
+        print(f"\nper label, {n_videos}:")
+        lw = max(len(str(lab)) for lab in per_label) + 2
+        print(f"{'label':<{lw}}" + "".join(f"{c:>{width}}" for c in (names[0], names[1], "both")))
+        for lab in sorted(per_label, key=lambda lab: (-per_label[lab][names[0]] - per_label[lab][names[1]], lab)):
+            print(f"{lab:<{lw}}" + "".join(f"{per_label[lab][c]:>{width}}" for c in (names[0], names[1], "both")))
+    else:
+        print(f"\nno events in either model's files ({n_videos} compared): nothing to compare per label")
     if pair_labels:
         print(f"\nmost frequent disagreements ({names[0]} label / {names[1]} label):")
         for (la, lb), n in pair_labels.most_common(5):

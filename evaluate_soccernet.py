@@ -46,12 +46,14 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="output folder (default <project>/soccernet_eval)")
     p.add_argument("--tolerance", type=float, default=3.0,
                    help="precision/recall: a prediction matches a ground-truth event of its class at most this "
-                        "many seconds away, one-to-one (default 3)")
+                        "many seconds away, one-to-one, as many pairs as possible (default 3)")
     p.add_argument("--min_confidence", type=float, default=0.0,
                    help="precision/recall: ignore predictions less confident than this (default 0 = all); "
                         "the official mAP sweeps all thresholds itself")
     p.add_argument("--missing_confidence", type=float, default=0.5,
-                   help="confidence given to events without one (default 0.5; values > 1 are read as percent)")
+                   help="confidence in [0, 1] given to events without a usable one (none, or outside 0-100); "
+                        "1 < value <= 100 is read as a percent, as the events' own confidences are: 50 = 0.5 "
+                        "(default 0.5)")
     p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
                    help="events of one label this many seconds apart or closer are one event, the most confident "
                         f"kept (the merge's rule; env LLAVA_DEDUP_S, default {settings.DEDUP_S:g}; 0 keeps all "
@@ -71,8 +73,13 @@ def parse_args(argv):
     if bad:
         p.error(f"--metrics: unknown {','.join(bad)}; choose from {','.join(soccernet.OFFICIAL_METRICS)} or none")
     args.metrics = metrics
-    if args.tolerance < 0 or args.dedup_s < 0:
+    if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
         p.error("--tolerance and --dedup-s must be 0 or more seconds")
+    if not 0 <= args.missing_confidence <= 100:  # also NaN
+        p.error(f"--missing_confidence {args.missing_confidence:g}: give a confidence in [0, 1] "
+                "or a percent in (1, 100]")
+    if args.missing_confidence > 1:
+        args.missing_confidence /= 100
     return args
 
 

@@ -28,7 +28,8 @@ import time
 from llava_soccer import model as llava
 from llava_soccer import gpus, settings, videos
 from llava_soccer.events import window_events
-from llava_soccer.jsonio import InputError, atomic_write_json, read_json, remove_stale_temps
+from llava_soccer.jsonio import (InputError, atomic_write_json, check_writable, disk_problem, read_json,
+                                 remove_stale_temps)
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
 MAX_ERRORS_IN_A_ROW = 5
@@ -91,17 +92,7 @@ def parse_args(argv):
                    help="reprocess windows recorded as skipped (OOM or error) in the partial file")
     p.add_argument("--progress-every", type=float, default=30.0,
                    help="seconds between progress lines when the log is a file (default 30)")
-    for action in p._actions:  # the (env X) in each help text; an env value is checked as the flag's would be
-        env = envs.get(action.dest)
-        if env:
-            action.help += f" (env {env})"
-            raw = os.environ.get(env)
-            try:
-                value = action.type(raw) if raw and action.type else raw
-            except ValueError:
-                p.error(f"{env}={raw!r} is not a valid {action.option_strings[0]} value")
-            if raw and action.choices and value not in action.choices:
-                p.error(f"{env}={raw!r}: choose from {', '.join(map(str, action.choices))} ({action.option_strings[0]})")
+    settings.check_env(p, envs)
     args = p.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
 
@@ -363,7 +354,9 @@ def run(args, loaded=None):
     if not todo:
         log.info("slice already complete: nothing to do")
         return 0
+    check_writable(project)
     device, plan = plan_for(args)
+    llava.check_model_source(args.model)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
              f"batch_size={args.batch_size} decoder={args.decoder} visual_tokens={args.visual_tokens} "
              f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_p={args.top_p} "
@@ -400,7 +393,13 @@ def run(args, loaded=None):
             first = next((inputs for _, inputs in batch if inputs is not None), None)
             batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
             records = sorted(records + new, key=lambda r: r["time"])
-            atomic_write_json(out, records)
+            try:
+                atomic_write_json(out, records)
+            except OSError as e:  # a full disk: the partial keeps the batches before; rerun resumes
+                if disk_problem(e, out) is None:
+                    raise
+                log.error(f"error: {disk_problem(e, out)}")
+                return EXIT_INTERRUPTED
             for r in new:
                 n_skipped += r["status"] == "skipped"
                 for e in r["events"]:

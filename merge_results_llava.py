@@ -11,7 +11,10 @@ one event per label within --dedup-s seconds: the most confident, with its own t
 Before writing, every window of the video must be in some partial (processed or recorded
 as skipped). If any are missing it writes nothing, keeps the partials, prints the missing
 time ranges and exits 75: rerun the workers for that video (they resume), then merge again.
-The final file is written atomically; the partials are deleted only after that.
+Every window's raw model text (time, status, raw, error) is archived in
+raw_answers_llava_video_{I}.json.gz beside the final file, so parse failures can be read and
+re-parsed after the partials are gone. Both files are written atomically; the partials are
+deleted only after that.
 
 Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad flags,
 75 windows missing.
@@ -20,7 +23,7 @@ import argparse
 import sys
 
 from llava_soccer import merge, settings, videos
-from llava_soccer.jsonio import InputError, atomic_write_json, remove_stale_temps, run_cli
+from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_json_gz, remove_stale_temps, run_cli
 
 EXIT_MISSING = 75  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
 
@@ -30,16 +33,17 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video_index", type=int, required=True, help="line of videos.txt (0-based)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
-    p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
+    p.add_argument("--dedup-s", type=float, default=env("LLAVA_DEDUP_S", settings.DEDUP_S),
                    help="events of one label this many seconds apart or closer are one event "
-                        f"(env LLAVA_DEDUP_S, default {settings.DEDUP_S:g}; 0 merges only equal times)")
+                        f"(default {settings.DEDUP_S:g}; 0 merges only equal times)")
     p.add_argument("--keep-partials", action="store_true",
                    help="keep the partial files after writing the final file (default: delete them)")
     p.add_argument("--show-failures", type=int, default=20,
                    help="unparseable windows whose text is printed in the summary (default 20)")
+    settings.check_env(p, {"dedup_s": "LLAVA_DEDUP_S"})
     args = p.parse_args(argv)
-    if args.dedup_s < 0:
-        p.error(f"--dedup-s must be 0 or more, not {args.dedup_s:g}")
+    if not 0 <= args.dedup_s < float("inf"):
+        p.error(f"--dedup-s (env LLAVA_DEDUP_S) must be a number of seconds >= 0, not {args.dedup_s:g}")
     return args
 
 
@@ -79,6 +83,10 @@ def run(args) -> int:
 
     found, failures = merge.window_records_to_events(windows)
     kept = merge.dedup(found, args.dedup_s)
+    archive = settings.raw_answers_path(project, args.video_index)
+    remove_stale_temps(archive)
+    atomic_write_json_gz(archive, [{k: windows.records[i].get(k) for k in ("time", "end", "status", "raw", "error")}
+                                   for i in sorted(windows.records)])
     atomic_write_json(final, [merge.final_record(e) for e in kept])
     if not args.keep_partials:
         for path in files:
@@ -103,8 +111,12 @@ def run(args) -> int:
         print(f"  {r['time']:g} s: {_short(r.get('raw'))}")
     if len(failures) > args.show_failures:
         print(f"  ... {len(failures) - args.show_failures} more (--show-failures N prints more)")
+    if processed and len(failures) > processed / 2:
+        print(f"⚠️ WARNING: {len(failures)} of {processed} windows ({len(failures) / processed:.0%}) did not parse: "
+              f"the model did not answer in the asked format (prose?). Its answers are in {archive.name}; read "
+              f"them before trusting {final.name} (README: Troubleshooting, Empty results)", file=sys.stderr)
     kept_note = "partials kept" if args.keep_partials else f"deleted {len(files)} partials"
-    print(f"wrote {final} ({len(kept)} events); {kept_note}")
+    print(f"wrote {final} ({len(kept)} events) and {archive.name} (every window's answer); {kept_note}")
     return 0
 
 

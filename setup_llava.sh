@@ -27,7 +27,7 @@
 
 set -euo pipefail
 
-readonly FILES=(llava_split_worker.py merge_results_llava.py submit_llava.sh requirements.txt)
+readonly FILES=(llava_split_worker.py merge_results_llava.py submit_llava.sh setup_llava.sh requirements.txt)
 readonly OPTIONAL_FILES=(compare_counts.py evaluate_soccernet.py)
 readonly DEFAULT_MODEL=llava-hf/llava-v1.6-mistral-7b-hf
 # torch builds: PyPI's Linux torch 2.13 is built for CUDA 13.0, which needs driver >= 580 and has
@@ -424,8 +424,11 @@ main() {
     log "setup incomplete: ${ERRORS} error(s), ${WARNINGS} warning(s); fix the ERROR lines and rerun"
     exit 1
   fi
+  local export=''
+  # a project elsewhere than the default must reach the job too (submit_llava.sh reads SOCCER_PROJECT)
+  [[ ${PROJECT} == "$(cd ~ && pwd)/soccer_project" ]] || export="export SOCCER_PROJECT=$(printf '%q' "${PROJECT}") && "
   log "setup done (${WARNINGS} warning(s)). Next: put videos in ${PROJECT}/raw_data, then"
-  log "  cd $(printf '%q' "${PROJECT}") && sbatch submit_llava.sh 0 39    # or without Slurm: bash submit_llava.sh 0 0"
+  log "  ${export}cd $(printf '%q' "${PROJECT}") && sbatch submit_llava.sh 0 39    # or without Slurm: bash submit_llava.sh 0 0"
 }
 
 main "$@"

@@ -59,6 +59,15 @@ die() { log "ERROR: $*"; exit "${EX_USAGE}"; }
 
 in_slurm() { [[ -n ${SLURM_JOB_ID:-} ]]; }
 
+# What is left of a failed video: its partials (a rerun resumes) or nothing.
+partials_note() {
+  if compgen -G "${PROJECT}/partial_results_llava_vid$1_gpu*.json" >/dev/null; then
+    echo "partial results kept"
+  else
+    echo "no partial results were written"
+  fi
+}
+
 # "job 123 on node7" or "local run on host"
 where() {
   if in_slurm; then
@@ -225,7 +234,7 @@ process_video() {
     return 0
   fi
   if ((${#bad[@]})); then
-    log "video ${video}: FAILED (${bad[*]}); partial results kept, see the worker lines above"
+    log "video ${video}: FAILED (${bad[*]}); $(partials_note "${video}"), see the worker lines above"
     FAILED+=("${video}")
     return 0
   fi
@@ -234,7 +243,7 @@ process_video() {
   "${PYTHON}" "${LLAVA_HOME}/merge_results_llava.py" --video_index "${video}" --project "${PROJECT}" ||
     merge_status=$?
   if ((merge_status != 0)) || [[ ! -f ${final} ]]; then
-    log "video ${video}: FAILED (merge exit ${merge_status}); partial results kept"
+    log "video ${video}: FAILED (merge exit ${merge_status}); $(partials_note "${video}")"
     FAILED+=("${video}")
     return 0
   fi

@@ -2,22 +2,37 @@
 
 Models answer with JSON, Python dicts in single quotes, ```json fences, several dicts,
 prose around them, or None. parse_raw() finds every {...} object in the text and reads it
-with json.loads, then ast.literal_eval (a parser of literals only, never eval()). An object
-that neither can read (cut off at max_new_tokens, an apostrophe inside a single-quoted
-string) still gives its complete "key": value pairs, so the label and confidence survive.
+with a small parser of its own (no eval(), no ast, no json module): one pass of a regular
+tokenizer and an explicit stack, so any text at all - any length, any unicode, lone
+surrogates, numbers like 1e999 or 5000 digits, nesting 100,000 deep - gives events or a
+parse failure in time linear in its length, and never raises. What it reads:
+
+- JSON and Python literals alike: "..." and '...' strings (an apostrophe followed by a
+  letter, as in 'the player's header', stays inside the string), true/false/null and
+  True/False/None, NaN/Infinity, tuples as lists, trailing commas, // comments, bare keys.
+- An object cut off at max_new_tokens: the containers still open are closed, the last
+  pair, if incomplete (a string or a number the cut may have shortened), is dropped.
+- Any other broken object: its complete "key": value pairs (strings, numbers,
+  true/false/null), the first of each key, so the label and confidence survive.
+- More than 64 nested containers is a broken object (read as above).
+
+Every value parse_raw/window_events/final_events return is strict JSON: no NaN or
+Infinity (see _confidence and _frame), and no lone surrogate in a string (each becomes
+U+FFFD), so json.dumps(x, allow_nan=False) and UTF-8 encoding never fail.
 
 On the 19,216 real Qwen windows (shared/data/seed_predictions/qwen7b) this reads all but
 4 answers; those 4 are prose ("A player from the away team kicks the ball.").
 """
-import ast
-import json
+import math
 import re
+import unicodedata
 
 from .settings import FPS, FRAMES_PER_WINDOW, SOCCERNET_CLASSES
 
 
 def _simplify(label: str) -> str:
-    label = re.sub(r"-+>|→|>", " to ", label.lower())  # "Yellow->red", "yellow -> red", "yellow→red"
+    # "Yellow->red", "yellow -> red", "yellow→red"; (?<!-) keeps a long run of "-" linear
+    label = re.sub(r"(?<!-)-++>|→|>", " to ", label.lower())
     return " ".join(re.sub(r"[^a-z0-9]+", " ", label).split())
 
 
@@ -48,7 +63,8 @@ for _name in SOCCERNET_CLASSES:
 for _alias, _name in _ALIASES.items():
     _CANONICAL[_singular(_simplify(_alias))] = _name
 
-# A dict whose label says "nothing happened" is a no-event answer, not an event.
+# A dict whose label says "nothing happened" is a no-event answer, not an event. Compared
+# after _words(), which keeps letters of every script: "进球" is a label, not "nothing".
 _NO_EVENT_LABELS = {"", "none", "null", "no event", "nothing", "n a", "na", "no action"}
 
 
@@ -59,124 +75,381 @@ def normalise_label(label) -> str | None:
     return _CANONICAL.get(_singular(_simplify(label)))
 
 
-_NONE_ANSWER = re.compile(r"^\W*(none|null|no events?\b.*|nothing\b.*|\[\s*\])\W*$", re.I | re.S)
-_JSON_WORDS = re.compile(r"\b(true|false|null)\b")
+def _words(label: str) -> str:
+    """label lowercased, runs of anything but letters and digits (of any script) as one space."""
+    return " ".join(re.sub(r"[\W_]+", " ", label.casefold()).split())
+
+
+# ---------------------------------------------------------------------------- strict JSON values
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_DEPTH = 64  # containers nested deeper make an object "broken"; also bounds every recursion here
+
+
+def _clean_str(s: str) -> str:
+    """s with surrogate pairs joined and lone surrogates (not encodable as UTF-8) as U+FFFD."""
+    if s.isascii() or not _SURROGATE.search(s):
+        return s
+    return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _jsonable(x, depth=0):
+    """x as strict JSON: non-finite floats -> None, strings cleaned, keys strings, depth bounded."""
+    if x is None or isinstance(x, bool):
+        return x
+    if isinstance(x, str):
+        return _clean_str(x)
+    if isinstance(x, int):
+        return x if x.bit_length() < 10_000 else None  # json.dumps refuses more than 4300 digits
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if depth >= _MAX_DEPTH:
+        return None
+    if isinstance(x, dict):
+        return {_clean_str(k) if isinstance(k, str) else _clean_str(str(_jsonable(k))): _jsonable(v, depth + 1)
+                for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in x]
+    return None
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+# One token after optional whitespace and // comments. Every quantifier is possessive (++, *+):
+# nothing backtracks, so each match costs the length it consumes. Strings run to the end of
+# the text when not closed. A ' opens a string only after a non-word character ("player's"
+# in prose does not), and inside one a ' followed by a letter is an apostrophe, not its end.
+_TOKEN = re.compile(r"""
+    (?:\s++|//[^\n]*+)*+
+    (?:
+      (?P<dq>"(?:[^"\\]++|\\.?)*+(?P<dqend>")?)
+    | (?P<sq>(?<!\w)'(?:[^'\\]++|\\.?|'(?=\w))*+(?P<sqend>')?)
+    | (?P<lb>\{++)
+    | (?P<rb>\}++)
+    | (?P<comma>,++)
+    | (?P<colon>:++)
+    | (?P<lk>\[++)
+    | (?P<rk>\]++)
+    | (?P<nf>[-+]?+(?:Infinity|NaN)(?!\w))
+    | (?P<num>[-+]?+(?:\d[\d_]*+(?:\.[\d_]*+)?+|\.\d[\d_]*+)(?:[eE][-+]?+\d++)?+(?!\w))
+    | (?P<word>\w++)
+    | (?P<lp>\(++)
+    | (?P<rp>\)++)
+    | (?P<eof>\Z)
+    | (?P<other>[^\s\w"'{}\[\]():,/]++|.)
+    )""", re.S | re.X)
+_match = _TOKEN.match
+_CONSTANTS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+_NONFINITE = {"NaN": math.nan, "+NaN": math.nan, "-NaN": math.nan,
+              "Infinity": math.inf, "+Infinity": math.inf, "-Infinity": -math.inf}
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[0-7]{1,3}|N\{[^}\\]{1,80}\}|.?)", re.S)
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "a": "\a",
+                   "\\": "\\", "/": "/", '"': '"', "'": "'", "\n": ""}
+
+
+def _unescape_one(m) -> str:
+    e = m[1]
+    if e in _SIMPLE_ESCAPES:
+        return _SIMPLE_ESCAPES[e]
+    c = e[:1]
+    if len(e) > 2 and c in "uUx":
+        n = int(e[1:], 16)
+        return chr(n) if n <= 0x10FFFF else "\ufffd"
+    if c and c in "01234567":
+        return chr(int(e, 8))
+    if len(e) > 3 and c == "N":
+        try:
+            return unicodedata.lookup(e[2:-1])
+        except (KeyError, ValueError):  # unknown name; a surrogate in it (UnicodeEncodeError)
+            pass
+    return "\\" + e  # unknown escape: kept, as Python does
+
+
+def _string(m, group: str) -> str:
+    """The value of a dq/sq string token (closed or not), escapes decoded."""
+    body = m.string[m.start(group) + 1:m.end(group) - (1 if m.group(group + "end") else 0)]
+    return _clean_str(_ESCAPE.sub(_unescape_one, body)) if "\\" in body else _clean_str(body)
+
+
+def _number(tok: str):
+    """int or float of a number token; too large -> inf; malformed (1__0) -> nan."""
+    try:
+        if len(tok) < 19 and tok.lstrip("+-").isdigit():
+            return int(tok)
+        return float(tok)  # 1e999 and 5000-digit integers -> inf, never a huge int
+    except ValueError:
+        return math.nan
+
+
+# ---------------------------------------------------------------------------- object reader
+
+_KEY, _COLON, _VALUE, _AFTER, _ITEM = range(5)  # what the parser expects next
+_CLOSER = {"lb": "rb", "lk": "rk", "lp": "rp"}
+_INCOMPLETE = object()  # a value the cut at the end of the text may have shortened
+_WORD = object()        # a bare word (not true/false/null): a key, never a value
+_NOT_SCALAR = object()  # punctuation
+
+
+def _scalar(m, kind):
+    """The value of a scalar token (string, number, true/false/null, NaN/Infinity), _WORD for
+    another bare word, _INCOMPLETE when the text ends inside or right after it, else _NOT_SCALAR."""
+    if kind == "dq" or kind == "sq":
+        return _string(m, kind) if m.group(kind + "end") else _INCOMPLETE
+    if kind == "num" or kind == "word" or kind == "nf":
+        if m.end() == len(m.string):
+            return _INCOMPLETE  # "confidence": 0 may have been 0.95
+        tok = m[kind]
+        if kind == "num":
+            return _number(tok)
+        if kind == "nf":
+            return _NONFINITE[tok]
+        return _CONSTANTS.get(tok, _WORD)
+    return _NOT_SCALAR
+
+
+def _read_strict(text: str, pos: int):
+    """(value, end) of the object starting at text[pos] == "{", or (None, -1) when it is broken.
+
+    An object the text ends inside is closed there (see the module docstring).
+    """
+    stack = []  # [container, closer kind, key in parent]
+    state, key, match = _VALUE, None, _match
+    while True:
+        m = match(text, pos)
+        kind = m.lastgroup
+        pos = m.end()
+        if kind in _CLOSER:  # { [ (
+            opened = m.end(kind) - m.start(kind)
+            if state not in (_VALUE, _ITEM) or len(stack) + opened > _MAX_DEPTH or (kind == "lb" and opened > 1):
+                return None, -1
+            for _ in range(opened):
+                stack.append(({} if kind == "lb" else [], _CLOSER[kind], key))
+                key = None
+            state = _KEY if kind == "lb" else _ITEM
+            continue
+        if kind in ("rb", "rk", "rp"):
+            for i in range(m.end(kind) - m.start(kind)):
+                container, closer, parent_key = stack[-1]
+                if closer != kind or state not in (_AFTER, _KEY, _ITEM):
+                    return None, -1
+                stack.pop()
+                if not stack:
+                    return container, m.start(kind) + i + 1
+                key = parent_key
+                parent = stack[-1][0]
+                if isinstance(parent, dict):
+                    parent[key] = container
+                else:
+                    parent.append(container)
+                state = _AFTER
+            continue
+        if kind == "comma":
+            if state != _AFTER or pos - m.start(kind) > 1:
+                return None, -1
+            state = _KEY if isinstance(stack[-1][0], dict) else _ITEM
+            key = None
+            continue
+        if kind == "colon":
+            if state != _COLON or pos - m.start(kind) > 1:
+                return None, -1
+            state = _VALUE
+            continue
+        if kind == "eof":
+            break
+        value = _scalar(m, kind)
+        if value is _NOT_SCALAR:
+            return None, -1
+        if value is _INCOMPLETE:
+            continue  # the next token is the end
+        if state == _KEY:
+            key = m[kind] if value is _WORD else value
+            if isinstance(key, float) and key != key:
+                return None, -1
+            state = _COLON
+        elif state in (_VALUE, _ITEM) and value is not _WORD:
+            container = stack[-1][0]
+            if state == _VALUE:
+                container[key] = value
+            else:
+                container.append(value)
+            state = _AFTER
+        else:
+            return None, -1
+    # Cut off: close what is open, innermost first; a pending key without its value is dropped.
+    child, _, child_key = stack.pop()
+    while stack:
+        parent, _, parent_key = stack.pop()
+        if isinstance(parent, dict):
+            parent[child_key] = child
+        else:
+            parent.append(child)
+        child, child_key = parent, parent_key
+    return child, len(text)
+
+
+def _read_pairs(text: str, pos: int):
+    """(pairs, end) of the broken object starting at text[pos] == "{": its complete
+    "key": scalar pairs at any depth, the first of each key; end after its matching "}"
+    (braces inside strings do not count), or the end of the text."""
+    pairs, depth, key, colon = {}, 0, None, False
+    while True:
+        m = _match(text, pos)
+        kind = m.lastgroup
+        pos = m.end()
+        if kind == "lb":
+            depth += pos - m.start(kind)
+        elif kind == "rb":
+            closed = pos - m.start(kind)
+            if closed >= depth:
+                return pairs, m.start(kind) + depth
+            depth -= closed
+        elif kind == "eof":
+            return pairs, len(text)
+        elif kind == "colon":
+            colon = key is not None and not colon and pos - m.start(kind) == 1
+            if colon:
+                continue
+        else:
+            value = _scalar(m, kind)
+            if colon:
+                if value is not _NOT_SCALAR and value is not _INCOMPLETE and value is not _WORD:
+                    pairs.setdefault(key, value)
+            elif value is not _NOT_SCALAR and value is not _INCOMPLETE:
+                key = m[kind] if value is _WORD else value
+                if isinstance(key, str):
+                    colon = False
+                    continue
+        key, colon = None, False
+
+
 _LABEL_KEYS = ("label", "event", "type")
-# One complete "key": value pair, for objects no parser accepts.
-_PAIR = re.compile(r"""["']?(\w+)["']?\s*:\s*("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[-+]?\d+(?:\.\d+)?|null|None|true|false)""")
 
 
 def _objects(text: str):
-    """Every top-level {...} span in text, braces inside quoted strings ignored.
-
-    A last object left open at the end of the text (the model ran out of tokens) is
-    yielded too, up to the end.
-    """
-    depth, start, quote, escaped = 0, None, None, False
-    for i, ch in enumerate(text):
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'" and depth:
-            # An apostrophe inside a word ("player's") does not open a string.
-            if ch == '"' or not (i and text[i - 1].isalnum()):
-                quote = ch
-        elif ch == "{":
-            if depth == 0:
-                start = i
-            depth += 1
-        elif ch == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                yield text[start:i + 1]
-    if depth:
-        yield text[start:]
+    """The value of every top-level {...} in text, in order: a dict, or None for an object
+    that is broken and has no label among its pairs. An object the text ends inside is read
+    up to the end."""
+    pos = text.find("{")
+    while pos >= 0:
+        value, end = _read_strict(text, pos)
+        if end < 0:
+            value, end = _read_pairs(text, pos)
+            if not any(isinstance(value.get(k), str) for k in _LABEL_KEYS):
+                value = None
+        yield value
+        pos = text.find("{", end)
 
 
-def _load(obj_text: str):
-    try:
-        return json.loads(obj_text)
-    except ValueError:
-        pass
-    py = _JSON_WORDS.sub(lambda m: {"true": "True", "false": "False", "null": "None"}[m[1]], obj_text)
-    try:
-        return ast.literal_eval(py)  # literals only: https://docs.python.org/3/library/ast.html#ast.literal_eval
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return _salvage(obj_text)
-
-
-def _salvage(obj_text: str):
-    """The complete key/value pairs of a broken object, or None when it has no label."""
-    d = {}
-    for key, value in _PAIR.findall(obj_text):
-        if key in d:
-            continue  # keep the outer object's first value, not a nested one's
-        if value[:1] in "\"'":
-            try:
-                d[key] = json.loads(value) if value[0] == '"' else value[1:-1]
-            except ValueError:
-                d[key] = value[1:-1]
-        else:
-            d[key] = {"null": None, "None": None, "true": True, "false": False}.get(value, value)
-            if isinstance(d[key], str):
-                d[key] = float(value) if "." in value else int(value)
-    return d if any(isinstance(d.get(k), str) for k in _LABEL_KEYS) else None
-
-
-def _event_dicts(value):
+def _event_dicts(value, depth=0):
     """The event dicts in a parsed object: itself, or those listed under e.g. "events"."""
+    if depth > _MAX_DEPTH:
+        return []
     if isinstance(value, dict):
-        if any(k in value for k in _LABEL_KEYS):
+        if "label" in value or "event" in value or "type" in value:  # _LABEL_KEYS
             return [value]
         value = [v for v in value.values() if isinstance(v, (list, dict))]
     if isinstance(value, list):
-        return [d for v in value for d in _event_dicts(v)]
+        return [d for v in value for d in _event_dicts(v, depth + 1)]
     return []
 
 
-def _float(value):
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
+# ---------------------------------------------------------------------------- events
+
+def _confidence(value):
+    """A confidence in [0, 1], or None (missing).
+
+    A number, or a string holding one ("0.85", "95%"): 0 <= c <= 1 is kept; 1 < c <= 100 is a
+    percentage and becomes c / 100 (95 -> 0.95); "c%" is always c / 100 (0 <= c <= 100).
+    Negative, above 100, NaN, infinite, true/false or not a number at all: None.
+    """
+    if isinstance(value, bool):
         return None
-    return f if f == f else None  # drop NaN
+    percent = False
+    if isinstance(value, str):
+        value = value.strip()
+        percent = value.endswith("%")
+        value = value[:-1] if percent else value
+    elif not isinstance(value, (int, float)):
+        return None
+    try:
+        c = float(value)
+    except (ValueError, OverflowError):
+        return None
+    if not 0 <= c <= 100:  # also NaN
+        return None
+    return c / 100 if percent or c > 1 else c
+
+
+def _frame(value):
+    """The frame number as an int, or None for anything but a finite number (not true/false)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return int(value)
+    return None
 
 
 def clean_event(d: dict) -> dict:
-    """One parsed dict -> {label, label_raw, team, confidence, details, frame}."""
-    raw_label = d.get("label", d.get("event", d.get("type")))
-    team = str(d.get("team") or "").strip().lower()
-    frame = d.get("frame")
+    """One parsed dict -> {label, label_raw, team, confidence, details, frame}, strict JSON.
+
+    label is the SoccerNet class (normalise_label), else the model's own label as it wrote
+    it, in whatever script ("Free-kick", "进球"); None when there is none.
+    """
+    raw_label = _jsonable(d.get("label", d.get("event", d.get("type"))))
+    team = _clean_str(str(_jsonable(d.get("team")) or "").strip().lower())
     return {
-        "label": normalise_label(raw_label) or (str(raw_label).strip() if raw_label else None),
+        "label": normalise_label(raw_label) or (_clean_str(str(raw_label).strip()) if raw_label else None),
         "label_raw": raw_label,
         "team": team if team in ("home", "away") else ("unknown" if not team else team),
-        "confidence": _float(d.get("confidence")),
-        "details": d.get("details"),
-        "frame": int(frame) if isinstance(frame, (int, float)) and not isinstance(frame, bool) else None,
+        "confidence": _confidence(d.get("confidence")),
+        "details": _jsonable(d.get("details")),
+        "frame": _frame(d.get("frame")),
     }
 
 
 def _is_no_event(event) -> bool:
-    return event["label"] is None or _simplify(str(event["label"])) in _NO_EVENT_LABELS
+    """The label says "nothing happened": None, "none", "N/A", "-", "..." (punctuation only).
+
+    A label of symbols ("⚽", or U+FFFD for a lone surrogate) is a label, not "nothing".
+    """
+    label = event["label"]
+    if label is None:
+        return True
+    words = _words(str(label))
+    if words:
+        return words in _NO_EVENT_LABELS
+    return not any(unicodedata.category(c)[0] == "S" for c in set(label))
+
+
+_NON_WORD_RUN = re.compile(r"\W*+")
+_NONE_WORDS = re.compile(r"(?:none|null)\Z|no events?\b|nothing\b", re.I)
+
+
+def _is_none_answer(text: str) -> bool:
+    """The whole answer says "no event": None, null, "No events detected.", [], ...
+
+    (The old single regex ^\\W*(none|...|\\[\\s*\\])\\W*$ backtracked quadratically on long
+    runs of punctuation; this strips the punctuation at both ends in linear time instead.)
+    """
+    start = _NON_WORD_RUN.match(text).end()
+    if start == len(text):
+        return re.search(r"\[\s*+\]", text) is not None
+    end = len(text) - _NON_WORD_RUN.match(text[::-1]).end()
+    return _NONE_WORDS.match(text, start, end) is not None
 
 
 def parse_raw(text):
-    """(events, ok): events found in text; ok is False when the text is neither events nor None."""
-    if text is None:
+    """(events, ok): events found in text; ok is False when the text is neither events nor None.
+
+    Total: any str (or anything else) gives an answer, never an exception, in linear time.
+    """
+    if not isinstance(text, str):
         return [], False
-    text = str(text).strip()
-    if not text or _NONE_ANSWER.match(text):
+    text = text.strip()
+    if not text or _is_none_answer(text):
         return [], True
-    text = re.sub(r"```[a-zA-Z]*", "", text)
-    events, found_object, said_none = [], False, False
-    for span in _objects(text):
+    events, found_object, said_none = [], False, False  # ``` fences lie outside objects: skipped
+    for value in _objects(text):
         found_object = True
-        for d in _event_dicts(_load(span)):
+        for d in _event_dicts(value) if value else ():
             event = clean_event(d)
             if _is_no_event(event):
                 said_none = True
@@ -185,7 +458,7 @@ def parse_raw(text):
     if events or said_none:
         return events, True
     # "None" after some prose, or an empty JSON list, is a valid "no event" answer.
-    if not found_object and re.search(r"\bNone\b|^\s*\[\s*\]\s*$", text):
+    if not found_object and re.search(r"\bNone\b|^\s*\[\s*\]\s*$", re.sub(r"```[a-zA-Z]*", "", text)):
         return [], True
     return [], False
 
@@ -204,23 +477,33 @@ def window_events(start: float, raw, n_frames: int = FRAMES_PER_WINDOW):
     return events, ok
 
 
+def _time(value) -> float:
+    t = float(value)
+    if not math.isfinite(t):
+        raise ValueError(f"time {value!r} is not a finite number")
+    return t
+
+
 def final_events(records):
     """The events of a final predictions file as [{time, label, team, confidence, details, window, raw}].
 
     Reads ours (one record per event, with "event_time") and the seed's older files
     (one {"time": window start, "raw": text} record per window, e.g. the Qwen runs).
     Labels are normalised again, so a better label map also applies to older files.
+    A record without a finite time raises KeyError, TypeError or ValueError; every value
+    returned is strict JSON.
     """
     out = []
     for r in records:
+        window = _time(r["time"])
+        raw = _jsonable(r.get("raw"))
         if "label" in r:
-            label = normalise_label(r.get("label_raw")) or normalise_label(r["label"]) or r["label"]
-            out.append({"time": float(r.get("event_time", r["time"])), "label": label,
-                        "team": r.get("team"), "confidence": r.get("confidence"), "details": r.get("details"),
-                        "window": float(r["time"]), "raw": r.get("raw")})
+            label = normalise_label(r.get("label_raw")) or normalise_label(r["label"]) or _jsonable(r["label"])
+            out.append({"time": _time(r.get("event_time", window)), "label": label,
+                        "team": _jsonable(r.get("team")), "confidence": _confidence(r.get("confidence")),
+                        "details": _jsonable(r.get("details")), "window": window, "raw": raw})
         else:
-            for e in window_events(float(r["time"]), r.get("raw"))[0]:
+            for e in window_events(window, r.get("raw"))[0]:
                 out.append({"time": e["time"], "label": e["label"], "team": e["team"],
-                            "confidence": e["confidence"], "details": e["details"],
-                            "window": float(r["time"]), "raw": r.get("raw")})
+                            "confidence": e["confidence"], "details": e["details"], "window": window, "raw": raw})
     return out

@@ -1,9 +1,17 @@
-"""Files that are never half-written (temp file beside, fsync, rename), and clear input errors."""
+"""Files that are never half-written (temp file beside, fsync, rename), strict JSON (no NaN or
+Infinity, which jq and browsers reject), and clear input errors."""
+import errno
+import gzip
 import json
+import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+_UMASK = os.umask(0)  # read once (os.umask can only read by setting): files get 0666 & ~umask like open()'s
+os.umask(_UMASK)
 
 
 class InputError(Exception):
@@ -16,6 +24,7 @@ def _atomic_write(path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: a lab sharing the project reads results
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -43,26 +52,88 @@ def atomic_savefig(fig, path, dpi=100) -> None:
     _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
+def strict(obj):
+    """obj with every non-finite float (NaN, Infinity) replaced by None: JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def _json(obj, **kw) -> bytes:
+    # a lone surrogate in a model's text (valid in a Python str, not in UTF-8) becomes "?" rather
+    # than failing the write
+    return (json.dumps(strict(obj), allow_nan=False, **kw) + "\n").encode("utf-8", "replace")
+
+
 def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    _atomic_write(path, lambda f: f.write(_json(obj, indent=1, ensure_ascii=False)))
+
+
+def atomic_write_json_gz(path, obj) -> None:
+    """Compact gzip-compressed JSON (the merge's archive of every window's raw answer)."""
+    _atomic_write(path, lambda f: f.write(gzip.compress(_json(obj, ensure_ascii=False), mtime=0)))
 
 
 def read_json(path, what="file"):
     """Load JSON, or raise InputError naming the file and what is wrong with it."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
         raise InputError(f"{what} {path} is not valid JSON ({e})") from None
 
 
+EXIT_RETRY = 75  # EX_TEMPFAIL: fix the cause (disk space) and rerun the same command
+_DISK_ERRORS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "the file system is read-only"}
+
+
+def disk_problem(e: OSError, path=None) -> str | None:
+    """One line for a write that failed for lack of space/quota or a read-only disk (the data
+    already written is intact: atomic writes), else None."""
+    if e.errno not in _DISK_ERRORS:
+        return None
+    where = path or e.filename or "the project directory"
+    return (f"cannot write {where}: {_DISK_ERRORS[e.errno]}. Files written before are intact; free space "
+            f"(df -h {Path(where).parent if path or e.filename else '.'}) and rerun the same command")
+
+
+def check_writable(directory, need_mb=100) -> None:
+    """InputError unless a file can be created in directory (a real write: root ignores chmod,
+    not a read-only mount) and it has need_mb MB free: checked before the model loads."""
+    directory = Path(directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".llava_write_check.", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise InputError(f"cannot write in {directory} ({e.strerror}): results go there; make it writable "
+                         f"(chmod u+w) or choose another project directory (--project / SOCCER_PROJECT)") from None
+    free_mb = shutil.disk_usage(directory).free / 1e6
+    if free_mb < need_mb:
+        raise InputError(f"only {free_mb:.0f} MB free in {directory} (needs {need_mb} MB for results): free space "
+                         f"(df -h {directory}) and rerun")
+
+
 def run_cli(run, args, prog) -> int:
-    """A script's main(): run(args)'s exit code, or 1 with one line on stderr for bad input."""
+    """A script's main(): run(args)'s exit code, or 1 with one line on stderr for bad input, or
+    EXIT_RETRY with one line when the disk is full or read-only."""
     try:
         return run(args)
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        problem = disk_problem(e)
+        if problem is None:
+            raise
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return EXIT_RETRY

@@ -6,8 +6,10 @@ tiny checkpoint directory built by synthetic.py (same from_pretrained call).
 import contextlib
 import logging
 import os
+from pathlib import Path
 
-from .settings import FPS, SOCCERNET_CLASSES
+from .jsonio import InputError
+from .settings import DEFAULT_MODEL, FPS, SOCCERNET_CLASSES
 
 QUESTION = (
     "These are {n} consecutive frames of a soccer match broadcast, {gap:g} seconds apart, numbered "
@@ -40,6 +42,37 @@ def pick_device(gpu_id: int) -> str:
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{gpu_id % torch.cuda.device_count()}"
+
+
+def check_model_source(model_id: str) -> None:
+    """Fail in seconds, with one line, where from_pretrained would fail late or obscurely: a local
+    path that does not exist ("Repo id must be in the form..."), or a hub model that is not cached
+    on a node without network (minutes of retries). A hub id is "org/name"; anything else is a path."""
+    import socket
+    from urllib.parse import urlparse
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") != 1 or path.exists():
+        if not path.is_dir():
+            raise InputError(f"--model {model_id}: no such directory (a local checkpoint directory, or a hub id "
+                             f"such as {DEFAULT_MODEL})")
+        return
+    from huggingface_hub import try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return  # cached: from_pretrained needs no network (set HF_HUB_OFFLINE=1 to skip its update check)
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline:
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+            return
+        except OSError:
+            pass
+    raise InputError(
+        f"model {model_id} is not in the Hugging Face cache here ({os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
+        f" and {'HF_HUB_OFFLINE is set' if offline else f'{host} cannot be reached (no network on this node)'}: "
+        f"download it once where there is network (login node) into a shared HF_HOME: python -c \"from "
+        f"huggingface_hub import snapshot_download; snapshot_download('{model_id}')\", then export the same HF_HOME "
+        f"and HF_HUB_OFFLINE=1 before sbatch (README: Troubleshooting)")
 
 
 def load(model_id: str, quantization: str, device: str, visual_tokens: str = "full", plan=None):

@@ -30,6 +30,26 @@ def env(name, default):
     return os.environ.get(name) or default
 
 
+def check_env(parser, envs: dict) -> None:
+    """Flags whose default comes from an environment variable ({dest: NAME}): "(env NAME)" goes
+    into their help, and a set variable is checked as the flag's value would be, so a bad value
+    is one line naming the variable (parser.error: exit 2) before anything loads."""
+    for action in parser._actions:
+        name = envs.get(action.dest)
+        if not name:
+            continue
+        action.help = f"{action.help or ''} (env {name})"
+        raw = os.environ.get(name)
+        if not raw:
+            continue
+        try:
+            value = action.type(raw) if action.type else raw
+        except (ValueError, TypeError):
+            parser.error(f"{name}={raw!r} is not a valid {action.option_strings[0]} value")
+        if action.choices and value not in action.choices:
+            parser.error(f"{name}={raw!r}: choose from {', '.join(map(str, action.choices))} ({action.option_strings[0]})")
+
+
 def project_dir(value=None) -> Path:
     """$SOCCER_PROJECT (default ~/soccer_project): videos under raw_data/, results beside."""
     return Path(value or env("SOCCER_PROJECT", "~/soccer_project")).expanduser()
@@ -41,3 +61,8 @@ def partial_path(project: Path, video_index: int, gpu_id: int) -> Path:
 
 def final_path(project: Path, video_index: int, model: str = "llava") -> Path:
     return project / f"final_predictions_{model}_video_{video_index}.json"
+
+
+def raw_answers_path(project: Path, video_index: int) -> Path:
+    """Every window's raw answer of a merged video (the partials are deleted after the merge)."""
+    return project / f"raw_answers_llava_video_{video_index}.json.gz"

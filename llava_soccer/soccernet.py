@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import re
 import tempfile
 from collections import Counter
@@ -67,16 +68,23 @@ def prediction_files(directory: Path, model: str) -> dict:
 
 
 def clean_confidence(value):
-    """A confidence in [0, 1] (95 -> 0.95: percent), clipped, 6 decimals; None when there is none."""
+    """A confidence in [0, 1], exactly as given; None when there is none or it is unusable.
+
+    The parser's rule (events.py): 1 < c <= 100 is a percent (95 -> 0.95), "c%" is always one;
+    negative, above 100, NaN, text: None. Not rounded: the same float ranks events here
+    (de-duplication, --min_confidence, one per 0.5 s frame) and is written, repr-exact, into
+    results_spotting.json for the evaluator.
+    """
+    if isinstance(value, bool):
+        return None
+    percent = isinstance(value, str) and value.strip().endswith("%")
     try:
-        c = float(value)
-    except (TypeError, ValueError):
+        c = float(value.strip()[:-1] if percent else value)
+    except (TypeError, ValueError, OverflowError):
         return None
-    if c != c:  # NaN
+    if not 0 <= c <= 100:  # also NaN
         return None
-    if c > 1:
-        c /= 100  # models sometimes answer in percent
-    return round(min(max(c, 0.0), 1.0), 6)
+    return (c / 100 if percent or c > 1 else c) + 0.0  # + 0.0: no -0.0
 
 
 def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S):
@@ -89,6 +97,11 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
     records = read_json(path, "predictions file")
     if not isinstance(records, list):
         raise InputError(f"predictions file {path} is not a JSON list of events (a final_predictions_*.json?)")
+    for k, r in enumerate(records):
+        for name in ("time", "event_time"):
+            if isinstance(r, dict) and name in r and not _is_seconds(r[name]):
+                raise InputError(f"predictions file {path}: record #{k} has a bad \"{name}\" "
+                                 f"({_excerpt(r)}); times are seconds from the start of the video, numbers >= 0")
     try:
         events = final_events(records)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -100,7 +113,7 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
         if label is None:
             unscored[str(e["label"])] += 1
             continue
-        scored.append({"time": max(0.0, float(e["time"])), "label": label,
+        scored.append({"time": max(0.0, float(e["time"])), "label": label,  # records checked above
                        "confidence": clean_confidence(e["confidence"])})
     scored = merge.dedup(scored, dedup_s)  # before filling in missing confidences: None ranks lowest
     for e in scored:
@@ -109,29 +122,62 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
     return scored, unscored
 
 
-def _seconds(game_time: str):
-    """Seconds of "1 - 05:23" (the fallback the official evaluator uses when position is absent)."""
-    minutes, seconds = game_time.split("-", 1)[1].strip().split(":")
-    return int(minutes) * 60 + int(seconds)
+def _is_seconds(t) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+
+
+def _excerpt(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# The official evaluator reads an annotation's half as int(gameTime[0]), its minutes as
+# int(gameTime[-5:-3]) and seconds as int(gameTime[-2:]) (even when "position" is there), and
+# position as int(position) ms: anything else crashes it or lands the event at the wrong time.
+GAME_TIME = re.compile(r"([12]) - ([0-9]{2}):([0-5][0-9])")
+POSITION = re.compile(r"[0-9]+")
+
+
+def _annotation(a):
+    """(half, ms, label) of one Labels-v2.json annotation, or the reason it is malformed."""
+    if not isinstance(a, dict):
+        return "not an object"
+    game_time = a.get("gameTime")
+    m = GAME_TIME.fullmatch(game_time) if isinstance(game_time, str) else None
+    if not m:
+        return f"gameTime {json.dumps(game_time)} is not \"<half> - MM:SS\" with half 1 or 2, e.g. \"1 - 05:23\""
+    if not isinstance(a.get("label"), str):
+        return f"label {json.dumps(a.get('label'))} is not a string"
+    if "position" not in a:  # the evaluator then takes the time from gameTime, to the second
+        return int(m[1]), 1000 * (60 * int(m[2]) + int(m[3])), a["label"]
+    position = a["position"]
+    if isinstance(position, int) and not isinstance(position, bool) and position >= 0:
+        return int(m[1]), position, a["label"]
+    if isinstance(position, str) and POSITION.fullmatch(position):
+        return int(m[1]), int(position), a["label"]
+    return f"position {json.dumps(position)} is not a whole number of milliseconds >= 0, e.g. \"323000\""
 
 
 def read_labels(path: Path) -> list:
-    """Annotations of a Labels-v2.json as [{time, half, label, visibility, raw}], or InputError."""
+    """Annotations of a Labels-v2.json as [{time, half, label, visibility, raw}], or InputError.
+
+    Strict: an annotation the official evaluator would crash on or misread stops here with one
+    line naming the file, the annotation and what is wrong.
+    """
     data = read_json(path, "SoccerNet labels file")
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise InputError(f"SoccerNet labels file {path} has no \"annotations\" list (is it a Labels-v2.json?)")
     out = []
     for k, a in enumerate(annotations):
-        try:
-            half = int(str(a["gameTime"]).strip()[0])  # the evaluator reads the half the same way
-            ms = int(a["position"]) if "position" in a else 1000 * _seconds(a["gameTime"])
-            label = a["label"]
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise InputError(f"SoccerNet labels file {path}: annotation #{k} is malformed ({json.dumps(a)[:120]}); "
-                             "each needs \"gameTime\": \"1 - 05:23\", \"label\" and \"position\" in ms") from None
+        parsed = _annotation(a)
+        if isinstance(parsed, str):
+            raise InputError(f"SoccerNet labels file {path}: annotation #{k} is malformed: {parsed} "
+                             f"({_excerpt(a)}); each needs \"gameTime\": \"1 - 05:23\", \"label\" and "
+                             "\"position\" in ms")
+        half, ms, label = parsed
         visibility = "not shown" if a.get("visibility") == "not shown" else "visible"  # as the evaluator
-        out.append({"time": ms / 1000, "half": half, "label": str(label), "visibility": visibility, "raw": a})
+        out.append({"time": ms / 1000, "half": half, "label": label, "visibility": visibility, "raw": a})
     return out
 
 
@@ -152,7 +198,7 @@ def results_spotting(game: str, halves) -> tuple:
     for (half, label, _), (ms, conf) in sorted(best.items(), key=lambda kv: (kv[0][0], kv[1][0], kv[0][1])):
         s = ms // 1000
         predictions.append({"gameTime": f"{half} - {s // 60:02d}:{s % 60:02d}", "label": label,
-                            "position": str(ms), "half": str(half), "confidence": str(conf)})
+                            "position": str(ms), "half": str(half), "confidence": repr(float(conf))})
     n_events = sum(len(h.events) for h in halves)
     return {"UrlLocal": game, "predictions": predictions}, n_events - len(predictions)
 

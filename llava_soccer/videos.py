@@ -14,26 +14,45 @@ from .jsonio import InputError, atomic_write_text
 from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
 
 MANIFEST = "videos.txt"
+GIVEN = ".videos_given.txt"  # every line of videos.txt ever handed out (manifest())
 Window = namedtuple("Window", "k start times frames")  # frames: RGB arrays, times: their seconds
 
 
 def manifest(project: Path) -> list[str]:
     """Video paths relative to raw_data/, index = line number.
 
-    Written the first time; later runs append videos that appeared since, so an index
-    never changes meaning once given.
+    Written the first time; later runs append videos that appeared since, so an index never
+    changes meaning once given. GIVEN keeps a copy of every line handed out: a videos.txt whose
+    lines were removed, reordered or renamed since is refused (finals are named by index), as are
+    file names that a line cannot hold (line breaks, leading or trailing spaces).
     """
-    raw = project / "raw_data"
-    path = project / MANIFEST
-    listed = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    raw, path, given_path = project / "raw_data", project / MANIFEST, project / GIVEN
+    listed = _lines(path)
+    given = _lines(given_path) if given_path.exists() else listed
+    for n, (was, now) in enumerate(zip(given, listed + [None] * len(given))):
+        if was != now:
+            change = f"is now {now!r}" if now is not None else "was removed"
+            raise InputError(f"{path} line {n + 1} ({was!r}) {change} after video indices were given out: index {n} "
+                             f"must keep its video (final_predictions_*_video_{n}.json belong to it). Restore the "
+                             f"list with: cp {given_path} {path} (new videos are appended by themselves)")
     if raw.is_dir():
         found = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*")
                        if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        odd = [v for v in found if any(part != part.strip() or "\n" in part or "\r" in part for part in v.split("/"))]
+        if odd:
+            raise InputError(f"video file name {odd[0]!r} under {raw} has a line break or leading/trailing spaces, "
+                             f"which {MANIFEST} cannot list unambiguously: rename it")
         new = [v for v in found if v not in set(listed)]
         if new or not path.exists():
             listed += new
             atomic_write_text(path, "".join(f"{v}\n" for v in listed))
+    if given != listed or not given_path.exists():
+        atomic_write_text(given_path, "".join(f"{v}\n" for v in listed))
     return listed
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line] if path.exists() else []
 
 
 def resolve_video(project: Path, index: int) -> Path:

@@ -1,6 +1,7 @@
 """compare_counts.py on the real Qwen files and on hand-made LLaVA finals."""
 import csv
 import json
+import random
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import ROOT, load
 import compare_counts
 from llava_soccer import settings
 from llava_soccer.events import final_events
+from llava_soccer.matching import match
 
 SEED = ROOT.parent / "shared/data/seed_predictions"
 needs_seed = pytest.mark.skipif(not (SEED / "qwen7b").is_dir(), reason="shared/data/seed_predictions is absent")
@@ -128,3 +130,83 @@ def test_errors_are_one_line(project, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare_counts.main(["--start", "5", "--end", "2"])
     assert e.value.code == 2 and "--end 2 is before --start 5" in capsys.readouterr().err
+
+
+def best_by_brute_force(a, b, tolerance, key):
+    """(most pairs, least total |dt| among those) over every one-to-one matching."""
+    def dt(i, j):
+        return abs(a[i]["time"] - b[j]["time"])
+
+    def go(i, used):
+        if i == len(a):
+            return 0, 0.0
+        count, cost = go(i + 1, used)  # a[i] unmatched
+        best = (count, -cost)
+        for j in range(len(b)):
+            if j not in used and key(a[i]) == key(b[j]) and dt(i, j) <= tolerance + 1e-9:
+                count, cost = go(i + 1, used | {j})
+                best = max(best, (count + 1, -(cost + dt(i, j))))
+        return best[0], -best[1]
+    return go(0, frozenset())
+
+
+@pytest.mark.parametrize("key", [lambda e: e["label"], lambda e: None], ids=["same label", "any label"])
+def test_match_is_a_maximum_matching(key):
+    rng = random.Random(12)
+    for case in range(300):
+        tolerance = rng.choice([0, 1, 2.5, 3])
+        spread = rng.choice([4, 10, 30])
+
+        def events():  # whole and fractional seconds: exact ties and exactly-tolerance gaps happen
+            return [{"time": rng.choice([rng.randint(0, spread), round(rng.uniform(0, spread), 1)]),
+                     "label": rng.choice("GGC")} for _ in range(rng.randint(0, 6))]
+        a, b = events(), events()
+        pairs = match(a, b, tolerance, key=key)
+        assert pairs == sorted(pairs)
+        assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)  # one-to-one
+        assert all(key(a[i]) == key(b[j]) and abs(a[i]["time"] - b[j]["time"]) <= tolerance + 1e-9 for i, j in pairs)
+        count, cost = best_by_brute_force(a, b, tolerance, key)
+        assert len(pairs) == count, (case, a, b, tolerance)
+        # among the maximum matchings, the closest: least total time difference
+        assert sum(abs(a[i]["time"] - b[j]["time"]) for i, j in pairs) == pytest.approx(cost, abs=1e-9), (case, a, b)
+
+
+def test_match_pairs_across_a_prediction_between_two_events():
+    gt = [{"time": 100.0, "label": "Goal"}, {"time": 104.0, "label": "Goal"}]
+    predicted = [{"time": 102.2, "label": "Goal"}, {"time": 106.5, "label": "Goal"}]
+    assert match(gt, predicted, 3) == [(0, 0), (1, 1)]  # closest pair first gave [(1, 0)]
+    # one pair possible: the closer one is taken (here the later partner)
+    assert match([{"time": 10.0, "label": "Goal"}], [{"time": 7.5, "label": "Goal"}, {"time": 10.1, "label": "Goal"}],
+                 3) == [(0, 1)]
+    assert match(gt, [{"time": 103.0, "label": "Goal"}], 3) == [(1, 0)]  # 1 s from 104 beats 3 s from 100
+    assert match(gt, [{"time": 107.0, "label": "Goal"}], 3) == [(1, 0)]  # exactly 3 s: within tolerance
+    assert match(gt, [{"time": 102.0, "label": "Corner"}], 3) == []
+
+
+def test_compare_counts_the_maximum_matching(tmp_path, capsys):
+    qwen = [llava("Goal", 100.0), llava("Goal", 104.0)]
+    settings.final_path(tmp_path, 0, "qwen7b").write_text(json.dumps(qwen))
+    settings.final_path(tmp_path, 0, "llava").write_text(json.dumps([llava("Goal", 102.2), llava("Goal", 106.5)]))
+    assert compare_counts.main(["--project", str(tmp_path), "--end", "0", "--dedup-s", "0"]) == 0
+    assert rows(capsys.readouterr().out)[0] == ["0", "2", "2", "2", "0", "0", "0"]  # was both 1, only 1 and 1
+
+
+def test_no_events_in_either_model_is_a_table_of_zeros(tmp_path, capsys):
+    for video in (0, 1):
+        settings.final_path(tmp_path, video, "qwen7b").write_text("[]")
+        settings.final_path(tmp_path, video, "llava").write_text(json.dumps(
+            [{"time": 4.0, "raw": "A player from the away team kicks the ball."}]))  # no event in it
+    table, png, ens = tmp_path / "counts.csv", tmp_path / "counts.png", tmp_path / "ens"
+    code = compare_counts.main(["--project", str(tmp_path), "--end", "1", "--csv", str(table), "--plot", str(png),
+                                "--ensemble", str(ens)])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.err == ""
+    table_lines = [line.split() for line in captured.out.splitlines()[2:5]]
+    assert table_lines == [["0", "0", "0", "0", "0", "0", "0"], ["1", "0", "0", "0", "0", "0", "0"],
+                           ["total", "0", "0", "0", "0", "0", "0"]]
+    assert "no events in either model's files (2 videos compared): nothing to compare per label" in captured.out
+    assert "most frequent disagreements" not in captured.out
+    with open(table) as f:
+        assert list(csv.reader(f))[-1] == ["total", "0", "0", "0", "0", "0", "0"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load(settings.final_path(ens, 0, "ensemble")) == [] and load(settings.final_path(ens, 1, "ensemble")) == []

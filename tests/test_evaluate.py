@@ -269,10 +269,10 @@ def test_numbers_equal_the_official_evaluator_called_directly(odd_root, tmp_path
                 if (label, ms // 500) in used:  # the evaluator keeps one per class per 0.5 s frame
                     continue
                 used.add((label, ms // 500))
-                conf = round(rng.random(), 6)
+                conf = rng.random()  # full precision: written repr-exact, not rounded
                 events.append(pred(ms / 1000, label, conf))
                 reference[game].append({"gameTime": "", "label": label, "position": str(ms), "half": str(h),
-                                        "confidence": str(conf)})
+                                        "confidence": repr(conf)})
             finals[len(videos)] = events
             videos.append(f"{game}/{h}_224p.mkv")
     project, sn = make_case(odd_root, f"random{seed}", labels, videos, {"llava": finals})
@@ -395,3 +395,175 @@ def test_command_line(odd_root):
     assert bad.returncode == 2 and "--metrics: unknown medium" in bad.stderr
     assert "pip install --no-deps SoccerNet==0.2.0" in subprocess.run(
         [sys.executable, script, "--help"], capture_output=True, text=True).stdout
+
+
+def official_direct(tmp_path, labels, predictions, metric):
+    """evaluate() on hand-written files: labels {game: annotations}, predictions {game: [prediction]}."""
+    ref_labels, ref_preds = tmp_path / "ref_labels", tmp_path / "ref_predictions"
+    shutil.rmtree(ref_labels, ignore_errors=True)
+    shutil.rmtree(ref_preds, ignore_errors=True)
+    for game in labels:
+        (ref_labels / game).mkdir(parents=True)
+        (ref_preds / game).mkdir(parents=True)
+        (ref_labels / game / "Labels-v2.json").write_text(json.dumps({"annotations": labels[game]}))
+        (ref_preds / game / "results_spotting.json").write_text(json.dumps({"predictions": predictions[game]}))
+    with contextlib.redirect_stderr(io.StringIO()):
+        return official_evaluate(str(ref_labels), str(ref_preds), split=None, version=2, framerate=2,
+                                 metric=metric, dataset=None, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+
+
+def test_a_prediction_between_two_events_does_not_cost_a_match(odd_root):
+    # Goals at 100 and 104 s, predictions at 102.2 and 106.5 s, tolerance 3 s. Closest pair first
+    # took (104, 102.2) and left both others unmatched (1 TP); the maximum matching has 2.
+    project, sn = make_case(odd_root, "between", {GAME: [ann(1, 100, "Goal"), ann(1, 104, "Goal", "not shown")]},
+                            [f"{GAME}/1_224p.mkv"], {"llava": {0: [pred(102.2, "Goal"), pred(106.5, "Goal")]}})
+    rc, out, err = run(project, sn, "--metrics", "none", "--dedup-s", "0")
+    assert rc == 0, err
+    g = rows(project)["Goal"]
+    assert (g["tp"], g["tp_visible"], g["tp_not_shown"], g["precision"], g["recall"]) == (2, 1, 1, 1, 1)
+    assert any(line.split()[:6] == ["Goal", "2", "1", "1", "2", "2"] for line in out.splitlines())
+
+
+def test_missing_confidence_in_percent_and_out_of_range(odd_root, capsys):
+    finals = [pred(100, "Goal", None), pred(200, "Goal", 95), pred(300, "Goal", 250), pred(400, "Goal", -0.2),
+              pred(500, "Goal", 0.25), pred(600, "Goal", "1%"), pred(700, "Goal", "high")]
+    project, sn = make_case(odd_root, "missing_confidence", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: finals}})
+    confidences = {}
+    for flag in ("80", "0.8", "1"):
+        assert run(project, sn, "--metrics", "none", "--missing_confidence", flag)[0] == 0
+        spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")["predictions"]
+        confidences[flag] = [p["confidence"] for p in spotting]
+        assert load(project / "soccernet_eval" / "summary.json")["settings"]["missing_confidence"] == float(flag) / (
+            100 if float(flag) > 1 else 1)
+    # None, 250, -0.2 and "high" are no confidence: they get --missing_confidence; 95 and "1%" are percents
+    assert confidences["80"] == confidences["0.8"] == ["0.8", "0.95", "0.8", "0.8", "0.25", "0.01", "0.8"]
+    assert confidences["1"] == ["1.0", "0.95", "1.0", "1.0", "0.25", "0.01", "1.0"]  # 1 is a confidence, not 1 %
+    for bad in ("101", "-0.1", "nan"):
+        with pytest.raises(SystemExit) as e:
+            ev.main(["--project", str(project), "--soccernet", str(sn), "--missing_confidence", bad])
+        assert e.value.code == 2
+        assert "give a confidence in [0, 1] or a percent in (1, 100]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ev.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "1 < value <= 100 is read as a percent" in text and "values > 1 are read as percent" not in text
+
+
+def test_confidences_are_written_exactly_so_the_official_number_is_ours(odd_root, tmp_path):
+    # A true goal at 0.0050252 and a false one at 0.005025: the evaluator's second threshold
+    # (1/199 = 0.0050251...) lies between them, so it ranks the true one first (AP 1). Rounded to
+    # 6 decimals, as results_spotting.json used to hold them, both fell below it (AP 0.5).
+    import numpy as np
+    threshold = np.linspace(0, 1, 200)[1]
+    assert round(0.0050252, 6) < threshold < 0.0050252
+    project, sn = make_case(odd_root, "exact", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal", 0.0050252), pred(1000, "Goal", 0.005025)]}})
+    rc, out, err = run(project, sn, "--metrics", "at5")
+    assert rc == 0, err
+    spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")["predictions"]
+    assert [p["confidence"] for p in spotting] == ["0.0050252", "0.005025"]
+    ref = official_direct(tmp_path, {GAME: [ann(1, 100, "Goal")]}, {GAME: [
+        {"gameTime": "1 - 01:40", "label": "Goal", "position": "100000", "half": "1", "confidence": "0.0050252"},
+        {"gameTime": "1 - 16:40", "label": "Goal", "position": "1000000", "half": "1", "confidence": "0.005025"}]},
+        "at5")
+    ours = summary(project)["official"]["at5"]
+    assert float(ref["a_mAP_per_class"][EVENT_DICTIONARY_V2["Goal"]]) == 1
+    assert ours["a_mAP_per_class"]["Goal"] == 1 and ours["a_mAP"] == pytest.approx(float(ref["a_mAP"]), abs=1e-12)
+    # --min_confidence sees the same numbers: 0.0050251 keeps the true goal only
+    assert run(project, sn, "--metrics", "none", "--min_confidence", "0.0050251")[0] == 0
+    g = rows(project)["Goal"]
+    assert (g["pred"], g["tp"], g["precision"]) == (1, 1, 1)
+
+
+def test_confidence_strings_parse_back_to_the_same_float():
+    # what the evaluator does with our "confidence" strings: numpy float64 assignment
+    import numpy as np
+    rng = random.Random(3)
+    values = [rng.random() for _ in range(2000)] + [1e-7, 0.1 + 0.2, 1 / 3, 0.0, 1.0]
+    array = np.zeros(len(values))
+    for k, v in enumerate(values):
+        array[k] = repr(v)
+    assert array.tolist() == values
+
+
+def test_canonical_labels_are_read_as_the_official_evaluator_reads_them(odd_root, tmp_path):
+    gt = [{"gameTime": "1 - 01:40", "label": "Goal", "position": "100000", "visibility": "visible"},
+          {"gameTime": "1 - 06:40", "label": "Corner", "position": 400000},               # a number: accepted
+          {"gameTime": "1 - 11:40", "label": "Foul", "visibility": "not shown"},           # no position: gameTime
+          {"gameTime": "2 - 00:05", "label": "Goal", "position": "5000", "team": "away"}]  # half 2, not processed
+    project, sn = make_case(odd_root, "canonical", {GAME: gt}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal"), pred(400, "Corner"), pred(700, "Foul")]}})
+    rc, out, err = run(project, sn, "--metrics", "at1")
+    assert rc == 0, err
+    r = rows(project)
+    assert [r[c]["tp"] for c in ("Goal", "Corner", "Foul")] == [1, 1, 1] and r["all"]["gt_not_shown"] == 1
+    ours = summary(project)["official"]["at1"]
+    ref = official_direct(tmp_path, {GAME: gt[:3]}, {GAME: [
+        {"label": label, "position": str(ms), "half": "1", "confidence": "0.9"}
+        for label, ms in (("Goal", 100000), ("Corner", 400000), ("Foul", 700000))]}, "at1")
+    assert list(ours["a_mAP_per_class"].values()) == pytest.approx([float(v) for v in ref["a_mAP_per_class"]])
+    assert ours["a_mAP"] == pytest.approx(3 / 17)
+
+
+BAD_ANNOTATIONS = [  # (annotation #1, what the one line says, what the official evaluator does with it)
+    ({"gameTime": " 1 - 01:00", "label": "Goal", "position": "60000"},
+     'gameTime " 1 - 01:00" is not "<half> - MM:SS" with half 1 or 2', ValueError),
+    ({"gameTime": "1 - 1:0", "label": "Goal", "position": "60000"}, 'gameTime "1 - 1:0" is not', ValueError),
+    ({"gameTime": "1 - 01:00 ", "label": "Goal", "position": "60000"}, 'gameTime "1 - 01:00 " is not', ValueError),
+    ({"gameTime": "3 - 01:00", "label": "Goal", "position": "60000"}, 'gameTime "3 - 01:00" is not', "ignored"),
+    ({"gameTime": "1 - 01:00", "label": "Goal", "position": "-500"},
+     'position "-500" is not a whole number of milliseconds >= 0', "last frame"),
+    ({"gameTime": "1 - 01:00", "label": "Goal", "position": "60000.5"}, 'position "60000.5" is not', ValueError),
+    ({"gameTime": "1 - 01:00", "label": "Goal", "position": None}, "position null is not", TypeError),
+    ({"gameTime": "1 - 01:00", "label": ["Goal"], "position": "60000"}, 'label ["Goal"] is not a string', TypeError),
+]
+
+
+@pytest.mark.parametrize("annotation,problem,official", BAD_ANNOTATIONS)
+def test_labels_the_official_evaluator_cannot_read_stop_with_one_line(odd_root, annotation, problem, official):
+    from SoccerNet.Evaluation.ActionSpotting import label2vector
+    labels = {"annotations": [annotation]}
+    if official in (ValueError, TypeError):
+        with pytest.raises(official):
+            label2vector(labels, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+    else:  # read without error, but not where the annotation says
+        half1, half2 = label2vector(labels, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+        assert half1.any() == (official == "last frame") and not half2.any()
+        assert official != "last frame" or half1[-1].any()
+
+    project, sn = make_case(odd_root, "bad_labels", {GAME: [ann(1, 5, "Goal"), annotation]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(5, "Goal")]}})
+    rc, out, err = run(project, sn, "--metrics", "at1")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and out == ""
+    assert err.startswith(f"evaluate_soccernet.py: error: SoccerNet labels file {sn}/{GAME}/Labels-v2.json: "
+                          f"annotation #1 is malformed: {problem}")
+    assert json.dumps(annotation) in err
+
+
+@pytest.mark.parametrize("record,field", [
+    ({"time": 8.0, "event_time": -1.5, "label": "Goal", "confidence": 0.9}, "event_time"),
+    ({"time": 8.0, "event_time": float("inf"), "label": "Goal", "confidence": 0.9}, "event_time"),
+    ({"time": "8.0", "raw": "{'label': 'Goal'}"}, "time"),
+    ({"time": float("nan"), "raw": "{'label': 'Goal'}"}, "time"),
+])
+def test_bad_prediction_times_stop_with_one_line(odd_root, record, field):
+    project, sn = make_case(odd_root, "bad_times", {GAME: [ann(1, 5, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(5, "Goal"), record]}})
+    rc, out, err = run(project, sn, "--metrics", "none")
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    path = project / "final_predictions_llava_video_0.json"
+    assert err.startswith(f"evaluate_soccernet.py: error: predictions file {path}: record #1 has a bad \"{field}\"")
+    assert "numbers >= 0" in err
+
+
+def test_default_deduplication_changes_the_official_number(odd_root):
+    # Goal at 100 s; predicted at 100 s (0.4) and 102.5 s (0.9). The 3 s de-duplication keeps only
+    # the more confident 102.5 s, 2.5 s off: 0 at 1 s. Without it the evaluator sees both: AP 0.5.
+    project, sn = make_case(odd_root, "dedup_official", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal", 0.4), pred(102.5, "Goal", 0.9)]}})
+    goal = {}
+    for flag in ("3", "0"):
+        assert run(project, sn, "--metrics", "at1", "--dedup-s", flag)[0] == 0
+        goal[flag] = summary(project)["official"]["at1"]["a_mAP_per_class"]["Goal"]
+    assert goal == {"3": 0, "0": 0.5}

@@ -1,12 +1,14 @@
 """Parsing model text and normalising labels, on the real Qwen outputs and the shapes LLaVA writes."""
 import glob
 import json
+import time
 from collections import Counter
 
 import pytest
 
 from conftest import ROOT
 from llava_soccer.events import final_events, normalise_label, parse_raw, window_events
+from llava_soccer.merge import label_counts
 
 QWEN = sorted(glob.glob(str(ROOT.parent / "shared/data/seed_predictions/qwen7b/*.json")))
 needs_qwen = pytest.mark.skipif(len(QWEN) != 21, reason="the real Qwen files (shared/data/seed_predictions) are absent")
@@ -120,3 +122,195 @@ def test_final_events_reads_seed_and_merged_files():
     assert [(e["label"], e["time"], e["window"]) for e in final_events(seed)] == [("Shots on target", 11.4, 10.0)]
     (e,) = final_events(ours)
     assert (e["label"], e["time"], e["team"], e["confidence"], e["window"]) == ("Shots on target", 11.0, "away", 0.8, 10.0)
+
+
+# --- Answers that broke the parser (issue 12): it must be total, linear and strict-JSON. ---
+
+def strict_json(x):
+    """x as strict JSON encoded to UTF-8: fails on NaN/Infinity and on lone surrogates."""
+    return json.dumps(x, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+MIDDLE = 247.4  # window_events(246.0, ...) time of an event without a usable frame
+HUGE = "9" * 5000  # beyond Python's 4300-digit int/str limit
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", HUGE, "-" + HUGE])
+@pytest.mark.parametrize("template", ["{{'label': 'Goal', 'frame': {n}, 'confidence': {n}}}",
+                                      '{{"label": "Goal", "frame": {n}, "confidence": {n}, "details": [{n}]}}',
+                                      '{{"label": "Goal", "frame": {n}, "confidence": {n}',  # cut off
+                                      "{{'label': 'Goal', 'frame': {n}, 'confidence': {n}, 'oops': }}"])  # broken
+def test_non_finite_and_huge_numbers_are_missing_values(template, number):
+    (e,), ok = window_events(246.0, template.format(n=number))
+    assert ok and e["label"] == "Goal" and e["frame"] is None and e["confidence"] is None and e["time"] == MIDDLE
+    strict_json(e)
+
+
+def test_huge_number_elsewhere_does_not_crash_or_leak():
+    (e,), ok = window_events(246.0, f"{{'label': 'Goal', 'frame': 8, 'details': {{'n': {HUGE}, 'x': NaN}}}}")
+    assert ok and e["frame"] == 8 and e["time"] == 247.4 and e["details"] == {"n": None, "x": None}
+    strict_json(e)
+
+
+@pytest.mark.parametrize("text, labels, ok", [
+    ("[" * 100_000, [], False),
+    ("{" * 100_000, [], False),
+    ("(" * 100_000, [], False),
+    ('{"label": "Goal", "d": ' + "[" * 100_000, ["Goal"], True),
+    ('{"label": "Goal", "d": ' + "[" * 100_000 + "]" * 100_000 + "}", ["Goal"], True),
+    ('{"label": "Goal", "d": ' + '{"a": ' * 100_000 + "1" + "}" * 100_000 + "}", ["Goal"], True),
+    ("{'label': 'Goal', 'd': " + "(" * 100_000 + "1" + ")" * 100_000 + "}", ["Goal"], True),
+    ('[{"label": "Goal"}, ' + "[" * 100_000 + "]" * 100_000 + "]", ["Goal"], True),
+])
+def test_nesting_100000_deep(text, labels, ok):
+    events, parsed = parse_raw(text)
+    assert ([e["label"] for e in events], parsed) == (labels, ok)
+    strict_json(events)
+
+
+def test_nesting_up_to_64_is_read_whole():
+    nested = '{"label": "Goal", "details": ' + "[" * 62 + "1" + "]" * 62 + "}"
+    (e,), _ = parse_raw(nested)
+    depth, d = 0, e["details"]
+    while isinstance(d, list):
+        depth, d = depth + 1, d[0]
+    assert (depth, d) == (62, 1)
+
+
+@pytest.mark.parametrize("text", [
+    '{"label": "Goal", "team": "\\ud800", "details": "a\\udc00b"}',  # JSON escapes of lone surrogates
+    "{'label': 'Goal', 'team': '\ud800', 'details': 'a\udc00b'}",  # the characters themselves
+    '{"label": "Goal", "team": "\\udfff\\ud800", "details": "a\\ud800b"',  # reversed pair, cut off
+])
+def test_lone_surrogates_become_replacement_characters(text):
+    (e,), ok = parse_raw(text)
+    assert ok and e["label"] == "Goal" and e["team"] == "\ufffd" * len(e["team"]) and e["details"] == "a\ufffdb"
+    strict_json(e)
+
+
+@pytest.mark.parametrize("escape, decoded", [
+    ("\\n", "\n"), ("\\u00e9", "é"), ("\\x41", "A"), ("\\101", "A"), ("\\N{BLACK STAR}", "★"),
+    ("\\U0001F600", "\U0001F600"), ("\\U00110000", "\ufffd"), ("\\N{nope}", "\\N{nope}"),
+    ("\\N{\ud800}", "\\N{\ufffd}"), ("\\q", "\\q"), ("\\\\", "\\"),
+])
+def test_string_escapes(escape, decoded):
+    (e,), _ = parse_raw("{'label': 'Goal', 'details': '" + escape + "', 'team': 'home'}")
+    assert e["details"] == decoded
+
+
+def test_surrogate_pairs_are_joined_and_a_surrogate_label_is_kept():
+    (e,), _ = parse_raw('{"label": "Goal", "details": "\\ud83d\\ude00"}')
+    assert e["details"] == "\U0001F600"
+    (e,), ok = parse_raw('{"label": "\\ud800"}')  # not "no event": the model did write something
+    assert ok and e["label"] == e["label_raw"] == "\ufffd"
+
+
+@pytest.mark.parametrize("label", ["进球", "Гол", "ゴール", "هدف", "गोल", "골", "Γκολ", "⚽", "Shot blocked"])
+def test_labels_in_any_script_are_kept_as_non_class_labels(label):
+    """A label of no SoccerNet class, in whatever script, flows like "Shot blocked": kept under
+    its own name and counted with the other labels, never dropped as "no event"."""
+    events, ok = window_events(246.0, f"{{'label': '{label}', 'team': 'home', 'confidence': 0.8, 'frame': 3}}")
+    assert ok and [(e["label"], e["label_raw"], e["confidence"], e["time"]) for e in events] == [
+        (label, label, 0.8, 246.4)]
+    assert normalise_label(label) is None
+    classes, others = label_counts([{**e, "window": 246.0} for e in events])
+    assert classes == {} and others == {label: 1}
+    strict_json(events)
+
+
+@pytest.mark.parametrize("label", ["None", "none", "N/A", "null", "No event", "-", "—", "...", "", " "])
+def test_no_event_labels_still_mean_no_event(label):
+    assert parse_raw(f"{{'label': '{label}'}}") == ([], True)
+
+
+@pytest.mark.parametrize("confidence, expected", [
+    ("0.9", 0.9), ("0", 0.0), ("1", 1.0), ("1.0", 1.0), ("0.999", 0.999),
+    ("95", 0.95), ("100", 1.0), ("1.5", 0.015), ("'95%'", 0.95), ("'0.5%'", 0.005), ("'50 %'", 0.5),
+    ("'0.85'", 0.85), ("' 70 '", 0.7),
+    ("101", None), ("1000", None), ("-0.1", None), ("-95", None), ("'150%'", None), ("'-5%'", None),
+    ("NaN", None), ("Infinity", None), ("1e999", None), ("'nan'", None), ("'inf'", None),
+    ("True", None), ("False", None), ("'high'", None), ("None", None), ("[0.9]", None), ("{'c': 0.9}", None),
+])
+def test_confidence_rule(confidence, expected):
+    """[0, 1] kept; (1, 100] and "c%" are percentages; anything else is missing (None)."""
+    (e,), ok = parse_raw(f"{{'label': 'Goal', 'confidence': {confidence}, 'team': 'home'}}")
+    assert ok and e["confidence"] == expected and e["team"] == "home"
+    assert expected is None or isinstance(e["confidence"], float)
+
+
+def test_cut_off_answers_keep_complete_events_and_drop_what_the_cut_may_have_shortened():
+    # a number at the very end may be the start of a longer one: 0 of 0.95, 1 of 12
+    (e,), _ = parse_raw('{"label": "Goal", "team": "home", "confidence": 0')
+    assert (e["label"], e["team"], e["confidence"]) == ("Goal", "home", None)
+    (e,), _ = parse_raw("{'label': 'Goal', 'frame': 1")
+    assert e["frame"] is None
+    (e,), _ = parse_raw('{"label": "Goal", "details": "the ball goes in')
+    assert e["details"] is None
+    (e,), _ = parse_raw('{"label": "Goal", "frame": 8, "det')  # a comma after it: complete
+    assert e["frame"] == 8
+    events, ok = parse_raw('{"events": [{"label": "Foul", "frame": 3}, {"label": "Corner", "confidence": 0.9}, {"lab')
+    assert ok and [(e["label"], e["frame"], e["confidence"]) for e in events] == [
+        ("Foul", 3, None), ("Corner", None, 0.9)]
+
+
+@pytest.mark.parametrize("text, labels", [
+    ("{'label': 'Goal', 'details': 'it's in', 'confidence': 0.7}", ["Goal"]),  # apostrophe in a string
+    ('{"label": "Goal", "team": "home", // the home side\n "frame": 3}', ["Goal"]),  # comment
+    ("{label: 'Goal', team: 'home'}", ["Goal"]),  # bare keys
+    ("{'label': 'Goal', 'confidence': 0.9, 'frame': (1, 2),}", ["Goal"]),  # tuple, trailing comma
+    ('{"label": "Goal", "x": "unterminated \\" quote}', ["Goal"]),
+    ("{'label': 'Goal', 'details': 'a', 'b', 'team': 'away'}", ["Goal"]),  # broken: its pairs
+    ("prose }}} ]] {'label': 'Goal'} }", ["Goal"]),
+    ("```json\n{'label': 'Goal', 'details': 'see ```code```'}\n```", ["Goal"]),
+    ('{"label": "Shot ```x"}', ["Shot ```x"]),  # fences are removed outside objects only
+])
+def test_lenient_shapes(text, labels):
+    events, ok = parse_raw(text)
+    assert ok and [e["label"] for e in events] == labels
+    strict_json(events)
+
+
+@pytest.mark.parametrize("text", [123, 4.5, b"{'label': 'Goal'}", ["x"], {"label": "Goal"}, float("nan")])
+def test_not_a_string_is_a_parse_failure(text):
+    assert parse_raw(text) == ([], False)
+
+
+PATHOLOGICAL = {
+    "unclosed single-quoted details": lambda n: "{'label': 'Goal', 'details': '" + "a" * n,
+    "unclosed double-quoted details": lambda n: '{"label": "Goal", "details": "' + "a" * n,
+    "deep [[[ alone": lambda n: "[" * n,
+    "deep [[[ in an object": lambda n: '{"label": "Goal", "d": ' + "[" * n,
+    "many { without }": lambda n: "{" * n,
+    "many {'a': without }": lambda n: "{'a': " * (n // 6),
+    "many pairs, unclosed": lambda n: "{" + "'label': 'Goal', " * (n // 17),
+    "many closed objects": lambda n: "{'label': 'Goal', 'frame': 3}" * (n // 29),
+    "[] repeated then a word": lambda n: "[]" * (n // 2) + "a",
+    "long label of dashes": lambda n: "{'label': '" + "-" * n + "'}",
+    "long number": lambda n: "{'label': 'Goal', 'confidence': " + "9" * n + "}",
+}
+
+
+@pytest.mark.parametrize("name", PATHOLOGICAL)
+def test_a_megabyte_answer_parses_in_linear_time(name):
+    """Each took 2 s at 10 kB and did not finish at 1 MB before (quadratic regexes and
+    literal_eval); now milliseconds to a few tenths of a second (README). The bound is generous:
+    quadratic time would take minutes."""
+    text = PATHOLOGICAL[name](1_000_000)
+    start = time.perf_counter()
+    events, ok = window_events(0.0, text)
+    assert time.perf_counter() - start < 2.0
+    strict_json(events)
+
+
+def test_final_events_are_strict_json():
+    ours = [{"time": 10.0, "raw": "x\ud800", "label": "进球", "label_raw": "进球", "team": "home",
+             "confidence": float("nan"), "details": {"a": float("inf")}, "event_time": 11.0, "frame": 3},
+            {"time": 12.0, "raw": "...", "label": "Goal", "label_raw": "Goal", "team": "away", "confidence": 95,
+             "details": None, "event_time": 12.4, "frame": None}]
+    seed = [{"time": 14.0, "raw": "{'label': 'Гол', 'confidence': Infinity, 'details': '\\udc00'}"}]
+    events = final_events(ours + seed)
+    assert [(e["label"], e["confidence"], e["details"], e["raw"]) for e in events] == [
+        ("进球", None, {"a": None}, "x\ufffd"), ("Goal", 0.95, None, "..."), ("Гол", None, "\ufffd", seed[0]["raw"])]
+    strict_json(events)
+    with pytest.raises(ValueError):
+        final_events([{"time": float("nan"), "raw": "None"}])

@@ -1,4 +1,5 @@
 """merge_results_llava.py on hand-made partials of a real 60 s video (30 windows of 2 s)."""
+import gzip
 import json
 import os
 import signal
@@ -220,10 +221,20 @@ def test_no_partials(project, capsys):
     assert code == 0 and "already merged" in out
 
 
-def test_bad_flags_exit_2(project, capsys):
+@pytest.mark.parametrize("argv,env,says", [
+    (["--dedup-s", "-1"], None, "--dedup-s (env LLAVA_DEDUP_S) must be a number of seconds >= 0, not -1"),
+    (["--dedup-s", "nan"], None, "must be a number of seconds >= 0, not nan"),
+    ([], "abc", "LLAVA_DEDUP_S='abc' is not a valid --dedup-s value"),
+    ([], "-3", "must be a number of seconds >= 0, not -3"),
+])
+def test_bad_flags_and_environment_exit_2_with_one_line(project, capsys, monkeypatch, argv, env, says):
+    if env is not None:
+        monkeypatch.setenv("LLAVA_DEDUP_S", env)
     with pytest.raises(SystemExit) as e:
-        merge_results_llava.main(["--video_index", "0", "--dedup-s", "-1"])
-    assert e.value.code == 2 and "--dedup-s must be 0 or more" in capsys.readouterr().err
+        merge_results_llava.main(["--video_index", "0", "--project", str(project), *argv])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert e.value.code == 2 and says in line
+    assert not settings.final_path(project, 0).exists()
 
 
 # A child process merges with a writer that stops at a chosen point and says so; the test
@@ -292,3 +303,44 @@ def test_kill_while_writing_final_leaves_old_or_no_final(project, capsys, point,
     assert code == 0, err
     assert len(load(final)) == 10 and not any(p.exists() for p in partials)
     assert not any(p.name.endswith(".tmp") for p in project.iterdir())  # the rerun removed the leftover
+
+
+def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys):
+    """A model that answers in prose: every window fails to parse. The final is written (empty),
+    but every raw answer survives in raw_answers_llava_video_0.json.gz, and the summary warns."""
+    raws = {k: f"In this clip the players run across the pitch ({k})." for k in range(N_WINDOWS)}
+    raws[4] = answer(ev("Goal", 8))
+    paths = write_partials(project, all_windows(raws, skip={9})[:15], all_windows(raws, skip={9})[15:])
+
+    code, out, err = run_merge(project, capsys)
+
+    assert code == 0, err
+    assert load(settings.final_path(project, 0))[0]["label"] == "Goal"
+    assert not any(p.exists() for p in paths)
+    archive = settings.raw_answers_path(project, 0)
+    with gzip.open(archive, "rt", encoding="utf-8") as f:
+        windows = json.load(f)
+    assert [w["time"] for w in windows] == [2.0 * k for k in range(N_WINDOWS)]
+    assert windows[3]["raw"] == raws[3] and windows[3]["status"] == "ok"
+    assert windows[9] == {"time": 18.0, "end": 20.8, "status": "skipped", "raw": None, "error": "OOM"}
+    assert "parse failures: 28 of 29 processed windows" in out
+    (warning,) = [line for line in err.splitlines() if "WARNING" in line]
+    assert "28 of 29 windows (97%) did not parse" in warning and archive.name in warning
+    assert f"and {archive.name} (every window's answer)" in out
+
+
+def test_finals_are_strict_json_and_follow_the_umask(project, tmp_path):
+    """No NaN/Infinity in a final (jq and browsers reject them) and files readable by the group
+    when the umask says so (mkstemp alone would make them 0600)."""
+    raws = {2: "{'label': 'Goal', 'team': 'home', 'confidence': NaN, 'frame': 3}",
+            4: "{'label': 'Corner', 'team': 'home', 'confidence': Infinity, 'frame': 1e999}"}
+    write_partials(project, all_windows(raws))
+    run = subprocess.run(["sh", "-c", 'umask 002 && exec "$0" "$@"', sys.executable, str(ROOT / "merge_results_llava.py"),
+                          "--video_index", "0", "--project", str(project)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    final = settings.final_path(project, 0)
+    text = final.read_text(encoding="utf-8")
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {final}"))  # (the raw texts keep theirs)
+    assert {r["label"] for r in json.loads(text)} == {"Goal", "Corner"}
+    for path in (final, settings.raw_answers_path(project, 0)):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o664), path

@@ -215,7 +215,7 @@ def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, v
 @pytest.mark.parametrize("case,message", [
     ("index", "--video_index 5 is out of range: "),
     ("corrupt", "cannot read video "),
-    ("model", "cannot load model '/no/such/model' (fp32): "),
+    ("model", "--model /no/such/model: no such directory"),
     ("foreign", "has windows outside this slice (e.g. 1.0 s): it was written with another --num_workers"),
     ("garbled", "is not valid JSON"),
 ])
@@ -313,3 +313,106 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path)
                 logits = model(input_ids=new[row:row + 1, t:t + 1], past_key_values=cache, use_cache=True).logits
                 torch.testing.assert_close(ours[t][row], logits[0, -1], rtol=1e-5, atol=1e-4)
     assert lengths[0] > lengths[1]
+
+
+# --- operational failures: one line, before the model loads where possible, data intact ----------
+
+def error_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+def test_a_full_disk_mid_run_is_one_line_exit_75_and_a_rerun_resumes(tmp_path, video_25fps, goal_checkpoint,
+                                                                     capsys, monkeypatch):
+    project = make_project(tmp_path, {"m.mkv": video_25fps})
+    real_write, calls = worker.atomic_write_json, []
+
+    def disk_fills_up(path, obj):  # the second write of the partial finds the disk full
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")  # ENOSPC, as write() raises it
+        real_write(path, obj)
+
+    monkeypatch.setattr(worker, "atomic_write_json", disk_fills_up)
+    assert run_worker(project, goal_checkpoint, "--batch-size", "1", "--max-new-tokens", "4", workers=10) == 75
+    (line,) = error_lines(capsys)
+    assert "no space left on the disk" in line and "partial_results_llava_vid0_gpu0.json" in line
+    assert [r["time"] for r in load(partial_path(project, 0, 0))] == [0.0]  # the first window, intact
+    monkeypatch.setattr(worker, "atomic_write_json", real_write)
+    assert run_worker(project, goal_checkpoint, "--batch-size", "1", "--max-new-tokens", "4", workers=10) == 0
+    assert [r["time"] for r in load(partial_path(project, 0, 0))] == [0.0, 2.0, 4.0]
+
+
+def test_little_free_space_is_refused_before_the_model_loads(tmp_path, video_25fps, capsys, monkeypatch):
+    project = make_project(tmp_path, {"m.mkv": video_25fps})
+    monkeypatch.setattr("shutil.disk_usage", lambda path: __import__("shutil")._ntuple_diskusage(10**9, 10**9, 5 * 10**6))
+    assert run_worker(project, "/nonexistent/model") == 1
+    (line,) = error_lines(capsys)
+    assert "only 5 MB free in" in line and "df -h" in line
+
+
+def test_a_read_only_project_is_refused_before_the_model_loads(tmp_path, video_25fps):
+    """chmod a-w on the project (root ignores that, so the worker then runs as nobody)."""
+    base = tmp_path / "shared"
+    project = base / "soccer_project"
+    (project / "raw_data").mkdir(parents=True)
+    (project / "raw_data" / "m.mkv").write_bytes(open(video_25fps, "rb").read())
+    videos.manifest(project)
+    for path in (tmp_path, base, project / "raw_data", project / "raw_data" / "m.mkv", project / "videos.txt"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    project.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        parents = [p for p in tmp_path.parents if p != p.parent]
+        for p in parents:  # pytest's base temp directory is 0700
+            if not os.stat(p).st_mode & 0o001:
+                p.chmod(os.stat(p).st_mode | 0o005)
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import torch"], capture_output=True)
+        if probe.returncode:
+            pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr[-200:]!r}")
+    run = subprocess.run([*prefix, *worker_cmd(project, "/nonexistent/model")], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 1, run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert f"cannot write in {project} (Permission denied)" in line and "--project / SOCCER_PROJECT" in line
+    assert "model loaded" not in run.stderr
+
+
+def test_a_hub_model_without_network_fails_in_seconds_with_the_recipe(tmp_path, video_25fps, capsys, monkeypatch):
+    project = make_project(tmp_path, {"m.mkv": video_25fps})
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache" / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: as a node without network
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t = time.monotonic()
+    assert run_worker(project, "some-lab/some-model") == 1
+    assert time.monotonic() - t < 60  # not minutes of retries
+    (line,) = error_lines(capsys)
+    assert "model some-lab/some-model is not in the Hugging Face cache here" in line
+    assert "127.0.0.1 cannot be reached (no network on this node)" in line
+    assert "snapshot_download('some-lab/some-model')" in line and "HF_HUB_OFFLINE=1" in line
+
+
+def test_an_edited_video_list_is_refused_and_restoring_it_works(tmp_path, video_25fps, video_2997fps, goal_checkpoint,
+                                                                capsys):
+    """Removing line 0 of videos.txt by hand would renumber every later video (finals are named by
+    index): the worker refuses with the command that restores the list, before loading a model."""
+    project = make_project(tmp_path, {"a/1.mkv": video_25fps, "b/2.mkv": video_2997fps})
+    assert videos.manifest(project) == ["a/1.mkv", "b/2.mkv"]
+    listed = project / "videos.txt"
+    for edit in ("b/2.mkv\n", "b/2.mkv\na/1.mkv\n", "a/1.mkv\nb/renamed.mkv\n"):
+        listed.write_text(edit)
+        assert run_worker(project, "/nonexistent/model", index=0) == 1
+        (line,) = error_lines(capsys)
+        assert "after video indices were given out" in line and f"cp {project / '.videos_given.txt'} {listed}" in line
+    listed.write_text((project / ".videos_given.txt").read_text())
+    assert run_worker(project, goal_checkpoint, "--max-new-tokens", "4", index=1, workers=8) == 0
+    assert videos.resolve_video(project, 1).name == "2.mkv"
+
+
+@pytest.mark.parametrize("name", [" leading.mkv", "dir /trailing_space.mkv", "line\nbreak.mkv"])
+def test_video_names_a_line_cannot_hold_are_refused_by_name(tmp_path, video_25fps, name, capsys):
+    project = make_project(tmp_path, {"ok.mkv": video_25fps, f"g/{name}": video_25fps})
+    assert run_worker(project, "/nonexistent/model") == 1
+    (line,) = error_lines(capsys)
+    assert repr(f"g/{name}") in line and "rename it" in line
