@@ -5,6 +5,7 @@ in, so N workers together cover every window exactly once. Frames are decoded on
 order (grab() skips, retrieve() only decodes the frames we keep), and shared by the
 overlapping windows; a seek happens only where a worker starts or jumps far ahead.
 """
+import logging
 import math
 from collections import namedtuple
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from .jsonio import InputError, atomic_write_text
 from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
 
+log = logging.getLogger("llava_worker")
 MANIFEST = "videos.txt"
 GIVEN = ".videos_given.txt"  # every line of videos.txt ever handed out (manifest())
 Window = namedtuple("Window", "k start times frames")  # frames: RGB arrays, times: their seconds
@@ -118,13 +120,25 @@ def probe(path) -> VideoInfo:
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
         if not (fps > 0 and count > 0 and cap.grab()):
             raise InputError(f"cannot read video {path}: OpenCV found no frames (corrupt file or missing codec)")
+        # The frame count may be the number of frames, not duration x fps: with a variable frame rate
+        # the last frame's timestamp says how long the video is (a CFR file has nothing after it).
+        cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
+        last = 0.0
+        for _ in range(100_000):
+            if not cap.grab():
+                break
+            last = max(last, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
+        count = max(count, round(last * fps) + 1)  # frames at the nominal fps that the video spans
     finally:
         cap.release()
     return VideoInfo(Path(path), fps, count)
 
 
 class FrameReader:
-    """Frames of one video in increasing sample order, RGB uint8 arrays."""
+    """Frames of one video at increasing sample times, RGB uint8 arrays: for each time the frame
+    whose presentation timestamp (the decoder's, CAP_PROP_POS_MSEC) is nearest, so variable-frame-
+    rate video is sampled at the right moments too. Where the timestamps are unusable (not
+    increasing) it warns once and counts frames at the nominal fps instead."""
 
     SEEK_AHEAD = 250  # frames: a longer jump seeks instead of grabbing through
 
@@ -133,30 +147,70 @@ class FrameReader:
         self._cv2 = cv2
         self.info = info
         self._cap = cv2.VideoCapture(str(info.path))
-        self._next = 0  # index of the frame the next grab() returns
+        self._index = -1            # index of the frame grabbed last (-1: none yet)
+        self._pts = None            # its timestamp (s), None before the first grab
+        self._image = None          # its RGB image, when retrieved
+        self._held = None           # (timestamp, image): the latest kept frame at or before the time asked
+        self._interval = 1 / info.fps  # the last gap between timestamps: when to keep a frame
+        self._by_index = False      # timestamps unusable: frame index / fps
+        self._seekable = True       # False once a seek landed after the time asked
+        self._last = -1             # the last sample asked for
         self.ended = False
 
     def frame(self, j: int):
-        """RGB frame at sample j, or None past the decodable end. j must not decrease."""
-        target = self.info.sample_frame(j)
-        if self.ended or target < self._next:
-            return None if self.ended else self._fail(target)
-        if target - self._next > self.SEEK_AHEAD:
-            self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, target)
-            self._next = target
-        while self._next <= target:
-            if not self._cap.grab():
-                self.ended = True
-                return None
-            self._next += 1
-        ok, bgr = self._cap.retrieve()
-        if not ok:
-            self.ended = True
-            return None
-        return self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
+        """RGB frame nearest to sample time j / FPS, or None past the decodable end. j must not decrease."""
+        if j < self._last:
+            raise ValueError(f"sample {j} requested after sample {self._last}: frames must be read in order")
+        self._last, t = j, j / FPS
+        if self._index < 0 or (t - self._pts) * self.info.fps > self.SEEK_AHEAD:
+            self._seek(t)
+        while not self.ended and self._pts <= t:
+            if self._pts + 1.5 * self._interval > t:  # maybe the last frame at or before t: keep it
+                self._held = (self._pts, self._retrieve())
+            self._grab()
+        held = self._held if self._held and t - self._held[0] <= 1.5 * self._interval else None
+        if self.ended:
+            return held and held[1]  # past the last frame: None
+        return held[1] if held and t - held[0] < self._pts - t else self._retrieve()
 
-    def _fail(self, target):
-        raise ValueError(f"frame {target} requested after frame {self._next - 1}: frames must be read in order")
+    def _seek(self, t):
+        """Grab the first frame or, for a long jump, seek to a frame a little before t (by the
+        nominal fps; if that lands after t, as variable frame rates can, read from the start)."""
+        target = max(0, int(t * self.info.fps) - 2)
+        if target > self._index + self.SEEK_AHEAD and self._seekable:
+            self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, target)
+            self._index, self._pts, self._held = target - 1, None, None
+            self._grab()
+            if not self.ended and self._pts <= t:
+                return
+            self._seekable = False
+            self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
+            self._index, self._pts, self._held, self.ended = -1, None, None, False
+        if self._index < 0:
+            self._grab()
+
+    def _grab(self):
+        if not self._cap.grab():
+            self.ended = True
+            return
+        self._index += 1
+        self._image = None
+        pts = self._index / self.info.fps if self._by_index else self._cap.get(self._cv2.CAP_PROP_POS_MSEC) / 1000
+        if self._pts is not None and pts <= self._pts and not self._by_index and self._index > 0:
+            log.warning(f"⚠️ {self.info.path.name}: frame timestamps do not increase ({self._pts:.3f} s, then "
+                        f"{pts:.3f} s at frame {self._index}): sampling by frame count at {self.info.fps:.3f} fps "
+                        f"instead; remux the file (ffmpeg -i IN -c copy OUT.mkv) if times look wrong")
+            self._by_index = True
+            pts = self._index / self.info.fps
+        if self._pts is not None and pts > self._pts:
+            self._interval = pts - self._pts
+        self._pts = pts
+
+    def _retrieve(self):
+        if self._image is None:
+            ok, bgr = self._cap.retrieve()
+            self._image = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB) if ok else None
+        return self._image
 
     def close(self):
         self._cap.release()

@@ -416,3 +416,33 @@ def test_video_names_a_line_cannot_hold_are_refused_by_name(tmp_path, video_25fp
     assert run_worker(project, "/nonexistent/model") == 1
     (line,) = error_lines(capsys)
     assert repr(f"g/{name}") in line and "rename it" in line
+
+
+@pytest.fixture(scope="module")
+def video_vfr(tmp_path_factory, video_25fps):
+    """Variable frame rate: the barcoded 25 fps video's frames 0-99 at 25 fps (0-4 s), then the
+    next 400 at 10 fps (4-44 s), as phones and screen recorders write them."""
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mkv"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", "20", "-i", str(video_25fps), "-vf",
+                    "setpts='if(lt(N,100),N/25,4+(N-100)/10)/TB'", "-fps_mode", "vfr", "-enc_time_base", "1/1000",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True)
+    return path
+
+
+def vfr_time(n):
+    return n / 25 if n < 100 else 4 + (n - 100) / 10
+
+
+def test_variable_frame_rate_video_is_sampled_by_presentation_time(video_vfr):
+    """Counting frames at the nominal 25 fps would show 9.0 s at 6.0 s; each sample must be the
+    frame whose timestamp is nearest (half a frame interval at most), also after a seek."""
+    info = videos.probe(video_vfr)
+    assert abs(info.duration - 44) < 0.5
+    for first in (0, 12):  # from the start, and a worker starting late (a seek by the nominal fps lands after 24 s)
+        windows = list(videos.iter_windows(info, range(first, info.n_windows)))
+        for _, start, times, frames in windows:
+            for t, frame in zip(times, frames):
+                shown = vfr_time(synthetic.read_barcode(frame))
+                assert abs(shown - t) <= (0.02 if t < 4 else 0.05) + 1e-6, (start, t, shown)
+        assert sum(len(w.frames) for w in windows) == sum(len(info.window_samples(w.k)) for w in windows) - (
+            windows[-1].frames == [] and 0)
