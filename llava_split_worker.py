@@ -348,8 +348,9 @@ def run(args, loaded=None):
     todo = [k for k in slice_windows if info.window_start(k) not in done]
     span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
             if slice_windows else "empty")
-    log.info(f"video {args.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, {info.n_windows} windows); "
-             f"slice {args.gpu_id + 1}/{args.num_workers}: {len(slice_windows)} windows {span}, "
+    log.info(f"video {args.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, "
+             f"{settings.count(info.n_windows, 'window')}); slice {args.gpu_id + 1}/{args.num_workers}: "
+             f"{settings.count(len(slice_windows), 'window')} {span}, "
              f"{len(done)} already in {out.name}")
     if not todo:
         log.info("slice already complete: nothing to do")
@@ -409,7 +410,7 @@ def run(args, loaded=None):
                                    f"[{e['team']}, {conf}] {e['details'] or ''}".rstrip())
             progress.update(len(batch))
             if stop:
-                log.warning(f"{stop[0]} received: saved {len(records)} windows to {out.name}; "
+                log.warning(f"{stop[0]} received: saved {settings.count(len(records), 'window')} to {out.name}; "
                             f"rerun the same command to resume")
                 return EXIT_INTERRUPTED
     finally:
@@ -419,7 +420,8 @@ def run(args, loaded=None):
     if device.startswith("cuda"):
         import torch
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
-    log.info(f"slice complete: {len(todo)} windows in {elapsed:.1f} s ({elapsed / len(todo):.2f} s/window){memory}, "
+    log.info(f"slice complete: {settings.count(len(todo), 'window')} in {elapsed:.1f} s "
+             f"({elapsed / len(todo):.2f} s/window){memory}, "
              f"{n_events} events, {n_skipped} skipped -> {out}")
     return 0
 

@@ -73,8 +73,8 @@ def run(args) -> int:
 
     missing = windows.missing
     if missing:
-        print(f"video {args.video_index}: {len(missing)} of {info.n_windows} windows are in none of the "
-              f"{len(files)} partials; not finalising, partials kept. Missing:", file=sys.stderr)
+        print(f"video {args.video_index}: {len(missing)} of {settings.count(info.n_windows, 'window')} are in none "
+              f"of the {settings.count(len(files), 'partial')}; not finalising, partials kept. Missing:", file=sys.stderr)
         for line in merge.missing_ranges(missing, info.duration):
             print(f"  {line}", file=sys.stderr)
         print(f"fix: rerun the workers of video {args.video_index} (they resume from the partials), "
@@ -95,7 +95,8 @@ def run(args) -> int:
     skipped = windows.skipped
     processed = info.n_windows - len(skipped)
     classes, others = merge.label_counts(kept)
-    print(f"video {args.video_index} ({video.name}): {info.n_windows} windows from {len(files)} partials: "
+    print(f"video {args.video_index} ({video.name}): {settings.count(info.n_windows, 'window')} from "
+          f"{settings.count(len(files), 'partial')}: "
           f"{processed} processed, {len(skipped)} skipped")
     if skipped:
         shown = ", ".join(f"{r['time']:g} s ({r.get('error') or 'error'})" for r in skipped[:10])
@@ -115,8 +116,8 @@ def run(args) -> int:
         print(f"⚠️ WARNING: {len(failures)} of {processed} windows ({len(failures) / processed:.0%}) did not parse: "
               f"the model did not answer in the asked format (prose?). Its answers are in {archive.name}; read "
               f"them before trusting {final.name} (README: Troubleshooting, Empty results)", file=sys.stderr)
-    kept_note = "partials kept" if args.keep_partials else f"deleted {len(files)} partials"
-    print(f"wrote {final} ({len(kept)} events) and {archive.name} (every window's answer); {kept_note}")
+    kept_note = "partials kept" if args.keep_partials else f"deleted {settings.count(len(files), 'partial')}"
+    print(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); {kept_note}")
     return 0
 
 

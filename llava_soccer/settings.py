@@ -30,6 +30,11 @@ def env(name, default):
     return os.environ.get(name) or default
 
 
+def count(n: int, noun: str) -> str:
+    """'1 window', '2 windows': log lines say what a person would."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check_env(parser, envs: dict) -> None:
     """Flags whose default comes from an environment variable ({dest: NAME}): "(env NAME)" goes
     into their help, and a set variable is checked as the flag's value would be, so a bad value

@@ -177,7 +177,7 @@ def test_only_this_videos_partials_are_read(odd_root, video_25fps, capsys, reque
         d.write_text("not json")
     code, out, err = run_merge(project, capsys, video=1)
     assert code == 0, err
-    assert "30 windows from 1 partials" in out
+    assert "30 windows from 1 partial:" in out
     assert len(load(settings.final_path(project, 1))) == 1
     assert all(d.exists() for d in decoys)
 
@@ -344,3 +344,21 @@ def test_finals_are_strict_json_and_follow_the_umask(project, tmp_path):
     assert {r["label"] for r in json.loads(text)} == {"Goal", "Corner"}
     for path in (final, settings.raw_answers_path(project, 0)):
         assert oct(path.stat().st_mode & 0o777) == oct(0o664), path
+
+
+def test_a_full_disk_during_the_merge_is_one_line_exit_75_and_keeps_the_partials(project, capsys, monkeypatch):
+    paths = write_partials(project, all_windows({3: answer(ev("Goal", 8))}))
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")  # ENOSPC, as the write raises it
+
+    monkeypatch.setattr(merge_results_llava, "atomic_write_json", full_disk)
+    code, out, err = run_merge(project, capsys)
+    assert code == 75
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "no space left on the disk" in line and "rerun the same command" in line
+    assert all(p.exists() for p in paths) and not settings.final_path(project, 0).exists()
+    monkeypatch.undo()
+    code, out, err = run_merge(project, capsys)
+    assert code == 0 and "30 windows from 1 partial: 30 processed" in out
+    assert "(1 event) and" in out and out.rstrip().endswith("deleted 1 partial")
