@@ -429,9 +429,9 @@ def run(args, loaded=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                        format=f"%(asctime)s [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
+                        format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
     try:
         return run(args)
     except (InputError, Abort) as e:

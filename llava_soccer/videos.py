@@ -7,6 +7,7 @@ overlapping windows; a seek happens only where a worker starts or jumps far ahea
 """
 import logging
 import math
+import os
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from .jsonio import InputError, atomic_write_text
 from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
 
 log = logging.getLogger("llava_worker")
+# FFmpeg's own messages ("EBML header parsing failed", "Truncating packet") would land in the job
+# log between our lines; a video we cannot read is our one-line error instead. Set it to 24 to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 MANIFEST = "videos.txt"
 GIVEN = ".videos_given.txt"  # every line of videos.txt ever handed out (manifest())
 Window = namedtuple("Window", "k start times frames")  # frames: RGB arrays, times: their seconds

@@ -446,3 +446,12 @@ def test_variable_frame_rate_video_is_sampled_by_presentation_time(video_vfr):
                 assert abs(shown - t) <= (0.02 if t < 4 else 0.05) + 1e-6, (start, t, shown)
         assert sum(len(w.frames) for w in windows) == sum(len(info.window_samples(w.k)) for w in windows) - (
             windows[-1].frames == [] and 0)
+
+
+def test_a_corrupt_video_is_our_one_line_without_ffmpegs_noise(tmp_path, video_25fps, capfd):
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(b"\x1aE\xdf\xa3 not really a matroska file" * 100)
+    project = make_project(tmp_path, {"good.mkv": video_25fps, "z_bad.mkv": bad})
+    assert run_worker(project, "/nonexistent/model", index=1) == 1
+    err = capfd.readouterr().err
+    assert "cannot read video" in err and "EBML" not in err and "Truncating packet" not in err
