@@ -28,8 +28,8 @@ import time
 from llava_soccer import model as llava
 from llava_soccer import gpus, settings, videos
 from llava_soccer.events import window_events
-from llava_soccer.jsonio import (InputError, atomic_write_json, check_writable, disk_problem, read_json,
-                                 remove_stale_temps)
+from llava_soccer.jsonio import (InputError, atomic_write_json, check_writable, first_line, read_json,
+                                 remove_stale_temps, run_cli)
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
 MAX_ERRORS_IN_A_ROW = 5
@@ -109,7 +109,8 @@ def parse_args(argv):
     if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) >= 1):
         bad("--batch-size", f"must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
     if args.prefill_chunk != "auto" and not args.prefill_chunk.isdigit():
-        bad("--prefill-chunk", f"must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
+        bad("--prefill-chunk",
+            f"must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
     for flag in ("--max-new-tokens", "--max-batch-size", "--num_workers"):
         if getattr(args, flag.lstrip("-").replace("-", "_")) < 1:
             bad(flag, "must be at least 1")
@@ -315,13 +316,6 @@ def batches(info, todo, batch_size, processor):
         yield batch
 
 
-def kv_bytes(model, tokens, room):
-    """The fast decoder's KV cache for one window of `tokens` prompt tokens and `room` new ones."""
-    text = model.config.text_config
-    head = text.head_dim or text.hidden_size // text.num_attention_heads
-    return 2 * text.num_hidden_layers * text.num_key_value_heads * head * (tokens + room) * model.dtype.itemsize
-
-
 def plan_for(args):
     """(device, plan) for this worker; InputError if its torch has no kernels for the GPU."""
     device = llava.pick_device(args.gpu_id or 0)
@@ -370,9 +364,9 @@ def run(args, loaded=None):
     try:
         model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
     except Exception as e:  # hub errors are long; the first line says what is missing
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): {first}. Check --model/LLAVA_MODEL, "
-                         f"HF_TOKEN and network, or pre-download the model (README: Troubleshooting)") from None
+        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): "
+                         f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
+                         f"or pre-download the model (README: Troubleshooting)") from None
     log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
     t0 = time.monotonic()
     plan.fused_kernels = llava.fuse_elementwise(model, plan.fused_kernels)
@@ -386,6 +380,7 @@ def run(args, loaded=None):
     worker = Worker(args, model, processor, info, plan)
     progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
     n_events = n_skipped = 0
+    from llava_soccer.decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
     batch_size = BatchSize(args.batch_size, args.max_batch_size, device, plan, args.decoder == "fast")
     t0 = time.monotonic()
     try:
@@ -394,13 +389,7 @@ def run(args, loaded=None):
             first = next((inputs for _, inputs in batch if inputs is not None), None)
             batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
             records = sorted(records + new, key=lambda r: r["time"])
-            try:
-                atomic_write_json(out, records)
-            except OSError as e:  # a full disk: the partial keeps the batches before; rerun resumes
-                if disk_problem(e, out) is None:
-                    raise
-                log.error(f"error: {disk_problem(e, out)}")
-                return EXIT_INTERRUPTED
+            atomic_write_json(out, records)  # a full disk: one line, exit 75 (run_cli), batches before kept
             for r in new:
                 n_skipped += r["status"] == "skipped"
                 for e in r["events"]:
@@ -432,11 +421,7 @@ def main(argv=None):
                         format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
-    try:
-        return run(args)
-    except (InputError, Abort) as e:
-        log.error(f"error: {e}")
-        return 1
+    return run_cli(run, args, "llava_split_worker.py", report=log.error, failures=(InputError, Abort))
 
 
 if __name__ == "__main__":

@@ -115,8 +115,7 @@ def plan_check(ckpt, quant, visual_tokens, info, plans, windows=(1, 2, 3)):
         model, processor = llava.load(ckpt, quant, device, visual_tokens, plan)
         inputs = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
         with torch.inference_mode(), llava._attention(model, plan.prefill_attention):
-            frames = decoding.FRAMES_PER_VISION_CALL if plan.prefill_chunk else None
-            logits = [decoding.last_logits(model, decoding.embed(model, llava.on_model(model, w), frames),
+            logits = [decoding.last_logits(model, decoding.embed(model, llava.on_model(model, w), plan.prefill_chunk),
                                            DynamicCache(), plan.prefill_chunk)[0].float().cpu() for w in inputs]
         logits = torch.stack(logits)
         del model, processor

@@ -36,6 +36,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
+from .jsonio import first_line
 from .model import on_model
 
 log = logging.getLogger("llava_worker")
@@ -237,18 +238,31 @@ class _Row(DynamicLayer):
         return self.keys, self.values
 
 
-def embed(model, window, frames=None):
+def embed(model, window, chunk=None):
     """Input embeddings of one window (processor inputs on the model's device), image tokens
-    replaced by image features; the vision tower sees `frames` frames at a time (None: all)."""
+    replaced by image features. A chunked prefill (chunk: tokens per chunk) is a small card's: its
+    vision tower sees FRAMES_PER_VISION_CALL frames at a time, not the whole window."""
     inner = model.model
     ids = window["input_ids"]
     embeds = inner.get_input_embeddings()(ids)
     pixels, sizes = window["pixel_values"], window["image_sizes"]
-    step = frames or len(pixels)
+    step = FRAMES_PER_VISION_CALL if chunk else len(pixels)
     features = torch.cat([f for i in range(0, len(pixels), step)
                           for f in inner.get_image_features(pixels[i:i + step], sizes[i:i + step]).pooler_output])
     mask = inner.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
     return embeds.masked_scatter(mask, features.to(embeds.dtype))
+
+
+def kv_shape(model, rows, slots):
+    """The shape of one layer's key (or value) buffer: (rows, kv heads, slots, head dim)."""
+    text = model.config.text_config
+    return rows, text.num_key_value_heads, slots, text.head_dim or text.hidden_size // text.num_attention_heads
+
+
+def kv_bytes(model, tokens, room):
+    """prefill()'s KV buffers for one window of `tokens` prompt tokens and `room` new ones."""
+    rows, heads, slots, head_dim = kv_shape(model, 1, tokens + room)
+    return 2 * model.config.text_config.num_hidden_layers * heads * slots * head_dim * model.dtype.itemsize
 
 
 def prefill(model, windows, room, chunk=None):
@@ -258,17 +272,14 @@ def prefill(model, windows, room, chunk=None):
     chunk: prefill the prompt in chunks of that many tokens, the vision tower a few frames at a
     time (None: all at once). The first window's embeddings are made before the buffer exists:
     the vision tower's peak and the cache's never add up."""
-    device, text = model.device, model.config.text_config
+    device, layers = model.device, model.config.text_config.num_hidden_layers
     lengths = [w["input_ids"].shape[1] for w in windows]
-    shape = (len(windows), text.num_key_value_heads, max(lengths) + room,
-             text.head_dim or text.hidden_size // text.num_attention_heads)
-    frames = FRAMES_PER_VISION_CALL if chunk else None
-    first_embeds = embed(model, on_model(model, windows[0]), frames)
-    kv = [[torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(text.num_hidden_layers)]
-          for _ in "kv"]
+    shape = kv_shape(model, len(windows), max(lengths) + room)
+    first_embeds = embed(model, on_model(model, windows[0]), chunk)
+    kv = [[torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(layers)] for _ in "kv"]
     first = []
     for i, window in enumerate(windows):
-        embeds = first_embeds if i == 0 else embed(model, on_model(model, window), frames)
+        embeds = first_embeds if i == 0 else embed(model, on_model(model, window), chunk)
         first_embeds = None
         first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk).argmax(-1))
         del embeds
@@ -300,7 +311,7 @@ def _checked(name, make, plain, instead):
             return run
         problem = f"its logits differ from the plain path's by {error:.1%}"
     except Exception as e:
-        problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        problem = f"{type(e).__name__}: {first_line(e)}"
     log.warning(f"⚠️ {name} failed its self-check on this GPU ({problem}); using {instead} instead: "
                 f"same answers, slower")
     return None

@@ -111,20 +111,19 @@ def make(args, real):
         name, cc, gib = "cpu", None, None
     warnings = []
     quant = args.quantization
-    if cc is None:  # CPU: PyTorch's own kernels; nf4 keeps bf16 compute as before
-        compute = {"nf4": "bfloat16", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quant]
+    modern, pascal = cc is None or cc >= (8, 0), cc is not None and cc < (7, 0)  # (CPU: nf4 keeps bf16 compute)
+    nf4 = "bfloat16" if modern else "float32" if pascal else "float16"
+    compute = {"nf4": nf4, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quant]
+    if cc is None:  # CPU: PyTorch's own kernels
         backends, decode, fused, graphs = ["math"], "sdpa", False, False
     else:
-        modern, pascal = cc >= (8, 0), cc < (7, 0)
-        default = "bfloat16" if modern else "float32" if pascal else "float16"
-        compute = {"nf4": default, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quant]
         if compute == "bfloat16" and not modern:
             warnings.append(f"--quantization {quant} on compute capability {cc[0]}.{cc[1]}: bf16 has no hardware "
                             "support before 8.0, so PyTorch emulates it, several times slower; nf4 or fp16 is faster")
         if compute == "float16" and pascal:
             warnings.append(f"--quantization fp16 on compute capability {cc[0]}.{cc[1]}: fp16 arithmetic runs at "
                             "1/64 rate on Pascal; nf4 (fp32 compute) is faster")
-        backends = ["cudnn", "flash", "efficient", "math"] if modern else ["efficient", "math"]
+        backends = list(BACKENDS) if modern else ["efficient", "math"]
         decode, fused, graphs = ("triton" if modern else "sdpa"), modern, True
     storage = "float16" if compute == "float32" and quant == "nf4" and cc is not None else compute
     chunk = PREFILL_CHUNK if gib is not None and gib < CHUNKED_BELOW_GIB else None

@@ -30,8 +30,10 @@ def _atomic_write(path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: https://docs.python.org/3/library/os.html#os.replace
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a failed write() names no file: say which one (disk_problem)
         raise
 
 
@@ -96,14 +98,21 @@ _DISK_ERRORS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk q
                 errno.EROFS: "the file system is read-only"}
 
 
-def disk_problem(e: OSError, path=None) -> str | None:
+def disk_problem(e: OSError) -> str | None:
     """One line for a write that failed for lack of space/quota or a read-only disk (the data
     already written is intact: atomic writes), else None."""
     if e.errno not in _DISK_ERRORS:
         return None
-    where = path or e.filename or "the project directory"
-    return (f"cannot write {where}: {_DISK_ERRORS[e.errno]}. Files written before are intact; free space "
-            f"(df -h {Path(where).parent if path or e.filename else '.'}) and rerun the same command")
+    where = Path(e.filename) if e.filename else None
+    return (f"cannot write {where or 'the project directory'}: {_DISK_ERRORS[e.errno]}. Files written before are "
+            f"intact; free space (df -h {where.parent if where else '.'}) and rerun the same command")
+
+
+def first_line(e: BaseException, limit=200) -> str:
+    """The first line of an exception's message (hub and compiler errors run to pages), at most
+    `limit` characters (None: all); "" when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def check_writable(directory, need_mb=100) -> None:
@@ -123,17 +132,19 @@ def check_writable(directory, need_mb=100) -> None:
                          f"(df -h {directory}) and rerun")
 
 
-def run_cli(run, args, prog) -> int:
-    """A script's main(): run(args)'s exit code, or 1 with one line on stderr for bad input, or
-    EXIT_RETRY with one line when the disk is full or read-only."""
+def run_cli(run, args, prog, report=None, failures=(InputError,)) -> int:
+    """A script's main(): run(args)'s exit code, or 1 with one line for bad input (failures), or
+    EXIT_RETRY with one line when the disk is full or read-only. report(line) writes the line
+    (default: stderr, prefixed with prog)."""
+    report = report or (lambda line: print(f"{prog}: {line}", file=sys.stderr))
     try:
         return run(args)
-    except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except failures as e:
+        report(f"error: {e}")
         return 1
     except OSError as e:
         problem = disk_problem(e)
         if problem is None:
             raise
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+        report(f"error: {problem}")
         return EXIT_RETRY

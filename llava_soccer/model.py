@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from .jsonio import InputError
+from .jsonio import InputError, first_line
 from .settings import DEFAULT_MODEL, FPS, SOCCERNET_CLASSES
 
 QUESTION = (
@@ -67,9 +67,10 @@ def check_model_source(model_id: str) -> None:
             return
         except OSError:
             pass
+    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached (no network on this node)"
     raise InputError(
-        f"model {model_id} is not in the Hugging Face cache here ({os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
-        f" and {'HF_HUB_OFFLINE is set' if offline else f'{host} cannot be reached (no network on this node)'}: "
+        f"model {model_id} is not in the Hugging Face cache here "
+        f"({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) and {why}: "
         f"download it once where there is network (login node) into a shared HF_HOME: python -c \"from "
         f"huggingface_hub import snapshot_download; snapshot_download('{model_id}')\", then export the same HF_HOME "
         f"and HF_HUB_OFFLINE=1 before sbatch (README: Troubleshooting)")
@@ -77,8 +78,8 @@ def check_model_source(model_id: str) -> None:
 
 def load(model_id: str, quantization: str, device: str, visual_tokens: str = "full", plan=None):
     """(model, processor); quantization nf4 = 4-bit NormalFloat (the seed's setting) computing in the
-    plan's compute dtype (llava_soccer.gpus: bf16 on 8.0+, fp16 on 7.x, fp32 on 6.x; default bf16),
-    everything else stored in its storage dtype.
+    plan's compute dtype (llava_soccer.gpus: bf16 on 8.0+ and CPU, fp16 on 7.x, fp32 on 6.x; default:
+    the device's own plan), everything else stored in its storage dtype.
 
     visual_tokens="reduced" is the opt-in fast mode: each frame is seen as the 336x336 base view
     plus ONE high-resolution tile instead of LLaVA-NeXT's best grid of up to 2x2 tiles
@@ -91,9 +92,10 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
     hf_logging.disable_progress_bar()  # its per-shard bars would flood the job log; we log the load time
     token = os.environ.get("HF_TOKEN") or None  # used, never printed
     kwargs = {"token": token, "device_map": {"": device}}
-    default = {"nf4": "bfloat16", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quantization]
-    compute, storage = (getattr(torch, plan.compute_dtype), getattr(torch, plan.storage_dtype)) if plan else (
-        getattr(torch, default),) * 2
+    if plan is None:
+        from .gpus import for_device
+        plan = for_device(device, quantization)
+    compute, storage = getattr(torch, plan.compute_dtype), getattr(torch, plan.storage_dtype)
     kwargs["dtype"] = storage
     if quantization == "nf4":
         # bnb casts each layer's input to the compute dtype and its output back to the storage dtype
@@ -172,8 +174,7 @@ def fuse_elementwise(model, on: bool) -> bool:
     if not _EAGER:
         _EAGER.update(norm=mistral.MistralRMSNorm.forward, mlp=mistral.MistralMLP.forward,
                       rope=mistral.apply_rotary_pos_emb)
-    mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward = _EAGER["norm"], _EAGER["mlp"]
-    mistral.apply_rotary_pos_emb = _EAGER["rope"]
+    _restore(mistral)
     if not on:
         return False
     if "compiled" not in _EAGER:  # once per process: recompiling the same functions trips dynamo
@@ -196,16 +197,19 @@ def fuse_elementwise(model, on: bool) -> bool:
             _EAGER["compiled"] = norm, gate, rope
         except Exception as e:
             _EAGER["compiled"] = None
-            mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward = _EAGER["norm"], _EAGER["mlp"]
-            mistral.apply_rotary_pos_emb = _EAGER["rope"]
+            _restore(mistral)
             logging.getLogger("llava_worker").warning(
-                f"⚠️ fused kernels failed their self-check on this GPU ({type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); prefill runs transformers' own "
-                f"kernels, ~10% slower. --fused-kernels no skips this attempt")
+                f"⚠️ fused kernels failed their self-check on this GPU ({type(e).__name__}: {first_line(e)}); "
+                f"prefill runs transformers' own kernels, ~10% slower. --fused-kernels no skips this attempt")
     if _EAGER["compiled"] is None:
         return False
     _patch(mistral, *_EAGER["compiled"])
     return True
+
+
+def _restore(mistral):
+    mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward = _EAGER["norm"], _EAGER["mlp"]
+    mistral.apply_rotary_pos_emb = _EAGER["rope"]
 
 
 def _patch(mistral, norm, gate, rope):

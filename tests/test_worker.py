@@ -12,7 +12,7 @@ import transformers
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, load, make_project
 from llava_soccer import model as llava
-from llava_soccer import decoding, synthetic, videos
+from llava_soccer import decoding, jsonio, synthetic, videos
 from llava_soccer.settings import partial_path
 
 
@@ -324,20 +324,20 @@ def error_lines(capsys):
 def test_a_full_disk_mid_run_is_one_line_exit_75_and_a_rerun_resumes(tmp_path, video_25fps, goal_checkpoint,
                                                                      capsys, monkeypatch):
     project = make_project(tmp_path, {"m.mkv": video_25fps})
-    real_write, calls = worker.atomic_write_json, []
+    real_json, calls = jsonio._json, []
 
-    def disk_fills_up(path, obj):  # the second write of the partial finds the disk full
-        calls.append(path)
+    def disk_fills_up(obj, **kw):  # the second write of the partial finds the disk full
+        calls.append(obj)
         if len(calls) == 2:
-            raise OSError(28, "No space left on device")  # ENOSPC, as write() raises it
-        real_write(path, obj)
+            raise OSError(28, "No space left on device")  # ENOSPC, as write() raises it: no file name
+        return real_json(obj, **kw)
 
-    monkeypatch.setattr(worker, "atomic_write_json", disk_fills_up)
+    monkeypatch.setattr(jsonio, "_json", disk_fills_up)
     assert run_worker(project, goal_checkpoint, "--batch-size", "1", "--max-new-tokens", "4", workers=10) == 75
     (line,) = error_lines(capsys)
     assert "no space left on the disk" in line and "partial_results_llava_vid0_gpu0.json" in line
     assert [r["time"] for r in load(partial_path(project, 0, 0))] == [0.0]  # the first window, intact
-    monkeypatch.setattr(worker, "atomic_write_json", real_write)
+    monkeypatch.setattr(jsonio, "_json", real_json)
     assert run_worker(project, goal_checkpoint, "--batch-size", "1", "--max-new-tokens", "4", workers=10) == 0
     assert [r["time"] for r in load(partial_path(project, 0, 0))] == [0.0, 2.0, 4.0]
 
