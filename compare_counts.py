@@ -25,7 +25,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llava_soccer import merge, settings
+from llava_soccer import merge, settings, videos
 from llava_soccer.events import final_events
 from llava_soccer.jsonio import (InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json,
                                   run_cli)
@@ -91,14 +91,14 @@ def compare(a, b, tolerance):
     return pairs, disagreements
 
 
-def ensemble_record(ea, eb, names):
+def ensemble_record(ea, eb, names, video):
     conf = [c for c in (ea["confidence"], eb["confidence"]) if c is not None]
     return {"time": ea["window"], "raw": ea["raw"], "label": ea["label"],
             "team": ea["team"] if ea["team"] == eb["team"] else "unknown",
             "confidence": round(sum(conf) / len(conf), 4) if conf else None,
             "details": ea["details"], "event_time": round((ea["time"] + eb["time"]) / 2, 3), "frame": None,
             "models": {name: {"event_time": e["time"], "confidence": e["confidence"], "team": e["team"],
-                              "details": e["details"]} for name, e in zip(names, (ea, eb))}}
+                              "details": e["details"]} for name, e in zip(names, (ea, eb))}, "video": video}
 
 
 def _ranges(indices) -> str:
@@ -152,6 +152,8 @@ def run(args) -> int:
                 missing[name].append(video)
         if not all(p.exists() for p in paths):
             continue
+        for path in paths:
+            videos.check_source(project, video, path)
         a, b = (load_events(p, args.dedup_s) for p in paths)
         pairs, disagreements = compare(a, b, args.tolerance)
         rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
@@ -166,8 +168,9 @@ def run(args) -> int:
         if args.ensemble:
             out = Path(args.ensemble).expanduser()
             out.mkdir(parents=True, exist_ok=True)
+            source = min(videos.source_of(paths[0]) | videos.source_of(paths[1]), default=None)
             atomic_write_json(settings.final_path(out, video, "ensemble"),
-                              [ensemble_record(a[i], b[j], names) for i, j in pairs])
+                              [ensemble_record(a[i], b[j], names, source) for i, j in pairs])
     if not rows:
         raise InputError(f"no video in {args.start}-{args.end} has both final_predictions_{names[0]}_video_N.json "
                          f"({dirs[0]}) and final_predictions_{names[1]}_video_N.json ({dirs[1]}): check --project, "

@@ -47,13 +47,13 @@ def parse_args(argv):
     p.add_argument("--tolerance", type=float, default=3.0,
                    help="precision/recall: a prediction matches a ground-truth event of its class at most this "
                         "many seconds away, one-to-one, as many pairs as possible (default 3)")
-    p.add_argument("--min_confidence", type=float, default=0.0,
-                   help="precision/recall: ignore predictions less confident than this (default 0 = all); "
-                        "the official mAP sweeps all thresholds itself")
-    p.add_argument("--missing_confidence", type=float, default=0.5,
-                   help="confidence in [0, 1] given to events without a usable one (none, or outside 0-100); "
-                        "1 < value <= 100 is read as a percent, as the events' own confidences are: 50 = 0.5 "
-                        "(default 0.5)")
+    p.add_argument("--min_confidence", type=soccernet.confidence_flag, default=0.0,
+                   help="precision/recall: ignore predictions less confident than this, in [0, 1] or a percent "
+                        "in (1, 100] as the events' own confidences (60 = 60%% = 0.6; default 0 = all); the "
+                        "official mAP sweeps all thresholds itself")
+    p.add_argument("--missing_confidence", type=soccernet.confidence_flag, default=0.5,
+                   help="confidence given to events without a usable one (none, or outside 0-100), read as "
+                        "--min_confidence (default 0.5)")
     p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
                    help="events of one label this many seconds apart or closer are one event, the most confident "
                         f"kept (the merge's rule; env LLAVA_DEDUP_S, default {settings.DEDUP_S:g}; 0 keeps all "
@@ -75,11 +75,6 @@ def parse_args(argv):
     args.metrics = metrics
     if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
         p.error("--tolerance and --dedup-s must be 0 or more seconds")
-    if not 0 <= args.missing_confidence <= 100:  # also NaN
-        p.error(f"--missing_confidence {args.missing_confidence:g}: give a confidence in [0, 1] "
-                "or a percent in (1, 100]")
-    if args.missing_confidence > 1:
-        args.missing_confidence /= 100
     return args
 
 
@@ -133,6 +128,7 @@ def load_model(name, folder, manifest, wanted, project, args):
             raise InputError(f"videos #{seen[where]} and #{index} are both {where[0]} half {where[1]} "
                              f"({name}): choose one with --videos")
         seen[where] = index
+        videos.check_source(project, index, path, manifest)
         events, unscored = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s)
         halves.append(soccernet.Half(index, manifest[index], where[0], where[1], path, events, unscored))
     return halves, notes

@@ -63,6 +63,7 @@ def run(args) -> int:
     files = merge.partial_files(project, args.video_index)
     if not files:
         if final.exists():
+            videos.check_source(project, args.video_index, final, videos.manifest(project))
             print(f"video {args.video_index}: already merged into {final} (no partials left)")
             return 0
         raise InputError(f"no partials of video {args.video_index} in {project} "
@@ -85,9 +86,11 @@ def run(args) -> int:
     kept = merge.dedup(found, args.dedup_s)
     archive = settings.raw_answers_path(project, args.video_index)
     remove_stale_temps(archive)
-    atomic_write_json_gz(archive, [{k: windows.records[i].get(k) for k in ("time", "end", "status", "raw", "error")}
-                                   for i in sorted(windows.records)])
-    atomic_write_json(final, [merge.final_record(e) for e in kept])
+    source = video.relative_to(project / "raw_data").as_posix()
+    atomic_write_json_gz(archive, {"video": source, "windows": [
+        {k: windows.records[i].get(k) for k in ("time", "end", "status", "raw", "error")}
+        for i in sorted(windows.records)]})
+    atomic_write_json(final, [merge.final_record(e, source) for e in kept])
     if not args.keep_partials:
         for path in files:
             path.unlink(missing_ok=True)

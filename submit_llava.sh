@@ -261,7 +261,7 @@ summary() {
 }
 
 main() {
-  local first last video
+  local first last video mismatch
   if in_slurm && [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
     (($# == 0)) || die "in a job array give no START END: each task processes video SLURM_ARRAY_TASK_ID" \
       "(sbatch --array=0-39 submit_llava.sh)"
@@ -298,6 +298,11 @@ main() {
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
   trap 'on_signal INT' INT
+
+  # A final is skipped below as done: one made from another video (copied from another project,
+  # or kept across a rebuilt videos.txt) would stand for the wrong game. Finals name their video.
+  mismatch=$(PYTHONPATH="${LLAVA_HOME}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m llava_soccer.videos \
+    "${PROJECT}" "${first}" "${last}" 2>&1) || die "${mismatch#submit_llava.sh: error: } (nothing started)"
 
   log "LLaVA soccer: videos ${first}..${last}, $(where)"
   log "project ${PROJECT}; scripts ${LLAVA_HOME}; python ${PYTHON}"

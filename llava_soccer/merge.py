@@ -129,11 +129,12 @@ def window_records_to_events(windows: Windows):
     return events, failures
 
 
-def final_record(e) -> dict:
-    """The final-file record of one event: the seed's {time, raw} plus the parsed event."""
+def final_record(e, video: str) -> dict:
+    """The final-file record of one event: the seed's {time, raw}, the parsed event and the video
+    (its raw_data/ path) it came from, which submit, compare and evaluate check (videos.check_source)."""
     return {"time": e["window"], "raw": e["raw"], "label": e["label"], "label_raw": e.get("label_raw"),
             "team": e["team"], "confidence": e["confidence"], "details": e.get("details"),
-            "event_time": e["time"], "frame": e.get("frame")}
+            "event_time": e["time"], "frame": e.get("frame"), "video": video}
 
 
 def label_counts(events) -> tuple[dict, dict]:

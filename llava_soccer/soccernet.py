@@ -9,6 +9,7 @@ Two kinds of numbers:
 Careful: the evaluator's "delta" is a window WIDTH (a prediction 1 s off counts at delta >= 2 s,
 as |dt| <= delta / 2), while --tolerance here is a half-width (|dt| <= tolerance).
 """
+import argparse
 import contextlib
 import inspect
 import io
@@ -87,6 +88,15 @@ def clean_confidence(value):
     return (c / 100 if percent or c > 1 else c) + 0.0  # + 0.0: no -0.0
 
 
+def confidence_flag(text: str) -> float:
+    """argparse type of a confidence flag: the events' own rule (0.6, 60 and "60%" are 0.6)."""
+    c = clean_confidence(text)
+    if c is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a confidence: give one in [0, 1] or a percent in (1, 100], "
+                                         "e.g. 0.6, 60 or 60%")
+    return c
+
+
 def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S):
     """(scored events, Counter of unscored labels) of one final predictions file.
 
@@ -142,6 +152,10 @@ def _annotation(a):
     """(half, ms, label) of one Labels-v2.json annotation, or the reason it is malformed."""
     if not isinstance(a, dict):
         return "not an object"
+    # The evaluator counts every visibility but "not shown" as visible (no key too, as
+    # Labels-v2.json always has one): a misspelt value would move events silently.
+    if "visibility" in a and a["visibility"] not in VISIBILITIES:
+        return f"visibility {json.dumps(a['visibility'])} is not one of {', '.join(map(json.dumps, VISIBILITIES))}"
     game_time = a.get("gameTime")
     m = GAME_TIME.fullmatch(game_time) if isinstance(game_time, str) else None
     if not m:
@@ -176,8 +190,8 @@ def read_labels(path: Path) -> list:
                              f"({_excerpt(a)}); each needs \"gameTime\": \"1 - 05:23\", \"label\" and "
                              "\"position\" in ms")
         half, ms, label = parsed
-        visibility = "not shown" if a.get("visibility") == "not shown" else "visible"  # as the evaluator
-        out.append({"time": ms / 1000, "half": half, "label": label, "visibility": visibility, "raw": a})
+        out.append({"time": ms / 1000, "half": half, "label": label, "visibility": a.get("visibility", "visible"),
+                    "raw": a})
     return out
 
 

@@ -8,11 +8,12 @@ overlapping windows; a seek happens only where a worker starts or jumps far ahea
 import logging
 import math
 import os
+import sys
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jsonio import InputError, atomic_write_text
+from .jsonio import InputError, atomic_write_text, read_json, run_cli
 from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
 
 log = logging.getLogger("llava_worker")
@@ -55,6 +56,43 @@ def manifest(project: Path) -> list[str]:
     if given != listed or not given_path.exists():
         atomic_write_text(given_path, "".join(f"{v}\n" for v in listed))
     return listed
+
+
+def source_of(final: Path) -> set:
+    """The videos (raw_data/ paths) a final file says it came from: the "video" of its events and
+    of the raw-answers archive beside it (merge). Empty for other models' files and older finals."""
+    records = read_json(final, "predictions file")
+    said = {r.get("video") for r in records if isinstance(r, dict)} if isinstance(records, list) else set()
+    archive = final.with_name(final.name.replace("final_predictions_", "raw_answers_", 1) + ".gz")
+    if archive.exists():
+        data = read_json(archive, "raw answers file")
+        said.add(data.get("video") if isinstance(data, dict) else None)
+    return said - {None}
+
+
+def check_source(project: Path, index: int, final: Path, listed=None) -> None:
+    """InputError when a final says it came from another video than line index of videos.txt
+    (listed: its lines, default read as they are): a final copied from another project, or kept
+    across a rebuilt videos.txt, would be skipped as done and scored against the wrong game."""
+    listed = _lines(project / MANIFEST) if listed is None else listed
+    if not listed:
+        return  # nothing to check against (compare_counts on a folder of finals)
+    expected = listed[index] if index < len(listed) else None
+    wrong = sorted(said for said in source_of(final) if said != expected)
+    if wrong:
+        line = f"is {expected!r}" if expected else f"does not exist (it lists {len(listed)} videos)"
+        raise InputError(f"{final} was made from {wrong[0]!r}, but video #{index} of {project / MANIFEST} {line}: it "
+                         f"belongs to another project or an older videos.txt. Move it and its raw_answers file out of "
+                         f"{final.parent}, then rerun video {index}")
+
+
+def _check_finals(project: str, first: str, last: str) -> int:
+    project = Path(project)
+    listed = manifest(project)  # also refuses an edited videos.txt before any worker starts
+    for index in range(int(first), int(last) + 1):
+        for final in sorted(project.glob(f"final_predictions_*_video_{index}.json")):
+            check_source(project, index, final, listed)
+    return 0
 
 
 def _lines(path: Path) -> list[str]:
@@ -238,3 +276,7 @@ def iter_windows(info: VideoInfo, windows):
             yield Window(k, info.window_start(k), [round(j / FPS, 3) for j in kept], [cache[j] for j in kept])
     finally:
         reader.close()
+
+
+if __name__ == "__main__":  # submit_llava.sh, before skipping finished videos: python -m llava_soccer.videos P 0 39
+    sys.exit(run_cli(lambda a: _check_finals(*a), sys.argv[1:], "submit_llava.sh"))

@@ -82,6 +82,7 @@ def test_ensemble_csv_and_plot(project, tmp_path, capsys):
     assert goal["models"]["qwen7b"]["event_time"] == 11.4 and goal["models"]["llava"]["confidence"] == 0.5
     assert goal["time"] == 10.0 and goal["raw"] == QWEN[0]["raw"]
     assert [e["label"] for e in final_events([goal])] == ["Goal"]  # readable like any final file
+    assert goal["video"] is None  # neither file says which video it came from (see the next test)
     assert sorted(p.name for p in out_dir.iterdir()) == ["final_predictions_ensemble_video_0.json",
                                                          "final_predictions_ensemble_video_2.json"]
     with open(table) as f:
@@ -113,6 +114,22 @@ def test_real_phi_files_are_empty(capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert rows(out)[-1] == ["total", "10635", "0", "0", "10635", "0", "0"]
+
+
+def test_a_final_of_another_video_is_refused_and_the_ensemble_names_its_video(project, tmp_path, capsys):
+    (project / "videos.txt").write_text("league/game/1_224p.mkv\nleague/game/2_224p.mkv\nleague/x/1_224p.mkv\n")
+    for video, source in ((0, "league/game/1_224p.mkv"), (2, "league/x/1_224p.mkv")):
+        settings.final_path(project, video, "llava").write_text(json.dumps([{**r, "video": source} for r in LLAVA]))
+    code = compare_counts.main(["--project", str(project), "--end", "3", "--ensemble", str(tmp_path / "ens")])
+    assert code == 0, capsys.readouterr().err
+    assert {r["video"] for r in load(settings.final_path(tmp_path / "ens", 2, "ensemble"))} == {"league/x/1_224p.mkv"}
+    settings.final_path(project, 2, "llava").write_text(json.dumps([{**r, "video": "league/game/2_224p.mkv"}
+                                                                     for r in LLAVA]))  # video 1's final, as 2's
+    assert compare_counts.main(["--project", str(project), "--end", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"compare_counts.py: error: {settings.final_path(project, 2, 'llava')} was made from 'league/game/2_224p.mkv', "
+        f"but video #2 of {project / 'videos.txt'} is 'league/x/1_224p.mkv'")
 
 
 def test_errors_are_one_line(project, tmp_path, capsys):

@@ -439,15 +439,24 @@ def test_missing_confidence_in_percent_and_out_of_range(odd_root, capsys):
     # None, 250, -0.2 and "high" are no confidence: they get --missing_confidence; 95 and "1%" are percents
     assert confidences["80"] == confidences["0.8"] == ["0.8", "0.95", "0.8", "0.8", "0.25", "0.01", "0.8"]
     assert confidences["1"] == ["1.0", "0.95", "1.0", "1.0", "0.25", "0.01", "1.0"]  # 1 is a confidence, not 1 %
-    for bad in ("101", "-0.1", "nan"):
-        with pytest.raises(SystemExit) as e:
-            ev.main(["--project", str(project), "--soccernet", str(sn), "--missing_confidence", bad])
-        assert e.value.code == 2
-        assert "give a confidence in [0, 1] or a percent in (1, 100]" in capsys.readouterr().err
+    # --min_confidence follows the same rule: 25, 25% and 0.25 keep the same predictions
+    kept = set()
+    for flag in ("25", "25%", "0.25"):
+        assert run(project, sn, "--metrics", "none", "--min_confidence", flag)[0] == 0
+        assert load(project / "soccernet_eval" / "summary.json")["settings"]["min_confidence"] == 0.25
+        kept.add(summary(project)["not_scored"]["predictions_below_min_confidence"])
+    assert kept == {1}  # only the 1% one (25 read as 25 would drop all 7)
+    for flag in ("--missing_confidence", "--min_confidence"):
+        for bad in ("101", "-0.1", "nan", "high", "150%"):
+            with pytest.raises(SystemExit) as e:
+                ev.main(["--project", str(project), "--soccernet", str(sn), flag, bad])
+            assert e.value.code == 2
+            err = capsys.readouterr().err
+            assert f"argument {flag}: {bad!r} is not a confidence: give one in [0, 1] or a percent in (1, 100]" in err
     with pytest.raises(SystemExit):
         ev.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "1 < value <= 100 is read as a percent" in text and "values > 1 are read as percent" not in text
+    assert "60 = 60% = 0.6" in text
 
 
 def test_confidences_are_written_exactly_so_the_official_number_is_ours(odd_root, tmp_path):
@@ -517,6 +526,10 @@ BAD_ANNOTATIONS = [  # (annotation #1, what the one line says, what the official
     ({"gameTime": "1 - 01:00", "label": "Goal", "position": "60000.5"}, 'position "60000.5" is not', ValueError),
     ({"gameTime": "1 - 01:00", "label": "Goal", "position": None}, "position null is not", TypeError),
     ({"gameTime": "1 - 01:00", "label": ["Goal"], "position": "60000"}, 'label ["Goal"] is not a string', TypeError),
+    ({"gameTime": "1 - 01:00", "label": "Goal", "position": "60000", "visibility": "Not shown"},
+     'visibility "Not shown" is not one of "visible", "not shown"', "as visible"),
+    ({"gameTime": "1 - 01:00", "label": "Goal", "position": "60000", "visibility": None},
+     'visibility null is not one of', "as visible"),
 ]
 
 
@@ -527,6 +540,9 @@ def test_labels_the_official_evaluator_cannot_read_stop_with_one_line(odd_root, 
     if official in (ValueError, TypeError):
         with pytest.raises(official):
             label2vector(labels, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+    elif official == "as visible":  # read, but a misspelt "not shown" counts as visible (1, not -1)
+        half1, _ = label2vector(labels, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
+        assert half1.max() == 1 and half1.min() == 0
     else:  # read without error, but not where the annotation says
         half1, half2 = label2vector(labels, EVENT_DICTIONARY=EVENT_DICTIONARY_V2)
         assert half1.any() == (official == "last frame") and not half2.any()
@@ -567,3 +583,19 @@ def test_default_deduplication_changes_the_official_number(odd_root):
         assert run(project, sn, "--metrics", "at1", "--dedup-s", flag)[0] == 0
         goal[flag] = summary(project)["official"]["at1"]["a_mAP_per_class"]["Goal"]
     assert goal == {"3": 0, "0": 0.5}
+
+
+def test_a_final_of_another_video_is_refused(odd_root):
+    """Index 0 of this project is game 1's first half; a final made from game 2's (copied from
+    another project) would be scored against the wrong labels."""
+    other = GAME.replace("Chelsea", "Arsenal")
+    labels = {GAME: [ann(1, 5, "Goal")], other: [ann(1, 5, "Goal")]}
+    records = [{**pred(5, "Goal"), "video": f"{other}/1_224p.mkv"}]
+    project, sn = make_case(odd_root, "foreign", labels, [f"{GAME}/1_224p.mkv", f"{other}/1_224p.mkv"],
+                            {"llava": {0: records, 1: records}})
+    rc, out, err = run(project, sn, "--metrics", "none")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and not (project / "soccernet_eval").exists()
+    assert err.startswith(f"evaluate_soccernet.py: error: {project / 'final_predictions_llava_video_0.json'} was "
+                          f"made from '{other}/1_224p.mkv', but video #0 of {project / 'videos.txt'} is "
+                          f"'{GAME}/1_224p.mkv'")
+    assert run(project, sn, "--metrics", "none", "--videos", "1")[0] == 0  # its own index is fine

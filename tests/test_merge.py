@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -319,7 +320,9 @@ def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys)
     assert not any(p.exists() for p in paths)
     archive = settings.raw_answers_path(project, 0)
     with gzip.open(archive, "rt", encoding="utf-8") as f:
-        windows = json.load(f)
+        data = json.load(f)
+    assert data["video"] == "league/game/1_224p.mkv"
+    windows = data["windows"]
     assert [w["time"] for w in windows] == [2.0 * k for k in range(N_WINDOWS)]
     assert windows[3]["raw"] == raws[3] and windows[3]["status"] == "ok"
     assert windows[9] == {"time": 18.0, "end": 20.8, "status": "skipped", "raw": None, "error": "OOM"}
@@ -362,3 +365,30 @@ def test_a_full_disk_during_the_merge_is_one_line_exit_75_and_keeps_the_partials
     code, out, err = run_merge(project, capsys)
     assert code == 0 and "30 windows from 1 partial: 30 processed" in out
     assert "(1 event) and" in out and out.rstrip().endswith("deleted 1 partial")
+
+
+def test_finals_name_their_video_and_one_of_another_video_is_refused(odd_root, video_25fps, capsys, request):
+    """A final (with its raw answers) copied into another project, where index 0 is another video."""
+    here, there = (make_project(odd_root / request.node.name / name, {rel: video_25fps})
+                   for name, rel in (("here", "league/game/1_224p.mkv"), ("there", "league/other game/2_224p.mkv")))
+    for p in (here, there):
+        videos.manifest(p)
+    write_partials(here, all_windows({3: answer(ev("Goal", 8)), 7: answer(ev("Corner", 2))}))
+    assert run_merge(here, capsys)[0] == 0
+    final, archive = settings.final_path(here, 0), settings.raw_answers_path(here, 0)
+    assert [r["video"] for r in load(final)] == ["league/game/1_224p.mkv"] * 2
+    assert videos.source_of(final) == {"league/game/1_224p.mkv"}
+
+    copied = settings.final_path(there, 0)
+    for path in (final, archive):
+        shutil.copy(path, there / path.name)
+    says = (f"merge_results_llava.py: error: {copied} was made from 'league/game/1_224p.mkv', but video #0 of "
+            f"{there / 'videos.txt'} is 'league/other game/2_224p.mkv': it belongs to another project or an older "
+            f"videos.txt. Move it and its raw_answers file out of {there}, then rerun video 0")
+    code, out, err = run_merge(there, capsys)
+    assert (code, out, err.strip()) == (1, "", says)
+    copied.write_text("[]")  # no events: the archive beside it still says where it came from
+    assert run_merge(there, capsys)[:3:2] == (1, says + "\n")
+    (there / archive.name).unlink()  # a final that says nothing (older runs, other models) is not refused
+    code, out, err = run_merge(there, capsys)
+    assert code == 0 and "already merged" in out

@@ -286,6 +286,17 @@ def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clip
     if shutil.which("nvidia-smi") is None:
         assert "1 worker(s) per video, GPUs: none (CPU)" in r.stderr
 
+    # that final copied into a new project whose video 0 is another one: refused, not skipped as done
+    other = Site(odd_root, "local copy", {"b.mkv": clips["b"]}, base_env)
+    copied = other.final(0)
+    shutil.copy(site.final(0), copied)
+    r = run_local(other, "0")
+    assert r.returncode == 2 and not other.partials(0) and "worker" not in r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.endswith(f"ERROR: {copied} was made from 'a.mkv', but video #0 of {other.project}/videos.txt is "
+                         f"'b.mkv': it belongs to another project or an older videos.txt. Move it and its "
+                         f"raw_answers file out of {other.project}, then rerun video 0 (nothing started)")
+
 
 def test_workers_sharing_a_gpu_get_batches_of_one(odd_root, clips, base_env):
     """--batch-size auto sizes batches from the GPU's free memory: two workers on one GPU would
