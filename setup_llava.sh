@@ -16,7 +16,8 @@
 #    older GPU (Titan V 7.0, GTX 1080 Ti 6.1) the same torch version comes from PyTorch's CUDA 12.6
 #    index first. Run setup where the jobs run: srun -p GPU --gres=gpu:1 bash setup_llava.sh;
 # 3. checks what it can: python and packages, that torch has kernels for this node's GPUs and
-#    suits its driver, ffmpeg/OpenCV, HF_TOKEN or a cached model, videos in raw_data/, sbatch.
+#    suits its driver, ffmpeg/OpenCV, HF_TOKEN or a cached model (these with
+#    python -m llava_soccer.doctor), videos in raw_data/, sbatch.
 # Safe to run again at any time. Exit status: 0 ready (warnings are printed), 1 a problem
 # that stops the pipeline (printed as ERROR).
 #
@@ -266,12 +267,13 @@ torch_fix() {
   fi
 }
 
-# One python run checks the interpreter, packages, GPUs, OpenCV and the model; it prints
-# "ok|...", "warn|..." or "error|..." lines, which become this script's messages.
-# The GPU part (nvidia-smi's GPUs; skipped on a login node) asks llava_soccer.gpus whether this
-# torch has kernels for each GPU, and checks its CUDA version against the driver.
+# python -m llava_soccer.doctor checks the interpreter, packages, GPUs, OpenCV and the model; it
+# prints "ok|...", "warn|..." or "error|..." lines, which become this script's messages. The GPU
+# part (nvidia-smi's GPUs; skipped on a login node) asks llava_soccer.gpus whether this torch has
+# kernels for each GPU, and checks its CUDA version against the driver.
 check_python() {
-  local out line status=0 fix=''
+  local out line status=0 seen=0 failed=0 quiet=0
+  local -a args=(--cuda-drivers "11=450.80.02 12=${CUDA12_DRIVER} 13=${CUDA13_DRIVER}")
   if ((INSTALL_FAILED)); then
     log "         (the checks of python and its packages run once the install works)"
     return 0
@@ -280,102 +282,29 @@ check_python() {
     error "python ${PY} not found"
     return 0
   fi
-  ((TORCH_CHECK)) && fix=$(torch_fix)
-  out=$(SETUP_GPUS=$(printf '%s\n' "${GPUS[@]}") SETUP_DRIVER=${DRIVER} SETUP_TORCH_CHECK=${TORCH_CHECK} SETUP_FIX=${fix} \
-    SETUP_CUDA_DRIVERS="11=450.80.02 12=${CUDA12_DRIVER} 13=${CUDA13_DRIVER}" \
-    PYTHONPATH="${PROJECT}${PYTHONPATH:+:${PYTHONPATH}}" "${PY}" - "${LLAVA_MODEL:-${DEFAULT_MODEL}}" 2>&1 <<'EOF'
-import os, sys
-v = sys.version_info
-if v < (3, 10):
-    sys.exit(print(f"error|Python {v[0]}.{v[1]} ({sys.executable}) is too old: 3.10 or newer is needed"))
-print(f"ok|python {sys.executable} ({v[0]}.{v[1]})")
-try:
-    import accelerate, numpy, PIL, tqdm, torch, transformers, cv2
-except ImportError as e:
-    sys.exit(print(f"error|package missing: {e} (rerun setup, or pip install -r requirements.txt)"))
-print(f"ok|torch {torch.__version__}, transformers {transformers.__version__}, OpenCV {cv2.__version__}")
-try:
-    import bitsandbytes
-    print(f"ok|bitsandbytes {bitsandbytes.__version__} (LLAVA_QUANT=nf4, 4-bit)")
-except Exception:
-    print("warn|bitsandbytes missing: LLAVA_QUANT=nf4 (the default) fails; use bf16 or pip install bitsandbytes")
-# nvidia-smi's GPUs (name|driver|capability per line; none on a login node): does this torch suit them?
-gpus = [line.split("|") for line in os.environ.get("SETUP_GPUS", "").splitlines() if line.count("|") == 2]
-problems = []
-if gpus and os.environ["SETUP_TORCH_CHECK"] == "1":  # else the driver is the error to fix first
-    from llava_soccer.gpus import torch_build_problem
-
-    def version(text):
-        return tuple(int(x) for x in text.split(".") if x.isdigit())
-
-    driver = os.environ["SETUP_DRIVER"]  # the lowest
-    needs = dict(item.split("=") for item in os.environ["SETUP_CUDA_DRIVERS"].split())
-    kinds = sorted({(name, cc) for name, _, cc in gpus})
-    listed = ", ".join(f"{sum(g[0] == name and g[2] == cc for g in gpus)}x {name} ({cc})" for name, cc in kinds)
-    cuda = torch.version.cuda
-    if cuda is None:
-        problems.append(f"torch {torch.__version__} is a CPU-only build, but nvidia-smi lists GPUs here: {listed}")
-    else:
-        major = cuda.split(".")[0]
-        need = needs.get(major, needs["13"] if int(major) > 13 else None)
-        if need and version(driver) < version(need):
-            problems.append(f"torch {torch.__version__} is built for CUDA {cuda}, which needs NVIDIA driver >= {need}; "
-                            f"this node has {driver}")
-        for name, cc in kinds:
-            if cc == "?":
-                continue
-            problem = torch_build_problem(tuple(int(x) for x in cc.split(".")), torch.cuda.get_arch_list(),
-                                          torch.__version__, cuda)
-            if problem:  # its own fix ("run setup on a node with this GPU") is where we are: ours follows
-                problems.append(f"{name}: {problem.partition(': run setup')[0]}")
-    if problems:
-        print(f"error|{'; '.join(problems)}. Fix: {os.environ['SETUP_FIX'].strip()}")
-    else:
-        print(f"ok|torch {torch.__version__} (CUDA {cuda}) suits this node: {listed}, driver {driver}")
-n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-if n:
-    print(f"ok|CUDA: {n} GPU(s) visible here: {torch.cuda.get_device_name(0)}")
-elif gpus:
-    if os.environ["SETUP_TORCH_CHECK"] == "1" and not problems:
-        print(f"warn|torch sees no GPU although nvidia-smi lists {len(gpus)}: check CUDA_VISIBLE_DEVICES "
-              f"({os.environ.get('CUDA_VISIBLE_DEVICES', 'not set')}) and that this node's driver works")
-else:  # no nvidia-smi: a login node, where nothing tells which torch build the GPU nodes need
-    print("warn|no GPU visible here: normal on a login node (jobs get theirs from #SBATCH --gres), but only on a GPU "
-          "node can setup check torch against its GPUs and driver (and pick the torch build they need): "
-          "srun -p GPU --gres=gpu:1 bash setup_llava.sh; on CPU the 7B model is far too slow"
-          + (" - and this torch is a CPU build" if torch.version.cuda is None else ""))
-build = cv2.getBuildInformation().replace(" ", "")
-if "FFMPEG:YES" in build:
-    print("ok|OpenCV can decode videos (FFMPEG backend)")
-else:
-    print("warn|OpenCV has no FFMPEG backend: it may not read .mkv/.mp4 (pip install opencv-python-headless)")
-model = sys.argv[1]
-if os.path.isdir(model):
-    if os.path.isfile(os.path.join(model, "config.json")):
-        print(f"ok|model: local checkpoint {model}")
-    else:
-        print(f"error|LLAVA_MODEL={model} is a directory without config.json")
-else:
-    from huggingface_hub import try_to_load_from_cache
-    if isinstance(try_to_load_from_cache(model, "config.json"), str):
-        print(f"ok|model {model} is in the Hugging Face cache")
-    elif os.environ.get("HF_TOKEN"):
-        print(f"ok|HF_TOKEN is set: {model} (~15 GB) downloads on first use "
-              "(better: pre-download it once, README: Troubleshooting)")
-    else:
-        print(f"warn|HF_TOKEN is not set and {model} is not cached: export HF_TOKEN=hf_... "
-              "or pre-download the model (README: Troubleshooting)")
-EOF
-  ) || status=$?
+  if ((TORCH_CHECK)); then
+    args+=(--fix "$(torch_fix)")
+  else
+    args+=(--skip-torch-check)  # no GPUs, or a driver too old for any torch: the error to fix first
+  fi
+  ((${#GPUS[@]} == 0)) || args+=("${GPUS[@]/#/--gpu=}")
+  out=$(PYTHONPATH="${PROJECT}${PYTHONPATH:+:${PYTHONPATH}}" "${PY}" -m llava_soccer.doctor "${args[@]}" -- \
+    "${LLAVA_MODEL:-${DEFAULT_MODEL}}" 2>&1) || status=$?
+  # Its other output (a traceback, a package's own chatter) is shown only when it did not finish:
+  # an exit status other than 0 (no error) or 1 (errors, each on its line).
+  grep -q '^error|' <<<"${out}" && failed=1
+  ((status == 0 || (status == 1 && failed))) && quiet=1
   while IFS= read -r line; do
     case ${line} in
-      ok\|*) ok "${line#ok|}" ;;
-      warn\|*) warn "${line#warn|}" ;;
-      error\|*) error "${line#error|}" ;;
-      *) [[ -z ${line} ]] || ((status == 0)) || log "         ${line}" ;;  # a traceback
+      ok\|*) ok "${line#ok|}"; seen=1 ;;
+      warn\|*) warn "${line#warn|}"; seen=1 ;;
+      error\|*) error "${line#error|}"; seen=1 ;;
+      *) ((quiet)) || [[ -z ${line} ]] || log "         ${line}" ;;
     esac
   done <<<"${out}"
-  [[ ${out} == *'|'* ]] || error "${PY} could not run the checks (see above)"
+  if ((!seen || (status != 0 && !failed))); then
+    error "${PY} could not run the checks (see above)"
+  fi
 }
 
 check_ffmpeg() {

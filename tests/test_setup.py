@@ -6,6 +6,7 @@ import shutil
 import site
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,14 +19,14 @@ INSTALLED = ["llava_split_worker.py", "merge_results_llava.py", "submit_llava.sh
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "LLAVA_")) and k not in ("HF_TOKEN", "CUDA_VISIBLE_DEVICES")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_"))
+           and k not in ("HF_TOKEN", "CUDA_VISIBLE_DEVICES", "SOCCER_PROJECT")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     return {**env, **{k: str(v) for k, v in extra.items()}}
 
 
 def setup(project, **env):
-    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900,
+    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900, check=False,
                        env=clean_env(SOCCER_PROJECT=project, **env))
     return r.returncode, r.stderr
 
@@ -42,6 +43,10 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
     assert "WARNING: no .mkv/.mp4 under" in out
     assert "ok:      torch " in out and "OpenCV can decode videos" in out
     assert "setup done" in out
+    # the project is not ~/soccer_project: the command setup prints last takes it along, quoted
+    command = next_command(out)
+    assert command.startswith("export SOCCER_PROJECT=")
+    assert follow(command, tmp_path) == [project.resolve(), project.resolve(), "submit_llava.sh 0 39"]
 
     # again, after a video arrived and one installed file went stale: only that file is copied
     make_project(project.parent, {"half1.mkv": synthetic.make_video(tmp_path / "half1.mkv", 10)})
@@ -54,13 +59,49 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
     assert "1 video(s) under" in out and "hf_secret123" not in out
 
     # the installed copy runs on its own: submit_llava.sh finds its scripts beside it
-    r = subprocess.run(["bash", "submit_llava.sh", "0", "0"], cwd=project, capture_output=True, text=True,
+    r = subprocess.run(["bash", "submit_llava.sh", "0", "0"], cwd=project, capture_output=True, text=True, check=False,
                        timeout=900, env=clean_env(SOCCER_PROJECT=project, LLAVA_PYTHON=sys.executable,
                                                   LLAVA_MODEL=goal_checkpoint, LLAVA_QUANT="fp32",
                                                   LLAVA_NUM_WORKERS=2))
     assert r.returncode == 0, r.stderr
     assert f"scripts {project};" in r.stderr
     assert (project / "final_predictions_llava_video_0.json").exists()
+
+
+def next_command(out):
+    """The command setup's last line tells users to type next (without its comment)."""
+    last = out.splitlines()[-1]
+    m = re.fullmatch(r"\[\d\d:\d\d:\d\d\]   (.+ && sbatch submit_llava.sh 0 39)    # or without Slurm: .*", last)
+    assert m, last
+    return m[1]
+
+
+def follow(command, tmp_path, **env):
+    """Run `command` as typed in a new shell (SOCCER_PROJECT not set), with an sbatch that says
+    where it was run, the SOCCER_PROJECT it got and its arguments."""
+    bin_dir = tmp_path / "fake sbatch"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nprintf \'%s\\n\' "$(pwd -P)" "${SOCCER_PROJECT-(not set)}" "$*"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False,
+                       env=clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env))
+    assert r.returncode == 0, r.stderr
+    where, project, args = r.stdout.splitlines()
+    return [Path(where), project if project == "(not set)" else Path(project).resolve(), args]
+
+
+def test_next_line_for_the_default_project(tmp_path):
+    """SOCCER_PROJECT not set: ~/soccer_project, and the printed command needs no export."""
+    home = tmp_path / "my home"
+    home.mkdir()
+    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900, check=False,
+                       env=clean_env(HOME=home, LLAVA_PYTHON=sys.executable))
+    assert r.returncode == 0, r.stderr
+    assert (home / "soccer_project" / "raw_data").is_dir()
+    command = next_command(r.stderr)
+    assert "SOCCER_PROJECT" not in command
+    assert follow(command, tmp_path, HOME=home) == [(home / "soccer_project").resolve(), "(not set)",
+                                                   "submit_llava.sh 0 39"]
 
 
 def test_venv_is_made_once_and_reused(tmp_path):
@@ -87,7 +128,7 @@ def test_venv_is_made_once_and_reused(tmp_path):
 def test_missing_packages_are_an_error(tmp_path):
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None or subprocess.run([python, "-c", "import torch, transformers"],
-                                        capture_output=True).returncode == 0:
+                                        capture_output=True, check=False).returncode == 0:
         pytest.skip("needs a python3 without torch/transformers")
     rc, out = setup(tmp_path / "proj", LLAVA_PYTHON=python)
     assert rc == 1
@@ -100,7 +141,7 @@ def test_missing_packages_are_an_error(tmp_path):
 # CUDA build, and pip without an index (PIP_NO_INDEX), so nothing is ever downloaded.
 CU126 = "https://download.pytorch.org/whl/cu126"
 SRUN = "srun -p GPU --gres=gpu:1 bash setup_llava.sh"
-TORCH_PIN = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)[1]
+TORCH_PIN = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE)[1]
 PYPI_ARCHS = "sm_75,sm_80,sm_86,sm_90,sm_100,sm_120"        # torch 2.13 from PyPI (CUDA 13.0)
 CU126_ARCHS = "sm_50,sm_60,sm_70,sm_75,sm_80,sm_86,sm_90"    # torch 2.13 from the cu126 index
 
@@ -117,6 +158,11 @@ if os.environ.get("FAKE_TORCH_CUDA"):
 def errors(out):
     """setup's own ERROR lines (pip prints some of its own)."""
     return [line for line in out.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] ERROR:", line)]
+
+
+def stray(out):
+    """Log lines that are not setup's own: the checks' other output (tracebacks, packages' messages)."""
+    return re.findall(r"^\[\d\d:\d\d:\d\d\]          .*", out, re.MULTILINE)
 
 
 def path_without_nvidia_smi():
@@ -166,7 +212,7 @@ def fake_torch(tmp_path):
 
 def no_index_pip():
     """pip settings that never reach a network or this machine's wheel folders."""
-    return dict(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS="", PIP_EXTRA_INDEX_URL="")
+    return {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": ""}
 
 
 def test_titan_v_with_driver_535_installs_torch_from_the_cu126_index(tmp_path):
@@ -226,8 +272,8 @@ def test_titan_rtx_with_driver_580_keeps_the_venv(tmp_path, fake_torch, index):
 def test_check_finds_torch_without_kernels_for_the_titan_v(tmp_path, fake_torch):
     """LLAVA_PYTHON with PyPI's CUDA 13 torch (kernels from 7.5) on a Titan V node with driver 535:
     one ERROR line says so and names the cu126 install; with the cu126 build the node is fine."""
-    env = dict(LLAVA_PYTHON=sys.executable, PATH=gpu_node(tmp_path, "TITAN V", "535.104.05", "7.0"),
-               PYTHONPATH=fake_torch)
+    env = {"LLAVA_PYTHON": sys.executable, "PATH": gpu_node(tmp_path, "TITAN V", "535.104.05", "7.0"),
+           "PYTHONPATH": fake_torch}
     rc, out = setup(tmp_path / "proj", FAKE_TORCH_CUDA="13.0", FAKE_TORCH_ARCHS=PYPI_ARCHS, **env)
     assert rc == 1, out
     [line] = errors(out)
@@ -236,6 +282,7 @@ def test_check_finds_torch_without_kernels_for_the_titan_v(tmp_path, fake_torch)
             f"(built for {PYPI_ARCHS.replace(',', ' ')})") in line
     assert line.endswith(f"Fix: install the CUDA 12.6 build (compute capability 5.0-9.0, driver >= 525.60.13): "
                          f"{sys.executable} -m pip install torch=={TORCH_PIN}+cu126 --index-url {CU126}")
+    assert stray(out) == []  # the checks finished: what packages print on import stays out of the log
 
     rc, out = setup(tmp_path / "proj", FAKE_TORCH_CUDA="12.6", FAKE_TORCH_ARCHS=CU126_ARCHS, **env)
     assert rc == 0, out
@@ -244,9 +291,57 @@ def test_check_finds_torch_without_kernels_for_the_titan_v(tmp_path, fake_torch)
     assert "WARNING: torch sees no GPU although nvidia-smi lists 1" in out  # the fake has no real GPU
 
 
+def test_checks_that_crash_are_an_error_with_their_traceback(tmp_path, fake_torch):
+    """A check that fails unexpectedly (here torch.cuda.get_arch_list() raises): one ERROR line, and
+    the traceback in the log."""
+    rc, out = setup(tmp_path / "proj", LLAVA_PYTHON=sys.executable, PYTHONPATH=fake_torch, FAKE_TORCH_CUDA="12.6",
+                    PATH=gpu_node(tmp_path, "TITAN V", "535.104.05", "7.0"))  # and no FAKE_TORCH_ARCHS
+    assert rc == 1, out
+    [line] = errors(out)
+    assert line.endswith("ERROR:   the checks stopped at KeyError: 'FAKE_TORCH_ARCHS' (traceback above)")
+    assert any("Traceback (most recent call last)" in s for s in stray(out))
+    assert "setup incomplete: 1 error(s)" in out
+
+
 def test_login_node_asks_for_setup_on_a_gpu_node(tmp_path):
     """No nvidia-smi (a login node): a warning names the command that runs setup on a GPU node."""
     rc, out = setup(tmp_path / "proj", LLAVA_PYTHON=sys.executable, PATH=path_without_nvidia_smi())
     assert rc == 0, out
     [line] = [line for line in out.splitlines() if "WARNING: no GPU visible here" in line]
     assert "normal on a login node" in line and SRUN in line
+
+
+# --- submit_llava.sh: what a failed video leaves (issue 12) ---------------------------------------
+# Without Slurm and with stand-in worker and merge scripts (LLAVA_HOME), so it needs no model: the
+# log line of a failed video says "partial results kept" only when partial files exist.
+FAKE_WORKER = """\
+import os
+import sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+if os.environ["FAKE_WORKER"].startswith("partial"):
+    name = f"partial_results_llava_vid{args['--video_index']}_gpu{args['--gpu_id']}.json"
+    with open(os.path.join(args["--project"], name), "w") as f:
+        f.write("[]")
+sys.exit(0 if os.environ["FAKE_WORKER"] == "partial" else 1)
+"""
+
+
+@pytest.mark.parametrize("worker,message", [
+    ("fail", "video 0: FAILED (worker 0 exit 1); no partial results were written, see the worker lines above"),
+    ("partial then fail", "video 0: FAILED (worker 0 exit 1); partial results kept, see the worker lines above"),
+    ("partial", "video 0: FAILED (merge exit 1); partial results kept"),  # the worker is fine, the merge fails
+])
+def test_failed_video_says_whether_partial_results_were_kept(tmp_path, worker, message):
+    scripts = tmp_path / "fake scripts"
+    scripts.mkdir()
+    (scripts / "llava_split_worker.py").write_text(FAKE_WORKER)
+    (scripts / "merge_results_llava.py").write_text("import sys\nsys.exit(1)\n")
+    project = tmp_path / "my project"
+    project.mkdir()
+    r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=120,
+                       check=False, cwd=tmp_path,
+                       env=clean_env(SOCCER_PROJECT=project, LLAVA_HOME=scripts, LLAVA_PYTHON=sys.executable,
+                                     LLAVA_NUM_WORKERS=1, CUDA_VISIBLE_DEVICES="", FAKE_WORKER=worker))
+    assert r.returncode == 1, r.stderr
+    assert message in r.stderr
+    assert bool(list(project.glob("partial_results_llava_vid0_gpu*.json"))) == (worker != "fail")
