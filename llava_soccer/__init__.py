@@ -8,6 +8,8 @@ merge      partials -> final events: coverage check, re-parsing, de-duplication
 soccernet  SoccerNet labels, results_spotting.json, official average-mAP, precision/recall
 matching   one-to-one label+time matching (model vs model, model vs ground truth)
 gpus       one execution plan per GPU (dtypes, kernels, chunks, batch size) from its capability and memory
+doctor     setup_llava.sh's checks (python -m llava_soccer.doctor MODEL): python, packages, torch vs GPUs/driver,
+           OpenCV, model
 model      loading LLaVA-NeXT (NF4/bf16/...) as the plan says, the prompt, batched generate
 decoding   the fast greedy decoder: per-window (chunked) prefill, CUDA-graph decode, self-checks
 synthetic  tiny/full-size random checkpoints and barcoded H.264 videos for tests and demos
