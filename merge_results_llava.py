@@ -67,7 +67,7 @@ def run(args) -> int:
             print(f"video {args.video_index}: already merged into {final} (no partials left)")
             return 0
         raise InputError(f"no partials of video {args.video_index} in {project} "
-                         f"(partial_results_llava_vid{args.video_index}_gpu*.json): run the workers first")
+                         f"({settings.PARTIAL.format(video=args.video_index, gpu='*')}): run the workers first")
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
     windows = merge.read_windows(files, info.n_windows)

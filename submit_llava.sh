@@ -205,6 +205,7 @@ start_worker() {
 # process_video I: appends I to DONE, SKIPPED, FAILED or INTERRUPTED.
 process_video() {
   local video=$1 slice merge_status
+  # File names and defaults are llava_soccer/settings.py's; tests/test_names.py checks these copies.
   local final="${PROJECT}/final_predictions_llava_video_${video}.json"
   local -a statuses=() bad=()
   if [[ -f ${final} ]]; then

@@ -355,8 +355,8 @@ def _event_dicts(value, depth=0):
 
 # ---------------------------------------------------------------------------- events
 
-def _confidence(value):
-    """A confidence in [0, 1], or None (missing).
+def confidence(value):
+    """A confidence in [0, 1], or None (missing): the one rule for model answers, final files and flags.
 
     A number, or a string holding one ("0.85", "95%"): 0 <= c <= 1 is kept; 1 < c <= 100 is a
     percentage and becomes c / 100 (95 -> 0.95); "c%" is always c / 100 (0 <= c <= 100).
@@ -377,7 +377,7 @@ def _confidence(value):
         return None
     if not 0 <= c <= 100:  # also NaN
         return None
-    return c / 100 if percent or c > 1 else c
+    return (c / 100 if percent or c > 1 else c) + 0.0  # + 0.0: no -0.0
 
 
 def _frame(value):
@@ -399,7 +399,7 @@ def clean_event(d: dict) -> dict:
         "label": normalise_label(raw_label) or (_clean_str(str(raw_label).strip()) if raw_label else None),
         "label_raw": raw_label,
         "team": team if team in ("home", "away") else ("unknown" if not team else team),
-        "confidence": _confidence(d.get("confidence")),
+        "confidence": confidence(d.get("confidence")),
         "details": _jsonable(d.get("details")),
         "frame": _frame(d.get("frame")),
     }
@@ -500,7 +500,7 @@ def final_events(records):
         if "label" in r:
             label = normalise_label(r.get("label_raw")) or normalise_label(r["label"]) or _jsonable(r["label"])
             out.append({"time": _time(r.get("event_time", window)), "label": label,
-                        "team": _jsonable(r.get("team")), "confidence": _confidence(r.get("confidence")),
+                        "team": _jsonable(r.get("team")), "confidence": confidence(r.get("confidence")),
                         "details": _jsonable(r.get("details")), "window": window, "raw": raw})
         else:
             for e in window_events(window, r.get("raw"))[0]:

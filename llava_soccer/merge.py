@@ -4,13 +4,12 @@ Used by merge_results_llava.py (one video) and compare_counts.py (de-duplicating
 per-window Qwen files the same way, so both models are counted alike).
 """
 import bisect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .events import window_events
 from .jsonio import InputError, read_json
-from .settings import SOCCERNET_CLASSES, STEP_S, WINDOW_S
+from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, WINDOW_S, name_pattern
 
 _EPS = 1e-6  # event times are sums of floats: 3.0 s apart can come out as 3.0000000000000284
 
@@ -39,9 +38,9 @@ def dedup(events, dedup_s):
 
 def partial_files(project: Path, video_index: int) -> list[Path]:
     """Every partial of the video (settings.partial_path), whatever the number of workers."""
-    name = re.compile(rf"partial_results_llava_vid{video_index}_gpu(\d+)\.json")
-    found = [p for p in project.glob(f"partial_results_llava_vid{video_index}_gpu*.json") if name.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(name.fullmatch(p.name)[1]))
+    name = name_pattern(PARTIAL, video=video_index)
+    found = [p for p in project.glob(PARTIAL.format(video=video_index, gpu="*")) if name.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(name.fullmatch(p.name)["gpu"]))
 
 
 @dataclass

@@ -3,6 +3,8 @@
 The numbers match the earlier Qwen runs (see the seed README) so the models compare fairly.
 """
 import os
+import re
+import string
 from pathlib import Path
 
 FPS = 5.0                  # frames sampled per second of video
@@ -55,19 +57,39 @@ def check_env(parser, envs: dict) -> None:
             parser.error(f"{name}={raw!r}: choose from {', '.join(map(str, action.choices))} ({action.option_strings[0]})")
 
 
+# Where things are. These are the only definitions; the shell scripts hold copies of the project
+# default and the file names (tests/test_names.py checks that they match).
+PROJECT_DEFAULT = "~/soccer_project"
+PARTIAL = "partial_results_llava_vid{video}_gpu{gpu}.json"   # one per worker, deleted by the merge
+FINAL = "final_predictions_{model}_video_{video}.json"       # one per video and model
+RAW_ANSWERS = "raw_answers_{model}_video_{video}.json.gz"    # every window's answer, beside the final
+_FIELDS = {"video": r"\d+", "gpu": r"\d+", "model": r"[\w.+-]+?"}
+
+
+def name_pattern(template: str, **fixed) -> re.Pattern:
+    """A regex matching the names template makes: the fields given are literal, the others are
+    captured by name, e.g. name_pattern(FINAL, model="llava").fullmatch(name)["video"]."""
+    regex = ""
+    for literal, field, _, _ in string.Formatter().parse(template):
+        regex += re.escape(literal)
+        if field:
+            regex += re.escape(str(fixed[field])) if field in fixed else f"(?P<{field}>{_FIELDS[field]})"
+    return re.compile(regex)
+
+
 def project_dir(value=None) -> Path:
     """$SOCCER_PROJECT (default ~/soccer_project): videos under raw_data/, results beside."""
-    return Path(value or env("SOCCER_PROJECT", "~/soccer_project")).expanduser()
+    return Path(value or env("SOCCER_PROJECT", PROJECT_DEFAULT)).expanduser()
 
 
 def partial_path(project: Path, video_index: int, gpu_id: int) -> Path:
-    return project / f"partial_results_llava_vid{video_index}_gpu{gpu_id}.json"
+    return project / PARTIAL.format(video=video_index, gpu=gpu_id)
 
 
 def final_path(project: Path, video_index: int, model: str = "llava") -> Path:
-    return project / f"final_predictions_{model}_video_{video_index}.json"
+    return project / FINAL.format(model=model, video=video_index)
 
 
-def raw_answers_path(project: Path, video_index: int) -> Path:
+def raw_answers_path(project: Path, video_index: int, model: str = "llava") -> Path:
     """Every window's raw answer of a merged video (the partials are deleted after the merge)."""
-    return project / f"raw_answers_llava_video_{video_index}.json.gz"
+    return project / RAW_ANSWERS.format(model=model, video=video_index)

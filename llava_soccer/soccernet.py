@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import merge
-from .events import final_events, normalise_label
+from .events import confidence, final_events, normalise_label
 from .jsonio import InputError, atomic_write_json, read_json
 from .matching import match
-from .settings import DEDUP_S, SOCCERNET_CLASSES
+from .settings import DEDUP_S, FINAL, SOCCERNET_CLASSES, name_pattern
 
 LABELS_FILE = "Labels-v2.json"
 RESULTS_FILE = "results_spotting.json"
@@ -58,39 +58,19 @@ def video_half(video: str):
 
 def prediction_files(directory: Path, model: str) -> dict:
     """{video index: path} of final_predictions_<model>_video_<N>.json files in directory."""
-    pattern = re.compile(rf"final_predictions_{re.escape(model)}_video_(\d+)\.json")
+    pattern = name_pattern(FINAL, model=model)
     found = {}
     if directory.is_dir():
         for p in directory.iterdir():
             m = pattern.fullmatch(p.name)
             if m:
-                found[int(m[1])] = p
+                found[int(m["video"])] = p
     return dict(sorted(found.items()))
-
-
-def clean_confidence(value):
-    """A confidence in [0, 1], exactly as given; None when there is none or it is unusable.
-
-    The parser's rule (events.py): 1 < c <= 100 is a percent (95 -> 0.95), "c%" is always one;
-    negative, above 100, NaN, text: None. Not rounded: the same float ranks events here
-    (de-duplication, --min_confidence, one per 0.5 s frame) and is written, repr-exact, into
-    results_spotting.json for the evaluator.
-    """
-    if isinstance(value, bool):
-        return None
-    percent = isinstance(value, str) and value.strip().endswith("%")
-    try:
-        c = float(value.strip()[:-1] if percent else value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not 0 <= c <= 100:  # also NaN
-        return None
-    return (c / 100 if percent or c > 1 else c) + 0.0  # + 0.0: no -0.0
 
 
 def confidence_flag(text: str) -> float:
     """argparse type of a confidence flag: the events' own rule (0.6, 60 and "60%" are 0.6)."""
-    c = clean_confidence(text)
+    c = confidence(text)
     if c is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a confidence: give one in [0, 1] or a percent in (1, 100], "
                                          "e.g. 0.6, 60 or 60%")
@@ -124,7 +104,7 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
             unscored[str(e["label"])] += 1
             continue
         scored.append({"time": max(0.0, float(e["time"])), "label": label,  # records checked above
-                       "confidence": clean_confidence(e["confidence"])})
+                       "confidence": e["confidence"]})  # events.confidence(): exact, not rounded
     scored = merge.dedup(scored, dedup_s)  # before filling in missing confidences: None ranks lowest
     for e in scored:
         if e["confidence"] is None:

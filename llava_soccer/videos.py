@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jsonio import InputError, atomic_write_text, read_json, run_cli
-from .settings import FPS, FRAMES_PER_WINDOW, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES
+from .settings import (FINAL, FPS, FRAMES_PER_WINDOW, RAW_ANSWERS, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES,
+                       name_pattern)
 
 log = logging.getLogger("llava_worker")
 # FFmpeg's own messages ("EBML header parsing failed", "Truncating packet") would land in the job
@@ -63,8 +64,9 @@ def source_of(final: Path) -> set:
     of the raw-answers archive beside it (merge). Empty for other models' files and older finals."""
     records = read_json(final, "predictions file")
     said = {r.get("video") for r in records if isinstance(r, dict)} if isinstance(records, list) else set()
-    archive = final.with_name(final.name.replace("final_predictions_", "raw_answers_", 1) + ".gz")
-    if archive.exists():
+    name = name_pattern(FINAL).fullmatch(final.name)
+    archive = final.with_name(RAW_ANSWERS.format(**name.groupdict())) if name else None
+    if archive and archive.exists():
         data = read_json(archive, "raw answers file")
         said.add(data.get("video") if isinstance(data, dict) else None)
     return said - {None}
@@ -90,7 +92,7 @@ def _check_finals(project: str, first: str, last: str) -> int:
     project = Path(project)
     listed = manifest(project)  # also refuses an edited videos.txt before any worker starts
     for index in range(int(first), int(last) + 1):
-        for final in sorted(project.glob(f"final_predictions_*_video_{index}.json")):
+        for final in sorted(project.glob(FINAL.format(model="*", video=index))):
             check_source(project, index, final, listed)
     return 0
 

@@ -1,0 +1,35 @@
+"""File names, the project default and the default model are defined once, in llava_soccer/settings.py.
+
+The shell scripts cannot import it, so they hold copies; these tests fail when a copy drifts.
+"""
+import pytest
+
+from conftest import ROOT
+from llava_soccer import settings
+
+HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
+COPIES = [
+    ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
+    ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(video="$1", gpu="*")}"'),
+    ("submit_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
+    ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
+    ("setup_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
+    ("setup_llava.sh", f"readonly DEFAULT_MODEL={settings.DEFAULT_MODEL}"),
+]
+
+
+@pytest.mark.parametrize("script,copy", COPIES)
+def test_the_shell_scripts_copies_match_settings(script, copy):
+    assert copy in (ROOT / script).read_text(), f"{script} no longer says {copy!r}: update it or settings.py"
+
+
+def test_name_patterns_read_back_what_the_templates_write():
+    name = settings.final_path(ROOT, 12, "qwen2.5-vl+x").name
+    assert name == "final_predictions_qwen2.5-vl+x_video_12.json"
+    m = settings.name_pattern(settings.FINAL).fullmatch(name)
+    assert (m["model"], m["video"]) == ("qwen2.5-vl+x", "12")
+    assert settings.name_pattern(settings.FINAL, model="llava").fullmatch(name) is None
+    partial = settings.name_pattern(settings.PARTIAL, video=3)
+    assert partial.fullmatch("partial_results_llava_vid3_gpu10.json")["gpu"] == "10"
+    assert partial.fullmatch("partial_results_llava_vid13_gpu1.json") is None
+    assert settings.raw_answers_path(ROOT, 5).name == "raw_answers_llava_video_5.json.gz"
