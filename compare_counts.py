@@ -1,7 +1,7 @@
 """Compare two models' final predictions, video by video (replaces the seed's shell loop).
 
-    python compare_counts.py                                  # videos 0-39, qwen7b vs llava
-    python compare_counts.py --start 0 --end 20 --models qwen7b llava --tolerance 3
+    python compare_counts.py                                  # every video with a final, qwen7b vs llava
+    python compare_counts.py --videos 0-20 --models qwen7b llava --tolerance 3
     python compare_counts.py --csv counts.csv --plot counts.png --ensemble ensemble/
     python compare_counts.py --dirs ../qwen_runs ~/soccer_project  # each model's files elsewhere
 
@@ -25,7 +25,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llava_soccer import merge, settings, videos
+from llava_soccer import merge, settings, soccernet, videos
 from llava_soccer.events import final_events
 from llava_soccer.jsonio import (InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json,
                                   run_cli)
@@ -35,27 +35,25 @@ from llava_soccer.matching import match
 def parse_args(argv):
     env = settings.env
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--start", type=int, default=0, help="first video index (default 0)")
-    p.add_argument("--end", type=int, default=39, help="last video index, inclusive (default 39)")
+    p.add_argument("--videos", default="all", type=settings.video_list,
+                   help="video indices, e.g. 0-9,12 (default all: every video with a final of either model)")
     p.add_argument("--models", nargs=2, default=["qwen7b", "llava"], metavar=("A", "B"),
                    help="the two model names in final_predictions_<model>_video_N.json (default qwen7b llava)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
     p.add_argument("--dirs", nargs=2, default=None, metavar=("DIR_A", "DIR_B"),
                    help="read each model's files from its own directory (default: both from --project)")
-    p.add_argument("--tolerance", type=float, default=float(env("LLAVA_MATCH_S", settings.DEDUP_S)),
-                   help=f"seconds within which two events are the same moment (env LLAVA_MATCH_S, "
-                        f"default {settings.DEDUP_S:g})")
-    p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
-                   help=f"de-duplicate each model's events as the merge does (env LLAVA_DEDUP_S, "
-                        f"default {settings.DEDUP_S:g}; 0 merges only equal times)")
+    p.add_argument("--tolerance", type=float, default=env("LLAVA_MATCH_S", settings.DEDUP_S),
+                   help=f"seconds within which two events are the same moment (default {settings.DEDUP_S:g})")
+    p.add_argument("--dedup-s", type=float, default=env("LLAVA_DEDUP_S", settings.DEDUP_S),
+                   help=f"de-duplicate each model's events as the merge does (default {settings.DEDUP_S:g}; 0 merges "
+                        "only equal times)")
     p.add_argument("--ensemble", default=None, metavar="OUT_DIR",
                    help="write the events both models found to OUT_DIR/final_predictions_ensemble_video_N.json")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the per-video table as CSV")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="draw per-video counts and a per-label comparison (matplotlib)")
+    settings.check_env(p, {"tolerance": "LLAVA_MATCH_S", "dedup_s": "LLAVA_DEDUP_S"})
     args = p.parse_args(argv)
-    if args.end < args.start:
-        p.error(f"--end {args.end} is before --start {args.start}")
     if args.models[0] == args.models[1] and not args.dirs:
         p.error("--models names the same model twice: give two models, or --dirs to compare two runs")
     if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
@@ -145,7 +143,9 @@ def run(args) -> int:
     project = settings.project_dir(args.project)
     dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
     rows, per_label, pair_labels, missing = [], {}, Counter(), {name: [] for name in names}
-    for video in range(args.start, args.end + 1):
+    found = [soccernet.prediction_files(d, name) for d, name in zip(dirs, names)]
+    indices = sorted(set(found[0]) | set(found[1])) if args.videos is None else sorted(args.videos)
+    for video in indices:
         paths = [settings.final_path(d, video, name) for d, name in zip(dirs, names)]
         for name, path in zip(names, paths):
             if not path.exists():
@@ -172,9 +172,10 @@ def run(args) -> int:
             atomic_write_json(settings.final_path(out, video, "ensemble"),
                               [ensemble_record(a[i], b[j], names, source) for i, j in pairs])
     if not rows:
-        raise InputError(f"no video in {args.start}-{args.end} has both final_predictions_{names[0]}_video_N.json "
-                         f"({dirs[0]}) and final_predictions_{names[1]}_video_N.json ({dirs[1]}): check --project, "
-                         f"--dirs, --models and --start/--end")
+        raise InputError(f"no video{'' if args.videos is None else ' of --videos'} has both "
+                         f"{settings.FINAL.format(model=names[0], video='N')} ({dirs[0]}) and "
+                         f"{settings.FINAL.format(model=names[1], video='N')} ({dirs[1]}): check --project, --dirs, "
+                         f"--models and --videos")
 
     columns = ["video", names[0], names[1], "both", f"only_{names[0]}", f"only_{names[1]}", "disagree"]
     total = {"video": "total", **{c: sum(r[c] for r in rows) for c in columns[1:]}}
@@ -185,7 +186,8 @@ def run(args) -> int:
         print("".join(f"{r[c]!s:>{width}}" for c in columns))
     for name in names:
         if missing[name]:
-            print(f"no final_predictions_{name}_video_N.json for videos: {_ranges(missing[name])} (not compared)")
+            print(f"no {settings.FINAL.format(model=name, video='N')} for videos: {_ranges(missing[name])} "
+                  "(not compared)")
     n_videos = f"{len(rows)} video{'s' * (len(rows) != 1)}"
     if per_label:
         print(f"\nper label, {n_videos}:")

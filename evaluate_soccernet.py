@@ -3,7 +3,7 @@
     pip install --no-deps SoccerNet==0.2.0          # the official evaluator (once; see README)
     python evaluate_soccernet.py --soccernet /data/SoccerNet
     python evaluate_soccernet.py --soccernet /data/SoccerNet --models llava,qwen7b=/data/qwen_runs --plot
-    python evaluate_soccernet.py --videos 0-9 --tolerance 5 --min_confidence 0.6 --metrics tight
+    python evaluate_soccernet.py --videos 0-9 --tolerance 5 --min-confidence 0.6 --metrics tight
 
 Reads every $SOCCER_PROJECT/final_predictions_<model>_video_<N>.json (or --videos), maps N
 through $SOCCER_PROJECT/videos.txt to <league>/<season>/<game>/<half>_<res>.mkv, and reads
@@ -35,36 +35,36 @@ def parse_args(argv):
     env = settings.env
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--soccernet", default=env("SOCCERNET_DIR", None),
-                   help="SoccerNet folder holding <league>/<season>/<game>/Labels-v2.json (env SOCCERNET_DIR)")
+                   help="SoccerNet folder holding <league>/<season>/<game>/Labels-v2.json")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
     p.add_argument("--models", default="llava",
-                   help="comma-separated models, each NAME (files in --predictions_dir) or NAME=DIR; "
+                   help="comma-separated models, each NAME (files in --predictions-dir) or NAME=DIR; "
                         "e.g. llava,qwen7b=/runs/qwen (default llava)")
-    p.add_argument("--predictions_dir", default=None,
+    p.add_argument("--predictions-dir", "--predictions_dir", default=None,
                    help="folder of final_predictions_<model>_video_<N>.json (default: the project directory)")
-    p.add_argument("--videos", default="all", help="video indices to score, e.g. 0-9,12 (default all with predictions)")
+    p.add_argument("--videos", default="all", type=settings.video_list, help="video indices to score, e.g. 0-9,12 (default all with predictions)")
     p.add_argument("--out", default=None, help="output folder (default <project>/soccernet_eval)")
     p.add_argument("--tolerance", type=float, default=3.0,
                    help="precision/recall: a prediction matches a ground-truth event of its class at most this "
                         "many seconds away, one-to-one, as many pairs as possible (default 3)")
-    p.add_argument("--min_confidence", type=soccernet.confidence_flag, default=0.0,
+    p.add_argument("--min-confidence", "--min_confidence", type=soccernet.confidence_flag, default=0.0,
                    help="precision/recall: ignore predictions less confident than this, in [0, 1] or a percent "
                         "in (1, 100] as the events' own confidences (60 = 60%% = 0.6; default 0 = all); the "
                         "official mAP sweeps all thresholds itself")
-    p.add_argument("--missing_confidence", type=soccernet.confidence_flag, default=0.5,
+    p.add_argument("--missing-confidence", "--missing_confidence", type=soccernet.confidence_flag, default=0.5,
                    help="confidence given to events without a usable one (none, or outside 0-100), read as "
-                        "--min_confidence (default 0.5)")
-    p.add_argument("--dedup-s", type=float, default=float(env("LLAVA_DEDUP_S", settings.DEDUP_S)),
+                        "--min-confidence (default 0.5)")
+    p.add_argument("--dedup-s", type=float, default=env("LLAVA_DEDUP_S", settings.DEDUP_S),
                    help="events of one label this many seconds apart or closer are one event, the most confident "
-                        f"kept (the merge's rule; env LLAVA_DEDUP_S, default {settings.DEDUP_S:g}; 0 keeps all "
-                        "but exact repeats)")
+                        f"kept (the merge's rule; default {settings.DEDUP_S:g}; 0 keeps all but exact repeats)")
     p.add_argument("--metrics", default=",".join(soccernet.OFFICIAL_METRICS),
                    help="official average-mAP variants: tight (1-5 s), loose (5-60 s), at1, at5, or none "
                         "(default all four; about 8 s per model)")
     p.add_argument("--plot", action="store_true",
                    help="also draw precision_recall.png and timeline_video_<N>.png (default off)")
-    p.add_argument("--timeline_video", type=int, default=None,
+    p.add_argument("--timeline-video", "--timeline_video", type=int, default=None,
                    help="video index of the timeline plot (default the first one scored)")
+    settings.check_env(p, {"soccernet": "SOCCERNET_DIR", "dedup_s": "LLAVA_DEDUP_S"})
     args = p.parse_args(argv)
     metrics = [m for m in args.metrics.split(",") if m]
     if metrics == ["none"]:
@@ -76,19 +76,6 @@ def parse_args(argv):
     if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
         p.error("--tolerance and --dedup-s must be 0 or more seconds")
     return args
-
-
-def parse_indices(text):
-    """"0-9,12" -> {0..9, 12}; "all" -> None."""
-    if text.strip() == "all":
-        return None
-    out = set()
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise InputError(f"--videos {text!r}: use indices and ranges like 0-9,12 (or all)")
-        out.update(range(int(m[1]), int(m[2] or m[1]) + 1))
-    return out
 
 
 def parse_models(text, default_dir):
@@ -114,7 +101,7 @@ def load_model(name, folder, manifest, wanted, project, args):
         files = {i: p for i, p in files.items() if i in wanted}
     if not files:
         raise InputError(f"no final_predictions_{name}_video_<N>.json in {folder} "
-                         "(run the pipeline, or point --predictions_dir / --models NAME=DIR at them)")
+                         "(run the pipeline, or point --predictions-dir / --models NAME=DIR at them)")
     halves, notes, seen = [], [], {}
     for index, path in files.items():
         if index >= len(manifest):
@@ -310,7 +297,7 @@ def run(args):
                          "from (--project or SOCCER_PROJECT)")
     out = Path(args.out).expanduser() if args.out else project / "soccernet_eval"
     models = parse_models(args.models, Path(args.predictions_dir).expanduser() if args.predictions_dir else project)
-    wanted = parse_indices(args.videos)
+    wanted = args.videos
 
     loaded = {}
     for name, folder in models.items():
@@ -344,7 +331,7 @@ def run(args):
         shown = {name: next((h for h in halves if h.index == index), None) for name, halves in loaded.items()}
         first = next((h for h in shown.values() if h), None)
         if first is None:
-            raise InputError(f"--timeline_video {index}: no model has predictions for video #{index}")
+            raise InputError(f"--timeline-video {index}: no model has predictions for video #{index}")
         gt = [a for a in labels[first.game] if a["half"] == first.half]
         plot_timeline(out / f"timeline_video_{index}.png", index, gt,
                       {name: h.events for name, h in shown.items() if h})

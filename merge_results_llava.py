@@ -1,7 +1,7 @@
 """Merge one video's partial results into final_predictions_llava_video_{I}.json.
 
-    python merge_results_llava.py --video_index 5
-    python merge_results_llava.py --video_index 5 --keep-partials --dedup-s 3.0
+    python merge_results_llava.py --video-index 5
+    python merge_results_llava.py --video-index 5 --keep-partials --dedup-s 3.0
 
 Reads every $SOCCER_PROJECT/partial_results_llava_vid{I}_gpu*.json (any number of workers),
 re-parses each window's raw model text (so parser fixes apply to old partials), normalises
@@ -31,7 +31,7 @@ EXIT_MISSING = 75  # EX_TEMPFAIL, as the worker's "interrupted": rerun the worke
 def parse_args(argv):
     env = settings.env
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video_index", type=int, required=True, help="line of videos.txt (0-based)")
+    p.add_argument("--video-index", "--video_index", type=int, required=True, help="line of videos.txt (0-based)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
     p.add_argument("--dedup-s", type=float, default=env("LLAVA_DEDUP_S", settings.DEDUP_S),
                    help="events of one label this many seconds apart or closer are one event "

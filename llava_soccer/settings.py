@@ -2,6 +2,7 @@
 
 The numbers match the earlier Qwen runs (see the seed README) so the models compare fairly.
 """
+import argparse
 import os
 import re
 import string
@@ -35,6 +36,20 @@ def env(name, default):
 def count(n: int, noun: str) -> str:
     """'1 window', '2 windows': log lines say what a person would."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def video_list(text: str):
+    """argparse type of --videos, the one way every tool picks videos: "0-9,12" -> {0, ..., 9, 12};
+    "all" -> None (every video that has results)."""
+    if text.strip() == "all":
+        return None
+    out = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or int(m[2] or m[1]) < int(m[1]):
+            raise argparse.ArgumentTypeError(f"{text!r}: use indices and ranges like 0-9,12 (or all)")
+        out.update(range(int(m[1]), int(m[2] or m[1]) + 1))
+    return out
 
 
 def check_env(parser, envs: dict) -> None:

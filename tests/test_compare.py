@@ -51,15 +51,15 @@ def rows(out):
 
 
 def test_table_counts_both_only_and_disagreements(project, capsys):
-    code = compare_counts.main(["--project", str(project), "--end", "5"])
+    code = compare_counts.main(["--project", str(project)])  # --videos all: every video with a final
     out = capsys.readouterr().out
     assert code == 0
     # qwen: Goal 11.4 (13.4 is its duplicate), Foul 21.4, Corner 31.4, Shots on target 51.4
     # llava: Goal 12.0 (matches), Foul 30.0, Offside 31.0 (vs Corner 31.4: a disagreement), SoT 55.0 (3.6 s: no)
     assert rows(out) == [["0", "4", "4", "1", "3", "3", "1"], ["2", "4", "4", "1", "3", "3", "1"],
                          ["total", "8", "8", "2", "6", "6", "2"]]
-    assert "no final_predictions_qwen7b_video_N.json for videos: 1, 4-5 (not compared)" in out
-    assert "no final_predictions_llava_video_N.json for videos: 1, 3-5 (not compared)" in out
+    assert "no final_predictions_llava_video_N.json for videos: 3 (not compared)" in out
+    assert "no final_predictions_qwen7b" not in out
     assert "  Corner / Offside: 2" in out
     section = out.split("per label, 2 videos:")[1].split("most frequent")[0]
     per_label = {line.rsplit(None, 3)[0]: line.rsplit(None, 3)[1:] for line in section.splitlines()[2:] if line}
@@ -67,14 +67,22 @@ def test_table_counts_both_only_and_disagreements(project, capsys):
                          "Corner": ["2", "0", "0"], "Offside": ["0", "2", "0"]}
 
 
+def test_videos_flag_lists_the_missing_finals(project, capsys):
+    assert compare_counts.main(["--project", str(project), "--videos", "0-5"]) == 0
+    out = capsys.readouterr().out
+    assert [r[0] for r in rows(out)] == ["0", "2", "total"]
+    assert "no final_predictions_qwen7b_video_N.json for videos: 1, 4-5 (not compared)" in out
+    assert "no final_predictions_llava_video_N.json for videos: 1, 3-5 (not compared)" in out
+
+
 def test_tolerance_flag(project, capsys):
-    compare_counts.main(["--project", str(project), "--end", "0", "--tolerance", "4"])
+    compare_counts.main(["--project", str(project), "--videos", "0", "--tolerance", "4"])
     assert rows(capsys.readouterr().out)[0] == ["0", "4", "4", "2", "2", "2", "1"]  # SoT 3.6 s apart now matches
 
 
 def test_ensemble_csv_and_plot(project, tmp_path, capsys):
     out_dir, table, png = tmp_path / "ens", tmp_path / "counts.csv", tmp_path / "counts.png"
-    code = compare_counts.main(["--project", str(project), "--end", "3", "--ensemble", str(out_dir),
+    code = compare_counts.main(["--project", str(project), "--videos", "0-3", "--ensemble", str(out_dir),
                                 "--csv", str(table), "--plot", str(png)])
     assert code == 0
     (goal,) = load(settings.final_path(out_dir, 0, "ensemble"))
@@ -100,7 +108,7 @@ def test_real_qwen_files_as_they_are(tmp_path, capsys):
     shutil.copy(qwen, settings.final_path(tmp_path, 0, "qwen7b"))
     same = [llava(e["label"], e["time"], e["confidence"], e["team"]) for e in final_events(load(qwen))]
     settings.final_path(tmp_path, 0, "llava").write_text(json.dumps(same))
-    assert compare_counts.main(["--project", str(tmp_path), "--end", "0"]) == 0
+    assert compare_counts.main(["--project", str(tmp_path), "--videos", "0"]) == 0
     # 950 windows -> 854 events once a label repeated within 3 s counts once (checked with a
     # naive greedy pass): the same rule for both files, so all match.
     assert rows(capsys.readouterr().out) == [["0", "854", "854", "854", "0", "0", "0"],
@@ -110,7 +118,7 @@ def test_real_qwen_files_as_they_are(tmp_path, capsys):
 @needs_seed
 def test_real_phi_files_are_empty(capsys):
     code = compare_counts.main(["--dirs", str(SEED / "qwen7b"), str(SEED / "phi3.5"), "--models", "qwen7b", "phi3.5",
-                                "--end", "11"])
+                                "--videos", "0-11"])
     out = capsys.readouterr().out
     assert code == 0
     assert rows(out)[-1] == ["total", "10635", "0", "0", "10635", "0", "0"]
@@ -120,33 +128,38 @@ def test_a_final_of_another_video_is_refused_and_the_ensemble_names_its_video(pr
     (project / "videos.txt").write_text("league/game/1_224p.mkv\nleague/game/2_224p.mkv\nleague/x/1_224p.mkv\n")
     for video, source in ((0, "league/game/1_224p.mkv"), (2, "league/x/1_224p.mkv")):
         settings.final_path(project, video, "llava").write_text(json.dumps([{**r, "video": source} for r in LLAVA]))
-    code = compare_counts.main(["--project", str(project), "--end", "3", "--ensemble", str(tmp_path / "ens")])
+    code = compare_counts.main(["--project", str(project), "--videos", "0-3", "--ensemble", str(tmp_path / "ens")])
     assert code == 0, capsys.readouterr().err
     assert {r["video"] for r in load(settings.final_path(tmp_path / "ens", 2, "ensemble"))} == {"league/x/1_224p.mkv"}
     settings.final_path(project, 2, "llava").write_text(json.dumps([{**r, "video": "league/game/2_224p.mkv"}
                                                                      for r in LLAVA]))  # video 1's final, as 2's
-    assert compare_counts.main(["--project", str(project), "--end", "3"]) == 1
+    assert compare_counts.main(["--project", str(project), "--videos", "0-3"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
         f"compare_counts.py: error: {settings.final_path(project, 2, 'llava')} was made from 'league/game/2_224p.mkv', "
         f"but video #2 of {project / 'videos.txt'} is 'league/x/1_224p.mkv'")
 
 
-def test_errors_are_one_line(project, tmp_path, capsys):
-    assert compare_counts.main(["--project", str(tmp_path / "empty"), "--end", "3"]) == 1
+def test_errors_are_one_line(project, tmp_path, capsys, monkeypatch):
+    assert compare_counts.main(["--project", str(tmp_path / "empty"), "--videos", "0-3"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no video in 0-3 has both final_predictions_qwen7b_video_N.json" in err
+    assert err.count("\n") == 1 and "no video of --videos has both final_predictions_qwen7b_video_N.json" in err
     bad = settings.final_path(project, 2, "llava")
     bad.write_text("[{")
-    assert compare_counts.main(["--project", str(project), "--end", "3"]) == 1
+    assert compare_counts.main(["--project", str(project), "--videos", "0-3"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and "not valid JSON" in err
     bad.write_text('{"time": 1}')
-    assert compare_counts.main(["--project", str(project), "--end", "3"]) == 1
+    assert compare_counts.main(["--project", str(project), "--videos", "0-3"]) == 1
     assert "is not a list of" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        compare_counts.main(["--start", "5", "--end", "2"])
-    assert e.value.code == 2 and "--end 2 is before --start 5" in capsys.readouterr().err
+        compare_counts.main(["--videos", "5-2"])
+    assert e.value.code == 2 and "argument --videos: '5-2': use indices and ranges like 0-9,12" in capsys.readouterr().err
+    monkeypatch.setenv("LLAVA_MATCH_S", "three")  # environment values are checked like the flag
+    with pytest.raises(SystemExit) as e:
+        compare_counts.main([])
+    assert e.value.code == 2 and "LLAVA_MATCH_S='three' is not a valid --tolerance value" in capsys.readouterr().err
+
 
 
 def best_by_brute_force(a, b, tolerance, key):
@@ -204,7 +217,7 @@ def test_compare_counts_the_maximum_matching(tmp_path, capsys):
     qwen = [llava("Goal", 100.0), llava("Goal", 104.0)]
     settings.final_path(tmp_path, 0, "qwen7b").write_text(json.dumps(qwen))
     settings.final_path(tmp_path, 0, "llava").write_text(json.dumps([llava("Goal", 102.2), llava("Goal", 106.5)]))
-    assert compare_counts.main(["--project", str(tmp_path), "--end", "0", "--dedup-s", "0"]) == 0
+    assert compare_counts.main(["--project", str(tmp_path), "--videos", "0", "--dedup-s", "0"]) == 0
     assert rows(capsys.readouterr().out)[0] == ["0", "2", "2", "2", "0", "0", "0"]  # was both 1, only 1 and 1
 
 
@@ -214,7 +227,7 @@ def test_no_events_in_either_model_is_a_table_of_zeros(tmp_path, capsys):
         settings.final_path(tmp_path, video, "llava").write_text(json.dumps(
             [{"time": 4.0, "raw": "A player from the away team kicks the ball."}]))  # no event in it
     table, png, ens = tmp_path / "counts.csv", tmp_path / "counts.png", tmp_path / "ens"
-    code = compare_counts.main(["--project", str(tmp_path), "--end", "1", "--csv", str(table), "--plot", str(png),
+    code = compare_counts.main(["--project", str(tmp_path), "--videos", "0-1", "--csv", str(table), "--plot", str(png),
                                 "--ensemble", str(ens)])
     captured = capsys.readouterr()
     assert code == 0 and captured.err == ""

@@ -452,7 +452,7 @@ def test_missing_confidence_in_percent_and_out_of_range(odd_root, capsys):
                 ev.main(["--project", str(project), "--soccernet", str(sn), flag, bad])
             assert e.value.code == 2
             err = capsys.readouterr().err
-            assert f"argument {flag}: {bad!r} is not a confidence: give one in [0, 1] or a percent in (1, 100]" in err
+            assert f"{bad!r} is not a confidence: give one in [0, 1] or a percent in (1, 100]" in err
     with pytest.raises(SystemExit):
         ev.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
