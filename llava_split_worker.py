@@ -1,7 +1,7 @@
 """One GPU's slice of one video through LLaVA-v1.6-Mistral-7B: windows in, partial JSON out.
 
-    python llava_split_worker.py --gpu_id 0 --num_workers 4 --video_index 5
-    python llava_split_worker.py --gpu_id 0 --num_workers 1 --video_index 5 --quantization bf16 --batch-size 4
+    python llava_split_worker.py --gpu-id 0 --num-workers 4 --video-index 5
+    python llava_split_worker.py --gpu-id 0 --num-workers 1 --video-index 5 --quantization bf16 --batch-size 4
     python llava_split_worker.py --print-plan                      # this GPU's plan as JSON, no model loaded
     python llava_split_worker.py --print-plan --assume-gpu 6.1,11  # ... as if on a GTX 1080 Ti
 
@@ -14,76 +14,67 @@ Rerun the same command to resume (finished windows are kept); delete the partial
 over. On SIGUSR1/SIGTERM it finishes the current batch, saves and exits with code 75.
 Dtypes and kernels follow one plan per GPU (llava_soccer/gpus.py), logged at start; the flags
 below marked "auto" override it.
-Exit codes: 0 slice complete, 1 error (one line says why), 2 bad flags, 75 interrupted.
+The loop itself is llava_soccer/worker.py. --gpu_id, --num_workers and --video_index (the
+spellings of the first versions) still work.
+Exit codes: 0 slice complete, 1 error (one line says why), 2 bad flags, 75 interrupted or disk full.
 """
 import argparse
 import logging
 import os
-import queue
-import signal
 import sys
-import threading
-import time
 
-from llava_soccer import model as llava
-from llava_soccer import gpus, settings, videos
-from llava_soccer.events import window_events
-from llava_soccer.jsonio import (InputError, atomic_write_json, check_writable, first_line, read_json,
-                                 remove_stale_temps, run_cli)
+from llava_soccer import gpus, settings, worker
+from llava_soccer.jsonio import InputError, run_cli
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
-MAX_ERRORS_IN_A_ROW = 5
-# --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
-# fragmentation and what PyTorch cannot see (a 12 GB plan at 94% showed 12.0 GB in nvidia-smi on the
-# device; benchmarks/RESULTS.md, session 4).
-AUTO_HEADROOM = 0.85
-log = logging.getLogger("llava_worker")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     envs = {}  # dest -> environment variable giving its default
 
-    def opt(flag, env, default, **kw):
-        envs[flag.lstrip("-").replace("-", "_")] = env
-        p.add_argument(flag, default=settings.env(env, default), **kw)
+    def opt(*flags, env, default, **kw):  # a flag whose default comes from an environment variable
+        envs[p.add_argument(*flags, default=settings.env(env, default), **kw).dest] = env
 
-    p.add_argument("--gpu_id", type=int, help="which slice this worker takes (0-based)")
-    opt("--num_workers", "LLAVA_NUM_WORKERS", 4, type=int, help="slices the video is split into (default 4)")
-    p.add_argument("--video_index", type=int, help="line of videos.txt (0-based)")
+    # dashes, as every other flag; the underscore spellings of the first versions stay as aliases
+    p.add_argument("--gpu-id", "--gpu_id", type=int, help="which slice this worker takes (0-based)")
+    opt("--num-workers", "--num_workers", env="LLAVA_NUM_WORKERS", default=4, type=int,
+        help="slices the video is split into (default 4)")
+    p.add_argument("--video-index", "--video_index", type=int, help="line of videos.txt (0-based)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
-    opt("--model", "LLAVA_MODEL", settings.DEFAULT_MODEL, help="hub id or local checkpoint directory")
-    opt("--quantization", "LLAVA_QUANT", "nf4", choices=settings.QUANTIZATIONS,
+    opt("--model", env="LLAVA_MODEL", default=settings.DEFAULT_MODEL, help="hub id or local checkpoint directory")
+    opt("--quantization", env="LLAVA_QUANT", default="nf4", choices=settings.QUANTIZATIONS,
         help="weights: 4-bit NF4 (default; computes in the plan's dtype) or plain bf16/fp16/fp32")
-    opt("--batch-size", "LLAVA_BATCH_SIZE", "auto",
+    opt("--batch-size", env="LLAVA_BATCH_SIZE", default="auto",
         help="windows decoded together, or 'auto' (default): measure the first window's memory and fill the GPU's "
              "(or the assumed GPU's) memory up to --max-batch-size; halved on OOM")
-    opt("--max-batch-size", "LLAVA_MAX_BATCH_SIZE", 16, type=int,
+    opt("--max-batch-size", env="LLAVA_MAX_BATCH_SIZE", default=16, type=int,
         help="upper bound for --batch-size auto (default 16: each window is prefilled alone, so a batch adds "
              "~3.1 GiB of KV cache per 224p window)")
-    opt("--max-new-tokens", "LLAVA_MAX_NEW_TOKENS", 256, type=int, help="answer length limit (default 256)")
-    opt("--temperature", "LLAVA_TEMPERATURE", 0.0, type=float,
+    opt("--max-new-tokens", env="LLAVA_MAX_NEW_TOKENS", default=256, type=int,
+        help="answer length limit (default 256)")
+    opt("--temperature", env="LLAVA_TEMPERATURE", default=0.0, type=float,
         help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7")
-    opt("--top-p", "LLAVA_TOP_P", 0.9, type=float, help="nucleus sampling when temperature > 0")
-    opt("--decoder", "LLAVA_DECODER", "fast", choices=["fast", "transformers"],
+    opt("--top-p", env="LLAVA_TOP_P", default=0.9, type=float, help="nucleus sampling when temperature > 0")
+    opt("--decoder", env="LLAVA_DECODER", default="fast", choices=["fast", "transformers"],
         help="fast: each window prefilled alone, then one step per new token for the batch (default; greedy, same "
              "answers); transformers: its generate() (always used when --temperature > 0)")
-    opt("--assume-gpu", "LLAVA_ASSUME_GPU", None, metavar="CC[,GIB]",
+    opt("--assume-gpu", env="LLAVA_ASSUME_GPU", default=None, metavar="CC[,GIB]",
         help="plan as if on a GPU of compute capability CC with GIB GiB (e.g. 7.5,24 for a Titan RTX); on a real "
              "GPU also run that plan with PyTorch's memory capped at what such a card leaves")
-    opt("--attention", "LLAVA_ATTENTION", "auto", choices=["auto", *gpus.BACKENDS],
+    opt("--attention", env="LLAVA_ATTENTION", default="auto", choices=["auto", *gpus.BACKENDS],
         help="SDPA backend tried first for the prefill; auto: the plan's (cuDNN on 8.0+, memory-efficient below)")
-    opt("--prefill-chunk", "LLAVA_PREFILL_CHUNK", "auto",
+    opt("--prefill-chunk", env="LLAVA_PREFILL_CHUNK", default="auto",
         help="tokens per prefill chunk, 0 = the whole prompt at once; auto: the plan's (chunks of 4096 on GPUs "
              "under 16 GiB)")
-    opt("--decode-attention", "LLAVA_DECODE_ATTENTION", "auto", choices=["auto", "triton", "sdpa"],
+    opt("--decode-attention", env="LLAVA_DECODE_ATTENTION", default="auto", choices=["auto", "triton", "sdpa"],
         help="decode-step attention: triton (split-KV kernel, 8.0+) or sdpa; auto: the plan's")
-    opt("--fused-kernels", "LLAVA_FUSED_KERNELS", "auto", choices=["auto", "yes", "no"],
+    opt("--fused-kernels", env="LLAVA_FUSED_KERNELS", default="auto", choices=["auto", "yes", "no"],
         help="yes: torch.compile Mistral's RMSNorm/rotary/SiLU-gate arithmetic into fused kernels for a ~10%% faster "
              "prefill (8.0+; compiles in the first windows); auto: the plan's")
-    opt("--cuda-graphs", "LLAVA_CUDA_GRAPHS", "auto", choices=["auto", "yes", "no"],
+    opt("--cuda-graphs", env="LLAVA_CUDA_GRAPHS", default="auto", choices=["auto", "yes", "no"],
         help="record each batch's decode step as a CUDA graph; auto: the plan's (yes on a GPU)")
-    opt("--visual-tokens", "LLAVA_VISUAL_TOKENS", "full", choices=["full", "reduced"],
+    opt("--visual-tokens", env="LLAVA_VISUAL_TOKENS", default="full", choices=["full", "reduced"],
         help="full: LLaVA-NeXT's tiling, 1,608 tokens per 224p frame (default, as the seed); "
              "reduced: fast mode, base view + one tile, 926 tokens")
     p.add_argument("--print-plan", action="store_true",
@@ -95,324 +86,32 @@ def parse_args(argv):
     settings.check_env(p, envs)
     args = p.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
+    flags = {a.dest: a.option_strings for a in p._actions}
 
-    def bad(flag, problem):  # names the environment variable when the value came from it
-        env = envs.get(flag.lstrip("-").replace("-", "_"))
-        if env and os.environ.get(env) and not any(a == flag or a.startswith(flag + "=") for a in given):
-            p.error(f"{env}={os.environ[env]!r} ({flag}): {problem}")
-        p.error(f"{flag}: {problem}")
+    def bad(dest, problem):  # names the environment variable when the value came from it
+        env = envs.get(dest)
+        typed = any(a == f or a.startswith(f + "=") for a in given for f in flags[dest])
+        if env and os.environ.get(env) and not typed:
+            p.error(f"{env}={os.environ[env]!r} ({flags[dest][0]}): {problem}")
+        p.error(f"{flags[dest][0]}: {problem}")
 
     if not args.print_plan and (args.gpu_id is None or args.video_index is None):
-        p.error("--gpu_id and --video_index are required (or --print-plan)")
+        p.error("--gpu-id and --video-index are required (or --print-plan)")
     if args.gpu_id is not None and not 0 <= args.gpu_id < args.num_workers:
-        p.error(f"--gpu_id {args.gpu_id} must be between 0 and --num_workers - 1 ({args.num_workers - 1})")
+        p.error(f"--gpu-id {args.gpu_id} must be between 0 and --num-workers - 1 ({args.num_workers - 1})")
     if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) >= 1):
-        bad("--batch-size", f"must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
+        bad("batch_size", f"must be a whole number >= 1 or 'auto', not {args.batch_size!r}")
     if args.prefill_chunk != "auto" and not args.prefill_chunk.isdigit():
-        bad("--prefill-chunk",
-            f"must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
-    for flag in ("--max-new-tokens", "--max-batch-size", "--num_workers"):
-        if getattr(args, flag.lstrip("-").replace("-", "_")) < 1:
-            bad(flag, "must be at least 1")
+        bad("prefill_chunk", f"must be a whole number of tokens (0 = no chunks) or 'auto', not {args.prefill_chunk!r}")
+    for dest in ("max_new_tokens", "max_batch_size", "num_workers"):
+        if getattr(args, dest) < 1:
+            bad(dest, "must be at least 1")
     if args.assume_gpu:
         try:
             gpus.parse_assume(args.assume_gpu)
         except ValueError as e:
-            bad("--assume-gpu", str(e))
+            bad("assume_gpu", str(e))
     return args
-
-
-class Progress:
-    """tqdm's bar on a terminal; in a log file, one tqdm-formatted line every few seconds."""
-
-    def __init__(self, total, desc, every):
-        from tqdm import tqdm
-        self.tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit="win", disable=not self.tty, dynamic_ncols=True)
-        self.format, self.total, self.desc, self.every = tqdm.format_meter, total, desc, every
-        self.n, self.t0, self.last = 0, time.monotonic(), 0.0
-
-    def update(self, n):
-        self.bar.update(n)
-        self.n += n
-        now = time.monotonic()
-        if not self.tty and (now - self.last >= self.every or self.n == self.total):
-            self.last = now
-            log.info(self.format(self.n, self.total, now - self.t0, prefix=self.desc, unit="win", ncols=80))
-
-    def write(self, line):
-        self.bar.write(line) if self.tty else log.info(line)
-
-    def close(self):
-        self.bar.close()
-
-
-def prefetched(items, depth=2):
-    """Run the items generator in a thread, so decoding and preprocessing overlap generation.
-    When the consumer stops early (error, signal), the thread is stopped and joined: a thread
-    killed in the middle of image processing at exit aborts Python ("terminate called ...")."""
-    q, done, stop = queue.Queue(depth), object(), threading.Event()
-
-    def fill():
-        try:
-            for item in items:
-                if stop.is_set():
-                    break
-                q.put(item)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-        q.put(done)
-
-    thread = threading.Thread(target=fill, daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # keep taking, so a put() of the thread cannot block forever
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-
-
-def load_partial(path, slice_starts, retry_skipped):
-    """Records already in the partial file, checked to belong to this slice."""
-    if not path.exists():
-        return []
-    records = read_json(path, "partial file")
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
-        raise InputError(f"partial file {path} is not a list of window records; delete it to start over")
-    foreign = sorted({r["time"] for r in records} - slice_starts)
-    if foreign:
-        raise InputError(f"partial file {path} has windows outside this slice (e.g. {foreign[0]} s): it was "
-                         f"written with another --num_workers or video; delete it to start over")
-    if retry_skipped:
-        records = [r for r in records if r.get("status") != "skipped"]
-    return records
-
-
-class Abort(Exception):
-    """Too many failures to go on: main() prints it as one line and exits 1."""
-
-
-def skipped(start, end, error):
-    return {"time": start, "end": end, "status": "skipped", "error": error, "raw": None, "events": []}
-
-
-def oom_hint(args, plan):
-    """What can still lower the memory of one window, given the settings in use."""
-    hints = [h for h, useful in (
-        ("--quantization nf4", args.quantization != "nf4"),
-        ("--prefill-chunk 2048", not plan.prefill_chunk or plan.prefill_chunk > 2048),
-        ("--visual-tokens reduced (fewer tokens per frame: changes answers)", args.visual_tokens == "full"),
-        ("one worker per GPU (LLAVA_NUM_WORKERS)", True)) if useful]
-    return "try " + ", ".join(hints) + ", or a GPU with more memory"
-
-
-class Worker:
-    def __init__(self, args, model, processor, info, plan):
-        self.args, self.model, self.processor, self.info, self.plan = args, model, processor, info, plan
-        self.errors_in_a_row = 0
-
-    def answer(self, batch):
-        """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""
-        records = {w.start: skipped(w.start, w.start, "no frames decoded (video shorter than its header says)")
-                   for w, _ in batch if not w.frames}
-        ready = [(w, inputs) for w, inputs in batch if w.frames]
-        if ready:
-            records.update((r["time"], r) for r in self._answer(ready))
-        return [records[w.start] for w, _ in batch]
-
-    def _answer(self, ready):
-        """OOM halves the batch; a lone window that still fails is recorded as skipped."""
-        import torch
-        try:
-            texts = llava.generate(self.model, self.processor, [inputs for _, inputs in ready],
-                                   self.args.max_new_tokens, self.args.temperature, self.args.top_p,
-                                   self.args.decoder, self.plan)
-        except torch.OutOfMemoryError:
-            if self.model.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(ready) > 1:
-                half = len(ready) // 2
-                return self._answer(ready[:half]) + self._answer(ready[half:])
-            w = ready[0][0]
-            log.warning(f"⚠️ OOM at {w.start}s: window skipped ({oom_hint(self.args, self.plan)}; then rerun with "
-                        f"--retry-skipped)")
-            return [skipped(w.start, w.times[-1], "OOM")]
-        except Exception as e:  # one bad window must not end a 12-minute slice
-            if len(ready) > 1:
-                return [r for item in ready for r in self._answer([item])]
-            self.errors_in_a_row += 1
-            w = ready[0][0]
-            log.warning(f"⚠️ error at {w.start}s, window skipped: {type(e).__name__}: {e}")
-            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s "
-                            f"({type(e).__name__}: {e}); fix the cause and rerun with --retry-skipped") from e
-            return [skipped(w.start, w.times[-1], f"{type(e).__name__}: {e}")]
-        self.errors_in_a_row = 0
-        records = []
-        for (w, _), text in zip(ready, texts):
-            events, ok = window_events(w.start, text, len(w.times))
-            records.append({"time": w.start, "end": w.times[-1], "status": "ok", "raw": text, "parsed": ok,
-                            "events": events})
-        return records
-
-
-class BatchSize:
-    """--batch-size: a number, or "auto": the first window alone, then as many windows as fit in the
-    GPU's memory (the plan's cap for an assumed GPU), up to --max-batch-size. The fast decoder
-    prefills one window at a time, so a batch adds only each window's KV cache to the first
-    window's peak; transformers' generate() prefills the whole batch, so it adds the whole peak."""
-
-    def __init__(self, value, cap, device, plan, per_row_is_kv=True):
-        self.size, self.cap, self.device, self.plan = 1 if value == "auto" else int(value), cap, device, plan
-        self.measuring = value == "auto" and device.startswith("cuda")
-        self.per_row_is_kv = per_row_is_kv
-        if value == "auto" and not self.measuring:
-            log.info("--batch-size auto: no GPU, using batches of 1")
-        if self.measuring:
-            import torch
-            torch.cuda.reset_peak_memory_stats(device)
-            self.base = torch.cuda.memory_allocated(device)
-
-    def __call__(self):
-        return self.size
-
-    def measured(self, kv_bytes):
-        """Called after each batch with the KV cache bytes of its first window; sizes the batches once."""
-        if not self.measuring:
-            return
-        import torch
-        self.measuring = False
-        peak = torch.cuda.max_memory_allocated(self.device)
-        if self.plan.memory_cap_gib is not None:
-            capacity = self.plan.memory_cap_gib * 2**30
-        else:
-            free, _ = torch.cuda.mem_get_info(self.device)
-            capacity = free + torch.cuda.memory_reserved(self.device)  # PyTorch's own cache is free to us too
-        window = peak - self.base
-        row = kv_bytes if self.per_row_is_kv and kv_bytes else window
-        self.size = max(1, min(self.cap, 1 + int((AUTO_HEADROOM * capacity - peak) // max(row, 1))))
-        log.info(f"--batch-size auto: one window took {window / 2**30:.1f} GiB at peak "
-                 f"({row / 2**30:.1f} GiB per extra window); using batches of {self.size}")
-
-
-def batches(info, todo, batch_size, processor):
-    """Lists of (Window, its processor inputs, or None when it has no frames), in time order;
-    decoding and preprocessing happen here. batch_size() is asked before each batch, so
-    --batch-size auto can change it on the way."""
-    batch = []
-    for w in videos.iter_windows(info, todo):
-        batch.append((w, llava.prepare(processor, [(w.times, w.frames)])[0] if w.frames else None))
-        if len(batch) >= batch_size():
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def plan_for(args):
-    """(device, plan) for this worker; InputError if its torch has no kernels for the GPU."""
-    device = llava.pick_device(args.gpu_id or 0)
-    problem = gpus.check_torch_build(device)
-    if problem:
-        raise InputError(problem)
-    return device, gpus.make(args, gpus.detect(device))
-
-
-def run(args, loaded=None):
-    """Process the slice; loaded=(model, processor) skips loading (benchmarks/bench_worker.py)."""
-    if args.print_plan:
-        print(plan_for(args)[1].to_json())
-        return 0
-    project = settings.project_dir(args.project)
-    video = videos.resolve_video(project, args.video_index)
-    info = videos.probe(video)
-    slice_windows = info.slice_windows(args.gpu_id, args.num_workers)
-    starts = {info.window_start(k): k for k in slice_windows}
-    out = settings.partial_path(project, args.video_index, args.gpu_id)
-    remove_stale_temps(out)
-    records = load_partial(out, set(starts), args.retry_skipped)
-    done = {r["time"] for r in records}
-    todo = [k for k in slice_windows if info.window_start(k) not in done]
-    span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
-            if slice_windows else "empty")
-    log.info(f"video {args.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, "
-             f"{settings.count(info.n_windows, 'window')}); slice {args.gpu_id + 1}/{args.num_workers}: "
-             f"{settings.count(len(slice_windows), 'window')} {span}, "
-             f"{len(done)} already in {out.name}")
-    if not todo:
-        log.info("slice already complete: nothing to do")
-        return 0
-    check_writable(project)
-    device, plan = plan_for(args)
-    llava.check_model_source(args.model)
-    log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} decoder={args.decoder} visual_tokens={args.visual_tokens} "
-             f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_p={args.top_p} "
-             f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
-    log.info(plan.line())
-    for warning in plan.warnings:
-        log.warning(f"⚠️ {warning}")
-    gpus.apply_memory(plan, device)
-    t0 = time.monotonic()
-    try:
-        model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
-    except Exception as e:  # hub errors are long; the first line says what is missing
-        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): "
-                         f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
-                         f"or pre-download the model (README: Troubleshooting)") from None
-    log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
-    t0 = time.monotonic()
-    plan.fused_kernels = llava.fuse_elementwise(model, plan.fused_kernels)
-    if plan.fused_kernels:
-        log.info(f"fused kernels compiled and checked in {time.monotonic() - t0:.1f} s (more compile on the first "
-                 f"window)")
-
-    stop = []
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
-    worker = Worker(args, model, processor, info, plan)
-    progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
-    n_events = n_skipped = 0
-    from llava_soccer.decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
-    batch_size = BatchSize(args.batch_size, args.max_batch_size, device, plan, args.decoder == "fast")
-    t0 = time.monotonic()
-    try:
-        for batch in prefetched(batches(info, todo, batch_size, processor)):
-            new = worker.answer(batch)
-            first = next((inputs for _, inputs in batch if inputs is not None), None)
-            batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
-            records = sorted(records + new, key=lambda r: r["time"])
-            atomic_write_json(out, records)  # a full disk: one line, exit 75 (run_cli), batches before kept
-            for r in new:
-                n_skipped += r["status"] == "skipped"
-                for e in r["events"]:
-                    n_events += 1
-                    conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
-                    progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {e['label']} "
-                                   f"[{e['team']}, {conf}] {e['details'] or ''}".rstrip())
-            progress.update(len(batch))
-            if stop:
-                log.warning(f"{stop[0]} received: saved {settings.count(len(records), 'window')} to {out.name}; "
-                            f"rerun the same command to resume")
-                return EXIT_INTERRUPTED
-    finally:
-        progress.close()
-    elapsed = time.monotonic() - t0
-    memory = ""
-    if device.startswith("cuda"):
-        import torch
-        memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
-    log.info(f"slice complete: {settings.count(len(todo), 'window')} in {elapsed:.1f} s "
-             f"({elapsed / len(todo):.2f} s/window){memory}, "
-             f"{n_events} events, {n_skipped} skipped -> {out}")
-    return 0
 
 
 def main(argv=None):
@@ -421,7 +120,8 @@ def main(argv=None):
                         format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
-    return run_cli(run, args, "llava_split_worker.py", report=log.error, failures=(InputError, Abort))
+    return run_cli(lambda a: 0 if worker.run(a) else EXIT_INTERRUPTED, args, "llava_split_worker.py",
+                   report=worker.log.error, failures=(InputError, worker.Abort))
 
 
 if __name__ == "__main__":

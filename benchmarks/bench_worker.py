@@ -7,7 +7,7 @@
 Builds the full-size llava-v1.6-mistral-7b architecture from its config with random weights
 (no download; --checkpoint DIR reuses one), loads it the way the worker does (NF4 quantizes the
 saved bf16 copy at load time, as with the hub checkpoint), then for each setting runs the
-worker's own loop (llava_split_worker.run: decode, preprocess in a prefetch thread, generate,
+worker's own loop (llava_soccer.worker.run: decode, preprocess in a prefetch thread, generate,
 partial JSON) over --windows windows of the video. Random weights never stop generating, so
 every window produces exactly --max-new-tokens tokens.
 
@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import llava_split_worker as worker  # noqa: E402
 from llava_soccer import model as llava  # noqa: E402
-from llava_soccer import decoding, gpus, synthetic, videos  # noqa: E402
+from llava_soccer import decoding, gpus, synthetic, videos, worker  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
 
@@ -115,8 +114,9 @@ def plan_check(ckpt, quant, visual_tokens, info, plans, windows=(1, 2, 3)):
         model, processor = llava.load(ckpt, quant, device, visual_tokens, plan)
         inputs = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
         with torch.inference_mode(), llava._attention(model, plan.prefill_attention):
-            logits = [decoding.last_logits(model, decoding.embed(model, llava.on_model(model, w), plan.prefill_chunk),
-                                           DynamicCache(), plan.prefill_chunk)[0].float().cpu() for w in inputs]
+            embeds = (decoding.embed(model, decoding.on_model(model, w), plan.prefill_chunk) for w in inputs)
+            logits = [decoding.last_logits(model, e, DynamicCache(), plan.prefill_chunk)[0].float().cpu()
+                      for e in embeds]
         logits = torch.stack(logits)
         del model, processor
         torch.cuda.empty_cache() if CUDA else None
@@ -165,7 +165,7 @@ def decoder_check(model, processor, info, plan, new_tokens=24):
     with torch.inference_mode():  # logits of one new token: the fast step vs the model's own forward
         first, lengths, kv = decoding.prefill(model, windows[:1], 1, plan.prefill_chunk)
         ours = decoding.Step(model, *kv, plan.decode_attention)(first, lengths)[0].float()
-        one = llava.on_model(model, windows[0])
+        one = decoding.on_model(model, windows[0])
         cache = DynamicCache()
         model(**one, past_key_values=cache, use_cache=True, logits_to_keep=1)
         theirs = model(input_ids=first[:, None], past_key_values=cache, use_cache=True).logits[0, -1].float()
@@ -176,7 +176,7 @@ def decoder_check(model, processor, info, plan, new_tokens=24):
         ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad, plan),
                "eager": decoding.greedy(model, windows, new_tokens, eos, pad,
                                         dataclasses.replace(plan, cuda_graphs=False, checked=set()))}
-        batch = llava.on_model(model, llava.collate(processor, windows))
+        batch = decoding.on_model(model, llava.collate(processor, windows))
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
 
@@ -194,7 +194,7 @@ def attention_check(model, processor, info, new_tokens=16):
     greedy answers of `new_tokens` tokens agree when each backend is tried first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     (_, _, times, frames), = videos.iter_windows(info, [1])
-    inputs = llava.on_model(model, llava.prepare(processor, [(times, frames)])[0])
+    inputs = decoding.on_model(model, llava.prepare(processor, [(times, frames)])[0])
     # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
     backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
     logits, answers = {}, {}
@@ -214,8 +214,8 @@ def attention_check(model, processor, info, new_tokens=16):
 
 
 def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
-               fused="no", assume=None):
-    """llava_split_worker.run over the first `windows` windows; the partial file pretends the rest are done."""
+               fused="no", assume=None, visual_tokens="full"):
+    """llava_soccer.worker.run over the first `windows` windows; the partial file pretends the rest are done."""
     project = Path(tempfile.mkdtemp()) / "project"
     (project / "raw_data").mkdir(parents=True)
     os.symlink(video, project / "raw_data" / "match.mkv")
@@ -223,20 +223,21 @@ def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_t
     rest = [{"time": info.window_start(k), "raw": "None", "status": "ok", "events": []}
             for k in range(windows, info.n_windows)]
     atomic_write_json(partial_path(project, 0, 0), rest)
-    args = worker.parse_args(["--gpu_id", "0", "--num_workers", "1", "--video_index", "0", "--project", str(project),
-                              "--model", str(ckpt), "--quantization", quant, "--batch-size", str(batch),
-                              "--decoder", decoder, "--fused-kernels", fused,
-                              "--attention", attention,
-                              "--max-new-tokens", str(max_new_tokens), "--progress-every", "1e9",
-                              *(["--assume-gpu", assume] if assume else [])])
+    # every setting of llava_split_worker.py's flags, spelled out: the caller's LLAVA_* variables do not apply
+    args = argparse.Namespace(gpu_id=0, num_workers=1, video_index=0, project=str(project), model=str(ckpt),
+                              quantization=quant, batch_size=str(batch), max_batch_size=16, decoder=decoder,
+                              max_new_tokens=max_new_tokens, temperature=0.0, top_p=0.9, assume_gpu=assume,
+                              attention=attention, prefill_chunk="auto", decode_attention="auto", fused_kernels=fused,
+                              cuda_graphs="auto", visual_tokens=visual_tokens, print_plan=False, retry_skipped=False,
+                              progress_every=1e9)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     sampler = UtilSampler()
     if CUDA:
         sampler.start()
-    seconds, code = timed(lambda: worker.run(args, loaded=(model, processor)))
+    seconds, complete = timed(lambda: worker.run(args, loaded=(model, processor)))
     util = sampler.stop()
-    assert code == 0, f"worker exited {code}"
+    assert complete, "the worker stopped before the end of its slice"
     per_window = seconds / windows
     return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,
             "attention": attention, "windows": windows,
@@ -295,7 +296,8 @@ def main(argv=None):
         print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
         for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)
             for batch in (1, 2):
-                run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused, assume=a.assume_gpu)
+                run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused, assume=a.assume_gpu,
+                           visual_tokens=a.visual_tokens)
         results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens, plan)
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
         checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
@@ -315,7 +317,7 @@ def main(argv=None):
                                                                   a.batch_sizes):
             try:
                 r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
-                               attention, fused, a.assume_gpu)
+                               attention, fused, a.assume_gpu, a.visual_tokens)
             except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
                 r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
                      "fused_kernels": fused, "error": f"{type(e).__name__}: {e}"}
@@ -334,13 +336,14 @@ def main(argv=None):
           "| 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
+        setting = f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']} |"
         if "error" in r:
-            print(f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']} | {r['error'][:60]} |")
+            print(f"{setting} {r['error'][:60]} |")
             continue
         util = f"{r['gpu_util_pct']:.0f}%" if r["gpu_util_pct"] is not None else "n/a"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-        print(f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']} | {r['s_per_window']:.2f} | "
-              f"{r['windows_per_s']:.2f} | {util} | {peak} | {r['half_on_4_gpus_min']:.1f} min |")
+        print(f"{setting} {r['s_per_window']:.2f} | {r['windows_per_s']:.2f} | {util} | {peak} | "
+              f"{r['half_on_4_gpus_min']:.1f} min |")
 
 
 if __name__ == "__main__":

@@ -12,5 +12,6 @@ doctor     setup_llava.sh's checks (python -m llava_soccer.doctor MODEL): python
            OpenCV, model
 model      loading LLaVA-NeXT (NF4/bf16/...) as the plan says, the prompt, batched generate
 decoding   the fast greedy decoder: per-window (chunked) prefill, CUDA-graph decode, self-checks
+worker     llava_split_worker.py's loop: one GPU's slice of a video in batches, OOM halving, resume, signals
 synthetic  tiny/full-size random checkpoints and barcoded H.264 videos for tests and demos
 """

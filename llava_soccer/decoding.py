@@ -27,6 +27,7 @@ tests/test_worker.py checks that the answers equal generate()'s on random tiny c
 SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
 """
 import contextlib
+import functools
 import logging
 
 import torch
@@ -36,8 +37,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
+from .gpus import for_device
 from .jsonio import first_line
-from .model import on_model
 
 log = logging.getLogger("llava_worker")
 FRAMES_PER_VISION_CALL = 3
@@ -102,18 +103,13 @@ def _causal(model):
         config._attn_implementation = saved
 
 
-_KERNEL = []
-
-
+@functools.cache  # once per process: a new @triton.jit function would compile its kernels again
 def _triton_kernel():
     """The Triton kernel of split_kv_attention, or None where Triton is missing (CPU-only torch)."""
-    if _KERNEL:
-        return _KERNEL[0]
     try:
         import triton
         import triton.language as tl
     except ImportError:
-        _KERNEL.append(None)
         return None
 
     @triton.jit
@@ -145,7 +141,6 @@ def _triton_kernel():
         tl.store(LSE + b * slb + h * slh + s * sls + g, tl.where(some, m + tl.log(total), float("-inf")),
                  mask=g < G)
 
-    _KERNEL.append(kernel)
     return kernel
 
 
@@ -238,6 +233,13 @@ class _Row(DynamicLayer):
         return self.keys, self.values
 
 
+def on_model(model, inputs):
+    """Processor inputs on the model's device, the pixels in its dtype."""
+    moved = {k: v.to(model.device) for k, v in inputs.items()}
+    moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
+    return moved
+
+
 def embed(model, window, chunk=None):
     """Input embeddings of one window (processor inputs on the model's device), image tokens
     replaced by image features. A chunked prefill (chunk: tokens per chunk) is a small card's: its
@@ -253,16 +255,21 @@ def embed(model, window, chunk=None):
     return embeds.masked_scatter(mask, features.to(embeds.dtype))
 
 
+def head_dim(model):
+    """Size of one attention head of the language model (Mistral's config may leave head_dim unset)."""
+    text = model.config.text_config
+    return text.head_dim or text.hidden_size // text.num_attention_heads
+
+
 def kv_shape(model, rows, slots):
     """The shape of one layer's key (or value) buffer: (rows, kv heads, slots, head dim)."""
-    text = model.config.text_config
-    return rows, text.num_key_value_heads, slots, text.head_dim or text.hidden_size // text.num_attention_heads
+    return rows, model.config.text_config.num_key_value_heads, slots, head_dim(model)
 
 
 def kv_bytes(model, tokens, room):
     """prefill()'s KV buffers for one window of `tokens` prompt tokens and `room` new ones."""
-    rows, heads, slots, head_dim = kv_shape(model, 1, tokens + room)
-    return 2 * model.config.text_config.num_hidden_layers * heads * slots * head_dim * model.dtype.itemsize
+    _, heads, slots, d = kv_shape(model, 1, tokens + room)
+    return 2 * model.config.text_config.num_hidden_layers * heads * slots * d * model.dtype.itemsize
 
 
 def prefill(model, windows, room, chunk=None):
@@ -323,9 +330,7 @@ def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
     decoding stops when every row has produced one of the `eos` ids.
     plan (llava_soccer.gpus.Plan; default: the plan for the model's device): prefill chunk, decode
     attention, CUDA graphs. Its first call checks the optional paths and turns off those that fail."""
-    if plan is None:
-        from .gpus import for_device
-        plan = for_device(str(model.device))
+    plan = plan or for_device(str(model.device))
     tokens, positions, kv = prefill(model, windows, max_new_tokens, plan.prefill_chunk)
     eos = torch.tensor(eos, device=tokens.device)
     out, done = [tokens], torch.isin(tokens, eos)

@@ -4,12 +4,21 @@ The real Hugging Face classes run everywhere: on the cluster with the hub id, in
 tiny checkpoint directory built by synthetic.py (same from_pretrained call).
 """
 import contextlib
+import dataclasses
 import logging
 import os
+import types
+import weakref
 from pathlib import Path
 
+from .gpus import for_device
 from .jsonio import InputError, first_line
 from .settings import DEFAULT_MODEL, FPS, SOCCERNET_CLASSES
+
+# Imports go one way, model -> decoding; decoding is imported inside the functions that use it because it
+# imports torch and transformers (seconds), which --help, --print-plan and a finished slice never need.
+
+log = logging.getLogger("llava_worker")
 
 QUESTION = (
     "These are {n} consecutive frames of a soccer match broadcast, {gap:g} seconds apart, numbered "
@@ -92,9 +101,7 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
     hf_logging.disable_progress_bar()  # its per-shard bars would flood the job log; we log the load time
     token = os.environ.get("HF_TOKEN") or None  # used, never printed
     kwargs = {"token": token, "device_map": {"": device}}
-    if plan is None:
-        from .gpus import for_device
-        plan = for_device(device, quantization)
+    plan = plan or for_device(device, quantization)
     compute, storage = getattr(torch, plan.compute_dtype), getattr(torch, plan.storage_dtype)
     kwargs["dtype"] = storage
     if quantization == "nf4":
@@ -119,13 +126,6 @@ def prepare(processor, windows):
     return [processor(images=frames, text=build_prompt(times), return_tensors="pt") for times, frames in windows]
 
 
-def on_model(model, inputs):
-    """Processor inputs on the model's device, the pixels in its dtype."""
-    moved = {k: v.to(model.device) for k, v in inputs.items()}
-    moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
-    return moved
-
-
 def collate(processor, windows):
     """One left-padded batch out of prepare()'s per-window inputs."""
     import torch
@@ -146,7 +146,15 @@ def _attention(model, backends):
     return sdpa_kernel([names[b] for b in backends], set_priority=True)
 
 
-_EAGER = {}  # Mistral's own functions, restored by fuse_elementwise(False)
+@dataclasses.dataclass
+class _Fused:
+    """The fused kernels of this process: compiled and self-checked once, with the first model that asks
+    (compiling the same functions again trips dynamo), then put into every model that asks."""
+    tried: bool = False
+    kernels: tuple | None = None  # (norm, gate, rope); None until compiled, or when that failed
+
+
+_FUSED = _Fused()
 
 
 def _rms_norm(x, weight, eps):  # MistralRMSNorm.forward's arithmetic, as a function of tensors
@@ -163,59 +171,79 @@ def _silu_gate(gate, up):  # MistralMLP: act_fn(gate_proj(x)) * up_proj(x), act_
 
 
 def fuse_elementwise(model, on: bool) -> bool:
-    """Run the RMSNorm, rotary-embedding and SiLU-gate arithmetic of Mistral's layers as fused
-    torch.compile kernels (GPU only; the same operations in the same precision). Eager PyTorch runs
-    each as 3-7 kernels that all read and write the whole 25k-token activation: fused, the NF4
+    """Run the RMSNorm, rotary-embedding and SiLU-gate arithmetic of this model's Mistral layers as
+    fused torch.compile kernels (GPU only; the same operations in the same precision). Eager PyTorch
+    runs each as 3-7 kernels that all read and write the whole 25k-token activation: fused, the NF4
     prefill's GPU time drops from 1.01 to 0.90 s on an H200 (benchmarks/RESULTS.md).
-    Process-wide; on=False restores transformers' code. Returns whether fused kernels are on:
-    False, with a warning, when compiling fails."""
+    Only this model's modules change (another model in the process keeps transformers' code);
+    on=False restores them. Returns whether fused kernels are on: False, with a warning, when
+    compiling fails."""
     import torch
-    from transformers.models.mistral import modeling_mistral as mistral
-    if not _EAGER:
-        _EAGER.update(norm=mistral.MistralRMSNorm.forward, mlp=mistral.MistralMLP.forward,
-                      rope=mistral.apply_rotary_pos_emb)
-    _restore(mistral)
+    from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
+
+    from . import decoding
+    _unfuse(model)
     if not on:
         return False
-    if "compiled" not in _EAGER:  # once per process: recompiling the same functions trips dynamo
+    if not _FUSED.tried:
+        _FUSED.tried = True
         # dynamic=None: sizes that vary (prompt length, batch) become symbolic, head sizes stay fixed
-        norm, gate, rope = (torch.compile(f) for f in (_rms_norm, _silu_gate, _EAGER["rope"]))
-        text = model.config.text_config
-        d = text.head_dim or text.hidden_size // text.num_attention_heads
+        norm, gate, rope = (torch.compile(f) for f in (_rms_norm, _silu_gate, apply_rotary_pos_emb))
+        text, d = model.config.text_config, decoding.head_dim(model)
         x = torch.randn(1, 7, text.hidden_size, device=model.device, dtype=model.dtype)
         q, cos = torch.randn(1, text.num_attention_heads, 7, d, device=model.device, dtype=model.dtype), x[..., :d]
         plain = _lm_logits(model)
         try:  # compile now (Triton, a C compiler): a failure here must not fail every window later
-            from .decoding import SELF_CHECK_MAX_ERROR, relative_error
             norm(x, x[0, 0], text.rms_norm_eps), gate(x, x), rope(q, q[:, :text.num_key_value_heads], cos, cos)
-            _patch(mistral, norm, gate, rope)
-            error = relative_error(_lm_logits(model), plain)
-            if not error <= SELF_CHECK_MAX_ERROR:
+            _fuse(model, norm, gate, rope)
+            error = decoding.relative_error(_lm_logits(model), plain)
+            if not error <= decoding.SELF_CHECK_MAX_ERROR:
                 raise ValueError(f"their logits differ from transformers' kernels' by {error:.1%}")
-            logging.getLogger("llava_worker").info(
-                f"fused kernels passed their self-check (logits within {error:.2%} of transformers' kernels')")
-            _EAGER["compiled"] = norm, gate, rope
+            log.info(f"fused kernels passed their self-check (logits within {error:.2%} of transformers' kernels')")
+            _FUSED.kernels = norm, gate, rope
         except Exception as e:
-            _EAGER["compiled"] = None
-            _restore(mistral)
-            logging.getLogger("llava_worker").warning(
-                f"⚠️ fused kernels failed their self-check on this GPU ({type(e).__name__}: {first_line(e)}); "
-                f"prefill runs transformers' own kernels, ~10% slower. --fused-kernels no skips this attempt")
-    if _EAGER["compiled"] is None:
+            _unfuse(model)
+            log.warning(f"⚠️ fused kernels failed their self-check on this GPU ({type(e).__name__}: {first_line(e)}); "
+                        f"prefill runs transformers' own kernels, ~10% slower. --fused-kernels no skips this attempt")
+    if _FUSED.kernels is None:
         return False
-    _patch(mistral, *_EAGER["compiled"])
+    _fuse(model, *_FUSED.kernels)
     return True
 
 
-def _restore(mistral):
-    mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward = _EAGER["norm"], _EAGER["mlp"]
-    mistral.apply_rotary_pos_emb = _EAGER["rope"]
+def _mistral_modules(model):
+    """(module, kind) for the norms, MLPs and attentions of the model's language model."""
+    from transformers.models.mistral import modeling_mistral as mistral
+    kinds = {mistral.MistralRMSNorm: "norm", mistral.MistralMLP: "mlp", mistral.MistralAttention: "attention"}
+    return [(m, kinds[type(m)]) for m in model.model.language_model.modules() if type(m) in kinds]
 
 
-def _patch(mistral, norm, gate, rope):
-    mistral.MistralRMSNorm.forward = lambda self, x: norm(x, self.weight, self.variance_epsilon)
-    mistral.MistralMLP.forward = lambda self, x: self.down_proj(gate(self.gate_proj(x), self.up_proj(x)))
-    mistral.apply_rotary_pos_emb = rope
+def _fuse(model, norm, gate, rope):
+    """Give each of the model's Mistral modules its own forward (an instance's forward hides its class's).
+    The forward holds its module weakly: a module referring to itself would keep a deleted model's
+    memory (a GPU's worth) until Python's cycle collector runs."""
+    from transformers.models.mistral import modeling_mistral as mistral
+    # MistralAttention.forward calls its module's global apply_rotary_pos_emb: the same code, run with a
+    # copy of those globals in which that name is the fused rope, changes it for this model alone
+    eager = mistral.MistralAttention.forward
+    attention = types.FunctionType(eager.__code__, {**eager.__globals__, "apply_rotary_pos_emb": rope},
+                                   eager.__name__, eager.__defaults__, eager.__closure__)
+    attention.__kwdefaults__ = eager.__kwdefaults__
+    forwards = {"norm": lambda m, x: norm(x, m.weight, m.variance_epsilon),
+                "mlp": lambda m, x: m.down_proj(gate(m.gate_proj(x), m.up_proj(x))),
+                "attention": attention}
+    for module, kind in _mistral_modules(model):
+        module.forward = _weakly_bound(forwards[kind], module)
+
+
+def _weakly_bound(forward, module):
+    ref = weakref.ref(module)
+    return lambda *args, **kwargs: forward(ref(), *args, **kwargs)
+
+
+def _unfuse(model):
+    for module, _ in _mistral_modules(model):
+        module.__dict__.pop("forward", None)  # the class's forward again
 
 
 def _lm_logits(model, tokens=64):
@@ -234,15 +262,16 @@ def generate(model, processor, windows, max_new_tokens=256, temperature=0.0, top
     left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50).
     plan: llava_soccer.gpus.Plan (default: the one for the model's device)."""
     import torch
-    from . import decoding, gpus
-    plan = plan or gpus.for_device(str(model.device))
+
+    from . import decoding
+    plan = plan or for_device(str(model.device))
     with torch.inference_mode(), _attention(model, plan.prefill_attention):
         if decoder == "fast" and temperature == 0:
             eos = model.generation_config.eos_token_id
             ids = decoding.greedy(model, windows, max_new_tokens, eos if isinstance(eos, list) else [eos],
                                   processor.tokenizer.pad_token_id, plan)
         else:
-            inputs = on_model(model, collate(processor, windows))
+            inputs = decoding.on_model(model, collate(processor, windows))
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
                 "do_sample": False}
             out = model.generate(**inputs, max_new_tokens=max_new_tokens,

@@ -27,14 +27,11 @@ WORKERS = 10  # slice 0 of 10 of the 60 s video: windows at 0, 2 and 4 s
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    """No LLAVA_* variable of the caller's shell leaks in; Mistral's own functions afterwards
-    (fuse_elementwise patches them process-wide)."""
+    """No LLAVA_* variable of the caller's shell leaks in."""
     for name in ("LLAVA_ASSUME_GPU", "LLAVA_ATTENTION", "LLAVA_PREFILL_CHUNK", "LLAVA_DECODE_ATTENTION",
                  "LLAVA_FUSED_KERNELS", "LLAVA_CUDA_GRAPHS", "LLAVA_QUANT", "LLAVA_BATCH_SIZE", "LLAVA_MODEL",
                  "LLAVA_NUM_WORKERS", "LLAVA_MAX_NEW_TOKENS", "LLAVA_DECODER", "LLAVA_VISUAL_TOKENS"):
         monkeypatch.delenv(name, raising=False)
-    yield
-    llava.fuse_elementwise(None, False)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +52,7 @@ def print_plan(capsys, *argv):
 def run_worker(root, name, video, ckpt, *extra):
     """The worker on slice 0 of WORKERS of `video` in a fresh project: (exit code, its records)."""
     project = make_project(root / name, {"match/1_224p.mkv": video})
-    code = worker.main(["--gpu_id", "0", "--num_workers", str(WORKERS), "--video_index", "0", "--project",
+    code = worker.main(["--gpu-id", "0", "--num-workers", str(WORKERS), "--video-index", "0", "--project",
                         str(project), "--model", str(ckpt), "--quantization", "fp32", "--max-new-tokens", "8",
                         *extra])
     path = partial_path(project, 0, 0)
@@ -301,8 +298,7 @@ def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video
         return fn
 
     monkeypatch.setattr(torch, "compile", compile_)
-    monkeypatch.setitem(llava._EAGER, "compiled", None)  # compile again in this process (undone afterwards)
-    del llava._EAGER["compiled"]
+    monkeypatch.setattr(llava, "_FUSED", llava._Fused())  # compile again in this process (undone afterwards)
     capsys.readouterr()
     code, records = run_worker(odd_root, f"fused {kernels}", video_25fps, random_ckpt, "--assume-gpu", "9.0,80",
                                "--decode-attention", "sdpa", "--cuda-graphs", "no")
@@ -317,6 +313,59 @@ def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video
     else:
         assert warnings_in(log) == []
         assert "fused kernels passed their self-check" in log and "fused kernels compiled and checked" in log
+
+
+def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ckpt, monkeypatch):
+    """fuse_elementwise changes the modules of the model it is given, not Mistral's classes: a second
+    model loaded beside it runs transformers' own code (no fused kernel is called), with the same
+    logits as before; on=False gives the fused model back its own code; a deleted fused model is freed
+    at once (its modules hold no reference to themselves). torch.compile as in the test above: the
+    functions themselves, counted."""
+    import gc
+    import weakref
+
+    from transformers.models.mistral import modeling_mistral as mistral
+    compiled, calls = [], []
+
+    def compile_(fn, *args, **kwargs):
+        def counted(*a, **kw):
+            calls.append(fn.__name__)
+            return fn(*a, **kw)
+        compiled.append(fn.__name__)
+        return counted
+
+    def own_forwards(model):
+        return [type(m).__name__ for m in model.modules() if "forward" in vars(m)]
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(llava, "_FUSED", llava._Fused())
+    eager = (mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward, mistral.MistralAttention.forward,
+             mistral.apply_rotary_pos_emb)
+    fused, _ = llava.load(str(random_ckpt), "fp32", "cpu")
+    other, _ = llava.load(str(random_ckpt), "fp32", "cpu")
+    before = llava._lm_logits(other)
+    assert llava.fuse_elementwise(fused, True) is True
+    layers = fused.config.text_config.num_hidden_layers
+    assert sorted(set(own_forwards(fused))) == ["MistralAttention", "MistralMLP", "MistralRMSNorm"]
+    assert len(own_forwards(fused)) == layers * 4 + 1  # 2 norms, MLP, attention per layer; the final norm
+    assert own_forwards(other) == []
+    assert (mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward, mistral.MistralAttention.forward,
+            mistral.apply_rotary_pos_emb) == eager
+    calls.clear()
+    torch.testing.assert_close(llava._lm_logits(other), before, rtol=0, atol=0)
+    assert calls == []  # the other model called no fused kernel
+    torch.testing.assert_close(llava._lm_logits(fused), llava._lm_logits(other))
+    assert {"_rms_norm", "_silu_gate", "apply_rotary_pos_emb"} <= set(calls)  # the fused model called each
+    assert llava.fuse_elementwise(fused, False) is False and own_forwards(fused) == []
+    assert llava.fuse_elementwise(fused, True) and llava.fuse_elementwise(other, True)
+    assert len(own_forwards(other)) == layers * 4 + 1 and len(compiled) == 3  # compiled once per process
+    modules = [weakref.ref(m) for m in fused.modules()]
+    gc.disable()
+    try:
+        del fused
+        assert [type(m()).__name__ for m in modules if m() is not None] == []  # no cycle keeps one alive
+    finally:
+        gc.enable()
 
 
 # --- 7. chunked prefill gives the whole prefill's answers ------------------------------------
@@ -366,7 +415,7 @@ def test_a_gpu_without_kernels_in_this_torch_is_refused_before_loading_the_model
     another GPU does not hide it: the check is for the real card."""
     simulate_gpu(monkeypatch, "NVIDIA TITAN V", (7, 0), 12, ["sm_75", "sm_80", "sm_90"])
     project = make_project(odd_root / f"titan v {len(extra)}", {"v.mkv": video_25fps})
-    code = worker.main(["--gpu_id", "0", "--num_workers", "4", "--video_index", "0", "--project", str(project),
+    code = worker.main(["--gpu-id", "0", "--num-workers", "4", "--video-index", "0", "--project", str(project),
                         "--model", "/nonexistent/model", *extra])
     err = capsys.readouterr().err
     assert code == 1

@@ -1,5 +1,6 @@
 """llava_split_worker.py on real H.264 videos with real tiny LLaVA-NeXT checkpoints."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,12 @@ from llava_soccer.settings import partial_path
 
 
 def run_worker(project, ckpt, *extra, gpu=0, workers=1, index=0):
-    return worker.main(["--gpu_id", str(gpu), "--num_workers", str(workers), "--video_index", str(index),
+    return worker.main(["--gpu-id", str(gpu), "--num-workers", str(workers), "--video-index", str(index),
                         "--project", str(project), "--model", str(ckpt), "--quantization", "fp32", *extra])
 
 
 def worker_cmd(project, ckpt, gpu=0, workers=1, index=0):
+    """The command as submit_llava.sh writes it (the first versions' underscore spellings)."""
     return [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu_id", str(gpu), "--num_workers",
             str(workers), "--video_index", str(index), "--project", str(project), "--model", str(ckpt),
             "--quantization", "fp32"]
@@ -98,7 +100,7 @@ def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_che
 
 def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
     video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
-    clean, killed = make_project(tmp_path / "clean", {"v.mkv": video}), make_project(tmp_path / "killed", {"v.mkv": video})
+    clean, killed = (make_project(tmp_path / name, {"v.mkv": video}) for name in ("clean", "killed"))
     subprocess.run(worker_cmd(clean, goal_checkpoint), check=True, capture_output=True)
     partial = partial_path(killed, 0, 0)
     proc = subprocess.Popen(worker_cmd(killed, goal_checkpoint), stderr=subprocess.DEVNULL)
@@ -150,7 +152,8 @@ def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_
     assert [r["time"] for r in records] == [2.0 * k for k in range(8)]
     assert calls[:4] == [4, 2, 1, 1]
     skipped = [r for r in records if r["status"] == "skipped"]
-    assert len(skipped) == 1 and skipped[0]["time"] == 4.0 and skipped[0]["error"] == "OOM" and skipped[0]["raw"] is None
+    assert len(skipped) == 1 and skipped[0]["time"] == 4.0
+    assert skipped[0]["error"] == "OOM" and skipped[0]["raw"] is None
     assert f"⚠️ OOM at {skipped[0]['time']}s" in capsys.readouterr().err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
     # --retry-skipped gives that window another chance
@@ -216,7 +219,7 @@ def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, v
     ("index", "--video_index 5 is out of range: "),
     ("corrupt", "cannot read video "),
     ("model", "--model /no/such/model: no such directory"),
-    ("foreign", "has windows outside this slice (e.g. 1.0 s): it was written with another --num_workers"),
+    ("foreign", "has windows outside this slice (e.g. 1.0 s): it was written with another --num-workers"),
     ("garbled", "is not valid JSON"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_1(tmp_path, video_25fps, goal_checkpoint, case, message, capsys):
@@ -238,7 +241,31 @@ def test_bad_flags_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         worker.main(["--gpu_id", "4", "--num_workers", "4", "--video_index", "0"])
     assert e.value.code == 2
-    assert "--gpu_id 4 must be between 0 and --num_workers - 1 (3)" in capsys.readouterr().err
+    assert "--gpu-id 4 must be between 0 and --num-workers - 1 (3)" in capsys.readouterr().err
+
+
+def test_underscore_flags_of_the_first_versions_parse_as_the_dashed_ones(monkeypatch):
+    monkeypatch.delenv("LLAVA_NUM_WORKERS", raising=False)
+    rest = ["--project", "/p", "--batch-size", "2"]
+    old = worker.parse_args(["--gpu_id", "1", "--num_workers", "3", "--video_index", "5", *rest])
+    new = worker.parse_args(["--gpu-id", "1", "--num-workers", "3", "--video-index", "5", *rest])
+    assert old == new and (new.gpu_id, new.num_workers, new.video_index) == (1, 3, 5)
+    assert worker.parse_args(["--gpu-id=1", "--num_workers=3", "--video-index", "5", *rest]) == new
+
+
+@pytest.mark.parametrize("env,argv,says", [
+    ("0", [], "LLAVA_NUM_WORKERS='0' (--num-workers): must be at least 1"),
+    ("x", [], "LLAVA_NUM_WORKERS='x' is not a valid --num-workers value"),
+    ("4", ["--num_workers", "0"], "error: --num-workers: must be at least 1"),  # the flag given, not the variable
+    ("4", ["--num-workers=0"], "error: --num-workers: must be at least 1"),
+])
+def test_llava_num_workers_is_checked_under_the_dashed_name(env, argv, says, monkeypatch, capsys):
+    monkeypatch.setenv("LLAVA_NUM_WORKERS", env)
+    with pytest.raises(SystemExit) as e:
+        worker.parse_args(["--print-plan", *argv])
+    assert e.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert says in line, line
 
 
 def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoint):
@@ -344,7 +371,7 @@ def test_a_full_disk_mid_run_is_one_line_exit_75_and_a_rerun_resumes(tmp_path, v
 
 def test_little_free_space_is_refused_before_the_model_loads(tmp_path, video_25fps, capsys, monkeypatch):
     project = make_project(tmp_path, {"m.mkv": video_25fps})
-    monkeypatch.setattr("shutil.disk_usage", lambda path: __import__("shutil")._ntuple_diskusage(10**9, 10**9, 5 * 10**6))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 5 * 10**6))
     assert run_worker(project, "/nonexistent/model") == 1
     (line,) = error_lines(capsys)
     assert "only 5 MB free in" in line and "df -h" in line

@@ -1,0 +1,322 @@
+"""The worker's loop: one GPU's slice of one video, windows in, partial JSON out.
+
+    complete = worker.run(args)   # args: llava_split_worker.py's flags (parse_args)
+
+llava_split_worker.py is its command line (flags, exit codes); benchmarks/bench_worker.py runs the
+same loop with a model it has loaded. run() reads the video in a prefetch thread, answers batches
+(OOM halves a batch, a failing window is recorded as skipped), rewrites the partial file after every
+batch and stops after the current batch on SIGUSR1/SIGTERM.
+"""
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+from . import gpus, settings, videos
+from . import model as llava
+from .events import window_events
+from .jsonio import InputError, atomic_write_json, check_writable, first_line, read_json, remove_stale_temps
+
+MAX_ERRORS_IN_A_ROW = 5
+# --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
+# fragmentation and what PyTorch cannot see (a 12 GB plan at 94% showed 12.0 GB in nvidia-smi on the
+# device; benchmarks/RESULTS.md, session 4).
+AUTO_HEADROOM = 0.85
+log = logging.getLogger("llava_worker")
+
+
+class Progress:
+    """tqdm's bar on a terminal; in a log file, one tqdm-formatted line every few seconds."""
+
+    def __init__(self, total, desc, every):
+        from tqdm import tqdm
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit="win", disable=not self.tty, dynamic_ncols=True)
+        self.format, self.total, self.desc, self.every = tqdm.format_meter, total, desc, every
+        self.n, self.t0, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n):
+        self.bar.update(n)
+        self.n += n
+        now = time.monotonic()
+        if not self.tty and (now - self.last >= self.every or self.n == self.total):
+            self.last = now
+            log.info(self.format(self.n, self.total, now - self.t0, prefix=self.desc, unit="win", ncols=80))
+
+    def write(self, line):
+        self.bar.write(line) if self.tty else log.info(line)
+
+    def close(self):
+        self.bar.close()
+
+
+def prefetched(items, depth=2):
+    """Run the items generator in a thread, so decoding and preprocessing overlap generation.
+    When the consumer stops early (error, signal), the thread is stopped and joined: a thread
+    killed in the middle of image processing at exit aborts Python ("terminate called ...")."""
+    q, done, stop = queue.Queue(depth), object(), threading.Event()
+
+    def fill():
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    thread = threading.Thread(target=fill, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # keep taking, so a put() of the thread cannot block forever
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def load_partial(path, slice_starts, retry_skipped):
+    """Records already in the partial file, checked to belong to this slice."""
+    if not path.exists():
+        return []
+    records = read_json(path, "partial file")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
+        raise InputError(f"partial file {path} is not a list of window records; delete it to start over")
+    foreign = sorted({r["time"] for r in records} - slice_starts)
+    if foreign:
+        raise InputError(f"partial file {path} has windows outside this slice (e.g. {foreign[0]} s): it was "
+                         f"written with another --num-workers or video; delete it to start over")
+    if retry_skipped:
+        records = [r for r in records if r.get("status") != "skipped"]
+    return records
+
+
+class Abort(Exception):
+    """Too many failures to go on: llava_split_worker.py prints it as one line and exits 1."""
+
+
+def skipped(start, end, error):
+    return {"time": start, "end": end, "status": "skipped", "error": error, "raw": None, "events": []}
+
+
+def oom_hint(args, plan):
+    """What can still lower the memory of one window, given the settings in use."""
+    hints = [h for h, useful in (
+        ("--quantization nf4", args.quantization != "nf4"),
+        ("--prefill-chunk 2048", not plan.prefill_chunk or plan.prefill_chunk > 2048),
+        ("--visual-tokens reduced (fewer tokens per frame: changes answers)", args.visual_tokens == "full"),
+        ("one worker per GPU (LLAVA_NUM_WORKERS)", True)) if useful]
+    return "try " + ", ".join(hints) + ", or a GPU with more memory"
+
+
+class Worker:
+    def __init__(self, args, model, processor, info, plan):
+        self.args, self.model, self.processor, self.info, self.plan = args, model, processor, info, plan
+        self.errors_in_a_row = 0
+
+    def answer(self, batch):
+        """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""
+        records = {w.start: skipped(w.start, w.start, "no frames decoded (video shorter than its header says)")
+                   for w, _ in batch if not w.frames}
+        ready = [(w, inputs) for w, inputs in batch if w.frames]
+        if ready:
+            records.update((r["time"], r) for r in self._answer(ready))
+        return [records[w.start] for w, _ in batch]
+
+    def _answer(self, ready):
+        """OOM halves the batch; a lone window that still fails is recorded as skipped."""
+        import torch
+        try:
+            texts = llava.generate(self.model, self.processor, [inputs for _, inputs in ready],
+                                   self.args.max_new_tokens, self.args.temperature, self.args.top_p,
+                                   self.args.decoder, self.plan)
+        except torch.OutOfMemoryError:
+            if self.model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(ready) > 1:
+                half = len(ready) // 2
+                return self._answer(ready[:half]) + self._answer(ready[half:])
+            w = ready[0][0]
+            log.warning(f"⚠️ OOM at {w.start}s: window skipped ({oom_hint(self.args, self.plan)}; then rerun with "
+                        f"--retry-skipped)")
+            return [skipped(w.start, w.times[-1], "OOM")]
+        except Exception as e:  # one bad window must not end a 12-minute slice
+            if len(ready) > 1:
+                return [r for item in ready for r in self._answer([item])]
+            self.errors_in_a_row += 1
+            w = ready[0][0]
+            log.warning(f"⚠️ error at {w.start}s, window skipped: {type(e).__name__}: {e}")
+            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s "
+                            f"({type(e).__name__}: {e}); fix the cause and rerun with --retry-skipped") from e
+            return [skipped(w.start, w.times[-1], f"{type(e).__name__}: {e}")]
+        self.errors_in_a_row = 0
+        records = []
+        for (w, _), text in zip(ready, texts):
+            events, ok = window_events(w.start, text, len(w.times))
+            records.append({"time": w.start, "end": w.times[-1], "status": "ok", "raw": text, "parsed": ok,
+                            "events": events})
+        return records
+
+
+class BatchSize:
+    """--batch-size: a number, or "auto": the first window alone, then as many windows as fit in the
+    GPU's memory (the plan's cap for an assumed GPU), up to --max-batch-size. The fast decoder
+    prefills one window at a time, so a batch adds only each window's KV cache to the first
+    window's peak; transformers' generate() prefills the whole batch, so it adds the whole peak."""
+
+    def __init__(self, value, cap, device, plan, per_row_is_kv=True):
+        self.size, self.cap, self.device, self.plan = 1 if value == "auto" else int(value), cap, device, plan
+        self.measuring = value == "auto" and device.startswith("cuda")
+        self.per_row_is_kv = per_row_is_kv
+        if value == "auto" and not self.measuring:
+            log.info("--batch-size auto: no GPU, using batches of 1")
+        if self.measuring:
+            import torch
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+
+    def __call__(self):
+        return self.size
+
+    def measured(self, kv_bytes):
+        """Called after each batch with the KV cache bytes of its first window; sizes the batches once."""
+        if not self.measuring:
+            return
+        import torch
+        self.measuring = False
+        peak = torch.cuda.max_memory_allocated(self.device)
+        if self.plan.memory_cap_gib is not None:
+            capacity = self.plan.memory_cap_gib * 2**30
+        else:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            capacity = free + torch.cuda.memory_reserved(self.device)  # PyTorch's own cache is free to us too
+        window = peak - self.base
+        row = kv_bytes if self.per_row_is_kv and kv_bytes else window
+        self.size = max(1, min(self.cap, 1 + int((AUTO_HEADROOM * capacity - peak) // max(row, 1))))
+        log.info(f"--batch-size auto: one window took {window / 2**30:.1f} GiB at peak "
+                 f"({row / 2**30:.1f} GiB per extra window); using batches of {self.size}")
+
+
+def batches(info, todo, batch_size, processor):
+    """Lists of (Window, its processor inputs, or None when it has no frames), in time order;
+    decoding and preprocessing happen here. batch_size() is asked before each batch, so
+    --batch-size auto can change it on the way."""
+    batch = []
+    for w in videos.iter_windows(info, todo):
+        batch.append((w, llava.prepare(processor, [(w.times, w.frames)])[0] if w.frames else None))
+        if len(batch) >= batch_size():
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def plan_for(args):
+    """(device, plan) for this worker; InputError if its torch has no kernels for the GPU."""
+    device = llava.pick_device(args.gpu_id or 0)
+    problem = gpus.check_torch_build(device)
+    if problem:
+        raise InputError(problem)
+    return device, gpus.make(args, gpus.detect(device))
+
+
+def run(args, loaded=None) -> bool:
+    """Process the slice (or print the plan): True when done, False when a signal stopped it after
+    saving (rerun to resume). loaded=(model, processor) skips loading (benchmarks/bench_worker.py)."""
+    if args.print_plan:
+        print(plan_for(args)[1].to_json())
+        return True
+    project = settings.project_dir(args.project)
+    video = videos.resolve_video(project, args.video_index)
+    info = videos.probe(video)
+    slice_windows = info.slice_windows(args.gpu_id, args.num_workers)
+    starts = {info.window_start(k): k for k in slice_windows}
+    out = settings.partial_path(project, args.video_index, args.gpu_id)
+    remove_stale_temps(out)
+    records = load_partial(out, set(starts), args.retry_skipped)
+    done = {r["time"] for r in records}
+    todo = [k for k in slice_windows if info.window_start(k) not in done]
+    span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
+            if slice_windows else "empty")
+    log.info(f"video {args.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, "
+             f"{settings.count(info.n_windows, 'window')}); slice {args.gpu_id + 1}/{args.num_workers}: "
+             f"{settings.count(len(slice_windows), 'window')} {span}, "
+             f"{len(done)} already in {out.name}")
+    if not todo:
+        log.info("slice already complete: nothing to do")
+        return True
+    check_writable(project)
+    device, plan = plan_for(args)
+    llava.check_model_source(args.model)
+    log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
+             f"batch_size={args.batch_size} decoder={args.decoder} visual_tokens={args.visual_tokens} "
+             f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_p={args.top_p} "
+             f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
+    log.info(plan.line())
+    for warning in plan.warnings:
+        log.warning(f"⚠️ {warning}")
+    gpus.apply_memory(plan, device)
+    t0 = time.monotonic()
+    try:
+        model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
+    except Exception as e:  # hub errors are long; the first line says what is missing
+        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): "
+                         f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
+                         f"or pre-download the model (README: Troubleshooting)") from None
+    log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
+    t0 = time.monotonic()
+    plan.fused_kernels = llava.fuse_elementwise(model, plan.fused_kernels)
+    if plan.fused_kernels:
+        log.info(f"fused kernels compiled and checked in {time.monotonic() - t0:.1f} s (more compile on the first "
+                 f"window)")
+
+    stop = []
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
+    worker = Worker(args, model, processor, info, plan)
+    progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
+    n_events = n_skipped = 0
+    from .decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
+    batch_size = BatchSize(args.batch_size, args.max_batch_size, device, plan, args.decoder == "fast")
+    t0 = time.monotonic()
+    try:
+        for batch in prefetched(batches(info, todo, batch_size, processor)):
+            new = worker.answer(batch)
+            first = next((inputs for _, inputs in batch if inputs is not None), None)
+            batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
+            records = sorted(records + new, key=lambda r: r["time"])
+            atomic_write_json(out, records)  # a full disk: one line, exit 75 (run_cli), batches before kept
+            for r in new:
+                n_skipped += r["status"] == "skipped"
+                for e in r["events"]:
+                    n_events += 1
+                    conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
+                    progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {e['label']} "
+                                   f"[{e['team']}, {conf}] {e['details'] or ''}".rstrip())
+            progress.update(len(batch))
+            if stop:
+                log.warning(f"{stop[0]} received: saved {settings.count(len(records), 'window')} to {out.name}; "
+                            f"rerun the same command to resume")
+                return False
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - t0
+    memory = ""
+    if device.startswith("cuda"):
+        import torch
+        memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+    log.info(f"slice complete: {settings.count(len(todo), 'window')} in {elapsed:.1f} s "
+             f"({elapsed / len(todo):.2f} s/window){memory}, "
+             f"{n_events} events, {n_skipped} skipped -> {out}")
+    return True
