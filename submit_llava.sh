@@ -195,7 +195,7 @@ wait_for() {
 start_worker() {
   local video=$1 slice=$2 device=$3
   local -a cmd=("${PYTHON}" "${LLAVA_HOME}/llava_split_worker.py"
-    --gpu_id "${slice}" --num_workers "${NUM_WORKERS}" --video_index "${video}" --project "${PROJECT}")
+    --gpu-id "${slice}" --num-workers "${NUM_WORKERS}" --video-index "${video}" --project "${PROJECT}")
   # LLAVA_MODEL, LLAVA_QUANT, LLAVA_BATCH_SIZE, ... reach the worker through the environment.
   CUDA_VISIBLE_DEVICES=${device} "${cmd[@]}" &
   WORKER_PIDS+=("$!")
@@ -241,7 +241,7 @@ process_video() {
   fi
   log "video ${video}: all ${NUM_WORKERS} worker(s) done, merging"
   merge_status=0
-  "${PYTHON}" "${LLAVA_HOME}/merge_results_llava.py" --video_index "${video}" --project "${PROJECT}" ||
+  "${PYTHON}" "${LLAVA_HOME}/merge_results_llava.py" --video-index "${video}" --project "${PROJECT}" ||
     merge_status=$?
   if ((merge_status != 0)) || [[ ! -f ${final} ]]; then
     log "video ${video}: FAILED (merge exit ${merge_status}); $(partials_note "${video}")"

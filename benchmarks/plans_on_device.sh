@@ -22,7 +22,7 @@ for plan in "$@"; do
   smi=$!
   log "plan ${plan}"
   status=0
-  python3 llava_split_worker.py --gpu_id 0 --num_workers "${workers}" --video_index 0 --project "${project}" \
+  python3 llava_split_worker.py --gpu-id 0 --num-workers "${workers}" --video-index 0 --project "${project}" \
     --model "${checkpoint}" --progress-every 20 "${assume[@]}" || status=$?
   kill "${smi}"
   log "plan ${plan}: worker exit ${status}, nvidia-smi peak $(sort -n "${project}/smi.txt" | tail -1) MiB"

@@ -19,7 +19,7 @@ for quant in "$@"; do
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 500 >"${out}/smi_${quant}.csv" &
   smi=$!
   log "worker: ${quant}"
-  python3 llava_split_worker.py --gpu_id 0 --num_workers "${workers}" --video_index 0 --project "${project}" \
+  python3 llava_split_worker.py --gpu-id 0 --num-workers "${workers}" --video-index 0 --project "${project}" \
     --model "${work}/ckpt" --quantization "${quant}" --max-new-tokens "${MAX_NEW_TOKENS:-64}" \
     --batch-size "${BATCH_SIZE:-1}" --progress-every 10
   kill "${smi}"

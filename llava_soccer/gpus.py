@@ -1,7 +1,7 @@
 """One execution plan per GPU: the dtypes and kernels the worker uses, chosen once from the GPU's
 compute capability and memory, so the same command runs on a GTX 1080 Ti and on an H200.
 
-    python llava_split_worker.py --gpu_id 0 --num_workers 4 --video_index 0 --print-plan
+    python llava_split_worker.py --gpu-id 0 --num-workers 4 --video-index 0 --print-plan
     python llava_split_worker.py ... --assume-gpu 7.5,24      # plan (and on a GPU run, memory capped) as a Titan RTX
 
 The rules (README "Which GPUs"; sources in the comments):

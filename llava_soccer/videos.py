@@ -107,7 +107,7 @@ def resolve_video(project: Path, index: int) -> Path:
     if not videos:
         raise InputError(f"no videos: put .mkv/.mp4 files under {project / 'raw_data'} (or set SOCCER_PROJECT)")
     if not 0 <= index < len(videos):
-        raise InputError(f"--video_index {index} is out of range: {project / MANIFEST} lists {len(videos)} "
+        raise InputError(f"--video-index {index} is out of range: {project / MANIFEST} lists {len(videos)} "
                          f"videos (0..{len(videos) - 1})")
     path = project / "raw_data" / videos[index]
     if not path.is_file():

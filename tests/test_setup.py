@@ -319,7 +319,7 @@ import os
 import sys
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 if os.environ["FAKE_WORKER"].startswith("partial"):
-    name = f"partial_results_llava_vid{args['--video_index']}_gpu{args['--gpu_id']}.json"
+    name = f"partial_results_llava_vid{args['--video-index']}_gpu{args['--gpu-id']}.json"
     with open(os.path.join(args["--project"], name), "w") as f:
         f.write("[]")
 sys.exit(0 if os.environ["FAKE_WORKER"] == "partial" else 1)
@@ -336,6 +336,7 @@ def test_failed_video_says_whether_partial_results_were_kept(tmp_path, worker, m
     scripts.mkdir()
     (scripts / "llava_split_worker.py").write_text(FAKE_WORKER)
     (scripts / "merge_results_llava.py").write_text("import sys\nsys.exit(1)\n")
+    (scripts / "llava_soccer").symlink_to(ROOT / "llava_soccer")  # submit checks the finals with it
     project = tmp_path / "my project"
     project.mkdir()
     r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=120,

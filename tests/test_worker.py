@@ -216,7 +216,7 @@ def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, v
 
 
 @pytest.mark.parametrize("case,message", [
-    ("index", "--video_index 5 is out of range: "),
+    ("index", "--video-index 5 is out of range: "),
     ("corrupt", "cannot read video "),
     ("model", "--model /no/such/model: no such directory"),
     ("foreign", "has windows outside this slice (e.g. 1.0 s): it was written with another --num-workers"),
