@@ -26,7 +26,8 @@ _FULL = dict(
     vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                 image_size=336, projection_dim=768),
 )
-# Every Linear at least 64 wide, so bitsandbytes NF4 also runs on CPU (FACTS.md).
+# Every Linear at least 64 wide, so bitsandbytes NF4 also runs on CPU (bitsandbytes 0.50.2: a 32-wide
+# CLIP layer fails with "shape '[32, 0]' is invalid").
 _TINY = dict(
     text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2),
