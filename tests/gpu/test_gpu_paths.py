@@ -1,0 +1,122 @@
+"""The GPU paths the CPU suite can only see fall back: Triton decode attention, CUDA-graph decoding,
+fused kernels, and each old card's plan, run for real on a CUDA GPU (skipped without one).
+
+    python -m pytest tests/gpu -q        # on a GPU machine; the last run is in benchmarks/RESULTS.md
+
+Tiny checkpoints (tests/conftest.py), frames drawn in memory: no ffmpeg, no download.
+"""
+import pytest
+import torch
+
+from conftest import GOAL_ANSWER
+from llava_soccer import decoding, gpus, synthetic
+from llava_soccer import model as llava
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+MODERN = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+needs_modern = pytest.mark.skipif(not MODERN, reason="Triton kernels and torch.compile need compute capability 8.0+")
+
+
+def windows(processor, n=3, start=0):
+    """n windows of 15 barcoded frames, as prepare() makes them for the worker."""
+    return llava.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
+                                      [synthetic.frame_image((start + k) * 50 + 5 * j) for j in range(15)])
+                                     for k in range(n)])
+
+
+def plan(quantization="fp32", **flags):
+    return gpus.for_device("cuda", quantization, **flags)
+
+
+@needs_modern
+@pytest.mark.parametrize("rows,heads,group,slots", [(1, 8, 4, 100), (8, 8, 4, 25_200), (3, 2, 3, 64), (16, 8, 4, 999)])
+def test_triton_split_kv_attention_equals_sdpa(rows, heads, group, slots):
+    g = torch.Generator(device="cuda").manual_seed(rows * slots)
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+    q, keys, values = rand(rows, heads, group, 128), rand(rows, heads, slots, 128), rand(rows, heads, slots, 128)
+    positions = torch.randint(0, slots, (rows,), device="cuda", generator=g)
+    positions[0] = slots - 1  # one row reads the whole buffer, the others stop where they are
+    out = decoding.split_kv_attention(q, keys, values, positions, 128 ** -0.5)
+    exact = decoding.attend(q.float(), keys.float(), values.float(), positions, 128 ** -0.5, "sdpa")
+    assert out.dtype == torch.bfloat16 and decoding.relative_error(out, exact) < 0.01
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    ckpt = synthetic.make_checkpoint(tmp_path_factory.mktemp("gpu") / "random", "tiny", seed=3, init_std=0.5)
+    return llava.load(str(ckpt), "bf16", "cuda", plan=plan("bf16"))
+
+
+def greedy_ids(model, processor, chosen, n=3, new=24):
+    with torch.inference_mode():
+        return decoding.greedy(model, windows(processor, n), new, [-1], processor.tokenizer.pad_token_id, chosen)
+
+
+@needs_modern
+def test_cuda_graph_and_triton_decoding_give_the_eager_sdpa_tokens(random_model):
+    model, processor = random_model
+    eager = greedy_ids(model, processor, plan("bf16", decode_attention="sdpa", cuda_graphs="no"))
+    fast = plan("bf16")  # the 8.0+ default: Triton decode attention in a CUDA graph
+    graphed = greedy_ids(model, processor, fast)
+    assert fast.decode_attention == "triton" and fast.cuda_graphs  # both passed their self-checks
+    assert eager.shape == (3, 24)
+    # bf16 kernels that add up in another order may flip a near-tie late in a random model's answer
+    agree = (graphed == eager).float().mean().item()
+    assert agree >= 0.9 and bool((graphed[:, :4] == eager[:, :4]).all()), (agree, graphed, eager)
+
+
+def test_the_graph_replays_the_eager_step_exactly(random_model):
+    """Same kernels recorded or launched one by one: identical logits, step after step."""
+    model, processor = random_model
+    with torch.inference_mode():
+        tokens, positions, kv = decoding.prefill(model, windows(processor, 2), 8)
+        logits = {}
+        for mode in ("eager", "graph"):
+            kv_copy = [[t.clone() for t in layer] for layer in kv]
+            step = decoding.Step(model, *kv_copy, "sdpa")
+            inputs = (tokens.clone(), positions.clone())
+            run = decoding.graphed(step, *inputs) if mode == "graph" else (lambda: step(*inputs))
+            out = []
+            for _ in range(4):
+                out.append(run().clone())
+                inputs[0].copy_(out[-1].argmax(-1))
+                inputs[1].add_(1)
+            logits[mode] = torch.stack(out)
+    assert torch.equal(logits["graph"], logits["eager"])
+
+
+@needs_modern
+def test_fused_kernels_agree_with_mistrals_own_arithmetic(random_model):
+    model, processor = random_model
+    plain = llava._lm_logits(model)
+    assert llava.fuse_elementwise(model, True)
+    try:
+        assert decoding.relative_error(llava._lm_logits(model), plain) < decoding.SELF_CHECK_MAX_ERROR / 4
+    finally:
+        llava.fuse_elementwise(model, False)
+
+
+@pytest.fixture(scope="module")
+def goal_checkpoint_gpu(tmp_path_factory):
+    return synthetic.make_checkpoint(tmp_path_factory.mktemp("gpu") / "goal", "tiny", answer=GOAL_ANSWER)
+
+
+@pytest.mark.parametrize("assume", ["6.1,11", "7.0,12", "7.5,24", None])
+@pytest.mark.parametrize("quantization", ["nf4", "fp16"])
+def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, assume, quantization):
+    """Every plan a card can get (GTX 1080 Ti, Titan V, Titan RTX, this GPU's own), run on this GPU:
+    its dtypes, attention backends, chunked prefill and decode path give the parrot's answer."""
+    chosen = plan(quantization, assume_gpu=assume)
+    if assume == "6.1,11" and quantization == "nf4":
+        assert (chosen.compute_dtype, chosen.storage_dtype) == ("float32", "float16")
+    if assume in ("6.1,11", "7.0,12"):
+        assert chosen.prefill_chunk and chosen.decode_attention == "sdpa" and not chosen.fused_kernels
+    model, processor = llava.load(str(goal_checkpoint_gpu), quantization, "cuda", plan=chosen)
+    try:
+        answers = llava.generate(model, processor, windows(processor, 2), max_new_tokens=40, plan=chosen)
+    finally:
+        del model
+        torch.cuda.empty_cache()
+    assert answers == [GOAL_ANSWER] * 2
