@@ -14,7 +14,8 @@ every window produces exactly --max-new-tokens tokens.
 Prints, per setting: s/window, windows/s, mean GPU utilisation, peak GPU memory, and the
 projected minutes for a 50-minute half (1,500 windows) on 4 GPUs; and, per quantization, the
 time split of one window: decode video, preprocess, vision tower, prefill, per new token.
---profile yes adds the GPU kernels that take the time in one prefill and in decode steps;
+--profile yes profiles one whole batch (the largest of --batch-sizes): per phase (prefill, decode,
+answers + JSON) wall and GPU-busy seconds and kernel seconds per kind (GEMM, NF4 dequantize, ...);
 --decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
 --assume-gpu CC,GIB runs every setting with the plan of that GPU (llava_soccer/gpus.py), PyTorch's
 memory capped at what such a card leaves; --plan-check CC ... compares the first-token logits of
@@ -130,30 +131,85 @@ def plan_check(ckpt, quant, visual_tokens, info, plans, windows=(1, 2, 3)):
     return found
 
 
-def profile(model, processor, info, batch, fused, plan, steps=8):
-    """The GPU kernels that take the time: one window's prefill (with each --fused-kernels value in
-    `fused`), then `steps` fast-decoder steps at `batch` (eager, so each kernel shows; the CUDA
-    graph replays the same kernels)."""
-    from torch.profiler import ProfilerActivity
+# Kernel names -> what they do, first match wins (CUDA 13 / torch 2.11 names on Hopper).
+KERNEL_KINDS = [("NF4 dequantize", r"dequant|kDequant|bnb|4bit"),
+                ("attention", r"cudnn|fmha|flash|attention|attn|^kernel$"),  # (^kernel$: our Triton decode)
+                ("GEMM", r"gemm|nvjet|xmma|cutlass|cublas|matmul|sm90_|sm80_"),
+                ("fused elementwise (Triton)", r"^triton_"),
+                ("elementwise, copies, casts", r"elementwise|vectorized|copy|cast|reduce|index|cat|fill|softmax|"
+                                               r"where|arange|scatter|gather|norm")]
+
+
+def _kind(name):
+    import re
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.I)), "other")
+
+
+def _busy(intervals):
+    """Seconds covered by the union of (start, end) microsecond intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e6
+
+
+def profile(model, processor, info, batch, plan, max_new_tokens):
+    """One whole batch of the worker under torch.profiler: llava.generate on `batch` windows (the
+    prefill of each, the decode steps with the CUDA graph's capture), then the answers' parsing
+    and the partial JSON's write. Per phase: wall seconds, GPU busy and idle seconds, and kernel
+    seconds per kind (KERNEL_KINDS). The plan's self-checks and compiles run in a warm-up batch."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
-    windows = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, range(batch))])
-    tables = {}
-    with torch.inference_mode():
-        tokens, positions, kv = decoding.prefill(model, windows, steps, plan.prefill_chunk)
-        step = decoding.Step(model, *kv, plan.decode_attention)
-        runs = [(f"prefill_fused_{f}", f, lambda: decoding.prefill(model, windows[:1], 1)) for f in fused]
-        runs.append((f"{steps}_decode_steps_batch_{batch}", fused[-1],
-                     lambda: [step(tokens, positions + i) for i in range(steps)]))
-        for name, f, fn in runs:
-            if llava.fuse_elementwise(model, (plan.fused_kernels if f == "auto" else f == "yes") and CUDA):
-                fn()  # compile outside the profile
-            sync()
-            with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
-                fn()
+
+    from llava_soccer.events import window_events
+    frames = list(videos.iter_windows(info, range(batch)))
+    windows = llava.prepare(processor, [(w.times, w.frames) for w in frames])
+    llava.generate(model, processor, windows, max_new_tokens, plan=plan)  # warm-up
+    saved = decoding.prefill, decoding.graphed
+
+    def phase(name, fn):
+        def run(*args, **kwargs):
+            with record_function(f"phase {name}"):
+                out = fn(*args, **kwargs)
                 sync()
-            tables[name] = prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total",
-                                                     row_limit=18, max_name_column_width=70)
-    return tables
+            return out
+        return run
+    decoding.prefill, decoding.graphed = phase("prefill", saved[0]), phase("graph capture", saved[1])
+    try:
+        with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
+            with record_function("phase batch"):
+                texts = llava.generate(model, processor, windows, max_new_tokens, plan=plan)
+                sync()
+                with record_function("phase answers + JSON"):
+                    records = [{"time": w.start, "raw": t, "events": window_events(w.start, t, len(w.times))[0]}
+                               for w, t in zip(frames, texts)]
+                    atomic_write_json(Path(tempfile.mkdtemp()) / "partial.json", records)
+    finally:
+        decoding.prefill, decoding.graphed = saved
+    events = prof.events()
+    ranges = {e.name[6:]: (e.time_range.start, e.time_range.end) for e in events if e.name.startswith("phase ")}
+    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type == DeviceType.CUDA]
+    b0, b1 = ranges["batch"]
+    p1 = ranges["prefill"][1]
+    bounds = {"prefill": (b0, p1), "decode (incl. graph capture)": (p1, ranges["answers + JSON"][0]),
+              "answers + JSON": ranges["answers + JSON"], "whole batch": (b0, b1)}
+    capture = ranges.get("graph capture")  # none on CPU
+    found = {"windows": batch, "max_new_tokens": max_new_tokens,
+             "graph_capture_s": capture and (capture[1] - capture[0]) / 1e6}
+    for name, (a, b) in bounds.items():
+        inside = [(s, e, n) for s, e, n in kernels if a <= s < b]
+        kinds = {}
+        for s, e, n in inside:
+            kinds[_kind(n)] = kinds.get(_kind(n), 0.0) + (e - s) / 1e6
+        busy = _busy([(s, e) for s, e, _ in inside])
+        found[name] = {"wall_s": (b - a) / 1e6, "gpu_busy_s": busy, "gpu_idle_s": (b - a) / 1e6 - busy,
+                       "kernels_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+    found["top_kernels"] = prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total",
+                                                     row_limit=25, max_name_column_width=80)
+    return found
 
 
 def decoder_check(model, processor, info, plan, new_tokens=24):
@@ -302,7 +358,7 @@ def main(argv=None):
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
         checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
                   "decoder_check": (decoder_check, (a.decoder_check == "yes", plan)),
-                  "profile": (profile, (a.profile == "yes", profile_batch, a.fused_kernels, plan))}
+                  "profile": (profile, (a.profile == "yes", profile_batch, plan, a.max_new_tokens))}
         for name, (check, (wanted, *extra)) in checks.items():
             if not wanted:
                 continue

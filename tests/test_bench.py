@@ -25,4 +25,7 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     assert plans["6.1,11"]["finite"] and plans["6.1,11"]["max_abs_diff"] < 1e-4
     check = result["decoder_check"]["fp32"]  # the parrot's answer is 2 tokens (answer, </s>) on every path
     assert check["graph_equals_eager"] and check["leading_tokens_equal_eager_vs_transformers"] == [2, 2]
-    assert "aten::" in proc.stdout and "fp32 profile prefill_fused_auto:" in proc.stdout
+    prof = result["profile"]["fp32"]  # one whole batch of 3 windows, by phase
+    assert prof["windows"] == 3 and "aten::" in prof["top_kernels"] and "fp32 profile prefill: {'wall_s'" in proc.stdout
+    phases = [prof[k]["wall_s"] for k in ("prefill", "decode (incl. graph capture)", "answers + JSON")]
+    assert all(t > 0 for t in phases) and sum(phases) <= prof["whole batch"]["wall_s"] * 1.01
