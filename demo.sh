@@ -11,8 +11,11 @@
 # their partial files, the merge, the final file - printing each file as it appears (+) or
 # disappears (-). A second run shows finished videos being skipped.
 #
-# Settings (environment): LLAVA_PYTHON (python with the requirements; default: the repository's
-# .venv, else python3), LLAVA_NUM_WORKERS (2).
+# What it needs is installed first by tools/install_env.sh demo (ffmpeg, when missing and root or
+# sudo; the repository's .venv from requirements.txt, only when that file changed).
+#
+# Settings (environment): LLAVA_PYTHON (a python that has the requirements: then nothing is
+# installed; default: the repository's .venv, or LLAVA_VENV), LLAVA_NUM_WORKERS (2).
 
 set -euo pipefail
 
@@ -24,13 +27,14 @@ readonly MARKER=.llava_demo
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# The python to run the demo with: LLAVA_PYTHON as given, else the venv that the shared install
+# step makes or brings up to date.
 find_python() {
   if [[ -n ${LLAVA_PYTHON:-} ]]; then
     printf '%s\n' "${LLAVA_PYTHON}"
-  elif [[ -x ${HERE}/.venv/bin/python ]]; then
-    printf '%s\n' "${HERE}/.venv/bin/python"
   else
-    printf '%s\n' python3
+    bash "${HERE}/tools/install_env.sh" demo || die "installing the requirements failed (see above)"
+    printf '%s\n' "${LLAVA_VENV:-${HERE}/.venv}/bin/python"
   fi
 }
 
@@ -66,13 +70,13 @@ watch_files() {
 main() {
   (($# <= 1)) || { printf 'usage: bash demo.sh [DIR]\n' >&2; exit 2; }
   DIR=${1:-${PWD}/llava_demo}
-  PY=$(find_python)
-  command -v ffmpeg >/dev/null 2>&1 || die "ffmpeg is needed to encode the demo videos (apt install ffmpeg)"
-  "${PY}" -c 'import torch, transformers, cv2' 2>/dev/null ||
-    die "${PY} lacks torch/transformers/OpenCV: pip install -r requirements.txt, or set LLAVA_PYTHON"
   if [[ -e ${DIR} && ! -e ${DIR}/${MARKER} ]] && [[ -n $(ls -A "${DIR}" 2>/dev/null) ]]; then
     die "${DIR} exists and is not a demo directory: give another DIR"
   fi
+  PY=$(find_python)
+  command -v ffmpeg >/dev/null 2>&1 || die "ffmpeg is needed to encode the demo videos (apt install ffmpeg)"
+  "${PY}" -c 'import torch, transformers, cv2' 2>/dev/null ||
+    die "${PY} lacks torch/transformers/OpenCV: pip install -r requirements.txt, or unset LLAVA_PYTHON"
   mkdir -p "${DIR}/raw_data"
   DIR=$(cd "${DIR}" && pwd)
   touch "${DIR}/${MARKER}"

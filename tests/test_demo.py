@@ -4,18 +4,26 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # each runs the whole pipeline (the fresh clone also installs a venv)
 
-def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
-    demo_dir = odd_root / "demo dir"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_")) and k != "SOCCER_PROJECT"}
-    env.update(LLAVA_PYTHON=sys.executable)
-    r = subprocess.run(["bash", str(ROOT / "demo.sh"), str(demo_dir)], capture_output=True, text=True,
-                       timeout=1200, env=env)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
+
+def demo_env(**extra):
+    """The caller's environment without the pipeline's settings or this test run's venv."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "LLAVA_")) and k not in ("SOCCER_PROJECT", "VIRTUAL_ENV", "PYTHONPATH")}
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env.update(extra)
+    return env
+
+
+def assert_demo_ran(out, demo_dir):
     for i in (0, 1):
         events = json.loads((demo_dir / f"final_predictions_llava_video_{i}.json").read_text())
         assert events and {e["label"] for e in events} == {"Goal"}
@@ -28,3 +36,43 @@ def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
     assert "local run on" in out and "2 worker(s) per video, GPUs: none (CPU)" in out
     assert re.search(r"summary: 2 done, 0 skipped", out) and re.search(r"summary: 0 done, 2 skipped", out)
     assert "demo done" in out
+
+
+def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
+    demo_dir = odd_root / "demo dir"
+    r = subprocess.run(["bash", str(ROOT / "demo.sh"), str(demo_dir)], capture_output=True, text=True,
+                       timeout=1200, env=demo_env(LLAVA_PYTHON=sys.executable))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "installing" not in out  # LLAVA_PYTHON given: nothing is installed
+    assert_demo_ran(out, demo_dir)
+
+
+def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):
+    """`bash demo.sh` in a new clone (this checkout's last commit; uncommitted changes are not in
+    it) without a .venv: the shared install step makes one, then the demo runs. pip installs from
+    its configured indexes and cache, as a user's first run would (offline on the test machines)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip(f"not a git checkout: {head.stderr.strip()}")
+    clone = tmp_path / "fresh clone"
+    for cmd in (["git", "init", "-q", str(clone)],
+                ["git", "-C", str(clone), "fetch", "-q", "--depth=1", f"file://{ROOT}", head.stdout.strip()],
+                ["git", "-C", str(clone), "checkout", "-q", "FETCH_HEAD"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    assert not (clone / ".venv").exists()
+
+    r = subprocess.run(["bash", "demo.sh"], cwd=clone, capture_output=True, text=True, timeout=1800,
+                       env=demo_env())
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "creating the virtual environment" in out and "installing Python requirements" in out
+    assert_demo_ran(out, clone / "llava_demo")
+    py = clone / ".venv" / "bin" / "python"
+    subprocess.run([str(py), "-c", "import torch, transformers, cv2, SoccerNet.Evaluation.ActionSpotting"],
+                   check=True)
+
+    # a second install finds everything in place and leaves pip alone
+    r = subprocess.run(["bash", "tools/install_env.sh", "demo"], cwd=clone, capture_output=True, text=True,
+                       timeout=120, env=demo_env())
+    assert r.returncode == 0 and "already installed" in r.stderr and "installing" not in r.stderr, r.stderr

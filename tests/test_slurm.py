@@ -131,6 +131,7 @@ def first_run(main_site):
 
 # --- tests ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_run):
     job, state, log = first_run
     assert state == "COMPLETED", log
@@ -147,6 +148,7 @@ def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_r
     assert not main_site.workers_alive()
 
 
+@pytest.mark.slow
 def test_second_sbatch_skips_finished_videos(main_site, first_run):
     before = {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)}
     job = main_site.sbatch(SUBMIT, "0", "1")
@@ -157,6 +159,7 @@ def test_second_sbatch_skips_finished_videos(main_site, first_run):
     assert {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)} == before
 
 
+@pytest.mark.slow
 def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, first_run, clips):
     # the README's "reprocess a video": delete its final (and partials); add a corrupt video (index 2)
     # and a good one after it (index 3): the failure must not stop the loop.
@@ -182,6 +185,7 @@ def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, f
     assert main_site.final(3).exists()
 
 
+@pytest.mark.slow
 def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_env):
     """scancel mid-video: workers save and exit, none is left behind; a new sbatch resumes
     without redoing windows; USR1 (what --signal=B:USR1@120 sends before the time limit)
@@ -245,6 +249,7 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_en
     assert ("COMPLETED", "0:0") in cluster.finished_runs(job2)
 
 
+@pytest.mark.slow
 def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
     # one GPU and 2 CPUs per task, so both tasks fit on the node at once ("many nodes")
@@ -258,6 +263,7 @@ def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
     assert all("1 worker(s) per video" in log and "array task" in log for log in logs)
 
 
+@pytest.mark.slow
 def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array_usage", {"a.mkv": clips["a"]}, base_env, cluster)
     job = site.sbatch("--array=0", SUBMIT, "0", "5")
@@ -274,6 +280,7 @@ def run_local(site, *args, **env):
                           env={**site.env, **env}, cwd=site.submit_dir, timeout=900)
 
 
+@pytest.mark.slow
 def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clips, base_env):
     site = Site(odd_root, "local", {"a.mkv": clips["a"]}, base_env)
     r = run_local(site, "0", "0", CUDA_VISIBLE_DEVICES="3,5")
@@ -298,6 +305,7 @@ def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clip
                          f"raw_answers file out of {other.project}, then rerun video 0 (nothing started)")
 
 
+@pytest.mark.slow
 def test_workers_sharing_a_gpu_get_batches_of_one(odd_root, clips, base_env):
     """--batch-size auto sizes batches from the GPU's free memory: two workers on one GPU would
     both count the same memory, so the launcher sets LLAVA_BATCH_SIZE=1 (unless the user set it)."""

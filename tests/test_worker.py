@@ -59,6 +59,7 @@ def test_slices_cover_every_window_exactly_once(frames, fps):
     assert info.n_windows == -(-info.n_samples // 10)
 
 
+@pytest.mark.slow
 def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_root, video_25fps, goal_checkpoint,
                                                                          capsys):
     project = make_project(odd_root / "four", {"league/season/game/1_224p.mkv": video_25fps})
@@ -83,6 +84,7 @@ def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_roo
     assert "model loaded in" in log and "30/30" not in log
 
 
+@pytest.mark.slow
 def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_checkpoint, capsys):
     project = make_project(odd_root / "rerun", {"a.mkv": video_25fps})
     assert run_worker(project, none_checkpoint, gpu=3, workers=4) == 0
@@ -98,6 +100,7 @@ def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_che
     assert load(partial_path(project, 0, 3)) == records and not stale.exists()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
     video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
     clean, killed = (make_project(tmp_path / name, {"v.mkv": video}) for name in ("clean", "killed"))
@@ -117,6 +120,7 @@ def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_check
     assert load(partial) == load(partial_path(clean, 0, 0))
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
     project = make_project(tmp_path / "p", {"v.mkv": video})
@@ -135,6 +139,7 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     assert [r["time"] for r in load(partial)] == [2.0 * k for k in range(20)]
 
 
+@pytest.mark.slow
 def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_checkpoint, monkeypatch, capsys):
     real_greedy = decoding.greedy
     calls = []
@@ -177,6 +182,7 @@ def test_a_window_that_keeps_failing_is_skipped_and_five_in_a_row_stop_the_worke
     assert [r["status"] for r in load(partial_path(project, 0, 0))] == ["skipped"] * 4
 
 
+@pytest.mark.slow
 def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkpoint, capsys):
     import bitsandbytes as bnb
     model, processor = llava.load(str(goal_checkpoint), "nf4", "cpu")
@@ -190,6 +196,7 @@ def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkp
     assert {r["raw"] for r in load(partial_path(project, 0, 3))} == {GOAL_ANSWER}
 
 
+@pytest.mark.slow
 def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     """At image size 336 the processor gives the hub model's numbers: 1,608 tokens per 224p frame."""
     ckpt = synthetic.make_checkpoint(tmp_path / "ck336", "tiny336")
@@ -268,6 +275,7 @@ def test_llava_num_workers_is_checked_under_the_dashed_name(env, argv, says, mon
     assert says in line, line
 
 
+@pytest.mark.slow
 def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoint):
     project = make_project(tmp_path, {"v.mkv": video_25fps})
     env = {**os.environ, "HF_TOKEN": "hf_SuperSecretValue123"}
@@ -278,6 +286,7 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
     assert "SuperSecret" not in out.stderr + out.stdout
 
 
+@pytest.mark.slow
 def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, video_25fps):
     """A random checkpoint (answers differ window by window) gives the same text for every
     window whether generated alone by transformers' generate (the plain path), by it in batches,
@@ -294,6 +303,7 @@ def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, vi
     assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
 
 
+@pytest.mark.slow
 def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path):
     """Windows whose prompts differ in length (frame times crossing 10:00 add a character) are
     left-padded in generate()'s batch; the fast decoder prefills each alone and masks per row.
@@ -315,6 +325,7 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
     assert len(set(answers[0])) == 4 and answers[1] == ["None"] * 4
 
 
+@pytest.mark.slow
 def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path):
     """decoding.Step for two windows of different prompt lengths, two new tokens each, against
     transformers' forward for each window alone with its DynamicCache: same logits (fp32; leaving out
@@ -348,6 +359,7 @@ def error_lines(capsys):
     return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_is_one_line_exit_75_and_a_rerun_resumes(tmp_path, video_25fps, goal_checkpoint,
                                                                      capsys, monkeypatch):
     project = make_project(tmp_path, {"m.mkv": video_25fps})
