@@ -27,8 +27,7 @@ from pathlib import Path
 
 from llava_soccer import merge, settings, soccernet, videos
 from llava_soccer.events import final_events
-from llava_soccer.jsonio import (InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json,
-                                  run_cli)
+from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json, run_cli
 from llava_soccer.matching import match
 
 

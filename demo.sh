@@ -29,7 +29,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 # The python to run the demo with: LLAVA_PYTHON as given, else the venv that the shared install
 # step makes or brings up to date.
-find_python() {
+demo_python() {
   if [[ -n ${LLAVA_PYTHON:-} ]]; then
     printf '%s\n' "${LLAVA_PYTHON}"
   else
@@ -73,7 +73,7 @@ main() {
   if [[ -e ${DIR} && ! -e ${DIR}/${MARKER} ]] && [[ -n $(ls -A "${DIR}" 2>/dev/null) ]]; then
     die "${DIR} exists and is not a demo directory: give another DIR"
   fi
-  PY=$(find_python)
+  PY=$(demo_python)
   command -v ffmpeg >/dev/null 2>&1 || die "ffmpeg is needed to encode the demo videos (apt install ffmpeg)"
   "${PY}" -c 'import torch, transformers, cv2' 2>/dev/null ||
     die "${PY} lacks torch/transformers/OpenCV: pip install -r requirements.txt, or unset LLAVA_PYTHON"

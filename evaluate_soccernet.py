@@ -42,7 +42,8 @@ def parse_args(argv):
                         "e.g. llava,qwen7b=/runs/qwen (default llava)")
     p.add_argument("--predictions-dir", "--predictions_dir", default=None,
                    help="folder of final_predictions_<model>_video_<N>.json (default: the project directory)")
-    p.add_argument("--videos", default="all", type=settings.video_list, help="video indices to score, e.g. 0-9,12 (default all with predictions)")
+    p.add_argument("--videos", default="all", type=settings.video_list,
+                   help="video indices to score, e.g. 0-9,12 (default all with predictions)")
     p.add_argument("--out", default=None, help="output folder (default <project>/soccernet_eval)")
     p.add_argument("--tolerance", type=float, default=3.0,
                    help="precision/recall: a prediction matches a ground-truth event of its class at most this "
@@ -208,7 +209,8 @@ def print_report(s, args):
                       ("ground_truth_labels_outside_classes", "ground-truth labels outside the 17 classes")):
         if ns[key]:
             items = list(ns[key].items())
-            text = ", ".join(f"{k} {v}" for k, v in items[:8]) + (f", ... ({len(items)} labels)" if len(items) > 8 else "")
+            more = f", ... ({len(items)} labels)" if len(items) > 8 else ""
+            text = ", ".join(f"{k} {v}" for k, v in items[:8]) + more
             print(f"not scored, {what}: {text}")
     if ns["ground_truth_in_unprocessed_halves"]:
         print(f"not scored: {ns['ground_truth_in_unprocessed_halves']} ground-truth events in halves not processed")
@@ -320,7 +322,8 @@ def run(args):
     if len({tuple(sorted(v["index"] for v in s["videos"])) for s in summaries}) > 1:
         print("\nnote: the models were scored on different videos; pass --videos to compare them on the same ones")
 
-    settings_used = {k: getattr(args, k) for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s", "metrics")}
+    settings_used = {k: getattr(args, k)
+                     for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s", "metrics")}
     atomic_write_json(out / "summary.json", {"soccernet": str(root), "project": str(project), "settings": settings_used,
                                              "models": summaries})
     write_csv(out / "per_class.csv", summaries, args.metrics)

@@ -75,7 +75,8 @@ def run(args) -> int:
     missing = windows.missing
     if missing:
         print(f"video {args.video_index}: {len(missing)} of {settings.count(info.n_windows, 'window')} are in none "
-              f"of the {settings.count(len(files), 'partial')}; not finalising, partials kept. Missing:", file=sys.stderr)
+              f"of the {settings.count(len(files), 'partial')}; not finalising, partials kept. Missing:",
+              file=sys.stderr)
         for line in merge.missing_ranges(missing, info.duration):
             print(f"  {line}", file=sys.stderr)
         print(f"fix: rerun the workers of video {args.video_index} (they resume from the partials), "
@@ -120,7 +121,8 @@ def run(args) -> int:
               f"the model did not answer in the asked format (prose?). Its answers are in {archive.name}; read "
               f"them before trusting {final.name} (README: Troubleshooting, Empty results)", file=sys.stderr)
     kept_note = "partials kept" if args.keep_partials else f"deleted {settings.count(len(files), 'partial')}"
-    print(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); {kept_note}")
+    print(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); "
+          f"{kept_note}")
     return 0
 
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from llava_soccer import model as llava  # noqa: E402
 from llava_soccer import decoding, gpus, synthetic, videos, worker  # noqa: E402
+from llava_soccer import model as llava  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
 
@@ -100,7 +100,8 @@ def time_split(model, processor, info, max_new_tokens, plan):
         prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens, plan.prefill_chunk))
     split = {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision, "prefill_s": prefill}
     for decoder in ("fast", "transformers"):
-        full, _ = timed(lambda: llava.generate(model, processor, windows, max_new_tokens, decoder=decoder, plan=plan))
+        full, _ = timed(lambda d=decoder: llava.generate(model, processor, windows, max_new_tokens, decoder=d,
+                                                         plan=plan))
         split[f"{decoder}_per_new_token_ms"] = 1000 * (full - prefill) / (max_new_tokens - 1)
     return {**split, "tokens": int(windows[0]["input_ids"].shape[1])}
 

@@ -152,7 +152,8 @@ def make(args, real):
     batch = "auto" if args.batch_size == "auto" else int(args.batch_size)
     if gib and usable < weights + ACTIVATIONS_GIB + KV_GIB:
         warnings.append(f"{gib:g} GiB is less than one 224p window needs with --quantization {quant} "
-                        f"(~{weights + ACTIVATIONS_GIB + KV_GIB:.0f} GiB): expect OOM; use nf4 and --visual-tokens reduced")
+                        f"(~{weights + ACTIVATIONS_GIB + KV_GIB:.0f} GiB): expect OOM; use nf4 and --visual-tokens "
+                        "reduced")
     return Plan(gpu=name, capability=f"{cc[0]}.{cc[1]}" if cc else None, memory_gib=round(gib, 1) if gib else None,
                 assumed=assumed, quantization=quant, compute_dtype=compute, storage_dtype=storage,
                 prefill_attention=backends, prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
@@ -176,6 +177,7 @@ def apply_memory(plan, device):
     https://pytorch.org/docs/stable/notes/cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf);
     and on a GPU larger than the assumed one, the allocator capped at what that card leaves."""
     import os
+
     import torch
     if not str(device).startswith("cuda"):
         return
@@ -196,7 +198,8 @@ def torch_build_problem(capability, arch_list, torch_version, cuda_version):
         if not m:
             continue
         built = (int(m[2]), int(m[3]))
-        if (m[1] == "sm" and built[0] == major and built[1] <= minor) or (m[1] == "compute" and built <= (major, minor)):
+        same_major = m[1] == "sm" and built[0] == major and built[1] <= minor  # sm_XY runs on X.Y+ of one major
+        if same_major or (m[1] == "compute" and built <= (major, minor)):  # PTX is compiled for newer ones
             return None
     return (f"torch {torch_version} (CUDA {cuda_version}) has no kernels for compute capability {major}.{minor} "
             f"(built for {' '.join(arch_list) or 'CPU only'}): run setup on a node with this GPU "

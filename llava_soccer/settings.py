@@ -69,7 +69,8 @@ def check_env(parser, envs: dict) -> None:
         except (ValueError, TypeError):
             parser.error(f"{name}={raw!r} is not a valid {action.option_strings[0]} value")
         if action.choices and value not in action.choices:
-            parser.error(f"{name}={raw!r}: choose from {', '.join(map(str, action.choices))} ({action.option_strings[0]})")
+            choices = ", ".join(map(str, action.choices))
+            parser.error(f"{name}={raw!r}: choose from {choices} ({action.option_strings[0]})")
 
 
 # Where things are. These are the only definitions; the shell scripts hold copies of the project

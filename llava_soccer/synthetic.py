@@ -51,8 +51,8 @@ def _tokenizer(answer):
     tok.add_special_tokens(["<image>", "<pad>"])
     if answer is not None:
         tok.add_tokens([AddedToken(answer, normalized=False, special=False)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
 
 
 def _wire_parrot(model, tokenizer, answer):
@@ -77,9 +77,15 @@ def _wire_parrot(model, tokenizer, answer):
 def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu", init_std=0.02):
     """Save a random LLaVA-NeXT checkpoint + processor to out_dir; return out_dir."""
     import torch
-    from transformers import (CLIPVisionConfig, GenerationConfig, LlavaNextConfig,
-                              LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
-                              LlavaNextProcessor, MistralConfig)
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        MistralConfig,
+    )
 
     dims, image_size = SIZES[size]
     out_dir = Path(out_dir)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jsonio import InputError, atomic_write_text, read_json, run_cli
-from .settings import (FINAL, FPS, FRAMES_PER_WINDOW, RAW_ANSWERS, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES,
-                       name_pattern)
+from .settings import FINAL, FPS, FRAMES_PER_WINDOW, RAW_ANSWERS, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES, name_pattern
 
 log = logging.getLogger("llava_worker")
 # FFmpeg's own messages ("EBML header parsing failed", "Truncating packet") would land in the job

@@ -29,30 +29,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Tests over ~3 s in files whose tests carry no `@pytest.mark.slow` of their own yet: marked slow
 # here (`bash tests/run.sh --fast` leaves them out). When a file gets its own marker lines, delete
 # its entry. A name here that its file no longer has is an error, so the list cannot rot silently.
-SLOW_ELSEWHERE = {
-    "test_bench.py": {"test_bench_worker_runs_the_worker_loop_and_writes_its_table"},
-    "test_gpus.py": {"test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers",
-                     "test_fp16_compute_gives_the_fp32_answers",
-                     # worker runs on CPU, ~1-2 s each plus ~4 s for their shared plain run
-                     "test_triton_decode_attention_is_checked_against_sdpa",
-                     "test_fused_kernels_are_checked_against_transformers",
-                     "test_chunked_prefill_gives_the_whole_prefills_answers"},
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(config, items):
-    for file, names in SLOW_ELSEWHERE.items():
-        source = (ROOT / "tests" / file).read_text()
-        if gone := sorted(name for name in names if f"def {name}(" not in source):
-            raise pytest.UsageError(f"tests/conftest.py SLOW_ELSEWHERE names tests that tests/{file} does not have: "
-                                    f"{', '.join(gone)}")
-    for item in items:
-        path, name = Path(item.path).resolve(), getattr(item, "originalname", item.name)
-        if path.parent == ROOT / "tests" and name in SLOW_ELSEWHERE.get(path.name, ()):
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(scope="session")
 def odd_root(tmp_path_factory):
     """A base directory whose name has spaces and quotes."""

@@ -7,8 +7,9 @@ Used by tests/test_slurm.py; also runnable by hand to try submit_llava.sh:
 
 The node has 4 fake GPUs (gres files are symlinks to /dev/null, so jobs get
 CUDA_VISIBLE_DEVICES like on a GPU node), 16 claimed CPUs, 128 GiB (SlurmdParameters=config_overrides),
-one partition "debug": enough for submit_llava.sh's #SBATCH header as shipped. Recipe and pitfalls: the team's notes beside the repository, ../shared/notes/FACTS.md ("A real Slurm cluster on
-one machine"). Every daemon is started here and stopped by its PID, never by name.
+one partition "debug": enough for submit_llava.sh's #SBATCH header as shipped. Recipe and pitfalls:
+the team's notes beside the repository, ../shared/notes/FACTS.md ("A real Slurm cluster on one
+machine"). Every daemon is started here and stopped by its PID, never by name.
 """
 import getpass
 import os

@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_25fps, goal_checkpoint):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_worker.py"), "--video", str(video_25fps),

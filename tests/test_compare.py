@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, load
-
 import compare_counts
+from conftest import SEED_PREDICTIONS, load
 from llava_soccer import settings
 from llava_soccer.events import final_events
 from llava_soccer.matching import match
 
-SEED = ROOT.parent / "shared/data/seed_predictions"
+SEED = SEED_PREDICTIONS
 needs_seed = pytest.mark.skipif(not (SEED / "qwen7b").is_dir(), reason="shared/data/seed_predictions is absent")
 
 # Seed-format Qwen windows ({time, raw}); events sit at the window's middle (+1.4 s).
@@ -154,7 +153,8 @@ def test_errors_are_one_line(project, tmp_path, capsys, monkeypatch):
     assert "is not a list of" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         compare_counts.main(["--videos", "5-2"])
-    assert e.value.code == 2 and "argument --videos: '5-2': use indices and ranges like 0-9,12" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --videos: '5-2': use indices and ranges like 0-9,12" in err
     monkeypatch.setenv("LLAVA_MATCH_S", "three")  # environment values are checked like the flag
     with pytest.raises(SystemExit) as e:
         compare_counts.main([])
@@ -187,7 +187,7 @@ def test_match_is_a_maximum_matching(key):
         tolerance = rng.choice([0, 1, 2.5, 3])
         spread = rng.choice([4, 10, 30])
 
-        def events():  # whole and fractional seconds: exact ties and exactly-tolerance gaps happen
+        def events(spread=spread):  # whole and fractional seconds: exact ties and exactly-tolerance gaps happen
             return [{"time": rng.choice([rng.randint(0, spread), round(rng.uniform(0, spread), 1)]),
                      "label": rng.choice("GGC")} for _ in range(rng.randint(0, 6))]
         a, b = events(), events()

@@ -12,12 +12,11 @@ import random
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import evaluate_soccernet as ev
-from conftest import ROOT, load
+from conftest import ROOT, SEED_PREDICTIONS, load
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 try:
@@ -159,7 +158,8 @@ def test_false_positives_and_constant_confidence(odd_root):
     project, sn = make_case(odd_root, "false_positives", {GAME: [ann(1, t, "Goal") for t in goals]},
                             [f"{GAME}/1_224p.mkv"], {
                                 "flat": {0: [pred(t, "Goal", 0.7) for t in goals + noise]},
-                                "ranked": {0: [pred(t, "Goal", 0.9) for t in goals] + [pred(t, "Goal", 0.3) for t in noise]},
+                                "ranked": {0: [pred(t, "Goal", 0.9) for t in goals]
+                                           + [pred(t, "Goal", 0.3) for t in noise]},
                             })
     rc, out, err = run(project, sn, "--models", "flat,ranked", "--metrics", "at5")
     assert rc == 0, err
@@ -217,14 +217,16 @@ def test_labels_outside_the_classes_are_reported_not_scored(odd_root):
     r = rows(project)
     assert (r["all"]["gt"], r["all"]["pred"], r["Shots on target"]["pred"]) == (1, 2, 1)
     assert summary(project)["official"]["at1"]["a_mAP_per_class"]["Goal"] == 1
-    labels = [p["label"] for p in load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")["predictions"]]
+    spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")
+    labels = [p["label"] for p in spotting["predictions"]]
     assert labels == ["Goal", "Shots on target"]
 
 
 def test_one_prediction_per_class_per_half_second_keeps_the_most_confident(odd_root):
     project, sn = make_case(odd_root, "collapse", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
-                            {"llava": {0: [pred(100.1, "Goal", 0.2), pred(100.3, "Goal", 0.95), pred(100.4, "Goal", 0.4),
-                                           pred(100.3, "Corner", 0.1), pred(101, "Goal", 95)]}})  # 95 = percent
+                            {"llava": {0: [pred(100.1, "Goal", 0.2), pred(100.3, "Goal", 0.95),
+                                           pred(100.4, "Goal", 0.4), pred(100.3, "Corner", 0.1),
+                                           pred(101, "Goal", 95)]}})  # 95 = percent
     assert run(project, sn, "--metrics", "none", "--dedup-s", "0")[0] == 0  # de-duplication: next test
     spotting = load(project / "soccernet_eval" / "llava" / GAME / "results_spotting.json")["predictions"]
     assert [(p["label"], p["position"], p["confidence"]) for p in spotting] == [
@@ -234,7 +236,7 @@ def test_one_prediction_per_class_per_half_second_keeps_the_most_confident(odd_r
 
 def test_per_window_files_are_deduplicated_as_the_merge_does(odd_root):
     # The seed's Qwen format: one record per 3 s window every 2 s; frame 8 = window start + 1.4 s.
-    windows = [{"time": float(t), "raw": "```json\n{'label': 'Goal', 'confidence': %s, 'frame': 8}\n```" % c}
+    windows = [{"time": float(t), "raw": "```json\n{'label': 'Goal', 'confidence': " + str(c) + ", 'frame': 8}\n```"}
                for t, c in ((96, 0.6), (98, 0.9), (100, 0.7))]
     project, sn = make_case(odd_root, "dedup", {GAME: [ann(1, 99, "Goal")]}, [f"{GAME}/1_224p.mkv"],
                             {"qwen7b": {0: windows}})
@@ -317,7 +319,7 @@ def test_plot_draws_precision_recall_and_a_timeline(odd_root):
 
 
 def test_real_qwen_predictions_in_the_seed_format(odd_root):
-    real = Path(__file__).resolve().parents[2] / "shared/data/seed_predictions/qwen7b/final_predictions_qwen7b_video_0.json"
+    real = SEED_PREDICTIONS / "qwen7b" / "final_predictions_qwen7b_video_0.json"
     if not real.exists():
         pytest.skip(f"{real} not on this machine")
     project, sn = make_case(odd_root, "qwen", {GAME: [ann(1, 600, "Foul"), ann(1, 1200, "Goal")]},

@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from conftest import ROOT
+from conftest import SEED_PREDICTIONS
 from llava_soccer.events import final_events, normalise_label, parse_raw, window_events
 from llava_soccer.merge import label_counts
 
-QWEN = sorted(glob.glob(str(ROOT.parent / "shared/data/seed_predictions/qwen7b/*.json")))
+QWEN = sorted(glob.glob(str(SEED_PREDICTIONS / "qwen7b" / "*.json")))
 needs_qwen = pytest.mark.skipif(len(QWEN) != 21, reason="the real Qwen files (shared/data/seed_predictions) are absent")
 
 
@@ -52,7 +52,7 @@ def test_real_qwen_labels_map_to_soccernet(qwen_records):
 
 @needs_qwen
 def test_answer_cut_off_at_max_tokens_keeps_its_event():
-    records = json.load(open(ROOT.parent / "shared/data/seed_predictions/qwen7b/final_predictions_qwen7b_video_17.json"))
+    records = json.load(open(SEED_PREDICTIONS / "qwen7b" / "final_predictions_qwen7b_video_17.json"))
     raw = records[493]["raw"]
     assert raw.startswith('```json\n[\n\t{"label": "Foul", "team": "away", "confidence": 0.9, "details": "Player 2000')
     assert not raw.rstrip().endswith("}")
@@ -61,7 +61,8 @@ def test_answer_cut_off_at_max_tokens_keeps_its_event():
 
 
 @pytest.mark.parametrize("label, expected", [
-    ("Shot on target", "Shots on target"), ("shots_on_target", "Shots on target"), ("Shot off target", "Shots off target"),
+    ("Shot on target", "Shots on target"), ("shots_on_target", "Shots on target"),
+    ("Shot off target", "Shots off target"),
     ("Corners", "Corner"), ("corner kick", "Corner"), ("Kick off", "Kick-off"), ("KICKOFF", "Kick-off"),
     ("Throw in", "Throw-in"), ("Throw-ins", "Throw-in"), ("Yellow->red card", "Yellow->red card"),
     ("yellow -> red card", "Yellow->red card"), ("Second yellow card", "Yellow->red card"),
@@ -121,7 +122,8 @@ def test_final_events_reads_seed_and_merged_files():
              "confidence": 0.8, "details": None, "event_time": 11.0, "frame": 6}]
     assert [(e["label"], e["time"], e["window"]) for e in final_events(seed)] == [("Shots on target", 11.4, 10.0)]
     (e,) = final_events(ours)
-    assert (e["label"], e["time"], e["team"], e["confidence"], e["window"]) == ("Shots on target", 11.0, "away", 0.8, 10.0)
+    assert (e["label"], e["time"], e["team"], e["confidence"], e["window"]) == (
+        "Shots on target", 11.0, "away", 0.8, 10.0)
 
 
 # --- Answers that broke the parser (issue 12): it must be total, linear and strict-JSON. ---
@@ -293,12 +295,12 @@ PATHOLOGICAL = {
 @pytest.mark.parametrize("name", PATHOLOGICAL)
 def test_a_megabyte_answer_parses_in_linear_time(name):
     """Each took 2 s at 10 kB and did not finish at 1 MB before (quadratic regexes and
-    literal_eval); now milliseconds to a few tenths of a second (README). The bound is generous:
-    quadratic time would take minutes."""
+    literal_eval); now milliseconds to a few tenths of a second (README). The bound only tells
+    linear from quadratic (minutes), with room for a machine busy with other tests."""
     text = PATHOLOGICAL[name](1_000_000)
     start = time.perf_counter()
     events, ok = window_events(0.0, text)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 20.0
     strict_json(events)
 
 

@@ -13,8 +13,8 @@ import torch
 
 import llava_split_worker as worker
 from conftest import load, make_project
-from llava_soccer import model as llava
 from llava_soccer import decoding, gpus, synthetic, videos
+from llava_soccer import model as llava
 from llava_soccer.settings import partial_path
 
 REQUIRED_KEYS = {"gpu", "capability", "memory_gib", "assumed", "quantization", "compute_dtype", "storage_dtype",
@@ -203,6 +203,7 @@ def test_bad_environment_values_exit_2_with_one_line(env, value, says, capsys, m
 
 # --- 4. fp16 compute gives fp32's answers --------------------------------------------------
 
+@pytest.mark.slow
 def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
     """The 7.x plans compute in fp16: the same greedy answers as fp32, plain weights and NF4 alike
     (NF4 with the Titan RTX plan's fp16 compute vs the GTX 1080 Ti plan's fp32 compute). On CPU."""
@@ -228,6 +229,7 @@ def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
 
 # --- 5. the H100 plan on a CPU: every optional path falls back, same answers ------------------
 
+@pytest.mark.slow
 def test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers(odd_root, video_25fps, random_ckpt,
                                                                                  plain_answers, capsys):
     """--assume-gpu on CPU plans for that GPU (no memory cap without one): Triton decode attention
@@ -254,6 +256,7 @@ def test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers
 # --- 6. optional paths that give wrong numbers are caught ---------------------------------
 
 @pytest.mark.parametrize("kernel", ["wrong", "right"])
+@pytest.mark.slow
 def test_triton_decode_attention_is_checked_against_sdpa(kernel, odd_root, video_25fps, random_ckpt, plain_answers,
                                                          monkeypatch, capsys):
     """A stand-in for the Triton kernel runs on CPU: one that gives wrong attention is used for the
@@ -285,6 +288,7 @@ def test_triton_decode_attention_is_checked_against_sdpa(kernel, odd_root, video
 
 
 @pytest.mark.parametrize("kernels", ["wrong", "right"])
+@pytest.mark.slow
 def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video_25fps, random_ckpt, plain_answers,
                                                         monkeypatch, capsys):
     """torch.compile replaced by one whose RMSNorm is wrong (x3): the self-check warns and the
@@ -372,6 +376,7 @@ def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ck
 
 @pytest.mark.parametrize("flags,chunk", [(["--prefill-chunk", "500"], 500),
                                          (["--assume-gpu", "6.1,11", "--cuda-graphs", "no"], gpus.PREFILL_CHUNK)])
+@pytest.mark.slow
 def test_chunked_prefill_gives_the_whole_prefills_answers(flags, chunk, odd_root, video_25fps, random_ckpt,
                                                           plain_answers, monkeypatch, capsys):
     """An explicit chunk, and the GTX 1080 Ti plan's own (4096 tokens, fp32 compute, SDPA decode)."""

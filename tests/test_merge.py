@@ -10,9 +10,8 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, load, make_project
-
 import merge_results_llava
+from conftest import ROOT, load, make_project
 from llava_soccer import merge, settings, videos
 from llava_soccer.events import final_events
 
@@ -199,7 +198,8 @@ def test_a_stale_partial_does_not_undo_a_processed_window(project, capsys):
 @pytest.mark.parametrize("content, message", [
     ("[{\"time\": 0.0, \"raw\": ", "is not valid JSON"),
     ("{\"time\": 0.0}", "is not a JSON list of window records"),
-    ("[{\"time\": 3.0, \"raw\": \"None\"}]", "record 0 has time 3.0, not a window start of this video (0, 2, ..., 58 s)"),
+    ("[{\"time\": 3.0, \"raw\": \"None\"}]",
+     "record 0 has time 3.0, not a window start of this video (0, 2, ..., 58 s)"),
     ("[{\"time\": 60.0, \"raw\": \"None\"}]", "record 0 has time 60.0, not a window start"),
     ("[{\"raw\": \"None\"}]", "record 0 has time None"),
 ])
@@ -338,8 +338,9 @@ def test_finals_are_strict_json_and_follow_the_umask(project, tmp_path):
     raws = {2: "{'label': 'Goal', 'team': 'home', 'confidence': NaN, 'frame': 3}",
             4: "{'label': 'Corner', 'team': 'home', 'confidence': Infinity, 'frame': 1e999}"}
     write_partials(project, all_windows(raws))
-    run = subprocess.run(["sh", "-c", 'umask 002 && exec "$0" "$@"', sys.executable, str(ROOT / "merge_results_llava.py"),
-                          "--video_index", "0", "--project", str(project)], capture_output=True, text=True)
+    run = subprocess.run(["sh", "-c", 'umask 002 && exec "$0" "$@"', sys.executable,
+                          str(ROOT / "merge_results_llava.py"), "--video_index", "0", "--project", str(project)],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     final = settings.final_path(project, 0)
     text = final.read_text(encoding="utf-8")

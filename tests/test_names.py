@@ -15,6 +15,8 @@ COPIES = [
     ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
     ("setup_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
     ("setup_llava.sh", f"readonly DEFAULT_MODEL={settings.DEFAULT_MODEL}"),
+    ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '
+                f'{settings.PARTIAL.format(video="*", gpu="*")}'),
 ]
 
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import SEED_PREDICTIONS
 from llava_soccer.events import _NO_EVENT_LABELS, _clean_str, _words, final_events, normalise_label, window_events
 
-SEED_FILES = sorted(glob.glob(str(ROOT.parent / "shared/data/seed_predictions/*/final_predictions_*.json")))
+SEED_FILES = sorted(glob.glob(str(SEED_PREDICTIONS / "*" / "final_predictions_*.json")))
 RECORDS = [r for path in SEED_FILES for r in json.load(open(path, encoding="utf-8"))]
 RAWS = [r["raw"] for r in RECORDS if isinstance(r.get("raw"), str)]
 needs_seed = pytest.mark.skipif(len(RAWS) < 19216, reason="the real seed predictions are absent")

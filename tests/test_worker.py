@@ -12,8 +12,8 @@ import transformers
 
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, load, make_project
-from llava_soccer import model as llava
 from llava_soccer import decoding, jsonio, synthetic, videos
+from llava_soccer import model as llava
 from llava_soccer.settings import partial_path
 
 
