@@ -191,8 +191,12 @@ def profile(model, processor, info, batch, plan, max_new_tokens):
     finally:
         decoding.prefill, decoding.graphed = saved
     events = prof.events()
-    ranges = {e.name[6:]: (e.time_range.start, e.time_range.end) for e in events if e.name.startswith("phase ")}
-    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type == DeviceType.CUDA]
+    # CPU-side ranges (each ends after a sync, so its GPU work lies inside it); the profiler also
+    # shows each range as a GPU annotation of the same name: not a kernel
+    ranges = {e.name[6:]: (e.time_range.start, e.time_range.end) for e in events
+              if e.name.startswith("phase ") and e.device_type == DeviceType.CPU}
+    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in events
+               if e.device_type == DeviceType.CUDA and not e.name.startswith("phase ")]
     b0, b1 = ranges["batch"]
     p1 = ranges["prefill"][1]
     bounds = {"prefill": (b0, p1), "decode (incl. graph capture)": (p1, ranges["answers + JSON"][0]),

@@ -360,5 +360,8 @@ def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
         if bool(done.all()):
             break
         step_in[0].copy_(tokens)
-        step_in[1].add_(1)
+        # A finished row's step attends to slot 0 only: its answer is over (pad from now on), and
+        # reading its 25k cached keys would cost as much as a running row's (the decode step is bound
+        # by reading the KV cache). Real answers end early: "None" is two tokens.
+        step_in[1].copy_(torch.where(done, 0, step_in[1] + 1))
     return torch.stack(out, 1)

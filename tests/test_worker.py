@@ -12,7 +12,7 @@ import transformers
 
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, load, make_project
-from llava_soccer import decoding, jsonio, synthetic, videos
+from llava_soccer import decoding, gpus, jsonio, synthetic, videos
 from llava_soccer import model as llava
 from llava_soccer.settings import partial_path
 
@@ -323,6 +323,40 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
         assert llava.generate(model, processor, inputs, n, decoder="fast") == alone
         answers.append(alone)
     assert len(set(answers[0])) == 4 and answers[1] == ["None"] * 4
+
+
+@pytest.mark.slow
+def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(tmp_path):
+    """Real answers end early ("None" is two tokens) while others run on. A finished row's step
+    attends to one slot only (decoding.greedy); the rows still running give generate()'s text."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
+                                                   for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0)]
+    model, processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5)),
+                                  "fp32", "cpu")
+    inputs = llava.prepare(processor, windows)
+    with torch.inference_mode():
+        ids = decoding.greedy(model, inputs, 12, eos=[-1], pad=0)  # no row stops
+    # an end token that row 0 says early and some other row never says: rows stop at different steps
+    def stops(eos):
+        return [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else 12 for row in ids]
+    eos = next(int(t) for t in ids[0, 1:] if 1 < stops(int(t))[0] < 12 and max(stops(int(t))) == 12)
+    stops = stops(eos)
+    model.generation_config.eos_token_id = eos
+    alone = [llava.generate(model, processor, [w], 12, decoder="transformers")[0] for w in inputs]
+    assert llava.generate(model, processor, inputs, 12, decoder="fast") == alone
+    positions = []
+    real_step = decoding.Step.__call__
+    with pytest.MonkeyPatch.context() as mp:  # the positions each step attends up to
+        mp.setattr(decoding.Step, "__call__", lambda self, tokens, pos: positions.append(pos.tolist())
+                   or real_step(self, tokens, pos))
+        with torch.inference_mode():
+            decoding.greedy(model, inputs, 12, eos=[eos], pad=0, plan=gpus.for_device("cpu", "fp32"))
+    # step k makes token k + 1: a row whose end token was token s - 1 attends to slot 0 from step s - 1 on
+    assert [[p == 0 for p in step] for step in positions] == [[k >= s - 1 for s in stops]
+                                                              for k in range(len(positions))]
+    assert len(positions) == 11 and any(0 < k < 11 for k in stops)
 
 
 @pytest.mark.slow
