@@ -44,7 +44,8 @@ def parse_args(argv):
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
     opt("--model", env="LLAVA_MODEL", default=settings.DEFAULT_MODEL, help="hub id or local checkpoint directory")
     opt("--quantization", env="LLAVA_QUANT", default="nf4", choices=settings.QUANTIZATIONS,
-        help="weights: 4-bit NF4 (default; computes in the plan's dtype) or plain bf16/fp16/fp32")
+        help="weights: 4-bit NF4 (default; computes in the plan's dtype), plain bf16/fp16/fp32, or fp8 (opt-in, "
+             "compute capability 8.9+: the language model's linear layers in FP8 e4m3; README)")
     opt("--batch-size", env="LLAVA_BATCH_SIZE", default="auto",
         help="windows decoded together, or 'auto' (default): measure the first window's memory and fill the GPU's "
              "(or the assumed GPU's) memory up to --max-batch-size; halved on OOM")

@@ -18,11 +18,14 @@ time split of one window: decode video, preprocess, vision tower, prefill, per n
 answers + JSON) wall and GPU-busy seconds and kernel seconds per kind (GEMM, NF4 dequantize, ...);
 --decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
 --assume-gpu CC,GIB runs every setting with the plan of that GPU (llava_soccer/gpus.py), PyTorch's
-memory capped at what such a card leaves; --plan-check CC ... compares the first-token logits of
-those plans (e.g. fp16 compute on 7.x) with the real GPU's plan on real windows.
+memory capped at what such a card leaves; --plan-check CC ... compares the first-token logits and
+greedy tokens of those plans (e.g. fp16 compute on 7.x) with the real GPU's plan on real windows,
+--quant-check fp8 compares fp8 with bf16 the same way. --answer-lengths 3:0.8,60:0.2 ends answers
+as real ones do (random weights never stop by themselves).
 Writes everything as JSON to --out (default $OUT/bench.json or ./bench.json).
 """
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -106,29 +109,32 @@ def time_split(model, processor, info, max_new_tokens, plan):
     return {**split, "tokens": int(windows[0]["input_ids"].shape[1])}
 
 
-def plan_check(ckpt, quant, visual_tokens, info, plans, windows=(1, 2, 3)):
-    """First-token logits of real windows under each --assume-gpu plan in `plans` against the real
-    GPU's own plan (e.g. 7.5's fp16 compute against bf16): largest difference, same argmax, inf/NaN."""
+def plan_check(ckpt, visual_tokens, info, variants, windows=(1, 2, 3), new_tokens=16):
+    """Real windows under each (quantization, assumed GPU) of `variants` against the first one (e.g.
+    7.5's fp16 compute against bf16, or fp8 against bf16): the first token's logits (largest
+    difference, same argmax, inf/NaN) and how many leading greedy tokens agree, per window."""
     from transformers.cache_utils import DynamicCache
     device, found, reference = llava.pick_device(0), {}, None
-    for assume in [None, *plans]:
+    for quant, assume in variants:
         plan = gpus.for_device(device, quant, assume_gpu=assume)
         model, processor = llava.load(ckpt, quant, device, visual_tokens, plan)
         inputs = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
         with torch.inference_mode(), llava._attention(model, plan.prefill_attention):
             embeds = (decoding.embed(model, decoding.on_model(model, w), plan.prefill_chunk) for w in inputs)
-            logits = [decoding.last_logits(model, e, DynamicCache(), plan.prefill_chunk)[0].float().cpu()
-                      for e in embeds]
-        logits = torch.stack(logits)
+            logits = torch.stack([decoding.last_logits(model, e, DynamicCache(), plan.prefill_chunk)[0].float().cpu()
+                                  for e in embeds])
+            ids = decoding.greedy(model, inputs, new_tokens, [-1], processor.tokenizer.pad_token_id, plan).cpu()
         del model, processor
         torch.cuda.empty_cache() if CUDA else None
         if reference is None:
-            reference = logits
-            found["reference"] = {"plan": plan.line(), "max_abs_logit": reference.abs().max().item()}
+            reference = logits, ids
+            found["reference"] = {"plan": plan.line(), "max_abs_logit": logits.abs().max().item()}
             continue
-        found[assume] = {"plan": plan.line(), "finite": bool(torch.isfinite(logits).all()),
-                         "max_abs_diff": (logits - reference).abs().max().item(),
-                         "same_argmax": (logits.argmax(-1) == reference.argmax(-1)).tolist()}
+        same = ids == reference[1]
+        found[assume or quant] = {"plan": plan.line(), "finite": bool(torch.isfinite(logits).all()),
+                                  "max_abs_diff": (logits - reference[0]).abs().max().item(),
+                                  "same_argmax": (logits.argmax(-1) == reference[0].argmax(-1)).tolist(),
+                                  f"leading_tokens_equal_of_{new_tokens}": [int(row.cumprod(0).sum()) for row in same]}
     return found
 
 
@@ -274,6 +280,34 @@ def attention_check(model, processor, info, new_tokens=16):
             f"same_{new_tokens}_greedy_tokens_as_flash": {k: answers[k] == answers["flash"] for k in answers}}
 
 
+@contextlib.contextmanager
+def answer_lengths(spec, eos):
+    """Random weights never stop: with spec "3:0.8,60:0.2", the fast decoder's rows end (emit eos)
+    after 3 tokens in 80% of the batch rows and 60 in 20% (row r of each batch gets slot r of a
+    fixed shuffled pattern of 10), as real answers do ("None" is two tokens + </s>)."""
+    if not spec:
+        yield
+        return
+    import random
+    pattern = [int(n) for n, share in (part.split(":") for part in spec.split(","))
+               for _ in range(round(10 * float(share)))]
+    random.Random(0).shuffle(pattern)
+    real = decoding.Step.__call__
+
+    def call(self, tokens, positions):
+        logits = real(self, tokens, positions)
+        if not hasattr(self, "stop_at"):  # first call: positions are the prompt lengths; token 0 came from prefill
+            rows = torch.tensor([pattern[r % len(pattern)] for r in range(len(positions))], device=positions.device)
+            self.stop_at = positions + rows - 2
+        logits[:, eos] = torch.where(positions >= self.stop_at, 1e4, logits[:, eos])  # graph-safe: tensor ops
+        return logits
+    decoding.Step.__call__ = call
+    try:
+        yield
+    finally:
+        decoding.Step.__call__ = real
+
+
 def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
                fused="no", assume=None, visual_tokens="full"):
     """llava_soccer.worker.run over the first `windows` windows; the partial file pretends the rest are done."""
@@ -311,7 +345,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, help="a 224p H.264 video of at least --windows * 2 s")
     p.add_argument("--checkpoint", default=None, help="reuse a full-size checkpoint directory (default: build one)")
-    p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp32"], default=["nf4"])
+    p.add_argument("--quantization", nargs="+", choices=["nf4", "bf16", "fp8", "fp32"], default=["nf4"])
     p.add_argument("--batch-sizes", nargs="+", default=["1"],
                    help="whole numbers, or auto (the worker's --batch-size auto)")
     p.add_argument("--decoders", nargs="+", choices=["fast", "transformers"], default=["fast"],
@@ -324,7 +358,10 @@ def main(argv=None):
     p.add_argument("--assume-gpu", default=None, metavar="CC,GIB",
                    help="run with the plan of that GPU, memory capped (the worker's --assume-gpu)")
     p.add_argument("--plan-check", nargs="*", default=[], metavar="CC,GIB",
-                   help="compare first-token logits of these plans with this GPU's own on 3 real windows")
+                   help="compare first-token logits and 16 greedy tokens of these plans with this GPU's own on 3 "
+                        "real windows")
+    p.add_argument("--quant-check", nargs="*", default=[], choices=["nf4", "fp8", "fp16"],
+                   help="the same for these quantizations against bf16 (e.g. fp8: its agreement with bf16)")
     p.add_argument("--attention-check", choices=["yes", "no"], default="no",
                    help="compare cuDNN and flash attention outputs (logits, greedy tokens) on one real window")
     p.add_argument("--decoder-check", choices=["yes", "no"], default="no",
@@ -333,6 +370,9 @@ def main(argv=None):
                    help="print the kernels that take the time in one prefill and in decode steps at the largest batch")
     p.add_argument("--windows", type=int, default=16, help="windows per setting (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="fixed answer length (default 64)")
+    p.add_argument("--answer-lengths", default=None, metavar="N:SHARE,...",
+                   help="end answers as real ones do instead, e.g. 3:0.8,60:0.2 (80%% of the windows 3 tokens, 20%% "
+                        "60; shares in tenths; the fast decoder's rows stop there, --max-new-tokens still caps)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
     a = p.parse_args(argv)
     video = os.path.abspath(a.video)
@@ -377,8 +417,10 @@ def main(argv=None):
         for fused, decoder, attention, batch in itertools.product(a.fused_kernels, a.decoders, a.attentions,
                                                                   a.batch_sizes):
             try:
-                r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
-                               attention, fused, a.assume_gpu, a.visual_tokens)
+                with answer_lengths(a.answer_lengths, model.generation_config.eos_token_id):
+                    r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
+                                   attention, fused, a.assume_gpu, a.visual_tokens)
+                r["answer_lengths"] = a.answer_lengths
             except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
                 r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
                      "fused_kernels": fused, "error": f"{type(e).__name__}: {e}"}
@@ -388,10 +430,15 @@ def main(argv=None):
         if CUDA:
             torch.cuda.empty_cache()
         if a.plan_check:
-            results.setdefault("plan_check", {})[quant] = found = plan_check(ckpt, quant, a.visual_tokens, info,
-                                                                              a.plan_check)
+            results.setdefault("plan_check", {})[quant] = found = plan_check(
+                ckpt, a.visual_tokens, info, [(quant, None), *((quant, cc) for cc in a.plan_check)])
             for k, v in found.items():
                 print(f"{quant} plan_check {k}: {v}", flush=True)
+    if a.quant_check:
+        results["quant_check"] = found = plan_check(ckpt, a.visual_tokens, info,
+                                                    [("bf16", None), *((q, None) for q in a.quant_check)])
+        for k, v in found.items():
+            print(f"quant_check {k}: {v}", flush=True)
     atomic_write_json(a.out, results)
     print("\n| quant | batch | decoder+attention+fused | s/window | windows/s | GPU util | peak GiB "
           "| 50-min half on 4 GPUs |")

@@ -33,7 +33,8 @@ PREFILL_CHUNK = 4096       # tokens per prefill chunk on those cards (a 224p win
 BACKENDS = ("cudnn", "flash", "efficient", "math")
 # The worker's memory per window, for the plan's batch-size estimate (NF4, 224p, measured on the
 # device's H100/H200; benchmarks/RESULTS.md): weights, prefill activations, KV cache of one window.
-WEIGHTS_GIB = {"nf4": 4.2, "bf16": 14.2, "fp16": 14.2, "fp32": 28.4}
+WEIGHTS_GIB = {"nf4": 4.2, "bf16": 14.2, "fp16": 14.2, "fp32": 28.4, "fp8": 7.9}  # fp8: LM linears only
+FP8_CAPABILITY = (8, 9)   # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later
 ACTIVATIONS_GIB = 1.0
 KV_GIB = 3.1
 
@@ -113,7 +114,7 @@ def make(args, real):
     quant = args.quantization
     modern, pascal = cc is None or cc >= (8, 0), cc is not None and cc < (7, 0)  # (CPU: nf4 keeps bf16 compute)
     nf4 = "bfloat16" if modern else "float32" if pascal else "float16"
-    compute = {"nf4": nf4, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[quant]
+    compute = {"nf4": nf4, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}[quant]
     if cc is None:  # CPU: PyTorch's own kernels
         backends, decode, fused, graphs = ["math"], "sdpa", False, False
     else:
@@ -163,6 +164,18 @@ def make(args, real):
 
 FLAG_DEFAULTS = dict(assume_gpu=None, attention="auto", prefill_chunk="auto", decode_attention="auto",
                      fused_kernels="auto", cuda_graphs="auto", batch_size="auto", max_batch_size=16)
+
+
+def fp8_problem(plan):
+    """Why --quantization fp8 cannot run on the plan's GPU (one line), or None."""
+    if plan.quantization != "fp8":
+        return None
+    cc = tuple(int(v) for v in plan.capability.split(".")) if plan.capability else None
+    if cc is not None and cc >= FP8_CAPABILITY:
+        return None
+    where = f"{plan.gpu} has compute capability {plan.capability}" if cc else "there is no GPU here"
+    return (f"--quantization fp8 needs FP8 tensor cores (compute capability {FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]}+: "
+            f"Ada, Hopper, Blackwell) and {where}: use nf4 (the default) or bf16")
 
 
 def for_device(device, quantization="nf4", **flags):

@@ -112,12 +112,62 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
     processor = LlavaNextProcessor.from_pretrained(model_id, token=token)
     processor.tokenizer.padding_side = "left"  # batched generation appends on the right
     model = LlavaNextForConditionalGeneration.from_pretrained(model_id, **kwargs).eval()
+    if quantization == "fp8":
+        to_fp8(model)
     if visual_tokens == "reduced":
         # Processor and model must agree on the grid, or the image token counts do not match.
         side = processor.image_processor.crop_size["height"]
         processor.image_processor.image_grid_pinpoints = [[side, side]]
         model.config.image_grid_pinpoints = [[side, side]]
     return model, processor
+
+
+FP8_MAX = 448.0  # the largest float8_e4m3fn
+
+
+def _quantize_rows(x):
+    """x (rows, k) -> (e4m3 values, float32 scale per row): each row scaled to the e4m3 range."""
+    import torch
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def _fp8_linear_class():
+    import torch
+    quantize = torch.compile(_quantize_rows, dynamic=True)  # one kernel per call instead of five
+
+    class FP8Linear(torch.nn.Module):
+        """y = x W^T in FP8 e4m3 on FP8 tensor cores (torch._scaled_mm): W scaled per output channel
+        once, x per token (row) at every call; products accumulate in fp32, y comes out in bf16."""
+
+        def __init__(self, linear):
+            super().__init__()
+            w, self.scale_w = _quantize_rows(linear.weight.data)
+            self.weight_t = w.t()                    # (in, out), column-major, as _scaled_mm wants it
+            self.scale_w = self.scale_w.t().contiguous()  # (1, out)
+            self.bias = linear.bias
+
+        def forward(self, x):
+            rows = x.reshape(-1, x.shape[-1])
+            xq, scale_x = quantize(rows)
+            y = torch._scaled_mm(xq, self.weight_t, scale_a=scale_x, scale_b=self.scale_w, bias=self.bias,
+                                 out_dtype=torch.bfloat16)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+    return FP8Linear
+
+
+def to_fp8(model):
+    """The language model's linear layers in FP8 e4m3 (FP8Linear): weights scaled per output channel,
+    activations per token at run time. The vision tower, the projector and lm_head stay in bf16.
+    (torchao's float8 inference config, tried first, ran slower than bf16 here: benchmarks/RESULTS.md.)"""
+    import torch
+    fp8_linear = _fp8_linear_class()
+    for layer in model.model.language_model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(parent, name, fp8_linear(child))
+    torch.cuda.empty_cache()  # the bf16 weights just freed
 
 
 def prepare(processor, windows):

@@ -16,7 +16,7 @@ SAMPLES_PER_STEP = round(FPS * STEP_S)
 DEDUP_S = 3.0              # same label within this many seconds = one event
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
-QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32")
+QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32", "fp8")
 VIDEO_SUFFIXES = (".mkv", ".mp4")
 
 # The 17 SoccerNet-v2 action classes, exact strings as in Labels-v2.json.

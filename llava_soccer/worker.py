@@ -228,7 +228,11 @@ def plan_for(args):
     problem = gpus.check_torch_build(device)
     if problem:
         raise InputError(problem)
-    return device, gpus.make(args, gpus.detect(device))
+    plan = gpus.make(args, gpus.detect(device))
+    problem = gpus.fp8_problem(plan)
+    if problem:
+        raise InputError(problem)
+    return device, plan
 
 
 def run(args, loaded=None) -> bool:

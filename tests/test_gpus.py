@@ -138,6 +138,26 @@ def test_print_plan_without_a_gpu_is_the_cpu_plan(capsys):
     assert plan["decode_attention"] == "sdpa" and plan["fused_kernels"] is False and plan["cuda_graphs"] is False
 
 
+@pytest.mark.parametrize("gpu,env", [("9.0,80", False), ("8.9,24", True)])
+def test_fp8_is_planned_on_gpus_with_fp8_tensor_cores(gpu, env, capsys, monkeypatch):
+    if env:  # LLAVA_QUANT=fp8 works like the flag
+        monkeypatch.setenv("LLAVA_QUANT", "fp8")
+    code, plan = print_plan(capsys, "--assume-gpu", gpu, *([] if env else ["--quantization", "fp8"]))
+    assert code == 0 and plan["quantization"] == "fp8" and plan["compute_dtype"] == "bfloat16"
+    assert plan["decode_attention"] == "triton" and plan["cuda_graphs"] is True
+
+
+@pytest.mark.parametrize("gpu,says", [("8.0,80", "an A100-class GPU has compute capability 8.0"),
+                                      ("7.5,24", "a Titan RTX-class GPU has compute capability 7.5"),
+                                      (None, "there is no GPU here")])
+def test_fp8_elsewhere_is_refused_with_one_line(gpu, says, capsys):
+    code = worker.main(["--print-plan", "--quantization", "fp8", *(["--assume-gpu", gpu] if gpu else [])])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith("error: --quantization fp8 needs FP8 tensor cores (compute "
+                           f"capability 8.9+: Ada, Hopper, Blackwell) and {says}: use nf4 (the default) or bf16")
+
+
 def test_help_states_the_plans_chunking_threshold(capsys):
     with pytest.raises(SystemExit) as e:
         worker.main(["--help"])

@@ -121,3 +121,38 @@ def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, ass
         del model
         torch.cuda.empty_cache()
     assert answers == [GOAL_ANSWER] * 2
+
+
+FP8 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= gpus.FP8_CAPABILITY
+
+
+needs_fp8 = pytest.mark.skipif(not FP8, reason="FP8 tensor cores need compute capability 8.9+")
+
+
+@needs_fp8
+def test_fp8_linear_is_the_e4m3_product_of_its_scaled_rows():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4096, 1024, bias=False, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(3, 50, 4096, device="cuda", dtype=torch.bfloat16)
+    y = llava._fp8_linear_class()(linear)(x)
+    xq, scale_x = llava._quantize_rows(x.reshape(-1, 4096))
+    wq, scale_w = llava._quantize_rows(linear.weight)
+    emulated = ((xq.float() * scale_x) @ (wq.float() * scale_w).t()).reshape(3, 50, 1024)
+    assert y.shape == (3, 50, 1024) and y.dtype == torch.bfloat16
+    assert decoding.relative_error(y, emulated) < 0.01  # scales and layouts right: only bf16 output rounding
+    assert 0.005 < decoding.relative_error(y, linear(x)) < 0.06  # e4m3 rounding against bf16: ~3-4%
+
+
+@needs_fp8
+def test_fp8_model_quantizes_only_the_language_models_linears_and_decodes(random_model, tmp_path):
+    _, processor = random_model
+    ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
+    fp8, _ = llava.load(str(ckpt), "fp8", "cuda", plan=plan("fp8"))
+    layer = fp8.model.language_model.layers[0]
+    assert {type(m).__name__ for m in (layer.self_attn.q_proj, layer.mlp.down_proj)} == {"FP8Linear"}
+    assert fp8.lm_head.weight.dtype == torch.bfloat16  # the head and the vision tower stay bf16
+    vision = [type(m).__name__ for m in fp8.model.vision_tower.modules()]
+    assert "Linear" in vision and "FP8Linear" not in vision
+    chosen = plan("fp8")
+    ids = greedy_ids(fp8, processor, chosen, n=2, new=8)  # the decode step, in a CUDA graph, in FP8 too
+    assert ids.shape == (2, 8) and chosen.cuda_graphs
