@@ -151,8 +151,7 @@ def run(args) -> int:
                 missing[name].append(video)
         if not all(p.exists() for p in paths):
             continue
-        for path in paths:
-            videos.check_source(project, video, path)
+        sources = [videos.check_source(project, video, path) for path in paths]
         a, b = (load_events(p, args.dedup_s) for p in paths)
         pairs, disagreements = compare(a, b, args.tolerance)
         rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
@@ -167,9 +166,9 @@ def run(args) -> int:
         if args.ensemble:
             out = Path(args.ensemble).expanduser()
             out.mkdir(parents=True, exist_ok=True)
-            source = min(videos.source_of(paths[0]) | videos.source_of(paths[1]), default=None)
             atomic_write_json(settings.final_path(out, video, "ensemble"),
-                              [ensemble_record(a[i], b[j], names, source) for i, j in pairs])
+                              [ensemble_record(a[i], b[j], names, min(filter(None, sources), default=None))
+                               for i, j in pairs])
     if not rows:
         raise InputError(f"no video{'' if args.videos is None else ' of --videos'} has both "
                          f"{settings.FINAL.format(model=names[0], video='N')} ({dirs[0]}) and "

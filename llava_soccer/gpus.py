@@ -23,6 +23,8 @@ import dataclasses
 import json
 import re
 
+from .jsonio import InputError
+
 # --assume-gpu CC without GIB: the memory of the users' cards of that capability (README table).
 TYPICAL = {(6, 0): ("Tesla P100", 16), (6, 1): ("GTX 1080 Ti", 11), (7, 0): ("Titan V", 12),
            (7, 5): ("Titan RTX", 24), (8, 0): ("A100", 80), (8, 6): ("RTX 3090", 24), (8, 9): ("L40S", 48),
@@ -126,6 +128,10 @@ def make(args, real):
                             "1/64 rate on Pascal; nf4 (fp32 compute) is faster")
         backends = list(BACKENDS) if modern else ["efficient", "math"]
         decode, fused, graphs = ("triton" if modern else "sdpa"), modern, True
+    if quant == "fp8" and (cc is None or cc < FP8_CAPABILITY):  # every caller (worker, bench, tests) refuses alike
+        where = f"{name} has compute capability {cc[0]}.{cc[1]}" if cc else "there is no GPU here"
+        raise InputError(f"--quantization fp8 needs FP8 tensor cores (compute capability {FP8_CAPABILITY[0]}."
+                         f"{FP8_CAPABILITY[1]}+: Ada, Hopper, Blackwell) and {where}: use nf4 (the default) or bf16")
     storage = "float16" if compute == "float32" and quant == "nf4" and cc is not None else compute
     chunk = PREFILL_CHUNK if gib is not None and gib < CHUNKED_BELOW_GIB else None
 
@@ -164,18 +170,6 @@ def make(args, real):
 
 FLAG_DEFAULTS = dict(assume_gpu=None, attention="auto", prefill_chunk="auto", decode_attention="auto",
                      fused_kernels="auto", cuda_graphs="auto", batch_size="auto", max_batch_size=16)
-
-
-def fp8_problem(plan):
-    """Why --quantization fp8 cannot run on the plan's GPU (one line), or None."""
-    if plan.quantization != "fp8":
-        return None
-    cc = tuple(int(v) for v in plan.capability.split(".")) if plan.capability else None
-    if cc is not None and cc >= FP8_CAPABILITY:
-        return None
-    where = f"{plan.gpu} has compute capability {plan.capability}" if cc else "there is no GPU here"
-    return (f"--quantization fp8 needs FP8 tensor cores (compute capability {FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]}+: "
-            f"Ada, Hopper, Blackwell) and {where}: use nf4 (the default) or bf16")
 
 
 def for_device(device, quantization="nf4", **flags):

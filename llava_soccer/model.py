@@ -142,9 +142,9 @@ def _fp8_linear_class():
 
         def __init__(self, linear):
             super().__init__()
-            w, self.scale_w = _quantize_rows(linear.weight.data)
+            w, scale = _quantize_rows(linear.weight.data)
             self.weight_t = w.t()                    # (in, out), column-major, as _scaled_mm wants it
-            self.scale_w = self.scale_w.t().contiguous()  # (1, out)
+            self.scale_w = scale.t().contiguous()    # (1, out)
             self.bias = linear.bias
 
         def forward(self, x):

@@ -71,20 +71,23 @@ def source_of(final: Path) -> set:
     return said - {None}
 
 
-def check_source(project: Path, index: int, final: Path, listed=None) -> None:
-    """InputError when a final says it came from another video than line index of videos.txt
-    (listed: its lines, default read as they are): a final copied from another project, or kept
-    across a rebuilt videos.txt, would be skipped as done and scored against the wrong game."""
+def check_source(project: Path, index: int, final: Path, listed=None):
+    """The video a final says it came from (None: it does not say), or InputError when that is
+    another video than line index of videos.txt (listed: its lines, default read as they are): a
+    final copied from another project, or kept across a rebuilt videos.txt, would be skipped as
+    done and scored against the wrong game."""
+    said = source_of(final)
     listed = _lines(project / MANIFEST) if listed is None else listed
     if not listed:
-        return  # nothing to check against (compare_counts on a folder of finals)
+        return min(said, default=None)  # nothing to check against (compare_counts on a folder of finals)
     expected = listed[index] if index < len(listed) else None
-    wrong = sorted(said for said in source_of(final) if said != expected)
+    wrong = sorted(video for video in said if video != expected)
     if wrong:
         line = f"is {expected!r}" if expected else f"does not exist (it lists {len(listed)} videos)"
         raise InputError(f"{final} was made from {wrong[0]!r}, but video #{index} of {project / MANIFEST} {line}: it "
                          f"belongs to another project or an older videos.txt. Move it and its raw_answers file out of "
                          f"{final.parent}, then rerun video {index}")
+    return min(said, default=None)
 
 
 def _check_finals(project: str, first: str, last: str) -> int:

@@ -5,8 +5,9 @@ The shell scripts cannot import it, so they hold copies; these tests fail when a
 import pytest
 
 from conftest import ROOT
-from llava_soccer import settings
+from llava_soccer import settings, soccernet
 
+SOCCERNET_PIN = soccernet.INSTALL_HINT.split()[-1]  # the official evaluator's version: "SoccerNet==0.2.0"
 HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
 COPIES = [
     ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
@@ -15,6 +16,8 @@ COPIES = [
     ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
     ("setup_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
     ("setup_llava.sh", f"readonly DEFAULT_MODEL={settings.DEFAULT_MODEL}"),
+    ("setup_llava.sh", f"--no-deps {SOCCERNET_PIN};"),
+    ("tools/install_env.sh", f"readonly SOCCERNET={SOCCERNET_PIN}"),
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '
                 f'{settings.PARTIAL.format(video="*", gpu="*")}'),
 ]
