@@ -73,6 +73,10 @@ def parse_args(argv):
     opt("--fused-kernels", env="LLAVA_FUSED_KERNELS", default="auto", choices=["auto", "yes", "no"],
         help="yes: torch.compile Mistral's RMSNorm/rotary/SiLU-gate arithmetic into fused kernels for a ~10%% faster "
              "prefill (8.0+; compiles in the first windows); auto: the plan's")
+    opt("--nf4-weights", env="LLAVA_NF4_WEIGHTS", default="auto", choices=["auto", "packed", "dequantized"],
+        help="nf4 only: packed (bitsandbytes dequantizes them in every product) or dequantized to the compute dtype "
+             "once at load (the same products, faster, +10 GiB); auto: the plan's (dequantized on 8.0+ GPUs of "
+             "64+ GiB)")
     opt("--cuda-graphs", env="LLAVA_CUDA_GRAPHS", default="auto", choices=["auto", "yes", "no"],
         help="record each batch's decode step as a CUDA graph; auto: the plan's (yes on a GPU)")
     opt("--visual-tokens", env="LLAVA_VISUAL_TOKENS", default="full", choices=["full", "reduced"],

@@ -11,11 +11,13 @@ worker's own loop (llava_soccer.worker.run: decode, preprocess in a prefetch thr
 partial JSON) over --windows windows of the video. Random weights never stop generating, so
 every window produces exactly --max-new-tokens tokens.
 
-Prints, per setting: s/window, windows/s, mean GPU utilisation, peak GPU memory, and the
-projected minutes for a 50-minute half (1,500 windows) on 4 GPUs; and, per quantization, the
+Prints, per setting: s/window (the whole run, and the batches after the first: a real slice's
+rate), mean GPU utilisation, peak GPU memory, and the projected minutes for a 50-minute half
+(1,500 windows) on 4 GPUs (the first batch, then the rest at the steady rate); and, per quantization, the
 time split of one window: decode video, preprocess, vision tower, prefill, per new token.
 --profile yes profiles one whole batch (the largest of --batch-sizes): per phase (prefill, decode,
-answers + JSON) wall and GPU-busy seconds and kernel seconds per kind (GEMM, NF4 dequantize, ...);
+answers + JSON) wall and GPU-busy seconds and kernel seconds per kind (GEMM, NF4 dequantize, ...),
+and writes its timeline beside --out (trace_QUANT_TOKENS.json.gz);
 --decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
 --assume-gpu CC,GIB runs every setting with the plan of that GPU (llava_soccer/gpus.py), PyTorch's
 memory capped at what such a card leaves; --plan-check CC ... compares the first-token logits and
@@ -110,13 +112,14 @@ def time_split(model, processor, info, max_new_tokens, plan):
 
 
 def plan_check(ckpt, visual_tokens, info, variants, windows=(1, 2, 3), new_tokens=16):
-    """Real windows under each (quantization, assumed GPU) of `variants` against the first one (e.g.
-    7.5's fp16 compute against bf16, or fp8 against bf16): the first token's logits (largest
-    difference, same argmax, inf/NaN) and how many leading greedy tokens agree, per window."""
+    """Real windows under each (name, quantization, plan flags) of `variants` against the first one
+    (e.g. 7.5's fp16 compute against bf16, fp8 against bf16, dequantized NF4 weights against packed):
+    the first token's logits (largest difference, same argmax, inf/NaN) and how many leading greedy
+    tokens agree, per window."""
     from transformers.cache_utils import DynamicCache
     device, found, reference = llava.pick_device(0), {}, None
-    for quant, assume in variants:
-        plan = gpus.for_device(device, quant, assume_gpu=assume)
+    for name, quant, flags in variants:
+        plan = gpus.for_device(device, quant, **flags)
         model, processor = llava.load(ckpt, quant, device, visual_tokens, plan)
         inputs = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
         with torch.inference_mode(), llava._attention(model, plan.prefill_attention):
@@ -131,7 +134,7 @@ def plan_check(ckpt, visual_tokens, info, variants, windows=(1, 2, 3), new_token
             found["reference"] = {"plan": plan.line(), "max_abs_logit": logits.abs().max().item()}
             continue
         same = ids == reference[1]
-        found[assume or quant] = {"plan": plan.line(), "finite": bool(torch.isfinite(logits).all()),
+        found[name] = {"plan": plan.line(), "finite": bool(torch.isfinite(logits).all()),
                                   "max_abs_diff": (logits - reference[0]).abs().max().item(),
                                   "same_argmax": (logits.argmax(-1) == reference[0].argmax(-1)).tolist(),
                                   f"leading_tokens_equal_of_{new_tokens}": [int(row.cumprod(0).sum()) for row in same]}
@@ -162,11 +165,12 @@ def _busy(intervals):
     return total / 1e6
 
 
-def profile(model, processor, info, batch, plan, max_new_tokens):
+def profile(model, processor, info, batch, plan, max_new_tokens, trace=None):
     """One whole batch of the worker under torch.profiler: llava.generate on `batch` windows (the
     prefill of each, the decode steps with the CUDA graph's capture), then the answers' parsing
     and the partial JSON's write. Per phase: wall seconds, GPU busy and idle seconds, and kernel
-    seconds per kind (KERNEL_KINDS). The plan's self-checks and compiles run in a warm-up batch."""
+    seconds per kind (KERNEL_KINDS). The plan's self-checks and compiles run in a warm-up batch.
+    trace: also write the profiler's timeline there (gzipped Chrome trace: chrome://tracing, Perfetto)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
@@ -218,6 +222,14 @@ def profile(model, processor, info, batch, plan, max_new_tokens):
         busy = _busy([(s, e) for s, e, _ in inside])
         found[name] = {"wall_s": (b - a) / 1e6, "gpu_busy_s": busy, "gpu_idle_s": (b - a) / 1e6 - busy,
                        "kernels_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+    if trace:
+        import gzip
+        import shutil
+        prof.export_chrome_trace(str(trace)[:-3])
+        with open(str(trace)[:-3], "rb") as raw, gzip.open(trace, "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        os.remove(str(trace)[:-3])
+        found["trace"] = str(trace)
     found["top_kernels"] = prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total",
                                                      row_limit=25, max_name_column_width=80)
     return found
@@ -242,7 +254,7 @@ def decoder_check(model, processor, info, plan, new_tokens=24):
     with torch.inference_mode():
         ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad, plan),
                "eager": decoding.greedy(model, windows, new_tokens, eos, pad,
-                                        dataclasses.replace(plan, cuda_graphs=False, checked=set()))}
+                                        dataclasses.replace(plan, cuda_graphs=False, checked=set(), kept={}))}
         batch = decoding.on_model(model, llava.collate(processor, windows))
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
@@ -308,9 +320,27 @@ def answer_lengths(spec, eos):
         decoding.Step.__call__ = real
 
 
+@contextlib.contextmanager
+def batch_ends():
+    """[(seconds, windows)] at the end of each batch the worker answers inside the block."""
+    ends, real = [], worker.Worker.answer
+
+    def answer(self, batch):
+        records = real(self, batch)
+        ends.append((time.perf_counter(), len(batch)))
+        return records
+    worker.Worker.answer = answer
+    try:
+        yield ends
+    finally:
+        worker.Worker.answer = real
+
+
 def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
-               fused="no", assume=None, visual_tokens="full"):
-    """llava_soccer.worker.run over the first `windows` windows; the partial file pretends the rest are done."""
+               fused="no", assume=None, visual_tokens="full", nf4_weights="auto"):
+    """llava_soccer.worker.run over the first `windows` windows; the partial file pretends the rest are done.
+    s_per_window counts the whole run; steady_s_per_window the batches after the first (a real slice
+    has ~375 windows, so the first batch's wait for its windows and its self-checks weigh little)."""
     project = Path(tempfile.mkdtemp()) / "project"
     (project / "raw_data").mkdir(parents=True)
     os.symlink(video, project / "raw_data" / "match.mkv")
@@ -323,22 +353,34 @@ def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_t
                               quantization=quant, batch_size=str(batch), max_batch_size=16, decoder=decoder,
                               max_new_tokens=max_new_tokens, temperature=0.0, top_p=0.9, assume_gpu=assume,
                               attention=attention, prefill_chunk="auto", decode_attention="auto", fused_kernels=fused,
-                              cuda_graphs="auto", visual_tokens=visual_tokens, print_plan=False, retry_skipped=False,
+                              nf4_weights=nf4_weights, cuda_graphs="auto", visual_tokens=visual_tokens,
+                              print_plan=False, retry_skipped=False,
                               progress_every=1e9)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     sampler = UtilSampler()
     if CUDA:
         sampler.start()
-    seconds, complete = timed(lambda: worker.run(args, loaded=(model, processor)))
+    with batch_ends() as ends:
+        seconds, complete = timed(lambda: worker.run(args, loaded=(model, processor)))
     util = sampler.stop()
     assert complete, "the worker stopped before the end of its slice"
     per_window = seconds / windows
+    steady = (ends[-1][0] - ends[0][0]) / (windows - ends[0][1]) if len(ends) > 1 else None
     return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,
             "attention": attention, "windows": windows,
-            "s_per_window": per_window, "windows_per_s": 1 / per_window, "gpu_util_pct": util,
+            "s_per_window": per_window, "steady_s_per_window": steady, "windows_per_s": 1 / per_window,
+            "gpu_util_pct": util,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else None,
-            "half_on_4_gpus_min": per_window * HALF_WINDOWS / 4 / 60}
+            "half_on_4_gpus_min": half_on_4_gpus(seconds, windows, ends[0][1], steady) / 60}
+
+
+def half_on_4_gpus(seconds, windows, first, steady):
+    """Seconds for one GPU's quarter of a 50-minute half: this run's first batch (its wait for windows,
+    self-checks), then the rest at the steady rate (the whole run's rate when there was one batch)."""
+    if steady is None:
+        return seconds / windows * HALF_WINDOWS / 4
+    return seconds - (windows - first) * steady + (HALF_WINDOWS / 4 - first) * steady
 
 
 def main(argv=None):
@@ -362,6 +404,10 @@ def main(argv=None):
                         "real windows")
     p.add_argument("--quant-check", nargs="*", default=[], choices=["nf4", "fp8", "fp16"],
                    help="the same for these quantizations against bf16 (e.g. fp8: its agreement with bf16)")
+    p.add_argument("--nf4-check", choices=["yes", "no"], default="no",
+                   help="the same for NF4 weights dequantized once (--nf4-weights dequantized) against packed")
+    p.add_argument("--nf4-weights", choices=["auto", "packed", "dequantized"], default="auto",
+                   help="the worker's --nf4-weights for the nf4 settings (default auto: the plan's)")
     p.add_argument("--attention-check", choices=["yes", "no"], default="no",
                    help="compare cuDNN and flash attention outputs (logits, greedy tokens) on one real window")
     p.add_argument("--decoder-check", choices=["yes", "no"], default="no",
@@ -390,7 +436,7 @@ def main(argv=None):
     for quant in a.quantization:
         t = time.perf_counter()
         device = llava.pick_device(0)
-        plan = gpus.for_device(device, quant, assume_gpu=a.assume_gpu)
+        plan = gpus.for_device(device, quant, assume_gpu=a.assume_gpu, nf4_weights=a.nf4_weights)
         gpus.apply_memory(plan, device)
         print(plan.line(), flush=True)
         model, processor = llava.load(ckpt, quant, device, a.visual_tokens, plan)
@@ -398,12 +444,13 @@ def main(argv=None):
         for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)
             for batch in (1, 2):
                 run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused, assume=a.assume_gpu,
-                           visual_tokens=a.visual_tokens)
+                           visual_tokens=a.visual_tokens, nf4_weights=a.nf4_weights)
         results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens, plan)
         print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
         checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
                   "decoder_check": (decoder_check, (a.decoder_check == "yes", plan)),
-                  "profile": (profile, (a.profile == "yes", profile_batch, plan, a.max_new_tokens))}
+                  "profile": (profile, (a.profile == "yes", profile_batch, plan, a.max_new_tokens,
+                                       Path(a.out).with_name(f"trace_{quant}_{a.visual_tokens}.json.gz")))}
         for name, (check, (wanted, *extra)) in checks.items():
             if not wanted:
                 continue
@@ -419,7 +466,7 @@ def main(argv=None):
             try:
                 with answer_lengths(a.answer_lengths, model.generation_config.eos_token_id):
                     r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
-                                   attention, fused, a.assume_gpu, a.visual_tokens)
+                                   attention, fused, a.assume_gpu, a.visual_tokens, a.nf4_weights)
                 r["answer_lengths"] = a.answer_lengths
             except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
                 r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
@@ -431,16 +478,22 @@ def main(argv=None):
             torch.cuda.empty_cache()
         if a.plan_check:
             results.setdefault("plan_check", {})[quant] = found = plan_check(
-                ckpt, a.visual_tokens, info, [(quant, None), *((quant, cc) for cc in a.plan_check)])
+                ckpt, a.visual_tokens, info,
+                [(quant, quant, {}), *((cc, quant, {"assume_gpu": cc}) for cc in a.plan_check)])
             for k, v in found.items():
                 print(f"{quant} plan_check {k}: {v}", flush=True)
+    if a.nf4_check == "yes":
+        results["nf4_check"] = found = plan_check(ckpt, a.visual_tokens, info, [
+            ("packed", "nf4", {"nf4_weights": "packed"}), ("dequantized", "nf4", {"nf4_weights": "dequantized"})])
+        for k, v in found.items():
+            print(f"nf4_check {k}: {v}", flush=True)
     if a.quant_check:
         results["quant_check"] = found = plan_check(ckpt, a.visual_tokens, info,
-                                                    [("bf16", None), *((q, None) for q in a.quant_check)])
+                                                    [("bf16", "bf16", {}), *((q, q, {}) for q in a.quant_check)])
         for k, v in found.items():
             print(f"quant_check {k}: {v}", flush=True)
     atomic_write_json(a.out, results)
-    print("\n| quant | batch | decoder+attention+fused | s/window | windows/s | GPU util | peak GiB "
+    print("\n| quant | batch | decoder+attention+fused | s/window | after the first batch | GPU util | peak GiB "
           "| 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
@@ -450,7 +503,8 @@ def main(argv=None):
             continue
         util = f"{r['gpu_util_pct']:.0f}%" if r["gpu_util_pct"] is not None else "n/a"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-        print(f"{setting} {r['s_per_window']:.2f} | {r['windows_per_s']:.2f} | {util} | {peak} | "
+        steady = f"{r['steady_s_per_window']:.3f}" if r["steady_s_per_window"] is not None else "n/a"
+        print(f"{setting} {r['s_per_window']:.3f} | {steady} | {util} | {peak} | "
               f"{r['half_on_4_gpus_min']:.1f} min |")
 
 

@@ -28,6 +28,7 @@ SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares t
 """
 import contextlib
 import functools
+import itertools
 import logging
 
 import torch
@@ -211,6 +212,7 @@ def graphed(step, tokens, positions):
     def run():
         graph.replay()
         return logits
+    run.reads = step, tokens, positions  # the graph reads their tensors' memory (step.rows too): keep them alive
     return run
 
 
@@ -234,8 +236,8 @@ class _Row(DynamicLayer):
 
 
 def on_model(model, inputs):
-    """Processor inputs on the model's device, the pixels in its dtype."""
-    moved = {k: v.to(model.device) for k, v in inputs.items()}
+    """Processor inputs on the model's device, the pixels in its dtype (from pinned memory: asynchronously)."""
+    moved = {k: v.to(model.device, non_blocking=True) for k, v in inputs.items()}
     moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
     return moved
 
@@ -272,25 +274,40 @@ def kv_bytes(model, tokens, room):
     return 2 * model.config.text_config.num_hidden_layers * heads * slots * d * model.dtype.itemsize
 
 
-def prefill(model, windows, room, chunk=None):
+def prefill(model, windows, room, chunk=None, kept=None):
     """Each window alone through the model: (first greedy tokens (b,), prompt lengths (b,),
     [keys, values]: per layer a (b, kv heads, longest prompt + room, head dim) buffer, zeros past
     each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN)).
     chunk: prefill the prompt in chunks of that many tokens, the vision tower a few frames at a
-    time (None: all at once). The first window's embeddings are made before the buffer exists:
-    the vision tower's peak and the cache's never add up."""
-    device, layers = model.device, model.config.text_config.num_hidden_layers
+    time (None: all at once). The first window's embeddings are made before a new buffer exists:
+    the vision tower's peak and the cache's never add up.
+    kept (dict, or None): the buffers are the previous batch's when their shape is the same (see greedy)."""
     lengths = [w["input_ids"].shape[1] for w in windows]
     shape = kv_shape(model, len(windows), max(lengths) + room)
     first_embeds = embed(model, on_model(model, windows[0]), chunk)
-    kv = [[torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(layers)] for _ in "kv"]
+    kv = _zeroed_buffers(model, shape, {} if kept is None else kept)
     first = []
     for i, window in enumerate(windows):
         embeds = first_embeds if i == 0 else embed(model, on_model(model, window), chunk)
         first_embeds = None
         first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk).argmax(-1))
         del embeds
-    return torch.cat(first), torch.tensor(lengths, device=device), kv
+    return torch.cat(first), torch.tensor(lengths, device=model.device), kv
+
+
+def _zeroed_buffers(model, shape, kept):
+    """[keys, values]: per layer a zeroed buffer of `shape`. When kept holds buffers of that shape,
+    they are zeroed and given again (so a decode graph recorded on them can replay); otherwise kept
+    is emptied first (the old buffers and their graph freed before new ones take their memory)."""
+    if kept.get("shape") == shape:
+        for buffer in itertools.chain(*kept["kv"]):
+            buffer.zero_()
+        return kept["kv"]
+    kept.clear()
+    layers = model.config.text_config.num_hidden_layers
+    kept["kv"] = [[torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in range(layers)] for _ in "kv"]
+    kept["shape"] = shape
+    return kept["kv"]
 
 
 def last_logits(model, embeds, cache, chunk=None):
@@ -329,14 +346,78 @@ def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
     window's processor inputs each). Like generate(), a finished row is filled with `pad` and
     decoding stops when every row has produced one of the `eos` ids.
     plan (llava_soccer.gpus.Plan; default: the plan for the model's device): prefill chunk, decode
-    attention, CUDA graphs. Its first call checks the optional paths and turns off those that fail."""
+    attention, CUDA graphs. Its first call checks the optional paths and turns off those that fail.
+    plan.kept keeps the KV buffers and the decode step (its CUDA graph) for the next batch: the
+    windows of one video have one prompt length, so batches of one size reuse them (recording a
+    graph costs ~0.2-0.35 s per batch on an H200, benchmarks/RESULTS.md session 7)."""
     plan = plan or for_device(str(model.device))
-    tokens, positions, kv = prefill(model, windows, max_new_tokens, plan.prefill_chunk)
+    try:
+        return _greedy(model, windows, max_new_tokens, eos, pad, plan)
+    except BaseException:
+        plan.kept.clear()  # an OOM or error may leave them half-written; the caller may retry smaller
+        raise
+
+
+def _greedy(model, windows, max_new_tokens, eos, pad, plan):
+    kept = plan.kept
+    tokens, positions, kv = prefill(model, windows, max_new_tokens, plan.prefill_chunk, kept)
     eos = torch.tensor(eos, device=tokens.device)
     out, done = [tokens], torch.isin(tokens, eos)
     if max_new_tokens == 1 or bool(done.all()):
         return torch.stack(out, 1)
-    step_in = (tokens.clone(), positions)
+    settings = (plan.decode_attention, plan.cuda_graphs)
+    if kept.get("settings") == settings:  # the previous batch's step (and graph), on the same buffers
+        step_in, run = kept["step_in"], kept["run"]
+        step_in[0].copy_(tokens)
+        step_in[1].copy_(positions)
+    else:
+        step_in = (tokens.clone(), positions.clone())
+        run = _decode_step(model, kv, step_in, plan)
+        kept.update(settings=(plan.decode_attention, plan.cuda_graphs), step_in=step_in, run=run)
+    all_done = _Lagged(done.device)
+    for i in range(max_new_tokens - 1):
+        logits = run()
+        tokens = torch.where(done, pad, logits.argmax(-1))
+        done |= torch.isin(tokens, eos)
+        out.append(tokens)
+        step_in[0].copy_(tokens)
+        # A finished row's step attends to slot 0 only: its answer is over (pad from now on), and
+        # reading its 25k cached keys would cost as much as a running row's (the decode step is bound
+        # by reading the KV cache). Real answers end early: "None" is two tokens.
+        step_in[1].copy_(torch.where(done, 0, step_in[1] + 1))
+        finished = all_done(done, i)
+        if finished is not None:
+            del out[finished + 2:]  # the steps queued after every row had finished
+            break
+    return torch.stack(out, 1)
+
+
+class _Lagged:
+    """Has every row finished? Asked after each step, answered one step late on a GPU: the flag of
+    step i is read once step i + 1 is queued, so the GPU never waits for the CPU between steps
+    (a synchronous check leaves it idle while Python launches the next step). call(done, i) -> the
+    step at which every row had finished, or None; the caller drops the outputs of later steps."""
+
+    def __init__(self, device):
+        self.gpu = device.type == "cuda"
+        if self.gpu:
+            self.flags = torch.zeros(2, dtype=torch.bool, pin_memory=True)
+            self.marks = [torch.cuda.Event(), torch.cuda.Event()]
+
+    def __call__(self, done, i):
+        if not self.gpu:
+            return i if bool(done.all()) else None
+        self.flags[i % 2].copy_(done.all(), non_blocking=True)
+        self.marks[i % 2].record()
+        if i == 0:
+            return None
+        self.marks[(i - 1) % 2].synchronize()
+        return i - 1 if bool(self.flags[(i - 1) % 2]) else None
+
+
+def _decode_step(model, kv, step_in, plan):
+    """run() -> logits of one decode step for the whole batch, with the plan's attention kernel and
+    CUDA graph; their first use in this process is checked against the plain path (eager SDPA)."""
     first_use = "decode" not in plan.checked
     optional = plan.decode_attention != "sdpa" or plan.cuda_graphs
     plain = Step(model, *kv, "sdpa")(*step_in) if first_use and optional else None
@@ -350,18 +431,5 @@ def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
     if plan.cuda_graphs:
         run = _checked("CUDA-graph decoding", lambda: graphed(step, *step_in), plain, "eager decode steps")
         plan.cuda_graphs = run is not None
-    run = run or (lambda: step(*step_in))
     plan.checked.add("decode")
-    for _ in range(max_new_tokens - 1):
-        logits = run()
-        tokens = torch.where(done, pad, logits.argmax(-1))
-        done |= torch.isin(tokens, eos)
-        out.append(tokens)
-        if bool(done.all()):
-            break
-        step_in[0].copy_(tokens)
-        # A finished row's step attends to slot 0 only: its answer is over (pad from now on), and
-        # reading its 25k cached keys would cost as much as a running row's (the decode step is bound
-        # by reading the KV cache). Real answers end early: "None" is two tokens.
-        step_in[1].copy_(torch.where(done, 0, step_in[1] + 1))
-    return torch.stack(out, 1)
+    return run or (lambda: step(*step_in))

@@ -14,6 +14,10 @@ The rules (README "Which GPUs"; sources in the comments):
 - 6.x (GTX 1080 Ti, P100): as 7.x, but GP102 runs fp16 arithmetic at 1/64 rate, so matrix products
   compute in fp32 while weights, activations and the KV cache are stored in fp16 (an fp32 KV cache
   alone would not fit 11 GB).
+- NF4 on 8.0+ cards of 64 GiB or more (A100-80, H100, H200): the 4-bit weights are dequantized to
+  bf16 once at load (+10 GiB), so no matrix product dequantizes them again: the same weights and
+  the same bf16 products, ~7% faster (benchmarks/RESULTS.md, session 7). Smaller cards keep them
+  packed (bitsandbytes dequantizes per product): their memory holds more windows instead.
 - Cards under 16 GiB prefill the 25k-token prompt in chunks (llava_soccer.decoding), so faithful NF4
   at batch 1 fits an 11 GB card; larger ones prefill it whole (faster).
 Optional paths (Triton decode attention, fused kernels, CUDA graphs) are checked against the plain
@@ -36,6 +40,7 @@ BACKENDS = ("cudnn", "flash", "efficient", "math")
 # The worker's memory per window, for the plan's batch-size estimate (NF4, 224p, measured on the
 # device's H100/H200; benchmarks/RESULTS.md): weights, prefill activations, KV cache of one window.
 WEIGHTS_GIB = {"nf4": 4.2, "bf16": 14.2, "fp16": 14.2, "fp32": 28.4, "fp8": 7.9}  # fp8: LM linears only
+DEQUANTIZE_FROM_GIB = 64  # NF4 weights dequantized once on 8.0+ cards this large (14 GiB of bf16 + 16 windows)
 FP8_CAPABILITY = (8, 9)   # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later
 ACTIVATIONS_GIB = 1.0
 KV_GIB = 3.1
@@ -54,22 +59,26 @@ class Plan:
     prefill_chunk: int | None      # tokens per prefill chunk; None = the whole prompt at once
     decode_attention: str          # triton / sdpa
     fused_kernels: bool
+    nf4_weights: str | None        # nf4 only: packed (dequantized per product) / dequantized (bf16 once)
     cuda_graphs: bool
     batch_size: int | str          # a number or "auto"
     batch_size_estimate: int       # what auto should reach at 224p
     memory_cap_gib: float | None   # what this process may allocate (assumed GPUs only)
     warnings: list = dataclasses.field(default_factory=list)
     checked: set = dataclasses.field(default_factory=set)  # optional paths self-checked in this process
+    kept: dict = dataclasses.field(default_factory=dict)   # the last batch's KV buffers and decode graph
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k != "checked"})
+        return json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                           if f.name not in ("checked", "kept")})
 
     def line(self) -> str:
         cc = f" (compute capability {self.capability}, {self.memory_gib:g} GiB" + (
             f", assumed: memory capped at {self.memory_cap_gib:g} GiB)" if self.memory_cap_gib else
             ", assumed)" if self.assumed else ")") if self.capability else ""
         chunk = f"chunks of {self.prefill_chunk} tokens" if self.prefill_chunk else "whole"
-        return (f"plan for {self.gpu}{cc}: {self.quantization}, {self.compute_dtype} compute, "
+        weights = f" ({self.nf4_weights} weights)" if self.nf4_weights else ""
+        return (f"plan for {self.gpu}{cc}: {self.quantization}{weights}, {self.compute_dtype} compute, "
                 f"{self.storage_dtype} storage; prefill attention {'>'.join(self.prefill_attention)}, prefill {chunk}; "
                 f"decode attention {self.decode_attention}; fused kernels {_yes(self.fused_kernels)}; "
                 f"CUDA graphs {_yes(self.cuda_graphs)}; batch size {self.batch_size}"
@@ -134,6 +143,15 @@ def make(args, real):
                          f"{FP8_CAPABILITY[1]}+: Ada, Hopper, Blackwell) and {where}: use nf4 (the default) or bf16")
     storage = "float16" if compute == "float32" and quant == "nf4" and cc is not None else compute
     chunk = PREFILL_CHUNK if gib is not None and gib < CHUNKED_BELOW_GIB else None
+    nf4_weights = None
+    if quant == "nf4":
+        nf4_weights = "dequantized" if cc is not None and modern and gib >= DEQUANTIZE_FROM_GIB else "packed"
+        if args.nf4_weights != "auto":
+            nf4_weights = args.nf4_weights
+        if nf4_weights == "dequantized" and compute != storage:
+            warnings.append(f"--nf4-weights dequantized: {compute} weights would not fit beside {storage} activations "
+                            f"on compute capability {cc[0]}.{cc[1]}; the weights stay packed")
+            nf4_weights = "packed"
 
     # explicit flags win over the plan
     if args.attention != "auto":
@@ -152,7 +170,7 @@ def make(args, real):
     if cc is None and (decode == "triton" or fused or graphs):
         warnings.append("no GPU: the GPU paths asked for (Triton decode attention, CUDA graphs, fused kernels) are "
                         "tried; those that fail their self-check fall back to PyTorch's kernels")
-    weights = WEIGHTS_GIB[quant]
+    weights = WEIGHTS_GIB["bf16" if nf4_weights == "dequantized" else quant]
     cap = round(gib - CONTEXT_GIB, 2) if assumed and real else None
     usable = (gib - CONTEXT_GIB) if gib else 0
     estimate = max(1, min(args.max_batch_size, int((usable - weights - ACTIVATIONS_GIB) // KV_GIB)))
@@ -164,12 +182,12 @@ def make(args, real):
     return Plan(gpu=name, capability=f"{cc[0]}.{cc[1]}" if cc else None, memory_gib=round(gib, 1) if gib else None,
                 assumed=assumed, quantization=quant, compute_dtype=compute, storage_dtype=storage,
                 prefill_attention=backends, prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
-                cuda_graphs=graphs, batch_size=batch, batch_size_estimate=estimate, memory_cap_gib=cap,
-                warnings=warnings)
+                nf4_weights=nf4_weights, cuda_graphs=graphs, batch_size=batch, batch_size_estimate=estimate,
+                memory_cap_gib=cap, warnings=warnings)
 
 
 FLAG_DEFAULTS = dict(assume_gpu=None, attention="auto", prefill_chunk="auto", decode_attention="auto",
-                     fused_kernels="auto", cuda_graphs="auto", batch_size="auto", max_batch_size=16)
+                     fused_kernels="auto", nf4_weights="auto", cuda_graphs="auto", batch_size="auto", max_batch_size=16)
 
 
 def for_device(device, quantization="nf4", **flags):

@@ -5,6 +5,7 @@ tiny checkpoint directory built by synthetic.py (same from_pretrained call).
 """
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import types
@@ -112,7 +113,11 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
     processor = LlavaNextProcessor.from_pretrained(model_id, token=token)
     processor.tokenizer.padding_side = "left"  # batched generation appends on the right
     model = LlavaNextForConditionalGeneration.from_pretrained(model_id, **kwargs).eval()
+    if quantization == "nf4" and plan.nf4_weights == "dequantized":
+        dequantize_nf4(model)
     if quantization == "fp8":
+        if plan.fused_kernels:  # their self-check on the bf16 weights: with random weights, FP8 rounding drowns it
+            fuse_elementwise(model, True)
         to_fp8(model)
     if visual_tokens == "reduced":
         # Processor and model must agree on the grid, or the image token counts do not match.
@@ -120,6 +125,26 @@ def load(model_id: str, quantization: str, device: str, visual_tokens: str = "fu
         processor.image_processor.image_grid_pinpoints = [[side, side]]
         model.config.image_grid_pinpoints = [[side, side]]
     return model, processor
+
+
+def dequantize_nf4(model):
+    """Each bitsandbytes 4-bit linear layer becomes a plain one holding its NF4 weights dequantized
+    once, in the layer's compute dtype: the tensor bitsandbytes would rebuild in every product of a
+    prefill (F.linear on dequantize_4bit's output), so those products are the same, minus ~225
+    dequantizations per forward (and per decode step, where they cost more than the products)."""
+    import bitsandbytes as bnb
+    import torch
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, bnb.nn.Linear4bit):
+                weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state)
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                        device="meta")
+                plain.weight = torch.nn.Parameter(weight.to(child.compute_dtype), requires_grad=False)
+                if child.bias is not None:
+                    plain.bias = torch.nn.Parameter(child.bias.data.to(child.compute_dtype), requires_grad=False)
+                setattr(parent, name, plain)
+    torch.cuda.empty_cache()  # the packed weights just freed
 
 
 FP8_MAX = 448.0  # the largest float8_e4m3fn
@@ -132,48 +157,101 @@ def _quantize_rows(x):
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def _fp8_linear_class():
+def _silu_gate_rows(gate_up):
+    """Mistral's MLP middle, silu(gate) * up, of (rows, 2 x intermediate) gate|up products, quantized
+    per row for the down projection: one kernel, the product never written in bf16."""
     import torch
-    quantize = torch.compile(_quantize_rows, dynamic=True)  # one kernel per call instead of five
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    return _quantize_rows(torch.nn.functional.silu(gate) * up)
+
+
+@functools.cache
+def _fp8_classes():
+    """(FP8Linear, FP8MLP), made once per process: their quantization kernels are compiled once
+    (torch.compile: one fused kernel per call instead of five)."""
+    import torch
+    quantize, silu_gate = (torch.compile(f, dynamic=True) for f in (_quantize_rows, _silu_gate_rows))
+
+    class SharedRows:
+        """Quantizes an input once for the `readers` layers that all read that same tensor (q, k and v
+        read one normed hidden state); dropped after the last of them."""
+
+        def __init__(self, readers=1):
+            self.readers, self.left, self.source, self.rows = readers, 0, None, None
+
+        def __call__(self, x):
+            if self.left == 0 or self.source() is not x:
+                self.rows, self.source, self.left = quantize(x.reshape(-1, x.shape[-1])), weakref.ref(x), self.readers
+            rows, self.left = self.rows, self.left - 1
+            if self.left == 0:
+                self.rows = self.source = None
+            return rows
 
     class FP8Linear(torch.nn.Module):
         """y = x W^T in FP8 e4m3 on FP8 tensor cores (torch._scaled_mm): W scaled per output channel
-        once, x per token (row) at every call; products accumulate in fp32, y comes out in bf16."""
+        once, x per token (row); products accumulate in fp32, y comes out in bf16."""
 
-        def __init__(self, linear):
+        def __init__(self, weight, rows=None):
             super().__init__()
-            w, scale = _quantize_rows(linear.weight.data)
+            w, scale = _quantize_rows(weight)
             self.weight_t = w.t()                    # (in, out), column-major, as _scaled_mm wants it
             self.scale_w = scale.t().contiguous()    # (1, out)
-            self.bias = linear.bias
+            self.rows = rows or SharedRows()
 
         def forward(self, x):
-            rows = x.reshape(-1, x.shape[-1])
-            xq, scale_x = quantize(rows)
-            y = torch._scaled_mm(xq, self.weight_t, scale_a=scale_x, scale_b=self.scale_w, bias=self.bias,
-                                 out_dtype=torch.bfloat16)
-            return y.reshape(*x.shape[:-1], y.shape[-1])
-    return FP8Linear
+            return self.product(*self.rows(x), x.shape[:-1])
+
+        def product(self, xq, scale_x, shape):
+            y = torch._scaled_mm(xq, self.weight_t, scale_a=scale_x, scale_b=self.scale_w, out_dtype=torch.bfloat16)
+            return y.reshape(*shape, y.shape[-1])
+
+    class FP8MLP(torch.nn.Module):
+        """MistralMLP in FP8: gate and up as one product (one quantization of x), then silu(gate) * up
+        quantized in the same kernel that computes it, then down."""
+
+        def __init__(self, mlp):
+            super().__init__()
+            self.gate_up = FP8Linear(torch.cat([mlp.gate_proj.weight.data, mlp.up_proj.weight.data]))
+            self.down_proj = FP8Linear(mlp.down_proj.weight.data)
+
+        def forward(self, x):
+            gate_up = self.gate_up(x)
+            return self.down_proj.product(*silu_gate(gate_up.reshape(-1, gate_up.shape[-1])), x.shape[:-1])
+
+    return FP8Linear, FP8MLP, SharedRows
 
 
 def to_fp8(model):
-    """The language model's linear layers in FP8 e4m3 (FP8Linear): weights scaled per output channel,
-    activations per token at run time. The vision tower, the projector and lm_head stay in bf16.
-    (torchao's float8 inference config, tried first, ran slower than bf16 here: benchmarks/RESULTS.md.)"""
+    """The language model's linear layers in FP8 e4m3 (FP8Linear, FP8MLP): weights scaled per output
+    channel, activations per token at run time, each input quantized once. The vision tower, the
+    projector and lm_head stay in bf16. (torchao's float8 inference config, tried first, ran slower
+    than bf16 here: benchmarks/RESULTS.md.) Mistral's layers have no biases."""
     import torch
-    fp8_linear = _fp8_linear_class()
+    fp8_linear, fp8_mlp, shared_rows = _fp8_classes()
     for layer in model.model.language_model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, name, fp8_linear(child))
+        attn = layer.self_attn
+        qkv = shared_rows(readers=3)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(attn, name, fp8_linear(getattr(attn, name).weight.data, qkv))
+        attn.o_proj = fp8_linear(attn.o_proj.weight.data)
+        layer.mlp = fp8_mlp(layer.mlp)
     torch.cuda.empty_cache()  # the bf16 weights just freed
 
 
-def prepare(processor, windows):
+def prepare(processor, windows, dtype=None, pin=False):
     """Processor inputs (CPU tensors), one per window [(frame_times, rgb_frames)]: the fast decoder
-    prefills each window alone; collate() batches them for transformers' generate."""
-    return [processor(images=frames, text=build_prompt(times), return_tensors="pt") for times, frames in windows]
+    prefills each window alone; collate() batches them for transformers' generate.
+    dtype: the pixels already in the model's dtype (bf16: half of fp32's 100 MB per window to copy to
+    the GPU, rounded as the GPU would); pin: in page-locked memory, so that copy does not hold up the
+    CPU (the worker prepares windows in its prefetch thread)."""
+    inputs = [processor(images=frames, text=build_prompt(times), return_tensors="pt") for times, frames in windows]
+    for window in inputs:
+        if dtype is not None:
+            window["pixel_values"] = window["pixel_values"].to(dtype)
+        if pin:
+            for key, value in window.items():
+                window[key] = value.pin_memory()
+    return inputs
 
 
 def collate(processor, windows):

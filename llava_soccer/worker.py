@@ -208,13 +208,14 @@ class BatchSize:
                  f"({row / 2**30:.1f} GiB per extra window); using batches of {self.size}")
 
 
-def batches(info, todo, batch_size, processor):
+def batches(info, todo, batch_size, processor, model):
     """Lists of (Window, its processor inputs, or None when it has no frames), in time order;
-    decoding and preprocessing happen here. batch_size() is asked before each batch, so
-    --batch-size auto can change it on the way."""
+    decoding and preprocessing happen here (pixels in the model's dtype, pinned for a GPU).
+    batch_size() is asked before each batch, so --batch-size auto can change it on the way."""
     batch = []
+    gpu = model.device.type == "cuda"
     for w in videos.iter_windows(info, todo):
-        batch.append((w, llava.prepare(processor, [(w.times, w.frames)])[0] if w.frames else None))
+        batch.append((w, llava.prepare(processor, [(w.times, w.frames)], model.dtype, gpu)[0] if w.frames else None))
         if len(batch) >= batch_size():
             yield batch
             batch = []
@@ -292,7 +293,7 @@ def run(args, loaded=None) -> bool:
     batch_size = BatchSize(args.batch_size, args.max_batch_size, device, plan, args.decoder == "fast")
     t0 = time.monotonic()
     try:
-        for batch in prefetched(batches(info, todo, batch_size, processor)):
+        for batch in prefetched(batches(info, todo, batch_size, processor, model)):
             new = worker.answer(batch)
             first = next((inputs for _, inputs in batch if inputs is not None), None)
             batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))

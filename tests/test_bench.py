@@ -21,6 +21,8 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     result = json.loads(out.read_text())
     assert [(r["batch_size"], r["windows"]) for r in result["runs"]] == [("1", 3), ("3", 3)]
     assert all(r["s_per_window"] > 0 and r["half_on_4_gpus_min"] > 0 for r in result["runs"])
+    # batches of 1: the two after the first give the steady rate; one batch of 3 has none
+    assert result["runs"][0]["steady_s_per_window"] > 0 and result["runs"][1]["steady_s_per_window"] is None
     assert result["split"]["fp32"]["tokens"] > 3000
     assert "| fp32 | 3 | fast+auto+auto |" in proc.stdout
     assert "plan for a Titan RTX-class GPU (compute capability 7.5, 24 GiB, assumed)" in proc.stdout
@@ -29,6 +31,7 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     check = result["decoder_check"]["fp32"]  # the parrot's answer is 2 tokens (answer, </s>) on every path
     assert check["graph_equals_eager"] and check["leading_tokens_equal_eager_vs_transformers"] == [2, 2]
     prof = result["profile"]["fp32"]  # one whole batch of 3 windows, by phase
+    assert (tmp_path / "trace_fp32_full.json.gz").stat().st_size > 1000 and prof["trace"].endswith(".json.gz")
     assert prof["windows"] == 3 and "aten::" in prof["top_kernels"] and "fp32 profile prefill: {'wall_s'" in proc.stdout
     phases = [prof[k]["wall_s"] for k in ("prefill", "decode (incl. graph capture)", "answers + JSON")]
     assert all(t > 0 for t in phases) and sum(phases) <= prof["whole batch"]["wall_s"] * 1.01

@@ -18,8 +18,8 @@ from llava_soccer import model as llava
 from llava_soccer.settings import partial_path
 
 REQUIRED_KEYS = {"gpu", "capability", "memory_gib", "assumed", "quantization", "compute_dtype", "storage_dtype",
-                 "prefill_attention", "prefill_chunk", "decode_attention", "fused_kernels", "cuda_graphs",
-                 "batch_size", "batch_size_estimate", "memory_cap_gib", "warnings"}
+                 "prefill_attention", "prefill_chunk", "decode_attention", "fused_kernels", "nf4_weights",
+                 "cuda_graphs", "batch_size", "batch_size_estimate", "memory_cap_gib", "warnings"}
 # what the plan leaves out, so every other run below is "plain": PyTorch's own kernels, eager steps
 PLAIN = ["--decode-attention", "sdpa", "--cuda-graphs", "no", "--fused-kernels", "no", "--prefill-chunk", "0"]
 WORKERS = 10  # slice 0 of 10 of the 60 s video: windows at 0, 2 and 4 s
@@ -29,8 +29,8 @@ WORKERS = 10  # slice 0 of 10 of the 60 s video: windows at 0, 2 and 4 s
 def clean_environment(monkeypatch):
     """No LLAVA_* variable of the caller's shell leaks in."""
     for name in ("LLAVA_ASSUME_GPU", "LLAVA_ATTENTION", "LLAVA_PREFILL_CHUNK", "LLAVA_DECODE_ATTENTION",
-                 "LLAVA_FUSED_KERNELS", "LLAVA_CUDA_GRAPHS", "LLAVA_QUANT", "LLAVA_BATCH_SIZE", "LLAVA_MODEL",
-                 "LLAVA_NUM_WORKERS", "LLAVA_MAX_NEW_TOKENS", "LLAVA_DECODER", "LLAVA_VISUAL_TOKENS"):
+                 "LLAVA_FUSED_KERNELS", "LLAVA_NF4_WEIGHTS", "LLAVA_CUDA_GRAPHS", "LLAVA_QUANT", "LLAVA_BATCH_SIZE",
+                 "LLAVA_MODEL", "LLAVA_NUM_WORKERS", "LLAVA_MAX_NEW_TOKENS", "LLAVA_DECODER", "LLAVA_VISUAL_TOKENS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -107,6 +107,37 @@ def test_print_plan_for_an_assumed_gpu(gpu, dtype, modern, chunked, capsys):
     assert plan["cuda_graphs"] is True and plan["batch_size"] == "auto"
     assert plan["memory_cap_gib"] is None  # no real GPU here to cap
     assert plan["warnings"] == []
+
+
+@pytest.mark.parametrize("gpu,weights", [("6.1,11", "packed"), ("7.5,24", "packed"), ("7.5,64", "packed"),
+                                         ("8.0,40", "packed"), ("8.0,80", "dequantized"), ("9.0,139", "dequantized")])
+def test_nf4_weights_are_dequantized_once_on_large_modern_cards(gpu, weights, capsys):
+    """Only 8.0+ cards of 64+ GiB give 10 GiB of their memory to a bf16 copy of the NF4 weights: the
+    batch estimate counts it. Other quantizations have no NF4 weights."""
+    code, plan = print_plan(capsys, "--assume-gpu", gpu)
+    assert code == 0 and plan["nf4_weights"] == weights and f"nf4 ({weights} weights)" in gpus.Plan(**plan).line()
+    _, packed = print_plan(capsys, "--assume-gpu", gpu, "--nf4-weights", "packed")
+    assert packed["nf4_weights"] == "packed"
+    assert packed["batch_size_estimate"] >= plan["batch_size_estimate"]
+    if weights == "dequantized":
+        assert plan["batch_size_estimate"] < packed["batch_size_estimate"] or plan["batch_size_estimate"] == 16
+    _, bf16 = print_plan(capsys, "--assume-gpu", gpu, "--quantization", "bf16")
+    assert bf16["nf4_weights"] is None
+
+
+def test_nf4_weights_flag_and_variable(capsys, monkeypatch):
+    _, plan = print_plan(capsys, "--assume-gpu", "7.5,24", "--nf4-weights", "dequantized")
+    assert plan["nf4_weights"] == "dequantized" and plan["warnings"] == []  # fp16 compute and storage: it fits
+    _, plan = print_plan(capsys, "--assume-gpu", "6.1,11", "--nf4-weights", "dequantized")
+    assert plan["nf4_weights"] == "packed"  # fp32 compute, fp16 storage: one warning says so
+    assert len(plan["warnings"]) == 1 and "stay packed" in plan["warnings"][0]
+    monkeypatch.setenv("LLAVA_NF4_WEIGHTS", "packed")
+    _, plan = print_plan(capsys, "--assume-gpu", "9.0,80")
+    assert plan["nf4_weights"] == "packed"
+    monkeypatch.setenv("LLAVA_NF4_WEIGHTS", "bf16")
+    with pytest.raises(SystemExit) as e:
+        worker.main(["--print-plan", "--model", "/nonexistent/model"])
+    assert e.value.code == 2 and "LLAVA_NF4_WEIGHTS" in capsys.readouterr().err
 
 
 def test_assume_gpu_without_memory_uses_the_typical_card(capsys):

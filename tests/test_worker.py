@@ -197,6 +197,32 @@ def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkp
 
 
 @pytest.mark.slow
+def test_nf4_weights_dequantized_once_are_bitsandbytes_own_dequantization(tmp_path):
+    """--nf4-weights dequantized (the plan on 8.0+ cards of 64+ GiB): every 4-bit layer becomes a plain
+    one holding exactly the tensor bitsandbytes rebuilds for its products."""
+    import bitsandbytes as bnb
+    import numpy as np
+    ckpt = str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
+    packed, processor = llava.load(ckpt, "nf4", "cpu")
+    plan = gpus.for_device("cpu", "nf4", nf4_weights="dequantized")
+    dequantized, _ = llava.load(ckpt, "nf4", "cpu", plan=plan)
+    fours = {name: m for name, m in packed.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    plain = dict(dequantized.named_modules())
+    assert len(fours) > 10 and not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.values())
+    for name, four in fours.items():
+        weight = bnb.functional.dequantize_4bit(four.weight.data, four.weight.quant_state)
+        assert type(plain[name]) is torch.nn.Linear and torch.equal(plain[name].weight, weight), name
+    rng = np.random.default_rng(1)
+    windows = llava.prepare(processor, [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3),
+                                         dtype=np.uint8) for _ in range(15)]) for t in (0.0, 2.0)])
+    # bnb's CPU kernels round otherwise than F.linear (on a GPU, a prefill's products are F.linear on this very
+    # tensor: benchmarks/RESULTS.md, session 7): near logits, where unrelated ones differ by ~140%
+    with torch.inference_mode():
+        logits = [model(**windows[0], logits_to_keep=1).logits[0, -1] for model in (packed, dequantized)]
+    assert decoding.relative_error(logits[1], logits[0]) < decoding.SELF_CHECK_MAX_ERROR / 2
+
+
+@pytest.mark.slow
 def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     """At image size 336 the processor gives the hub model's numbers: 1,608 tokens per 224p frame."""
     ckpt = synthetic.make_checkpoint(tmp_path / "ck336", "tiny336")
@@ -357,6 +383,31 @@ def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(t
     assert [[p == 0 for p in step] for step in positions] == [[k >= s - 1 for s in stops]
                                                               for k in range(len(positions))]
     assert len(positions) == 11 and any(0 < k < 11 for k in stops)
+
+
+@pytest.mark.slow
+def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_answers(tmp_path):
+    """The worker's batches go through one plan: the second batch of a size decodes on the first's
+    buffers (zeroed again) and step (its CUDA graph on a GPU); a batch of another size gets new ones.
+    Every window's tokens are those it gets with a fresh plan."""
+    import numpy as np
+    rng = np.random.default_rng(4)
+    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
+                                                   for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0, 8.0)]
+    model, processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5)),
+                                  "fp32", "cpu")
+    inputs = llava.prepare(processor, windows)
+    plan = gpus.for_device("cpu", "fp32")
+    with torch.inference_mode():
+        fresh = [decoding.greedy(model, inputs[i:i + 2], 10, [-1], 0) for i in (0, 2, 4)]
+        kept = []
+        for i in (0, 2, 4):
+            kept.append(decoding.greedy(model, inputs[i:i + 2], 10, [-1], 0, plan))
+            kept.append((plan.kept["kv"][0][0], plan.kept["run"]))
+    assert all(torch.equal(a, b) for a, b in zip(fresh, kept[::2])) and fresh[0].shape == (2, 10)
+    (kv0, run0), (kv1, run1), (kv2, run2) = kept[1::2]
+    assert kv1 is kv0 and run1 is run0  # batch 2 of 2 windows: the same buffers and step
+    assert kv2 is not kv0 and kv2.shape[0] == 1 and run2 is not run0  # batch 3 of 1 window: new ones
 
 
 @pytest.mark.slow

@@ -123,6 +123,42 @@ def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, ass
     assert answers == [GOAL_ANSWER] * 2
 
 
+def test_dequantized_nf4_weights_give_the_packed_prefill_exactly(tmp_path):
+    """A window's prefill (>1536 tokens) is F.linear on the dequantized tensor either way: same logits."""
+    ckpt = str(synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5))
+    logits = {}
+    for weights in ("packed", "dequantized"):
+        chosen = plan("nf4", nf4_weights=weights)
+        model, processor = llava.load(ckpt, "nf4", "cuda", plan=chosen)
+        window = windows(processor, 1)[0]
+        assert window["input_ids"].shape[1] > 1536
+        with torch.inference_mode(), llava._attention(model, chosen.prefill_attention):
+            logits[weights] = model(**decoding.on_model(model, window), logits_to_keep=1).logits[0, -1]
+        del model
+    assert torch.equal(logits["packed"], logits["dequantized"])
+
+
+@needs_modern
+def test_batches_reuse_the_graph_and_stop_as_generate_does(random_model, tmp_path):
+    """Batches of one size replay the first one's CUDA graph on its buffers: the tokens of a fresh plan.
+    Rows that all end early stop at generate()'s length although the check of each step is read
+    a step late (decoding._Lagged)."""
+    model, processor = random_model
+    reused = plan("bf16")
+    ids = [greedy_ids(model, processor, reused, n=2, new=12) for _ in range(2)]
+    assert reused.cuda_graphs and torch.equal(ids[0], ids[1])
+    assert torch.equal(ids[0], greedy_ids(model, processor, plan("bf16"), n=2, new=12))
+    none, none_processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None")),
+                                      "bf16", "cuda", plan=plan("bf16"))
+    inputs = windows(none_processor, 2)
+    pad, eos = none_processor.tokenizer.pad_token_id, none.generation_config.eos_token_id
+    with torch.inference_mode():
+        fast = decoding.greedy(none, inputs, 30, eos if isinstance(eos, list) else [eos], pad, plan("bf16"))
+        batch = decoding.on_model(none, llava.collate(none_processor, inputs))
+        slow = none.generate(**batch, max_new_tokens=30, do_sample=False, pad_token_id=pad)
+    assert 2 <= fast.shape[1] < 30 and torch.equal(fast, slow[:, batch["input_ids"].shape[1]:])
+
+
 FP8 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= gpus.FP8_CAPABILITY
 
 
@@ -134,13 +170,34 @@ def test_fp8_linear_is_the_e4m3_product_of_its_scaled_rows():
     torch.manual_seed(0)
     linear = torch.nn.Linear(4096, 1024, bias=False, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(3, 50, 4096, device="cuda", dtype=torch.bfloat16)
-    y = llava._fp8_linear_class()(linear)(x)
+    fp8_linear, fp8_mlp, shared_rows = llava._fp8_classes()
+    y = fp8_linear(linear.weight.data)(x)
     xq, scale_x = llava._quantize_rows(x.reshape(-1, 4096))
     wq, scale_w = llava._quantize_rows(linear.weight)
     emulated = ((xq.float() * scale_x) @ (wq.float() * scale_w).t()).reshape(3, 50, 1024)
     assert y.shape == (3, 50, 1024) and y.dtype == torch.bfloat16
     assert decoding.relative_error(y, emulated) < 0.01  # scales and layouts right: only bf16 output rounding
     assert 0.005 < decoding.relative_error(y, linear(x)) < 0.06  # e4m3 rounding against bf16: ~3-4%
+    # three layers reading one input share its quantization, and a new input is quantized anew
+    rows = shared_rows(readers=3)
+    weights = [torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    layers, alone = [fp8_linear(w, rows) for w in weights], [fp8_linear(w) for w in weights]
+    for inputs in (x, torch.randn(2, 7, 4096, device="cuda", dtype=torch.bfloat16)):
+        shared, own = [layer(inputs) for layer in layers], [layer(inputs) for layer in alone]
+        assert all(torch.equal(a, b) for a, b in zip(shared, own)) and rows.rows is None  # dropped after the third
+
+
+@needs_fp8
+def test_fp8_mlp_is_mistrals_mlp_in_e4m3():
+    from transformers import MistralConfig
+    from transformers.models.mistral.modeling_mistral import MistralMLP
+    torch.manual_seed(0)
+    mlp = MistralMLP(MistralConfig(hidden_size=512, intermediate_size=1536)).cuda().bfloat16()
+    x = torch.randn(2, 33, 512, device="cuda", dtype=torch.bfloat16)
+    reference = mlp(x)
+    y = llava._fp8_classes()[1](mlp)(x)
+    assert y.shape == reference.shape and y.dtype == torch.bfloat16
+    assert 0.005 < decoding.relative_error(y, reference) < 0.08  # e4m3 rounding twice: a few percent, not more
 
 
 @needs_fp8
@@ -150,6 +207,7 @@ def test_fp8_model_quantizes_only_the_language_models_linears_and_decodes(random
     fp8, _ = llava.load(str(ckpt), "fp8", "cuda", plan=plan("fp8"))
     layer = fp8.model.language_model.layers[0]
     assert {type(m).__name__ for m in (layer.self_attn.q_proj, layer.mlp.down_proj)} == {"FP8Linear"}
+    assert type(layer.mlp).__name__ == "FP8MLP" and layer.self_attn.q_proj.rows is layer.self_attn.v_proj.rows
     assert fp8.lm_head.weight.dtype == torch.bfloat16  # the head and the vision tower stay bf16
     vision = [type(m).__name__ for m in fp8.model.vision_tower.modules()]
     assert "Linear" in vision and "FP8Linear" not in vision
