@@ -461,6 +461,9 @@ def main(argv=None):
             results.setdefault(name, {})[quant] = found
             for k, v in found.items():
                 print(f"{quant} {name} {k}:" + (f"\n{v}" if isinstance(v, str) and "\n" in v else f" {v}"), flush=True)
+        plan.kept.clear()  # the checks' KV buffers: not in the settings' peaks
+        if CUDA:
+            torch.cuda.empty_cache()
         for fused, decoder, attention, batch in itertools.product(a.fused_kernels, a.decoders, a.attentions,
                                                                   a.batch_sizes):
             try:

@@ -12,9 +12,10 @@ from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.
    (norms, projections, rotary embedding, MLP) in Mistral's decoder-layer order. Attention (attend)
    reads the buffer up to each row's own length; the query heads that share a key/value head
    are that head's queries, so the cache is never repeated (grouped-query attention).
-   Shapes never change, so on a GPU the step is recorded once per batch as a CUDA graph and each
-   new token is one replay (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs).
-Memory: the first window's embeddings are made before the KV buffer exists. On 11-12 GB cards
+   Shapes never change, so on a GPU the step is recorded once as a CUDA graph and each new token
+   is one replay (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs); later batches of
+   the same size reuse the buffers and the graph (greedy's plan.kept).
+Memory: the first window's embeddings are made before a new KV buffer exists. On 11-12 GB cards
 (a plan's prefill_chunk, llava_soccer/gpus.py) the vision tower also runs a few frames at a time (it
 keeps all 25 layers' hidden states, 2.2 GB for a whole window) and the prompt goes through the
 language model in chunks, each attending to the cache so far (causal_attention), so activations
@@ -349,7 +350,7 @@ def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
     attention, CUDA graphs. Its first call checks the optional paths and turns off those that fail.
     plan.kept keeps the KV buffers and the decode step (its CUDA graph) for the next batch: the
     windows of one video have one prompt length, so batches of one size reuse them (recording a
-    graph costs ~0.2-0.35 s per batch on an H200, benchmarks/RESULTS.md session 7)."""
+    graph costs 0.15-0.35 s per batch on an H200, benchmarks/RESULTS.md session 7)."""
     plan = plan or for_device(str(model.device))
     try:
         return _greedy(model, windows, max_new_tokens, eos, pad, plan)

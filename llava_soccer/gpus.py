@@ -16,7 +16,7 @@ The rules (README "Which GPUs"; sources in the comments):
   alone would not fit 11 GB).
 - NF4 on 8.0+ cards of 64 GiB or more (A100-80, H100, H200): the 4-bit weights are dequantized to
   bf16 once at load (+10 GiB), so no matrix product dequantizes them again: the same weights and
-  the same bf16 products, ~7% faster (benchmarks/RESULTS.md, session 7). Smaller cards keep them
+  the same bf16 products, ~4% faster (benchmarks/RESULTS.md, session 7). Smaller cards keep them
   packed (bitsandbytes dequantizes per product): their memory holds more windows instead.
 - Cards under 16 GiB prefill the 25k-token prompt in chunks (llava_soccer.decoding), so faithful NF4
   at batch 1 fits an 11 GB card; larger ones prefill it whole (faster).

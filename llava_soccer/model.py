@@ -157,20 +157,45 @@ def _quantize_rows(x):
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def _silu_gate_rows(gate_up):
-    """Mistral's MLP middle, silu(gate) * up, of (rows, 2 x intermediate) gate|up products, quantized
-    per row for the down projection: one kernel, the product never written in bf16."""
+@functools.cache
+def _fp8_rows_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(X, Y, S, stride_x, stride_y, n, GATED: tl.constexpr, BLOCK: tl.constexpr):
+        # one program per row, the whole row in registers: read once, written once
+        row, cols = tl.program_id(0).to(tl.int64), tl.arange(0, BLOCK)
+        ok = cols < n
+        v = tl.load(X + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+        if GATED:  # gate | up side by side: Mistral's silu(gate) * up
+            v = v * tl.sigmoid(v) * tl.load(X + row * stride_x + n + cols, mask=ok, other=0.0).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(v), 0), 1e-12) / 448.0  # FP8_MAX
+        tl.store(Y + row * stride_y + cols, (v / scale).to(tl.float8e4nv), mask=ok)
+        tl.store(S + row, scale)
+    return kernel
+
+
+def _fp8_rows(x, gated=False):
+    """_quantize_rows(x) in one Triton kernel that reads each row once; gated: of silu(gate) * up for
+    x = gate | up, Mistral's MLP middle, never written in bf16. (torch.compile's kernels for the same
+    ran at ~30% of the H200's bandwidth: benchmarks/RESULTS.md, session 7.)"""
     import torch
-    gate, up = gate_up.float().chunk(2, dim=-1)
-    return _quantize_rows(torch.nn.functional.silu(gate) * up)
+    import triton
+    x = x.contiguous()
+    n = x.shape[1] // 2 if gated else x.shape[1]
+    y = torch.empty((x.shape[0], n), dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(n)
+    _fp8_rows_kernel()[(x.shape[0],)](x, y, scale, x.stride(0), y.stride(0), n, GATED=gated, BLOCK=block,
+                                      num_warps=8 if block <= 4096 else 16)
+    return y, scale
 
 
 @functools.cache
 def _fp8_classes():
-    """(FP8Linear, FP8MLP), made once per process: their quantization kernels are compiled once
-    (torch.compile: one fused kernel per call instead of five)."""
+    """(FP8Linear, FP8MLP, SharedRows), made once per process."""
     import torch
-    quantize, silu_gate = (torch.compile(f, dynamic=True) for f in (_quantize_rows, _silu_gate_rows))
 
     class SharedRows:
         """Quantizes an input once for the `readers` layers that all read that same tensor (q, k and v
@@ -181,7 +206,7 @@ def _fp8_classes():
 
         def __call__(self, x):
             if self.left == 0 or self.source() is not x:
-                self.rows, self.source, self.left = quantize(x.reshape(-1, x.shape[-1])), weakref.ref(x), self.readers
+                self.rows, self.source, self.left = _fp8_rows(x.reshape(-1, x.shape[-1])), weakref.ref(x), self.readers
             rows, self.left = self.rows, self.left - 1
             if self.left == 0:
                 self.rows = self.source = None
@@ -216,7 +241,7 @@ def _fp8_classes():
 
         def forward(self, x):
             gate_up = self.gate_up(x)
-            return self.down_proj.product(*silu_gate(gate_up.reshape(-1, gate_up.shape[-1])), x.shape[:-1])
+            return self.down_proj.product(*_fp8_rows(gate_up.reshape(-1, gate_up.shape[-1]), gated=True), x.shape[:-1])
 
     return FP8Linear, FP8MLP, SharedRows
 

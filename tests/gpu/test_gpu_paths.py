@@ -188,6 +188,24 @@ def test_fp8_linear_is_the_e4m3_product_of_its_scaled_rows():
 
 
 @needs_fp8
+@pytest.mark.parametrize("rows,width,gated", [(25_103, 4096, False), (16, 4096, False), (1, 4096, False),
+                                              (25_103, 28_672, True), (16, 28_672, True), (7, 1000, True)])
+def test_fp8_row_kernel_is_the_torch_quantization(rows, width, gated):
+    x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16) * torch.rand(rows, 1, device="cuda") * 9
+    y, scale = llava._fp8_rows(x, gated)
+    if gated:
+        gate, up = x.float().chunk(2, dim=-1)
+        x = torch.nn.functional.silu(gate) * up
+    y_torch, scale_torch = llava._quantize_rows(x)
+    assert y.shape == y_torch.shape == (rows, width // 2 if gated else width) and scale.shape == (rows, 1)
+    assert torch.allclose(scale, scale_torch, rtol=1e-6)
+    # Triton's fast fp32 division (not IEEE's) moves a rare value across a rounding boundary: one e4m3 step
+    # (3 mantissa bits: 12.5%, or a subnormal's 2**-9) at most
+    same = (y.float() == y_torch.float()).float().mean().item()
+    assert same > 0.999 and torch.allclose(y.float(), y_torch.float(), rtol=0.126, atol=2**-9)
+
+
+@needs_fp8
 def test_fp8_mlp_is_mistrals_mlp_in_e4m3():
     from transformers import MistralConfig
     from transformers.models.mistral.modeling_mistral import MistralMLP
