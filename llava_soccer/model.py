@@ -163,14 +163,14 @@ def _fp8_rows_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(X, Y, S, stride_x, stride_y, n, GATED: tl.constexpr, BLOCK: tl.constexpr):
+    def kernel(X, Y, S, stride_x, stride_y, n, MAX: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr):
         # one program per row, the whole row in registers: read once, written once
         row, cols = tl.program_id(0).to(tl.int64), tl.arange(0, BLOCK)
         ok = cols < n
         v = tl.load(X + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
         if GATED:  # gate | up side by side: Mistral's silu(gate) * up
             v = v * tl.sigmoid(v) * tl.load(X + row * stride_x + n + cols, mask=ok, other=0.0).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(v), 0), 1e-12) / 448.0  # FP8_MAX
+        scale = tl.maximum(tl.max(tl.abs(v), 0), 1e-12) / MAX
         tl.store(Y + row * stride_y + cols, (v / scale).to(tl.float8e4nv), mask=ok)
         tl.store(S + row, scale)
     return kernel
@@ -187,8 +187,8 @@ def _fp8_rows(x, gated=False):
     y = torch.empty((x.shape[0], n), dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(n)
-    _fp8_rows_kernel()[(x.shape[0],)](x, y, scale, x.stride(0), y.stride(0), n, GATED=gated, BLOCK=block,
-                                      num_warps=8 if block <= 4096 else 16)
+    _fp8_rows_kernel()[(x.shape[0],)](x, y, scale, x.stride(0), y.stride(0), n, MAX=FP8_MAX, GATED=gated,
+                                      BLOCK=block, num_warps=8 if block <= 4096 else 16)
     return y, scale
 
 
