@@ -25,7 +25,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llava_soccer import merge, settings, soccernet, videos
+from llava_soccer import merge, provenance, settings, soccernet, videos
 from llava_soccer.events import final_events
 from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json, run_cli
 from llava_soccer.matching import match
@@ -88,14 +88,15 @@ def compare(a, b, tolerance):
     return pairs, disagreements
 
 
-def ensemble_record(ea, eb, names, video):
+def ensemble_record(ea, eb, names, video, made_by):
     conf = [c for c in (ea["confidence"], eb["confidence"]) if c is not None]
     return {"time": ea["window"], "raw": ea["raw"], "label": ea["label"],
             "team": ea["team"] if ea["team"] == eb["team"] else "unknown",
             "confidence": round(sum(conf) / len(conf), 4) if conf else None,
             "details": ea["details"], "event_time": round((ea["time"] + eb["time"]) / 2, 3), "frame": None,
             "models": {name: {"event_time": e["time"], "confidence": e["confidence"], "team": e["team"],
-                              "details": e["details"]} for name, e in zip(names, (ea, eb))}, "video": video}
+                              "details": e["details"]} for name, e in zip(names, (ea, eb))}, "video": video,
+            "models_made_by": made_by}  # each model's made_by (provenance.py)
 
 
 def _ranges(indices) -> str:
@@ -142,6 +143,7 @@ def run(args) -> int:
     project = settings.project_dir(args.project)
     dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
     rows, per_label, pair_labels, missing = [], {}, Counter(), {name: [] for name in names}
+    origins = {name: {} for name in names}  # video -> videos.Origin, what made each file
     found = [soccernet.prediction_files(d, name) for d, name in zip(dirs, names)]
     indices = sorted(set(found[0]) | set(found[1])) if args.videos is None else sorted(args.videos)
     for video in indices:
@@ -152,6 +154,8 @@ def run(args) -> int:
         if not all(p.exists() for p in paths):
             continue
         sources = [videos.check_source(project, video, path) for path in paths]
+        for name, origin in zip(names, sources):
+            origins[name][video] = origin
         a, b = (load_events(p, args.dedup_s) for p in paths)
         pairs, disagreements = compare(a, b, args.tolerance)
         rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
@@ -167,7 +171,8 @@ def run(args) -> int:
             out = Path(args.ensemble).expanduser()
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(settings.final_path(out, video, "ensemble"),
-                              [ensemble_record(a[i], b[j], names, min(filter(None, sources), default=None))
+                              [ensemble_record(a[i], b[j], names, next((o.video for o in sources if o.video), None),
+                                               {name: o.made_by for name, o in zip(names, sources)})
                                for i, j in pairs])
     if not rows:
         raise InputError(f"no video{'' if args.videos is None else ' of --videos'} has both "
@@ -183,6 +188,8 @@ def run(args) -> int:
     for r in [dict(zip(columns, columns))] + rows + [total]:
         print("".join(f"{r[c]!s:>{width}}" for c in columns))
     for name in names:
+        for line in provenance.report(origins[name]):
+            print(f"{name}: {line}")
         if missing[name]:
             print(f"no {settings.FINAL.format(model=name, video='N')} for videos: {_ranges(missing[name])} "
                   "(not compared)")

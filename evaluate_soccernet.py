@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llava_soccer import settings, soccernet, videos
+from llava_soccer import provenance, settings, soccernet, videos
 from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, run_cli
 from llava_soccer.settings import SOCCERNET_CLASSES
 
@@ -92,7 +92,8 @@ def parse_models(text, default_dir):
 
 
 def load_model(name, folder, manifest, wanted, project, args):
-    """The Halves of one model, with its events; notes for videos that are not SoccerNet halves."""
+    """The Halves of one model, with its events; notes for videos that are not SoccerNet halves; what each file
+    says of its origin ({index: videos.Origin})."""
     files = soccernet.prediction_files(folder, name)
     if wanted is not None:
         missing = sorted(wanted - set(files))
@@ -103,7 +104,7 @@ def load_model(name, folder, manifest, wanted, project, args):
     if not files:
         raise InputError(f"no final_predictions_{name}_video_<N>.json in {folder} "
                          "(run the pipeline, or point --predictions-dir / --models NAME=DIR at them)")
-    halves, notes, seen = [], [], {}
+    halves, notes, seen, origins = [], [], {}, {}
     for index, path in files.items():
         if index >= len(manifest):
             raise InputError(f"{path.name} is for video #{index} but {project / videos.MANIFEST} lists "
@@ -116,10 +117,10 @@ def load_model(name, folder, manifest, wanted, project, args):
             raise InputError(f"videos #{seen[where]} and #{index} are both {where[0]} half {where[1]} "
                              f"({name}): choose one with --videos")
         seen[where] = index
-        videos.check_source(project, index, path, manifest)
+        origins[index] = videos.check_source(project, index, path, manifest)
         events, unscored = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s)
         halves.append(soccernet.Half(index, manifest[index], where[0], where[1], path, events, unscored))
-    return halves, notes
+    return halves, notes, origins
 
 
 def evaluate_model(name, halves, labels, out, args):
@@ -184,6 +185,8 @@ def fmt(v, digits=3):
 def print_report(s, args):
     n_videos = len(s["videos"])
     print(f"\n== {s['model']}: {n_videos} video{'s' * (n_videos != 1)}, {s['games']} game{'s' * (s['games'] != 1)} ==")
+    for line in s["made_by"]:
+        print(line)
     if s["official"]:
         parts = [f"{METRIC_NAMES[m]} {r['a_mAP']:.4f}" for m, r in s["official"].items()]
         print("official average-mAP (SoccerNet evaluator; classes absent from the ground truth count 0): "
@@ -301,9 +304,9 @@ def run(args):
     models = parse_models(args.models, Path(args.predictions_dir).expanduser() if args.predictions_dir else project)
     wanted = args.videos
 
-    loaded = {}
+    loaded, origins = {}, {}
     for name, folder in models.items():
-        halves, notes = load_model(name, folder, manifest, wanted, project, args)
+        halves, notes, origins[name] = load_model(name, folder, manifest, wanted, project, args)
         for note in notes:
             print(f"{name}: {note}")
         if not halves:
@@ -317,6 +320,10 @@ def run(args):
 
     out.mkdir(parents=True, exist_ok=True)
     summaries = [evaluate_model(name, halves, labels, out, args) for name, halves in loaded.items()]
+    for s in summaries:  # what made the files scored: the run(s), unknown origins, incomplete videos
+        s["made_by"] = provenance.report({h.index: origins[s["model"]][h.index] for h in loaded[s["model"]]})
+        for v in s["videos"]:
+            v["incomplete"] = origins[s["model"]][v["index"]].incomplete
     for s in summaries:
         print_report(s, args)
     if len({tuple(sorted(v["index"] for v in s["videos"])) for s in summaries}) > 1:

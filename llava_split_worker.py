@@ -10,13 +10,17 @@ is cut into 3 s windows (15 frames at 5 FPS) every 2 s; this worker takes the wi
 in the gpu_id-th of num_workers equal time slices, asks the model for events in each, and
 rewrites $SOCCER_PROJECT/partial_results_llava_vid{I}_gpu{G}.json after every batch.
 
-Rerun the same command to resume (finished windows are kept); delete the partial file to start
-over. On SIGUSR1/SIGTERM it finishes the current batch, saves and exits with code 75.
+Rerun the same command to resume: answered windows are kept, failed ones (OOM, errors) are
+retried. The partial records what made it (model and commit, settings, prompt, code, the video
+file): a partial made by another run is refused (delete it, or --replace-mismatched). On
+SIGUSR1/SIGTERM it finishes the current batch, saves and exits with code 75.
 Dtypes and kernels follow one plan per GPU (llava_soccer/gpus.py), logged at start; the flags
 below marked "auto" override it.
 The loop itself is llava_soccer/worker.py. --gpu_id, --num_workers and --video_index (the
 spellings of the first versions) still work.
-Exit codes: 0 slice complete, 1 error (one line says why), 2 bad flags, 75 interrupted or disk full.
+Exit codes: 0 every window answered; 3 finished, but some windows have no decodable frames (the
+file is truncated or damaged: a rerun cannot fill them); 1 windows failed (a rerun retries them)
+or an error (one line says why); 2 bad flags; 75 interrupted or disk full.
 """
 import argparse
 import logging
@@ -26,7 +30,13 @@ import sys
 from llava_soccer import gpus, settings, worker
 from llava_soccer.jsonio import InputError, run_cli
 
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: rerun to resume
+
+def yes_no(text) -> bool:
+    if str(text).strip().lower() in ("1", "yes", "true"):
+        return True
+    if str(text).strip().lower() in ("0", "no", "false"):
+        return False
+    raise ValueError(f"{text!r}: use yes or no")
 
 
 def parse_args(argv):
@@ -84,8 +94,10 @@ def parse_args(argv):
              "reduced: fast mode, base view + one tile, 926 tokens")
     p.add_argument("--print-plan", action="store_true",
                    help="print this GPU's (or --assume-gpu's) plan as one JSON object and exit; loads no model")
-    p.add_argument("--retry-skipped", action="store_true",
-                   help="reprocess windows recorded as skipped (OOM or error) in the partial file")
+    opt("--replace-mismatched", env="LLAVA_REPLACE_MISMATCHED", default=False, type=yes_no, nargs="?", const=True,
+        metavar="yes|no", help="a partial file made by another model, setting or video file is replaced by this "
+                               "run's (written after the first batch); default: refused with one line naming what "
+                               "differs")
     p.add_argument("--progress-every", type=float, default=30.0,
                    help="seconds between progress lines when the log is a file (default 30)")
     settings.check_env(p, envs)
@@ -125,7 +137,7 @@ def main(argv=None):
                         format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
-    return run_cli(lambda a: 0 if worker.run(a) else EXIT_INTERRUPTED, args, "llava_split_worker.py",
+    return run_cli(worker.run, args, "llava_split_worker.py",
                    report=worker.log.error, failures=(InputError, worker.Abort))
 
 

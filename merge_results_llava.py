@@ -8,24 +8,37 @@ re-parses each window's raw model text (so parser fixes apply to old partials), 
 labels to the 17 SoccerNet classes (other labels are kept under their own name), and keeps
 one event per label within --dedup-s seconds: the most confident, with its own time.
 
-Before writing, every window of the video must be in some partial (processed or recorded
-as skipped). If any are missing it writes nothing, keeps the partials, prints the missing
-time ranges and exits 75: rerun the workers for that video (they resume), then merge again.
+All partials must have been made by one run (the same model, settings and video file: their
+"made_by"), else it refuses with one line naming what differs. Every window of the video must
+have an answer: if any is missing or failed (OOM, an error) it writes nothing, keeps the
+partials, prints the time ranges and exits 75: rerun the workers of that video (they resume and
+retry failed windows), then merge again. Windows whose frames cannot be decoded (a truncated
+file) cannot be filled by a rerun: the final is written with what was seen, the raw-answers
+file says "incomplete" with the time ranges, and the exit code is 3.
 Every window's raw model text (time, status, raw, error) is archived in
-raw_answers_llava_video_{I}.json.gz beside the final file, so parse failures can be read and
-re-parsed after the partials are gone. Both files are written atomically; the partials are
-deleted only after that.
+raw_answers_llava_video_{I}.json.gz beside the final file with made_by, windows_total and
+incomplete (null, or the one-line reason), so parse failures can be read and re-parsed after the
+partials are gone. Each final event carries "video" and "made_by". Both files are written
+atomically; the partials are deleted only after that.
 
 Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad flags,
-75 windows missing.
+3 merged but incomplete (undecodable windows), 75 windows missing or failed.
 """
 import argparse
 import sys
 
-from llava_soccer import merge, settings, videos
-from llava_soccer.jsonio import InputError, atomic_write_json, atomic_write_json_gz, remove_stale_temps, run_cli
+from llava_soccer import merge, provenance, settings, videos
+from llava_soccer.jsonio import (
+    EXIT_INCOMPLETE,
+    EXIT_RETRY,
+    InputError,
+    atomic_write_json,
+    atomic_write_json_gz,
+    remove_stale_temps,
+    run_cli,
+)
 
-EXIT_MISSING = 75  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
+EXIT_MISSING = EXIT_RETRY  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
 
 
 def parse_args(argv):
@@ -71,47 +84,57 @@ def run(args) -> int:
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
     windows = merge.read_windows(files, info.n_windows)
+    if windows.made_by is not None:
+        now = {**windows.made_by, "video_file": provenance.video_file(project, video, info)}
+        changed = provenance.differences(windows.made_by, now)
+        if changed:
+            raise InputError(f"the partials of video {args.video_index} were made from another file than {video} "
+                             f"is now ({'; '.join(changed)}): delete them and rerun the video")
+    else:
+        print(f"⚠️ the partials of video {args.video_index} do not record what made them (written before that was "
+              f"recorded): the final will say 'unknown origin'", file=sys.stderr)
 
-    missing = windows.missing
-    if missing:
-        print(f"video {args.video_index}: {len(missing)} of {settings.count(info.n_windows, 'window')} are in none "
-              f"of the {settings.count(len(files), 'partial')}; not finalising, partials kept. Missing:",
-              file=sys.stderr)
-        for line in merge.missing_ranges(missing, info.duration):
+    missing, failed = windows.missing, windows.indices("failed")
+    if missing or failed:
+        print(f"video {args.video_index}: {len(missing) + len(failed)} of {settings.count(info.n_windows, 'window')} "
+              f"have no answer yet; not finalising, partials kept:", file=sys.stderr)
+        if failed:
+            line = merge.describe_holes(failed, info.n_windows, info.duration, "failed", windows.records.values())
             print(f"  {line}", file=sys.stderr)
-        print(f"fix: rerun the workers of video {args.video_index} (they resume from the partials), "
-              f"then merge again", file=sys.stderr)
+        for line in merge.missing_ranges(missing, info.duration):
+            print(f"  missing {line}", file=sys.stderr)
+        print(f"fix: rerun the workers of video {args.video_index} (they resume from the partials and retry failed "
+              f"windows), then merge again", file=sys.stderr)
         return EXIT_MISSING
 
+    undecodable = windows.indices("undecodable")
+    incomplete = undecodable and merge.describe_holes(undecodable, info.n_windows, info.duration, "undecodable")
     found, failures = merge.window_records_to_events(windows)
     kept = merge.dedup(found, args.dedup_s)
     archive = settings.raw_answers_path(project, args.video_index)
     remove_stale_temps(archive)
     source = video.relative_to(project / "raw_data").as_posix()
-    atomic_write_json_gz(archive, {"video": source, "windows": [
-        {k: windows.records[i].get(k) for k in ("time", "end", "status", "raw", "error")}
-        for i in sorted(windows.records)]})
-    atomic_write_json(final, [merge.final_record(e, source) for e in kept])
+    atomic_write_json_gz(archive, {
+        "video": source, "made_by": windows.made_by, "windows_total": info.n_windows, "incomplete": incomplete or None,
+        "windows": [{k: windows.records[i].get(k) for k in ("time", "end", "status", "raw", "error")}
+                    for i in sorted(windows.records)]})
+    atomic_write_json(final, [merge.final_record(e, source, windows.made_by) for e in kept])
     if not args.keep_partials:
         for path in files:
             path.unlink(missing_ok=True)
 
-    skipped = windows.skipped
-    processed = info.n_windows - len(skipped)
-    classes, others = merge.label_counts(kept)
+    processed = info.n_windows - len(undecodable)
     print(f"video {args.video_index} ({video.name}): {settings.count(info.n_windows, 'window')} from "
-          f"{settings.count(len(files), 'partial')}: "
-          f"{processed} processed, {len(skipped)} skipped")
-    if skipped:
-        shown = ", ".join(f"{r['time']:g} s ({r.get('error') or 'error'})" for r in skipped[:10])
-        print(f"  skipped: {shown}{f', ... {len(skipped) - 10} more' if len(skipped) > 10 else ''}")
+          f"{settings.count(len(files), 'partial')}: {processed} answered, {len(undecodable)} undecodable")
+    print(f"made by: {provenance.describe(windows.made_by)}")
+    classes, others = merge.label_counts(kept)
     if windows.overlaps:
         print(f"  {windows.overlaps} windows were in more than one partial: used the newest file's record")
     print(f"events: {len(found)} found, {len(kept)} after de-duplication (same label within {args.dedup_s:g} s)")
     print(f"labels: {_counts(classes)}")
     if others:
         print(f"labels that are not SoccerNet classes (kept as they are): {_counts(others)}")
-    print(f"parse failures: {len(failures)} of {processed} processed windows")
+    print(f"parse failures: {len(failures)} of {processed} answered windows")
     for r in failures[:args.show_failures]:
         print(f"  {r['time']:g} s: {_short(r.get('raw'))}")
     if len(failures) > args.show_failures:
@@ -123,6 +146,11 @@ def run(args) -> int:
     kept_note = "partials kept" if args.keep_partials else f"deleted {settings.count(len(files), 'partial')}"
     print(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); "
           f"{kept_note}")
+    if incomplete:
+        print(f"⚠️ video {args.video_index} is INCOMPLETE: {incomplete}: {video} has no frames there (truncated or "
+              f"damaged?). The final holds what was seen and says so; reruns skip it until the file changes "
+              f"(replace it, then rerun the video)", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
 
 

@@ -6,12 +6,14 @@
 #   sbatch --array=0-39 submit_llava.sh     # one array task per video (many nodes at once)
 #   bash submit_llava.sh 0 1                # no Slurm: this machine's GPUs, or one CPU worker
 #
-# For each video it skips the video if final_predictions_llava_video_I.json exists, starts
+# For each video it skips the video if final_predictions_llava_video_I.json is complete, starts
 # one llava_split_worker.py per GPU (each worker sees exactly one GPU and takes one time
 # slice), waits for all of them, merges their partial files with merge_results_llava.py and
 # moves on. A video whose worker or merge fails is reported as failed (its partial files are
-# kept: a rerun resumes it) and the next video starts. The last lines of the log list the
-# done / skipped / failed videos.
+# kept: a rerun resumes it and retries failed windows) and the next video starts. A video with
+# windows whose frames cannot be decoded (a truncated file) gets a final marked incomplete:
+# reruns skip it until its file changes. The last lines of the log list the done / skipped /
+# incomplete / failed videos.
 #
 # Preemption and time limits: on SIGUSR1 (sent by --signal below 120 s before the time limit)
 # the workers finish their current window, save, and the job requeues itself; the requeued
@@ -31,7 +33,7 @@
 #   LLAVA_PYTHON         python to run them ($SOCCER_PROJECT/venv/bin/python if present, else python3)
 #   HF_TOKEN             Hugging Face token, if the model is not cached yet
 #
-# Exit status: 0 every video done or skipped; 1 some video failed; 2 bad usage or setup;
+# Exit status: 0 every video done or skipped; 1 some video failed or is incomplete; 2 bad usage or setup;
 # 75 interrupted (rerun the same command to resume).
 #
 #SBATCH --job-name=llava
@@ -51,6 +53,7 @@ set -euo pipefail
 
 readonly EX_USAGE=2
 readonly EX_INTERRUPTED=75   # EX_TEMPFAIL, as the worker: rerun to resume
+readonly EX_INCOMPLETE=3     # worker and merge: finished, but windows had no decodable frames
 
 log() { printf '[%(%Y-%m-%d %H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit "${EX_USAGE}"; }
@@ -155,6 +158,11 @@ EOF
   exit "${EX_USAGE}"
 }
 
+# The package's modules (python -m llava_soccer.X) from LLAVA_HOME.
+run_python() {
+  PYTHONPATH="${LLAVA_HOME}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" "$@"
+}
+
 # --- running one video --------------------------------------------------------------------
 
 declare -a WORKER_PIDS=()
@@ -208,11 +216,20 @@ process_video() {
   # File names and defaults are llava_soccer/settings.py's; tests/test_names.py checks these copies.
   local final="${PROJECT}/final_predictions_llava_video_${video}.json"
   local -a statuses=() bad=()
-  if [[ -f ${final} ]]; then
-    log "video ${video}: skipped, ${final} exists"
-    SKIPPED+=("${video}")
+  local state line
+  # done (a complete final), incomplete (undecodable windows, file unchanged: a rerun cannot fill them),
+  # redo (an incomplete final whose video file changed) or todo; llava_soccer/videos.py final_state()
+  line=$(run_python -m llava_soccer.videos state "${PROJECT}" "${video}" 2>&1) || {
+    log "video ${video}: FAILED (${line#submit_llava.sh: error: })"
+    FAILED+=("${video}")
     return 0
-  fi
+  }
+  state=${line%%$'\t'*} line=${line#*$'\t'}
+  case ${state} in
+    done) log "${line}"; SKIPPED+=("${video}"); return 0 ;;
+    incomplete) log "${line}"; INCOMPLETE+=("${video}"); return 0 ;;
+    redo) log "${line}" ;;
+  esac
   log "video ${video}: starting ${NUM_WORKERS} worker(s)"
   WORKER_PIDS=()
   for ((slice = 0; slice < NUM_WORKERS; slice++)); do
@@ -225,7 +242,8 @@ process_video() {
   for ((slice = 0; slice < NUM_WORKERS; slice++)); do
     wait_for "${WORKER_PIDS[slice]}"
     statuses+=("${WAIT_STATUS}")
-    ((WAIT_STATUS == 0)) || bad+=("worker ${slice} exit ${WAIT_STATUS}")
+    # 3: the slice is finished but has undecodable windows; the merge writes an incomplete final
+    ((WAIT_STATUS == 0 || WAIT_STATUS == EX_INCOMPLETE)) || bad+=("worker ${slice} exit ${WAIT_STATUS}")
   done
   WORKER_PIDS=()
   if [[ -n ${STOP_SIGNAL} ]] || [[ " ${statuses[*]} " == *" ${EX_INTERRUPTED} "* ]]; then
@@ -243,6 +261,12 @@ process_video() {
   merge_status=0
   "${PYTHON}" "${LLAVA_HOME}/merge_results_llava.py" --video-index "${video}" --project "${PROJECT}" ||
     merge_status=$?
+  if ((merge_status == EX_INCOMPLETE)) && [[ -f ${final} ]]; then
+    log "video ${video}: INCOMPLETE -> ${final} (windows without decodable frames, see the merge's lines above);" \
+      "reruns skip it until its video file changes"
+    INCOMPLETE+=("${video}")
+    return 0
+  fi
   if ((merge_status != 0)) || [[ ! -f ${final} ]]; then
     log "video ${video}: FAILED (merge exit ${merge_status}); $(partials_note "${video}")"
     FAILED+=("${video}")
@@ -253,9 +277,11 @@ process_video() {
 }
 
 summary() {
-  log "summary: ${#DONE[@]} done, ${#SKIPPED[@]} skipped, ${#FAILED[@]} failed, ${#INTERRUPTED[@]} interrupted, ${#NOT_STARTED[@]} not started"
+  log "summary: ${#DONE[@]} done, ${#SKIPPED[@]} skipped, ${#INCOMPLETE[@]} incomplete, ${#FAILED[@]} failed," \
+    "${#INTERRUPTED[@]} interrupted, ${#NOT_STARTED[@]} not started"
   log "  done:        ${DONE[*]:--}"
   log "  skipped:     ${SKIPPED[*]:--}"
+  log "  incomplete:  ${INCOMPLETE[*]:--}"
   log "  failed:      ${FAILED[*]:--}"
   log "  interrupted: ${INTERRUPTED[*]:--}"
   log "  not started: ${NOT_STARTED[*]:--}"
@@ -295,15 +321,15 @@ main() {
     log "${NUM_WORKERS} workers share ${#GPUS[@]} GPU(s): LLAVA_BATCH_SIZE=1 (set it to override)"
   fi
 
-  DONE=() SKIPPED=() FAILED=() INTERRUPTED=() NOT_STARTED=()
+  DONE=() SKIPPED=() INCOMPLETE=() FAILED=() INTERRUPTED=() NOT_STARTED=()
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
   trap 'on_signal INT' INT
 
   # A final is skipped below as done: one made from another video (copied from another project,
   # or kept across a rebuilt videos.txt) would stand for the wrong game. Finals name their video.
-  mismatch=$(PYTHONPATH="${LLAVA_HOME}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m llava_soccer.videos \
-    "${PROJECT}" "${first}" "${last}" 2>&1) || die "${mismatch#submit_llava.sh: error: } (nothing started)"
+  mismatch=$(run_python -m llava_soccer.videos "${PROJECT}" "${first}" "${last}" 2>&1) ||
+    die "${mismatch#submit_llava.sh: error: } (nothing started)"
 
   log "LLaVA soccer: videos ${first}..${last}, $(where)"
   log "project ${PROJECT}; scripts ${LLAVA_HOME}; python ${PYTHON}"
@@ -331,7 +357,7 @@ main() {
     fi
     exit "${EX_INTERRUPTED}"
   fi
-  ((${#FAILED[@]} == 0)) || exit 1
+  ((${#FAILED[@]} + ${#INCOMPLETE[@]} == 0)) || exit 1
 }
 
 main "$@"

@@ -347,24 +347,25 @@ def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_t
     info = videos.probe(video)
     rest = [{"time": info.window_start(k), "raw": "None", "status": "ok", "events": []}
             for k in range(windows, info.n_windows)]
-    atomic_write_json(partial_path(project, 0, 0), rest)
     # every setting of llava_split_worker.py's flags, spelled out: the caller's LLAVA_* variables do not apply
     args = argparse.Namespace(gpu_id=0, num_workers=1, video_index=0, project=str(project), model=str(ckpt),
                               quantization=quant, batch_size=str(batch), max_batch_size=16, decoder=decoder,
                               max_new_tokens=max_new_tokens, temperature=0.0, top_p=0.9, assume_gpu=assume,
                               attention=attention, prefill_chunk="auto", decode_attention="auto", fused_kernels=fused,
                               nf4_weights=nf4_weights, cuda_graphs="auto", visual_tokens=visual_tokens,
-                              print_plan=False, retry_skipped=False,
+                              print_plan=False, replace_mismatched=False,
                               progress_every=1e9)
+    made_by = worker.identity(args, worker.plan_for(args)[1], project, project / "raw_data" / "match.mkv", info)
+    atomic_write_json(partial_path(project, 0, 0), worker.partial_doc(made_by, rest))
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     sampler = UtilSampler()
     if CUDA:
         sampler.start()
     with batch_ends() as ends:
-        seconds, complete = timed(lambda: worker.run(args, loaded=(model, processor)))
+        seconds, code = timed(lambda: worker.run(args, loaded=(model, processor)))
     util = sampler.stop()
-    assert complete, "the worker stopped before the end of its slice"
+    assert code == worker.EXIT_DONE, f"the worker ended its slice with exit code {code}"
     per_window = seconds / windows
     steady = (ends[-1][0] - ends[0][0]) / (windows - ends[0][1]) if len(ends) > 1 else None
     return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,

@@ -94,6 +94,7 @@ def read_json(path, what="file"):
 
 
 EXIT_RETRY = 75  # EX_TEMPFAIL: fix the cause (disk space) and rerun the same command
+EXIT_INCOMPLETE = 3  # finished, with windows no rerun can fill (undecodable): the worker's and the merge's code
 _DISK_ERRORS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "the file system is read-only"}
 

@@ -45,37 +45,46 @@ def partial_files(project: Path, video_index: int) -> list[Path]:
 
 @dataclass
 class Windows:
-    """The window records of one video, one per grid window found in the partials."""
+    """The window records of one video, one per grid window found in the partials, and what made them."""
     n_windows: int
     records: dict = field(default_factory=dict)  # window index -> record
     overlaps: int = 0  # windows found in more than one partial
+    made_by: dict | None = None  # provenance.made_by of the partials (None: unknown origin)
+
+    def indices(self, status) -> list[int]:
+        return [k for k in sorted(self.records) if window_status(self.records[k]) == status]
 
     @property
     def missing(self) -> list[int]:
         return [k for k in range(self.n_windows) if k not in self.records]
 
-    @property
-    def skipped(self) -> list[dict]:
-        return [self.records[k] for k in sorted(self.records) if _is_skipped(self.records[k])]
 
-
-def _is_skipped(record) -> bool:
-    # The seed's partials have no "status": every record of theirs is a processed window.
-    return record.get("status") == "skipped"
+def window_status(record) -> str:
+    """ok (answered), failed (OOM or an error: a rerun retries it) or undecodable (no frames: a rerun of the
+    same file cannot fill it). Older partials said "skipped" for both; the seed's have no status: answered."""
+    status = record.get("status", "ok")
+    if status == "skipped":
+        return "undecodable" if str(record.get("error", "")).startswith("no frames") else "failed"
+    return status if status in ("ok", "failed", "undecodable") else "failed"
 
 
 def read_windows(files, n_windows: int) -> Windows:
-    """Collect window records from the partials, checking each lies on the video's grid.
+    """Collect window records from the partials, checking each lies on the video's grid and that every
+    partial was made by the same run (else InputError naming what differs).
 
     A window found twice (stale partials of an earlier run with another number of workers)
-    takes the newest file's record, unless that one skipped a window the other processed.
+    takes the newest file's record, unless that one failed a window the other answered.
     """
+    from .provenance import describe, differences
     windows = Windows(n_windows)
     last = (n_windows - 1) * STEP_S
+    made = []
     for path in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):
-        records = read_json(path, "partial")
+        doc = read_json(path, "partial")
+        records = doc.get("windows") if isinstance(doc, dict) else doc
         if not isinstance(records, list):
             raise InputError(f"partial {path} is not a JSON list of window records: delete it and rerun the worker")
+        made.append((path, doc.get("made_by") if isinstance(doc, dict) else None))
         for n, r in enumerate(records):
             t = r.get("time") if isinstance(r, dict) else None
             k = round(t / STEP_S) if isinstance(t, (int, float)) and not isinstance(t, bool) else -1
@@ -86,9 +95,19 @@ def read_windows(files, n_windows: int) -> Windows:
             old = windows.records.get(k)
             if old is not None:
                 windows.overlaps += 1
-                if _is_skipped(r) and not _is_skipped(old):
+                if window_status(r) != "ok" and window_status(old) == "ok":
                     continue
             windows.records[k] = r
+    first_path, windows.made_by = made[0]
+    for path, m in made[1:]:
+        if m is None and windows.made_by is None:
+            continue  # every partial is older than made_by: the final says "unknown origin"
+        differ = (differences(windows.made_by, m) if None not in (m, windows.made_by) else
+                  [f"one is of {describe(None)}"])
+        if differ:
+            raise InputError(f"partials of one video were made by different runs: {first_path.name} and {path.name} "
+                             f"differ in {'; '.join(differ)}. Joining them would mix two runs: delete the partials "
+                             f"of the run you do not want and rerun its workers")
     return windows
 
 
@@ -109,6 +128,20 @@ def missing_ranges(missing, duration: float) -> list[str]:
             f"(window{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''})" for a, b in consecutive_runs(missing)]
 
 
+def describe_holes(indices, total: int, duration: float, status: str, records=None) -> str:
+    """One line for windows without an answer: '284 of 300 windows undecodable from 32.0 s on',
+    '2 of 30 windows failed (OOM) at 4.0-7.0 s, 20.0-23.0 s'. records: the window records, whose errors
+    are named."""
+    errors = sorted({str(r.get("error")) for r in (records or []) if window_status(r) == status and r.get("error")})
+    why = f" ({'; '.join(errors[:3])}{'; ...' if len(errors) > 3 else ''})" if errors and status == "failed" else ""
+    runs = consecutive_runs(sorted(indices))
+    head = f"{len(indices)} of {total} windows {status}{why}"
+    if len(runs) == 1 and runs[0][1] * STEP_S + WINDOW_S >= duration - _EPS and runs[0][0] > 0:
+        return f"{head} from {runs[0][0] * STEP_S:.1f} s on"
+    shown = [r.split(" (")[0] for r in missing_ranges(sorted(indices), duration)]
+    return f"{head} at {', '.join(shown[:5])}{f' and {len(shown) - 5} more ranges' if len(shown) > 5 else ''}"
+
+
 def window_records_to_events(windows: Windows):
     """(events, failures): every event of every processed window, re-parsed from its raw text.
 
@@ -118,7 +151,7 @@ def window_records_to_events(windows: Windows):
     events, failures = [], []
     for k in sorted(windows.records):
         r = windows.records[k]
-        if _is_skipped(r):
+        if window_status(r) != "ok":
             continue
         found, ok = window_events(float(r["time"]), r.get("raw"))
         if not ok:
@@ -128,12 +161,13 @@ def window_records_to_events(windows: Windows):
     return events, failures
 
 
-def final_record(e, video: str) -> dict:
-    """The final-file record of one event: the seed's {time, raw}, the parsed event and the video
-    (its raw_data/ path) it came from, which submit, compare and evaluate check (videos.check_source)."""
+def final_record(e, video: str, made_by: dict | None) -> dict:
+    """The final-file record of one event: the seed's {time, raw}, the parsed event, the video (its
+    raw_data/ path) it came from, which submit, compare and evaluate check (videos.check_source), and
+    what made it (provenance.made_by; None: unknown origin)."""
     return {"time": e["window"], "raw": e["raw"], "label": e["label"], "label_raw": e.get("label_raw"),
             "team": e["team"], "confidence": e["confidence"], "details": e.get("details"),
-            "event_time": e["time"], "frame": e.get("frame"), "video": video}
+            "event_time": e["time"], "frame": e.get("frame"), "video": video, "made_by": made_by}
 
 
 def label_counts(events) -> tuple[dict, dict]:

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jsonio import InputError, atomic_write_text, read_json, run_cli
-from .settings import FINAL, FPS, FRAMES_PER_WINDOW, RAW_ANSWERS, SAMPLES_PER_STEP, STEP_S, VIDEO_SUFFIXES, name_pattern
+from .settings import (
+    FINAL,
+    FPS,
+    FRAMES_PER_WINDOW,
+    RAW_ANSWERS,
+    SAMPLES_PER_STEP,
+    STEP_S,
+    VIDEO_SUFFIXES,
+    final_path,
+    name_pattern,
+)
 
 log = logging.getLogger("llava_worker")
 # FFmpeg's own messages ("EBML header parsing failed", "Truncating packet") would land in the job
@@ -58,36 +68,68 @@ def manifest(project: Path) -> list[str]:
     return listed
 
 
-def source_of(final: Path) -> set:
-    """The videos (raw_data/ paths) a final file says it came from: the "video" of its events and
-    of the raw-answers archive beside it (merge). Empty for other models' files and older finals."""
+Origin = namedtuple("Origin", "video made_by incomplete known")
+# what a final says of itself: its video (raw_data/ path or None), what made it (provenance.made_by, None when
+# unknown), "incomplete" (None, or the merge's one line on its undecodable windows) and whether it says so at all
+
+
+def origin_of(final: Path) -> Origin:
+    """What a final file and the raw-answers archive beside it (merge) say of their origin. Other models'
+    files and finals written before made_by existed give Origin(None, None, None, False)."""
     records = read_json(final, "predictions file")
-    said = {r.get("video") for r in records if isinstance(r, dict)} if isinstance(records, list) else set()
+    events = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    said = {r.get("video") for r in events}
+    made_by = next((r["made_by"] for r in events if isinstance(r.get("made_by"), dict)), None)
     name = name_pattern(FINAL).fullmatch(final.name)
     archive = final.with_name(RAW_ANSWERS.format(**name.groupdict())) if name else None
-    if archive and archive.exists():
-        data = read_json(archive, "raw answers file")
-        said.add(data.get("video") if isinstance(data, dict) else None)
-    return said - {None}
+    data = read_json(archive, "raw answers file") if archive and archive.exists() else None
+    data = data if isinstance(data, dict) else {}
+    said.add(data.get("video"))
+    made_by = data.get("made_by") if isinstance(data.get("made_by"), dict) else made_by
+    said = sorted(said - {None})
+    if len(said) > 1:
+        raise InputError(f"{final} and its raw-answers file name different videos ({', '.join(map(repr, said))}): "
+                         f"they belong to different runs; delete both and rerun the video")
+    return Origin(said[0] if said else None, made_by, data.get("incomplete"), "made_by" in data or bool(made_by))
 
 
-def check_source(project: Path, index: int, final: Path, listed=None):
-    """The video a final says it came from (None: it does not say), or InputError when that is
-    another video than line index of videos.txt (listed: its lines, default read as they are): a
-    final copied from another project, or kept across a rebuilt videos.txt, would be skipped as
-    done and scored against the wrong game."""
-    said = source_of(final)
+def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
+    """origin_of(final), or InputError when it was made from another video than line index of
+    videos.txt (listed: its lines, default read as they are): a final copied from another project, or
+    kept across a rebuilt videos.txt, would be skipped as done and scored against the wrong game."""
+    origin = origin_of(final)
     listed = _lines(project / MANIFEST) if listed is None else listed
-    if not listed:
-        return min(said, default=None)  # nothing to check against (compare_counts on a folder of finals)
+    if not listed or origin.video is None:
+        return origin  # nothing to check against (compare_counts on a folder of finals), or it does not say
     expected = listed[index] if index < len(listed) else None
-    wrong = sorted(video for video in said if video != expected)
-    if wrong:
+    if origin.video != expected:
         line = f"is {expected!r}" if expected else f"does not exist (it lists {len(listed)} videos)"
-        raise InputError(f"{final} was made from {wrong[0]!r}, but video #{index} of {project / MANIFEST} {line}: it "
-                         f"belongs to another project or an older videos.txt. Move it and its raw_answers file out of "
-                         f"{final.parent}, then rerun video {index}")
-    return min(said, default=None)
+        raise InputError(f"{final} was made from {origin.video!r}, but video #{index} of {project / MANIFEST} {line}: "
+                         f"it belongs to another project or an older videos.txt. Move it and its raw_answers file out "
+                         f"of {final.parent}, then rerun video {index}")
+    return origin
+
+
+def final_state(project: Path, index: int) -> tuple[str, str]:
+    """What submit_llava.sh does with a video, and the line it logs: "todo" (no final), "done" (a
+    complete final: skipped), "incomplete" (a final with undecodable windows whose video file is
+    unchanged: a rerun cannot fill them, skipped) or "redo" (an incomplete final whose file changed)."""
+    from .provenance import same_file
+    final = final_path(project, index)
+    if not final.exists():
+        return "todo", ""
+    origin = check_source(project, index, final)
+    same = same_file((origin.made_by or {}).get("video_file"), project)
+    if origin.incomplete is None:
+        if same is False:
+            return "done", (f"video {index}: skipped, {final} exists; ⚠️ but its video file has changed since it "
+                            f"was made: delete the final and its raw_answers file to redo it")
+        return "done", f"video {index}: skipped, {final} exists"
+    if same is False:
+        return "redo", (f"video {index}: {final.name} is incomplete ({origin.incomplete}) and its video file has "
+                        f"changed since: processing it again (the final is replaced when the new one is merged)")
+    return "incomplete", (f"video {index}: skipped, {final.name} is INCOMPLETE ({origin.incomplete}) and its video "
+                          f"file is unchanged, so a rerun cannot fill it: replace the file to redo it")
 
 
 def _check_finals(project: str, first: str, last: str) -> int:
@@ -96,6 +138,12 @@ def _check_finals(project: str, first: str, last: str) -> int:
     for index in range(int(first), int(last) + 1):
         for final in sorted(project.glob(FINAL.format(model="*", video=index))):
             check_source(project, index, final, listed)
+    return 0
+
+
+def _state(project: str, index: str) -> int:
+    state, line = final_state(Path(project), int(index))
+    print(f"{state}\t{line}")
     return 0
 
 
@@ -282,5 +330,7 @@ def iter_windows(info: VideoInfo, windows):
         reader.close()
 
 
-if __name__ == "__main__":  # submit_llava.sh, before skipping finished videos: python -m llava_soccer.videos P 0 39
-    sys.exit(run_cli(lambda a: _check_finals(*a), sys.argv[1:], "submit_llava.sh"))
+if __name__ == "__main__":  # submit_llava.sh: python -m llava_soccer.videos P 0 39 before starting (checks the
+    # finals of the range), python -m llava_soccer.videos state P 5 before each video (prints "STATE<tab>LINE")
+    command = _state if sys.argv[1:2] == ["state"] else _check_finals
+    sys.exit(run_cli(lambda a: command(*a), sys.argv[2:] if command is _state else sys.argv[1:], "submit_llava.sh"))

@@ -1,11 +1,15 @@
 """The worker's loop: one GPU's slice of one video, windows in, partial JSON out.
 
-    complete = worker.run(args)   # args: llava_split_worker.py's flags (parse_args)
+    code = worker.run(args)   # args: llava_split_worker.py's flags (parse_args); an exit code below
 
-llava_split_worker.py is its command line (flags, exit codes); benchmarks/bench_worker.py runs the
-same loop with a model it has loaded. run() reads the video in a prefetch thread, answers batches
-(OOM halves a batch, a failing window is recorded as skipped), rewrites the partial file after every
-batch and stops after the current batch on SIGUSR1/SIGTERM.
+llava_split_worker.py is its command line (flags); benchmarks/bench_worker.py runs the same loop with
+a model it has loaded. run() reads the video in a prefetch thread, answers batches (OOM halves a
+batch; a window that still fails is recorded as failed, and a rerun retries it), rewrites the partial
+file after every batch and stops after the current batch on SIGUSR1/SIGTERM.
+
+The partial is {"made_by": what made it (provenance.py), "windows": [one record per window]}; a
+record's status is "ok" (answered), "failed" (OOM or an error: a rerun retries it) or "undecodable"
+(no frame could be decoded: a rerun of the same file cannot fill it).
 """
 import logging
 import os
@@ -15,11 +19,13 @@ import sys
 import threading
 import time
 
-from . import gpus, settings, videos
+from . import gpus, provenance, settings, videos
 from . import model as llava
 from .events import window_events
-from .jsonio import InputError, atomic_write_json, check_writable, first_line, read_json, remove_stale_temps
+from .jsonio import EXIT_RETRY, InputError, atomic_write_json, check_writable, first_line, read_json, remove_stale_temps
+from .merge import describe_holes, window_status
 
+EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, EXIT_RETRY  # llava_split_worker.py's codes
 MAX_ERRORS_IN_A_ROW = 5
 # --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
 # fragmentation and what PyTorch cannot see (a 12 GB plan at 94% showed 12.0 GB in nvidia-smi on the
@@ -85,28 +91,38 @@ def prefetched(items, depth=2):
                 pass
 
 
-def load_partial(path, slice_starts, retry_skipped):
-    """Records already in the partial file, checked to belong to this slice."""
+def load_partial(path, slice_starts, made_by, replace):
+    """The records already in the partial file that count as done (answered, or undecodable: a rerun of the
+    same file cannot fill those), checked to belong to this slice and to this run (made_by)."""
     if not path.exists():
         return []
-    records = read_json(path, "partial file")
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
+    doc = read_json(path, "partial file")
+    windows = doc.get("windows") if isinstance(doc, dict) else doc  # a list: written before made_by existed
+    if not isinstance(windows, list) or not all(isinstance(r, dict) and "time" in r for r in windows):
         raise InputError(f"partial file {path} is not a list of window records; delete it to start over")
-    foreign = sorted({r["time"] for r in records} - slice_starts)
+    differ = provenance.differences(doc.get("made_by") if isinstance(doc, dict) else None, made_by)
+    if differ and replace:
+        log.warning(f"⚠️ {path.name} was made by another run ({'; '.join(differ)}): starting this slice over "
+                    f"(--replace-mismatched); the file is replaced when the first batch is saved")
+        return []
+    if differ:
+        raise InputError(f"partial file {path} was made by another run ({'; '.join(differ)}): resuming would mix "
+                         f"two runs in one result. Delete it to start that slice over, or rerun with "
+                         f"--replace-mismatched (LLAVA_REPLACE_MISMATCHED=1)")
+    foreign = sorted({r["time"] for r in windows} - slice_starts)
     if foreign:
         raise InputError(f"partial file {path} has windows outside this slice (e.g. {foreign[0]} s): it was "
-                         f"written with another --num-workers or video; delete it to start over")
-    if retry_skipped:
-        records = [r for r in records if r.get("status") != "skipped"]
-    return records
+                         f"written with another --num-workers; delete it to start over")
+    return [r for r in windows if window_status(r) != "failed"]
 
 
 class Abort(Exception):
     """Too many failures to go on: llava_split_worker.py prints it as one line and exits 1."""
 
 
-def skipped(start, end, error):
-    return {"time": start, "end": end, "status": "skipped", "error": error, "raw": None, "events": []}
+def hole(start, end, status, error):
+    """The record of a window without an answer: status "failed" (retried by a rerun) or "undecodable"."""
+    return {"time": start, "end": end, "status": status, "error": error, "raw": None, "events": []}
 
 
 def oom_hint(args, plan):
@@ -116,25 +132,35 @@ def oom_hint(args, plan):
         ("--prefill-chunk 2048", not plan.prefill_chunk or plan.prefill_chunk > 2048),
         ("--visual-tokens reduced (fewer tokens per frame: changes answers)", args.visual_tokens == "full"),
         ("one worker per GPU (LLAVA_NUM_WORKERS)", True)) if useful]
-    return "try " + ", ".join(hints) + ", or a GPU with more memory"
+    return f"is another process using this GPU (nvidia-smi)? else try {', '.join(hints)}, or a GPU with more memory"
 
 
 class Worker:
     def __init__(self, args, model, processor, info, plan):
         self.args, self.model, self.processor, self.info, self.plan = args, model, processor, info, plan
-        self.errors_in_a_row = 0
+        self.failed_in_a_row = 0
 
     def answer(self, batch):
         """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""
-        records = {w.start: skipped(w.start, w.start, "no frames decoded (video shorter than its header says)")
+        records = {w.start: hole(w.start, w.start, "undecodable", "no frames decoded")
                    for w, _ in batch if not w.frames}
         ready = [(w, inputs) for w, inputs in batch if w.frames]
         if ready:
             records.update((r["time"], r) for r in self._answer(ready))
         return [records[w.start] for w, _ in batch]
 
+    def _failed(self, w, error, why, hint):
+        """A lone window that failed: recorded as failed (a rerun retries it); MAX_ERRORS_IN_A_ROW failures in a
+        row, whatever the cause, stop the worker (a full GPU or a broken install fails every window)."""
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row >= MAX_ERRORS_IN_A_ROW:
+            raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s ({why}): {hint}; the "
+                        f"windows done are saved and a rerun retries the failed ones")
+        log.warning(f"⚠️ {why} at {w.start}s: window failed ({hint}; a rerun retries it)")
+        return [hole(w.start, w.times[-1], "failed", error)]
+
     def _answer(self, ready):
-        """OOM halves the batch; a lone window that still fails is recorded as skipped."""
+        """OOM halves the batch; a lone window that still fails is recorded as failed."""
         import torch
         try:
             texts = llava.generate(self.model, self.processor, [inputs for _, inputs in ready],
@@ -146,21 +172,13 @@ class Worker:
             if len(ready) > 1:
                 half = len(ready) // 2
                 return self._answer(ready[:half]) + self._answer(ready[half:])
-            w = ready[0][0]
-            log.warning(f"⚠️ OOM at {w.start}s: window skipped ({oom_hint(self.args, self.plan)}; then rerun with "
-                        f"--retry-skipped)")
-            return [skipped(w.start, w.times[-1], "OOM")]
+            return self._failed(ready[0][0], "OOM", "out of GPU memory (OOM)", oom_hint(self.args, self.plan))
         except Exception as e:  # one bad window must not end a 12-minute slice
             if len(ready) > 1:
                 return [r for item in ready for r in self._answer([item])]
-            self.errors_in_a_row += 1
-            w = ready[0][0]
-            log.warning(f"⚠️ error at {w.start}s, window skipped: {type(e).__name__}: {e}")
-            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s "
-                            f"({type(e).__name__}: {e}); fix the cause and rerun with --retry-skipped") from e
-            return [skipped(w.start, w.times[-1], f"{type(e).__name__}: {e}")]
-        self.errors_in_a_row = 0
+            error = f"{type(e).__name__}: {first_line(e)}"
+            return self._failed(ready[0][0], error, error, "fix the cause")
+        self.failed_in_a_row = 0
         records = []
         for (w, _), text in zip(ready, texts):
             events, ok = window_events(w.start, text, len(w.times))
@@ -233,12 +251,25 @@ def plan_for(args):
     return device, gpus.make(args, gpus.detect(device))
 
 
-def run(args, loaded=None) -> bool:
-    """Process the slice (or print the plan): True when done, False when a signal stopped it after
-    saving (rerun to resume). loaded=(model, processor) skips loading (benchmarks/bench_worker.py)."""
+def identity(args, plan, project, video, info) -> dict:
+    """What made this worker's results (provenance.made_by): the prompt is that of a sample window."""
+    return provenance.made_by(args, plan, llava.build_prompt([0.0, 1 / settings.FPS]),
+                              provenance.video_file(project, video, info))
+
+
+def partial_doc(made_by, records) -> dict:
+    """The partial file's contents (merge.read_windows reads them)."""
+    return {"made_by": made_by, "windows": records}
+
+
+def run(args, loaded=None) -> int:
+    """Process the slice (or print the plan); returns EXIT_DONE (every window answered), EXIT_INCOMPLETE (done,
+    with undecodable windows), EXIT_FAILED (windows failed: a rerun retries them) or EXIT_INTERRUPTED (a
+    signal stopped it after saving: rerun to resume). loaded=(model, processor) skips loading
+    (benchmarks/bench_worker.py)."""
     if args.print_plan:
         print(plan_for(args)[1].to_json())
-        return True
+        return EXIT_DONE
     project = settings.project_dir(args.project)
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
@@ -246,7 +277,9 @@ def run(args, loaded=None) -> bool:
     starts = {info.window_start(k): k for k in slice_windows}
     out = settings.partial_path(project, args.video_index, args.gpu_id)
     remove_stale_temps(out)
-    records = load_partial(out, set(starts), args.retry_skipped)
+    device, plan = plan_for(args)
+    made_by = identity(args, plan, project, video, info)
+    records = load_partial(out, set(starts), made_by, args.replace_mismatched)
     done = {r["time"] for r in records}
     todo = [k for k in slice_windows if info.window_start(k) not in done]
     span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
@@ -257,9 +290,8 @@ def run(args, loaded=None) -> bool:
              f"{len(done)} already in {out.name}")
     if not todo:
         log.info("slice already complete: nothing to do")
-        return True
+        return report(records, len(slice_windows), info)
     check_writable(project)
-    device, plan = plan_for(args)
     llava.check_model_source(args.model)
     log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
              f"batch_size={args.batch_size} decoder={args.decoder} visual_tokens={args.visual_tokens} "
@@ -268,57 +300,100 @@ def run(args, loaded=None) -> bool:
     log.info(plan.line())
     for warning in plan.warnings:
         log.warning(f"⚠️ {warning}")
-    gpus.apply_memory(plan, device)
-    t0 = time.monotonic()
-    try:
-        model, processor = loaded or llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
-    except Exception as e:  # hub errors are long; the first line says what is missing
-        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): "
-                         f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
-                         f"or pre-download the model (README: Troubleshooting)") from None
-    log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
+    model, processor = loaded or load_model(args, device, plan)
+    revision = getattr(model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
+    if revision and revision != made_by["model_revision"]:
+        if records:
+            raise InputError(f"partial file {out} was made by {args.model} at commit {made_by['model_revision']}, "
+                             f"but this run loaded commit {revision}: delete it to start that slice over, or rerun "
+                             f"with --replace-mismatched")
+        made_by["model_revision"] = revision
     t0 = time.monotonic()
     plan.fused_kernels = llava.fuse_elementwise(model, plan.fused_kernels)
     if plan.fused_kernels:
         log.info(f"fused kernels compiled and checked in {time.monotonic() - t0:.1f} s (more compile on the first "
                  f"window)")
+    slice_ = Slice(args, out, made_by, records, todo, info)
+    if not slice_.process(Worker(args, model, processor, info, plan), device):
+        return EXIT_INTERRUPTED
+    return report(slice_.records, len(slice_windows), info)
 
-    stop = []
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
-    worker = Worker(args, model, processor, info, plan)
-    progress = Progress(len(todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
-    n_events = n_skipped = 0
-    from .decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
-    batch_size = BatchSize(args.batch_size, args.max_batch_size, device, plan, args.decoder == "fast")
+
+def load_model(args, device, plan):
+    gpus.apply_memory(plan, device)
     t0 = time.monotonic()
     try:
-        for batch in prefetched(batches(info, todo, batch_size, processor, model)):
-            new = worker.answer(batch)
-            first = next((inputs for _, inputs in batch if inputs is not None), None)
-            batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
-            records = sorted(records + new, key=lambda r: r["time"])
-            atomic_write_json(out, records)  # a full disk: one line, exit 75 (run_cli), batches before kept
-            for r in new:
-                n_skipped += r["status"] == "skipped"
-                for e in r["events"]:
+        loaded = llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
+    except Exception as e:  # hub errors are long; the first line says what is missing
+        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): "
+                         f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
+                         f"or pre-download the model (README: Troubleshooting)") from None
+    log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
+    return loaded
+
+
+def report(records, n_windows, info) -> int:
+    """The slice's outcome in one line each for its holes; the exit code."""
+    by_status = {}
+    for r in records:
+        by_status.setdefault(window_status(r), []).append(round(r["time"] / settings.STEP_S))
+    failed, undecodable = by_status.get("failed", []), by_status.get("undecodable", [])
+    if failed:
+        log.error(f"{describe_holes(failed, n_windows, info.duration, 'failed', records)}: "
+                  f"rerun the same command to retry them")
+        return EXIT_FAILED
+    if undecodable:
+        log.warning(f"⚠️ {describe_holes(undecodable, n_windows, info.duration, 'undecodable')}: the video file "
+                    f"has no frames there (truncated or damaged?); a rerun cannot fill them, replace the file to "
+                    f"redo the video")
+        return EXIT_INCOMPLETE
+    return EXIT_DONE
+
+
+class Slice:
+    """The batches of one worker's slice: answers, the partial file rewritten after each batch, signals."""
+
+    def __init__(self, args, out, made_by, records, todo, info):
+        self.args, self.out, self.made_by, self.records, self.todo, self.info = args, out, made_by, records, todo, info
+
+    def process(self, worker, device) -> bool:
+        """True when every window of todo has a record, False when a signal stopped it (after saving)."""
+        args, model = self.args, worker.model
+        stop = []
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
+        progress = Progress(len(self.todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
+        n_events = 0
+        from .decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
+        batch_size = BatchSize(args.batch_size, args.max_batch_size, device, worker.plan, args.decoder == "fast")
+        t0 = time.monotonic()
+        try:
+            for batch in prefetched(batches(self.info, self.todo, batch_size, worker.processor, model)):
+                new = worker.answer(batch)
+                first = next((inputs for _, inputs in batch if inputs is not None), None)
+                batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
+                self.records = sorted(self.records + new, key=lambda r: r["time"])
+                # a full disk: one line, exit 75 (run_cli), batches before kept
+                atomic_write_json(self.out, partial_doc(self.made_by, self.records))
+                for e in (e for r in new for e in r["events"]):
                     n_events += 1
                     conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
                     progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {e['label']} "
                                    f"[{e['team']}, {conf}] {e['details'] or ''}".rstrip())
-            progress.update(len(batch))
-            if stop:
-                log.warning(f"{stop[0]} received: saved {settings.count(len(records), 'window')} to {out.name}; "
-                            f"rerun the same command to resume")
-                return False
-    finally:
-        progress.close()
-    elapsed = time.monotonic() - t0
-    memory = ""
-    if device.startswith("cuda"):
-        import torch
-        memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
-    log.info(f"slice complete: {settings.count(len(todo), 'window')} in {elapsed:.1f} s "
-             f"({elapsed / len(todo):.2f} s/window){memory}, "
-             f"{n_events} events, {n_skipped} skipped -> {out}")
-    return True
+                progress.update(len(batch))
+                if stop:
+                    log.warning(f"{stop[0]} received: saved {settings.count(len(self.records), 'window')} to "
+                                f"{self.out.name}; rerun the same command to resume")
+                    return False
+        finally:
+            progress.close()
+        elapsed = time.monotonic() - t0
+        memory = ""
+        if device.startswith("cuda"):
+            import torch
+            memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+        answered = sum(window_status(r) == "ok" for r in self.records)
+        log.info(f"slice finished: {settings.count(len(self.todo), 'window')} in {elapsed:.1f} s "
+                 f"({elapsed / len(self.todo):.2f} s/window){memory}, {n_events} events, "
+                 f"{answered} of {settings.count(len(self.records), 'window')} answered -> {self.out}")
+        return True

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
 import merge_results_llava
 from conftest import ROOT, load, make_project
-from llava_soccer import merge, settings, videos
+from llava_soccer import merge, provenance, settings, videos
 from llava_soccer.events import final_events
 
 N_WINDOWS = 30
@@ -38,21 +39,33 @@ def ok(k, raw="None"):
     return {"time": 2.0 * k, "end": 2.0 * k + 2.8, "status": "ok", "raw": raw, "parsed": True, "events": []}
 
 
-def skipped(k, error="OOM"):
-    return {"time": 2.0 * k, "end": 2.0 * k + 2.8, "status": "skipped", "error": error, "raw": None, "events": []}
+def hole(k, status="failed", error="OOM"):
+    return {"time": 2.0 * k, "end": 2.0 * k + 2.8, "status": status, "error": error, "raw": None, "events": []}
 
 
-def write_partials(project, *parts, video=0):
-    """One partial per list of records, gpu0, gpu1, ... (as settings.partial_path names them)."""
+def made_by(project, video=0, **changes):
+    """What a worker of this project records for the video (provenance.made_by), with changes."""
+    settings_ = {"model": "/ckpt/goal", "quantization": "fp32", "visual_tokens": "full", "max_new_tokens": 256,
+                 "temperature": 0.0, "top_p": 0.9, **changes}
+    path = project / "raw_data" / videos.manifest(project)[video]
+    return provenance.made_by(SimpleNamespace(**settings_), SimpleNamespace(compute_dtype="float32", nf4_weights=None),
+                              "[INST] a prompt [/INST]", provenance.video_file(project, path, videos.probe(path)))
+
+
+def write_partials(project, *parts, video=0, made=True):
+    """One partial per list of records, gpu0, gpu1, ... (as settings.partial_path names them), made by one run
+    (made_by(project)), or made=None: a list, as partials written before made_by existed."""
     paths = [settings.partial_path(project, video, g) for g in range(len(parts))]
+    made = made_by(project, video) if made is True else made
     for path, records in zip(paths, parts):
-        path.write_text(json.dumps(records))
+        path.write_text(json.dumps(records if made is None else {"made_by": made, "windows": records}))
     return paths
 
 
-def all_windows(raws=None, skip=()):
+def all_windows(raws=None, skip=(), undecodable=()):
     raws = raws or {}
-    return [skipped(k) if k in skip else ok(k, raws.get(k, "None")) for k in range(N_WINDOWS)]
+    return [hole(k) if k in skip else hole(k, "undecodable", "no frames decoded") if k in undecodable else
+            ok(k, raws.get(k, "None")) for k in range(N_WINDOWS)]
 
 
 def run_merge(project, capsys, *extra, video=0):
@@ -68,8 +81,8 @@ def test_merge_writes_final_deletes_partials_and_summarises(project, capsys):
         5: "A player from the away team kicks the ball.",  # prose: a parse failure
         7: "Sure! {'label': 'Other', 'team': 'home', 'confidence': 0.5} is what I see.",
     }
-    records = all_windows(raws, skip={9})
-    records[20] = {"time": 40.0, "raw": answer(ev("Corners", 1))}  # the seed's partial format: no status
+    records = all_windows(raws)
+    records[20] = {"time": 40.0, "raw": answer(ev("Corners", 1))}  # the seed's record format: no status
     paths = write_partials(project, records[:12], records[12:])
 
     code, out, err = run_merge(project, capsys)
@@ -85,12 +98,13 @@ def test_merge_writes_final_deletes_partials_and_summarises(project, capsys):
     assert goal["details"] == "seen" and goal["frame"] == 8 and goal["label_raw"] == "Goal"
     assert final[0]["label_raw"] == "Shot on target"
     assert [e["label"] for e in final_events(final)] == [r["label"] for r in final]
-    assert "30 windows from 2 partials: 29 processed, 1 skipped" in out
-    assert "skipped: 18 s (OOM)" in out
+    assert "30 windows from 2 partials: 30 answered, 0 undecodable" in out
+    assert f"made by: {provenance.describe(made_by(project))}" in out
+    assert all(r["made_by"] == made_by(project) for r in final)  # each event says what made it
     assert "events: 5 found, 5 after de-duplication (same label within 3 s)" in out
     assert "labels: Corner 1, Goal 1, Offside 1, Shots on target 1" in out
     assert "not SoccerNet classes (kept as they are): Other 1" in out
-    assert "parse failures: 1 of 29 processed windows" in out
+    assert "parse failures: 1 of 30 answered windows" in out
     assert "10 s: 'A player from the away team kicks the ball.'" in out
     assert "deleted 2 partials" in out
 
@@ -150,21 +164,93 @@ def test_missing_windows_block_the_final_and_keep_partials(project, capsys):
     assert code == merge_results_llava.EXIT_MISSING == 75
     assert old.read_text() == "[]\n"
     assert all(p.exists() for p in paths)
-    assert "11 of 30 windows are in none of the 2 partials; not finalising, partials kept" in err
-    assert "  20.0-41.0 s (windows 10-19)\n" in err
-    assert "  58.0-60.0 s (window 29)\n" in err
+    assert "11 of 30 windows have no answer yet; not finalising, partials kept" in err
+    assert "  missing 20.0-41.0 s (windows 10-19)\n" in err
+    assert "  missing 58.0-60.0 s (window 29)\n" in err
     assert "rerun the workers of video 0" in err
     assert out == ""
 
 
-def test_skipped_windows_count_as_covered_and_any_number_of_partials(project, capsys):
+def test_failed_windows_block_the_final_until_a_rerun_answers_them(project, capsys):
+    """OOM or an error left holes a rerun can fill: no final, partials kept, exit 75, the holes named."""
     records = all_windows({4: answer(ev("Goal", 1))}, skip={0, 1, 29})
-    write_partials(project, records[:3], records[3:4], records[4:17], records[17:])
+    paths = write_partials(project, records[:3], records[3:4], records[4:17], records[17:])
+    code, out, err = run_merge(project, capsys)
+    assert code == 75 and out == ""
+    assert "3 of 30 windows have no answer yet; not finalising, partials kept" in err
+    assert "  3 of 30 windows failed (OOM) at 0.0-5.0 s, 58.0-60.0 s\n" in err
+    assert all(p.exists() for p in paths) and not settings.final_path(project, 0).exists()
+    # the rerun's workers answer them: now the final is written, from any number of partials
+    for p, part in zip(paths, (all_windows()[:3], records[3:4], records[4:17], all_windows()[17:])):
+        p.write_text(json.dumps({"made_by": made_by(project), "windows": part}))
     code, out, err = run_merge(project, capsys)
     assert code == 0, err
-    assert "30 windows from 4 partials: 27 processed, 3 skipped" in out
-    assert "skipped: 0 s (OOM), 2 s (OOM), 58 s (OOM)" in out
+    assert "30 windows from 4 partials: 30 answered, 0 undecodable" in out
     assert len(load(settings.final_path(project, 0))) == 1
+
+
+def test_undecodable_windows_give_a_final_marked_incomplete_exit_3(project, capsys):
+    """A truncated file: windows without frames cannot be filled by a rerun. The final holds what was seen,
+    the raw-answers archive says incomplete with the time range, exit 3 (submit_llava.sh: INCOMPLETE)."""
+    records = all_windows({2: answer(ev("Goal", 1))}, undecodable=range(16, 30))
+    write_partials(project, records[:15], records[15:])
+    code, out, err = run_merge(project, capsys)
+    assert code == 3
+    assert "30 windows from 2 partials: 16 answered, 14 undecodable" in out
+    (warning,) = err.splitlines()
+    assert warning.startswith("⚠️ video 0 is INCOMPLETE: 14 of 30 windows undecodable from 32.0 s on: ")
+    assert "reruns skip it until the file changes" in warning
+    assert [e["label"] for e in load(settings.final_path(project, 0))] == ["Goal"]
+    with gzip.open(settings.raw_answers_path(project, 0), "rt") as f:
+        archive = json.load(f)
+    assert archive["incomplete"] == "14 of 30 windows undecodable from 32.0 s on"
+    assert archive["windows_total"] == 30 and archive["made_by"] == made_by(project)
+    assert videos.origin_of(settings.final_path(project, 0)).incomplete == archive["incomplete"]
+
+
+@pytest.mark.parametrize("change, differs", [
+    ({"model": "/ckpt/other"}, "model /ckpt/goal -> /ckpt/other"),
+    ({"quantization": "nf4"}, "quantization fp32 -> nf4"),
+    ({"visual_tokens": "reduced"}, "visual_tokens full -> reduced"),
+    ({"max_new_tokens": 64}, "max_new_tokens 256 -> 64"),
+    ({"temperature": 0.7}, "temperature 0.0 -> 0.7"),
+    (None, "one is of unknown origin"),
+])
+def test_partials_made_by_different_runs_are_refused(project, capsys, change, differs):
+    first = write_partials(project, all_windows({3: answer(ev("Goal", 8))})[:15])
+    other = settings.partial_path(project, 0, 1)
+    windows = all_windows()[15:]
+    other.write_text(json.dumps(windows if change is None else
+                                {"made_by": made_by(project, **change), "windows": windows}))
+    code, out, err = run_merge(project, capsys)
+    assert code == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("merge_results_llava.py: error: partials of one video were made by different runs: ")
+    assert differs in line and "delete the partials of the run you do not want" in line
+    assert first[0].exists() and other.exists() and not settings.final_path(project, 0).exists()
+
+
+def test_partials_of_a_file_replaced_since_are_refused(project, capsys, tmp_path):
+    write_partials(project, all_windows({3: answer(ev("Goal", 8))}))
+    video = project / "raw_data" / "league/game/1_224p.mkv"
+    copy = tmp_path / "replaced.mkv"
+    shutil.copy(video, copy)
+    with open(copy, "ab") as f:
+        f.write(b"\0" * 1000)  # same name, other bytes (a finished download, a re-encode)
+    video.unlink()
+    video.symlink_to(copy)
+    code, out, err = run_merge(project, capsys)
+    assert code == 1
+    assert "were made from another file than" in err and "video size" in err and "delete them and rerun" in err
+    assert not settings.final_path(project, 0).exists()
+
+
+def test_partials_of_unknown_origin_merge_into_a_final_that_says_so(project, capsys):
+    write_partials(project, all_windows({3: answer(ev("Goal", 8))}), made=None)
+    code, out, err = run_merge(project, capsys)
+    assert code == 0
+    assert "do not record what made them" in err and "made by: unknown origin" in out
+    assert [e["made_by"] for e in load(settings.final_path(project, 0))] == [None]
 
 
 def test_only_this_videos_partials_are_read(odd_root, video_25fps, capsys, request):
@@ -311,7 +397,7 @@ def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys)
     but every raw answer survives in raw_answers_llava_video_0.json.gz, and the summary warns."""
     raws = {k: f"In this clip the players run across the pitch ({k})." for k in range(N_WINDOWS)}
     raws[4] = answer(ev("Goal", 8))
-    paths = write_partials(project, all_windows(raws, skip={9})[:15], all_windows(raws, skip={9})[15:])
+    paths = write_partials(project, all_windows(raws)[:15], all_windows(raws)[15:])
 
     code, out, err = run_merge(project, capsys)
 
@@ -325,10 +411,10 @@ def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys)
     windows = data["windows"]
     assert [w["time"] for w in windows] == [2.0 * k for k in range(N_WINDOWS)]
     assert windows[3]["raw"] == raws[3] and windows[3]["status"] == "ok"
-    assert windows[9] == {"time": 18.0, "end": 20.8, "status": "skipped", "raw": None, "error": "OOM"}
-    assert "parse failures: 28 of 29 processed windows" in out
+    assert windows[9] == {"time": 18.0, "end": 20.8, "status": "ok", "raw": raws[9], "error": None}
+    assert "parse failures: 29 of 30 answered windows" in out
     (warning,) = [line for line in err.splitlines() if "WARNING" in line]
-    assert "28 of 29 windows (97%) did not parse" in warning and archive.name in warning
+    assert "29 of 30 windows (97%) did not parse" in warning and archive.name in warning
     assert f"and {archive.name} (every window's answer)" in out
 
 
@@ -364,7 +450,7 @@ def test_a_full_disk_during_the_merge_is_one_line_exit_75_and_keeps_the_partials
     assert all(p.exists() for p in paths) and not settings.final_path(project, 0).exists()
     monkeypatch.undo()
     code, out, err = run_merge(project, capsys)
-    assert code == 0 and "30 windows from 1 partial: 30 processed" in out
+    assert code == 0 and "30 windows from 1 partial: 30 answered" in out
     assert "(1 event) and" in out and out.rstrip().endswith("deleted 1 partial")
 
 
@@ -378,7 +464,7 @@ def test_finals_name_their_video_and_one_of_another_video_is_refused(odd_root, v
     assert run_merge(here, capsys)[0] == 0
     final, archive = settings.final_path(here, 0), settings.raw_answers_path(here, 0)
     assert [r["video"] for r in load(final)] == ["league/game/1_224p.mkv"] * 2
-    assert videos.source_of(final) == {"league/game/1_224p.mkv"}
+    assert videos.origin_of(final).video == "league/game/1_224p.mkv"
 
     copied = settings.final_path(there, 0)
     for path in (final, archive):

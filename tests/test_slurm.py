@@ -81,7 +81,7 @@ class Site:
 
     def records(self, i):
         """Window records saved so far in video i's partial files (written atomically)."""
-        return [r for p in self.partials(i) for r in json.loads(p.read_text())]
+        return [r for p in self.partials(i) for r in json.loads(p.read_text())["windows"]]
 
     def workers_alive(self):
         """Worker processes (any state but zombie) working on this project."""
@@ -93,7 +93,7 @@ class Site:
 def summary(log):
     """The log's summary lines as {'done': [...], 'skipped': [...], ...}."""
     found = {}
-    for key in ("done", "skipped", "failed", "interrupted", "not started"):
+    for key in ("done", "skipped", "incomplete", "failed", "interrupted", "not started"):
         lines = re.findall(rf"\]   {key}: +(.*)$", log, re.M)
         assert lines, f"no '{key}:' summary line in the log:\n{log}"
         found[key] = [int(v) for v in lines[-1].split() if v != "-"]
@@ -144,7 +144,8 @@ def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_r
         assert worker_gpus(log, i) == {0: "0", 1: "1", 2: "2", 3: "3"}
         assert f"video {i}: done -> {main_site.final(i)}" in log
     assert "GPUs: 0 1 2 3" in log and f"job {job} on llavanode" in log
-    assert summary(log) == {"done": [0, 1], "skipped": [], "failed": [], "interrupted": [], "not started": []}
+    assert summary(log) == {"done": [0, 1], "skipped": [], "incomplete": [], "failed": [], "interrupted": [],
+                            "not started": []}
     assert not main_site.workers_alive()
 
 
@@ -169,7 +170,8 @@ def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, f
     job = main_site.sbatch(SUBMIT, "0", "2")  # index 2 = corrupt.mkv (videos.txt appends new files)
     assert main_site.cluster.wait_job(job) == "FAILED"
     log = main_site.log(job)
-    assert summary(log) == {"done": [1], "skipped": [0], "failed": [2], "interrupted": [], "not started": []}
+    assert summary(log) == {"done": [1], "skipped": [0], "incomplete": [], "failed": [2], "interrupted": [],
+                            "not started": []}
     assert main_site.cluster.finished_runs(job) == [("FAILED", "1:0")]  # "some videos failed"
     assert main_site.final(1).exists() and main_site.final(0).stat().st_mtime_ns == kept
     assert not main_site.final(2).exists()

@@ -1,4 +1,5 @@
 """llava_split_worker.py on real H.264 videos with real tiny LLaVA-NeXT checkpoints."""
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,22 @@ import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, load, make_project
 from llava_soccer import decoding, gpus, jsonio, synthetic, videos
 from llava_soccer import model as llava
+from llava_soccer import worker as worker_loop
 from llava_soccer.settings import partial_path
+
+
+def windows_of(partial):
+    """The window records of a partial file."""
+    return load(partial)["windows"]
+
+
+def write_partial(project, ckpt, records, *extra, gpu=0, workers=1, index=0):
+    """A partial as run_worker(...) with these flags would write it: its made_by is the worker's own."""
+    args = worker.parse_args(["--gpu-id", str(gpu), "--num-workers", str(workers), "--video-index", str(index),
+                              "--project", str(project), "--model", str(ckpt), "--quantization", "fp32", *extra])
+    video = videos.resolve_video(project, index)
+    made_by = worker_loop.identity(args, worker_loop.plan_for(args)[1], project, video, videos.probe(video))
+    jsonio.atomic_write_json(partial_path(project, index, gpu), worker_loop.partial_doc(made_by, records))
 
 
 def run_worker(project, ckpt, *extra, gpu=0, workers=1, index=0):
@@ -69,7 +85,7 @@ def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_roo
     assert (project / "videos.txt").read_text() == "league/season/game/1_224p.mkv\n"
     starts = []
     for g in range(4):
-        records = load(partial_path(project, 0, g))
+        records = windows_of(partial_path(project, 0, g))
         assert [r["time"] for r in records] == sorted(r["time"] for r in records)
         starts += [r["time"] for r in records]
         for r in records:
@@ -88,16 +104,85 @@ def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_roo
 def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_checkpoint, capsys):
     project = make_project(odd_root / "rerun", {"a.mkv": video_25fps})
     assert run_worker(project, none_checkpoint, gpu=3, workers=4) == 0
-    records = load(partial_path(project, 0, 3))
+    records = windows_of(partial_path(project, 0, 3))
     assert all(r["raw"] == "None" and r["events"] == [] and r["parsed"] for r in records)
     capsys.readouterr()
     stale = partial_path(project, 0, 3).with_name(".partial_results_llava_vid0_gpu3.json.x1y2.tmp")
     stale.write_text('[{"time": 46')  # what a kill -9 during an atomic write leaves
     t = time.monotonic()
-    assert run_worker(project, "/nonexistent/model", gpu=3, workers=4) == 0  # model never loaded
+    assert run_worker(project, none_checkpoint, gpu=3, workers=4) == 0
     assert time.monotonic() - t < 5
+    err = capsys.readouterr().err
+    assert "slice already complete" in err and "model loaded" not in err
+    assert windows_of(partial_path(project, 0, 3)) == records and not stale.exists()
+
+
+@pytest.mark.parametrize("change, says", [
+    ("model", "model_revision dir sha256:"),                   # another checkpoint (directory digests differ)
+    ("quantization", "quantization bf16 -> fp32"),              # (the partial's value -> this run's)
+    ("max_new_tokens", "max_new_tokens 64 -> 256"),
+    ("visual_tokens", "visual_tokens reduced -> full"),
+    ("video", "video size"),                                    # the file replaced under the same name
+    ("index", "video path b.mkv -> a.mkv"),                     # a partial copied from another video index
+    ("unknown", "unknown origin"),                              # written before made_by existed
+])
+def test_a_partial_made_by_another_run_is_refused_then_replaced_on_request(tmp_path, video_25fps, video_2997fps,
+                                                                           goal_checkpoint, none_checkpoint,
+                                                                           change, says, capsys):
+    """Resuming would mix two runs in one result: one line naming what differs, nothing loaded, the partial
+    kept; --replace-mismatched starts the slice over (the old file replaced only by the new one)."""
+    project = make_project(tmp_path, {"a.mkv": video_25fps, "b.mkv": video_2997fps})
+    old = [{"time": 0.0, "end": 2.8, "status": "ok", "raw": "None", "parsed": True, "events": []}]
+    flags = {"quantization": ["--quantization", "bf16"], "max_new_tokens": ["--max-new-tokens", "64"],
+             "visual_tokens": ["--visual-tokens", "reduced"]}.get(change, [])
+    if change == "unknown":
+        partial_path(project, 0, 0).write_text(json.dumps(old))
+    elif change == "index":  # video 1's partial, renamed as video 0's
+        write_partial(project, goal_checkpoint, old, index=1)
+        partial_path(project, 1, 0).rename(partial_path(project, 0, 0))
+    else:
+        write_partial(project, none_checkpoint if change == "model" else goal_checkpoint, old, *flags)
+    if change == "video":
+        replaced = tmp_path / "replaced.mkv"
+        replaced.write_bytes((project / "raw_data" / "a.mkv").read_bytes() + b"\0" * 100)
+        (project / "raw_data" / "a.mkv").unlink()
+        (project / "raw_data" / "a.mkv").symlink_to(replaced)
+    before = partial_path(project, 0, 0).read_bytes()
+    assert run_worker(project, goal_checkpoint) == 1
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert f"partial file {partial_path(project, 0, 0)} was made by another run (" in line and says in line
+    assert "Delete it to start that slice over, or rerun with --replace-mismatched" in line
+    assert "model loaded" not in err and partial_path(project, 0, 0).read_bytes() == before
+    if change != "video":
+        return  # (one case runs the slice over: 30 windows on the CPU)
+    assert run_worker(project, goal_checkpoint, "--replace-mismatched") == 0
+    assert "starting this slice over (--replace-mismatched)" in capsys.readouterr().err
+    records = windows_of(partial_path(project, 0, 0))
+    assert len(records) == 30 and {r["raw"] for r in records} == {GOAL_ANSWER}
+
+
+@pytest.mark.slow
+def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, none_checkpoint, capsys):
+    """A download cut at ~25%: the windows past the end of the data cannot be decoded. The worker records
+    them as undecodable (no model call), says so in one line with the time range, exits 3; a rerun of the
+    same file has nothing to do."""
+    full = synthetic.make_video(tmp_path / "full.mkv", 40, "25")
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[:full.stat().st_size // 4])
+    project = make_project(tmp_path, {"cut.mkv": cut})
+    assert videos.probe(cut).n_windows == 20  # the header still says 40 s
+    assert run_worker(project, none_checkpoint) == worker_loop.EXIT_INCOMPLETE
+    err = capsys.readouterr().err
+    records = windows_of(partial_path(project, 0, 0))
+    statuses = [r["status"] for r in records]
+    first_hole = statuses.index("undecodable")
+    assert len(records) == 20 and 2 <= first_hole < 15 and set(statuses[first_hole:]) == {"undecodable"}
+    (warning,) = [line for line in err.splitlines() if "undecodable" in line]
+    assert f"{20 - first_hole} of 20 windows undecodable from {2.0 * first_hole:.1f} s on: the video file" in warning
+    assert "a rerun cannot fill them, replace the file to redo the video" in warning
+    assert run_worker(project, none_checkpoint) == worker_loop.EXIT_INCOMPLETE
     assert "slice already complete" in capsys.readouterr().err
-    assert load(partial_path(project, 0, 3)) == records and not stale.exists()
 
 
 @pytest.mark.slow
@@ -108,11 +193,11 @@ def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_check
     partial = partial_path(killed, 0, 0)
     proc = subprocess.Popen(worker_cmd(killed, goal_checkpoint), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400
-    while not (partial.exists() and len(load(partial)) >= 4) and time.monotonic() < deadline:
+    while not (partial.exists() and len(windows_of(partial)) >= 4) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_before = len(load(partial))
+    n_before = len(windows_of(partial))
     assert 4 <= n_before < 20
     done = subprocess.run(worker_cmd(killed, goal_checkpoint), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -127,20 +212,22 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     partial = partial_path(project, 0, 0)
     proc = subprocess.Popen(worker_cmd(project, none_checkpoint), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 400
-    while not (partial.exists() and len(load(partial)) >= 2) and time.monotonic() < deadline:
+    while not (partial.exists() and len(windows_of(partial)) >= 2) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
     err = proc.communicate()[1]
-    assert proc.returncode == worker.EXIT_INTERRUPTED, err
+    assert proc.returncode == worker_loop.EXIT_INTERRUPTED == 75, err
     assert "SIGUSR1 received" in err and "rerun the same command to resume" in err
-    n = len(load(partial))
+    n = len(windows_of(partial))
     assert 2 <= n < 20
     assert subprocess.run(worker_cmd(project, none_checkpoint), capture_output=True).returncode == 0
-    assert [r["time"] for r in load(partial)] == [2.0 * k for k in range(20)]
+    assert [r["time"] for r in windows_of(partial)] == [2.0 * k for k in range(20)]
 
 
 @pytest.mark.slow
-def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_checkpoint, monkeypatch, capsys):
+def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_rerun(odd_root, video_25fps,
+                                                                                    goal_checkpoint, monkeypatch,
+                                                                                    capsys):
     real_greedy = decoding.greedy
     calls = []
 
@@ -152,22 +239,40 @@ def test_oom_halves_the_batch_then_skips_the_window(odd_root, video_25fps, goal_
 
     monkeypatch.setattr(decoding, "greedy", greedy)
     project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
-    assert run_worker(project, goal_checkpoint, "--batch-size", "4", gpu=0, workers=4) == 0
-    records = load(partial_path(project, 0, 0))
+    assert run_worker(project, goal_checkpoint, "--batch-size", "4", gpu=0, workers=4) == worker_loop.EXIT_FAILED
+    records = windows_of(partial_path(project, 0, 0))
     assert [r["time"] for r in records] == [2.0 * k for k in range(8)]
     assert calls[:4] == [4, 2, 1, 1]
-    skipped = [r for r in records if r["status"] == "skipped"]
-    assert len(skipped) == 1 and skipped[0]["time"] == 4.0
-    assert skipped[0]["error"] == "OOM" and skipped[0]["raw"] is None
-    assert f"⚠️ OOM at {skipped[0]['time']}s" in capsys.readouterr().err
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["time"] == 4.0
+    assert failed[0]["error"] == "OOM" and failed[0]["raw"] is None
+    err = capsys.readouterr().err
+    assert f"⚠️ out of GPU memory (OOM) at {failed[0]['time']}s: window failed (is another process" in err
+    assert "1 of 8 windows failed (OOM) at 4.0-7.0 s: rerun the same command to retry them" in err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
-    # --retry-skipped gives that window another chance
+    # the rerun retries that window, and only that one
     monkeypatch.setattr(decoding, "greedy", real_greedy)
-    assert run_worker(project, goal_checkpoint, "--retry-skipped", gpu=0, workers=4) == 0
-    assert all(r["status"] == "ok" for r in load(partial_path(project, 0, 0)))
+    assert run_worker(project, goal_checkpoint, gpu=0, workers=4) == worker_loop.EXIT_DONE
+    assert "7 already in" in capsys.readouterr().err
+    assert all(r["status"] == "ok" for r in windows_of(partial_path(project, 0, 0)))
 
 
-def test_a_window_that_keeps_failing_is_skipped_and_five_in_a_row_stop_the_worker(odd_root, video_25fps,
+def test_a_gpu_out_of_memory_on_every_window_stops_the_worker_with_the_reason(odd_root, video_25fps,
+                                                                              goal_checkpoint, monkeypatch, capsys):
+    """Another process fills the GPU: OOM counts towards "five in a row" like any failure."""
+    def full(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(decoding, "greedy", full)
+    project = make_project(odd_root / "oom every", {"a.mkv": video_25fps})
+    assert run_worker(project, goal_checkpoint, "--batch-size", "2", gpu=0, workers=2) == worker_loop.EXIT_FAILED
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "5 windows in a row failed, last at 8.0s (out of GPU memory (OOM)): is another process using" in line
+    assert "a rerun retries the failed ones" in line
+    assert [r["status"] for r in windows_of(partial_path(project, 0, 0))] == ["failed"] * 4  # the 5th: not saved
+
+
+def test_a_window_that_keeps_failing_is_recorded_and_five_in_a_row_stop_the_worker(odd_root, video_25fps,
                                                                                   goal_checkpoint, monkeypatch,
                                                                                   capsys):
     def broken(self, *args, **kw):
@@ -177,9 +282,9 @@ def test_a_window_that_keeps_failing_is_skipped_and_five_in_a_row_stop_the_worke
     project = make_project(odd_root / "broken", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
     err = capsys.readouterr().err
-    assert "⚠️ error at 0.0s, window skipped: ValueError: Image features" in err
-    assert "5 windows in a row failed, last at 8.0s" in err and "--retry-skipped" in err
-    assert [r["status"] for r in load(partial_path(project, 0, 0))] == ["skipped"] * 4
+    assert "⚠️ ValueError: Image features and image tokens do not match at 0.0s: window failed" in err
+    assert "5 windows in a row failed, last at 8.0s (ValueError: Image features" in err
+    assert [r["status"] for r in windows_of(partial_path(project, 0, 0))] == ["failed"] * 4
 
 
 @pytest.mark.slow
@@ -193,7 +298,7 @@ def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkp
     assert worker.main(args) == 0
     err = capsys.readouterr().err
     assert "quantization=nf4 device=cpu" in err and "--batch-size auto: no GPU, using batches of 1" in err
-    assert {r["raw"] for r in load(partial_path(project, 0, 3))} == {GOAL_ANSWER}
+    assert {r["raw"] for r in windows_of(partial_path(project, 0, 3))} == {GOAL_ANSWER}
 
 
 @pytest.mark.slow
@@ -260,7 +365,7 @@ def test_bad_input_is_one_clear_line_and_exit_1(tmp_path, video_25fps, goal_chec
     bad.write_bytes(b"\x1aE\xdf\xa3 not really a matroska file" * 100)
     project = make_project(tmp_path, {"good.mkv": video_25fps, "z_bad.mkv": bad})
     if case == "foreign":
-        partial_path(project, 0, 0).write_text('[{"time": 1.0, "raw": "None"}]')
+        write_partial(project, goal_checkpoint, [{"time": 1.0, "raw": "None"}])
     if case == "garbled":
         partial_path(project, 0, 0).write_text('[{"time": 0.0, "raw": "No')
     index = {"index": 5, "corrupt": 1}.get(case, 0)
@@ -323,7 +428,7 @@ def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, vi
                         "transformers2": ["--decoder", "transformers", "--batch-size", "2"]}.items():
         project = make_project(tmp_path / name, {"v.mkv": video_25fps})
         assert run_worker(project, ckpt, "--max-new-tokens", "12", *extra, gpu=1, workers=4) == 0
-        answers[name] = [(r["time"], r["raw"]) for r in load(partial_path(project, 0, 1))]
+        answers[name] = [(r["time"], r["raw"]) for r in windows_of(partial_path(project, 0, 1))]
     assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
     assert answers["default"] == answers["plain"]
     assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
@@ -460,10 +565,10 @@ def test_a_full_disk_mid_run_is_one_line_exit_75_and_a_rerun_resumes(tmp_path, v
     assert run_worker(project, goal_checkpoint, "--batch-size", "1", "--max-new-tokens", "4", workers=10) == 75
     (line,) = error_lines(capsys)
     assert "no space left on the disk" in line and "partial_results_llava_vid0_gpu0.json" in line
-    assert [r["time"] for r in load(partial_path(project, 0, 0))] == [0.0]  # the first window, intact
+    assert [r["time"] for r in windows_of(partial_path(project, 0, 0))] == [0.0]  # the first window, intact
     monkeypatch.setattr(jsonio, "_json", real_json)
     assert run_worker(project, goal_checkpoint, "--batch-size", "1", "--max-new-tokens", "4", workers=10) == 0
-    assert [r["time"] for r in load(partial_path(project, 0, 0))] == [0.0, 2.0, 4.0]
+    assert [r["time"] for r in windows_of(partial_path(project, 0, 0))] == [0.0, 2.0, 4.0]
 
 
 def test_little_free_space_is_refused_before_the_model_loads(tmp_path, video_25fps, capsys, monkeypatch):
