@@ -87,7 +87,8 @@ main() {
   [[ -f raw_data/match_b.mkv ]] || synthetic video raw_data/match_b.mkv --seconds 20
   log "2/4 a tiny random LLaVA-NeXT checkpoint in ${DIR}/tiny_llava (it answers every window: ${ANSWER})"
   [[ -f tiny_llava/config.json ]] || synthetic checkpoint tiny_llava --answer "${ANSWER}"
-  rm -f final_predictions_llava_video_*.json partial_results_llava_vid*_gpu*.json  # start the demo afresh
+  # start the demo afresh
+  rm -f final_predictions_llava_video_*.json raw_answers_llava_video_*.json.gz partial_results_llava_vid*_gpu*.json
 
   local -a run=(env -u SLURM_JOB_ID -u SLURM_ARRAY_TASK_ID
     SOCCER_PROJECT="${DIR}" LLAVA_MODEL="${DIR}/tiny_llava" LLAVA_QUANT=fp32

@@ -5,6 +5,7 @@ jsonio     atomic JSON writes and one-line input errors
 videos     videos.txt manifest, window grid and slices, exact-timestamp frame reading
 events     model text -> events (never eval), label normalisation to the 17 SoccerNet classes
 merge      partials -> final events: coverage check, re-parsing, de-duplication
+provenance what made a result (made_by: model, settings, code, video file), compared before runs are joined
 soccernet  SoccerNet labels, results_spotting.json, official average-mAP, precision/recall
 matching   one-to-one label+time matching (model vs model, model vs ground truth)
 gpus       one execution plan per GPU (dtypes, kernels, chunks, batch size) from its capability and memory

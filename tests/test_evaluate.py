@@ -6,6 +6,7 @@ SoccerNet.Evaluation.ActionSpotting.evaluate directly on files we write ourselve
 """
 import contextlib
 import csv
+import gzip
 import io
 import json
 import random
@@ -601,3 +602,32 @@ def test_a_final_of_another_video_is_refused(odd_root):
                           f"made from '{other}/1_224p.mkv', but video #0 of {project / 'videos.txt'} is "
                           f"'{GAME}/1_224p.mkv'")
     assert run(project, sn, "--metrics", "none", "--videos", "1")[0] == 0  # its own index is fine
+
+
+def test_what_made_each_models_files_is_reported_and_incomplete_videos_are_named(odd_root):
+    """llava's two halves were made with different quantizations and half 2 is incomplete (its archive
+    says so); qwen's files say nothing: unknown origin. Printed per model and kept in summary.json."""
+    made = {"model": "llava-hf/llava-v1.6-mistral-7b-hf", "model_revision": "abc123", "quantization": "nf4",
+            "compute_dtype": "float16", "nf4_weights": "packed", "visual_tokens": "full", "prompt_sha256": "p1",
+            "max_new_tokens": 256, "temperature": 0.0, "top_p": None, "sampling": "5 fps", "code": "git 1"}
+    labels = {GAME: [ann(1, 100, "Goal"), ann(2, 100, "Goal")]}
+    videos = [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"]
+    first = [{**pred(100, "Goal"), "made_by": made}]
+    second = [{**pred(100, "Goal"), "made_by": {**made, "quantization": "bf16", "compute_dtype": "bfloat16",
+                                                "nf4_weights": None}}]
+    project, sn = make_case(odd_root, "made by", labels, videos, {"llava": {0: first, 1: second},
+                                                                  "qwen7b": {0: [pred(100, "Goal")]}})
+    archive = project / "raw_answers_llava_video_1.json.gz"
+    archive.write_bytes(gzip.compress(json.dumps(
+        {"video": videos[1], "made_by": second[0]["made_by"], "windows_total": 50,
+         "incomplete": "10 of 50 windows undecodable from 80.0 s on", "windows": []}).encode()))
+    rc, out, err = run(project, sn, "--models", "llava,qwen7b", "--metrics", "none")
+    assert rc == 0, err
+    assert "⚠️ its files were made by 2 different runs, which do not compare alike:" in out
+    assert "  videos 0: llava-hf/llava-v1.6-mistral-7b-hf @ abc123, nf4 (packed weights) computing in float16" in out
+    assert "  videos 1: llava-hf/llava-v1.6-mistral-7b-hf @ abc123, bf16 computing in bfloat16" in out
+    assert "⚠️ video 1 is INCOMPLETE: 10 of 50 windows undecodable from 80.0 s on (no predictions there)" in out
+    assert "videos 0: unknown origin (written before results recorded what made them)" in out
+    s = summary(project)
+    assert [v["incomplete"] for v in s["videos"]] == [None, "10 of 50 windows undecodable from 80.0 s on"]
+    assert s["made_by"][0].startswith("⚠️ its files were made by 2 different runs")

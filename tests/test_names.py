@@ -1,11 +1,12 @@
-"""File names, the project default and the default model are defined once, in llava_soccer/settings.py.
+"""File names, the project default, the default model (llava_soccer/settings.py) and the exit codes the
+scripts share (jsonio.py) are defined once.
 
 The shell scripts cannot import it, so they hold copies; these tests fail when a copy drifts.
 """
 import pytest
 
 from conftest import ROOT
-from llava_soccer import settings, soccernet
+from llava_soccer import jsonio, settings, soccernet
 
 SOCCERNET_PIN = soccernet.INSTALL_HINT.split()[-1]  # the official evaluator's version: "SoccerNet==0.2.0"
 HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
@@ -18,7 +19,10 @@ COPIES = [
     ("setup_llava.sh", f"readonly DEFAULT_MODEL={settings.DEFAULT_MODEL}"),
     ("setup_llava.sh", f"--no-deps {SOCCERNET_PIN};"),
     ("tools/install_env.sh", f"readonly SOCCERNET={SOCCERNET_PIN}"),
+    ("submit_llava.sh", f"readonly EX_INTERRUPTED={jsonio.EXIT_RETRY} "),
+    ("submit_llava.sh", f"readonly EX_INCOMPLETE={jsonio.EXIT_INCOMPLETE} "),
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '
+                f'{settings.RAW_ANSWERS.format(model="llava", video="*")} '
                 f'{settings.PARTIAL.format(video="*", gpu="*")}'),
 ]
 

@@ -335,3 +335,57 @@ def test_missing_scripts_or_project_are_clear_errors(odd_root, base_env, tmp_pat
     assert r.returncode == 2 and "project directory" in r.stderr and "does not exist" in r.stderr
     r = run_local(site, "0", LLAVA_HOME=str(tmp_path))
     assert r.returncode == 2 and "llava_split_worker.py and merge_results_llava.py not found" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone_once_replaced(
+        odd_root, cluster, clips, base_env, tmp_path):
+    """A download cut short: the job says INCOMPLETE (not done) and exits 1; the next job skips it (a rerun
+    cannot fill undecodable windows) and still says incomplete; once the full file is in place it is redone."""
+    full = clips["long"]
+    cut = tmp_path / "long.mkv"
+    cut.write_bytes(full.read_bytes()[:full.stat().st_size // 5])
+    site = Site(odd_root, "truncated", {"long.mkv": cut}, base_env, cluster)
+    job = site.sbatch(SUBMIT, "0", "0")
+    assert cluster.wait_job(job) == "FAILED"
+    log = site.log(job)
+    assert summary(log)["incomplete"] == [0] and summary(log)["done"] == []
+    assert re.search(r"⚠️ video 0 is INCOMPLETE: \d+ of 50 windows undecodable from \d+\.0 s on: ", log), log
+    assert f"video 0: INCOMPLETE -> {site.final(0)}" in log
+    assert cluster.finished_runs(job) == [("FAILED", "1:0")]
+    assert site.final(0).exists() and site.partials(0) == []
+
+    job = site.sbatch(SUBMIT, "0", "0")  # the same file: nothing a rerun can do
+    assert cluster.wait_job(job) == "FAILED"
+    log = site.log(job)
+    assert "starting" not in log and summary(log)["incomplete"] == [0]
+    assert re.search(r"video 0: skipped, final_predictions_llava_video_0.json is INCOMPLETE \(\d+ of 50 windows "
+                     r"undecodable from \d+\.0 s on\) and its video file is unchanged, so a rerun cannot fill it", log)
+
+    (site.project / "raw_data" / "long.mkv").unlink()  # the full download arrives under the same name
+    os.symlink(full, site.project / "raw_data" / "long.mkv")
+    job = site.sbatch(SUBMIT, "0", "0")
+    assert cluster.wait_job(job) == "COMPLETED", site.log(job)
+    log = site.log(job)
+    assert "has changed since: processing it again" in log and summary(log)["done"] == [0]
+    final = json.loads(site.final(0).read_text())
+    assert final and {e["made_by"]["video_file"]["size"] for e in final} == {full.stat().st_size}
+
+
+@pytest.mark.slow
+def test_a_slice_of_another_model_is_refused_then_replaced_on_request(odd_root, clips, base_env, none_checkpoint):
+    """Slice 0 made with model A, then the job with model B: no final mixing A and B."""
+    site = Site(odd_root, "two models", {"a.mkv": clips["a"]}, base_env)
+    worker_a = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "2",
+                "--video-index", "0", "--project", str(site.project), "--model", str(none_checkpoint),
+                "--quantization", "fp32"]
+    subprocess.run(worker_a, check=True, capture_output=True, env=site.env)
+    r = run_local(site, "0", "0", LLAVA_NUM_WORKERS="2", CUDA_VISIBLE_DEVICES="")
+    assert r.returncode == 1 and summary(r.stderr)["failed"] == [0] and not site.final(0).exists()
+    assert re.search(r"error: partial file .*partial_results_llava_vid0_gpu0.json was made by another run "
+                     r"\(model .*none -> .*goal; model_revision dir sha256:\w+ -> dir sha256:\w+\)", r.stderr), r.stderr
+    r = run_local(site, "0", "0", LLAVA_NUM_WORKERS="2", CUDA_VISIBLE_DEVICES="", LLAVA_REPLACE_MISMATCHED="1")
+    assert r.returncode == 0, r.stderr
+    final = json.loads(site.final(0).read_text())
+    assert final and {e["label"] for e in final} == {"Goal"}
+    assert {e["made_by"]["model"] for e in final} == {base_env["LLAVA_MODEL"]}
