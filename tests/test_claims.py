@@ -1,7 +1,7 @@
 """One lock per video (llava_soccer/claims.py) and temp files that name their writer (jsonio).
 
 Real processes throughout: holders that are killed with SIGKILL, several takers racing for one
-stale lock, the command line submit_llava.sh runs.
+stale lock, the command line submit_llava.sh runs, and submit_llava.sh itself without Slurm.
 """
 import json
 import os
@@ -15,10 +15,11 @@ from datetime import datetime
 
 import pytest
 
-from conftest import ROOT
-from llava_soccer import claims, jsonio, settings
+from conftest import ROOT, make_project
+from llava_soccer import claims, jsonio, settings, synthetic
 
 HOST = socket.gethostname()
+SUBMIT = ROOT / "submit_llava.sh"
 
 
 @pytest.fixture(autouse=True)
@@ -267,3 +268,92 @@ def test_temps_name_their_writer_and_only_dead_writers_temps_go(project):
     jsonio.remove_stale_temps(path)
     kept = {p.name for p in project.glob(".*.tmp")}
     assert kept == {f".{path.name}.{m}.tmp" for m, (_, keep) in temps.items() if keep}
+
+
+# --- submit_llava.sh without Slurm ---------------------------------------------------------------
+
+@pytest.fixture
+def site(odd_root, goal_checkpoint, request):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_"))}
+    env.update(LLAVA_MODEL=str(goal_checkpoint), LLAVA_QUANT="fp32", LLAVA_PYTHON=sys.executable,
+               LLAVA_HOME=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", CUDA_VISIBLE_DEVICES="",
+               LLAVA_LOCK_HEARTBEAT_S="1")
+    return odd_root / request.node.name, env
+
+
+def test_submit_skips_a_video_another_run_holds(site, tmp_path):
+    root, env = site
+    project = make_project(root, {"a.mkv": synthetic.make_video(tmp_path / "a.mkv", 4)})
+    token, _ = claims.take(project, 0, os.getpid())
+    r = subprocess.run(["bash", str(SUBMIT), "0"], capture_output=True, text=True, timeout=120,
+                       env={**env, "SOCCER_PROJECT": str(project)})
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"\] video 0: being processed by local run pid {os.getpid()} on {re.escape(HOST)} "
+                     rf"since \d\d:\d\d, skipped$", r.stderr, re.M)
+    assert "  skipped:     0\n" in r.stderr and "starting" not in r.stderr
+    assert json.loads(lock_of(project).read_text())["token"] == token  # not ours to remove
+
+
+@pytest.mark.parametrize("settings_env,message", [
+    ({"LLAVA_LOCK_HEARTBEAT_S": "0.5"}, "LLAVA_LOCK_HEARTBEAT_S must be a whole number of seconds above 0, not '0.5'"),
+    ({"LLAVA_LOCK_STALE_S": "soon"}, "LLAVA_LOCK_STALE_S must be a whole number of seconds above 0, not 'soon'"),
+    ({"LLAVA_LOCK_HEARTBEAT_S": "600"}, "LLAVA_LOCK_HEARTBEAT_S (600) must be below LLAVA_LOCK_STALE_S (600): "
+                                        "unset both for 30 and 600"),
+])
+def test_submit_refuses_bad_lock_settings(site, tmp_path, settings_env, message):
+    root, env = site
+    project = make_project(root, {})
+    project.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["bash", str(SUBMIT), "0"], capture_output=True, text=True, timeout=120,
+                       env={**env, "SOCCER_PROJECT": str(project), **settings_env})
+    assert r.returncode == 2
+    (line,) = r.stderr.splitlines()
+    assert line.endswith(f"ERROR: {message}")
+
+
+def session_procs(sid):
+    """(pid, args) of the live processes of a session."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
+    return [(int(pid), args) for pid, s, stat, args in (line.split(None, 3) for line in out.splitlines())
+            if int(s) == sid and not stat.startswith("Z")]
+
+
+@pytest.mark.slow
+def test_submit_killed_with_sigkill_then_a_new_run_takes_over(site, tmp_path):
+    """kill -9 of the script: its heartbeat stops (an orphan never keeps the lock alive); kill -9 of
+    everything (a node that died): the next run takes the video over without any cleanup by hand,
+    finishes it and removes the lock."""
+    root, env = site
+    project = make_project(root, {"long.mkv": synthetic.make_video(tmp_path / "long.mkv", 30)})
+    env["SOCCER_PROJECT"] = str(project)
+    log = tmp_path / "run1.log"
+    with open(log, "w") as f:
+        run1 = subprocess.Popen(["bash", str(SUBMIT), "0"], stderr=f, env=env, start_new_session=True)
+    lock, partial = lock_of(project), settings.partial_path(project, 0, 0)
+    deadline = time.monotonic() + 300
+    while not partial.exists():  # a worker is mid-video
+        assert run1.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    info = json.loads(lock.read_text())
+    assert info["pid"] == run1.pid and info["host"] == HOST
+    beat = lock.stat().st_mtime
+    while lock.stat().st_mtime == beat:  # the heartbeat (every 1 s here)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    run1.send_signal(signal.SIGKILL)  # the script alone: its heartbeat notices and stops
+    run1.wait()
+    while any("submit_llava.sh" in args for _, args in session_procs(run1.pid)):
+        assert time.monotonic() < deadline, session_procs(run1.pid)
+        time.sleep(0.1)
+    for pid, _ in session_procs(run1.pid):  # the orphaned worker: as if the node died with it
+        os.kill(pid, signal.SIGKILL)
+    assert lock.exists() and "done" not in log.read_text()
+
+    run2 = subprocess.run(["bash", str(SUBMIT), "0"], capture_output=True, text=True, env=env, timeout=600)
+    assert run2.returncode == 0, run2.stderr
+    assert re.search(rf"\] video 0: taking over the stale lock of local run pid {run1.pid} on {re.escape(HOST)} "
+                     rf"since \d\d:\d\d \(its process {run1.pid} is gone\)$", run2.stderr, re.M)
+    assert "  done:        0\n" in run2.stderr and settings.final_path(project, 0).exists()
+    assert not lock.exists() and "Traceback" not in run2.stderr
+    assert not [p for p in project.iterdir() if p.name.startswith(".") and p.name != ".videos_given.txt"]
