@@ -27,7 +27,7 @@ Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad fla
 import argparse
 import sys
 
-from llava_soccer import merge, provenance, settings, videos
+from llava_soccer import claims, merge, provenance, settings, videos
 from llava_soccer.jsonio import (
     EXIT_INCOMPLETE,
     EXIT_RETRY,
@@ -71,6 +71,7 @@ def _short(text, width=100) -> str:
 
 def run(args) -> int:
     project = settings.project_dir(args.project)
+    claims.check(project, args.video_index)  # another job's video: never delete the partials it writes
     final = settings.final_path(project, args.video_index)
     remove_stale_temps(final)
     files = merge.partial_files(project, args.video_index)

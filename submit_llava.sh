@@ -6,14 +6,17 @@
 #   sbatch --array=0-39 submit_llava.sh     # one array task per video (many nodes at once)
 #   bash submit_llava.sh 0 1                # no Slurm: this machine's GPUs, or one CPU worker
 #
-# For each video it skips the video if final_predictions_llava_video_I.json is complete, starts
-# one llava_split_worker.py per GPU (each worker sees exactly one GPU and takes one time
-# slice), waits for all of them, merges their partial files with merge_results_llava.py and
-# moves on. A video whose worker or merge fails is reported as failed (its partial files are
-# kept: a rerun resumes it and retries failed windows) and the next video starts. A video with
-# windows whose frames cannot be decoded (a truncated file) gets a final marked incomplete:
-# reruns skip it until its file changes. The last lines of the log list the done / skipped /
-# incomplete / failed videos.
+# For each video it first takes the video's lock, .lock_llava_video_I.json in the project: a
+# video that another job (or run) is processing is skipped, so submitting twice or overlapping
+# ranges never runs one video twice (llava_soccer/claims.py says when a lock is stale and taken
+# over). Then it skips the video if final_predictions_llava_video_I.json is complete, starts one
+# llava_split_worker.py per GPU (each worker sees exactly one GPU and takes one time slice),
+# waits for all of them, merges their partial files with merge_results_llava.py, removes the
+# lock and moves on. A video whose worker or merge fails is reported as failed (its partial
+# files are kept: a rerun resumes it and retries failed windows) and the next video starts. A
+# video with windows whose frames cannot be decoded (a truncated file) gets a final marked
+# incomplete: reruns skip it until its file changes. The last lines of the log list the done /
+# skipped / incomplete / failed videos.
 #
 # Preemption and time limits: on SIGUSR1 (sent by --signal below 120 s before the time limit)
 # the workers finish their current window, save, and the job requeues itself; the requeued
@@ -31,6 +34,8 @@
 #   LLAVA_HOME           where llava_split_worker.py and merge_results_llava.py are
 #                        (default: this script's directory, the submit directory, or SOCCER_PROJECT)
 #   LLAVA_PYTHON         python to run them ($SOCCER_PROJECT/venv/bin/python if present, else python3)
+#   LLAVA_LOCK_HEARTBEAT_S  seconds between touches of the lock of the running video (30)
+#   LLAVA_LOCK_STALE_S   a lock untouched this long is another job's to take: its node died (600)
 #   HF_TOKEN             Hugging Face token, if the model is not cached yet
 #
 # Exit status: 0 every video done or skipped; 1 some video failed or is incomplete; 2 bad usage or setup;
@@ -163,6 +168,66 @@ run_python() {
   PYTHONPATH="${LLAVA_HOME}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" "$@"
 }
 
+# --- one job per video: the lock -----------------------------------------------------------
+
+CLAIM_VIDEO="" CLAIM_TOKEN="" HEARTBEAT_PID=""
+
+# python -m llava_soccer.claims: standard library only, so a take or release is quick.
+claims() {
+  run_python -m llava_soccer.claims "$@"
+}
+
+# In the background: touch the lock every HEARTBEAT_S seconds (its mtime is the heartbeat that
+# keeps other jobs out) while this script lives; a killed script's lock must go stale, not live on.
+heartbeat() {
+  local lock=$1 sleeper=""
+  trap 'kill "${sleeper}" 2>/dev/null; exit 0' TERM INT HUP
+  while true; do
+    sleep "${HEARTBEAT_S}" &
+    sleeper=$!
+    wait "${sleeper}" || true
+    kill -0 "$$" 2>/dev/null || exit 0
+    touch -c "${lock}" 2>/dev/null || true   # -c: never recreate a lock removed meanwhile
+  done
+}
+
+# claim_video I: 0 when this run now holds video I's lock; 1 after adding I to SKIPPED (another
+# job holds it) or to FAILED (no lock could be made).
+claim_video() {
+  local video=$1 out status=0
+  out=$(claims take "${PROJECT}" "${video}" "$$") || status=$?
+  if ((status == 3)); then
+    log "${out}, skipped"
+    SKIPPED+=("${video}")
+    return 1
+  elif ((status != 0)); then
+    log "video ${video}: FAILED, its lock could not be taken (see the line above)"
+    FAILED+=("${video}")
+    return 1
+  fi
+  CLAIM_VIDEO=${video} CLAIM_TOKEN=${out%%$'\n'*}
+  [[ ${out} != *$'\n'* ]] || log "${out#*$'\n'}"   # a stale lock taken over: whose, and why
+  export LLAVA_CLAIM=${CLAIM_TOKEN}   # the workers and the merge check it is still this run's
+  heartbeat "${PROJECT}/.lock_llava_video_${video}.json" &
+  HEARTBEAT_PID=$!
+}
+
+# Stop the heartbeat and remove the lock if it is still ours. Also the EXIT trap.
+release_claim() {
+  local out=""
+  if [[ -n ${HEARTBEAT_PID} ]]; then
+    kill "${HEARTBEAT_PID}" 2>/dev/null || true
+    wait "${HEARTBEAT_PID}" 2>/dev/null || true
+    HEARTBEAT_PID=""
+  fi
+  [[ -n ${CLAIM_TOKEN} ]] || return 0
+  out=$(claims release "${PROJECT}" "${CLAIM_VIDEO}" "${CLAIM_TOKEN}") ||
+    log "video ${CLAIM_VIDEO}: its lock was not removed (see the line above)"
+  [[ -z ${out} ]] || log "${out}"
+  CLAIM_VIDEO="" CLAIM_TOKEN=""
+  unset LLAVA_CLAIM
+}
+
 # --- running one video --------------------------------------------------------------------
 
 declare -a WORKER_PIDS=()
@@ -210,8 +275,19 @@ start_worker() {
   log "video ${video}: worker ${slice}/${NUM_WORKERS} pid $! on GPU ${device:-none (CPU)} (CUDA_VISIBLE_DEVICES=${device})"
 }
 
-# process_video I: appends I to DONE, SKIPPED, FAILED or INTERRUPTED.
+# process_video I: runs video I while holding its lock (another job holding it: skipped).
 process_video() {
+  claim_video "$1" || return 0
+  if [[ -n ${STOP_SIGNAL} ]]; then   # the signal came while the lock was being taken
+    NOT_STARTED+=("$1")
+  else
+    run_video "$1"
+  fi
+  release_claim
+}
+
+# run_video I: appends I to DONE, SKIPPED, FAILED or INTERRUPTED.
+run_video() {
   local video=$1 slice merge_status
   # File names and defaults are llava_soccer/settings.py's; tests/test_names.py checks these copies.
   local final="${PROJECT}/final_predictions_llava_video_${video}.json"
@@ -311,6 +387,15 @@ main() {
   NUM_WORKERS=${LLAVA_NUM_WORKERS:-${#GPUS[@]}}
   [[ ${NUM_WORKERS} =~ ^[0-9]+$ ]] || die "LLAVA_NUM_WORKERS must be a number, not '${NUM_WORKERS}'"
   ((NUM_WORKERS > 0)) || NUM_WORKERS=1
+  HEARTBEAT_S=${LLAVA_LOCK_HEARTBEAT_S:-30}
+  local stale_s=${LLAVA_LOCK_STALE_S:-600}
+  [[ ${HEARTBEAT_S} =~ ^[1-9][0-9]{0,8}$ ]] ||
+    die "LLAVA_LOCK_HEARTBEAT_S must be a whole number of seconds above 0, not '${HEARTBEAT_S}'"
+  [[ ${stale_s} =~ ^[1-9][0-9]{0,8}$ ]] ||
+    die "LLAVA_LOCK_STALE_S must be a whole number of seconds above 0, not '${stale_s}'"
+  # a lock touched less often than it goes stale would be taken from a live job
+  ((HEARTBEAT_S < stale_s)) ||
+    die "LLAVA_LOCK_HEARTBEAT_S (${HEARTBEAT_S}) must be below LLAVA_LOCK_STALE_S (${stale_s}): unset both for 30 and 600"
   export PYTHONUNBUFFERED=1   # worker lines reach the log as they happen
   # Share the CPU cores between the workers (torch would give each one thread per core).
   local threads=$(($(cpu_count) / NUM_WORKERS))
@@ -325,6 +410,7 @@ main() {
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
   trap 'on_signal INT' INT
+  trap release_claim EXIT   # set -e or a kill: the lock of the video running goes with us
 
   # A final is skipped below as done: one made from another video (copied from another project,
   # or kept across a rebuilt videos.txt) would stand for the wrong game. Finals name their video.

@@ -2,6 +2,7 @@
 
 settings   every number and path convention (5 FPS, 3 s windows, 2 s step, file names)
 jsonio     atomic JSON writes and one-line input errors
+claims     one lock per video, so two jobs never process the same video at once
 videos     videos.txt manifest, window grid and slices, exact-timestamp frame reading
 events     model text -> events (never eval), label normalisation to the 17 SoccerNet classes
 merge      partials -> final events: coverage check, re-parsing, de-duplication

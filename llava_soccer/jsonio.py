@@ -1,30 +1,63 @@
 """Files that are never half-written (temp file beside, fsync, rename), strict JSON (no NaN or
-Infinity, which jq and browsers reject), and clear input errors."""
+Infinity, which jq and browsers reject), and clear input errors.
+
+A temp file's name says who writes it, `.{name}.{host}.{pid}.{random}.tmp`, so that clearing the
+temps a killed writer left never removes the temp of a live one (two jobs on one video, issue 20).
+"""
 import errno
 import gzip
 import json
 import math
 import os
+import secrets
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-_UMASK = os.umask(0)  # read once (os.umask can only read by setting): files get 0666 & ~umask like open()'s
-os.umask(_UMASK)
+STALE_S = 600  # default of LLAVA_LOCK_STALE_S: 20 missed heartbeats of claims.py's locks
 
 
 class InputError(Exception):
     """Bad input from the user: main() prints it as one line and exits non-zero."""
 
 
+def stale_after_s() -> float:
+    """LLAVA_LOCK_STALE_S (default 600): a video lock not touched, or a temp file of another host
+    not renamed, for this many seconds has lost its writer (a node that died)."""
+    raw = os.environ.get("LLAVA_LOCK_STALE_S") or str(STALE_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"LLAVA_LOCK_STALE_S={raw!r} must be a number of seconds above 0 (default {STALE_S})")
+    return value
+
+
+def process_start(pid: int) -> int | None:
+    """When process pid on this machine started (clock ticks since boot, /proc/PID/stat field 22),
+    or None when there is no such process or it is a zombie. Comparing start times tells a
+    process from a later one that got the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces and ')'
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def _atomic_write(path, write) -> None:
     """Replace path with what write(binary file) writes; a crash leaves the old file or the new
-    one, never a mix (temp file beside it, fsync, rename)."""
+    one, never a mix (temp file beside it, fsync, rename). The temp's name holds this host and
+    pid: remove_stale_temps() leaves it alone while this process lives."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # 0666 & ~umask, as open() makes: a lab sharing the project reads results
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: a lab sharing the project reads results
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -42,11 +75,23 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def remove_stale_temps(path) -> None:
-    """Delete temp files that a killed atomic write of path left behind. Only the one process
-    that writes path may call this (each partial has one worker, each final one merge)."""
+    """Delete the temp files that killed atomic writes of path left behind: those whose writer
+    (host and pid in the name) ran on this host and is gone, and those of other hosts (or with
+    an older name that says no writer) untouched for LLAVA_LOCK_STALE_S seconds; a temp lives
+    milliseconds while it is written. A live writer's temp is never removed."""
     path = Path(path)
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    host, limit, prefix = socket.gethostname(), stale_after_s(), f".{path.name}."
+    for tmp in path.parent.glob(f"{prefix}*.tmp"):
+        writer = tmp.name[len(prefix):-len(".tmp")].rsplit(".", 2)  # host (may hold dots), pid, random
+        if len(writer) == 3 and writer[0] == host and writer[1].isdecimal():
+            stale = process_start(int(writer[1])) is None
+        else:
+            try:
+                stale = time.time() - tmp.stat().st_mtime > limit
+            except FileNotFoundError:  # renamed or removed meanwhile by its writer
+                continue
+        if stale:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_savefig(fig, path, dpi=100) -> None:

@@ -79,6 +79,7 @@ PROJECT_DEFAULT = "~/soccer_project"
 PARTIAL = "partial_results_llava_vid{video}_gpu{gpu}.json"   # one per worker, deleted by the merge
 FINAL = "final_predictions_{model}_video_{video}.json"       # one per video and model
 RAW_ANSWERS = "raw_answers_{model}_video_{video}.json.gz"    # every window's answer, beside the final
+LOCK = ".lock_llava_video_{video}.json"                      # who is processing a video now (claims.py)
 _FIELDS = {"video": r"\d+", "gpu": r"\d+", "model": r"[\w.+-]+?"}
 
 
@@ -109,3 +110,8 @@ def final_path(project: Path, video_index: int, model: str = "llava") -> Path:
 def raw_answers_path(project: Path, video_index: int, model: str = "llava") -> Path:
     """Every window's raw answer of a merged video (the partials are deleted after the merge)."""
     return project / RAW_ANSWERS.format(model=model, video=video_index)
+
+
+def lock_path(project: Path, video_index: int) -> Path:
+    """The lock of a video that a job holds while it processes it (llava_soccer/claims.py)."""
+    return project / LOCK.format(video=video_index)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from . import gpus, provenance, settings, videos
+from . import claims, gpus, provenance, settings, videos
 from . import model as llava
 from .events import window_events
 from .jsonio import EXIT_RETRY, InputError, atomic_write_json, check_writable, first_line, read_json, remove_stale_temps
@@ -271,6 +271,7 @@ def run(args, loaded=None) -> int:
         print(plan_for(args)[1].to_json())
         return EXIT_DONE
     project = settings.project_dir(args.project)
+    claims.check(project, args.video_index)  # another job's video: its partials are not ours to touch
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
     slice_windows = info.slice_windows(args.gpu_id, args.num_workers)

@@ -13,6 +13,7 @@ HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
 COPIES = [
     ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
     ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(video="$1", gpu="*")}"'),
+    ("submit_llava.sh", f'heartbeat "${{PROJECT}}/{settings.LOCK.format(video="${video}")}" &'),
     ("submit_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
     ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
     ("setup_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),

@@ -266,6 +266,36 @@ def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
 
 
 @pytest.mark.slow
+def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, base_env):
+    """The same range submitted twice while the first job runs: each video's lock keeps the
+    second job off the video the first is processing (and the reverse), no worker or merge of
+    one job touches the other's files, both jobs complete and every video is done once."""
+    site = Site(odd_root, "twice", {"a_long.mkv": clips["long"], "b.mkv": clips["b"]}, base_env, cluster)
+    fits = ("--gres=gpu:1", "--cpus-per-task=2")  # both jobs on the node at once
+    job_a = site.sbatch(*fits, SUBMIT, "0", "1")
+    lock = site.project / ".lock_llava_video_0.json"
+
+    def a_works_on_video_0():
+        assert site.cluster.job_state(job_a) in ("PENDING", "RUNNING"), site.log(job_a)
+        return lock.exists() and "video 0: worker 0/1 pid" in site.log(job_a)
+    cluster.wait_until(a_works_on_video_0, 300, f"job {job_a} working on video 0")
+    assert json.loads(lock.read_text())["job"] == job_a
+    job_b = site.sbatch(*fits, SUBMIT, "0", "1")
+    assert cluster.wait_job(job_a) == "COMPLETED" and cluster.wait_job(job_b) == "COMPLETED"
+
+    log_a, log_b = site.log(job_a), site.log(job_b)
+    started = [set(map(int, re.findall(r"\] video (\d+): starting", log))) for log in (log_a, log_b)]
+    assert started[0] == {0} and started[1] == {1}, (log_a, log_b)  # each video's workers ran in one job
+    assert re.search(rf"\] video 0: being processed by job {job_a} on \S+ since \d\d:\d\d, skipped$", log_b, re.M)
+    assert summary(log_a) == {"done": [0], "skipped": [1], "failed": [], "interrupted": [], "not started": []}
+    assert summary(log_b) == {"done": [1], "skipped": [0], "failed": [], "interrupted": [], "not started": []}
+    assert site.final(0).exists() and site.final(1).exists()
+    for log in (log_a, log_b):
+        assert "Traceback" not in log and "FileNotFoundError" not in log
+    assert not list(site.project.glob(".lock_*")) and not list(site.project.glob(".*.tmp"))
+
+
+@pytest.mark.slow
 def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array_usage", {"a.mkv": clips["a"]}, base_env, cluster)
     job = site.sbatch("--array=0", SUBMIT, "0", "5")

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,14 +108,19 @@ def test_rerun_of_a_complete_slice_exits_at_once(odd_root, video_25fps, none_che
     records = windows_of(partial_path(project, 0, 3))
     assert all(r["raw"] == "None" and r["events"] == [] and r["parsed"] for r in records)
     capsys.readouterr()
+    # what a kill -9 during an atomic write leaves (an old-style name, 20 minutes old), and the
+    # temp of a live writer on this host (this process) that must survive the worker's start
     stale = partial_path(project, 0, 3).with_name(".partial_results_llava_vid0_gpu3.json.x1y2.tmp")
-    stale.write_text('[{"time": 46')  # what a kill -9 during an atomic write leaves
+    stale.write_text('[{"time": 46')
+    os.utime(stale, (time.time() - 1200, time.time() - 1200))
+    live = stale.with_name(f".partial_results_llava_vid0_gpu3.json.{socket.gethostname()}.{os.getpid()}.ab12.tmp")
+    live.write_text('[{"time": 4')
     t = time.monotonic()
     assert run_worker(project, none_checkpoint, gpu=3, workers=4) == 0
     assert time.monotonic() - t < 5
     err = capsys.readouterr().err
     assert "slice already complete" in err and "model loaded" not in err
-    assert windows_of(partial_path(project, 0, 3)) == records and not stale.exists()
+    assert windows_of(partial_path(project, 0, 3)) == records and not stale.exists() and live.exists()
 
 
 @pytest.mark.parametrize("change, says", [

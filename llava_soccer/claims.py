@@ -1,0 +1,224 @@
+"""One lock per video in the project directory, so two jobs never process the same video at once.
+
+submit_llava.sh takes `.lock_llava_video_I.json` before it starts video I, touches it every
+LLAVA_LOCK_HEARTBEAT_S (30 s) while the video runs (its mtime is the heartbeat) and removes it
+when the video ends; a job that finds it held by a live holder skips the video. The lock is made
+with O_CREAT|O_EXCL, which is atomic on NFSv3+ (flock is not, on many NFS and Lustre mounts).
+
+A lock is stale, and is taken over, when
+  (a) its host is this host and its pid is gone or is another process (start time differs):
+      a holder killed with kill -9;
+  (b) its job id is this process's SLURM_JOB_ID: an earlier run of this same job, requeued;
+  (c) its heartbeat (mtime) is older than LLAVA_LOCK_STALE_S seconds (default 600, 20 missed
+      heartbeats): a node that died.
+Anything else is live. Two takers breaking one stale lock take a `.break` mutex (O_EXCL, itself
+abandoned after 60 s), re-read the lock under it and remove it only if the same holder still
+has it, so exactly one of them wins.
+
+    python -m llava_soccer.claims take PROJECT VIDEO PID      # token (exit 0) or holder (exit 3)
+    python -m llava_soccer.claims release PROJECT VIDEO TOKEN
+Only the standard library and settings/jsonio: it must start fast (no torch).
+"""
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from .jsonio import InputError, process_start, stale_after_s
+from .settings import lock_path
+
+EXIT_HELD, EXIT_ERROR = 3, 2
+BREAK_ABANDONED_S = 60  # a .break mutex (held for milliseconds) or a lock never written, this old, lost its writer
+
+
+def _new_info(video: int, pid: int) -> dict:
+    job, array = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return {"video": video, "token": secrets.token_hex(16), "job": job or None,
+            "array_task": f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{array}" if job and array else None,
+            "host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid),
+            "since": datetime.now().isoformat(timespec="seconds")}
+
+
+def _create(path: Path, info: dict) -> bool:
+    """Make the lock holding info; False if it exists."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _read(path: Path, video: int):
+    """(info, identity, age in s) of the lock, or (None, None, None) when there is none. info
+    without a token: a lock whose writer has not written it (yet: it writes within milliseconds)."""
+    for _ in range(20):
+        try:
+            with open(path, "rb") as f:
+                st, text = os.fstat(f.fileno()), f.read()
+        except FileNotFoundError:
+            return None, None, None
+        try:
+            info = json.loads(text)
+        except ValueError:  # also a UnicodeDecodeError
+            info = None
+        if isinstance(info, dict) and info.get("token"):
+            break
+        info = {"video": video}
+        time.sleep(0.01)
+    return info, (info.get("token"), st.st_ino), time.time() - st.st_mtime
+
+
+def _stale(info: dict, age: float) -> str | None:
+    """Why the lock is stale (the rules in this module's docstring), or None when it is live."""
+    if not info.get("token"):
+        return "its lock was never written" if age > BREAK_ABANDONED_S else None
+    if info.get("host") == socket.gethostname() and process_start(info.get("pid")) != info.get("pid_start"):
+        return f"its process {info.get('pid')} is gone"
+    if info.get("job") and info["job"] == os.environ.get("SLURM_JOB_ID"):
+        return "an earlier run of this job, requeued"
+    if age > stale_after_s():
+        return f"no heartbeat for {age:.0f} s"
+    return None
+
+
+def _who(info: dict) -> str:
+    """'job 19 on node7 since 12:04', 'job 20 (array task 18_2) on ...', 'local run pid 1234 on host since ...'"""
+    if info.get("job"):
+        task = f" (array task {info['array_task']})" if info.get("array_task") else ""
+        who = f"job {info['job']}{task} on {info.get('host')}"
+    else:
+        who = f"local run pid {info.get('pid')} on {info.get('host')}"
+    try:
+        since = datetime.fromisoformat(info.get("since"))
+        when = since.strftime("%H:%M" if since.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        when = info.get("since")
+    return f"{who} since {when}"
+
+
+def holder_line(info: dict) -> str:
+    """'video 3: being processed by job 19 on node7 since 12:04' (callers add their own tail)."""
+    if not info.get("token"):
+        return f"video {info.get('video')}: being claimed by another run (its lock is being written)"
+    return f"video {info.get('video')}: being processed by {_who(info)}"
+
+
+@contextmanager
+def _break_mutex(lock: Path):
+    """`with _break_mutex(lock) as got:` holds LOCK.break while got is True (False: another taker has it)."""
+    mutex = lock.with_name(lock.name + ".break")
+    try:
+        os.close(os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        try:
+            if time.time() - mutex.stat().st_mtime > BREAK_ABANDONED_S:  # its taker died holding it
+                mutex.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        mutex.unlink(missing_ok=True)
+
+
+def take(project, video: int, pid: int, report=None, wait_s=5.0):
+    """(token, None) when this run now holds video's lock for process pid, else (None, holder
+    line). report(line) is told when a stale lock was taken over, and why."""
+    path, mine = lock_path(Path(project), video), _new_info(video, pid)
+    deadline = time.monotonic() + wait_s
+    while True:
+        if _create(path, mine):
+            return mine["token"], None
+        held, identity, age = _read(path, video)
+        why = held and _stale(held, age)
+        if held and not why:
+            return None, holder_line(held)
+        if why:
+            with _break_mutex(path) as got:
+                if got:
+                    again, same, age = _read(path, video)
+                    if again is not None and same == identity and _stale(again, age):
+                        path.unlink(missing_ok=True)
+                    if _create(path, mine):
+                        if report:
+                            report(f"video {video}: taking over the stale lock of {_who(held)} ({why})")
+                        return mine["token"], None
+        if time.monotonic() > deadline:
+            return None, holder_line(held or {"video": video})
+        time.sleep(0.02)  # another taker holds the mutex (for milliseconds) or the lock went meanwhile
+
+
+def release(project, video: int, token: str):
+    """Remove video's lock if token holds it: None, else the holder line of whoever holds it now.
+    Under the .break mutex, so that a taker breaking this lock as stale cannot lose its new one."""
+    path = lock_path(Path(project), video)
+    deadline = time.monotonic() + 2
+    while True:
+        with _break_mutex(path) as got:
+            if got or time.monotonic() > deadline:
+                held, _, _ = _read(path, video)
+                if held is None or held.get("token") != token:
+                    return held and holder_line(held)
+                path.unlink(missing_ok=True)
+                return None
+        time.sleep(0.02)
+
+
+def check(project, video: int) -> None:
+    """InputError (one line) when a live holder other than this run (os.environ["LLAVA_CLAIM"],
+    set by submit_llava.sh for its workers and merge) holds video."""
+    held, _, age = _read(lock_path(Path(project), video), video)
+    if held is None or (held.get("token") and held["token"] == os.environ.get("LLAVA_CLAIM")) or _stale(held, age):
+        return
+    raise InputError(f"{holder_line(held)}: its files are that run's; wait until it ends (or scancel it), then run "
+                     f"again")
+
+
+def _number(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise InputError(f"{what} must be a number, not {text!r}")
+    return int(text)
+
+
+def main(argv) -> int:
+    """The command line above: prints the token, a holder line, or one error line (exit 2)."""
+    try:
+        if len(argv) != 4 or argv[0] not in ("take", "release"):
+            raise InputError("usage: python -m llava_soccer.claims take PROJECT VIDEO PID | "
+                             "release PROJECT VIDEO TOKEN")
+        command, project, video, last = argv[0], Path(argv[1]), _number(argv[2], "VIDEO"), argv[3]
+        if not project.is_dir():
+            raise InputError(f"project directory {project} does not exist")
+        if command == "release":
+            other = release(project, video, last)
+            if other:
+                print(f"{other}: our lock was taken over as stale, left to it")
+            return 0
+        pid = _number(last, "PID")
+        if process_start(pid) is None:
+            raise InputError(f"PID {pid} is not a running process")
+        notes = []
+        token, held = take(project, video, pid, report=notes.append)
+        print("\n".join([token or held, *notes]))  # line 1: what submit_llava.sh reads; then notes for its log
+        return 0 if token else EXIT_HELD
+    except InputError as e:
+        print(f"claims: error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"claims: error: cannot use the lock {e.filename} ({e.strerror}): make {argv[1]} writable",
+              file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
