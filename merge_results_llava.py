@@ -110,14 +110,14 @@ def run(args) -> int:
 
     undecodable = windows.indices("undecodable")
     incomplete = undecodable and merge.describe_holes(undecodable, info.n_windows, info.duration, "undecodable")
-    found, failures = merge.window_records_to_events(windows)
+    found, failures = merge.window_records_to_events(windows, info)
     kept = merge.dedup(found, args.dedup_s)
     archive = settings.raw_answers_path(project, args.video_index)
     remove_stale_temps(archive)
     source = video.relative_to(project / "raw_data").as_posix()
     atomic_write_json_gz(archive, {
         "video": source, "made_by": windows.made_by, "windows_total": info.n_windows, "incomplete": incomplete or None,
-        "windows": [{k: windows.records[i].get(k) for k in ("time", "end", "status", "raw", "error")}
+        "windows": [{k: windows.records[i].get(k) for k in ("time", "end", "frames", "status", "raw", "error")}
                     for i in sorted(windows.records)]})
     atomic_write_json(final, [merge.final_record(e, source, windows.made_by) for e in kept])
     if not args.keep_partials:

@@ -195,7 +195,7 @@ def profile(model, processor, info, batch, plan, max_new_tokens, trace=None):
                 texts = llava.generate(model, processor, windows, max_new_tokens, plan=plan)
                 sync()
                 with record_function("phase answers + JSON"):
-                    records = [{"time": w.start, "raw": t, "events": window_events(w.start, t, len(w.times))[0]}
+                    records = [{"time": w.start, "raw": t, "events": window_events(w.start, t, w.times)[0]}
                                for w, t in zip(frames, texts)]
                     atomic_write_json(Path(tempfile.mkdtemp()) / "partial.json", records)
     finally:

@@ -381,7 +381,9 @@ def confidence(value):
 
 
 def _frame(value):
-    """The frame number as an int, or None for anything but a finite number (not true/false)."""
+    """The frame number as an int: a finite number, or a string of digits ("8"); else None (true/false too)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 10:
+        return int(value.strip())
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return int(value)
     return None
@@ -463,17 +465,20 @@ def parse_raw(text):
     return [], False
 
 
-def window_events(start: float, raw, n_frames: int = FRAMES_PER_WINDOW):
+def window_events(start: float, raw, times=None):
     """(events, ok) of one window's answer, each event with its own "time" in seconds.
 
-    The prompt numbers the frames 1..n; an event's time is its frame's timestamp, or the
-    window's middle when the model gave no usable frame number.
+    times: the seconds of the frames the model was shown, in order (the window record's "frames": a
+    video's last windows, or one cut short by undecodable frames, have fewer than 15); default a full
+    window from start. The prompt numbers them 1..n: an event's time is its frame's time, or the
+    middle of the frames shown when the model gave no usable frame number.
     """
+    times = times or [start + i / FPS for i in range(FRAMES_PER_WINDOW)]
     events, ok = parse_raw(raw)
     for e in events:
         frame = e["frame"]
-        offset = (frame - 1) / FPS if frame is not None and 1 <= frame <= n_frames else (n_frames - 1) / FPS / 2
-        e["time"] = round(start + offset, 3)
+        t = times[frame - 1] if frame is not None and 1 <= frame <= len(times) else (times[0] + times[-1]) / 2
+        e["time"] = round(t, 3)
     return events, ok
 
 

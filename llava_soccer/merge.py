@@ -4,6 +4,7 @@ Used by merge_results_llava.py (one video) and compare_counts.py (de-duplicating
 per-window Qwen files the same way, so both models are counted alike).
 """
 import bisect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,18 +143,28 @@ def describe_holes(indices, total: int, duration: float, status: str, records=No
     return f"{head} at {', '.join(shown[:5])}{f' and {len(shown) - 5} more ranges' if len(shown) > 5 else ''}"
 
 
-def window_records_to_events(windows: Windows):
-    """(events, failures): every event of every processed window, re-parsed from its raw text.
+def frame_times(record, grid_times) -> list[float]:
+    """The seconds of the frames a window's answer numbers 1..n: the record's own "frames" (what the model
+    was shown), else (records written before they said) grid_times, the window's frames on the video's grid."""
+    times = record.get("frames")
+    ok = isinstance(times, list) and times and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times)
+    return times if ok else grid_times
+
+
+def window_records_to_events(windows: Windows, info):
+    """(events, failures): every event of every answered window, re-parsed from its raw text and timed by its
+    own frames (frame_times; info: the video's VideoInfo).
 
     Each event carries its window's "window" start and "raw" text; failures are the
-    processed windows whose text is neither events nor None.
+    answered windows whose text is neither events nor None.
     """
     events, failures = [], []
     for k in sorted(windows.records):
         r = windows.records[k]
         if window_status(r) != "ok":
             continue
-        found, ok = window_events(float(r["time"]), r.get("raw"))
+        found, ok = window_events(float(r["time"]), r.get("raw"), frame_times(r, info.window_times(k)))
         if not ok:
             failures.append(r)
         for e in found:

@@ -165,6 +165,11 @@ def resolve_video(project: Path, index: int) -> Path:
     return path
 
 
+def sample_time(j: int) -> float:
+    """The second of the j-th 5 FPS sample: frame times are this everywhere (prompt, events, records)."""
+    return round(j / FPS, 3)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
@@ -196,6 +201,10 @@ class VideoInfo:
     def window_samples(self, k: int) -> range:
         first = k * SAMPLES_PER_STEP
         return range(first, min(first + FRAMES_PER_WINDOW, self.n_samples))
+
+    def window_times(self, k: int) -> list[float]:
+        """The seconds of window k's frames on the grid (the last windows have fewer than 15)."""
+        return [sample_time(j) for j in self.window_samples(k)]
 
     def slice_of(self, k: int, num_workers: int) -> int:
         """Which of num_workers equal time slices window k starts in."""
@@ -325,7 +334,7 @@ def iter_windows(info: VideoInfo, windows):
                 if j not in cache:
                     cache[j] = reader.frame(j)
             kept = [j for j in wanted if cache[j] is not None]
-            yield Window(k, info.window_start(k), [round(j / FPS, 3) for j in kept], [cache[j] for j in kept])
+            yield Window(k, info.window_start(k), [sample_time(j) for j in kept], [cache[j] for j in kept])
     finally:
         reader.close()
 

@@ -181,9 +181,9 @@ class Worker:
         self.failed_in_a_row = 0
         records = []
         for (w, _), text in zip(ready, texts):
-            events, ok = window_events(w.start, text, len(w.times))
-            records.append({"time": w.start, "end": w.times[-1], "status": "ok", "raw": text, "parsed": ok,
-                            "events": events})
+            events, ok = window_events(w.start, text, w.times)
+            records.append({"time": w.start, "end": w.times[-1], "frames": w.times, "status": "ok", "raw": text,
+                            "parsed": ok, "events": events})
         return records
 
 

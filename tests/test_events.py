@@ -316,3 +316,13 @@ def test_final_events_are_strict_json():
     strict_json(events)
     with pytest.raises(ValueError):
         final_events([{"time": float("nan"), "raw": "None"}])
+
+
+@pytest.mark.parametrize("frame, time", [(1, 100.0), (7, 101.2), ("7", 101.2), (" 3 ", 100.4), (8, 100.6),
+                                         ("seven", 100.6), ("7.5", 100.6), ("²", 100.6), (True, 100.6)])
+def test_events_are_timed_by_the_frames_the_window_had(frame, time):
+    """A window of 7 frames (a video's last, or one cut short): frame n is the n-th frame's time; no usable
+    frame (8 of 7, not a number, true) is the middle of the 7 frames, not of 15."""
+    times = [round(100 + i / 5, 3) for i in range(7)]
+    (e,), ok = window_events(100.0, f"{{'label': 'Goal', 'frame': {frame!r}}}", times)
+    assert ok and e["time"] == time

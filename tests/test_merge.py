@@ -411,7 +411,7 @@ def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys)
     windows = data["windows"]
     assert [w["time"] for w in windows] == [2.0 * k for k in range(N_WINDOWS)]
     assert windows[3]["raw"] == raws[3] and windows[3]["status"] == "ok"
-    assert windows[9] == {"time": 18.0, "end": 20.8, "status": "ok", "raw": raws[9], "error": None}
+    assert windows[9] == {"time": 18.0, "end": 20.8, "frames": None, "status": "ok", "raw": raws[9], "error": None}
     assert "parse failures: 29 of 30 answered windows" in out
     (warning,) = [line for line in err.splitlines() if "WARNING" in line]
     assert "29 of 30 windows (97%) did not parse" in warning and archive.name in warning
@@ -479,3 +479,20 @@ def test_finals_name_their_video_and_one_of_another_video_is_refused(odd_root, v
     (there / archive.name).unlink()  # a final that says nothing (older runs, other models) is not refused
     code, out, err = run_merge(there, capsys)
     assert code == 0 and "already merged" in out
+
+
+@pytest.mark.parametrize("with_frames", [True, False])
+def test_a_short_last_window_times_its_events_by_the_frames_it_had(project, capsys, with_frames):
+    """The 60 s video's last window (58 s) has 10 frames, not 15: an event without a frame number lands at
+    the middle of those (58.9 s, not 59.4), one naming frame 15 (which it never saw) too, never after the
+    end of the video; frame "10" (a string of digits) is frame 10. Records written before windows said
+    their frames are timed by the video's grid, the same way."""
+    records = all_windows({29: answer({"label": "Goal"}, {"label": "Corner", "frame": 15},
+                                      {"label": "Foul", "frame": "10"})})
+    if with_frames:
+        records[29]["frames"] = [round(58 + i / 5, 3) for i in range(10)]
+    write_partials(project, records)
+    assert run_merge(project, capsys)[0] == 0
+    final = load(settings.final_path(project, 0))
+    assert sorted((e["label"], e["event_time"], e["frame"]) for e in final) == [
+        ("Corner", 58.9, 15), ("Foul", 59.8, 10), ("Goal", 58.9, None)]

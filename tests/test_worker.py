@@ -96,6 +96,8 @@ def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_roo
             assert event == {"label": "Goal", "label_raw": "Goal", "team": "home", "confidence": 0.9,
                              "details": "ball in the net", "frame": 8, "time": round(r["time"] + 1.4, 3)}
     assert starts == [2.0 * k for k in range(30)]
+    # each record says which frames the model saw: the video's last window has 10 (58.0-59.8 s), not 15
+    assert records[-1]["frames"] == [round(58 + i / 5, 3) for i in range(10)] and len(records[0]["frames"]) == 15
     assert "slice 1/4: 8 windows 0.0-14.0s" in log and "slice 4/4: 7 windows 46.0-58.0s" in log
     assert "⚽ 0:01.4 (1.4 s) Goal [home, 0.90] ball in the net" in log
     assert "model loaded in" in log and "30/30" not in log
