@@ -4,7 +4,9 @@ Everything runs under a path with spaces and quotes, as users' home directories 
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,19 @@ def odd_root(tmp_path_factory):
     d = tmp_path_factory.mktemp("runs") / "my \"soccer\" project's dir"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def world_dir():
+    """A directory every user can reach, for tests that run a command as user nobody: under /tmp itself,
+    not pytest's base directory, which is 0700 and which any concurrent pytest run sets back to 0700."""
+    d = Path(tempfile.mkdtemp(prefix="llava_world_"))
+    d.chmod(0o755)
+    yield d
+    for p in [d, *d.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)  # what the test made read-only, so it can be removed
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -587,30 +587,29 @@ def test_little_free_space_is_refused_before_the_model_loads(tmp_path, video_25f
     assert "only 5 MB free in" in line and "df -h" in line
 
 
-def test_a_read_only_project_is_refused_before_the_model_loads(tmp_path, video_25fps):
+def test_a_read_only_project_is_refused_before_the_model_loads(world_dir, video_25fps):
     """chmod a-w on the project (root ignores that, so the worker then runs as nobody)."""
-    base = tmp_path / "shared"
+    base = world_dir / "shared"
     project = base / "soccer_project"
     (project / "raw_data").mkdir(parents=True)
     (project / "raw_data" / "m.mkv").write_bytes(open(video_25fps, "rb").read())
     videos.manifest(project)
-    for path in (tmp_path, base, project / "raw_data", project / "raw_data" / "m.mkv", project / "videos.txt"):
+    for path in (base, project / "raw_data", project / "raw_data" / "m.mkv", project / "videos.txt"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     project.chmod(0o555)
     prefix = []
     if os.geteuid() == 0:
         prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        parents = [p for p in tmp_path.parents if p != p.parent]
-        for p in parents:  # pytest's base temp directory is 0700
-            if not os.stat(p).st_mode & 0o001:
-                p.chmod(os.stat(p).st_mode | 0o005)
         probe = subprocess.run([*prefix, sys.executable, "-c", "import torch"], capture_output=True)
         if probe.returncode:
             pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr[-200:]!r}")
     run = subprocess.run([*prefix, *worker_cmd(project, "/nonexistent/model")], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 1, run.stderr
-    (line,) = [line for line in run.stderr.splitlines() if "error:" in line]
+    lines = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, run.stderr
+    assert f"cannot write in {project} (Permission denied)" in lines[0], run.stderr
+    (line,) = lines
     assert f"cannot write in {project} (Permission denied)" in line and "--project / SOCCER_PROJECT" in line
     assert "model loaded" not in run.stderr
 
