@@ -339,7 +339,8 @@ def test_failed_video_says_whether_partial_results_were_kept(tmp_path, worker, m
     (scripts / "merge_results_llava.py").write_text("import sys\nsys.exit(1)\n")
     (scripts / "llava_soccer").symlink_to(ROOT / "llava_soccer")  # submit checks the finals with it
     project = tmp_path / "my project"
-    project.mkdir()
+    (project / "raw_data").mkdir(parents=True)
+    (project / "raw_data" / "a.mkv").write_bytes(b"")  # video 0 exists (the stand-in worker does not read it)
     r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=120,
                        check=False, cwd=tmp_path,
                        env=clean_env(SOCCER_PROJECT=project, LLAVA_HOME=scripts, LLAVA_PYTHON=sys.executable,

@@ -351,7 +351,7 @@ def test_workers_sharing_a_gpu_get_batches_of_one(odd_root, clips, base_env):
 
 @pytest.mark.parametrize("args,message", [
     ([], "usage: sbatch submit_llava.sh START [END]"),
-    (["a", "b"], "START and END must be video indices"),
+    (["a", "b"], "START must be a whole number from 0 to 999999999 in decimal digits, not 'a'"),
     (["3", "1"], "START (3) is after END (1)"),
 ])
 def test_usage_errors_exit_2(odd_root, base_env, args, message):
