@@ -400,10 +400,11 @@ summary() {
   [[ -z ${ABSENT} ]] || log "  not in videos.txt: ${ABSENT} (asked, no such video)"
 }
 
-# read_numbers [START [END]]: FIRST, LAST, ARRAY_TASK (1 in an array task), WORKERS_ASKED (empty: one per GPU), HEARTBEAT_S, STALE_S and
-# CPUS_PER_TASK (empty: not set), each through decimal(). An empty environment value is unset, as the
-# worker reads it (llava_soccer/settings.py env()). OMP_NUM_THREADS is passed on as it is: OpenMP
-# reads it (it may be a list, 8,2), this script does no arithmetic with it.
+# read_numbers [START [END]]: sets FIRST, LAST, ARRAY_TASK (1 in an array task), WORKERS_ASKED (empty:
+# one per GPU), HEARTBEAT_S, STALE_S and CPUS_PER_TASK (empty: not set), each through decimal(). An
+# empty environment value is unset, as the worker reads it (llava_soccer/settings.py env()).
+# OMP_NUM_THREADS is passed on as it is: OpenMP reads it (it may be a list, 8,2), this script does
+# no arithmetic with it.
 read_numbers() {
   local index="a video index, its line in videos.txt counted from 0 (sbatch submit_llava.sh 0 9)"
   ARRAY_TASK=""
@@ -445,7 +446,8 @@ check_range() {
   decimal count "the video count printed by python -m llava_soccer.videos" "${out##*$'\n'}" 0 "${MAX_INDEX}" \
     "is ${LLAVA_HOME}/llava_soccer as new as this script? (bash setup_llava.sh copies both)"
   ((count > 0)) ||
-    die "no videos: ${PROJECT}/videos.txt lists none; put the match videos (.mkv/.mp4) under ${PROJECT}/raw_data (nothing started)"
+    die "no videos: ${PROJECT}/videos.txt lists none; put the match videos (.mkv/.mp4) under" \
+      "${PROJECT}/raw_data (nothing started)"
   ((count > 1)) || plural=""
   listed="videos.txt lists ${count} video${plural} ($(span 0 $((count - 1))))"
   ABSENT=""
