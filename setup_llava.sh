@@ -50,6 +50,7 @@ warn() { log "WARNING: $*"; WARNINGS=$((WARNINGS + 1)); }
 error() { log "ERROR:   $*"; ERRORS=$((ERRORS + 1)); }
 WARNINGS=0
 ERRORS=0
+VIDEOS=0
 
 # copy_if_changed SRC DST: copy and say so, or say nothing changed.
 copy_if_changed() {
@@ -315,9 +316,11 @@ check_ffmpeg() {
   fi
 }
 
+# Sets VIDEOS: the number of videos under raw_data/ (the closing hint's range).
 check_project() {
   local n
   n=$(find -L "${PROJECT}/raw_data" -type f \( -iname '*.mkv' -o -iname '*.mp4' \) 2>/dev/null | wc -l)
+  VIDEOS=${n}
   if ((n > 0)); then
     ok "${n} video(s) under ${PROJECT}/raw_data"
   else
@@ -356,8 +359,15 @@ main() {
   local export=''
   # a project elsewhere than the default must reach the job too (submit_llava.sh reads SOCCER_PROJECT)
   [[ ${PROJECT} == "$(cd ~ && pwd)/soccer_project" ]] || export="export SOCCER_PROJECT=$(printf '%q' "${PROJECT}") && "
-  log "setup done (${WARNINGS} warning(s)). Next: put videos in ${PROJECT}/raw_data, then"
-  log "  ${export}cd $(printf '%q' "${PROJECT}") && sbatch submit_llava.sh 0 39    # or without Slurm: bash submit_llava.sh 0 0"
+  if ((VIDEOS == 0)); then
+    log "setup done (${WARNINGS} warning(s)). Next: put the match videos (.mkv/.mp4, sub-folders are fine) in" \
+      "${PROJECT}/raw_data and run setup again: it then prints the command that processes them"
+    return 0
+  fi
+  # 0..N-1: the indices videos.txt gives N videos (submit_llava.sh says so in one line if it lists fewer)
+  log "setup done (${WARNINGS} warning(s)). Next: process the ${VIDEOS} video(s) in ${PROJECT}/raw_data:"
+  log "  ${export}cd $(printf '%q' "${PROJECT}") && sbatch submit_llava.sh 0 $((VIDEOS - 1))" \
+    "   # or without Slurm: bash submit_llava.sh 0 $((VIDEOS - 1))"
 }
 
 main "$@"

@@ -29,7 +29,7 @@
 #   SOCCER_PROJECT       project directory: raw_data/, videos.txt, results (~/soccer_project)
 #   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
 #   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 (nf4)
-#   LLAVA_NUM_WORKERS    workers (slices) per video (one per GPU of the job; 1 without GPUs)
+#   LLAVA_NUM_WORKERS    workers (slices) per video, 1..64 (one per GPU of the job; 1 without GPUs)
 #   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   and the other LLAVA_* worker settings (README), read by the worker
 #   LLAVA_HOME           where llava_split_worker.py and merge_results_llava.py are
 #                        (default: this script's directory, the submit directory, or SOCCER_PROJECT)
@@ -37,6 +37,12 @@
 #   LLAVA_LOCK_HEARTBEAT_S  seconds between touches of the lock of the running video (30)
 #   LLAVA_LOCK_STALE_S   a lock untouched this long is another job's to take: its node died (600)
 #   HF_TOKEN             Hugging Face token, if the model is not cached yet
+#
+# START, END, the array index and the numbers above are plain decimal digits (08 is 8, never octal),
+# at most 9 of them: each is checked once, before anything starts (one ERROR line naming it, exit 2),
+# and the workers are given the number the script uses. START..END past the end of videos.txt:
+# the videos that exist are processed and one line says which do not; a range none of whose
+# videos exists is refused (exit 2); an array task past the end says so and exits 0.
 #
 # Exit status: 0 every video done or skipped; 1 some video failed or is incomplete; 2 bad usage or setup;
 # 75 interrupted (rerun the same command to resume).
@@ -62,6 +68,36 @@ readonly EX_INCOMPLETE=3     # worker and merge: finished, but windows had no de
 
 log() { printf '[%(%Y-%m-%d %H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit "${EX_USAGE}"; }
+
+# --- numbers ------------------------------------------------------------------------------
+
+readonly MAX_INDEX=999999999   # START, END, SLURM_ARRAY_TASK_ID (Slurm's array indices stay below 4000001)
+readonly MAX_WORKERS=64        # LLAVA_NUM_WORKERS: each worker loads the model
+
+# decimal VAR WHAT VALUE MIN MAX FIX: sets VAR to VALUE as a decimal number, or exits 2 with one
+# line naming WHAT (the argument or variable) and FIX. Every number this script takes from its
+# arguments, the environment or python goes through here once, before anything starts, and only
+# the result reaches $(( )) or a worker: bash's arithmetic reads 010 as octal 8 (python, told
+# --num-workers 010, reads 10), calls 08 an error and wraps numbers past 2^63. Accepted: decimal
+# digits only, leading zeros dropped (08 is 8, as python reads it), at most 9 significant digits
+# (far below 2^63), MIN..MAX. The locals are _-named so that printf -v reaches the caller's VAR.
+decimal() {
+  local _var=$1 _what=$2 _value=$3 _min=$4 _max=$5 _fix=$6 _shown=$3
+  # [0123456789], not [0-9]: a locale's range may hold other digits, which 10# refuses
+  if [[ ${_value} =~ ^0*([0123456789]{1,9})$ ]] &&
+    ((10#${BASH_REMATCH[1]} >= _min && 10#${BASH_REMATCH[1]} <= _max)); then
+    printf -v "${_var}" '%d' "$((10#${BASH_REMATCH[1]}))"
+    return 0
+  fi
+  ((${#_value} <= 40)) || _shown="${_value:0:40}..."
+  _shown=${_shown//[[:cntrl:]]/?}   # a line break in the value must not break the line
+  die "${_what} must be a whole number from ${_min} to ${_max} in decimal digits, not '${_shown}': ${_fix}"
+}
+
+# span A B: "A" or "A..B", for the log.
+span() {
+  if (($1 == $2)); then printf '%s' "$1"; else printf '%s..%s' "$1" "$2"; fi
+}
 
 # --- Slurm specifics: everything this script asks of Slurm is in this section ---------------
 
@@ -107,8 +143,8 @@ gpu_ids() {
 cpu_count() {
   local cpus
   cpus=$(nproc 2>/dev/null || echo 1)
-  if [[ ${SLURM_CPUS_PER_TASK:-} =~ ^[0-9]+$ ]] && ((SLURM_CPUS_PER_TASK < cpus)); then
-    cpus=${SLURM_CPUS_PER_TASK}
+  if [[ -n ${CPUS_PER_TASK} ]] && ((CPUS_PER_TASK < cpus)); then
+    cpus=${CPUS_PER_TASK}
   fi
   printf '%s\n' "${cpus}"
 }
@@ -361,20 +397,82 @@ summary() {
   log "  failed:      ${FAILED[*]:--}"
   log "  interrupted: ${INTERRUPTED[*]:--}"
   log "  not started: ${NOT_STARTED[*]:--}"
+  [[ -z ${ABSENT} ]] || log "  not in videos.txt: ${ABSENT} (asked, no such video)"
 }
 
-main() {
-  local first last video mismatch
+# read_numbers [START [END]]: sets FIRST, LAST, ARRAY_TASK (1 in an array task), WORKERS_ASKED (empty:
+# one per GPU), HEARTBEAT_S, STALE_S and CPUS_PER_TASK (empty: not set), each through decimal(). An
+# empty environment value is unset, as the worker reads it (llava_soccer/settings.py env()).
+# OMP_NUM_THREADS is passed on as it is: OpenMP reads it (it may be a list, 8,2), this script does
+# no arithmetic with it.
+read_numbers() {
+  local index="a video index, its line in videos.txt counted from 0 (sbatch submit_llava.sh 0 9)"
+  ARRAY_TASK=""
   if in_slurm && [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
     (($# == 0)) || die "in a job array give no START END: each task processes video SLURM_ARRAY_TASK_ID" \
       "(sbatch --array=0-39 submit_llava.sh)"
-    first=${SLURM_ARRAY_TASK_ID} last=${SLURM_ARRAY_TASK_ID}
+    decimal FIRST SLURM_ARRAY_TASK_ID "${SLURM_ARRAY_TASK_ID}" 0 "${MAX_INDEX}" \
+      "array indices are video indices (sbatch --array=0-39 submit_llava.sh)"
+    LAST=${FIRST} ARRAY_TASK=1
   else
     (($# == 1 || $# == 2)) || usage
-    first=$1 last=${2:-$1}
+    decimal FIRST START "$1" 0 "${MAX_INDEX}" "${index}"
+    decimal LAST END "${2:-$1}" 0 "${MAX_INDEX}" "${index}"
   fi
-  [[ ${first} =~ ^[0-9]+$ && ${last} =~ ^[0-9]+$ ]] || die "START and END must be video indices (0, 1, ...), not '${first}' '${last}'"
-  ((first <= last)) || die "START (${first}) is after END (${last})"
+  ((FIRST <= LAST)) || die "START (${FIRST}) is after END (${LAST})"
+  WORKERS_ASKED=""
+  [[ -z ${LLAVA_NUM_WORKERS:-} ]] || decimal WORKERS_ASKED LLAVA_NUM_WORKERS "${LLAVA_NUM_WORKERS}" 1 \
+    "${MAX_WORKERS}" "workers per video; unset it for one per GPU of the job"
+  decimal HEARTBEAT_S LLAVA_LOCK_HEARTBEAT_S "${LLAVA_LOCK_HEARTBEAT_S:-30}" 1 999999999 \
+    "seconds between touches of the running video's lock; unset it for 30"
+  decimal STALE_S LLAVA_LOCK_STALE_S "${LLAVA_LOCK_STALE_S:-600}" 1 999999999 \
+    "seconds after which an untouched lock is another job's to take; unset it for 600"
+  # a lock touched less often than it goes stale would be taken from a live job
+  ((HEARTBEAT_S < STALE_S)) ||
+    die "LLAVA_LOCK_HEARTBEAT_S (${HEARTBEAT_S}) must be below LLAVA_LOCK_STALE_S (${STALE_S}): unset both for 30 and 600"
+  CPUS_PER_TASK=""
+  [[ -z ${SLURM_CPUS_PER_TASK:-} ]] || decimal CPUS_PER_TASK SLURM_CPUS_PER_TASK "${SLURM_CPUS_PER_TASK}" 1 \
+    999999999 "CPU cores of the job, which Slurm sets from --cpus-per-task; unset it outside a job"
+}
+
+# check_range: what of FIRST..LAST videos.txt has, in one line, before anything starts; LAST is cut
+# to the last video and ABSENT names the rest. The count is python's (llava_soccer/videos.py, the
+# list the workers read): it also writes videos.txt, refuses an edited one and checks the finals
+# of the range (a final made from another video would be skipped below as done: the wrong game).
+check_range() {
+  local out count listed asked plural=s absent="do not exist"
+  out=$(run_python -m llava_soccer.videos "${PROJECT}" "${FIRST}" "${LAST}" 2>&1) ||
+    die "${out#submit_llava.sh: error: } (nothing started)"
+  decimal count "the video count printed by python -m llava_soccer.videos" "${out##*$'\n'}" 0 "${MAX_INDEX}" \
+    "is ${LLAVA_HOME}/llava_soccer as new as this script? (bash setup_llava.sh copies both)"
+  ((count > 0)) ||
+    die "no videos: ${PROJECT}/videos.txt lists none; put the match videos (.mkv/.mp4) under" \
+      "${PROJECT}/raw_data (nothing started)"
+  ((count > 1)) || plural=""
+  listed="videos.txt lists ${count} video${plural} ($(span 0 $((count - 1))))"
+  ABSENT=""
+  ((LAST >= count)) || return 0
+  if ((FIRST >= count)); then
+    # an array over more indices than videos: the tasks past the end are its part that does not
+    # exist, a note as for a range, not a failure (exit 2 would mark each one FAILED in sacct)
+    if [[ -n ${ARRAY_TASK} ]]; then
+      log "array task ${FIRST}: video ${FIRST} does not exist, ${listed}; nothing to do"
+      exit 0
+    fi
+    asked="videos $(span "${FIRST}" "${LAST}")"
+    ((FIRST < LAST)) || asked="video ${FIRST}"
+    die "${asked} asked, but ${listed}: put more videos under ${PROJECT}/raw_data (they get the next" \
+      "indices) or ask for $(span 0 $((count - 1))) (nothing started)"
+  fi
+  ABSENT=$(span "${count}" "${LAST}")
+  ((count < LAST)) || absent="does not exist"
+  log "videos ${FIRST}..${LAST} asked, ${listed}: processing $(span "${FIRST}" $((count - 1))); ${ABSENT} ${absent}"
+  LAST=$((count - 1))
+}
+
+main() {
+  local video
+  read_numbers "$@"   # every number, before anything else
 
   PROJECT=${SOCCER_PROJECT:-${HOME}/soccer_project}
   [[ -d ${PROJECT} ]] || die "project directory ${PROJECT} does not exist: set SOCCER_PROJECT or run 'bash setup_llava.sh'"
@@ -384,18 +482,11 @@ main() {
   PYTHON=$(find_python)
   command -v "${PYTHON}" >/dev/null 2>&1 || die "python '${PYTHON}' not found: run 'bash setup_llava.sh' or set LLAVA_PYTHON"
   mapfile -t GPUS < <(gpu_ids)
-  NUM_WORKERS=${LLAVA_NUM_WORKERS:-${#GPUS[@]}}
-  [[ ${NUM_WORKERS} =~ ^[0-9]+$ ]] || die "LLAVA_NUM_WORKERS must be a number, not '${NUM_WORKERS}'"
+  NUM_WORKERS=${WORKERS_ASKED:-${#GPUS[@]}}
   ((NUM_WORKERS > 0)) || NUM_WORKERS=1
-  HEARTBEAT_S=${LLAVA_LOCK_HEARTBEAT_S:-30}
-  local stale_s=${LLAVA_LOCK_STALE_S:-600}
-  [[ ${HEARTBEAT_S} =~ ^[1-9][0-9]{0,8}$ ]] ||
-    die "LLAVA_LOCK_HEARTBEAT_S must be a whole number of seconds above 0, not '${HEARTBEAT_S}'"
-  [[ ${stale_s} =~ ^[1-9][0-9]{0,8}$ ]] ||
-    die "LLAVA_LOCK_STALE_S must be a whole number of seconds above 0, not '${stale_s}'"
-  # a lock touched less often than it goes stale would be taken from a live job
-  ((HEARTBEAT_S < stale_s)) ||
-    die "LLAVA_LOCK_HEARTBEAT_S (${HEARTBEAT_S}) must be below LLAVA_LOCK_STALE_S (${stale_s}): unset both for 30 and 600"
+  # the workers and python's lock checks read these too: the same numbers as here, not 04 or 0600
+  [[ -z ${WORKERS_ASKED} ]] || export LLAVA_NUM_WORKERS=${NUM_WORKERS}
+  [[ -z ${LLAVA_LOCK_STALE_S:-} ]] || export LLAVA_LOCK_STALE_S=${STALE_S}
   export PYTHONUNBUFFERED=1   # worker lines reach the log as they happen
   # Share the CPU cores between the workers (torch would give each one thread per core).
   local threads=$(($(cpu_count) / NUM_WORKERS))
@@ -412,17 +503,14 @@ main() {
   trap 'on_signal INT' INT
   trap release_claim EXIT   # set -e or a kill: the lock of the video running goes with us
 
-  # A final is skipped below as done: one made from another video (copied from another project,
-  # or kept across a rebuilt videos.txt) would stand for the wrong game. Finals name their video.
-  mismatch=$(run_python -m llava_soccer.videos "${PROJECT}" "${first}" "${last}" 2>&1) ||
-    die "${mismatch#submit_llava.sh: error: } (nothing started)"
+  check_range
 
-  log "LLaVA soccer: videos ${first}..${last}, $(where)"
+  log "LLaVA soccer: videos ${FIRST}..${LAST}, $(where)"
   log "project ${PROJECT}; scripts ${LLAVA_HOME}; python ${PYTHON}"
   log "model ${LLAVA_MODEL:-(worker default)}, quantization ${LLAVA_QUANT:-(worker default)}," \
     "${NUM_WORKERS} worker(s) per video, GPUs: ${GPUS[*]:-none (CPU)}, ${OMP_NUM_THREADS} CPU thread(s) per worker"
 
-  for ((video = first; video <= last; video++)); do
+  for ((video = FIRST; video <= LAST; video++)); do
     if [[ -n ${STOP_SIGNAL} ]]; then
       NOT_STARTED+=("${video}")
       continue

@@ -133,11 +133,16 @@ def final_state(project: Path, index: int) -> tuple[str, str]:
 
 
 def _check_finals(project: str, first: str, last: str) -> int:
+    """submit_llava.sh's check before anything starts: refuses an edited videos.txt and finals of the videos of
+    first..last that were made from other videos, then prints how many videos videos.txt lists: the shell
+    processes the part of the range that exists by this one count (indices past it are not looked at, so a
+    huge last costs nothing)."""
     project = Path(project)
     listed = manifest(project)  # also refuses an edited videos.txt before any worker starts
-    for index in range(int(first), int(last) + 1):
+    for index in range(int(first), min(int(last), len(listed) - 1) + 1):
         for final in sorted(project.glob(FINAL.format(model="*", video=index))):
             check_source(project, index, final, listed)
+    print(len(listed))
     return 0
 
 
@@ -340,6 +345,7 @@ def iter_windows(info: VideoInfo, windows):
 
 
 if __name__ == "__main__":  # submit_llava.sh: python -m llava_soccer.videos P 0 39 before starting (checks the
-    # finals of the range), python -m llava_soccer.videos state P 5 before each video (prints "STATE<tab>LINE")
+    # finals of the range, prints the number of videos), python -m llava_soccer.videos state P 5 before each video
+    # (prints "STATE<tab>LINE")
     command = _state if sys.argv[1:2] == ["state"] else _check_finals
     sys.exit(run_cli(lambda a: command(*a), sys.argv[2:] if command is _state else sys.argv[1:], "submit_llava.sh"))

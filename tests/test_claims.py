@@ -295,8 +295,12 @@ def test_submit_skips_a_video_another_run_holds(site, tmp_path):
 
 
 @pytest.mark.parametrize("settings_env,message", [
-    ({"LLAVA_LOCK_HEARTBEAT_S": "0.5"}, "LLAVA_LOCK_HEARTBEAT_S must be a whole number of seconds above 0, not '0.5'"),
-    ({"LLAVA_LOCK_STALE_S": "soon"}, "LLAVA_LOCK_STALE_S must be a whole number of seconds above 0, not 'soon'"),
+    ({"LLAVA_LOCK_HEARTBEAT_S": "0.5"}, "LLAVA_LOCK_HEARTBEAT_S must be a whole number from 1 to 999999999 in "
+                                        "decimal digits, not '0.5': seconds between touches of the running video's "
+                                        "lock; unset it for 30"),
+    ({"LLAVA_LOCK_STALE_S": "soon"}, "LLAVA_LOCK_STALE_S must be a whole number from 1 to 999999999 in decimal "
+                                     "digits, not 'soon': seconds after which an untouched lock is another job's to "
+                                     "take; unset it for 600"),
     ({"LLAVA_LOCK_HEARTBEAT_S": "600"}, "LLAVA_LOCK_HEARTBEAT_S (600) must be below LLAVA_LOCK_STALE_S (600): "
                                         "unset both for 30 and 600"),
 ])

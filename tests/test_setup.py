@@ -44,10 +44,11 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
     assert "WARNING: no .mkv/.mp4 under" in out
     assert "ok:      torch " in out and "OpenCV can decode videos" in out
     assert "setup done" in out
-    # the project is not ~/soccer_project: the command setup prints last takes it along, quoted
-    command = next_command(out)
-    assert command.startswith("export SOCCER_PROJECT=")
-    assert follow(command, tmp_path) == [project.resolve(), project.resolve(), "submit_llava.sh 0 39"]
+    # no videos yet: no range to suggest (never 0 39), but where they go
+    assert out.splitlines()[-1].endswith(
+        f"Next: put the match videos (.mkv/.mp4, sub-folders are fine) in {project}/raw_data and run "
+        f"setup again: it then prints the command that processes them")
+    assert "sbatch" not in out.splitlines()[-1]
 
     # again, after a video arrived and one installed file went stale: only that file is copied
     make_project(project.parent, {"half1.mkv": synthetic.make_video(tmp_path / "half1.mkv", 10)})
@@ -58,6 +59,11 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
     assert filecmp.cmp(ROOT / "merge_results_llava.py", project / "merge_results_llava.py", shallow=False)
     assert f"model: local checkpoint {goal_checkpoint}" in out
     assert "1 video(s) under" in out and "hf_secret123" not in out
+    # the project is not ~/soccer_project: the command setup prints last takes it along, quoted; its range
+    # is the videos there (one: 0 0)
+    command = next_command(out)
+    assert command.startswith("export SOCCER_PROJECT=")
+    assert follow(command, tmp_path) == [project.resolve(), project.resolve(), "submit_llava.sh 0 0"]
 
     # the installed copy runs on its own: submit_llava.sh finds its scripts beside it
     r = subprocess.run(["bash", "submit_llava.sh", "0", "0"], cwd=project, capture_output=True, text=True, check=False,
@@ -72,7 +78,8 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
 def next_command(out):
     """The command setup's last line tells users to type next (without its comment)."""
     last = out.splitlines()[-1]
-    m = re.fullmatch(r"\[\d\d:\d\d:\d\d\]   (.+ && sbatch submit_llava.sh 0 39)    # or without Slurm: .*", last)
+    m = re.fullmatch(r"\[\d\d:\d\d:\d\d\]   (.+ && sbatch submit_llava.sh 0 (\d+))    # or without Slurm: "
+                     r"bash submit_llava.sh 0 \2", last)
     assert m, last
     return m[1]
 
@@ -94,7 +101,10 @@ def follow(command, tmp_path, **env):
 def test_next_line_for_the_default_project(tmp_path):
     """SOCCER_PROJECT not set: ~/soccer_project, and the printed command needs no export."""
     home = tmp_path / "my home"
-    home.mkdir()
+    raw = home / "soccer_project" / "raw_data"
+    (raw / "second half").mkdir(parents=True)
+    for name in ("1_224p.mkv", "second half/2_224p.MP4", "notes.txt"):  # setup counts the videos by name
+        (raw / name).write_bytes(b"")
     r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900, check=False,
                        env=clean_env(HOME=home, LLAVA_PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr
@@ -102,7 +112,8 @@ def test_next_line_for_the_default_project(tmp_path):
     command = next_command(r.stderr)
     assert "SOCCER_PROJECT" not in command
     assert follow(command, tmp_path, HOME=home) == [(home / "soccer_project").resolve(), "(not set)",
-                                                   "submit_llava.sh 0 39"]
+                                                   "submit_llava.sh 0 1"]  # two videos: 0 and 1
+    assert "Next: process the 2 video(s) in " in r.stderr
 
 
 def test_venv_is_made_once_and_reused(tmp_path):
@@ -339,7 +350,8 @@ def test_failed_video_says_whether_partial_results_were_kept(tmp_path, worker, m
     (scripts / "merge_results_llava.py").write_text("import sys\nsys.exit(1)\n")
     (scripts / "llava_soccer").symlink_to(ROOT / "llava_soccer")  # submit checks the finals with it
     project = tmp_path / "my project"
-    project.mkdir()
+    (project / "raw_data").mkdir(parents=True)
+    (project / "raw_data" / "a.mkv").write_bytes(b"")  # video 0 exists (the stand-in worker does not read it)
     r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=120,
                        check=False, cwd=tmp_path,
                        env=clean_env(SOCCER_PROJECT=project, LLAVA_HOME=scripts, LLAVA_PYTHON=sys.executable,

@@ -306,6 +306,30 @@ def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base
     assert "in a job array give no START END" in log
 
 
+@pytest.mark.slow
+def test_array_tasks_past_the_end_complete_and_a_range_past_it_fails_with_one_line(odd_root, cluster, clips,
+                                                                                   base_env):
+    """One video: the array tasks past it are COMPLETED with one line each (the part of the array that does
+    not exist is no failure), a range of which no video exists is FAILED, exit 2, one line; no worker starts."""
+    site = Site(odd_root, "past the end", {"a.mkv": clips["a"]}, base_env, cluster)
+    fits = ("--gres=gpu:1", "--cpus-per-task=2")
+    job = site.sbatch("--array=1-2", *fits, SUBMIT)
+    states = cluster.wait_job(job)
+    assert set(states.values()) == {"COMPLETED"}, states
+    logs = [p.read_text() for p in site.submit_dir.glob("llava_*.log")]
+    assert sorted(re.sub(r"^\[[^]]+\] ", "", log) for log in logs) == [
+        f"array task {task}: video {task} does not exist, videos.txt lists 1 video (0); nothing to do\n"
+        for task in (1, 2)]  # one line each
+
+    job = site.sbatch(*fits, SUBMIT, "3", "9")
+    assert cluster.wait_job(job) == "FAILED"
+    assert cluster.finished_runs(job) == [("FAILED", "2:0")]
+    (line,) = site.log(job).splitlines()
+    assert line.endswith(f"ERROR: videos 3..9 asked, but videos.txt lists 1 video (0): put more videos under "
+                         f"{site.project}/raw_data (they get the next indices) or ask for 0 (nothing started)")
+    assert not site.final(0).exists() and not list(site.project.glob(".lock_*"))
+
+
 # --- without Slurm ----------------------------------------------------------------------------
 
 def run_local(site, *args, **env):
@@ -351,7 +375,7 @@ def test_workers_sharing_a_gpu_get_batches_of_one(odd_root, clips, base_env):
 
 @pytest.mark.parametrize("args,message", [
     ([], "usage: sbatch submit_llava.sh START [END]"),
-    (["a", "b"], "START and END must be video indices"),
+    (["a", "b"], "START must be a whole number from 0 to 999999999 in decimal digits, not 'a'"),
     (["3", "1"], "START (3) is after END (1)"),
 ])
 def test_usage_errors_exit_2(odd_root, base_env, args, message):

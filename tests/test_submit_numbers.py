@@ -1,0 +1,279 @@
+"""submit_llava.sh's numbers and range (issue 21, items 1 and 2), run with plain bash as users do.
+
+Every number the script takes (START, END, SLURM_ARRAY_TASK_ID, LLAVA_NUM_WORKERS, the lock seconds,
+SLURM_CPUS_PER_TASK) is read as decimal or refused with one line and exit 2 before anything starts;
+a range past the end of videos.txt processes what exists and says so in one line. Most tests use a
+stand-in worker and merge (LLAVA_HOME) that record what they were asked, so they need no model and
+check what the launcher started; the real worker runs the README's `0 39` once (slow).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, make_project
+from llava_soccer import synthetic
+
+SUBMIT = ROOT / "submit_llava.sh"
+
+# Records its arguments and the LLAVA_NUM_WORKERS it sees, one JSON line per worker.
+FAKE_WORKER = """\
+import json, os, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+with open(os.path.join(args["--project"], "started.jsonl"), "a") as f:
+    f.write(json.dumps({"video": int(args["--video-index"]), "slice": int(args["--gpu-id"]),
+                        "told": args["--num-workers"], "env": os.environ.get("LLAVA_NUM_WORKERS"),
+                        "stale": os.environ.get("LLAVA_LOCK_STALE_S")}) + "\\n")
+"""
+FAKE_MERGE = """\
+import os, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+with open(os.path.join(args["--project"], f"final_predictions_llava_video_{args['--video-index']}.json"), "w") as f:
+    f.write("[]")
+"""
+SUMMARY_KEYS = ("done", "skipped", "incomplete", "failed", "interrupted", "not started")
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    d = tmp_path / "stand-in scripts"
+    d.mkdir()
+    (d / "llava_split_worker.py").write_text(FAKE_WORKER)
+    (d / "merge_results_llava.py").write_text(FAKE_MERGE)
+    (d / "llava_soccer").symlink_to(ROOT / "llava_soccer")  # the range check and the locks are the real ones
+    return d
+
+
+def project_with(root, n):
+    """A project whose raw_data/ holds n video files v00.mkv ... (indices 0..n-1; the stand-in reads none)."""
+    project = root / "my project"
+    (project / "raw_data").mkdir(parents=True)
+    for i in range(n):
+        (project / "raw_data" / f"v{i:02d}.mkv").write_bytes(b"")
+    return project
+
+
+def submit(project, scripts, *args, timeout=120, **env):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_"))}
+    base.update(SOCCER_PROJECT=str(project), LLAVA_HOME=str(scripts), LLAVA_PYTHON=sys.executable,
+                CUDA_VISIBLE_DEVICES="")
+    started = time.monotonic()
+    r = subprocess.run(["bash", str(SUBMIT), *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=project.parent, env={**base, **env})
+    r.seconds = time.monotonic() - started
+    return r
+
+
+def started(project):
+    """The workers the stand-in saw start, in order."""
+    f = project / "started.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+
+
+def summary(log):
+    found = {}
+    for key in SUMMARY_KEYS:
+        (line,) = re.findall(rf"\]   {key}: +(.*)$", log, re.M)
+        found[key] = [int(v) for v in line.split() if v != "-"]
+    return found
+
+
+def done(*videos):
+    return {"done": list(videos), "skipped": [], "incomplete": [], "failed": [], "interrupted": [],
+            "not started": []}
+
+
+def assert_refused(r, project, starts):
+    """One ERROR line, exit 2, and nothing started: no worker, no lock, not even videos.txt."""
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ERROR: ", line) and starts in line, line
+    assert not re.search(r"\] video \d+: (starting|worker)", r.stderr) and started(project) == []
+    assert not list(project.glob(".lock_*")) and not list(project.glob("final_*"))
+
+
+# --- item 1: numbers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,videos", [
+    (["08", "09"], [8, 9]),     # bash: "value too great for base"
+    (["007"], [7]),
+    (["010", "011"], [10, 11]),  # bash: octal 8 and 9, other videos than python checked
+    (["0000000000000011"], [11]),  # leading zeros do not count towards the 9 digits
+])
+def test_leading_zeros_are_decimal(tmp_path, scripts, args, videos):
+    project = project_with(tmp_path, 12)
+    r = submit(project, scripts, *args)
+    assert r.returncode == 0, r.stderr
+    assert [w["video"] for w in started(project)] == videos
+    assert summary(r.stderr) == done(*videos)
+    assert f"LLaVA soccer: videos {videos[0]}..{videos[-1]}," in r.stderr
+
+
+INDEX = "must be a whole number from 0 to 999999999 in decimal digits, not"
+
+
+@pytest.mark.parametrize("args,env,starts", [
+    (["9223372036854775808"], {}, f"START {INDEX} '9223372036854775808': a video index"),  # 2^63: wrapped to < 0
+    (["18446744073709551616"], {}, f"START {INDEX} '18446744073709551616'"),              # 2^64: wrapped to 0
+    (["0", "99999999999999999999"], {}, f"END {INDEX} '99999999999999999999'"),
+    (["0", "1" * 200], {}, f"END {INDEX} '{'1' * 40}...': a video index"),  # shown cut, still one line
+    (["1000000000"], {}, f"START {INDEX} '1000000000'"),
+    (["0x4"], {}, f"START {INDEX} '0x4'"),
+    (["-1"], {}, f"START {INDEX} '-1'"),
+    (["+1"], {}, f"START {INDEX} '+1'"),
+    (["1e3"], {}, f"START {INDEX} '1e3'"),
+    ([" 1"], {}, f"START {INDEX} ' 1'"),
+    ([""], {}, f"START {INDEX} ''"),
+    (["0", "\u0663"], {}, f"END {INDEX} '\u0663'"),  # an Arabic-Indic 3: a digit to some locales
+    (["0", "1\n2"], {}, f"END {INDEX} '1?2'"),  # control characters shown as ?: still one line
+    (["3", "1"], {}, "START (3) is after END (1)"),
+    (["010", "9"], {}, "START (10) is after END (9)"),  # bash alone would see 8 <= 9
+    (["0"], {"LLAVA_NUM_WORKERS": "0x4"}, "LLAVA_NUM_WORKERS must be a whole number from 1 to 64 in decimal "
+                                          "digits, not '0x4': workers per video; unset it for one per GPU of the job"),
+    (["0"], {"LLAVA_NUM_WORKERS": "-1"}, "LLAVA_NUM_WORKERS must be a whole number from 1 to 64"),
+    (["0"], {"LLAVA_NUM_WORKERS": "0"}, "LLAVA_NUM_WORKERS must be a whole number from 1 to 64"),
+    (["0"], {"LLAVA_NUM_WORKERS": "65"}, "LLAVA_NUM_WORKERS must be a whole number from 1 to 64"),
+    (["0"], {"LLAVA_NUM_WORKERS": "4 "}, "LLAVA_NUM_WORKERS must be a whole number from 1 to 64"),
+    (["0"], {"LLAVA_NUM_WORKERS": "99999999999999999999"}, "LLAVA_NUM_WORKERS must be a whole number from 1 to 64"),
+    (["0"], {"LLAVA_LOCK_HEARTBEAT_S": "1.5"}, "LLAVA_LOCK_HEARTBEAT_S must be a whole number from 1 to 999999999"),
+    (["0"], {"LLAVA_LOCK_STALE_S": "1e3"}, "LLAVA_LOCK_STALE_S must be a whole number from 1 to 999999999"),
+    (["0"], {"LLAVA_LOCK_STALE_S": "0"}, "LLAVA_LOCK_STALE_S must be a whole number from 1 to 999999999"),
+    (["0"], {"LLAVA_LOCK_HEARTBEAT_S": "0700"}, "LLAVA_LOCK_HEARTBEAT_S (700) must be below LLAVA_LOCK_STALE_S (600)"),
+    (["0"], {"SLURM_CPUS_PER_TASK": "0x10"}, "SLURM_CPUS_PER_TASK must be a whole number from 1 to 999999999 in "
+                                             "decimal digits, not '0x10': CPU cores of the job"),
+])
+def test_a_bad_number_is_one_line_and_exit_2_before_anything_starts(tmp_path, scripts, args, env, starts):
+    project = project_with(tmp_path, 12)
+    r = submit(project, scripts, *args, **env)
+    assert_refused(r, project, starts)
+    assert not (project / "videos.txt").exists()  # refused before python was asked anything
+    assert "Traceback" not in r.stderr and "syntax error" not in r.stderr and "base" not in r.stderr
+
+
+@pytest.mark.parametrize("value,workers", [("04", 4), ("010", 10), ("0000000002", 2), ("", 1)])
+def test_llava_num_workers_starts_as_many_workers_as_they_are_told(tmp_path, scripts, value, workers):
+    """010 used to start 8 workers (bash's octal) told --num-workers 010 (python: 10): the merge never completed.
+    Empty is unset, as the worker reads it: one worker without GPUs."""
+    project = project_with(tmp_path, 1)
+    r = submit(project, scripts, "0", LLAVA_NUM_WORKERS=value)
+    assert r.returncode == 0, r.stderr
+    seen = started(project)
+    assert sorted(w["slice"] for w in seen) == list(range(workers))
+    assert {w["told"] for w in seen} == {str(workers)}
+    assert {w["env"] for w in seen} == {str(workers) if value else ""}  # what the worker reads (empty: unset)
+    assert f"{workers} worker(s) per video" in r.stderr and summary(r.stderr) == done(0)
+
+
+def test_numbers_from_slurm_and_the_lock_settings_are_read_as_decimal(tmp_path, scripts):
+    project = project_with(tmp_path, 1)
+    r = submit(project, scripts, "0", SLURM_CPUS_PER_TASK="010", LLAVA_LOCK_HEARTBEAT_S="09",
+               LLAVA_LOCK_STALE_S="0600", LLAVA_NUM_WORKERS="2", OMP_NUM_THREADS="")
+    assert r.returncode == 0, r.stderr
+    cpus = min(len(os.sched_getaffinity(0)), 10)  # 010 cores is 10 (octal: 8)
+    assert f"{max(cpus // 2, 1)} CPU thread(s) per worker" in r.stderr, r.stderr
+    assert {w["stale"] for w in started(project)} == {"600"}  # python's lock checks read what bash read
+
+
+def test_a_huge_end_answers_within_seconds(tmp_path, scripts):
+    """END 999999999 used to mean a glob per index before anything started (hours); now python checks the
+    videos that exist only."""
+    project = project_with(tmp_path, 2)
+    r = submit(project, scripts, "0", "999999999", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.seconds < 20, r.seconds
+    assert "videos 0..999999999 asked, videos.txt lists 2 videos (0..1): processing 0..1; 2..999999999 do not exist" \
+        in r.stderr
+    assert [w["video"] for w in started(project)] == [0, 1]
+    r = submit(project, scripts, "5", "999999999", timeout=60)
+    assert r.returncode == 2 and r.seconds < 20
+
+
+# --- item 2: a range past the end of videos.txt -------------------------------------------------
+
+def test_a_range_past_the_end_processes_the_videos_that_exist_and_says_so(tmp_path, scripts):
+    project = project_with(tmp_path, 2)
+    r = submit(project, scripts, "0", "39")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "39" in line]
+    assert lines[0].endswith("] videos 0..39 asked, videos.txt lists 2 videos (0..1): processing 0..1; "
+                             "2..39 do not exist")
+    assert "LLaVA soccer: videos 0..1," in r.stderr
+    assert [w["video"] for w in started(project)] == [0, 1]
+    assert summary(r.stderr) == done(0, 1)  # the missing ones are neither failed nor not started
+    assert lines[-1].endswith("]   not in videos.txt: 2..39 (asked, no such video)")
+    assert "FAILED" not in r.stderr and "ERROR" not in r.stderr
+
+    r = submit(project, scripts, "1", "2")  # one missing video
+    assert r.returncode == 0, r.stderr
+    assert "] videos 1..2 asked, videos.txt lists 2 videos (0..1): processing 1; 2 does not exist\n" in r.stderr
+    assert summary(r.stderr)["skipped"] == [1]
+
+
+@pytest.mark.parametrize("videos,args,says", [
+    (2, ["2", "39"], "videos 2..39 asked, but videos.txt lists 2 videos (0..1): put more videos under {raw} (they "
+                     "get the next indices) or ask for 0..1 (nothing started)"),
+    (1, ["5"], "video 5 asked, but videos.txt lists 1 video (0): put more videos under {raw}"),
+    (0, ["0", "39"], "no videos: {project}/videos.txt lists none; put the match videos (.mkv/.mp4) under {raw} "
+                     "(nothing started)"),
+])
+def test_a_range_none_of_whose_videos_exists_is_refused(tmp_path, scripts, videos, args, says):
+    project = project_with(tmp_path, videos)
+    r = submit(project, scripts, *args)
+    assert_refused(r, project, says.format(project=project, raw=project / "raw_data"))
+
+
+# --- SLURM_ARRAY_TASK_ID (a job's environment, given here without Slurm) ---------------------------
+
+def array_env(task):
+    return {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": task}
+
+
+@pytest.mark.parametrize("task,video", [("1", 1), ("01", 1), ("00", 0)])
+def test_an_array_task_processes_its_video(tmp_path, scripts, task, video):
+    project = project_with(tmp_path, 2)
+    r = submit(project, scripts, **array_env(task))
+    assert r.returncode == 0, r.stderr
+    assert [w["video"] for w in started(project)] == [video] and summary(r.stderr) == done(video)
+
+
+@pytest.mark.parametrize("task", ["2", "39", "000039", "999999999"])
+def test_an_array_task_past_the_end_says_so_and_exits_0(tmp_path, scripts, task):
+    """sbatch --array=0-39 with 2 videos: tasks 2..39 are the part of the array that does not exist, not
+    failures (exit 2 would mark each one FAILED in sacct)."""
+    project = project_with(tmp_path, 2)
+    r = submit(project, scripts, **array_env(task))
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stderr.splitlines()
+    n = int(task)
+    assert line.endswith(f"] array task {n}: video {n} does not exist, videos.txt lists 2 videos (0..1); nothing to do")
+    assert started(project) == [] and not list(project.glob(".lock_*"))
+
+
+@pytest.mark.parametrize("task", ["x", "-1", "0x1", "1 ", "99999999999999999999", "1-3"])
+def test_an_odd_array_task_id_is_refused(tmp_path, scripts, task):
+    project = project_with(tmp_path, 2)
+    r = submit(project, scripts, **array_env(task))
+    assert_refused(r, project, f"SLURM_ARRAY_TASK_ID {INDEX} '{task}': array indices are video indices")
+
+
+# --- the real worker --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_readmes_0_39_with_two_videos_runs_both(tmp_path, goal_checkpoint):
+    """The README's first command on a project with 2 videos: both processed by the real worker and merge,
+    one line saying what exists, exit 0, nothing FAILED (it used to start workers for 38 missing videos)."""
+    project = make_project(tmp_path, {"a.mkv": synthetic.make_video(tmp_path / "a.mkv", 4),
+                                      "b.mkv": synthetic.make_video(tmp_path / "b.mkv", 4)})
+    r = submit(project, ROOT, "0", "39", timeout=600, LLAVA_MODEL=str(goal_checkpoint), LLAVA_QUANT="fp32",
+               LLAVA_NUM_WORKERS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    assert r.returncode == 0, r.stderr
+    assert "] videos 0..39 asked, videos.txt lists 2 videos (0..1): processing 0..1; 2..39 do not exist\n" in r.stderr
+    assert summary(r.stderr) == done(0, 1)
+    assert (project / "final_predictions_llava_video_0.json").exists()
+    assert (project / "final_predictions_llava_video_1.json").exists()
+    assert "FAILED" not in r.stderr and "error" not in r.stderr.lower()
+    assert len(re.findall(r"\] video \d+: worker 0/1 pid", r.stderr)) == 2  # one worker per existing video
