@@ -70,10 +70,10 @@ def model_revision(model_id: str) -> str | None:
 def code_version() -> str:
     """The pipeline's code: the git commit when it runs from a checkout, else a digest of its sources."""
     home = Path(__file__).resolve().parents[1]
-    try:
+    try:  # only our own checkout: setup_llava.sh's copy may sit inside another repository (a dotfiles home)
         r = subprocess.run(["git", "-C", str(home), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                           text=True, timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
+                           text=True, timeout=10) if (home / ".git").exists() else None
+        if r and r.returncode == 0 and r.stdout.strip():
             return f"git {r.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
         pass

@@ -496,3 +496,4 @@ def test_a_short_last_window_times_its_events_by_the_frames_it_had(project, caps
     final = load(settings.final_path(project, 0))
     assert sorted((e["label"], e["event_time"], e["frame"]) for e in final) == [
         ("Corner", 58.9, 15), ("Foul", 59.8, 10), ("Goal", 58.9, None)]
+
