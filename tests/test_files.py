@@ -11,8 +11,10 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -70,15 +72,26 @@ def snapshot(directory: Path) -> dict:
     return out
 
 
-def nobody_prefix(tmp_path) -> list:
-    """How to run a command as a user for whom chmod counts: setpriv to nobody when root (root ignores it),
-    after opening pytest's 0700 temp directories to others; [] otherwise."""
+@pytest.fixture
+def open_tmp():
+    """A temporary directory other users can enter, outside pytest's: pytest makes /tmp/pytest-of-USER private
+    again (0700) whenever another pytest session starts on the machine, which would lock user nobody out
+    mid-test."""
+    d = Path(tempfile.mkdtemp(prefix="llava_test_"))
+    d.chmod(0o755)
+    yield d
+    for path in [d, *d.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(d)
+
+
+def nobody_prefix() -> list:
+    """How to run a command as a user for whom chmod counts: setpriv to nobody when root (root ignores it);
+    [] otherwise. Its files must be under open_tmp."""
     if os.geteuid() != 0:
         return []
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    for p in [tmp_path, *tmp_path.parents]:
-        if p != p.parent and not os.stat(p).st_mode & 0o001:
-            p.chmod(os.stat(p).st_mode | 0o005)
     probe = subprocess.run([*prefix, sys.executable, "-c", "import torch, cv2"], capture_output=True)
     if probe.returncode:
         pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr[-200:]!r}")
@@ -468,14 +481,14 @@ def test_a_project_directory_that_cannot_be_used_is_one_line_in_every_tool(tmp_p
 
 
 @pytest.mark.slow
-def test_an_unreadable_project_is_one_line_in_every_tool(tmp_path):
-    project = tmp_path / "soccer_project"
+def test_an_unreadable_project_is_one_line_in_every_tool(open_tmp):
+    project = open_tmp / "soccer_project"
     (project / "raw_data").mkdir(parents=True)
-    prefix = nobody_prefix(tmp_path)
+    prefix = nobody_prefix()
     project.chmod(0o700 if prefix else 0o000)  # root's own directory: nobody cannot enter it
     try:
         for prog, (_, argv) in TOOLS.items():
-            code, out, err = cli(ROOT / prog, *argv, "--project", project, prefix=prefix, SOCCERNET_DIR=str(tmp_path))
+            code, out, err = cli(ROOT / prog, *argv, "--project", project, prefix=prefix, SOCCERNET_DIR=str(open_tmp))
             assert code == 1 and "Traceback" not in err, (prog, err)
             (line,) = [line for line in err.splitlines() if "error:" in line]
             assert f"cannot read the project directory {project} (--project): permission denied" in line, line
@@ -485,11 +498,11 @@ def test_an_unreadable_project_is_one_line_in_every_tool(tmp_path):
 
 # --- tools that only read -------------------------------------------------------------------------
 
-def test_compare_and_evaluate_write_nothing_in_a_read_only_project(tmp_path, video_25fps):
+def test_compare_and_evaluate_write_nothing_in_a_read_only_project(open_tmp, video_25fps):
     """A project the user can only read (a colleague's, a finished run): compare and evaluate work and leave it
     as it was, even where the video list is behind (a new video, no .videos_given.txt), which the workers and the
     merge would update."""
-    project = make_project(tmp_path / "shared", {f"{GAME}/1_224p.mkv": video_25fps})
+    project = make_project(open_tmp / "shared", {f"{GAME}/1_224p.mkv": video_25fps})
     videos.manifest(project)
     (project / ".videos_given.txt").unlink()
     os.symlink(video_25fps, project / "raw_data" / "new.mkv")
@@ -497,31 +510,26 @@ def test_compare_and_evaluate_write_nothing_in_a_read_only_project(tmp_path, vid
     gz = gzip.compress(json.dumps({"video": f"{GAME}/1_224p.mkv", "made_by": None, "incomplete": None,
                                    "windows": []}).encode())
     settings.raw_answers_path(project, 0).write_bytes(gz)
-    sn = soccernet_labels(tmp_path / "sn", "Goal")
-    out_dir = tmp_path / "out"
+    sn = soccernet_labels(open_tmp / "sn", "Goal")
+    out_dir = open_tmp / "out"
     out_dir.mkdir(mode=0o777)
     out_dir.chmod(0o777)
     make_read_only(project)
     before = snapshot(project)
-    prefix = nobody_prefix(tmp_path)
-    try:
-        code, out, err = cli(ROOT / "compare_counts.py", "--project", project, "--csv", out_dir / "counts.csv",
-                             prefix=prefix)
-        assert code == 0, err
-        assert "wrote" in out and (out_dir / "counts.csv").exists()
-        code, out, err = cli(ROOT / "evaluate_soccernet.py", "--project", project, "--soccernet", sn, "--metrics",
-                             "none", "--out", out_dir / "eval", prefix=prefix)
-        assert code == 0, err
-        assert (out_dir / "eval" / "summary.json").exists()
-        assert snapshot(project) == before
-        assert not (project / ".videos_given.txt").exists() and "new.mkv" not in (project / "videos.txt").read_text()
-        # its default output folder is in the project: one line saying to pass --out
-        code, out, err = cli(ROOT / "evaluate_soccernet.py", "--project", project, "--soccernet", sn, "--metrics",
-                             "none", prefix=prefix)
-        assert code == 1 and f"cannot create the output folder {project / 'soccernet_eval'} (Permission denied): " \
-                             f"pass --out DIR" in one_error_line(err, "evaluate_soccernet.py")
-        assert snapshot(project) == before
-    finally:
-        for path in [project, *project.rglob("*")]:
-            if not path.is_symlink():
-                path.chmod(0o755)
+    prefix = nobody_prefix()  # the fixture gives the permissions back
+    code, out, err = cli(ROOT / "compare_counts.py", "--project", project, "--csv", out_dir / "counts.csv",
+                         prefix=prefix)
+    assert code == 0, err
+    assert "wrote" in out and (out_dir / "counts.csv").exists()
+    code, out, err = cli(ROOT / "evaluate_soccernet.py", "--project", project, "--soccernet", sn, "--metrics",
+                         "none", "--out", out_dir / "eval", prefix=prefix)
+    assert code == 0, err
+    assert (out_dir / "eval" / "summary.json").exists()
+    assert snapshot(project) == before
+    assert not (project / ".videos_given.txt").exists() and "new.mkv" not in (project / "videos.txt").read_text()
+    # its default output folder is in the project: one line saying to pass --out
+    code, out, err = cli(ROOT / "evaluate_soccernet.py", "--project", project, "--soccernet", sn, "--metrics",
+                         "none", prefix=prefix)
+    assert code == 1 and f"cannot create the output folder {project / 'soccernet_eval'} (Permission denied): " \
+                         f"pass --out DIR" in one_error_line(err, "evaluate_soccernet.py")
+    assert snapshot(project) == before
