@@ -103,9 +103,12 @@ def read_windows(files, n_windows: int) -> Windows:
             raise UnreadableFile(f"partial {path} is damaged (its \"made_by\" is not an object): {fix}")
         made.append((path, made_by))
         for n, r in enumerate(records):
-            t = r.get("time") if isinstance(r, dict) else None
+            if not isinstance(r, dict):
+                raise UnreadableFile(f"partial {path} is damaged: record {n} is {log_safe(repr(r), 60)}, not an "
+                                     f"object: {fix}")
+            t = r.get("time")
             seconds = record_time(t)
-            if seconds is None and isinstance(r, dict) and "time" in r:
+            if seconds is None and "time" in r:
                 raise UnreadableFile(f"partial {path} is damaged: record {n} has time {log_safe(repr(t), 60)}, not a "
                                      f"number of seconds: {fix}")
             k = round(seconds / STEP_S) if seconds is not None else -1

@@ -298,6 +298,7 @@ DAMAGED_PARTIALS = {  # what a partial can hold after a crash, a copy gone wrong
     "bool": '[{"time": false, "raw": "None"}]',
     "null": '[{"time": null, "raw": "None"}]',
     "made_by": '{"made_by": "llava", "windows": []}',
+    "record": '{"windows": ["None"]}',
     "nested": "[" * 100_000,
     "not UTF-8": b'[{"time": 0.0, "raw": "\xff\xfe"}]',
     "truncated": '{"windows": [{"time": 0.0, "raw": "No',
