@@ -21,13 +21,23 @@ found, at their mean time, with the mean of the two confidences, in the merge's 
 import argparse
 import csv
 import io
+import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 from llava_soccer import merge, provenance, settings, soccernet, videos
 from llava_soccer.events import final_events
-from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, read_json, run_cli
+from llava_soccer.jsonio import (
+    InputError,
+    UnreadableFile,
+    atomic_savefig,
+    atomic_write_json,
+    atomic_write_text,
+    log_safe,
+    read_json,
+    run_cli,
+)
 from llava_soccer.matching import match
 
 
@@ -61,15 +71,18 @@ def parse_args(argv):
 
 
 def load_events(path: Path, dedup_s: float):
-    records = read_json(path, "predictions file")
+    fix = "regenerate it with merge_results_llava.py, or move it away"
+    records = read_json(path, "predictions file", fix)
     if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
-        raise InputError(f"predictions file {path} is not a list of {{\"time\": ..., ...}} records: "
-                         f"regenerate it with merge_results_llava.py")
+        raise UnreadableFile(f"predictions file {path} is not a list of {{\"time\": ..., ...}} records: {fix}")
     try:
         events = [e for e in final_events(records) if e["label"] is not None]
-    except (TypeError, ValueError) as e:
-        raise InputError(f"predictions file {path} has a record with a bad time ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnreadableFile(f"predictions file {path} has a record with a bad time ({log_safe(e, 100)}): "
+                             f"{fix}") from None
     for e in events:
+        if not isinstance(e["label"], str):  # a list or number where a label should be: counted as its text
+            e["label"] = json.dumps(e["label"])
         try:
             e["confidence"] = float(e["confidence"])
         except (TypeError, ValueError):
@@ -140,8 +153,14 @@ def plot(path, names, rows, per_label):
 
 def run(args) -> int:
     names = args.models
-    project = settings.project_dir(args.project)
+    try:
+        project = settings.project_dir(args.project)
+    except InputError:
+        if not args.dirs or args.project:
+            raise
+        project = None  # --dirs: the project only says which video each index is (videos.check_source)
     dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
+    listed = videos.read_list(project) if project else []  # read once (not per video), never written
     rows, per_label, pair_labels, missing = [], {}, Counter(), {name: [] for name in names}
     origins = {name: {} for name in names}  # video -> videos.Origin, what made each file
     found = [soccernet.prediction_files(d, name) for d, name in zip(dirs, names)]
@@ -153,7 +172,8 @@ def run(args) -> int:
                 missing[name].append(video)
         if not all(p.exists() for p in paths):
             continue
-        sources = [videos.check_source(project, video, path) for path in paths]
+        sources = [videos.check_source(project, video, path, listed) if project else videos.origin_of(path)
+                   for path in paths]
         for name, origin in zip(names, sources):
             origins[name][video] = origin
         a, b = (load_events(p, args.dedup_s) for p in paths)
@@ -194,18 +214,20 @@ def run(args) -> int:
             print(f"no {settings.FINAL.format(model=name, video='N')} for videos: {_ranges(missing[name])} "
                   "(not compared)")
     n_videos = f"{len(rows)} video{'s' * (len(rows) != 1)}"
-    if per_label:
+    if per_label:  # labels are the models' text (one outside the classes is kept as written): one line each
         print(f"\nper label, {n_videos}:")
-        lw = max(len(str(lab)) for lab in per_label) + 2
+        shown = {lab: log_safe(lab, 60) for lab in per_label}
+        lw = max(len(text) for text in shown.values()) + 2
         print(f"{'label':<{lw}}" + "".join(f"{c:>{width}}" for c in (names[0], names[1], "both")))
         for lab in sorted(per_label, key=lambda lab: (-per_label[lab][names[0]] - per_label[lab][names[1]], lab)):
-            print(f"{lab:<{lw}}" + "".join(f"{per_label[lab][c]:>{width}}" for c in (names[0], names[1], "both")))
+            counts = "".join(f"{per_label[lab][c]:>{width}}" for c in (names[0], names[1], "both"))
+            print(f"{shown[lab]:<{lw}}{counts}")
     else:
         print(f"\nno events in either model's files ({n_videos} compared): nothing to compare per label")
     if pair_labels:
         print(f"\nmost frequent disagreements ({names[0]} label / {names[1]} label):")
         for (la, lb), n in pair_labels.most_common(5):
-            print(f"  {la} / {lb}: {n}")
+            print(f"  {log_safe(la, 60)} / {log_safe(lb, 60)}: {n}")
 
     if args.csv:
         buf = io.StringIO()

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from llava_soccer import provenance, settings, soccernet, videos
-from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, run_cli
+from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, log_safe, run_cli
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}
@@ -111,7 +111,8 @@ def load_model(name, folder, manifest, wanted, project, args):
                              f"{len(manifest)} videos: use the project the predictions came from (--project)")
         where = soccernet.video_half(manifest[index])
         if where is None:
-            notes.append(f"video #{index} ({manifest[index]}) is not <league>/<season>/<game>/<1|2>_*.mkv: skipped")
+            notes.append(f"video #{index} ({log_safe(manifest[index])}) is not <league>/<season>/<game>/<1|2>_*.mkv: "
+                         f"skipped")
             continue
         if where in seen:
             raise InputError(f"videos #{seen[where]} and #{index} are both {where[0]} half {where[1]} "
@@ -213,7 +214,7 @@ def print_report(s, args):
         if ns[key]:
             items = list(ns[key].items())
             more = f", ... ({len(items)} labels)" if len(items) > 8 else ""
-            text = ", ".join(f"{k} {v}" for k, v in items[:8]) + more
+            text = ", ".join(f"{log_safe(k, 60)} {v}" for k, v in items[:8]) + more  # labels as written
             print(f"not scored, {what}: {text}")
     if ns["ground_truth_in_unprocessed_halves"]:
         print(f"not scored: {ns['ground_truth_in_unprocessed_halves']} ground-truth events in halves not processed")
@@ -296,7 +297,7 @@ def run(args):
     root = Path(args.soccernet).expanduser()
     if not root.is_dir():
         raise InputError(f"--soccernet {root} is not a folder (expected <league>/<season>/<game>/Labels-v2.json in it)")
-    manifest = videos.manifest(project)
+    manifest = videos.read_list(project)  # read only: this tool writes nothing but --out
     if not manifest:
         raise InputError(f"{project / videos.MANIFEST} is missing or empty: pass the project the predictions came "
                          "from (--project or SOCCER_PROJECT)")
@@ -318,7 +319,11 @@ def run(args):
             if h.game not in labels:
                 labels[h.game] = soccernet.read_labels(root / h.game / soccernet.LABELS_FILE)
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {out} ({e.strerror}): pass --out DIR, a folder you can "
+                         f"write to") from None
     summaries = [evaluate_model(name, halves, labels, out, args) for name, halves in loaded.items()]
     for s in summaries:  # what made the files scored: the run(s), unknown origins, incomplete videos
         s["made_by"] = provenance.report({h.index: origins[s["model"]][h.index] for h in loaded[s["model"]]})

@@ -34,6 +34,7 @@ from llava_soccer.jsonio import (
     InputError,
     atomic_write_json,
     atomic_write_json_gz,
+    log_safe,
     remove_stale_temps,
     run_cli,
 )
@@ -61,18 +62,23 @@ def parse_args(argv):
 
 
 def _counts(counts: dict) -> str:
-    return ", ".join(f"{label} {n}" for label, n in counts.items()) or "none"
+    """'Goal 3, Corner 1': labels are the model's text (a label outside the classes is kept as written)."""
+    return ", ".join(f"{log_safe(label, 60)} {n}" for label, n in counts.items()) or "none"
 
 
 def _short(text, width=100) -> str:
-    text = repr(text)
-    return text if len(text) <= width else text[:width - 3] + "..."
+    """A window's raw answer, quoted, on one line of at most about width characters."""
+    return log_safe(repr(text), width)
 
 
 def run(args) -> int:
     project = settings.project_dir(args.project)
     claims.check(project, args.video_index)  # another job's video: never delete the partials it writes
     final = settings.final_path(project, args.video_index)
+    for path in (final, settings.raw_answers_path(project, args.video_index)):
+        if path.is_dir():  # would be found only when writing it, after all the work
+            raise InputError(f"{path} is a directory, where the merge writes a file: move it out of {project} "
+                             f"and merge again (the partials are kept until then)")
     remove_stale_temps(final)
     files = merge.partial_files(project, args.video_index)
     if not files:
@@ -125,7 +131,7 @@ def run(args) -> int:
             path.unlink(missing_ok=True)
 
     processed = info.n_windows - len(undecodable)
-    print(f"video {args.video_index} ({video.name}): {settings.count(info.n_windows, 'window')} from "
+    print(f"video {args.video_index} ({log_safe(video.name)}): {settings.count(info.n_windows, 'window')} from "
           f"{settings.count(len(files), 'partial')}: {processed} answered, {len(undecodable)} undecodable")
     print(f"made by: {provenance.describe(windows.made_by)}")
     classes, others = merge.label_counts(kept)

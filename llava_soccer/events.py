@@ -483,7 +483,12 @@ def window_events(start: float, raw, times=None):
 
 
 def _time(value) -> float:
-    t = float(value)
+    if isinstance(value, (bool, str)):  # float() would take true as 1 s and "12" as 12 s
+        raise TypeError(f"time {value!r} is not a number")
+    try:
+        t = float(value)
+    except OverflowError:  # an integer of 400 digits
+        t = math.inf
     if not math.isfinite(t):
         raise ValueError(f"time {value!r} is not a finite number")
     return t

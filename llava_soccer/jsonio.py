@@ -9,12 +9,14 @@ import gzip
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import socket
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 STALE_S = 600  # default of LLAVA_LOCK_STALE_S: 20 missed heartbeats of claims.py's locks
@@ -22,6 +24,38 @@ STALE_S = 600  # default of LLAVA_LOCK_STALE_S: 20 missed heartbeats of claims.p
 
 class InputError(Exception):
     """Bad input from the user: main() prints it as one line and exits non-zero."""
+
+
+class UnreadableFile(InputError):
+    """One file the pipeline reads back (a partial, a final, a raw-answers archive, videos.txt) cannot be read:
+    damaged (not JSON, a broken gzip stream), a directory, or not readable. It concerns that file's video only:
+    submit_llava.sh marks that video FAILED with the line and runs the others."""
+
+
+# What log_safe() escapes: C0 and C1 controls (newlines, carriage returns, ESC of ANSI sequences, ...), Unicode
+# line and paragraph separators, bidirectional overrides (text that displays in another order than it reads)
+# and lone surrogates (not writable as UTF-8).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match) -> str:
+    c = m[0]
+    return _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def log_safe(text, limit: int | None = 200) -> str:
+    """text (or str() of any value) as a harmless piece of ONE log line: what a model, a file or a file name
+    says can neither end the line (and forge one such as "video 9: done") nor move the cursor or erase the
+    line (ANSI escapes): control characters become visible escapes ("\\n", "\\x1b"); at most `limit`
+    characters (None: all), a longer text ends in "... (N chars)"."""
+    text = text if isinstance(text, str) else str(text)
+    cut = limit is not None and len(text) > limit
+    safe = _UNSAFE.sub(_escape, text[:limit + 1] if cut else text)
+    if limit is not None and (cut or len(safe) > limit):
+        return f"{safe[:limit]}... ({len(text)} chars)"
+    return safe
 
 
 def stale_after_s() -> float:
@@ -56,7 +90,11 @@ def _atomic_write(path, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # 0666 & ~umask, as open() makes: a lab sharing the project reads results
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except OSError as e:
+        e.filename = str(path)  # the file meant, not its temp (a read-only or full disk, a permission)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -125,8 +163,10 @@ def atomic_write_json_gz(path, obj) -> None:
     _atomic_write(path, lambda f: f.write(gzip.compress(_json(obj, ensure_ascii=False), mtime=0)))
 
 
-def read_json(path, what="file"):
-    """Load JSON, or raise InputError naming the file and what is wrong with it."""
+def read_json(path, what="file", fix=None):
+    """Load JSON (gzip-compressed when the name ends in .gz), or raise InputError naming the file: not found, or
+    (UnreadableFile) not valid JSON, a damaged gzip stream, a directory, not readable; fix (e.g. "delete it and
+    rerun the worker") ends the line."""
     path = Path(path)
     try:
         opener = gzip.open if path.suffix == ".gz" else open
@@ -134,8 +174,15 @@ def read_json(path, what="file"):
             return json.load(f)
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
-        raise InputError(f"{what} {path} is not valid JSON ({e})") from None
+    except IsADirectoryError:
+        problem = "is a directory, not a file"
+    except (zlib.error, gzip.BadGzipFile, EOFError) as e:  # a truncated or overwritten archive
+        problem = f"is damaged ({first_line(e, 120) or type(e).__name__}: not a complete gzip file)"
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number, [[[...
+        problem = f"is not valid JSON ({first_line(e, 120) or type(e).__name__})"
+    except OSError as e:  # permissions, an I/O error
+        problem = f"cannot be read ({e.strerror or first_line(e, 120)})"
+    raise UnreadableFile(f"{what} {path} {problem}{f': {fix}' if fix else ''}")
 
 
 EXIT_RETRY = 75  # EX_TEMPFAIL: fix the cause (disk space) and rerun the same command
@@ -186,11 +233,16 @@ def run_cli(run, args, prog, report=None, failures=(InputError,)) -> int:
     try:
         return run(args)
     except failures as e:
-        report(f"error: {e}")
+        report(f"error: {log_safe(e, 2000)}")  # messages quote files and model text: one line, whatever they hold
         return 1
     except OSError as e:
         problem = disk_problem(e)
-        if problem is None:
+        if problem is not None:
+            report(f"error: {log_safe(problem, 2000)}")
+            return EXIT_RETRY
+        if e.filename is None:
             raise
-        report(f"error: {problem}")
-        return EXIT_RETRY
+        # a path that is a directory, a permission, ...: checked where we know the file, this is the last resort
+        report(f"error: {log_safe(e.filename, 500)}: {e.strerror or first_line(e)}; check that path (its type and "
+               f"permissions) and rerun")
+        return 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .events import window_events
-from .jsonio import InputError, read_json
+from .jsonio import InputError, UnreadableFile, log_safe, read_json
 from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, WINDOW_S, name_pattern
 
 _EPS = 1e-6  # event times are sums of floats: 3.0 s apart can come out as 3.0000000000000284
@@ -69,6 +69,18 @@ def window_status(record) -> str:
     return status if status in ("ok", "failed", "undecodable") else "failed"
 
 
+def record_time(value) -> float | None:
+    """A window record's "time" in seconds, or None when it is not a finite number: NaN, Infinity, a list, a
+    string, true/false (a damaged or hand-edited partial)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        t = float(value)
+    except OverflowError:  # an integer of 400 digits
+        return None
+    return t if math.isfinite(t) else None
+
+
 def read_windows(files, n_windows: int) -> Windows:
     """Collect window records from the partials, checking each lies on the video's grid and that every
     partial was made by the same run (else InputError naming what differs).
@@ -81,15 +93,26 @@ def read_windows(files, n_windows: int) -> Windows:
     last = (n_windows - 1) * STEP_S
     made = []
     for path in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):
-        doc = read_json(path, "partial")
+        fix = "delete it and rerun the worker (its windows are redone)"
+        doc = read_json(path, "partial", fix)
         records = doc.get("windows") if isinstance(doc, dict) else doc
         if not isinstance(records, list):
-            raise InputError(f"partial {path} is not a JSON list of window records: delete it and rerun the worker")
-        made.append((path, doc.get("made_by") if isinstance(doc, dict) else None))
+            raise UnreadableFile(f"partial {path} is not a JSON list of window records: {fix}")
+        made_by = doc.get("made_by") if isinstance(doc, dict) else None
+        if made_by is not None and not isinstance(made_by, dict):
+            raise UnreadableFile(f"partial {path} is damaged (its \"made_by\" is not an object): {fix}")
+        made.append((path, made_by))
         for n, r in enumerate(records):
-            t = r.get("time") if isinstance(r, dict) else None
-            k = round(t / STEP_S) if isinstance(t, (int, float)) and not isinstance(t, bool) else -1
-            if not (0 <= k < n_windows and abs(k * STEP_S - t) < _EPS):
+            if not isinstance(r, dict):
+                raise UnreadableFile(f"partial {path} is damaged: record {n} is {log_safe(repr(r), 60)}, not an "
+                                     f"object: {fix}")
+            t = r.get("time")
+            seconds = record_time(t)
+            if seconds is None and "time" in r:
+                raise UnreadableFile(f"partial {path} is damaged: record {n} has time {log_safe(repr(t), 60)}, not a "
+                                     f"number of seconds: {fix}")
+            k = round(seconds / STEP_S) if seconds is not None else -1
+            if not (0 <= k < n_windows and abs(k * STEP_S - seconds) < _EPS):
                 raise InputError(f"partial {path}: record {n} has time {t!r}, not a window start of this video "
                                  f"(0, {STEP_S:g}, ..., {last:g} s): is it another video's? delete it and rerun "
                                  f"the worker")
@@ -133,7 +156,8 @@ def describe_holes(indices, total: int, duration: float, status: str, records=No
     """One line for windows without an answer: '284 of 300 windows undecodable from 32.0 s on',
     '2 of 30 windows failed (OOM) at 4.0-7.0 s, 20.0-23.0 s'. records: the window records, whose errors
     are named."""
-    errors = sorted({str(r.get("error")) for r in (records or []) if window_status(r) == status and r.get("error")})
+    errors = sorted({log_safe(r.get("error"), 100) for r in (records or [])
+                     if window_status(r) == status and r.get("error")})
     why = f" ({'; '.join(errors[:3])}{'; ...' if len(errors) > 3 else ''})" if errors and status == "failed" else ""
     runs = consecutive_runs(sorted(indices))
     head = f"{len(indices)} of {total} windows {status}{why}"

@@ -13,6 +13,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from .jsonio import log_safe
 from .settings import FPS, STEP_S, WINDOW_S
 
 MIB = 1 << 20
@@ -104,7 +105,7 @@ def differences(old: dict | None, new: dict) -> list[str]:
         return ["unknown origin (written before results recorded what made them)"]
     out = [f"{k} {old.get(k)} -> {new.get(k)}" for k in new
            if k not in NOT_COMPARED and k != "video_file" and old.get(k) != new.get(k)]
-    ov, nv = old.get("video_file") or {}, new.get("video_file") or {}
+    ov, nv = (m.get("video_file") if isinstance(m.get("video_file"), dict) else {} for m in (old, new))
     out += [f"video {k} {ov.get(k)} -> {nv.get(k)}" for k in nv
             if k not in NOT_COMPARED_VIDEO and k in ov and ov[k] != nv[k]]
     return out
@@ -113,7 +114,7 @@ def differences(old: dict | None, new: dict) -> list[str]:
 def same_file(recorded: dict | None, project: Path) -> bool | None:
     """Whether the video a made_by names is still the same file (path, size and end digests; None when the
     made_by does not say). No decoding: fast enough for submit_llava.sh before each video."""
-    if not isinstance(recorded, dict) or not recorded.get("path"):
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("path"), str) or not recorded["path"]:
         return None
     path = project / "raw_data" / recorded["path"]
     if not path.is_file():
@@ -123,16 +124,19 @@ def same_file(recorded: dict | None, project: Path) -> bool | None:
 
 
 def describe(m: dict | None) -> str:
-    """One line for logs and reports."""
+    """One line for logs and reports (made_by is read from files: whatever it holds, one line)."""
     if not isinstance(m, dict):
         return "unknown origin (written before results recorded what made them)"
-    rev = m.get("model_revision") or "?"
+    rev = str(m.get("model_revision") or "?")
     rev = rev if rev.startswith("dir ") else rev[:12]
     weights = f" ({m['nf4_weights']} weights)" if m.get("nf4_weights") else ""
-    sampling = "greedy" if not m.get("temperature") else f"temperature {m['temperature']:g}, top-p {m.get('top_p')}"
-    return (f"{m.get('model')} @ {rev}, {m.get('quantization')}{weights} computing in {m.get('compute_dtype')}, "
-            f"{m.get('visual_tokens')} visual tokens, prompt {m.get('prompt_sha256')}, "
-            f"{m.get('max_new_tokens')} new tokens, {sampling}, {m.get('sampling')}; code {m.get('code')}")
+    t = m.get("temperature")
+    sampling = "greedy" if not t else f"temperature {f'{t:g}' if isinstance(t, (int, float)) else t}, top-p " \
+        f"{m.get('top_p')}"
+    return log_safe(f"{m.get('model')} @ {rev}, {m.get('quantization')}{weights} computing in "
+                    f"{m.get('compute_dtype')}, {m.get('visual_tokens')} visual tokens, prompt "
+                    f"{m.get('prompt_sha256')}, {m.get('max_new_tokens')} new tokens, {sampling}, "
+                    f"{m.get('sampling')}; code {m.get('code')}", 600)
 
 
 def run_key(m: dict | None) -> str:

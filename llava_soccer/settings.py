@@ -8,6 +8,8 @@ import re
 import string
 from pathlib import Path
 
+from .jsonio import InputError
+
 FPS = 5.0                  # frames sampled per second of video
 WINDOW_S = 3.0             # seconds per window -> 15 frames
 STEP_S = 2.0               # a new window every 2 s (1 s overlap)
@@ -94,9 +96,34 @@ def name_pattern(template: str, **fixed) -> re.Pattern:
     return re.compile(regex)
 
 
-def project_dir(value=None) -> Path:
-    """$SOCCER_PROJECT (default ~/soccer_project): videos under raw_data/, results beside."""
-    return Path(value or env("SOCCER_PROJECT", PROJECT_DEFAULT)).expanduser()
+def project_dir(value=None, must_exist=True) -> Path:
+    """--project (value), else $SOCCER_PROJECT, else ~/soccer_project: videos under raw_data/, results beside.
+
+    InputError, one line naming where the directory came from and the fix, when HOME is unset for a path
+    starting with ~ (submit_llava.sh's default is $HOME/soccer_project: no other guess), and (must_exist) when
+    it does not exist, is not a directory or cannot be read."""
+    raw = value or env("SOCCER_PROJECT", PROJECT_DEFAULT)
+    origin = "--project" if value else "SOCCER_PROJECT" if os.environ.get("SOCCER_PROJECT") else \
+        "the default, SOCCER_PROJECT is not set"
+    fix = "set SOCCER_PROJECT=/path/to/soccer_project or pass --project DIR"
+    problem = "HOME is not set" if (raw == "~" or raw.startswith("~/")) and not os.environ.get("HOME") else None
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # ~user of no such user
+        problem = f"there is no user {raw[1:].split('/')[0]!r}"
+    if problem:
+        raise InputError(f"project directory {raw} ({origin}) names no directory: {problem}; {fix}")
+    if not must_exist:
+        return path
+    if path.exists() and not path.is_dir():
+        raise InputError(f"project directory {path} ({origin}) is a file, not a directory: {fix}")
+    if not path.is_dir():
+        raise InputError(f"project directory {path} ({origin}) does not exist: {fix}, or create it with "
+                         f"SOCCER_PROJECT={path} bash setup_llava.sh")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InputError(f"cannot read the project directory {path} ({origin}): permission denied; {fix}, or ask "
+                         f"its owner for access (chmod u+rx)")
+    return path
 
 
 def partial_path(project: Path, video_index: int, gpu_id: int) -> Path:

@@ -14,7 +14,6 @@ import contextlib
 import inspect
 import io
 import json
-import math
 import re
 import tempfile
 from collections import Counter
@@ -84,7 +83,8 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
     compare_counts.py does: our finals are already de-duplicated so, while the seed's per-window files
     (one record per overlapping window) would otherwise count one event two or three times.
     """
-    records = read_json(path, "predictions file")
+    records = read_json(path, "predictions file", "move it away, or rerun that video (merge_results_llava.py "
+                                                  "writes it)")
     if not isinstance(records, list):
         raise InputError(f"predictions file {path} is not a JSON list of events (a final_predictions_*.json?)")
     for k, r in enumerate(records):
@@ -113,7 +113,7 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
 
 
 def _is_seconds(t) -> bool:
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+    return merge.record_time(t) is not None and t >= 0
 
 
 def _excerpt(value) -> str:
@@ -158,7 +158,7 @@ def read_labels(path: Path) -> list:
     Strict: an annotation the official evaluator would crash on or misread stops here with one
     line naming the file, the annotation and what is wrong.
     """
-    data = read_json(path, "SoccerNet labels file")
+    data = read_json(path, "SoccerNet labels file", "download it again (SoccerNet's Labels-v2.json)")
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise InputError(f"SoccerNet labels file {path} has no \"annotations\" list (is it a Labels-v2.json?)")

@@ -8,12 +8,13 @@ overlapping windows; a seek happens only where a worker starts or jumps far ahea
 import logging
 import math
 import os
+import re
 import sys
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jsonio import InputError, atomic_write_text, read_json, run_cli
+from .jsonio import InputError, UnreadableFile, atomic_write_text, log_safe, read_json, run_cli
 from .settings import (
     FINAL,
     FPS,
@@ -40,32 +41,100 @@ def manifest(project: Path) -> list[str]:
 
     Written the first time; later runs append videos that appeared since, so an index never
     changes meaning once given. GIVEN keeps a copy of every line handed out: a videos.txt whose
-    lines were removed, reordered or renamed since is refused (finals are named by index), as are
-    file names that a line cannot hold (line breaks, leading or trailing spaces).
+    lines were removed, reordered or renamed since is refused (finals are named by index). A file
+    whose name a line cannot hold (not UTF-8, a line break or other control character, leading or
+    trailing spaces) is never listed: one warning line names it and says to rename it, the others
+    go on. Linear in the number of videos (28,000: benchmarks/RESULTS.md).
     """
     raw, path, given_path = project / "raw_data", project / MANIFEST, project / GIVEN
-    listed = _lines(path)
-    given = _lines(given_path) if given_path.exists() else listed
-    for n, (was, now) in enumerate(zip(given, listed + [None] * len(given))):
-        if was != now:
-            change = f"is now {now!r}" if now is not None else "was removed"
-            raise InputError(f"{path} line {n + 1} ({was!r}) {change} after video indices were given out: index {n} "
-                             f"must keep its video (final_predictions_*_video_{n}.json belong to it). Restore the "
-                             f"list with: cp {given_path} {path} (new videos are appended by themselves)")
+    listed, given = _checked_lines(project)
     if raw.is_dir():
-        found = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*")
-                       if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-        odd = [v for v in found if any(part != part.strip() or "\n" in part or "\r" in part for part in v.split("/"))]
-        if odd:
-            raise InputError(f"video file name {odd[0]!r} under {raw} has a line break or leading/trailing spaces, "
-                             f"which {MANIFEST} cannot list unambiguously: rename it")
-        new = [v for v in found if v not in set(listed)]
+        found, refused, unreadable = _scan(raw)
+        if refused:
+            shown = ", ".join(f"{name} ({why})" for name, why in refused[:5])
+            more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+            log.warning(log_safe(f"⚠️ {len(refused)} video file{'s' * (len(refused) != 1)} under {raw} skipped, "
+                                 f"never listed in {MANIFEST} (a line cannot hold the name): {shown}{more}; "
+                                 f"rename {'them' if len(refused) > 1 else 'it'} (e.g. convmv -f latin1 -t utf-8 "
+                                 f"-r --notest DIR for another encoding), the other videos are not affected", 1000))
+        if unreadable:
+            log.warning(log_safe(f"⚠️ cannot read {len(unreadable)} folder(s) under {raw} ({unreadable[0]}): their "
+                                 f"videos are not listed; chmod a+rx them", 1000))
+        known = set(listed)
+        new = [v for v in found if v not in known]
         if new or not path.exists():
             listed += new
             atomic_write_text(path, "".join(f"{v}\n" for v in listed))
     if given != listed or not given_path.exists():
         atomic_write_text(given_path, "".join(f"{v}\n" for v in listed))
     return listed
+
+
+def read_list(project: Path) -> list[str]:
+    """videos.txt's lines (index = line number), checked against GIVEN as manifest() checks them, without
+    scanning raw_data/ or writing anything: for the tools that only read (compare_counts.py,
+    evaluate_soccernet.py), which must work on a project the user cannot write to."""
+    return _checked_lines(project)[0]
+
+
+def _checked_lines(project: Path) -> tuple[list[str], list[str]]:
+    """(videos.txt's lines, GIVEN's lines or the same when there is no GIVEN), or InputError when lines that
+    were handed out changed."""
+    path, given_path = project / MANIFEST, project / GIVEN
+    listed = _lines(path, f"restore it with: cp {given_path} {path}")
+    given = _lines(given_path, f"if {path} is right, restore it with: cp {path} {given_path}") \
+        if given_path.exists() else listed
+    for n, (was, now) in enumerate(zip(given, listed + [None] * len(given))):
+        if was != now:
+            change = f"is now {now!r}" if now is not None else "was removed"
+            raise InputError(f"{path} line {n + 1} ({was!r}) {change} after video indices were given out: index {n} "
+                             f"must keep its video (final_predictions_*_video_{n}.json belong to it). Restore the "
+                             f"list with: cp {given_path} {path} (new videos are appended by themselves)")
+    return listed, given
+
+
+# A path a line of videos.txt cannot hold: a control character (line break, tab, ESC, ...), a Unicode line
+# separator, or whitespace at either end of a part (editors and shells lose it: the index would name no file).
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_NOT_A_LINE, _CONTROL = re.compile(rf"{_CONTROL}|(?:^|/)\s|\s(?:/|$)"), re.compile(_CONTROL)
+
+
+def _scan(raw: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(video paths under raw relative to it, sorted; [(name shown escaped, why)] of the video files whose names a
+    line cannot hold; folders that could not be read). Symlinked folders are followed, each real folder once:
+    a link back up the tree is no loop, and a real folder is preferred to a link to it."""
+    found, refused, unreadable, seen = [], [], [], set()
+    top_len = len(str(raw)) + 1
+    for top, dirs, files in os.walk(raw, followlinks=True, onerror=lambda e: unreadable.append(e.filename)):
+        try:
+            st = os.stat(top)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(top, d)), d))
+        prefix = top[top_len:] + "/" if len(top) >= top_len else ""
+        for name in files:
+            if os.path.splitext(name)[1].lower() not in VIDEO_SUFFIXES or not os.path.isfile(os.path.join(top, name)):
+                continue
+            rel = prefix + name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:  # os gives undecodable bytes as lone surrogates
+                refused.append((repr(os.fsencode(rel)), "not valid UTF-8"))
+                continue
+            if _NOT_A_LINE.search(rel):
+                why = ("a line break" if "\n" in rel or "\r" in rel else "a control character"
+                       if _CONTROL.search(rel) else "a leading or trailing space")
+                refused.append((repr(rel), why))
+                continue
+            found.append(rel)
+    found.sort()
+    refused.sort()
+    return found, refused, unreadable
 
 
 Origin = namedtuple("Origin", "video made_by incomplete known")
@@ -76,21 +145,27 @@ Origin = namedtuple("Origin", "video made_by incomplete known")
 def origin_of(final: Path) -> Origin:
     """What a final file and the raw-answers archive beside it (merge) say of their origin. Other models'
     files and finals written before made_by existed give Origin(None, None, None, False)."""
-    records = read_json(final, "predictions file")
-    events = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
-    said = {r.get("video") for r in events}
-    made_by = next((r["made_by"] for r in events if isinstance(r.get("made_by"), dict)), None)
     name = name_pattern(FINAL).fullmatch(final.name)
     archive = final.with_name(RAW_ANSWERS.format(**name.groupdict())) if name else None
-    data = read_json(archive, "raw answers file") if archive and archive.exists() else None
+    rerun = f"rerun video {name['video']}" if name else "rerun the video"
+    records = read_json(final, "predictions file", f"move it{' and ' + archive.name if archive else ''} out of "
+                                                   f"{final.parent}, then {rerun}")
+    events = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    said = {r.get("video") for r in events if isinstance(r.get("video"), str)}
+    made_by = next((r["made_by"] for r in events if isinstance(r.get("made_by"), dict)), None)
+    data = read_json(archive, "raw answers file", f"move it out of {final.parent} ({final.name} keeps the events), "
+                                                  f"or move both out and {rerun}") \
+        if archive and archive.exists() else None
     data = data if isinstance(data, dict) else {}
-    said.add(data.get("video"))
+    said.update([data["video"]] if isinstance(data.get("video"), str) else [])
     made_by = data.get("made_by") if isinstance(data.get("made_by"), dict) else made_by
-    said = sorted(said - {None})
+    said = sorted(said)
     if len(said) > 1:
         raise InputError(f"{final} and its raw-answers file name different videos ({', '.join(map(repr, said))}): "
                          f"they belong to different runs; delete both and rerun the video")
-    return Origin(said[0] if said else None, made_by, data.get("incomplete"), "made_by" in data or bool(made_by))
+    incomplete = data.get("incomplete")  # the merge's line; a file can hold anything
+    incomplete = None if incomplete is None else log_safe(incomplete, 300)
+    return Origin(said[0] if said else None, made_by, incomplete, "made_by" in data or bool(made_by))
 
 
 def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
@@ -98,7 +173,8 @@ def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
     videos.txt (listed: its lines, default read as they are): a final copied from another project, or
     kept across a rebuilt videos.txt, would be skipped as done and scored against the wrong game."""
     origin = origin_of(final)
-    listed = _lines(project / MANIFEST) if listed is None else listed
+    listed = _lines(project / MANIFEST, f"restore it with: cp {project / GIVEN} {project / MANIFEST}") \
+        if listed is None else listed
     if not listed or origin.video is None:
         return origin  # nothing to check against (compare_counts on a folder of finals), or it does not say
     expected = listed[index] if index < len(listed) else None
@@ -141,7 +217,10 @@ def _check_finals(project: str, first: str, last: str) -> int:
     listed = manifest(project)  # also refuses an edited videos.txt before any worker starts
     for index in range(int(first), min(int(last), len(listed) - 1) + 1):
         for final in sorted(project.glob(FINAL.format(model="*", video=index))):
-            check_source(project, index, final, listed)
+            try:
+                check_source(project, index, final, listed)
+            except UnreadableFile:  # that video's own problem: `state` reports it (FAILED), the others run
+                continue
     print(len(listed))
     return 0
 
@@ -152,8 +231,21 @@ def _state(project: str, index: str) -> int:
     return 0
 
 
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").split("\n") if line] if path.exists() else []
+def _lines(path: Path, fix="") -> list[str]:
+    """The non-empty lines of a list file ([] when there is none), or UnreadableFile naming it and fix."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except IsADirectoryError:
+        problem = "is a directory, not a file"
+    except UnicodeDecodeError as e:
+        problem = f"is not valid UTF-8 (byte {e.start})"
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror})"
+    else:
+        return [line for line in text.split("\n") if line]
+    raise UnreadableFile(f"{path} {problem}{f': {fix}' if fix else ''}")
 
 
 def resolve_video(project: Path, index: int) -> Path:

@@ -22,8 +22,18 @@ import time
 from . import claims, gpus, provenance, settings, videos
 from . import model as llava
 from .events import window_events
-from .jsonio import EXIT_RETRY, InputError, atomic_write_json, check_writable, first_line, read_json, remove_stale_temps
-from .merge import describe_holes, window_status
+from .jsonio import (
+    EXIT_RETRY,
+    InputError,
+    UnreadableFile,
+    atomic_write_json,
+    check_writable,
+    first_line,
+    log_safe,
+    read_json,
+    remove_stale_temps,
+)
+from .merge import describe_holes, record_time, window_status
 
 EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, EXIT_RETRY  # llava_split_worker.py's codes
 MAX_ERRORS_IN_A_ROW = 5
@@ -96,14 +106,18 @@ def load_partial(path, slice_starts, made_by, replace):
     same file cannot fill those), checked to belong to this slice and to this run (made_by)."""
     if not path.exists():
         return []
-    doc = read_json(path, "partial file")
+    doc = read_json(path, "partial file", "delete it to start that slice over")
     windows = doc.get("windows") if isinstance(doc, dict) else doc  # a list: written before made_by existed
     if not isinstance(windows, list) or not all(isinstance(r, dict) and "time" in r for r in windows):
-        raise InputError(f"partial file {path} is not a list of window records; delete it to start over")
+        raise UnreadableFile(f"partial file {path} is not a list of window records; delete it to start over")
+    bad = [r["time"] for r in windows if record_time(r["time"]) is None]  # NaN, Infinity, a list, "2", true
+    if bad:
+        raise UnreadableFile(f"partial file {path} is damaged: a record's time is {log_safe(repr(bad[0]), 60)}, not a "
+                             f"number of seconds; delete it to start that slice over")
     differ = provenance.differences(doc.get("made_by") if isinstance(doc, dict) else None, made_by)
     if differ and replace:
-        log.warning(f"⚠️ {path.name} was made by another run ({'; '.join(differ)}): starting this slice over "
-                    f"(--replace-mismatched); the file is replaced when the first batch is saved")
+        log.warning(log_safe(f"⚠️ {path.name} was made by another run ({'; '.join(differ)}): starting this slice "
+                             f"over (--replace-mismatched); the file is replaced when the first batch is saved", 1000))
         return []
     if differ:
         raise InputError(f"partial file {path} was made by another run ({'; '.join(differ)}): resuming would mix "
@@ -156,7 +170,7 @@ class Worker:
         if self.failed_in_a_row >= MAX_ERRORS_IN_A_ROW:
             raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s ({why}): {hint}; the "
                         f"windows done are saved and a rerun retries the failed ones")
-        log.warning(f"⚠️ {why} at {w.start}s: window failed ({hint}; a rerun retries it)")
+        log.warning(log_safe(f"⚠️ {why} at {w.start}s: window failed ({hint}; a rerun retries it)", 1000))
         return [hole(w.start, w.times[-1], "failed", error)]
 
     def _answer(self, ready):
@@ -379,8 +393,9 @@ class Slice:
                 for e in (e for r in new for e in r["events"]):
                     n_events += 1
                     conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
-                    progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {e['label']} "
-                                   f"[{e['team']}, {conf}] {e['details'] or ''}".rstrip())
+                    # label, team and details are the model's text: one line, whatever it wrote
+                    progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {log_safe(e['label'], 60)} "
+                                   f"[{log_safe(e['team'], 30)}, {conf}] {log_safe(e['details'] or '')}".rstrip())
                 progress.update(len(batch))
                 if stop:
                     log.warning(f"{stop[0]} received: saved {settings.count(len(self.records), 'window')} to "

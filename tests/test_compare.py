@@ -140,6 +140,10 @@ def test_a_final_of_another_video_is_refused_and_the_ensemble_names_its_video(pr
 
 
 def test_errors_are_one_line(project, tmp_path, capsys, monkeypatch):
+    assert compare_counts.main(["--project", str(tmp_path / "missing"), "--videos", "0-3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"project directory {tmp_path / 'missing'} (--project) does not exist" in err
+    (tmp_path / "empty").mkdir()
     assert compare_counts.main(["--project", str(tmp_path / "empty"), "--videos", "0-3"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no video of --videos has both final_predictions_qwen7b_video_N.json" in err

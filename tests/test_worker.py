@@ -646,14 +646,6 @@ def test_an_edited_video_list_is_refused_and_restoring_it_works(tmp_path, video_
     assert videos.resolve_video(project, 1).name == "2.mkv"
 
 
-@pytest.mark.parametrize("name", [" leading.mkv", "dir /trailing_space.mkv", "line\nbreak.mkv"])
-def test_video_names_a_line_cannot_hold_are_refused_by_name(tmp_path, video_25fps, name, capsys):
-    project = make_project(tmp_path, {"ok.mkv": video_25fps, f"g/{name}": video_25fps})
-    assert run_worker(project, "/nonexistent/model") == 1
-    (line,) = error_lines(capsys)
-    assert repr(f"g/{name}") in line and "rename it" in line
-
-
 @pytest.fixture(scope="module")
 def video_vfr(tmp_path_factory, video_25fps):
     """Variable frame rate: the barcoded 25 fps video's frames 0-99 at 25 fps (0-4 s), then the
