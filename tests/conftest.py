@@ -5,6 +5,7 @@ Everything runs under a path with spaces and quotes, as users' home directories 
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,16 +41,30 @@ def odd_root(tmp_path_factory):
 
 
 @pytest.fixture
-def world_dir():
-    """A directory every user can reach, for tests that run a command as user nobody: under /tmp itself,
-    not pytest's base directory, which is 0700 and which any concurrent pytest run sets back to 0700."""
-    d = Path(tempfile.mkdtemp(prefix="llava_world_"))
+def open_tmp():
+    """A temporary directory other users can enter, outside pytest's: pytest makes /tmp/pytest-of-USER private
+    again (0700) whenever another pytest session starts on the machine, which would lock user nobody out
+    mid-test."""
+    d = Path(tempfile.mkdtemp(prefix="llava_test_"))
     d.chmod(0o755)
     yield d
-    for p in [d, *d.rglob("*")]:
-        if p.is_dir() and not p.is_symlink():
-            p.chmod(0o755)  # what the test made read-only, so it can be removed
-    shutil.rmtree(d, ignore_errors=True)
+    for path in [d, *d.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(d)
+
+
+def nobody_prefix() -> list:
+    """How to run a command as a user for whom chmod counts: setpriv to nobody when root (root ignores it);
+    [] otherwise. Its files must be under open_tmp."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import torch, cv2"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr[-200:]!r}")
+    return prefix
+
 
 
 @pytest.fixture(scope="session")

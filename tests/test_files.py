@@ -11,10 +11,8 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import compare_counts
 import evaluate_soccernet
 import llava_split_worker
 import merge_results_llava
-from conftest import ROOT, make_project
+from conftest import ROOT, make_project, nobody_prefix
 from llava_soccer import jsonio, settings, synthetic, videos
 from test_merge import all_windows, write_partials
 
@@ -70,32 +68,6 @@ def snapshot(directory: Path) -> dict:
         data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
         out[str(path.relative_to(directory))] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
     return out
-
-
-@pytest.fixture
-def open_tmp():
-    """A temporary directory other users can enter, outside pytest's: pytest makes /tmp/pytest-of-USER private
-    again (0700) whenever another pytest session starts on the machine, which would lock user nobody out
-    mid-test."""
-    d = Path(tempfile.mkdtemp(prefix="llava_test_"))
-    d.chmod(0o755)
-    yield d
-    for path in [d, *d.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    shutil.rmtree(d)
-
-
-def nobody_prefix() -> list:
-    """How to run a command as a user for whom chmod counts: setpriv to nobody when root (root ignores it);
-    [] otherwise. Its files must be under open_tmp."""
-    if os.geteuid() != 0:
-        return []
-    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import torch, cv2"], capture_output=True)
-    if probe.returncode:
-        pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr[-200:]!r}")
-    return prefix
 
 
 def make_read_only(directory: Path):

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 import llava_split_worker as worker
-from conftest import GOAL_ANSWER, ROOT, load, make_project
+from conftest import GOAL_ANSWER, ROOT, load, make_project, nobody_prefix
 from llava_soccer import decoding, gpus, jsonio, synthetic, videos
 from llava_soccer import model as llava
 from llava_soccer import worker as worker_loop
@@ -587,9 +587,9 @@ def test_little_free_space_is_refused_before_the_model_loads(tmp_path, video_25f
     assert "only 5 MB free in" in line and "df -h" in line
 
 
-def test_a_read_only_project_is_refused_before_the_model_loads(world_dir, video_25fps):
+def test_a_read_only_project_is_refused_before_the_model_loads(open_tmp, video_25fps):
     """chmod a-w on the project (root ignores that, so the worker then runs as nobody)."""
-    base = world_dir / "shared"
+    base = open_tmp / "shared"
     project = base / "soccer_project"
     (project / "raw_data").mkdir(parents=True)
     (project / "raw_data" / "m.mkv").write_bytes(open(video_25fps, "rb").read())
@@ -597,12 +597,7 @@ def test_a_read_only_project_is_refused_before_the_model_loads(world_dir, video_
     for path in (base, project / "raw_data", project / "raw_data" / "m.mkv", project / "videos.txt"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     project.chmod(0o555)
-    prefix = []
-    if os.geteuid() == 0:
-        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        probe = subprocess.run([*prefix, sys.executable, "-c", "import torch"], capture_output=True)
-        if probe.returncode:
-            pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr[-200:]!r}")
+    prefix = nobody_prefix()
     run = subprocess.run([*prefix, *worker_cmd(project, "/nonexistent/model")], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 1, run.stderr
