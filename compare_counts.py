@@ -51,8 +51,8 @@ def parse_args(argv):
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
     p.add_argument("--dirs", nargs=2, default=None, metavar=("DIR_A", "DIR_B"),
                    help="read each model's files from its own directory (default: both from --project)")
-    p.add_argument("--tolerance", type=float, default=env("LLAVA_MATCH_S", settings.DEDUP_S),
-                   help=f"seconds within which two events are the same moment (default {settings.DEDUP_S:g})")
+    p.add_argument("--tolerance", type=float, default=env("LLAVA_MATCH_S", settings.MATCH_S),
+                   help=f"seconds within which two events are the same moment (default {settings.MATCH_S:g})")
     p.add_argument("--dedup-s", type=float, default=env("LLAVA_DEDUP_S", settings.DEDUP_S),
                    help=f"de-duplicate each model's events as the merge does (default {settings.DEDUP_S:g}; 0 merges "
                         "only equal times)")

@@ -45,9 +45,9 @@ def parse_args(argv):
     p.add_argument("--videos", default="all", type=settings.video_list,
                    help="video indices to score, e.g. 0-9,12 (default all with predictions)")
     p.add_argument("--out", default=None, help="output folder (default <project>/soccernet_eval)")
-    p.add_argument("--tolerance", type=float, default=3.0,
+    p.add_argument("--tolerance", type=float, default=settings.MATCH_S,
                    help="precision/recall: a prediction matches a ground-truth event of its class at most this "
-                        "many seconds away, one-to-one, as many pairs as possible (default 3)")
+                        f"many seconds away, one-to-one, as many pairs as possible (default {settings.MATCH_S:g})")
     p.add_argument("--min-confidence", "--min_confidence", type=soccernet.confidence_flag, default=0.0,
                    help="precision/recall: ignore predictions less confident than this, in [0, 1] or a percent "
                         "in (1, 100] as the events' own confidences (60 = 60%% = 0.6; default 0 = all); the "

@@ -61,7 +61,7 @@ def parse_args(argv):
              "(or the assumed GPU's) memory up to --max-batch-size; halved on OOM")
     opt("--max-batch-size", env="LLAVA_MAX_BATCH_SIZE", default=16, type=int,
         help="upper bound for --batch-size auto (default 16: each window is prefilled alone, so a batch adds "
-             "~3.1 GiB of KV cache per 224p window)")
+             f"~{gpus.KV_GIB:g} GiB of KV cache per 224p window)")
     opt("--max-new-tokens", env="LLAVA_MAX_NEW_TOKENS", default=256, type=int,
         help="answer length limit (default 256)")
     opt("--temperature", env="LLAVA_TEMPERATURE", default=0.0, type=float,
@@ -76,8 +76,8 @@ def parse_args(argv):
     opt("--attention", env="LLAVA_ATTENTION", default="auto", choices=["auto", *gpus.BACKENDS],
         help="SDPA backend tried first for the prefill; auto: the plan's (cuDNN on 8.0+, memory-efficient below)")
     opt("--prefill-chunk", env="LLAVA_PREFILL_CHUNK", default="auto",
-        help="tokens per prefill chunk, 0 = the whole prompt at once; auto: the plan's (chunks of 4096 on GPUs "
-             "under 16 GiB)")
+        help="tokens per prefill chunk, 0 = the whole prompt at once; auto: the plan's (chunks of "
+             f"{gpus.PREFILL_CHUNK} on GPUs under {gpus.CHUNKED_BELOW_GIB} GiB)")
     opt("--decode-attention", env="LLAVA_DECODE_ATTENTION", default="auto", choices=["auto", "triton", "sdpa"],
         help="decode-step attention: triton (split-KV kernel, 8.0+) or sdpa; auto: the plan's")
     opt("--fused-kernels", env="LLAVA_FUSED_KERNELS", default="auto", choices=["auto", "yes", "no"],
@@ -86,7 +86,7 @@ def parse_args(argv):
     opt("--nf4-weights", env="LLAVA_NF4_WEIGHTS", default="auto", choices=["auto", "packed", "dequantized"],
         help="nf4 only: packed (bitsandbytes dequantizes them in every product) or dequantized to the compute dtype "
              "once at load (the same products, faster, +10 GiB); auto: the plan's (dequantized on 8.0+ GPUs of "
-             "64+ GiB)")
+             f"{gpus.DEQUANTIZE_FROM_GIB}+ GiB)")
     opt("--cuda-graphs", env="LLAVA_CUDA_GRAPHS", default="auto", choices=["auto", "yes", "no"],
         help="record each batch's decode step as a CUDA graph; auto: the plan's (yes on a GPU)")
     opt("--visual-tokens", env="LLAVA_VISUAL_TOKENS", default="full", choices=["full", "reduced"],

@@ -15,8 +15,7 @@ lists (skip an a, skip a b, or pair them) finds it. The lists are cut where two 
 times (of either list) are more than `tolerance` apart, as no pair can cross such a gap, so
 the program runs on small blocks: O(sum of block sizes squared).
 """
-
-_EPS = 1e-9  # times are floats parsed from text: 3.0 s apart is within a 3 s tolerance
+from .settings import TIME_EPS
 
 
 def match(a, b, tolerance, key=lambda e: e["label"]):
@@ -35,7 +34,7 @@ def match(a, b, tolerance, key=lambda e: e["label"]):
     pairs = []
     for ta, tb in groups.values():
         if ta and tb:
-            pairs += _match_sorted(sorted(ta), sorted(tb), tolerance + _EPS)
+            pairs += _match_sorted(sorted(ta), sorted(tb), tolerance + TIME_EPS)
     return sorted(pairs)
 
 

@@ -10,9 +10,7 @@ from pathlib import Path
 
 from .events import window_events
 from .jsonio import InputError, UnreadableFile, log_safe, read_json
-from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, WINDOW_S, name_pattern
-
-_EPS = 1e-6  # event times are sums of floats: 3.0 s apart can come out as 3.0000000000000284
+from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, name_pattern
 
 
 def dedup(events, dedup_s):
@@ -31,7 +29,7 @@ def dedup(events, dedup_s):
         times = kept_times.setdefault(e["label"], [])
         i = bisect.bisect_left(times, e["time"])
         near = [times[j] for j in (i - 1, i) if 0 <= j < len(times)]
-        if all(abs(t - e["time"]) > dedup_s + _EPS for t in near):
+        if all(abs(t - e["time"]) > dedup_s + TIME_EPS for t in near):
             times.insert(i, e["time"])
             kept.append(e)
     return sorted(kept, key=lambda e: (e["time"], str(e["label"])))
@@ -112,7 +110,7 @@ def read_windows(files, n_windows: int) -> Windows:
                 raise UnreadableFile(f"partial {path} is damaged: record {n} has time {log_safe(repr(t), 60)}, not a "
                                      f"number of seconds: {fix}")
             k = round(seconds / STEP_S) if seconds is not None else -1
-            if not (0 <= k < n_windows and abs(k * STEP_S - seconds) < _EPS):
+            if not (0 <= k < n_windows and abs(k * STEP_S - seconds) < TIME_EPS):
                 raise InputError(f"partial {path}: record {n} has time {t!r}, not a window start of this video "
                                  f"(0, {STEP_S:g}, ..., {last:g} s): is it another video's? delete it and rerun "
                                  f"the worker")
@@ -161,7 +159,7 @@ def describe_holes(indices, total: int, duration: float, status: str, records=No
     why = f" ({'; '.join(errors[:3])}{'; ...' if len(errors) > 3 else ''})" if errors and status == "failed" else ""
     runs = consecutive_runs(sorted(indices))
     head = f"{len(indices)} of {total} windows {status}{why}"
-    if len(runs) == 1 and runs[0][1] * STEP_S + WINDOW_S >= duration - _EPS and runs[0][0] > 0:
+    if len(runs) == 1 and runs[0][1] * STEP_S + WINDOW_S >= duration - TIME_EPS and runs[0][0] > 0:
         return f"{head} from {runs[0][0] * STEP_S:.1f} s on"
     shown = [r.split(" (")[0] for r in missing_ranges(sorted(indices), duration)]
     return f"{head} at {', '.join(shown[:5])}{f' and {len(shown) - 5} more ranges' if len(shown) > 5 else ''}"

@@ -16,6 +16,8 @@ STEP_S = 2.0               # a new window every 2 s (1 s overlap)
 FRAMES_PER_WINDOW = round(FPS * WINDOW_S)
 SAMPLES_PER_STEP = round(FPS * STEP_S)
 DEDUP_S = 3.0              # same label within this many seconds = one event
+MATCH_S = 3.0              # two events (models, or prediction and label) this close are the same moment
+TIME_EPS = 1e-6            # times are sums and parses of floats: 3.0 s apart can be 3.0000000000000284
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32", "fp8")

@@ -28,9 +28,6 @@ from .settings import (
 )
 
 log = logging.getLogger("llava_worker")
-# FFmpeg's own messages ("EBML header parsing failed", "Truncating packet") would land in the job
-# log between our lines; a video we cannot read is our one-line error instead. Set it to 24 to see them.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 MANIFEST = "videos.txt"
 GIVEN = ".videos_given.txt"  # every line of videos.txt ever handed out (manifest())
 Window = namedtuple("Window", "k start times frames")  # frames: RGB arrays, times: their seconds
@@ -311,9 +308,18 @@ class VideoInfo:
         return [k for k in range(self.n_windows) if self.slice_of(k, num_workers) == gpu_id]
 
 
+def _cv2():
+    """OpenCV, with FFmpeg's own messages ("EBML header parsing failed", "Truncating packet") off: they would
+    land in the job log between our lines, and a video we cannot read is our one-line error instead. Set
+    OPENCV_FFMPEG_LOGLEVEL=24 to see them. (Set here, before the first import, not at this module's import.)"""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import cv2
+    return cv2
+
+
 def probe(path) -> VideoInfo:
     """fps and frame count of a video, or InputError if OpenCV cannot read it."""
-    import cv2
+    cv2 = _cv2()
     cap = cv2.VideoCapture(str(path))
     try:
         fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
@@ -343,8 +349,7 @@ class FrameReader:
     SEEK_AHEAD = 250  # frames: a longer jump seeks instead of grabbing through
 
     def __init__(self, info: VideoInfo):
-        import cv2
-        self._cv2 = cv2
+        self._cv2 = cv2 = _cv2()
         self.info = info
         self._cap = cv2.VideoCapture(str(info.path))
         self._index = -1            # index of the frame grabbed last (-1: none yet)
