@@ -19,7 +19,7 @@
 # skipped / incomplete / failed videos.
 #
 # Preemption and time limits: on SIGUSR1 (sent by --signal below 120 s before the time limit)
-# the workers finish their current window, save, and the job requeues itself; the requeued
+# the workers finish their current batch, save, and the job requeues itself; the requeued
 # job resumes the unfinished video from its partial files. On SIGTERM (scancel, preemption)
 # the workers save and stop; the same sbatch command later resumes.
 #
@@ -28,7 +28,7 @@
 # Everything else is set with environment variables, exported before sbatch:
 #   SOCCER_PROJECT       project directory: raw_data/, videos.txt, results (~/soccer_project)
 #   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
-#   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 (nf4)
+#   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 | fp8 (nf4; fp8 only on compute capability 8.9+)
 #   LLAVA_NUM_WORKERS    workers (slices) per video, 1..64 (one per GPU of the job; 1 without GPUs)
 #   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   and the other LLAVA_* worker settings (README), read by the worker
 #   LLAVA_HOME           where llava_split_worker.py and merge_results_llava.py are
@@ -267,7 +267,7 @@ release_claim() {
 # --- running one video --------------------------------------------------------------------
 
 declare -a WORKER_PIDS=()
-STOP_SIGNAL=""     # first of USR1/TERM/INT received: finish the current window and stop
+STOP_SIGNAL=""     # first of USR1/TERM/INT received: the workers finish their current batch and stop
 SIGNALS_SEEN=0
 WAIT_STATUS=0
 
@@ -276,7 +276,7 @@ on_signal() {
   [[ ${sig} == INT ]] && forward=TERM
   SIGNALS_SEEN=$((SIGNALS_SEEN + 1))
   [[ -n ${STOP_SIGNAL} ]] || STOP_SIGNAL=${sig}
-  log "received SIG${sig}: workers finish their current window, save and stop"
+  log "received SIG${sig}: workers finish their current batch, save and stop"
   if ((${#WORKER_PIDS[@]})); then
     kill -s "${forward}" "${WORKER_PIDS[@]}" 2>/dev/null || true
   fi

@@ -29,9 +29,7 @@ if os.environ.get("CI") and not (SEED_PREDICTIONS / "qwen7b").is_dir():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-# Tests over ~3 s in files whose tests carry no `@pytest.mark.slow` of their own yet: marked slow
-# here (`bash tests/run.sh --fast` leaves them out). When a file gets its own marker lines, delete
-# its entry. A name here that its file no longer has is an error, so the list cannot rot silently.
+
 @pytest.fixture(scope="session")
 def odd_root(tmp_path_factory):
     """A base directory whose name has spaces and quotes."""

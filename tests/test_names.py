@@ -1,15 +1,16 @@
-"""File names, the project default, the default model (llava_soccer/settings.py) and the exit codes the
-scripts share (jsonio.py) are defined once.
+"""File names, the project default, the default model (llava_soccer/settings.py), the exit codes the
+scripts share (jsonio.py) and the CUDA driver table (doctor.py) are defined once.
 
 The shell scripts cannot import it, so they hold copies; these tests fail when a copy drifts.
 """
 import pytest
 
 from conftest import ROOT
-from llava_soccer import jsonio, settings, soccernet
+from llava_soccer import doctor, jsonio, settings, soccernet
 
 SOCCERNET_PIN = soccernet.INSTALL_HINT.split()[-1]  # the official evaluator's version: "SoccerNet==0.2.0"
 HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
+DRIVERS = doctor.parse_drivers(doctor.CUDA_DRIVERS)  # the least NVIDIA driver per CUDA major version
 COPIES = [
     ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
     ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(video="$1", gpu="*")}"'),
@@ -20,6 +21,8 @@ COPIES = [
     ("setup_llava.sh", f"readonly DEFAULT_MODEL={settings.DEFAULT_MODEL}"),
     ("setup_llava.sh", f"--no-deps {SOCCERNET_PIN};"),
     ("tools/install_env.sh", f"readonly SOCCERNET={SOCCERNET_PIN}"),
+    ("setup_llava.sh", f"readonly CUDA12_DRIVER={DRIVERS['12']}\n"),
+    ("setup_llava.sh", f"readonly CUDA13_DRIVER={DRIVERS['13']}\n"),
     ("submit_llava.sh", f"readonly EX_INTERRUPTED={jsonio.EXIT_RETRY} "),
     ("submit_llava.sh", f"readonly EX_INCOMPLETE={jsonio.EXIT_INCOMPLETE} "),
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '

@@ -40,7 +40,7 @@ def run_worker(project, ckpt, *extra, gpu=0, workers=1, index=0):
 
 
 def worker_cmd(project, ckpt, gpu=0, workers=1, index=0):
-    """The command as submit_llava.sh writes it (the first versions' underscore spellings)."""
+    """The worker's command line in the first versions' underscore spellings (still accepted)."""
     return [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu_id", str(gpu), "--num_workers",
             str(workers), "--video_index", str(index), "--project", str(project), "--model", str(ckpt),
             "--quantization", "fp32"]
