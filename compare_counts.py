@@ -24,6 +24,7 @@ import io
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava_soccer import merge, provenance, settings, soccernet, videos
@@ -151,6 +152,16 @@ def plot(path, names, rows, per_label):
     plt.close(fig)
 
 
+@dataclass
+class Tally:
+    """What run() found over the videos of both models."""
+    rows: list = field(default_factory=list)               # one per video compared
+    per_label: dict = field(default_factory=dict)          # label -> Counter(model name / "both")
+    pair_labels: Counter = field(default_factory=Counter)  # (label a, label b) of disagreements
+    missing: dict = field(default_factory=dict)            # model name -> videos without its final
+    origins: dict = field(default_factory=dict)            # model name -> {video: videos.Origin}
+
+
 def run(args) -> int:
     names = args.models
     try:
@@ -160,33 +171,59 @@ def run(args) -> int:
             raise
         project = None  # --dirs: the project only says which video each index is (videos.check_source)
     dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
+    tally = compare_videos(args, names, project, dirs)
+    if not tally.rows:
+        raise InputError(f"no video{'' if args.videos is None else ' of --videos'} has both "
+                         f"{settings.FINAL.format(model=names[0], video='N')} ({dirs[0]}) and "
+                         f"{settings.FINAL.format(model=names[1], video='N')} ({dirs[1]}): check --project, --dirs, "
+                         f"--models and --videos")
+    columns = ["video", names[0], names[1], "both", f"only_{names[0]}", f"only_{names[1]}", "disagree"]
+    total = {"video": "total", **{c: sum(r[c] for r in tally.rows) for c in columns[1:]}}
+    print_report(args, names, tally, columns, total)
+    if args.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(tally.rows + [total])
+        atomic_write_text(Path(args.csv).expanduser(), buf.getvalue())
+        print(f"wrote {args.csv}")
+    if args.plot:
+        plot(Path(args.plot).expanduser(), names, tally.rows, tally.per_label)
+        print(f"wrote {args.plot}")
+    if args.ensemble:
+        print(f"wrote {len(tally.rows)} ensemble files to {args.ensemble} ({total['both']} events)")
+    return 0
+
+
+def compare_videos(args, names, project, dirs) -> Tally:
+    """Each video with both models' finals: counts, per-label counts, disagreements, what made each file;
+    the ensemble files when asked."""
     listed = videos.read_list(project) if project else []  # read once (not per video), never written
-    rows, per_label, pair_labels, missing = [], {}, Counter(), {name: [] for name in names}
-    origins = {name: {} for name in names}  # video -> videos.Origin, what made each file
+    tally = Tally(missing={name: [] for name in names}, origins={name: {} for name in names})
     found = [soccernet.prediction_files(d, name) for d, name in zip(dirs, names)]
     indices = sorted(set(found[0]) | set(found[1])) if args.videos is None else sorted(args.videos)
     for video in indices:
         paths = [settings.final_path(d, video, name) for d, name in zip(dirs, names)]
         for name, path in zip(names, paths):
             if not path.exists():
-                missing[name].append(video)
+                tally.missing[name].append(video)
         if not all(p.exists() for p in paths):
             continue
         sources = [videos.check_source(project, video, path, listed) if project else videos.origin_of(path)
                    for path in paths]
         for name, origin in zip(names, sources):
-            origins[name][video] = origin
+            tally.origins[name][video] = origin
         a, b = (load_events(p, args.dedup_s) for p in paths)
         pairs, disagreements = compare(a, b, args.tolerance)
-        rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
-                     f"only_{names[0]}": len(a) - len(pairs), f"only_{names[1]}": len(b) - len(pairs),
-                     "disagree": len(disagreements)})
+        tally.rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
+                           f"only_{names[0]}": len(a) - len(pairs), f"only_{names[1]}": len(b) - len(pairs),
+                           "disagree": len(disagreements)})
         for key, events in ((names[0], a), (names[1], b)):
             for e in events:
-                per_label.setdefault(e["label"], Counter())[key] += 1
+                tally.per_label.setdefault(e["label"], Counter())[key] += 1
         for i, _ in pairs:
-            per_label[a[i]["label"]]["both"] += 1
-        pair_labels.update((a[i]["label"], b[j]["label"]) for i, j in disagreements)
+            tally.per_label[a[i]["label"]]["both"] += 1
+        tally.pair_labels.update((a[i]["label"], b[j]["label"]) for i, j in disagreements)
         if args.ensemble:
             out = Path(args.ensemble).expanduser()
             out.mkdir(parents=True, exist_ok=True)
@@ -194,26 +231,24 @@ def run(args) -> int:
                               [ensemble_record(a[i], b[j], names, next((o.video for o in sources if o.video), None),
                                                {name: o.made_by for name, o in zip(names, sources)})
                                for i, j in pairs])
-    if not rows:
-        raise InputError(f"no video{'' if args.videos is None else ' of --videos'} has both "
-                         f"{settings.FINAL.format(model=names[0], video='N')} ({dirs[0]}) and "
-                         f"{settings.FINAL.format(model=names[1], video='N')} ({dirs[1]}): check --project, --dirs, "
-                         f"--models and --videos")
+    return tally
 
-    columns = ["video", names[0], names[1], "both", f"only_{names[0]}", f"only_{names[1]}", "disagree"]
-    total = {"video": "total", **{c: sum(r[c] for r in rows) for c in columns[1:]}}
+
+def print_report(args, names, tally, columns, total) -> None:
+    """The table, what made each model's files, the per-label counts and the most frequent disagreements."""
     width = max(8, *(len(c) + 1 for c in columns))
     print(f"{names[0]} vs {names[1]}: events after de-duplication (same label within {args.dedup_s:g} s); "
           f"both = same label within {args.tolerance:g} s; disagree = different labels within {args.tolerance:g} s")
-    for r in [dict(zip(columns, columns))] + rows + [total]:
+    for r in [dict(zip(columns, columns))] + tally.rows + [total]:
         print("".join(f"{r[c]!s:>{width}}" for c in columns))
     for name in names:
-        for line in provenance.report(origins[name]):
+        for line in provenance.report(tally.origins[name]):
             print(f"{name}: {line}")
-        if missing[name]:
-            print(f"no {settings.FINAL.format(model=name, video='N')} for videos: {_ranges(missing[name])} "
+        if tally.missing[name]:
+            print(f"no {settings.FINAL.format(model=name, video='N')} for videos: {_ranges(tally.missing[name])} "
                   "(not compared)")
-    n_videos = f"{len(rows)} video{'s' * (len(rows) != 1)}"
+    n_videos = f"{len(tally.rows)} video{'s' * (len(tally.rows) != 1)}"
+    per_label = tally.per_label
     if per_label:  # labels are the models' text (one outside the classes is kept as written): one line each
         print(f"\nper label, {n_videos}:")
         shown = {lab: log_safe(lab, 60) for lab in per_label}
@@ -224,24 +259,10 @@ def run(args) -> int:
             print(f"{shown[lab]:<{lw}}{counts}")
     else:
         print(f"\nno events in either model's files ({n_videos} compared): nothing to compare per label")
-    if pair_labels:
+    if tally.pair_labels:
         print(f"\nmost frequent disagreements ({names[0]} label / {names[1]} label):")
-        for (la, lb), n in pair_labels.most_common(5):
+        for (la, lb), n in tally.pair_labels.most_common(5):
             print(f"  {log_safe(la, 60)} / {log_safe(lb, 60)}: {n}")
-
-    if args.csv:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows + [total])
-        atomic_write_text(Path(args.csv).expanduser(), buf.getvalue())
-        print(f"wrote {args.csv}")
-    if args.plot:
-        plot(Path(args.plot).expanduser(), names, rows, per_label)
-        print(f"wrote {args.plot}")
-    if args.ensemble:
-        print(f"wrote {len(rows)} ensemble files to {args.ensemble} ({total['both']} events)")
-    return 0
 
 
 def main(argv=None) -> int:

@@ -75,7 +75,8 @@ def run(args) -> int:
     project = settings.project_dir(args.project)
     claims.check(project, args.video_index)  # another job's video: never delete the partials it writes
     final = settings.final_path(project, args.video_index)
-    for path in (final, settings.raw_answers_path(project, args.video_index)):
+    archive = settings.raw_answers_path(project, args.video_index)
+    for path in (final, archive):
         if path.is_dir():  # would be found only when writing it, after all the work
             raise InputError(f"{path} is a directory, where the merge writes a file: move it out of {project} "
                              f"and merge again (the partials are kept until then)")
@@ -91,34 +92,14 @@ def run(args) -> int:
     video = videos.resolve_video(project, args.video_index)
     info = videos.probe(video)
     windows = merge.read_windows(files, info.n_windows)
-    if windows.made_by is not None:
-        now = {**windows.made_by, "video_file": provenance.video_file(project, video, info)}
-        changed = provenance.differences(windows.made_by, now)
-        if changed:
-            raise InputError(f"the partials of video {args.video_index} were made from another file than {video} "
-                             f"is now ({'; '.join(changed)}): delete them and rerun the video")
-    else:
-        print(f"⚠️ the partials of video {args.video_index} do not record what made them (written before that was "
-              f"recorded): the final will say 'unknown origin'", file=sys.stderr)
-
-    missing, failed = windows.missing, windows.indices("failed")
-    if missing or failed:
-        print(f"video {args.video_index}: {len(missing) + len(failed)} of {settings.count(info.n_windows, 'window')} "
-              f"have no answer yet; not finalising, partials kept:", file=sys.stderr)
-        if failed:
-            line = merge.describe_holes(failed, info.n_windows, info.duration, "failed", windows.records.values())
-            print(f"  {line}", file=sys.stderr)
-        for line in merge.missing_ranges(missing, info.duration):
-            print(f"  missing {line}", file=sys.stderr)
-        print(f"fix: rerun the workers of video {args.video_index} (they resume from the partials and retry failed "
-              f"windows), then merge again", file=sys.stderr)
+    check_same_file(args.video_index, project, video, info, windows.made_by)
+    if not finished(args.video_index, info, windows):
         return EXIT_MISSING
 
     undecodable = windows.indices("undecodable")
     incomplete = undecodable and merge.describe_holes(undecodable, info.n_windows, info.duration, "undecodable")
     found, failures = merge.window_records_to_events(windows, info)
     kept = merge.dedup(found, args.dedup_s)
-    archive = settings.raw_answers_path(project, args.video_index)
     remove_stale_temps(archive)
     source = video.relative_to(project / "raw_data").as_posix()
     atomic_write_json_gz(archive, {
@@ -130,26 +111,10 @@ def run(args) -> int:
         for path in files:
             path.unlink(missing_ok=True)
 
-    processed = info.n_windows - len(undecodable)
     print(f"video {args.video_index} ({log_safe(video.name)}): {settings.count(info.n_windows, 'window')} from "
-          f"{settings.count(len(files), 'partial')}: {processed} answered, {len(undecodable)} undecodable")
-    print(f"made by: {provenance.describe(windows.made_by)}")
-    classes, others = merge.label_counts(kept)
-    if windows.overlaps:
-        print(f"  {windows.overlaps} windows were in more than one partial: used the newest file's record")
-    print(f"events: {len(found)} found, {len(kept)} after de-duplication (same label within {args.dedup_s:g} s)")
-    print(f"labels: {_counts(classes)}")
-    if others:
-        print(f"labels that are not SoccerNet classes (kept as they are): {_counts(others)}")
-    print(f"parse failures: {len(failures)} of {processed} answered windows")
-    for r in failures[:args.show_failures]:
-        print(f"  {r['time']:g} s: {_short(r.get('raw'))}")
-    if len(failures) > args.show_failures:
-        print(f"  ... {len(failures) - args.show_failures} more (--show-failures N prints more)")
-    if processed and len(failures) > processed / 2:
-        print(f"⚠️ WARNING: {len(failures)} of {processed} windows ({len(failures) / processed:.0%}) did not parse: "
-              f"the model did not answer in the asked format (prose?). Its answers are in {archive.name}; read "
-              f"them before trusting {final.name} (README: Troubleshooting, Empty results)", file=sys.stderr)
+          f"{settings.count(len(files), 'partial')}: {info.n_windows - len(undecodable)} answered, "
+          f"{len(undecodable)} undecodable")
+    summarise(args, windows, found, kept, failures, info.n_windows - len(undecodable), archive.name, final.name)
     kept_note = "partials kept" if args.keep_partials else f"deleted {settings.count(len(files), 'partial')}"
     print(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); "
           f"{kept_note}")
@@ -159,6 +124,58 @@ def run(args) -> int:
               f"(replace it, then rerun the video)", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def check_same_file(index, project, video, info, made_by) -> None:
+    """InputError when the partials were made from another file than the video is now (replaced, re-encoded,
+    a download finished since); a warning when they do not say (written before made_by existed)."""
+    if made_by is None:
+        print(f"⚠️ the partials of video {index} do not record what made them (written before that was "
+              f"recorded): the final will say 'unknown origin'", file=sys.stderr)
+        return
+    changed = provenance.differences(made_by, {**made_by, "video_file": provenance.video_file(project, video, info)})
+    if changed:
+        raise InputError(f"the partials of video {index} were made from another file than {video} "
+                         f"is now ({'; '.join(changed)}): delete them and rerun the video")
+
+
+def finished(index, info, windows) -> bool:
+    """Whether every window has an answer (or is undecodable); if not, the time ranges of those missing or
+    failed, on stderr: the rerun of the workers fills them."""
+    missing, failed = windows.missing, windows.indices("failed")
+    if not (missing or failed):
+        return True
+    print(f"video {index}: {len(missing) + len(failed)} of {settings.count(info.n_windows, 'window')} "
+          f"have no answer yet; not finalising, partials kept:", file=sys.stderr)
+    if failed:
+        line = merge.describe_holes(failed, info.n_windows, info.duration, "failed", windows.records.values())
+        print(f"  {line}", file=sys.stderr)
+    for line in merge.missing_ranges(missing, info.duration):
+        print(f"  missing {line}", file=sys.stderr)
+    print(f"fix: rerun the workers of video {index} (they resume from the partials and retry failed "
+          f"windows), then merge again", file=sys.stderr)
+    return False
+
+
+def summarise(args, windows, found, kept, failures, answered, archive_name, final_name) -> None:
+    """What made the final, its events and labels, and the answers that did not parse."""
+    print(f"made by: {provenance.describe(windows.made_by)}")
+    classes, others = merge.label_counts(kept)
+    if windows.overlaps:
+        print(f"  {windows.overlaps} windows were in more than one partial: used the newest file's record")
+    print(f"events: {len(found)} found, {len(kept)} after de-duplication (same label within {args.dedup_s:g} s)")
+    print(f"labels: {_counts(classes)}")
+    if others:
+        print(f"labels that are not SoccerNet classes (kept as they are): {_counts(others)}")
+    print(f"parse failures: {len(failures)} of {answered} answered windows")
+    for r in failures[:args.show_failures]:
+        print(f"  {r['time']:g} s: {_short(r.get('raw'))}")
+    if len(failures) > args.show_failures:
+        print(f"  ... {len(failures) - args.show_failures} more (--show-failures N prints more)")
+    if answered and len(failures) > answered / 2:
+        print(f"⚠️ WARNING: {len(failures)} of {answered} windows ({len(failures) / answered:.0%}) did not parse: "
+              f"the model did not answer in the asked format (prose?). Its answers are in {archive_name}; read "
+              f"them before trusting {final_name} (README: Troubleshooting, Empty results)", file=sys.stderr)
 
 
 def main(argv=None) -> int:
