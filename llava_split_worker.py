@@ -41,7 +41,17 @@ def yes_no(text) -> bool:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    envs = {}  # dest -> environment variable giving its default
+    envs = add_flags(p)
+    settings.check_env(p, envs)
+    args = p.parse_args(argv)
+    check(p, args, envs, sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def add_flags(p) -> dict:
+    """The worker's flags on parser p; returns {dest: environment variable giving its default}. (Over 60 lines:
+    a table of flags, one call each, no logic.)"""
+    envs = {}
 
     def opt(*flags, env, default, **kw):  # a flag whose default comes from an environment variable
         envs[p.add_argument(*flags, default=settings.env(env, default), **kw).dest] = env
@@ -100,9 +110,11 @@ def parse_args(argv):
                                "differs")
     p.add_argument("--progress-every", type=float, default=30.0,
                    help="seconds between progress lines when the log is a file (default 30)")
-    settings.check_env(p, envs)
-    args = p.parse_args(argv)
-    given = sys.argv[1:] if argv is None else argv
+    return envs
+
+
+def check(p, args, envs, given) -> None:
+    """What argparse cannot check (ranges, "auto" or a number, --assume-gpu): p.error's one line, exit 2."""
     flags = {a.dest: a.option_strings for a in p._actions}
 
     def bad(dest, problem):  # names the environment variable when the value came from it
@@ -128,7 +140,6 @@ def parse_args(argv):
             gpus.parse_assume(args.assume_gpu)
         except ValueError as e:
             bad("assume_gpu", str(e))
-    return args
 
 
 def main(argv=None):

@@ -108,19 +108,43 @@ def detect(device: str):
     return props.name, (props.major, props.minor), props.total_memory / 2**30
 
 
-def make(args, real):
-    """The plan for args (the worker's flags) on `real` (detect()'s answer), or on args.assume_gpu."""
-    assumed = bool(args.assume_gpu)
-    if assumed:
+def _card(args, real):
+    """(name, compute capability, GiB, assumed) of the card planned for: args.assume_gpu's, else `real`'s, else
+    the CPU's (None, None)."""
+    if args.assume_gpu:
         cc, gib = parse_assume(args.assume_gpu)
         typical = TYPICAL.get(cc, (f"GPU {cc[0]}.{cc[1]}", 16))
-        gib = float(gib or typical[1])
         article = "an" if typical[0][0] in "AEFHILMNORSX" else "a"  # an A100, an H100, a Titan V
-        name = f"{article} {typical[0]}-class GPU" + (f" (on {real[0]})" if real else "")
-    elif real:
-        name, cc, gib = real
-    else:
-        name, cc, gib = "cpu", None, None
+        return (f"{article} {typical[0]}-class GPU" + (f" (on {real[0]})" if real else ""), cc,
+                float(gib or typical[1]), True)
+    if real:
+        return (*real, False)
+    return "cpu", None, None, False
+
+
+def _explicit(args, cc, paths, warnings):
+    """paths = (prefill backends, chunk, decode attention, fused, graphs) with the flags not "auto" in their
+    place: explicit flags win over the plan."""
+    backends, chunk, decode, fused, graphs = paths
+    if args.attention != "auto":
+        backends = [args.attention] + [b for b in BACKENDS if b != args.attention]
+        if cc is not None and cc < (8, 0) and args.attention in ("cudnn", "flash"):
+            warnings.append(f"--attention {args.attention} needs compute capability 8.0+; PyTorch will use the "
+                            "next backend in the list")
+    if args.prefill_chunk != "auto":
+        chunk = int(args.prefill_chunk) or None
+    if args.decode_attention != "auto":
+        decode = args.decode_attention
+    if args.fused_kernels != "auto":
+        fused = args.fused_kernels == "yes"
+    if args.cuda_graphs != "auto":
+        graphs = args.cuda_graphs == "yes"
+    return backends, chunk, decode, fused, graphs
+
+
+def make(args, real):
+    """The plan for args (the worker's flags) on `real` (detect()'s answer), or on args.assume_gpu."""
+    name, cc, gib, assumed = _card(args, real)
     warnings = []
     quant = args.quantization
     modern, pascal = cc is None or cc >= (8, 0), cc is not None and cc < (7, 0)  # (CPU: nf4 keeps bf16 compute)
@@ -153,20 +177,7 @@ def make(args, real):
                             f"on compute capability {cc[0]}.{cc[1]}; the weights stay packed")
             nf4_weights = "packed"
 
-    # explicit flags win over the plan
-    if args.attention != "auto":
-        backends = [args.attention] + [b for b in BACKENDS if b != args.attention]
-        if cc is not None and cc < (8, 0) and args.attention in ("cudnn", "flash"):
-            warnings.append(f"--attention {args.attention} needs compute capability 8.0+; PyTorch will use the "
-                            "next backend in the list")
-    if args.prefill_chunk != "auto":
-        chunk = int(args.prefill_chunk) or None
-    if args.decode_attention != "auto":
-        decode = args.decode_attention
-    if args.fused_kernels != "auto":
-        fused = args.fused_kernels == "yes"
-    if args.cuda_graphs != "auto":
-        graphs = args.cuda_graphs == "yes"
+    backends, chunk, decode, fused, graphs = _explicit(args, cc, (backends, chunk, decode, fused, graphs), warnings)
     if cc is None and (decode == "triton" or fused or graphs):
         warnings.append("no GPU: the GPU paths asked for (Triton decode attention, CUDA graphs, fused kernels) are "
                         "tried; those that fail their self-check fall back to PyTorch's kernels")
