@@ -341,18 +341,22 @@ def run(args):
     write_csv(out / "per_class.csv", summaries, args.metrics)
     written = [out / "summary.json", out / "per_class.csv"]
     if args.plot:
-        plot_precision_recall(out / "precision_recall.png", summaries, args)
-        index = args.timeline_video if args.timeline_video is not None else loaded[next(iter(loaded))][0].index
-        shown = {name: next((h for h in halves if h.index == index), None) for name, halves in loaded.items()}
-        first = next((h for h in shown.values() if h), None)
-        if first is None:
-            raise InputError(f"--timeline-video {index}: no model has predictions for video #{index}")
-        gt = [a for a in labels[first.game] if a["half"] == first.half]
-        plot_timeline(out / f"timeline_video_{index}.png", index, gt,
-                      {name: h.events for name, h in shown.items() if h})
-        written += [out / "precision_recall.png", out / f"timeline_video_{index}.png"]
+        written += plots(out, summaries, loaded, labels, args)
     print(f"\nwrote results_spotting.json per game under {out}/<model>/, and " + ", ".join(p.name for p in written))
     return 0
+
+
+def plots(out, summaries, loaded, labels, args) -> list:
+    """The precision/recall plot and the timeline of one video (--timeline-video, default the first scored)."""
+    plot_precision_recall(out / "precision_recall.png", summaries, args)
+    index = args.timeline_video if args.timeline_video is not None else loaded[next(iter(loaded))][0].index
+    shown = {name: next((h for h in halves if h.index == index), None) for name, halves in loaded.items()}
+    first = next((h for h in shown.values() if h), None)
+    if first is None:
+        raise InputError(f"--timeline-video {index}: no model has predictions for video #{index}")
+    gt = [a for a in labels[first.game] if a["half"] == first.half]
+    plot_timeline(out / f"timeline_video_{index}.png", index, gt, {name: h.events for name, h in shown.items() if h})
+    return [out / "precision_recall.png", out / f"timeline_video_{index}.png"]
 
 
 def main(argv=None) -> int:
