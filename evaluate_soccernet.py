@@ -276,8 +276,9 @@ def plot_timeline(path, index, gt, sources):
     ax.set_title(f"video #{index}: ground truth", fontsize=10, loc="left")
     ax.legend(loc="upper right", fontsize=7)
     for ax, (name, events) in zip(axes[1:, 0], sources.items()):
-        ax.scatter([e["time"] / 60 for e in events], [ypos[e["label"]] for e in events], marker="|", s=120,
-                   c=[e["confidence"] for e in events], cmap="viridis", vmin=0, vmax=1)
+        dots = ax.scatter([e["time"] / 60 for e in events], [ypos[e["label"]] for e in events], marker="|", s=120,
+                          c=[e["confidence"] for e in events], cmap="viridis", vmin=0, vmax=1)
+        fig.colorbar(dots, ax=ax, label="confidence", fraction=0.02, pad=0.01)
         ax.set_title(f"{name} ({len(events)} events, colour = confidence)", fontsize=10, loc="left")
     for ax in axes[:, 0]:
         ax.set_yticks(range(len(SOCCERNET_CLASSES)), SOCCERNET_CLASSES, fontsize=6)
@@ -313,11 +314,8 @@ def run(args):
         if not halves:
             raise InputError(f"none of {name}'s videos is a SoccerNet half (<league>/<season>/<game>/1_*.mkv)")
         loaded[name] = halves
-    labels = {}
-    for halves in loaded.values():
-        for h in halves:
-            if h.game not in labels:
-                labels[h.game] = soccernet.read_labels(root / h.game / soccernet.LABELS_FILE)
+    labels, unlabelled = read_labels(root, loaded)
+    warn_past_the_end(loaded, origins, project)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -337,13 +335,60 @@ def run(args):
     settings_used = {k: getattr(args, k)
                      for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s", "metrics")}
     atomic_write_json(out / "summary.json", {"soccernet": str(root), "project": str(project), "settings": settings_used,
-                                             "models": summaries})
+                                             "games_without_labels": unlabelled, "models": summaries})
     write_csv(out / "per_class.csv", summaries, args.metrics)
     written = [out / "summary.json", out / "per_class.csv"]
     if args.plot:
         written += plots(out, summaries, loaded, labels, args)
     print(f"\nwrote results_spotting.json per game under {out}/<model>/, and " + ", ".join(p.name for p in written))
     return 0
+
+
+def read_labels(root, loaded) -> tuple:
+    """({game: annotations}, [games without a Labels-v2.json]) for the games of the loaded halves. A game
+    without labels is left out of every model (one line each); InputError when no game has them. A labels
+    file that is there but damaged still stops with its one line: it would be scored wrong."""
+    labels, unlabelled = {}, []
+    for game in sorted({h.game for halves in loaded.values() for h in halves}):
+        path = root / game / soccernet.LABELS_FILE
+        if path.exists():
+            labels[game] = soccernet.read_labels(path)
+            continue
+        unlabelled.append(game)
+        indices = sorted({h.index for halves in loaded.values() for h in halves if h.game == game})
+        print(f"game {log_safe(game)}: no {soccernet.LABELS_FILE} under {root}: not scored "
+              f"(video{'s' * (len(indices) > 1)} {', '.join(f'#{i}' for i in indices)})")
+    if not labels:
+        raise InputError(f"none of the {len(unlabelled)} games predicted has a {soccernet.LABELS_FILE} under {root} "
+                         f"(e.g. {root / unlabelled[0] / soccernet.LABELS_FILE}): is --soccernet the folder holding "
+                         f"<league>/<season>/<game>/?")
+    if unlabelled:
+        print(f"{len(unlabelled)} of {len(labels) + len(unlabelled)} games not scored: no {soccernet.LABELS_FILE}")
+    for name in list(loaded):
+        loaded[name] = [h for h in loaded[name] if h.game in labels]
+        if not loaded[name]:
+            print(f"{name}: none of its games has a {soccernet.LABELS_FILE}: not scored")
+            del loaded[name]
+    return labels, unlabelled
+
+
+PAST_THE_END_S = 60  # predictions this far past a video's end are of another video (a wrong index?)
+
+
+def warn_past_the_end(loaded, origins, project) -> None:
+    """One warning per half whose predictions lie past the end of the video they are scored against: its
+    length from what made the final (made_by), else from the video file itself."""
+    for name, halves in loaded.items():
+        for h in halves:
+            latest = max((e["time"] for e in h.events), default=0.0)
+            made = origins[name][h.index].made_by or {}
+            length = (made.get("video_file") or {}).get("duration_s")
+            if length is None and latest > PAST_THE_END_S:
+                path = project / "raw_data" / h.video
+                length = videos.probe(path).duration if path.is_file() else None
+            if isinstance(length, (int, float)) and latest > length + PAST_THE_END_S:
+                print(f"⚠️ {name}: video #{h.index} ({log_safe(h.video)}) has predictions up to {latest:.0f} s, but "
+                      f"the video is {length:.0f} s long: are they another video's (a wrong index)?")
 
 
 def plots(out, summaries, loaded, labels, args) -> list:

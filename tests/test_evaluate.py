@@ -334,7 +334,7 @@ def test_real_qwen_predictions_in_the_seed_format(odd_root):
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("no_labels", "SoccerNet labels file not found: {sn}/{game}/Labels-v2.json"),
+    ("no_labels", "none of the 1 games predicted has a Labels-v2.json under {sn} (e.g. {sn}/{game}/Labels-v2.json)"),
     ("bad_json", "SoccerNet labels file {sn}/{game}/Labels-v2.json is not valid JSON"),
     ("no_annotations", "SoccerNet labels file {sn}/{game}/Labels-v2.json has no \"annotations\" list"),
     ("bad_annotation", "SoccerNet labels file {sn}/{game}/Labels-v2.json: annotation #1 is malformed"),
@@ -631,3 +631,23 @@ def test_what_made_each_models_files_is_reported_and_incomplete_videos_are_named
     s = summary(project)
     assert [v["incomplete"] for v in s["videos"]] == [None, "10 of 50 windows undecodable from 80.0 s on"]
     assert s["made_by"][0].startswith("⚠️ its files were made by 2 different runs")
+
+
+def test_games_without_labels_are_skipped_with_one_line_each_and_far_predictions_warn(odd_root):
+    """Over many games, one without Labels-v2.json is left out (one line, counted in summary.json) instead
+    of stopping the run; a half whose predictions lie far past the end of its video (made_by says 600 s)
+    gets a warning: a final of another video under this index?"""
+    made = {"model": "m", "video_file": {"path": f"{GAME2}/1_224p.mkv", "duration_s": 600.0}}
+    labels = {GAME: [ann(1, 100, "Goal")], GAME2: [ann(1, 50, "Goal")]}
+    videos = [f"{GAME}/1_224p.mkv", f"{GAME2}/1_224p.mkv"]
+    project, sn = make_case(odd_root, "many games", labels, videos, {"llava": {
+        0: [pred(100, "Goal")], 1: [{**pred(50, "Goal"), "made_by": made}, {**pred(2400, "Corner"), "made_by": made}]}})
+    (sn / GAME / "Labels-v2.json").unlink()
+    rc, out, err = run(project, sn, "--metrics", "at5", "--plot")
+    assert rc == 0, err
+    assert f"game {GAME}: no Labels-v2.json under {sn}: not scored (video #0)" in out
+    assert "1 of 2 games not scored: no Labels-v2.json" in out
+    assert ("⚠️ llava: video #1 (" + f"{GAME2}/1_224p.mkv) has predictions up to 2400 s, but the video is 600 s long: "
+            "are they another video's (a wrong index)?") in out
+    assert [v["index"] for v in summary(project)["videos"]] == [1]
+    assert load(project / "soccernet_eval" / "summary.json")["games_without_labels"] == [GAME]
