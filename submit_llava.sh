@@ -26,7 +26,8 @@
 # WHAT USERS EDIT: the #SBATCH lines below (partition, time, GPUs, CPUs, memory); options
 # given to sbatch override them (sbatch -p gpu --time=2:00:00 submit_llava.sh 0 9).
 # Everything else is set with environment variables, exported before sbatch:
-#   SOCCER_PROJECT       project directory: raw_data/, videos.txt, results (~/soccer_project)
+#   SOCCER_PROJECT       project directory: raw_data/, videos.txt, results (unset: the submit directory
+#                        if it holds raw_data/ or videos.txt, else ~/soccer_project)
 #   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
 #   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 | fp8 (nf4; fp8 only on compute capability 8.9+)
 #   LLAVA_NUM_WORKERS    workers (slices) per video, 1..64 (one per GPU of the job; 1 without GPUs)
@@ -474,7 +475,17 @@ main() {
   local video
   read_numbers "$@"   # every number, before anything else
 
-  PROJECT=${SOCCER_PROJECT:-${HOME}/soccer_project}
+  PROJECT=${SOCCER_PROJECT:-}
+  if [[ -z ${PROJECT} ]]; then
+    # the directory sbatch (or bash) ran in, when it is a project (raw_data/ or videos.txt: settings.is_project)
+    local here=${SLURM_SUBMIT_DIR:-${PWD}}
+    if [[ -d ${here}/raw_data || -f ${here}/videos.txt ]]; then
+      PROJECT=${here}
+      log "project ${here}: the submit directory (SOCCER_PROJECT is not set and it has raw_data/ or videos.txt)"
+    else
+      PROJECT=${HOME}/soccer_project
+    fi
+  fi
   [[ -d ${PROJECT} ]] || die "project directory ${PROJECT} does not exist: set SOCCER_PROJECT or run 'bash setup_llava.sh'"
   PROJECT=$(cd "${PROJECT}" && pwd)
   export SOCCER_PROJECT=${PROJECT}

@@ -8,6 +8,7 @@ import argparse
 import os
 import re
 import string
+import sys
 from pathlib import Path
 
 from .jsonio import InputError
@@ -100,12 +101,23 @@ def name_pattern(template: str, **fixed) -> re.Pattern:
     return re.compile(regex)
 
 
+def is_project(directory) -> bool:
+    """A directory that holds a project: raw_data/ or videos.txt (submit_llava.sh has a copy of this rule)."""
+    return (Path(directory) / "raw_data").is_dir() or (Path(directory) / "videos.txt").is_file()
+
+
 def project_dir(value=None, must_exist=True) -> Path:
-    """--project (value), else $SOCCER_PROJECT, else ~/soccer_project: videos under raw_data/, results beside.
+    """--project (value), else $SOCCER_PROJECT, else the current directory when it is a project (is_project:
+    `cd ~/soccer_project && python compare_counts.py` after a setup elsewhere than the default; one line on
+    stderr says so), else ~/soccer_project: videos under raw_data/, results beside.
 
     InputError, one line naming where the directory came from and the fix, when HOME is unset for a path
     starting with ~ (submit_llava.sh's default is $HOME/soccer_project: no other guess), and (must_exist) when
     it does not exist, is not a directory or cannot be read."""
+    if not value and not os.environ.get("SOCCER_PROJECT") and is_project(Path.cwd()):
+        print(f"project: {Path.cwd()} (the current directory: SOCCER_PROJECT is not set and it has raw_data/ or "
+              f"videos.txt)", file=sys.stderr)
+        return Path.cwd()
     raw = value or env("SOCCER_PROJECT", PROJECT_DEFAULT)
     origin = "--project" if value else "SOCCER_PROJECT" if os.environ.get("SOCCER_PROJECT") else \
         "the default, SOCCER_PROJECT is not set"

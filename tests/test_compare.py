@@ -244,3 +244,19 @@ def test_no_events_in_either_model_is_a_table_of_zeros(tmp_path, capsys):
         assert list(csv.reader(f))[-1] == ["total", "0", "0", "0", "0", "0", "0"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load(settings.final_path(ens, 0, "ensemble")) == [] and load(settings.final_path(ens, 1, "ensemble")) == []
+
+
+def test_the_current_directory_is_the_project_when_soccer_project_is_unset(project, monkeypatch, capsys):
+    """compare (and evaluate, status: settings.project_dir) run in a project directory need no SOCCER_PROJECT;
+    elsewhere the default stays ~/soccer_project."""
+    monkeypatch.delenv("SOCCER_PROJECT", raising=False)
+    (project / "videos.txt").write_text("a.mkv\nb.mkv\nc.mkv\nd.mkv\n")
+    monkeypatch.chdir(project)
+    assert compare_counts.main([]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"project: {project} (the current directory: SOCCER_PROJECT is not set and it has raw_data/ or " \
+                  "videos.txt)\n"
+    assert rows(out)[-1][0] == "total"
+    monkeypatch.chdir(project.parent)
+    monkeypatch.setenv("HOME", str(project.parent))
+    assert settings.project_dir(must_exist=False) == project.parent / "soccer_project"

@@ -15,7 +15,8 @@ COPIES = [
     ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
     ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(video="$1", gpu="*")}"'),
     ("submit_llava.sh", f'heartbeat "${{PROJECT}}/{settings.LOCK.format(video="${video}")}" &'),
-    ("submit_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
+    ("submit_llava.sh", f"      PROJECT={HOME_PROJECT}\n"),
+    ("submit_llava.sh", "if [[ -d ${here}/raw_data || -f ${here}/videos.txt ]]; then"),  # settings.is_project
     ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
     ("setup_llava.sh", f"PROJECT=${{SOCCER_PROJECT:-{HOME_PROJECT}}}"),
     ("setup_llava.sh", f"readonly DEFAULT_MODEL={settings.DEFAULT_MODEL}"),

@@ -444,3 +444,17 @@ def test_a_slice_of_another_model_is_refused_then_replaced_on_request(odd_root, 
     final = json.loads(site.final(0).read_text())
     assert final and {e["label"] for e in final} == {"Goal"}
     assert {e["made_by"]["model"] for e in final} == {base_env["LLAVA_MODEL"]}
+
+
+@pytest.mark.slow
+def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, cluster, clips, base_env):
+    """`cd /elsewhere/soccer_project && sbatch submit_llava.sh 0 0` after a setup outside the default, in a
+    new shell where SOCCER_PROJECT is not exported: the submit directory is the project (it has raw_data/)."""
+    site = Site(odd_root, "project here", {"a.mkv": clips["a"]}, base_env, cluster)
+    env = {k: v for k, v in site.env.items() if k != "SOCCER_PROJECT"}
+    job = cluster.sbatch(SUBMIT, "0", "0", cwd=site.project, env=env)
+    assert cluster.wait_job(job) == "COMPLETED"
+    log = (site.project / f"llava_{job}.log").read_text()
+    assert (f"project {site.project}: the submit directory (SOCCER_PROJECT is not set and it has raw_data/ or "
+            "videos.txt)") in log
+    assert summary(log)["done"] == [0] and site.final(0).exists()
