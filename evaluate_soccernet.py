@@ -260,7 +260,7 @@ def plot_precision_recall(path, summaries, args):
     plt.close(fig)
 
 
-def plot_timeline(path, index, gt, sources):
+def plot_timeline(path, index, video, gt, sources):
     """Ground truth of one half and each model's events on it, one row per class."""
     import matplotlib
     matplotlib.use("Agg")
@@ -273,7 +273,7 @@ def plot_timeline(path, index, gt, sources):
     for vis, color in (("visible", "black"), ("not shown", "tab:gray")):
         pts = [(a["time"] / 60, ypos[a["label"]]) for a in gt if a["visibility"] == vis and a["label"] in ypos]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="|", s=120, color=color, label=vis)
-    ax.set_title(f"video #{index}: ground truth", fontsize=10, loc="left")
+    ax.set_title(f"video #{index} ({videos.display_name(video, 100)}): ground truth", fontsize=10, loc="left")
     ax.legend(loc="upper right", fontsize=7)
     for ax, (name, events) in zip(axes[1:, 0], sources.items()):
         dots = ax.scatter([e["time"] / 60 for e in events], [ypos[e["label"]] for e in events], marker="|", s=120,
@@ -400,7 +400,8 @@ def plots(out, summaries, loaded, labels, args) -> list:
     if first is None:
         raise InputError(f"--timeline-video {index}: no model has predictions for video #{index}")
     gt = [a for a in labels[first.game] if a["half"] == first.half]
-    plot_timeline(out / f"timeline_video_{index}.png", index, gt, {name: h.events for name, h in shown.items() if h})
+    plot_timeline(out / f"timeline_video_{index}.png", index, first.video, gt,
+                  {name: h.events for name, h in shown.items() if h})
     return [out / "precision_recall.png", out / f"timeline_video_{index}.png"]
 
 

@@ -329,7 +329,7 @@ run_video() {
   # File names and defaults are llava_soccer/settings.py's; tests/test_names.py checks these copies.
   local final="${PROJECT}/final_predictions_llava_video_${video}.json"
   local -a statuses=() bad=()
-  local state line
+  local state line name
   # done (a complete final), incomplete (undecodable windows, file unchanged: a rerun cannot fill them),
   # redo (an incomplete final whose video file changed) or todo; llava_soccer/videos.py final_state()
   line=$(run_python -m llava_soccer.videos state "${PROJECT}" "${video}" 2>&1) || {
@@ -338,6 +338,9 @@ run_video() {
     return 0
   }
   state=${line%%$'\t'*} line=${line#*$'\t'}
+  name=${line##*$'\t'} line=${line%$'\t'*}
+  # which game: every SoccerNet half is 1_224p.mkv or 2_224p.mkv
+  log "video ${video} [$((video - FIRST + 1))/$((LAST - FIRST + 1)) in this job]: ${name}"
   case ${state} in
     done) log "${line}"; SKIPPED+=("${video}"); return 0 ;;
     incomplete) log "${line}"; INCOMPLETE+=("${video}"); return 0 ;;

@@ -222,9 +222,24 @@ def _check_finals(project: str, first: str, last: str) -> int:
     return 0
 
 
+def display_name(video: str, width: int = 90) -> str:
+    """A video's raw_data/ path for log lines and titles, safe (log_safe) and at most about width characters:
+    the leading folders go first ("…/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham/1_224p.mkv"), since every
+    SoccerNet half is called 1_224p.mkv or 2_224p.mkv and the game is the folder above."""
+    text = log_safe(video, None)
+    parts = text.split("/")
+    while len(parts) > 1 and len("/".join(parts)) + 2 > width:
+        parts.pop(0)
+    short = "/".join(parts) if len(parts) > 1 or len(parts[0]) <= width else parts[0][-(width - 1):]
+    return short if short == text else f"…/{short}" if len(parts) > 1 else f"…{short}"
+
+
 def _state(project: str, index: str) -> int:
+    """submit_llava.sh, before each video: "STATE<tab>LINE<tab>NAME" (final_state; display_name)."""
     state, line = final_state(Path(project), int(index))
-    print(f"{state}\t{line}")
+    listed = read_list(Path(project))
+    name = display_name(listed[int(index)]) if int(index) < len(listed) else "?"
+    print(f"{state}\t{line}\t{name}")
     return 0
 
 

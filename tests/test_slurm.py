@@ -144,6 +144,9 @@ def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_r
         assert worker_gpus(log, i) == {0: "0", 1: "1", 2: "2", 3: "3"}
         assert f"video {i}: done -> {main_site.final(i)}" in log
     assert "GPUs: 0 1 2 3" in log and f"job {job} on llavanode" in log
+    # which video each is, and where in the job: "video 1 [2/2 in this job]: b.mkv"
+    assert re.search(r"\] video 0 \[1/2 in this job\]: a\.mkv$", log, re.M)
+    assert re.search(r"\] video 1 \[2/2 in this job\]: b\.mkv$", log, re.M)
     assert summary(log) == {"done": [0, 1], "skipped": [], "incomplete": [], "failed": [], "interrupted": [],
                             "not started": []}
     assert not main_site.workers_alive()

@@ -35,3 +35,11 @@ def test_timestamps_that_do_not_increase_warn_once_and_count_frames(video_repeat
         assert len(w.frames) == len(w.times) == len(info.window_samples(w.k))
         # sample time t is frame t x 25 when frames are counted (by their timestamps t would be frame 2 x t x 25)
         assert [synthetic.read_barcode(f) for f in w.frames] == [round(t * 25) for t in w.times], w.start
+
+
+def test_display_name_keeps_the_game_and_the_half():
+    game = "england_epl/2015-2016/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham/1_224p.mkv"
+    assert videos.display_name(game, 200) == game
+    assert videos.display_name(game, 60) == "…/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham/1_224p.mkv"
+    assert videos.display_name("a\nvideo 9: done/1_224p.mkv") == "a\\nvideo 9: done/1_224p.mkv"  # one line
+    assert len(videos.display_name("x" * 300 + ".mkv", 50)) == 50
