@@ -3,7 +3,8 @@
 # submit_llava.sh - run LLaVA-v1.6-Mistral-7B over soccer videos START..END, one worker per GPU.
 #
 #   sbatch submit_llava.sh 0 39             # videos 0..39, one after the other, in one job
-#   sbatch --array=0-39 submit_llava.sh     # one array task per video (many nodes at once)
+#   sbatch --array=0-39 --output=llava_%A_%a.log submit_llava.sh   # one task per video (many nodes at once),
+#                                                                   # its log llava_<array>_<video>.log
 #   bash submit_llava.sh 0 1                # no Slurm: this machine's GPUs, or one CPU worker
 #
 # For each video it first takes the video's lock, .lock_llava_video_I.json in the project: a

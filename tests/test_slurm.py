@@ -258,14 +258,16 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_en
 def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
     # one GPU and 2 CPUs per task, so both tasks fit on the node at once ("many nodes")
-    job = site.sbatch("--array=0-1", "--gres=gpu:1", "--cpus-per-task=2", SUBMIT)
+    # the README's command: each task's log named by the array and the task (= the video)
+    job = site.sbatch("--array=0-1", "--output=llava_%A_%a.log", "--gres=gpu:1", "--cpus-per-task=2", SUBMIT)
     states = cluster.wait_job(job, timeout=600)
     assert set(states.values()) == {"COMPLETED"}, states
     assert site.final(0).exists() and site.final(1).exists()
-    logs = [p.read_text() for p in site.submit_dir.glob("llava_*.log")]
-    assert len(logs) == 2
-    assert sorted(tuple(summary(log)["done"]) for log in logs) == [(0,), (1,)]
-    assert all("1 worker(s) per video" in log and "array task" in log for log in logs)
+    assert sorted(p.name for p in site.submit_dir.glob("llava_*.log")) == [f"llava_{job}_0.log", f"llava_{job}_1.log"]
+    for video in (0, 1):
+        log = (site.submit_dir / f"llava_{job}_{video}.log").read_text()
+        assert summary(log)["done"] == [video] and "1 worker(s) per video" in log
+        assert f"(array task {job}_{video})" in log
 
 
 @pytest.mark.slow
