@@ -1,7 +1,8 @@
 """What made a result ("made_by"): the model, every setting that changes its answers, the code and the
 video file. Partials, final events and raw-answers archives carry it, so no result mixes two runs.
 
-    made_by = provenance.made_by(args, plan, project, video, info)   # the worker, before loading the model
+    made_by = provenance.made_by(args, plan, prompt, provenance.video_file(project, video, info))
+                                       # the worker (worker.identity), before loading the model
     provenance.differences(old, new)   # ["quantization bf16 -> nf4", ...]: [] means the same run
 
 Two made_by are the same run when every field but "code" and the video's "mtime" is equal: a code

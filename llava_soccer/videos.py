@@ -183,15 +183,16 @@ def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
     return origin
 
 
-def final_state(project: Path, index: int) -> tuple[str, str]:
+def final_state(project: Path, index: int, listed=None) -> tuple[str, str]:
     """What submit_llava.sh does with a video, and the line it logs: "todo" (no final), "done" (a
     complete final: skipped), "incomplete" (a final with undecodable windows whose video file is
-    unchanged: a rerun cannot fill them, skipped) or "redo" (an incomplete final whose file changed)."""
+    unchanged: a rerun cannot fill them, skipped) or "redo" (an incomplete final whose file changed).
+    listed: videos.txt's lines, when the caller has read them (check_source)."""
     from .provenance import same_file
     final = final_path(project, index)
     if not final.exists():
         return "todo", ""
-    origin = check_source(project, index, final)
+    origin = check_source(project, index, final, listed)
     same = same_file((origin.made_by or {}).get("video_file"), project)
     if origin.incomplete is None:
         if same is False:
@@ -236,8 +237,8 @@ def display_name(video: str, width: int = 90) -> str:
 
 def _state(project: str, index: str) -> int:
     """submit_llava.sh, before each video: "STATE<tab>LINE<tab>NAME" (final_state; display_name)."""
-    state, line = final_state(Path(project), int(index))
     listed = read_list(Path(project))
+    state, line = final_state(Path(project), int(index), listed)
     name = display_name(listed[int(index)]) if int(index) < len(listed) else "?"
     print(f"{state}\t{line}\t{name}")
     return 0
