@@ -9,10 +9,15 @@ merge      partials -> final events: coverage check, re-parsing, de-duplication
 provenance what made a result (made_by: model, settings, code, video file), compared before runs are joined
 soccernet  SoccerNet labels, results_spotting.json, official average-mAP, precision/recall
 matching   one-to-one label+time matching (model vs model, model vs ground truth)
-gpus       one execution plan per GPU (dtypes, kernels, chunks, batch size) from its capability and memory
+config     the worker's settings: one frozen dataclass that makes llava_split_worker.py's flags and checks them
+gpus       one execution plan per GPU (dtypes, kernels, chunks, batch size) from its capability and memory; frozen
 doctor     setup_llava.sh's checks (python -m llava_soccer.doctor MODEL): python, packages, torch vs GPUs/driver,
            OpenCV, model
-model      loading LLaVA-NeXT (NF4/bf16/...) as the plan says, the prompt, batched generate
+prompt     the event question, the prompt with frame times, processor inputs of a window
+loading    where the model comes from (checked in seconds), from_pretrained as the plan says, NF4 dequantized
+engine     the loaded model and its runtime in one owner: kernels installed, decoder state, self-checks, generate
+fused      torch.compile'd RMSNorm/rotary/SiLU-gate kernels put into one model's Mistral modules
+fp8        FP8 e4m3 linear layers for the language model (8.9+)
 decoding   the fast greedy decoder: per-window (chunked) prefill, CUDA-graph decode, self-checks
 worker     llava_split_worker.py's loop: one GPU's slice of a video in batches, OOM halving, resume, signals
 synthetic  tiny/full-size random checkpoints and barcoded H.264 videos for tests and demos

@@ -1,6 +1,7 @@
 """Greedy answers for a batch of windows: the same tokens as transformers' generate, less overhead.
 
-    ids = decoding.greedy(model, windows, max_new_tokens=256, eos=[2], pad=0)   # windows: model.prepare()
+    decoder = decoding.Decoder(model, plan)   # one per model and plan: the engine's (engine.py)
+    ids = decoder.greedy(windows, max_new_tokens=256, eos=[2], pad=0)   # windows: prompt.prepare()
 
 With 25k-token prompts, generate() spends ~60-100 ms per new token launching ~1,000 small kernels
 from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.md):
@@ -14,7 +15,7 @@ from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.
    are that head's queries, so the cache is never repeated (grouped-query attention).
    Shapes never change, so on a GPU the step is recorded once as a CUDA graph and each new token
    is one replay (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs); later batches of
-   the same size reuse the buffers and the graph (greedy's plan.kept).
+   the same size reuse the buffers and the graph (Decoder.kept).
 Memory: the first window's embeddings are made before a new KV buffer exists. On 11-12 GB cards
 (a plan's prefill_chunk, llava_soccer/gpus.py) the vision tower also runs a few frames at a time (it
 keeps all 25 layers' hidden states, 2.2 GB for a whole window) and the prompt goes through the
@@ -23,7 +24,9 @@ scale with the chunk, not with the 25k-token prompt. Chunks cost time (~40% of t
 H100, whose cuDNN attention they cannot use), so larger cards prefill whole.
 Self-check: the first batch of a process compares each optional path (Triton decode attention,
 the CUDA graph) with the plain one (SDPA, eager) on its first step; on an error or a difference
-beyond SELF_CHECK_MAX_ERROR it warns once and keeps the plain path (the plan says which is used).
+beyond SELF_CHECK_MAX_ERROR it warns once and keeps the plain path (Decoder.attention and .graphs say
+which runs; the plan, what was planned).
+The phases are profiler ranges ("llava prefill", "llava graph capture"), free when no profiler runs.
 tests/test_worker.py checks that the answers equal generate()'s on random tiny checkpoints (CPU:
 SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
 """
@@ -39,7 +42,6 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
-from .gpus import for_device
 from .jsonio import first_line
 
 log = logging.getLogger("llava_worker")
@@ -90,12 +92,12 @@ def causal_attention(module, query, key, value, attention_mask=None, scaling=Non
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register("llava_causal", causal_attention)
-
-
 @contextlib.contextmanager
 def _causal(model):
-    """The language model's attention is causal_attention inside (transformers builds no mask for it)."""
+    """The language model's attention is causal_attention inside (transformers builds no mask for it).
+    Registering it is this package's one addition to transformers: by name, in its registry, here
+    where it is used (nothing at import)."""
+    AttentionInterface.register("llava_causal", causal_attention)
     config = model.model.language_model.config
     saved = config._attn_implementation
     config._attn_implementation = "llava_causal"
@@ -173,9 +175,9 @@ class Step:
     """One new token for every row: (tokens (b,), positions (b,)) -> logits (b, vocab).
     Writes each row's key/value at its position, then attends to positions <= it."""
 
-    def __init__(self, model, keys, values, attention="sdpa"):
+    def __init__(self, model, keys, values, attention="sdpa", on_logits=None):
         self.lm, self.head = model.model.language_model, model.lm_head
-        self.keys, self.values, self.attention = keys, values, attention
+        self.keys, self.values, self.attention, self.on_logits = keys, values, attention, on_logits
         b, self.kv_heads, _, self.head_dim = keys[0].shape
         self.rows = torch.arange(b, device=keys[0].device)
 
@@ -195,7 +197,8 @@ class Step:
                        self.attention)
             h = h + attn.o_proj(o.reshape(b, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.head(self.lm.norm(h))[:, -1]
+        logits = self.head(self.lm.norm(h))[:, -1]
+        return self.on_logits(logits, positions) if self.on_logits else logits
 
 
 def graphed(step, tokens, positions):
@@ -282,7 +285,7 @@ def prefill(model, windows, room, chunk=None, kept=None):
     chunk: prefill the prompt in chunks of that many tokens, the vision tower a few frames at a
     time (None: all at once). The first window's embeddings are made before a new buffer exists:
     the vision tower's peak and the cache's never add up.
-    kept (dict, or None): the buffers are the previous batch's when their shape is the same (see greedy)."""
+    kept (dict, or None): the buffers are the previous batch's when their shape is the same (see Decoder)."""
     lengths = [w["input_ids"].shape[1] for w in windows]
     shape = kv_shape(model, len(windows), max(lengths) + room)
     first_embeds = embed(model, on_model(model, windows[0]), chunk)
@@ -322,77 +325,6 @@ def last_logits(model, embeds, cache, chunk=None):
     return model.lm_head(hidden[:, -1])
 
 
-def _checked(name, make, plain, instead):
-    """make() builds an optional path's step (a callable -> logits). Returns it if it runs and,
-    when plain logits are given (the first use in this process), agrees with them within
-    SELF_CHECK_MAX_ERROR; otherwise warns once and returns None (the caller uses the plain path)."""
-    try:
-        run = make()
-        if plain is None:
-            return run
-        error = relative_error(run(), plain)
-        if error <= SELF_CHECK_MAX_ERROR:
-            log.info(f"{name} passed its self-check (logits within {error:.2%} of the plain path's)")
-            return run
-        problem = f"its logits differ from the plain path's by {error:.1%}"
-    except Exception as e:
-        problem = f"{type(e).__name__}: {first_line(e)}"
-    log.warning(f"⚠️ {name} failed its self-check on this GPU ({problem}); using {instead} instead: "
-                f"same answers, slower")
-    return None
-
-
-def greedy(model, windows, max_new_tokens, eos, pad, plan=None):
-    """Token ids (b, n), n <= max_new_tokens, of the greedy answers to windows (a list of one
-    window's processor inputs each). Like generate(), a finished row is filled with `pad` and
-    decoding stops when every row has produced one of the `eos` ids.
-    plan (llava_soccer.gpus.Plan; default: the plan for the model's device): prefill chunk, decode
-    attention, CUDA graphs. Its first call checks the optional paths and turns off those that fail.
-    plan.kept keeps the KV buffers and the decode step (its CUDA graph) for the next batch: the
-    windows of one video have one prompt length, so batches of one size reuse them (recording a
-    graph costs 0.15-0.35 s per batch on an H200, benchmarks/RESULTS.md session 7)."""
-    plan = plan or for_device(str(model.device))
-    try:
-        return _greedy(model, windows, max_new_tokens, eos, pad, plan)
-    except BaseException:
-        plan.kept.clear()  # an OOM or error may leave them half-written; the caller may retry smaller
-        raise
-
-
-def _greedy(model, windows, max_new_tokens, eos, pad, plan):
-    kept = plan.kept
-    tokens, positions, kv = prefill(model, windows, max_new_tokens, plan.prefill_chunk, kept)
-    eos = torch.tensor(eos, device=tokens.device)
-    out, done = [tokens], torch.isin(tokens, eos)
-    if max_new_tokens == 1 or bool(done.all()):
-        return torch.stack(out, 1)
-    settings = (plan.decode_attention, plan.cuda_graphs)
-    if kept.get("settings") == settings:  # the previous batch's step (and graph), on the same buffers
-        step_in, run = kept["step_in"], kept["run"]
-        step_in[0].copy_(tokens)
-        step_in[1].copy_(positions)
-    else:
-        step_in = (tokens.clone(), positions.clone())
-        run = _decode_step(model, kv, step_in, plan)
-        kept.update(settings=(plan.decode_attention, plan.cuda_graphs), step_in=step_in, run=run)
-    all_done = _Lagged(done.device)
-    for i in range(max_new_tokens - 1):
-        logits = run()
-        tokens = torch.where(done, pad, logits.argmax(-1))
-        done |= torch.isin(tokens, eos)
-        out.append(tokens)
-        step_in[0].copy_(tokens)
-        # A finished row's step attends to slot 0 only: its answer is over (pad from now on), and
-        # reading its 25k cached keys would cost as much as a running row's (the decode step is bound
-        # by reading the KV cache). Real answers end early: "None" is two tokens.
-        step_in[1].copy_(torch.where(done, 0, step_in[1] + 1))
-        finished = all_done(done, i)
-        if finished is not None:
-            del out[finished + 2:]  # the steps queued after every row had finished
-            break
-    return torch.stack(out, 1)
-
-
 class _Lagged:
     """Has every row finished? Asked after each step, answered one step late on a GPU: the flag of
     step i is read once step i + 1 is queued, so the GPU never waits for the CPU between steps
@@ -416,21 +348,107 @@ class _Lagged:
         return i - 1 if bool(self.flags[(i - 1) % 2]) else None
 
 
-def _decode_step(model, kv, step_in, plan):
-    """run() -> logits of one decode step for the whole batch, with the plan's attention kernel and
-    CUDA graph; their first use in this process is checked against the plain path (eager SDPA)."""
-    first_use = "decode" not in plan.checked
-    optional = plan.decode_attention != "sdpa" or plan.cuda_graphs
-    plain = Step(model, *kv, "sdpa")(*step_in) if first_use and optional else None
-    if plan.decode_attention != "sdpa":
-        kernel = plan.decode_attention
-        if _checked(f"{kernel} decode attention", lambda: lambda: Step(model, *kv, kernel)(*step_in), plain,
-                    "SDPA decode attention") is None:
-            plan.decode_attention = "sdpa"
-    step = Step(model, *kv, plan.decode_attention)
-    run = None
-    if plan.cuda_graphs:
-        run = _checked("CUDA-graph decoding", lambda: graphed(step, *step_in), plain, "eager decode steps")
-        plan.cuda_graphs = run is not None
-    plan.checked.add("decode")
-    return run or (lambda: step(*step_in))
+def _checked(name, make, plain, instead):
+    """make() builds an optional path's step (a callable -> logits). Returns it if it runs and,
+    when plain logits are given (the first use), agrees with them within SELF_CHECK_MAX_ERROR;
+    otherwise warns once and returns None (the caller uses the plain path)."""
+    try:
+        run = make()
+        if plain is None:
+            return run
+        error = relative_error(run(), plain)
+        if error <= SELF_CHECK_MAX_ERROR:
+            log.info(f"{name} passed its self-check (logits within {error:.2%} of the plain path's)")
+            return run
+        problem = f"its logits differ from the plain path's by {error:.1%}"
+    except Exception as e:
+        problem = f"{type(e).__name__}: {first_line(e)}"
+    log.warning(f"⚠️ {name} failed its self-check on this GPU ({problem}); using {instead} instead: "
+                f"same answers, slower")
+    return None
+
+
+class Decoder:
+    """The fast greedy decoder of one model under one plan, and the state it keeps between batches.
+
+    attention, graphs: the decode attention kernel and CUDA graphs in use: the plan's, until the first
+    batch's self-check drops an optional one that fails (checked: it has run).
+    kept: the last batch's KV buffers, step inputs and decode step (its CUDA graph): the windows of one
+    video have one prompt length, so batches of one size reuse them (recording a graph costs 0.15-0.35 s
+    per batch on an H200, benchmarks/RESULTS.md session 7).
+    on_logits: (logits (b, vocab), positions (b,)) -> logits, applied inside each decode step (so in its
+    CUDA graph: tensor operations only); a seam for benchmarks (benchmarks/bench_worker.py ends random
+    answers at set lengths with it)."""
+
+    def __init__(self, model, plan, on_logits=None):
+        self.model, self.chunk, self.on_logits = model, plan.prefill_chunk, on_logits
+        self.attention, self.graphs, self.checked = plan.decode_attention, plan.cuda_graphs, False
+        self.kept = {}
+
+    def greedy(self, windows, max_new_tokens, eos, pad):
+        """Token ids (b, n), n <= max_new_tokens, of the greedy answers to windows (a list of one
+        window's processor inputs each). Like generate(), a finished row is filled with `pad` and
+        decoding stops when every row has produced one of the `eos` ids."""
+        try:
+            return self._greedy(windows, max_new_tokens, eos, pad)
+        except BaseException:
+            self.kept.clear()  # an OOM or error may leave them half-written; the caller may retry smaller
+            raise
+
+    def _greedy(self, windows, max_new_tokens, eos, pad):
+        with torch.profiler.record_function("llava prefill"):
+            tokens, positions, kv = prefill(self.model, windows, max_new_tokens, self.chunk, self.kept)
+        eos = torch.tensor(eos, device=tokens.device)
+        out, done = [tokens], torch.isin(tokens, eos)
+        if max_new_tokens == 1 or bool(done.all()):
+            return torch.stack(out, 1)
+        step_in, run = self._step(kv, tokens, positions)
+        all_done = _Lagged(done.device)
+        for i in range(max_new_tokens - 1):
+            logits = run()
+            tokens = torch.where(done, pad, logits.argmax(-1))
+            done |= torch.isin(tokens, eos)
+            out.append(tokens)
+            step_in[0].copy_(tokens)
+            # A finished row's step attends to slot 0 only: its answer is over (pad from now on), and
+            # reading its 25k cached keys would cost as much as a running row's (the decode step is bound
+            # by reading the KV cache). Real answers end early: "None" is two tokens.
+            step_in[1].copy_(torch.where(done, 0, step_in[1] + 1))
+            finished = all_done(done, i)
+            if finished is not None:
+                del out[finished + 2:]  # the steps queued after every row had finished
+                break
+        return torch.stack(out, 1)
+
+    def _step(self, kv, tokens, positions):
+        """(step inputs (tokens, positions), run() -> logits): the previous batch's step (and graph) when
+        it ran on these same buffers with the same paths, else a new one (_decode_step)."""
+        kept, paths = self.kept, (self.attention, self.graphs)
+        if kept.get("paths") == paths:  # (prefill emptied kept when it made new buffers)
+            kept["step_in"][0].copy_(tokens)
+            kept["step_in"][1].copy_(positions)
+            return kept["step_in"], kept["run"]
+        step_in = (tokens.clone(), positions.clone())
+        run = self._decode_step(kv, step_in)
+        kept.update(paths=(self.attention, self.graphs), step_in=step_in, run=run)
+        return step_in, run
+
+    def _decode_step(self, kv, step_in):
+        """run() -> logits of one decode step for the whole batch, with the decode attention kernel and
+        CUDA graph in use; their first use is checked against the plain path (eager SDPA)."""
+        model, hook = self.model, self.on_logits
+        optional = self.attention != "sdpa" or self.graphs
+        plain = Step(model, *kv, "sdpa", hook)(*step_in) if not self.checked and optional else None
+        if self.attention != "sdpa":
+            kernel = self.attention
+            if _checked(f"{kernel} decode attention", lambda: lambda: Step(model, *kv, kernel, hook)(*step_in), plain,
+                        "SDPA decode attention") is None:
+                self.attention = "sdpa"
+        step = Step(model, *kv, self.attention, hook)
+        run = None
+        if self.graphs:
+            with torch.profiler.record_function("llava graph capture"):
+                run = _checked("CUDA-graph decoding", lambda: graphed(step, *step_in), plain, "eager decode steps")
+            self.graphs = run is not None
+        self.checked = True
+        return run or (lambda: step(*step_in))

@@ -46,8 +46,10 @@ ACTIVATIONS_GIB = 1.0
 KV_GIB = 3.1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Plan:
+    """What runs on this GPU, decided once before the model loads and never changed after: what the
+    self-checks of the optional paths find in a process belongs to the engine (llava_soccer/engine.py)."""
     gpu: str                       # the card's name ("cpu" without one)
     capability: str | None         # "7.5"
     memory_gib: float | None       # the card's memory
@@ -55,7 +57,7 @@ class Plan:
     quantization: str
     compute_dtype: str             # matrix products: bfloat16 / float16 / float32
     storage_dtype: str             # weights outside NF4, activations, KV cache
-    prefill_attention: list        # SDPA backends, in the order tried
+    prefill_attention: tuple       # SDPA backends, in the order tried
     prefill_chunk: int | None      # tokens per prefill chunk; None = the whole prompt at once
     decode_attention: str          # triton / sdpa
     fused_kernels: bool
@@ -64,13 +66,10 @@ class Plan:
     batch_size: int | str          # a number or "auto"
     batch_size_estimate: int       # what auto should reach at 224p
     memory_cap_gib: float | None   # what this process may allocate (assumed GPUs only)
-    warnings: list = dataclasses.field(default_factory=list)
-    checked: set = dataclasses.field(default_factory=set)  # optional paths self-checked in this process
-    kept: dict = dataclasses.field(default_factory=dict)   # the last batch's KV buffers and decode graph
+    warnings: tuple = ()
 
     def to_json(self) -> str:
-        return json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                           if f.name not in ("checked", "kept")})
+        return json.dumps(dataclasses.asdict(self))
 
     def line(self) -> str:
         cc = f" (compute capability {self.capability}, {self.memory_gib:g} GiB" + (
@@ -108,11 +107,11 @@ def detect(device: str):
     return props.name, (props.major, props.minor), props.total_memory / 2**30
 
 
-def _card(args, real):
-    """(name, compute capability, GiB, assumed) of the card planned for: args.assume_gpu's, else `real`'s, else
+def _card(s, real):
+    """(name, compute capability, GiB, assumed) of the card planned for: s.assume_gpu's, else `real`'s, else
     the CPU's (None, None)."""
-    if args.assume_gpu:
-        cc, gib = parse_assume(args.assume_gpu)
+    if s.assume_gpu:
+        cc, gib = parse_assume(s.assume_gpu)
         typical = TYPICAL.get(cc, (f"GPU {cc[0]}.{cc[1]}", 16))
         article = "an" if typical[0][0] in "AEFHILMNORSX" else "a"  # an A100, an H100, a Titan V
         return (f"{article} {typical[0]}-class GPU" + (f" (on {real[0]})" if real else ""), cc,
@@ -122,31 +121,31 @@ def _card(args, real):
     return "cpu", None, None, False
 
 
-def _explicit(args, cc, paths, warnings):
+def _explicit(s, cc, paths, warnings):
     """paths = (prefill backends, chunk, decode attention, fused, graphs) with the flags not "auto" in their
     place: explicit flags win over the plan."""
     backends, chunk, decode, fused, graphs = paths
-    if args.attention != "auto":
-        backends = [args.attention] + [b for b in BACKENDS if b != args.attention]
-        if cc is not None and cc < (8, 0) and args.attention in ("cudnn", "flash"):
-            warnings.append(f"--attention {args.attention} needs compute capability 8.0+; PyTorch will use the "
+    if s.attention != "auto":
+        backends = [s.attention] + [b for b in BACKENDS if b != s.attention]
+        if cc is not None and cc < (8, 0) and s.attention in ("cudnn", "flash"):
+            warnings.append(f"--attention {s.attention} needs compute capability 8.0+; PyTorch will use the "
                             "next backend in the list")
-    if args.prefill_chunk != "auto":
-        chunk = int(args.prefill_chunk) or None
-    if args.decode_attention != "auto":
-        decode = args.decode_attention
-    if args.fused_kernels != "auto":
-        fused = args.fused_kernels == "yes"
-    if args.cuda_graphs != "auto":
-        graphs = args.cuda_graphs == "yes"
+    if s.prefill_chunk != "auto":
+        chunk = int(s.prefill_chunk) or None
+    if s.decode_attention != "auto":
+        decode = s.decode_attention
+    if s.fused_kernels != "auto":
+        fused = s.fused_kernels == "yes"
+    if s.cuda_graphs != "auto":
+        graphs = s.cuda_graphs == "yes"
     return backends, chunk, decode, fused, graphs
 
 
-def make(args, real):
-    """The plan for args (the worker's flags) on `real` (detect()'s answer), or on args.assume_gpu."""
-    name, cc, gib, assumed = _card(args, real)
+def plan(s, real) -> Plan:
+    """The plan for settings s (config.WorkerSettings) on `real` (detect()'s answer), or on s.assume_gpu."""
+    name, cc, gib, assumed = _card(s, real)
     warnings = []
-    quant = args.quantization
+    quant = s.quantization
     modern, pascal = cc is None or cc >= (8, 0), cc is not None and cc < (7, 0)  # (CPU: nf4 keeps bf16 compute)
     nf4 = "bfloat16" if modern else "float32" if pascal else "float16"
     compute = {"nf4": nf4, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}[quant]
@@ -170,41 +169,31 @@ def make(args, real):
     nf4_weights = None
     if quant == "nf4":
         nf4_weights = "dequantized" if cc is not None and modern and gib >= DEQUANTIZE_FROM_GIB else "packed"
-        if args.nf4_weights != "auto":
-            nf4_weights = args.nf4_weights
+        if s.nf4_weights != "auto":
+            nf4_weights = s.nf4_weights
         if nf4_weights == "dequantized" and compute != storage:
             warnings.append(f"--nf4-weights dequantized: {compute} weights would not fit beside {storage} activations "
                             f"on compute capability {cc[0]}.{cc[1]}; the weights stay packed")
             nf4_weights = "packed"
 
-    backends, chunk, decode, fused, graphs = _explicit(args, cc, (backends, chunk, decode, fused, graphs), warnings)
+    backends, chunk, decode, fused, graphs = _explicit(s, cc, (backends, chunk, decode, fused, graphs), warnings)
     if cc is None and (decode == "triton" or fused or graphs):
         warnings.append("no GPU: the GPU paths asked for (Triton decode attention, CUDA graphs, fused kernels) are "
                         "tried; those that fail their self-check fall back to PyTorch's kernels")
     weights = WEIGHTS_GIB["bf16" if nf4_weights == "dequantized" else quant]
     cap = round(gib - CONTEXT_GIB, 2) if assumed and real else None
     usable = (gib - CONTEXT_GIB) if gib else 0
-    estimate = max(1, min(args.max_batch_size, int((usable - weights - ACTIVATIONS_GIB) // KV_GIB)))
-    batch = "auto" if args.batch_size == "auto" else int(args.batch_size)
+    estimate = max(1, min(s.max_batch_size, int((usable - weights - ACTIVATIONS_GIB) // KV_GIB)))
+    batch = "auto" if s.batch_size == "auto" else int(s.batch_size)
     if gib and usable < weights + ACTIVATIONS_GIB + KV_GIB:
         warnings.append(f"{gib:g} GiB is less than one 224p window needs with --quantization {quant} "
                         f"(~{weights + ACTIVATIONS_GIB + KV_GIB:.0f} GiB): expect OOM; use nf4 and --visual-tokens "
                         "reduced")
     return Plan(gpu=name, capability=f"{cc[0]}.{cc[1]}" if cc else None, memory_gib=round(gib, 1) if gib else None,
                 assumed=assumed, quantization=quant, compute_dtype=compute, storage_dtype=storage,
-                prefill_attention=backends, prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
+                prefill_attention=tuple(backends), prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
                 nf4_weights=nf4_weights, cuda_graphs=graphs, batch_size=batch, batch_size_estimate=estimate,
-                memory_cap_gib=cap, warnings=warnings)
-
-
-FLAG_DEFAULTS = dict(assume_gpu=None, attention="auto", prefill_chunk="auto", decode_attention="auto",
-                     fused_kernels="auto", nf4_weights="auto", cuda_graphs="auto", batch_size="auto", max_batch_size=16)
-
-
-def for_device(device, quantization="nf4", **flags):
-    """The plan with the worker's default flags (and any given) for this device's own GPU."""
-    import types
-    return make(types.SimpleNamespace(**{**FLAG_DEFAULTS, "quantization": quantization, **flags}), detect(device))
+                memory_cap_gib=cap, warnings=tuple(warnings))
 
 
 def apply_memory(plan, device):

@@ -53,10 +53,11 @@ def model_revision(model_id: str) -> str | None:
     """A hub model's commit in the local cache ("abc123...") or, for a checkpoint directory, a digest of its
     configs and weight files ("dir sha256:..."); None when a hub model is not cached yet (the worker takes
     the commit from the loaded model then) or the directory does not exist."""
+    from .loading import is_local
     path = Path(model_id).expanduser()
-    if model_id.startswith(("/", ".", "~")) or model_id.count("/") != 1 or path.exists():  # a path, as model.py
+    if is_local(model_id):
         if not path.is_dir():
-            return None  # the worker refuses it before loading (model.check_model_source)
+            return None  # the worker refuses it before loading (loading.check_model_source)
         parts = []
         for f in sorted(path.iterdir()):
             if f.suffix == ".json":

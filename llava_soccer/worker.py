@@ -1,11 +1,12 @@
 """The worker's loop: one GPU's slice of one video, windows in, partial JSON out.
 
-    code = worker.run(args)   # args: llava_split_worker.py's flags (parse_args); an exit code below
+    code = worker.run(cfg)   # cfg: config.WorkerSettings (llava_split_worker.py parses its flags into one)
 
-llava_split_worker.py is its command line (flags); benchmarks/bench_worker.py runs the same loop with
-a model it has loaded. run() reads the video in a prefetch thread, answers batches (OOM halves a
-batch; a window that still fails is recorded as failed, and a rerun retries it), rewrites the partial
-file after every batch and stops after the current batch on SIGUSR1/SIGTERM.
+llava_split_worker.py is its command line; benchmarks/bench_worker.py runs the same loop with an
+engine it has made (engine.py) and watches it through on_batch. run() reads the video in a prefetch
+thread, answers batches (OOM halves a batch; a window that still fails is recorded as failed, and a
+rerun retries it), rewrites the partial file after every batch and stops after the current batch on
+SIGUSR1/SIGTERM.
 
 The partial is {"made_by": what made it (provenance.py), "windows": [one record per window]}; a
 record's status is "ok" (answered), "failed" (OOM or an error: a rerun retries it) or "undecodable"
@@ -19,8 +20,8 @@ import sys
 import threading
 import time
 
-from . import claims, gpus, provenance, settings, videos
-from . import model as llava
+from . import claims, gpus, loading, prompt, provenance, settings, videos
+from .engine import Engine
 from .events import window_events
 from .jsonio import (
     EXIT_RETRY,
@@ -139,19 +140,21 @@ def hole(start, end, status, error):
     return {"time": start, "end": end, "status": status, "error": error, "raw": None, "events": []}
 
 
-def oom_hint(args, plan):
+def oom_hint(cfg, plan):
     """What can still lower the memory of one window, given the settings in use."""
     hints = [h for h, useful in (
-        ("--quantization nf4", args.quantization != "nf4"),
+        ("--quantization nf4", cfg.quantization != "nf4"),
         ("--prefill-chunk 2048", not plan.prefill_chunk or plan.prefill_chunk > 2048),
-        ("--visual-tokens reduced (fewer tokens per frame: changes answers)", args.visual_tokens == "full"),
+        ("--visual-tokens reduced (fewer tokens per frame: changes answers)", cfg.visual_tokens == "full"),
         ("one worker per GPU (LLAVA_NUM_WORKERS)", True)) if useful]
     return f"is another process using this GPU (nvidia-smi)? else try {', '.join(hints)}, or a GPU with more memory"
 
 
 class Worker:
-    def __init__(self, args, model, processor, info, plan):
-        self.args, self.model, self.processor, self.info, self.plan = args, model, processor, info, plan
+    """Answers batches of windows with an engine: records in, OOM and errors handled one window at a time."""
+
+    def __init__(self, cfg, engine):
+        self.cfg, self.engine = cfg, engine
         self.failed_in_a_row = 0
 
     def answer(self, batch):
@@ -177,16 +180,15 @@ class Worker:
         """OOM halves the batch; a lone window that still fails is recorded as failed."""
         import torch
         try:
-            texts = llava.generate(self.model, self.processor, [inputs for _, inputs in ready],
-                                   self.args.max_new_tokens, self.args.temperature, self.args.top_p,
-                                   self.args.decoder, self.plan)
+            texts = self.engine.generate([inputs for _, inputs in ready], self.cfg.max_new_tokens,
+                                         self.cfg.temperature, self.cfg.top_p, self.cfg.decoder)
         except torch.OutOfMemoryError:
-            if self.model.device.type == "cuda":
+            if self.engine.model.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(ready) > 1:
                 half = len(ready) // 2
                 return self._answer(ready[:half]) + self._answer(ready[half:])
-            return self._failed(ready[0][0], "OOM", "out of GPU memory (OOM)", oom_hint(self.args, self.plan))
+            return self._failed(ready[0][0], "OOM", "out of GPU memory (OOM)", oom_hint(self.cfg, self.engine.plan))
         except Exception as e:  # one bad window must not end a 12-minute slice
             if len(ready) > 1:
                 return [r for item in ready for r in self._answer([item])]
@@ -247,7 +249,7 @@ def batches(info, todo, batch_size, processor, model):
     batch = []
     gpu = model.device.type == "cuda"
     for w in videos.iter_windows(info, todo):
-        batch.append((w, llava.prepare(processor, [(w.times, w.frames)], model.dtype, gpu)[0] if w.frames else None))
+        batch.append((w, prompt.prepare(processor, [(w.times, w.frames)], model.dtype, gpu)[0] if w.frames else None))
         if len(batch) >= batch_size():
             yield batch
             batch = []
@@ -255,19 +257,19 @@ def batches(info, todo, batch_size, processor, model):
         yield batch
 
 
-def plan_for(args):
+def plan_for(cfg):
     """(device, plan) for this worker; InputError if its torch has no kernels for the GPU, or the GPU
     cannot run the quantization asked for (fp8)."""
-    device = llava.pick_device(args.gpu_id or 0)
+    device = loading.pick_device(cfg.gpu_id or 0)
     problem = gpus.check_torch_build(device)
     if problem:
         raise InputError(problem)
-    return device, gpus.make(args, gpus.detect(device))
+    return device, gpus.plan(cfg, gpus.detect(device))
 
 
-def identity(args, plan, project, video, info) -> dict:
+def identity(cfg, plan, project, video, info) -> dict:
     """What made this worker's results (provenance.made_by): the prompt is that of a sample window."""
-    return provenance.made_by(args, plan, llava.build_prompt([0.0, 1 / settings.FPS]),
+    return provenance.made_by(cfg, plan, prompt.build_prompt([0.0, 1 / settings.FPS]),
                               provenance.video_file(project, video, info))
 
 
@@ -276,75 +278,72 @@ def partial_doc(made_by, records) -> dict:
     return {"made_by": made_by, "windows": records}
 
 
-def run(args, loaded=None) -> int:
+def run(cfg, engine=None, on_batch=None) -> int:
     """Process the slice (or print the plan); returns EXIT_DONE (every window answered), EXIT_INCOMPLETE (done,
     with undecodable windows), EXIT_FAILED (windows failed: a rerun retries them) or EXIT_INTERRUPTED (a
-    signal stopped it after saving: rerun to resume). loaded=(model, processor) skips loading
-    (benchmarks/bench_worker.py)."""
-    if args.print_plan:
-        print(plan_for(args)[1].to_json())
+    signal stopped it after saving: rerun to resume). engine: one made for this plan (else loaded here);
+    on_batch(records): called after each batch is saved (benchmarks/bench_worker.py's timing)."""
+    if cfg.print_plan:
+        print(plan_for(cfg)[1].to_json())
         return EXIT_DONE
-    project = settings.project_dir(args.project)
-    claims.check(project, args.video_index)  # another job's video: its partials are not ours to touch
-    video = videos.resolve_video(project, args.video_index)
+    project = settings.project_dir(cfg.project)
+    claims.check(project, cfg.video_index)  # another job's video: its partials are not ours to touch
+    video = videos.resolve_video(project, cfg.video_index)
     info = videos.probe(video)
-    slice_windows = info.slice_windows(args.gpu_id, args.num_workers)
+    slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
     starts = {info.window_start(k): k for k in slice_windows}
-    out = settings.partial_path(project, args.video_index, args.gpu_id)
+    out = settings.partial_path(project, cfg.video_index, cfg.gpu_id)
     remove_stale_temps(out)
-    device, plan = plan_for(args)
-    made_by = identity(args, plan, project, video, info)
-    records = load_partial(out, set(starts), made_by, args.replace_mismatched)
+    device, plan = plan_for(cfg)
+    made_by = identity(cfg, plan, project, video, info)
+    records = load_partial(out, set(starts), made_by, cfg.replace_mismatched)
     done = {r["time"] for r in records}
     todo = [k for k in slice_windows if info.window_start(k) not in done]
     span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
             if slice_windows else "empty")
-    log.info(f"video {args.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, "
-             f"{settings.count(info.n_windows, 'window')}); slice {args.gpu_id + 1}/{args.num_workers}: "
+    log.info(f"video {cfg.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, "
+             f"{settings.count(info.n_windows, 'window')}); slice {cfg.gpu_id + 1}/{cfg.num_workers}: "
              f"{settings.count(len(slice_windows), 'window')} {span}, "
              f"{len(done)} already in {out.name}")
     if not todo:
         log.info("slice already complete: nothing to do")
         return report(records, len(slice_windows), info)
     check_writable(project)
-    llava.check_model_source(args.model)
-    log.info(f"settings: model={args.model} quantization={args.quantization} device={device} "
-             f"batch_size={args.batch_size} decoder={args.decoder} visual_tokens={args.visual_tokens} "
-             f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_p={args.top_p} "
+    loading.check_model_source(cfg.model)
+    log.info(f"settings: model={cfg.model} quantization={cfg.quantization} device={device} "
+             f"batch_size={cfg.batch_size} decoder={cfg.decoder} visual_tokens={cfg.visual_tokens} "
+             f"max_new_tokens={cfg.max_new_tokens} temperature={cfg.temperature} top_p={cfg.top_p} "
              f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
     log.info(plan.line())
     for warning in plan.warnings:
         log.warning(f"⚠️ {warning}")
-    model, processor = loaded or load_model(args, device, plan)
-    revision = getattr(model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
+    if engine is not None and engine.plan != plan:
+        raise InputError("the engine given was made for another plan than these settings' (benchmark bug)")
+    engine = engine or load_engine(cfg, device, plan)
+    revision = getattr(engine.model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
     if revision and revision != made_by["model_revision"]:
         if records:
-            raise InputError(f"partial file {out} was made by {args.model} at commit {made_by['model_revision']}, "
+            raise InputError(f"partial file {out} was made by {cfg.model} at commit {made_by['model_revision']}, "
                              f"but this run loaded commit {revision}: delete it to start that slice over, or rerun "
                              f"with --replace-mismatched")
         made_by["model_revision"] = revision
-    t0 = time.monotonic()
-    plan.fused_kernels = llava.fuse_elementwise(model, plan.fused_kernels)
-    if plan.fused_kernels:
-        log.info(f"fused kernels compiled and checked in {time.monotonic() - t0:.1f} s (more compile on the first "
-                 f"window)")
-    slice_ = Slice(args, out, made_by, records, todo, info)
-    if not slice_.process(Worker(args, model, processor, info, plan), device):
+    slice_ = Slice(cfg, out, made_by, records, todo, info)
+    if not slice_.process(Worker(cfg, engine), device, on_batch):
         return EXIT_INTERRUPTED
     return report(slice_.records, len(slice_windows), info)
 
 
-def load_model(args, device, plan):
+def load_engine(cfg, device, plan) -> Engine:
     gpus.apply_memory(plan, device)
     t0 = time.monotonic()
     try:
-        loaded = llava.load(args.model, args.quantization, device, args.visual_tokens, plan)
+        engine = Engine.load(cfg.model, plan, device, cfg.visual_tokens)
     except Exception as e:  # hub errors are long; the first line says what is missing
-        raise InputError(f"cannot load model {args.model!r} ({args.quantization}): "
+        raise InputError(f"cannot load model {cfg.model!r} ({cfg.quantization}): "
                          f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
                          f"or pre-download the model (README: Troubleshooting)") from None
     log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
-    return loaded
+    return engine
 
 
 def report(records, n_windows, info) -> int:
@@ -368,33 +367,37 @@ def report(records, n_windows, info) -> int:
 class Slice:
     """The batches of one worker's slice: answers, the partial file rewritten after each batch, signals."""
 
-    def __init__(self, args, out, made_by, records, todo, info):
-        self.args, self.out, self.made_by, self.records, self.todo, self.info = args, out, made_by, records, todo, info
+    def __init__(self, cfg, out, made_by, records, todo, info):
+        self.cfg, self.out, self.made_by, self.records, self.todo, self.info = cfg, out, made_by, records, todo, info
 
-    def process(self, worker, device) -> bool:
-        """True when every window of todo has a record, False when a signal stopped it (after saving)."""
-        args, model = self.args, worker.model
+    def process(self, worker, device, on_batch=None) -> bool:
+        """True when every window of todo has a record, False when a signal stopped it (after saving);
+        on_batch(new records) after each batch is saved."""
+        cfg, engine = self.cfg, worker.engine
+        model = engine.model
         stop = []
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, lambda signum, _: stop.append(signal.Signals(signum).name))
-        progress = Progress(len(self.todo), f"vid{args.video_index} gpu{args.gpu_id}", args.progress_every)
+        progress = Progress(len(self.todo), f"vid{cfg.video_index} gpu{cfg.gpu_id}", cfg.progress_every)
         n_events = 0
         from .decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
-        batch_size = BatchSize(args.batch_size, args.max_batch_size, device, worker.plan, args.decoder == "fast")
+        batch_size = BatchSize(cfg.batch_size, cfg.max_batch_size, device, engine.plan, cfg.decoder == "fast")
         t0 = time.monotonic()
         try:
-            for batch in prefetched(batches(self.info, self.todo, batch_size, worker.processor, model)):
+            for batch in prefetched(batches(self.info, self.todo, batch_size, engine.processor, model)):
                 new = worker.answer(batch)
                 first = next((inputs for _, inputs in batch if inputs is not None), None)
-                batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], args.max_new_tokens))
+                batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], cfg.max_new_tokens))
                 self.records = sorted(self.records + new, key=lambda r: r["time"])
                 # a full disk: one line, exit 75 (run_cli), batches before kept
                 atomic_write_json(self.out, partial_doc(self.made_by, self.records))
+                if on_batch:
+                    on_batch(new)
                 for e in (e for r in new for e in r["events"]):
                     n_events += 1
                     conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
                     # label, team and details are the model's text: one line, whatever it wrote
-                    progress.write(f"⚽ {llava.clock(e['time'])} ({e['time']} s) {log_safe(e['label'], 60)} "
+                    progress.write(f"⚽ {prompt.clock(e['time'])} ({e['time']} s) {log_safe(e['label'], 60)} "
                                    f"[{log_safe(e['team'], 30)}, {conf}] {log_safe(e['details'] or '')}".rstrip())
                 progress.update(len(batch))
                 if stop:
@@ -411,5 +414,6 @@ class Slice:
         answered = sum(window_status(r) == "ok" for r in self.records)
         log.info(f"slice finished: {settings.count(len(self.todo), 'window')} in {elapsed:.1f} s "
                  f"({elapsed / len(self.todo):.2f} s/window){memory}, {n_events} events, "
-                 f"{answered} of {settings.count(len(self.records), 'window')} answered -> {self.out}")
+                 f"{answered} of {settings.count(len(self.records), 'window')} answered -> {self.out}; "
+                 f"{engine.paths()}")
         return True

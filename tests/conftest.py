@@ -103,3 +103,15 @@ def make_project(root: Path, videos: dict) -> Path:
 def load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def cpu_plan(quantization="fp32", **flags):
+    """The plan of the worker's settings (quantization and any flags) on this CPU."""
+    from llava_soccer import config, gpus
+    return gpus.plan(config.WorkerSettings(quantization=quantization, **flags), None)
+
+
+def load_engine(checkpoint, quantization="fp32", visual_tokens="full", **flags):
+    """An engine on the CPU for a checkpoint directory, as the worker makes one (Engine.load)."""
+    from llava_soccer.engine import Engine
+    return Engine.load(str(checkpoint), cpu_plan(quantization, **flags), "cpu", visual_tokens)

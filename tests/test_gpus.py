@@ -4,6 +4,7 @@ and that every path a plan can pick (fp16 compute, chunked prefill, Triton decod
 CUDA graphs, fused kernels) gives the plain path's answers on a real tiny random checkpoint, on
 CPU, with real H.264 windows. GPU-only paths fail on CPU, or are made to give wrong numbers here,
 and must then fall back with one warning."""
+import functools
 import json
 import re
 import types
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 import llava_split_worker as worker
-from conftest import load, make_project
-from llava_soccer import decoding, gpus, synthetic, videos
-from llava_soccer import model as llava
+from conftest import cpu_plan, load, make_project
+from llava_soccer import decoding, fused, gpus, loading, prompt, synthetic, videos
+from llava_soccer.engine import Engine
 from llava_soccer.settings import partial_path
 
 REQUIRED_KEYS = {"gpu", "capability", "memory_gib", "assumed", "quantization", "compute_dtype", "storage_dtype",
@@ -262,13 +263,11 @@ def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
     windows = [(w.times, w.frames) for w in videos.iter_windows(info, [0, 7, 22])]
 
     def answers_with(quantization, gpu):
-        plan = gpus.make(types.SimpleNamespace(**{**gpus.FLAG_DEFAULTS, "quantization": quantization,
-                                                  "assume_gpu": gpu, "cuda_graphs": "no",
-                                                  "decode_attention": "sdpa", "fused_kernels": "no",
-                                                  "prefill_chunk": "0"}), None)
-        model, processor = llava.load(str(random_ckpt), quantization, "cpu", plan=plan)
-        assert model.dtype == getattr(torch, plan.storage_dtype)
-        return plan.compute_dtype, llava.generate(model, processor, llava.prepare(processor, windows), 8, plan=plan)
+        plan = cpu_plan(quantization, assume_gpu=gpu, cuda_graphs="no", decode_attention="sdpa", fused_kernels="no",
+                        prefill_chunk="0")
+        engine = Engine.load(str(random_ckpt), plan, "cpu")
+        assert engine.model.dtype == getattr(torch, plan.storage_dtype)
+        return plan.compute_dtype, engine.generate(prompt.prepare(engine.processor, windows), 8)
 
     fp32 = answers_with("fp32", None)
     assert fp32[0] == "float32" and len(set(fp32[1])) == 3
@@ -348,18 +347,19 @@ def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video
 
     def compile_(fn, *args, **kwargs):
         compiled.append(fn)
-        if kernels == "wrong" and fn is llava._rms_norm:
+        if kernels == "wrong" and fn is fused.rms_norm:
             return lambda x, weight, eps: 3 * fn(x, weight, eps)
         return fn
 
     monkeypatch.setattr(torch, "compile", compile_)
-    monkeypatch.setattr(llava, "_FUSED", llava._Fused())  # compile again in this process (undone afterwards)
+    # compiled again in this process with the torch.compile above, once (the process's own cache untouched)
+    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))
     capsys.readouterr()
     code, records = run_worker(odd_root, f"fused {kernels}", video_25fps, random_ckpt, "--assume-gpu", "9.0,80",
                                "--decode-attention", "sdpa", "--cuda-graphs", "no")
     log = capsys.readouterr().err
     assert code == 0 and answers(records) == plain_answers
-    assert llava._rms_norm in compiled
+    assert fused.rms_norm in compiled
     if kernels == "wrong":
         (warning,) = warnings_in(log)
         assert re.search(r"fused kernels failed their self-check on this GPU \(ValueError: their logits differ from "
@@ -371,9 +371,9 @@ def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video
 
 
 def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ckpt, monkeypatch):
-    """fuse_elementwise changes the modules of the model it is given, not Mistral's classes: a second
+    """fused.install changes the modules of the model it is given, not Mistral's classes: a second
     model loaded beside it runs transformers' own code (no fused kernel is called), with the same
-    logits as before; on=False gives the fused model back its own code; a deleted fused model is freed
+    logits as before; fused.remove gives the fused model back its own code; a deleted fused model is freed
     at once (its modules hold no reference to themselves). torch.compile as in the test above: the
     functions themselves, counted."""
     import gc
@@ -393,31 +393,32 @@ def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ck
         return [type(m).__name__ for m in model.modules() if "forward" in vars(m)]
 
     monkeypatch.setattr(torch, "compile", compile_)
-    monkeypatch.setattr(llava, "_FUSED", llava._Fused())
+    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))  # as in the test above
     eager = (mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward, mistral.MistralAttention.forward,
              mistral.apply_rotary_pos_emb)
-    fused, _ = llava.load(str(random_ckpt), "fp32", "cpu")
-    other, _ = llava.load(str(random_ckpt), "fp32", "cpu")
-    before = llava._lm_logits(other)
-    assert llava.fuse_elementwise(fused, True) is True
-    layers = fused.config.text_config.num_hidden_layers
-    assert sorted(set(own_forwards(fused))) == ["MistralAttention", "MistralMLP", "MistralRMSNorm"]
-    assert len(own_forwards(fused)) == layers * 4 + 1  # 2 norms, MLP, attention per layer; the final norm
+    one, _ = loading.load(str(random_ckpt), cpu_plan(), "cpu")
+    other, _ = loading.load(str(random_ckpt), cpu_plan(), "cpu")
+    before = fused.lm_logits(other)
+    assert fused.install(one) is True
+    layers = one.config.text_config.num_hidden_layers
+    assert sorted(set(own_forwards(one))) == ["MistralAttention", "MistralMLP", "MistralRMSNorm"]
+    assert len(own_forwards(one)) == layers * 4 + 1  # 2 norms, MLP, attention per layer; the final norm
     assert own_forwards(other) == []
     assert (mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward, mistral.MistralAttention.forward,
             mistral.apply_rotary_pos_emb) == eager
     calls.clear()
-    torch.testing.assert_close(llava._lm_logits(other), before, rtol=0, atol=0)
+    torch.testing.assert_close(fused.lm_logits(other), before, rtol=0, atol=0)
     assert calls == []  # the other model called no fused kernel
-    torch.testing.assert_close(llava._lm_logits(fused), llava._lm_logits(other))
-    assert {"_rms_norm", "_silu_gate", "apply_rotary_pos_emb"} <= set(calls)  # the fused model called each
-    assert llava.fuse_elementwise(fused, False) is False and own_forwards(fused) == []
-    assert llava.fuse_elementwise(fused, True) and llava.fuse_elementwise(other, True)
+    torch.testing.assert_close(fused.lm_logits(one), fused.lm_logits(other))
+    assert {"rms_norm", "silu_gate", "apply_rotary_pos_emb"} <= set(calls)  # the fused model called each
+    fused.remove(one)
+    assert own_forwards(one) == []
+    assert fused.install(one) and fused.install(other)
     assert len(own_forwards(other)) == layers * 4 + 1 and len(compiled) == 3  # compiled once per process
-    modules = [weakref.ref(m) for m in fused.modules()]
+    modules = [weakref.ref(m) for m in one.modules()]
     gc.disable()
     try:
-        del fused
+        del one
         assert [type(m()).__name__ for m in modules if m() is not None] == []  # no cycle keeps one alive
     finally:
         gc.enable()

@@ -13,9 +13,8 @@ import torch
 import transformers
 
 import llava_split_worker as worker
-from conftest import GOAL_ANSWER, ROOT, load, make_project, nobody_prefix
-from llava_soccer import decoding, gpus, jsonio, synthetic, videos
-from llava_soccer import model as llava
+from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
+from llava_soccer import decoding, jsonio, loading, prompt, synthetic, videos
 from llava_soccer import worker as worker_loop
 from llava_soccer.settings import partial_path
 
@@ -236,16 +235,16 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
 def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_rerun(odd_root, video_25fps,
                                                                                     goal_checkpoint, monkeypatch,
                                                                                     capsys):
-    real_greedy = decoding.greedy
+    real_greedy = decoding.Decoder.greedy
     calls = []
 
-    def greedy(model, windows, *args, **kw):
+    def greedy(self, windows, *args, **kw):
         calls.append(len(windows))
         if len(windows) > 1 or len(calls) == 6:  # batches never fit; window 4 s (call 4,2,1,1,2,[1]) fails alone too
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_greedy(model, windows, *args, **kw)
+        return real_greedy(self, windows, *args, **kw)
 
-    monkeypatch.setattr(decoding, "greedy", greedy)
+    monkeypatch.setattr(decoding.Decoder, "greedy", greedy)
     project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, "--batch-size", "4", gpu=0, workers=4) == worker_loop.EXIT_FAILED
     records = windows_of(partial_path(project, 0, 0))
@@ -259,7 +258,7 @@ def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_r
     assert "1 of 8 windows failed (OOM) at 4.0-7.0 s: rerun the same command to retry them" in err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
     # the rerun retries that window, and only that one
-    monkeypatch.setattr(decoding, "greedy", real_greedy)
+    monkeypatch.setattr(decoding.Decoder, "greedy", real_greedy)
     assert run_worker(project, goal_checkpoint, gpu=0, workers=4) == worker_loop.EXIT_DONE
     assert "7 already in" in capsys.readouterr().err
     assert all(r["status"] == "ok" for r in windows_of(partial_path(project, 0, 0)))
@@ -271,7 +270,7 @@ def test_a_gpu_out_of_memory_on_every_window_stops_the_worker_with_the_reason(od
     def full(*args, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(decoding, "greedy", full)
+    monkeypatch.setattr(decoding.Decoder, "greedy", full)
     project = make_project(odd_root / "oom every", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, "--batch-size", "2", gpu=0, workers=2) == worker_loop.EXIT_FAILED
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
@@ -298,7 +297,7 @@ def test_a_window_that_keeps_failing_is_recorded_and_five_in_a_row_stop_the_work
 @pytest.mark.slow
 def test_nf4_quantized_checkpoint_runs_on_cpu(odd_root, video_25fps, goal_checkpoint, capsys):
     import bitsandbytes as bnb
-    model, processor = llava.load(str(goal_checkpoint), "nf4", "cpu")
+    model = load_engine(goal_checkpoint, "nf4").model
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) > 10
     project = make_project(odd_root / "nf4", {"a.mkv": video_25fps})
     args = ["--gpu_id", "3", "--num_workers", "4", "--video_index", "0", "--project", str(project),
@@ -316,9 +315,8 @@ def test_nf4_weights_dequantized_once_are_bitsandbytes_own_dequantization(tmp_pa
     import bitsandbytes as bnb
     import numpy as np
     ckpt = str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    packed, processor = llava.load(ckpt, "nf4", "cpu")
-    plan = gpus.for_device("cpu", "nf4", nf4_weights="dequantized")
-    dequantized, _ = llava.load(ckpt, "nf4", "cpu", plan=plan)
+    packed, processor = loading.load(ckpt, cpu_plan("nf4"), "cpu")
+    dequantized, _ = loading.load(ckpt, cpu_plan("nf4", nf4_weights="dequantized"), "cpu")
     fours = {name: m for name, m in packed.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     plain = dict(dequantized.named_modules())
     assert len(fours) > 10 and not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.values())
@@ -326,7 +324,7 @@ def test_nf4_weights_dequantized_once_are_bitsandbytes_own_dequantization(tmp_pa
         weight = bnb.functional.dequantize_4bit(four.weight.data, four.weight.quant_state)
         assert type(plain[name]) is torch.nn.Linear and torch.equal(plain[name].weight, weight), name
     rng = np.random.default_rng(1)
-    windows = llava.prepare(processor, [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3),
+    windows = prompt.prepare(processor, [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3),
                                          dtype=np.uint8) for _ in range(15)]) for t in (0.0, 2.0)])
     # bnb's CPU kernels round otherwise than F.linear (on a GPU, a prefill's products are F.linear on this very
     # tensor: benchmarks/RESULTS.md, session 7): near logits, where unrelated ones differ by ~140%
@@ -341,16 +339,16 @@ def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     ckpt = synthetic.make_checkpoint(tmp_path / "ck336", "tiny336")
     processor = transformers.LlavaNextProcessor.from_pretrained(ckpt)
     (_, _, times, frames), = videos.iter_windows(videos.probe(video_25fps), [0])
-    inputs, = llava.prepare(processor, [(times, frames)])
+    inputs, = prompt.prepare(processor, [(times, frames)])
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert int((inputs["input_ids"] == image_id).sum()) == 15 * 1608
-    prompt = processor.batch_decode(inputs["input_ids"])[0]
-    assert "Frame 1 (0:00.0): <image>" in prompt and "Frame 15 (0:02.8): <image>" in prompt
+    text = processor.batch_decode(inputs["input_ids"])[0]
+    assert "Frame 1 (0:00.0): <image>" in text and "Frame 15 (0:02.8): <image>" in text
     # the fast mode: base view + one tile
-    model, processor = llava.load(str(ckpt), "fp32", "cpu", visual_tokens="reduced")
-    inputs = llava.prepare(processor, [(times, frames)])
+    engine = load_engine(ckpt, visual_tokens="reduced")
+    inputs = prompt.prepare(engine.processor, [(times, frames)])
     assert int((inputs[0]["input_ids"] == image_id).sum()) == 15 * 926
-    assert len(llava.generate(model, processor, inputs, max_new_tokens=2)) == 1
+    assert len(engine.generate(inputs, max_new_tokens=2)) == 1
 
 
 def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, video_2997fps):
@@ -387,7 +385,7 @@ def test_bad_flags_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         worker.main(["--gpu_id", "4", "--num_workers", "4", "--video_index", "0"])
     assert e.value.code == 2
-    assert "--gpu-id 4 must be between 0 and --num-workers - 1 (3)" in capsys.readouterr().err
+    assert "--gpu-id: 4 is not between 0 and --num-workers - 1 (3)" in capsys.readouterr().err
 
 
 def test_underscore_flags_of_the_first_versions_parse_as_the_dashed_ones(monkeypatch):
@@ -454,12 +452,12 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
     answers = []
     for ckpt, n in ((synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
                     (synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None"), 30)):
-        model, processor = llava.load(str(ckpt), "fp32", "cpu")
-        inputs = llava.prepare(processor, windows)
+        engine = load_engine(ckpt)
+        inputs = prompt.prepare(engine.processor, windows)
         assert len({w["input_ids"].shape[1] for w in inputs}) == 3  # padding happens in a batch
-        alone = [llava.generate(model, processor, [w], n, decoder="transformers")[0] for w in inputs]
-        assert llava.generate(model, processor, inputs, n, decoder="transformers") == alone
-        assert llava.generate(model, processor, inputs, n, decoder="fast") == alone
+        alone = [engine.generate([w], n, decoder="transformers")[0] for w in inputs]
+        assert engine.generate(inputs, n, decoder="transformers") == alone
+        assert engine.generate(inputs, n, decoder="fast") == alone
         answers.append(alone)
     assert len(set(answers[0])) == 4 and answers[1] == ["None"] * 4
 
@@ -472,26 +470,26 @@ def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(t
     rng = np.random.default_rng(2)
     windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                    for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0)]
-    model, processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5)),
-                                  "fp32", "cpu")
-    inputs = llava.prepare(processor, windows)
+    engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
+    model, processor = engine.model, engine.processor
+    inputs = prompt.prepare(processor, windows)
     with torch.inference_mode():
-        ids = decoding.greedy(model, inputs, 12, eos=[-1], pad=0)  # no row stops
+        ids = decoding.Decoder(model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
     # an end token that row 0 says early and some other row never says: rows stop at different steps
     def stops(eos):
         return [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else 12 for row in ids]
     eos = next(int(t) for t in ids[0, 1:] if 1 < stops(int(t))[0] < 12 and max(stops(int(t))) == 12)
     stops = stops(eos)
     model.generation_config.eos_token_id = eos
-    alone = [llava.generate(model, processor, [w], 12, decoder="transformers")[0] for w in inputs]
-    assert llava.generate(model, processor, inputs, 12, decoder="fast") == alone
+    alone = [engine.generate([w], 12, decoder="transformers")[0] for w in inputs]
+    assert engine.generate(inputs, 12, decoder="fast") == alone
     positions = []
     real_step = decoding.Step.__call__
     with pytest.MonkeyPatch.context() as mp:  # the positions each step attends up to
         mp.setattr(decoding.Step, "__call__", lambda self, tokens, pos: positions.append(pos.tolist())
                    or real_step(self, tokens, pos))
         with torch.inference_mode():
-            decoding.greedy(model, inputs, 12, eos=[eos], pad=0, plan=gpus.for_device("cpu", "fp32"))
+            decoding.Decoder(model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
     # step k makes token k + 1: a row whose end token was token s - 1 attends to slot 0 from step s - 1 on
     assert [[p == 0 for p in step] for step in positions] == [[k >= s - 1 for s in stops]
                                                               for k in range(len(positions))]
@@ -507,16 +505,15 @@ def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_
     rng = np.random.default_rng(4)
     windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                    for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0, 8.0)]
-    model, processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5)),
-                                  "fp32", "cpu")
-    inputs = llava.prepare(processor, windows)
-    plan = gpus.for_device("cpu", "fp32")
+    engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
+    inputs = prompt.prepare(engine.processor, windows)
+    decoder = engine.decoder
     with torch.inference_mode():
-        fresh = [decoding.greedy(model, inputs[i:i + 2], 10, [-1], 0) for i in (0, 2, 4)]
+        fresh = [decoding.Decoder(engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0) for i in (0, 2, 4)]
         kept = []
         for i in (0, 2, 4):
-            kept.append(decoding.greedy(model, inputs[i:i + 2], 10, [-1], 0, plan))
-            kept.append((plan.kept["kv"][0][0], plan.kept["run"]))
+            kept.append(decoder.greedy(inputs[i:i + 2], 10, [-1], 0))
+            kept.append((decoder.kept["kv"][0][0], decoder.kept["run"]))
     assert all(torch.equal(a, b) for a, b in zip(fresh, kept[::2])) and fresh[0].shape == (2, 10)
     (kv0, run0), (kv1, run1), (kv2, run2) = kept[1::2]
     assert kv1 is kv0 and run1 is run0  # batch 2 of 2 windows: the same buffers and step
@@ -533,9 +530,9 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path)
     rng = np.random.default_rng(1)
     windows = [([t + 0.2 * i for i in range(3)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                   for _ in range(3)]) for t in (599.6, 4.0)]
-    model, processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)),
-                                  "fp32", "cpu")
-    inputs = llava.prepare(processor, windows)
+    model, processor = loading.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)),
+                                    cpu_plan(), "cpu")
+    inputs = prompt.prepare(processor, windows)
     new = torch.tensor([[5, 9], [7, 11]])
     with torch.inference_mode():
         first, lengths, kv = decoding.prefill(model, inputs, room=2)
