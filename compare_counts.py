@@ -27,16 +27,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llava_soccer import merge, provenance, settings, soccernet, videos
-from llava_soccer.events import final_events
+from llava_soccer import merge, provenance, records, settings, soccernet, videos
 from llava_soccer.jsonio import (
     InputError,
-    UnreadableFile,
     atomic_savefig,
     atomic_write_json,
     atomic_write_text,
     log_safe,
-    read_json,
     run_cli,
 )
 from llava_soccer.matching import match
@@ -72,23 +69,13 @@ def parse_args(argv):
 
 
 def load_events(path: Path, dedup_s: float):
-    fix = "regenerate it with merge_results_llava.py, or move it away"
-    records = read_json(path, "predictions file", fix)
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
-        raise UnreadableFile(f"predictions file {path} is not a list of {{\"time\": ..., ...}} records: {fix}")
-    try:
-        events = [e for e in final_events(records) if e["label"] is not None]
-    except (KeyError, TypeError, ValueError) as e:
-        raise UnreadableFile(f"predictions file {path} has a record with a bad time ({log_safe(e, 100)}): "
-                             f"{fix}") from None
+    """One model's events of a final file (records.read_final), de-duplicated with the merge's rule; events
+    without a label are left out, a label that is not text is counted as its JSON text."""
+    events = [e for e in records.read_final(path) if e["label"] is not None]
     for e in events:
         if not isinstance(e["label"], str):  # a list or number where a label should be: counted as its text
             e["label"] = json.dumps(e["label"])
-        try:
-            e["confidence"] = float(e["confidence"])
-        except (TypeError, ValueError):
-            e["confidence"] = None  # ranks lowest in de-duplication; left out of ensemble means
-    return merge.dedup(events, dedup_s)
+    return merge.dedup(events, dedup_s)  # a missing confidence (None) ranks lowest; left out of ensemble means
 
 
 def compare(a, b, tolerance):
@@ -102,22 +89,13 @@ def compare(a, b, tolerance):
     return pairs, disagreements
 
 
-def ensemble_record(ea, eb, names, video, made_by):
-    conf = [c for c in (ea["confidence"], eb["confidence"]) if c is not None]
-    return {"time": ea["window"], "raw": ea["raw"], "label": ea["label"],
-            "team": ea["team"] if ea["team"] == eb["team"] else "unknown",
-            "confidence": round(sum(conf) / len(conf), 4) if conf else None,
-            "details": ea["details"], "event_time": round((ea["time"] + eb["time"]) / 2, 3), "frame": None,
-            "models": {name: {"event_time": e["time"], "confidence": e["confidence"], "team": e["team"],
-                              "details": e["details"]} for name, e in zip(names, (ea, eb))}, "video": video,
-            "models_made_by": made_by}  # each model's made_by (provenance.py)
-
-
 def _ranges(indices) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(indices))
 
 
-def plot(path, names, rows, per_label):
+def plot(path, names, rows, per_label, sources=None):
+    """Per-video counts (top) and per-label counts over all videos (bottom); sources {video: raw_data/ path}
+    names the game in the title when one video is plotted (every SoccerNet half is 1_224p.mkv or 2_224p.mkv)."""
     import matplotlib
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
@@ -128,7 +106,9 @@ def plot(path, names, rows, per_label):
     for n, (key, name) in enumerate([(names[0], names[0]), (names[1], names[1]), ("both", "found by both")]):
         top.bar(x + (n - 1) * w, [r[key] for r in rows], w, label=name)
     top.set_xticks(x, [str(r["video"]) for r in rows])
-    top.set(xlabel="video", ylabel="events", title="Events per video")
+    source = (sources or {}).get(rows[0]["video"]) if len(rows) == 1 else None
+    title = f"Events in video {rows[0]['video']} ({videos.display_name(source, 100)})" if source else "Events per video"
+    top.set(xlabel="video", ylabel="events", title=title)
     top.set_ylim(0, 1.2 * max([1] + [max(r[names[0]], r[names[1]]) for r in rows]))  # room for the legend
     top.legend(ncols=3, loc="upper center")
     labels = sorted(per_label, key=lambda lab: -max(per_label[lab].values()))
@@ -160,6 +140,7 @@ class Tally:
     pair_labels: Counter = field(default_factory=Counter)  # (label a, label b) of disagreements
     missing: dict = field(default_factory=dict)            # model name -> videos without its final
     origins: dict = field(default_factory=dict)            # model name -> {video: videos.Origin}
+    sources: dict = field(default_factory=dict)            # video -> its raw_data/ path (None: unknown)
 
 
 def run(args) -> int:
@@ -188,7 +169,7 @@ def run(args) -> int:
         atomic_write_text(Path(args.csv).expanduser(), buf.getvalue())
         print(f"wrote {args.csv}")
     if args.plot:
-        plot(Path(args.plot).expanduser(), names, tally.rows, tally.per_label)
+        plot(Path(args.plot).expanduser(), names, tally.rows, tally.per_label, tally.sources)
         print(f"wrote {args.plot}")
     if args.ensemble:
         print(f"wrote {len(tally.rows)} ensemble files to {args.ensemble} ({total['both']} events)")
@@ -224,13 +205,14 @@ def compare_videos(args, names, project, dirs) -> Tally:
         for i, _ in pairs:
             tally.per_label[a[i]["label"]]["both"] += 1
         tally.pair_labels.update((a[i]["label"], b[j]["label"]) for i, j in disagreements)
+        source = next((o.video for o in sources if o.video), None)
+        tally.sources[video] = listed[video] if video < len(listed) else source
         if args.ensemble:
             out = Path(args.ensemble).expanduser()
             out.mkdir(parents=True, exist_ok=True)
+            made_by = {name: o.made_by for name, o in zip(names, sources)}
             atomic_write_json(settings.final_path(out, video, "ensemble"),
-                              [ensemble_record(a[i], b[j], names, next((o.video for o in sources if o.video), None),
-                                               {name: o.made_by for name, o in zip(names, sources)})
-                               for i, j in pairs])
+                              [records.ensemble_record(a[i], b[j], names, source, made_by) for i, j in pairs])
     return tally
 
 

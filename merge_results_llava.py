@@ -26,8 +26,9 @@ Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad fla
 """
 import argparse
 import sys
+import time
 
-from llava_soccer import claims, merge, provenance, settings, videos
+from llava_soccer import claims, merge, provenance, records, settings, videos
 from llava_soccer.jsonio import (
     EXIT_INCOMPLETE,
     EXIT_RETRY,
@@ -61,6 +62,12 @@ def parse_args(argv):
     return args
 
 
+def say(line: str, err: bool = False) -> None:
+    """One line of the merge's log, stamped as submit_llava.sh's and the worker's lines in the same job log
+    (settings.LOG_TIME); err: on stderr (warnings, what blocks the merge)."""
+    print(f"[{time.strftime(settings.LOG_TIME)}] {line}", file=sys.stderr if err else sys.stdout)
+
+
 def _counts(counts: dict) -> str:
     """'Goal 3, Corner 1': labels are the model's text (a label outside the classes is kept as written)."""
     return ", ".join(f"{log_safe(label, 60)} {n}" for label, n in counts.items()) or "none"
@@ -85,11 +92,12 @@ def run(args) -> int:
     if not files:
         if final.exists():
             videos.check_source(project, args.video_index, final, videos.manifest(project))
-            print(f"video {args.video_index}: already merged into {final} (no partials left)")
+            say(f"video {args.video_index}: already merged into {final} (no partials left)")
             return 0
         raise InputError(f"no partials of video {args.video_index} in {project} "
                          f"({settings.PARTIAL.format(video=args.video_index, gpu='*')}): run the workers first")
     video = videos.resolve_video(project, args.video_index)
+    listed = videos.read_list(project)  # "video 5 of 40": every SoccerNet half is 1_224p.mkv or 2_224p.mkv
     info = videos.probe(video)
     windows = merge.read_windows(files, info.n_windows)
     check_same_file(args.video_index, project, video, info, windows.made_by)
@@ -99,29 +107,29 @@ def run(args) -> int:
     undecodable = windows.indices("undecodable")
     incomplete = undecodable and merge.describe_holes(undecodable, info.n_windows, info.duration, "undecodable")
     found, failures = merge.window_records_to_events(windows, info)
+    source = video.relative_to(project / "raw_data").as_posix()
     kept = merge.dedup(found, args.dedup_s)
     remove_stale_temps(archive)
-    source = video.relative_to(project / "raw_data").as_posix()
     atomic_write_json_gz(archive, {
         "video": source, "made_by": windows.made_by, "windows_total": info.n_windows, "incomplete": incomplete or None,
-        "windows": [{k: windows.records[i].get(k) for k in ("time", "end", "frames", "status", "raw", "error")}
-                    for i in sorted(windows.records)]})
-    atomic_write_json(final, [merge.final_record(e, source, windows.made_by) for e in kept])
+        "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]})
+    atomic_write_json(final, [records.final_record(e, source, windows.made_by) for e in kept])
     if not args.keep_partials:
         for path in files:
             path.unlink(missing_ok=True)
 
-    print(f"video {args.video_index} ({log_safe(video.name)}): {settings.count(info.n_windows, 'window')} from "
+    say(f"video {args.video_index} of {len(listed)} ({videos.display_name(source)}): "
+        f"{settings.count(info.n_windows, 'window')} from "
           f"{settings.count(len(files), 'partial')}: {info.n_windows - len(undecodable)} answered, "
           f"{len(undecodable)} undecodable")
     summarise(args, windows, found, kept, failures, info.n_windows - len(undecodable), archive.name, final.name)
     kept_note = "partials kept" if args.keep_partials else f"deleted {settings.count(len(files), 'partial')}"
-    print(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); "
+    say(f"wrote {final} ({settings.count(len(kept), 'event')}) and {archive.name} (every window's answer); "
           f"{kept_note}")
     if incomplete:
-        print(f"⚠️ video {args.video_index} is INCOMPLETE: {incomplete}: {video} has no frames there (truncated or "
+        say(f"⚠️ video {args.video_index} is INCOMPLETE: {incomplete}: {video} has no frames there (truncated or "
               f"damaged?). The final holds what was seen and says so; reruns skip it until the file changes "
-              f"(replace it, then rerun the video)", file=sys.stderr)
+              f"(replace it, then rerun the video)", err=True)
         return EXIT_INCOMPLETE
     return 0
 
@@ -130,8 +138,8 @@ def check_same_file(index, project, video, info, made_by) -> None:
     """InputError when the partials were made from another file than the video is now (replaced, re-encoded,
     a download finished since); a warning when they do not say (written before made_by existed)."""
     if made_by is None:
-        print(f"⚠️ the partials of video {index} do not record what made them (written before that was "
-              f"recorded): the final will say 'unknown origin'", file=sys.stderr)
+        say(f"⚠️ the partials of video {index} do not record what made them (written before that was "
+              f"recorded): the final will say 'unknown origin'", err=True)
         return
     changed = provenance.differences(made_by, {**made_by, "video_file": provenance.video_file(project, video, info)})
     if changed:
@@ -145,37 +153,37 @@ def finished(index, info, windows) -> bool:
     missing, failed = windows.missing, windows.indices("failed")
     if not (missing or failed):
         return True
-    print(f"video {index}: {len(missing) + len(failed)} of {settings.count(info.n_windows, 'window')} "
-          f"have no answer yet; not finalising, partials kept:", file=sys.stderr)
+    say(f"video {index}: {len(missing) + len(failed)} of {settings.count(info.n_windows, 'window')} "
+          f"have no answer yet; not finalising, partials kept:", err=True)
     if failed:
         line = merge.describe_holes(failed, info.n_windows, info.duration, "failed", windows.records.values())
-        print(f"  {line}", file=sys.stderr)
+        say(f"  {line}", err=True)
     for line in merge.missing_ranges(missing, info.duration):
-        print(f"  missing {line}", file=sys.stderr)
-    print(f"fix: rerun the workers of video {index} (they resume from the partials and retry failed "
-          f"windows), then merge again", file=sys.stderr)
+        say(f"  missing {line}", err=True)
+    say(f"fix: rerun the workers of video {index} (they resume from the partials and retry failed "
+          f"windows), then merge again", err=True)
     return False
 
 
 def summarise(args, windows, found, kept, failures, answered, archive_name, final_name) -> None:
     """What made the final, its events and labels, and the answers that did not parse."""
-    print(f"made by: {provenance.describe(windows.made_by)}")
+    say(f"made by: {provenance.describe(windows.made_by)}")
     classes, others = merge.label_counts(kept)
     if windows.overlaps:
-        print(f"  {windows.overlaps} windows were in more than one partial: used the newest file's record")
-    print(f"events: {len(found)} found, {len(kept)} after de-duplication (same label within {args.dedup_s:g} s)")
-    print(f"labels: {_counts(classes)}")
+        say(f"  {windows.overlaps} windows were in more than one partial: used the newest file's record")
+    say(f"events: {len(found)} found, {len(kept)} after de-duplication (same label within {args.dedup_s:g} s)")
+    say(f"labels: {_counts(classes)}")
     if others:
-        print(f"labels that are not SoccerNet classes (kept as they are): {_counts(others)}")
-    print(f"parse failures: {len(failures)} of {answered} answered windows")
+        say(f"labels that are not SoccerNet classes (kept as they are): {_counts(others)}")
+    say(f"parse failures: {len(failures)} of {answered} answered windows")
     for r in failures[:args.show_failures]:
-        print(f"  {r['time']:g} s: {_short(r.get('raw'))}")
+        say(f"  {r['time']:g} s: {_short(r.get('raw'))}")
     if len(failures) > args.show_failures:
-        print(f"  ... {len(failures) - args.show_failures} more (--show-failures N prints more)")
+        say(f"  ... {len(failures) - args.show_failures} more (--show-failures N prints more)")
     if answered and len(failures) > answered / 2:
-        print(f"⚠️ WARNING: {len(failures)} of {answered} windows ({len(failures) / answered:.0%}) did not parse: "
+        say(f"⚠️ WARNING: {len(failures)} of {answered} windows ({len(failures) / answered:.0%}) did not parse: "
               f"the model did not answer in the asked format (prose?). Its answers are in {archive_name}; read "
-              f"them before trusting {final_name} (README: Troubleshooting, Empty results)", file=sys.stderr)
+              f"them before trusting {final_name} (README: Troubleshooting, Empty results)", err=True)
 
 
 def main(argv=None) -> int:

@@ -191,6 +191,15 @@ _DISK_ERRORS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk q
                 errno.EROFS: "the file system is read-only"}
 
 
+def excerpt(value, limit=120) -> str:
+    """A JSON value as an error line quotes it: its JSON text, cut to about limit characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except ValueError:  # an integer of more than 4300 digits
+        text = "(too large to show)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def disk_problem(e: OSError) -> str | None:
     """One line for a write that failed for lack of space/quota or a read-only disk (the data
     already written is intact: atomic writes), else None."""

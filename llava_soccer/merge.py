@@ -1,5 +1,7 @@
 """One video's partials -> its final events: coverage check, re-parsing, de-duplication.
 
+The records it reads and the final records it makes are defined in records.py.
+
 Used by merge_results_llava.py (one video) and compare_counts.py (de-duplicating the older
 per-window Qwen files the same way, so both models are counted alike).
 """
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from .events import window_events
 from .jsonio import InputError, UnreadableFile, log_safe, read_json
+from .records import record_time, window_status
 from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, name_pattern
 
 
@@ -56,27 +59,6 @@ class Windows:
     @property
     def missing(self) -> list[int]:
         return [k for k in range(self.n_windows) if k not in self.records]
-
-
-def window_status(record) -> str:
-    """ok (answered), failed (OOM or an error: a rerun retries it) or undecodable (no frames: a rerun of the
-    same file cannot fill it). Older partials said "skipped" for both; the seed's have no status: answered."""
-    status = record.get("status", "ok")
-    if status == "skipped":
-        return "undecodable" if str(record.get("error", "")).startswith("no frames") else "failed"
-    return status if status in ("ok", "failed", "undecodable") else "failed"
-
-
-def record_time(value) -> float | None:
-    """A window record's "time" in seconds, or None when it is not a finite number: NaN, Infinity, a list, a
-    string, true/false (a damaged or hand-edited partial)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        t = float(value)
-    except OverflowError:  # an integer of 400 digits
-        return None
-    return t if math.isfinite(t) else None
 
 
 def read_windows(files, n_windows: int) -> Windows:
@@ -192,15 +174,6 @@ def window_records_to_events(windows: Windows, info):
         for e in found:
             events.append({**e, "window": float(r["time"]), "raw": r.get("raw")})
     return events, failures
-
-
-def final_record(e, video: str, made_by: dict | None) -> dict:
-    """The final-file record of one event: the seed's {time, raw}, the parsed event, the video (its
-    raw_data/ path) it came from, which submit, compare and evaluate check (videos.check_source), and
-    what made it (provenance.made_by; None: unknown origin)."""
-    return {"time": e["window"], "raw": e["raw"], "label": e["label"], "label_raw": e.get("label_raw"),
-            "team": e["team"], "confidence": e["confidence"], "details": e.get("details"),
-            "event_time": e["time"], "frame": e.get("frame"), "video": video, "made_by": made_by}
 
 
 def label_counts(events) -> tuple[dict, dict]:

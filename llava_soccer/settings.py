@@ -22,6 +22,8 @@ DEDUP_S = 3.0              # same label within this many seconds = one event
 MATCH_S = 3.0              # two events (models, or prediction and label) this close are the same moment
 TIME_EPS = 1e-6            # times are sums and parses of floats: 3.0 s apart can be 3.0000000000000284
 
+LOG_TIME = "%Y-%m-%d %H:%M:%S"  # the stamp of every job-log line: submit_llava.sh's log(), worker, merge
+
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32", "fp8")
 VIDEO_SUFFIXES = (".mkv", ".mp4")

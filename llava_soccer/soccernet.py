@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import merge
-from .events import confidence, final_events, normalise_label
-from .jsonio import InputError, atomic_write_json, read_json
+from .events import confidence, normalise_label
+from .jsonio import InputError, atomic_write_json, excerpt, read_json
 from .matching import match
+from .records import read_final
 from .settings import DEDUP_S, FINAL, SOCCERNET_CLASSES, name_pattern
 
 LABELS_FILE = "Labels-v2.json"
@@ -77,48 +78,25 @@ def confidence_flag(text: str) -> float:
 
 
 def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S):
-    """(scored events, Counter of unscored labels) of one final predictions file.
+    """(scored events, Counter of unscored labels) of one final predictions file (records.read_final).
 
     Events are de-duplicated with the merge's rule (same label within dedup_s seconds), as
     compare_counts.py does: our finals are already de-duplicated so, while the seed's per-window files
     (one record per overlapping window) would otherwise count one event two or three times.
     """
-    records = read_json(path, "predictions file", "move it away, or rerun that video (merge_results_llava.py "
-                                                  "writes it)")
-    if not isinstance(records, list):
-        raise InputError(f"predictions file {path} is not a JSON list of events (a final_predictions_*.json?)")
-    for k, r in enumerate(records):
-        for name in ("time", "event_time"):
-            if isinstance(r, dict) and name in r and not _is_seconds(r[name]):
-                raise InputError(f"predictions file {path}: record #{k} has a bad \"{name}\" "
-                                 f"({_excerpt(r)}); times are seconds from the start of the video, numbers >= 0")
-    try:
-        events = final_events(records)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise InputError(f"predictions file {path} has a malformed record ({type(e).__name__}: {e}); "
-                         f"expected [{{\"time\": s, \"label\": ...}}] or [{{\"time\": s, \"raw\": text}}]") from None
     scored, unscored = [], Counter()
-    for e in events:
+    for e in read_final(path):
         label = normalise_label(e["label"])
         if label is None:
             unscored[str(e["label"])] += 1
             continue
-        scored.append({"time": max(0.0, float(e["time"])), "label": label,  # records checked above
+        scored.append({"time": max(0.0, float(e["time"])), "label": label,
                        "confidence": e["confidence"]})  # events.confidence(): exact, not rounded
     scored = merge.dedup(scored, dedup_s)  # before filling in missing confidences: None ranks lowest
     for e in scored:
         if e["confidence"] is None:
             e["confidence"] = missing_confidence
     return scored, unscored
-
-
-def _is_seconds(t) -> bool:
-    return merge.record_time(t) is not None and t >= 0
-
-
-def _excerpt(value) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # The official evaluator reads an annotation's half as int(gameTime[0]), its minutes as
@@ -167,7 +145,7 @@ def read_labels(path: Path) -> list:
         parsed = _annotation(a)
         if isinstance(parsed, str):
             raise InputError(f"SoccerNet labels file {path}: annotation #{k} is malformed: {parsed} "
-                             f"({_excerpt(a)}); each needs \"gameTime\": \"1 - 05:23\", \"label\" and "
+                             f"({excerpt(a)}); each needs \"gameTime\": \"1 - 05:23\", \"label\" and "
                              "\"position\" in ms")
         half, ms, label = parsed
         out.append({"time": ms / 1000, "half": half, "label": label, "visibility": a.get("visibility", "visible"),

@@ -115,3 +115,28 @@ def load_engine(checkpoint, quantization="fp32", visual_tokens="full", **flags):
     """An engine on the CPU for a checkpoint directory, as the worker makes one (Engine.load)."""
     from llava_soccer.engine import Engine
     return Engine.load(str(checkpoint), cpu_plan(quantization, **flags), "cpu", visual_tokens)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{file name: matplotlib Figure} of every plot compare_counts.py and evaluate_soccernet.py save: what each
+    panel draws (bar heights, points, titles) is read back from its artists, the PNG is written as usual."""
+    import compare_counts
+    import evaluate_soccernet
+    figures = {}
+    for module in (compare_counts, evaluate_soccernet):
+        def spy(fig, path, dpi=100, save=module.atomic_savefig):
+            figures[Path(path).name] = fig
+            save(fig, path, dpi=dpi)
+        monkeypatch.setattr(module, "atomic_savefig", spy)
+    return figures
+
+
+def bar_heights(ax) -> dict:
+    """{legend label: [heights]} of each bar series of a matplotlib Axes (barh: widths)."""
+    return {c.get_label(): [b.get_width() if c.orientation == "horizontal" else b.get_height() for b in c]
+            for c in ax.containers}
+
+
+def tick_labels(axis) -> list:
+    return [t.get_text() for t in axis.get_ticklabels()]

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 import compare_counts
-from conftest import SEED_PREDICTIONS, load
-from llava_soccer import settings
+from conftest import SEED_PREDICTIONS, bar_heights, load, tick_labels
+from llava_soccer import settings, videos
 from llava_soccer.events import final_events
 from llava_soccer.matching import match
 
@@ -79,7 +79,7 @@ def test_tolerance_flag(project, capsys):
     assert rows(capsys.readouterr().out)[0] == ["0", "4", "4", "2", "2", "2", "1"]  # SoT 3.6 s apart now matches
 
 
-def test_ensemble_csv_and_plot(project, tmp_path, capsys):
+def test_ensemble_csv_and_plot(project, tmp_path, capsys, saved_figures):
     out_dir, table, png = tmp_path / "ens", tmp_path / "counts.csv", tmp_path / "counts.png"
     code = compare_counts.main(["--project", str(project), "--videos", "0-3", "--ensemble", str(out_dir),
                                 "--csv", str(table), "--plot", str(png)])
@@ -98,6 +98,25 @@ def test_ensemble_csv_and_plot(project, tmp_path, capsys):
             ["0", "4", "4", "1", "3", "3", "1"], ["2", "4", "4", "1", "3", "3", "1"],
             ["total", "8", "8", "2", "6", "6", "2"]]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    top, bottom = saved_figures["counts.png"].axes  # what is drawn: the table's numbers
+    assert top.get_title() == "Events per video" and tick_labels(top.xaxis) == ["0", "2"]
+    assert bar_heights(top) == {"qwen7b": [4, 4], "llava": [4, 4], "found by both": [1, 1]}
+    assert bottom.get_title() == "Events per label"
+    assert tick_labels(bottom.yaxis) == ["Goal", "Foul", "Corner", "Shots on target", "Offside"]
+    assert bar_heights(bottom) == {"qwen7b": [2, 2, 2, 2, 0], "llava": [2, 2, 0, 2, 2],
+                                   "found by both": [2, 0, 0, 0, 0]}
+
+
+def test_the_plot_of_one_video_names_its_game(project, tmp_path, capsys, saved_figures):
+    """Every SoccerNet half is 1_224p.mkv or 2_224p.mkv: the title of a one-video plot says which game."""
+    game = "england_epl/2015-2016/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham"
+    (project / "videos.txt").write_text("".join(f"{game}/{h}_224p.mkv\n" for h in (1, 2, 1, 2)))
+    png = tmp_path / "one.png"
+    assert compare_counts.main(["--project", str(project), "--videos", "2", "--plot", str(png)]) == 0, \
+        capsys.readouterr().err
+    top, _ = saved_figures["one.png"].axes
+    assert top.get_title() == f"Events in video 2 ({videos.display_name(f'{game}/1_224p.mkv', 100)})"
+    assert game in top.get_title() and bar_heights(top) == {"qwen7b": [4], "llava": [4], "found by both": [1]}
 
 
 @needs_seed
@@ -154,7 +173,13 @@ def test_errors_are_one_line(project, tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and str(bad) in err and "not valid JSON" in err
     bad.write_text('{"time": 1}')
     assert compare_counts.main(["--project", str(project), "--videos", "0-3"]) == 1
-    assert "is not a list of" in capsys.readouterr().err
+    assert capsys.readouterr().err == (  # the one reader of finals (records.read_final): evaluate says the same
+        f"compare_counts.py: error: predictions file {bad} is not a JSON list of {{\"time\": ..., ...}} records (a "
+        "final_predictions_*.json?): move it away, or rerun that video (merge_results_llava.py writes it)\n")
+    bad.write_text('[{"time": 1.0, "raw": "None"}, {"raw": "None"}]')
+    assert compare_counts.main(["--project", str(project), "--videos", "0-3"]) == 1
+    assert capsys.readouterr().err.startswith(f"compare_counts.py: error: predictions file {bad}: record #1 has no "
+                                              "\"time\" ({\"raw\": \"None\"}); times are seconds")
     with pytest.raises(SystemExit) as e:
         compare_counts.main(["--videos", "5-2"])
     err = capsys.readouterr().err
@@ -217,6 +242,14 @@ def test_match_pairs_across_a_prediction_between_two_events():
     assert match(gt, [{"time": 102.0, "label": "Corner"}], 3) == []
 
 
+def test_match_tolerance_is_inclusive_despite_float_error():
+    """4.4 - 1.4 is 3.0000000000000004: events 3 s apart on paper match at +-3 s (settings.TIME_EPS)."""
+    assert 4.4 - 1.4 > 3.0
+    assert match([{"time": 1.4, "label": "Goal"}], [{"time": 4.4, "label": "Goal"}], 3.0) == [(0, 0)]
+    assert match([{"time": 4.4, "label": "Goal"}], [{"time": 1.4, "label": "Goal"}], 3.0) == [(0, 0)]
+    assert match([{"time": 1.4, "label": "Goal"}], [{"time": 4.41, "label": "Goal"}], 3.0) == []
+
+
 def test_compare_counts_the_maximum_matching(tmp_path, capsys):
     qwen = [llava("Goal", 100.0), llava("Goal", 104.0)]
     settings.final_path(tmp_path, 0, "qwen7b").write_text(json.dumps(qwen))
@@ -225,7 +258,7 @@ def test_compare_counts_the_maximum_matching(tmp_path, capsys):
     assert rows(capsys.readouterr().out)[0] == ["0", "2", "2", "2", "0", "0", "0"]  # was both 1, only 1 and 1
 
 
-def test_no_events_in_either_model_is_a_table_of_zeros(tmp_path, capsys):
+def test_no_events_in_either_model_is_a_table_of_zeros(tmp_path, capsys, saved_figures):
     for video in (0, 1):
         settings.final_path(tmp_path, video, "qwen7b").write_text("[]")
         settings.final_path(tmp_path, video, "llava").write_text(json.dumps(
@@ -243,6 +276,9 @@ def test_no_events_in_either_model_is_a_table_of_zeros(tmp_path, capsys):
     with open(table) as f:
         assert list(csv.reader(f))[-1] == ["total", "0", "0", "0", "0", "0", "0"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    top, bottom = saved_figures["counts.png"].axes
+    assert bar_heights(top) == {"qwen7b": [0, 0], "llava": [0, 0], "found by both": [0, 0]}
+    assert [t.get_text() for t in bottom.texts] == ["no events in either model's files"] and not bottom.axison
     assert load(settings.final_path(ens, 0, "ensemble")) == [] and load(settings.final_path(ens, 1, "ensemble")) == []
 
 

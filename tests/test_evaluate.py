@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import evaluate_soccernet as ev
-from conftest import ROOT, SEED_PREDICTIONS, load
+from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, tick_labels
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 try:
@@ -304,10 +304,10 @@ def test_numbers_equal_the_official_evaluator_called_directly(odd_root, tmp_path
             assert list(ours[metric][key].values()) == pytest.approx([float(v) for v in ref[key]], abs=1e-9)
 
 
-def test_plot_draws_precision_recall_and_a_timeline(odd_root):
+def test_plot_draws_precision_recall_and_a_timeline(odd_root, saved_figures):
     gt = [ann(1, 100, "Goal"), ann(1, 400, "Corner", "not shown")]
     project, sn = make_case(odd_root, "plot", {GAME: gt}, [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"], {
-        "llava": {0: [pred(101, "Goal")], 1: [pred(50, "Foul")]},
+        "llava": {0: [pred(101, "Goal"), pred(300, "Goal", 0.4)], 1: [pred(50, "Foul")]},
         "qwen7b": {0: [{"time": 98.0, "raw": "```json\n{'label': 'Corner', 'confidence': 0.8, 'frame': 3}\n```"}]}})
     rc, out, err = run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot")
     assert rc == 0, err
@@ -315,6 +315,28 @@ def test_plot_draws_precision_recall_and_a_timeline(odd_root):
         data = (project / "soccernet_eval" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     assert "note: the models were scored on different videos" in out
+    # what is drawn: llava found the Goal once in two tries (and a Foul in half 2, which has no labels); qwen7b's
+    # Corner is 5 minutes early
+    panels = {ax.get_title().split(":")[0]: ax for ax in saved_figures["precision_recall.png"].axes}
+    assert list(panels) == ["llava", "qwen7b"]
+    for name, found in (("llava", {"Goal": (0.5, 1)}), ("qwen7b", {})):
+        assert tick_labels(panels[name].xaxis) == list(SOCCERNET_CLASSES)
+        assert bar_heights(panels[name]) == {"precision": [found.get(c, (0, 0))[0] for c in SOCCERNET_CLASSES],
+                                             "recall": [found.get(c, (0, 0))[1] for c in SOCCERNET_CLASSES]}
+    counts = {c: t.get_text() for c, t in zip(SOCCERNET_CLASSES, panels["qwen7b"].texts)}
+    assert (counts["Goal"], counts["Corner"], counts["Foul"]) == ("1/0", "1/1", "0/0")  # ground truth/predicted
+    ground, llava_ax, qwen_ax = [ax for ax in saved_figures["timeline_video_0.png"].axes if ax.get_title(loc="left")]
+    assert ground.get_title(loc="left") == f"video #0 ({GAME}/1_224p.mkv): ground truth"
+    row = {c: i for i, c in enumerate(SOCCERNET_CLASSES)}
+    visible, not_shown = (c.get_offsets().tolist() for c in ground.collections)
+    assert visible == [[100 / 60, row["Goal"]]] and not_shown == [[400 / 60, row["Corner"]]]
+    for ax, name, points, confidences in (
+            (llava_ax, "llava", [[101 / 60, row["Goal"]], [300 / 60, row["Goal"]]], [0.9, 0.4]),
+            (qwen_ax, "qwen7b", [[98.4 / 60, row["Corner"]]], [0.8])):
+        (dots,) = ax.collections
+        assert ax.get_title(loc="left") == f"{name} ({len(points)} events, colour = confidence)"
+        assert dots.get_offsets().tolist() == [pytest.approx(p) for p in points]
+        assert dots.get_array().tolist() == confidences
     assert run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot", "--timeline_video", "1")[0] == 0
     assert (project / "soccernet_eval" / "timeline_video_1.png").exists()
 

@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,15 @@ def all_windows(raws=None, skip=(), undecodable=()):
     raws = raws or {}
     return [hole(k) if k in skip else hole(k, "undecodable", "no frames decoded") if k in undecodable else
             ok(k, raws.get(k, "None")) for k in range(N_WINDOWS)]
+
+
+STAMP = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ")  # submit_llava.sh's log() and the worker's
+
+
+def unstamped(line):
+    """A merge log line without its time stamp, which it must have (as every line of the job log)."""
+    assert STAMP.match(line), line
+    return STAMP.sub("", line, count=1)
 
 
 def run_merge(project, capsys, *extra, video=0):
@@ -137,6 +147,18 @@ def test_dedup_boundaries_ties_and_labels(project, capsys):
     assert settings.partial_path(project, 0, 0).exists() and "partials kept" in out
 
 
+def test_dedup_ranks_a_missing_confidence_below_zero(project, capsys):
+    """An answer without a confidence loses to one that says 0: ranked as 0.0, the tie would keep the earlier."""
+    raws = {25: "{'label': 'Clearance', 'frame': 1}",  # 50.0, no confidence
+            26: answer(ev("Clearance", 1, 0))}           # 52.0, confidence 0
+    write_partials(project, all_windows(raws))
+    code, out, err = run_merge(project, capsys)
+    assert code == 0, err
+    assert [(r["event_time"], r["confidence"]) for r in load(settings.final_path(project, 0))] == [(52.0, 0.0)]
+    events = [{"label": "Goal", "time": 1.0, "confidence": None}, {"label": "Goal", "time": 2.0, "confidence": 0.0}]
+    assert merge.dedup(events, settings.DEDUP_S) == events[1:]
+
+
 def test_dedup_flag_changes_the_window(project, capsys):
     write_partials(project, all_windows({0: answer(ev("Goal", 1)), 1: answer(ev("Goal", 5, 0.5))}))
     code, out, _ = run_merge(project, capsys, "--dedup-s", "2.5")
@@ -197,7 +219,7 @@ def test_undecodable_windows_give_a_final_marked_incomplete_exit_3(project, caps
     code, out, err = run_merge(project, capsys)
     assert code == 3
     assert "30 windows from 2 partials: 16 answered, 14 undecodable" in out
-    (warning,) = err.splitlines()
+    (warning,) = map(unstamped, err.splitlines())
     assert warning.startswith("⚠️ video 0 is INCOMPLETE: 14 of 30 windows undecodable from 32.0 s on: ")
     assert "reruns skip it until the file changes" in warning
     assert [e["label"] for e in load(settings.final_path(project, 0))] == ["Goal"]
@@ -206,6 +228,30 @@ def test_undecodable_windows_give_a_final_marked_incomplete_exit_3(project, caps
     assert archive["incomplete"] == "14 of 30 windows undecodable from 32.0 s on"
     assert archive["windows_total"] == 30 and archive["made_by"] == made_by(project)
     assert videos.origin_of(settings.final_path(project, 0)).incomplete == archive["incomplete"]
+
+
+GAME = "england_epl/2015-2016/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham"
+
+
+def test_merge_log_lines_are_stamped_and_name_the_game(odd_root, video_25fps, capsys, request):
+    """In the job log the merge's lines carry the time stamp of submit's and the worker's lines, and its summary
+    says which game (every SoccerNet half is 1_224p.mkv) and which of videos.txt's videos it is."""
+    project = make_project(odd_root / request.node.name, {f"{GAME}/{h}_224p.mkv": video_25fps for h in (1, 2)})
+    assert len(videos.manifest(project)) == 2
+    write_partials(project, all_windows({3: answer(ev("Goal", 2))}), video=1)
+    code, out, err = run_merge(project, capsys, video=1)
+    assert code == 0, err
+    lines = [unstamped(line) for line in out.splitlines()]
+    assert lines[0] == (f"video 1 of 2 ({videos.display_name(f'{GAME}/2_224p.mkv')}): 30 windows from 1 partial: "
+                        "30 answered, 0 undecodable")
+    assert GAME in lines[0]  # short enough to be shown whole
+    assert lines[-1].startswith(f"wrote {settings.final_path(project, 1)} (1 event)")
+    assert err == ""
+    write_partials(project, all_windows(skip=[4]), video=0)
+    code, out, err = run_merge(project, capsys)
+    assert code == 75 and out == ""
+    first = unstamped(err.splitlines()[0])
+    assert first == "video 0: 1 of 30 windows have no answer yet; not finalising, partials kept:"
 
 
 @pytest.mark.parametrize("change, differs", [

@@ -1,5 +1,5 @@
-"""File names, the project default, the default model (llava_soccer/settings.py), the exit codes the
-scripts share (jsonio.py) and the CUDA driver table (doctor.py) are defined once.
+"""File names, the project default, the default model, the log lines' time stamp (llava_soccer/settings.py), the
+exit codes the scripts share (jsonio.py) and the CUDA driver table (doctor.py) are defined once.
 
 The shell scripts cannot import it, so they hold copies; these tests fail when a copy drifts.
 """
@@ -24,6 +24,7 @@ COPIES = [
     ("tools/install_env.sh", f"readonly SOCCERNET={SOCCERNET_PIN}"),
     ("setup_llava.sh", f"readonly CUDA12_DRIVER={DRIVERS['12']}\n"),
     ("setup_llava.sh", f"readonly CUDA13_DRIVER={DRIVERS['13']}\n"),
+    ("submit_llava.sh", f"log() {{ printf '[%({settings.LOG_TIME})T] %s\\n' -1 \"$*\" >&2; }}"),
     ("submit_llava.sh", f"readonly EX_INTERRUPTED={jsonio.EXIT_RETRY} "),
     ("submit_llava.sh", f"readonly EX_INCOMPLETE={jsonio.EXIT_INCOMPLETE} "),
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '

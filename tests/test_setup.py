@@ -324,38 +324,35 @@ def test_login_node_asks_for_setup_on_a_gpu_node(tmp_path):
 
 
 # --- submit_llava.sh: what a failed video leaves (issue 12) ---------------------------------------
-# Without Slurm and with stand-in worker and merge scripts (LLAVA_HOME), so it needs no model: the
-# log line of a failed video says "partial results kept" only when partial files exist.
-FAKE_WORKER = """\
-import os
-import sys
-args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-if os.environ["FAKE_WORKER"].startswith("partial"):
-    name = f"partial_results_llava_vid{args['--video-index']}_gpu{args['--gpu-id']}.json"
-    with open(os.path.join(args["--project"], name), "w") as f:
-        f.write("[]")
-sys.exit(0 if os.environ["FAKE_WORKER"] == "partial" else 1)
-"""
-
-
-@pytest.mark.parametrize("worker,message", [
-    ("fail", "video 0: FAILED (worker 0 exit 1); no partial results were written, see the worker lines above"),
-    ("partial then fail", "video 0: FAILED (worker 0 exit 1); partial results kept, see the worker lines above"),
-    ("partial", "video 0: FAILED (merge exit 1); partial results kept"),  # the worker is fine, the merge fails
+# Without Slurm, with the real worker and merge and the tiny checkpoint on the CPU: the log line of a failed
+# video says "partial results kept" only when partial files exist.
+@pytest.mark.parametrize("case,message", [
+    ("corrupt video", "video 0: FAILED (worker 0 exit 1); no partial results were written, see the worker lines "
+                      "above"),
+    ("corrupt video, earlier partial", "video 0: FAILED (worker 0 exit 1); partial results kept, see the worker "
+                                       "lines above"),
+    ("garbled partial", "video 0: FAILED (merge exit 1); partial results kept"),  # the worker is fine
 ])
-def test_failed_video_says_whether_partial_results_were_kept(tmp_path, worker, message):
-    scripts = tmp_path / "fake scripts"
-    scripts.mkdir()
-    (scripts / "llava_split_worker.py").write_text(FAKE_WORKER)
-    (scripts / "merge_results_llava.py").write_text("import sys\nsys.exit(1)\n")
-    (scripts / "llava_soccer").symlink_to(ROOT / "llava_soccer")  # submit checks the finals with it
+def test_failed_video_says_whether_partial_results_were_kept(tmp_path, goal_checkpoint, video_25fps, case, message):
     project = tmp_path / "my project"
     (project / "raw_data").mkdir(parents=True)
-    (project / "raw_data" / "a.mkv").write_bytes(b"")  # video 0 exists (the stand-in worker does not read it)
-    r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=120,
+    video = project / "raw_data" / "a.mkv"
+    if case.startswith("corrupt video"):
+        video.write_bytes(b"\x1aE\xdf\xa3 not a Matroska file, cut short")  # the worker cannot open it
+    else:
+        video.symlink_to(video_25fps)
+    if case != "corrupt video":  # a partial an earlier run left; garbled: the merge cannot read it
+        (project / "partial_results_llava_vid0_gpu1.json").write_text('{"made_by": null, "windows": [{"time": 0')
+    r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=600,
                        check=False, cwd=tmp_path,
-                       env=clean_env(SOCCER_PROJECT=project, LLAVA_HOME=scripts, LLAVA_PYTHON=sys.executable,
-                                     LLAVA_NUM_WORKERS=1, CUDA_VISIBLE_DEVICES="", FAKE_WORKER=worker))
+                       env=clean_env(SOCCER_PROJECT=project, LLAVA_HOME=ROOT, LLAVA_PYTHON=sys.executable,
+                                     LLAVA_MODEL=goal_checkpoint, LLAVA_QUANT="fp32", LLAVA_NUM_WORKERS=1,
+                                     CUDA_VISIBLE_DEVICES=""))
     assert r.returncode == 1, r.stderr
     assert message in r.stderr
-    assert bool(list(project.glob("partial_results_llava_vid0_gpu*.json"))) == (worker != "fail")
+    assert bool(list(project.glob("partial_results_llava_vid0_gpu*.json"))) == (case != "corrupt video")
+    if case.startswith("corrupt video"):  # the worker's own line says why, above submit's
+        assert f"[vid0 gpu0] error: cannot read video {video}: OpenCV found no frames" in r.stderr
+    else:  # the merge's own line names the file and the fix
+        assert (f"merge_results_llava.py: error: partial {project / 'partial_results_llava_vid0_gpu1.json'} is not "
+                f"valid JSON") in r.stderr
