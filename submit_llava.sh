@@ -32,7 +32,7 @@
 #   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
 #   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 | fp8 (nf4; fp8 only on compute capability 8.9+)
 #   LLAVA_NUM_WORKERS    workers (slices) per video, 1..64 (one per GPU of the job; 1 without GPUs)
-#   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   and the other LLAVA_* worker settings (README), read by the worker
+#   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   and the other LLAVA_* worker settings (README, docs/gpus.md), read by the worker
 #   LLAVA_HOME           where llava_split_worker.py and merge_results_llava.py are
 #                        (default: this script's directory, the submit directory, or SOCCER_PROJECT)
 #   LLAVA_PYTHON         python to run them ($SOCCER_PROJECT/venv/bin/python if present, else python3)
@@ -57,7 +57,7 @@
 #SBATCH --gres=gpu:4                 # EDIT: GPUs per job = workers per video; a type: gpu:TitanRTX:4
 #SBATCH --cpus-per-task=16           # EDIT: CPU cores (frame decoding; ~4 per GPU)
 #SBATCH --mem=64G                    # EDIT: host memory (~12 GB per worker with nf4)
-#SBATCH --time=06:00:00              # EDIT: wall-clock limit (per 50-min video on 4 GPUs: ~7 min H100, ~50 min Titan RTX; README Which GPUs)
+#SBATCH --time=06:00:00              # EDIT: wall-clock limit (per 50-min video on 4 GPUs: ~7 min H100, ~50 min Titan RTX; docs/performance.md)
 ##SBATCH --partition=gpu             # EDIT: delete one '#' and name your GPU partition
 #SBATCH --signal=B:USR1@120          # 120 s before the limit: save and requeue
 #SBATCH --requeue                    # allow the job to be requeued (the signal, preemption)
