@@ -29,7 +29,7 @@
 set -euo pipefail
 
 readonly FILES=(llava_split_worker.py merge_results_llava.py submit_llava.sh setup_llava.sh requirements.txt)
-readonly OPTIONAL_FILES=(compare_counts.py evaluate_soccernet.py)
+readonly OPTIONAL_FILES=(compare_counts.py evaluate_soccernet.py status_llava.py)
 readonly DEFAULT_MODEL=llava-hf/llava-v1.6-mistral-7b-hf  # settings.DEFAULT_MODEL (tests/test_names.py)
 # torch builds: PyPI's Linux torch 2.13 is built for CUDA 13.0, which needs driver >= 580 and has
 # kernels for compute capability 7.5 and up only; PyTorch's cu126 index has the same version built

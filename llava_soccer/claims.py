@@ -185,6 +185,13 @@ def check(project, video: int) -> None:
                      f"again")
 
 
+def peek(project, video: int):
+    """(info, why it is stale or None, heartbeat age in s) of video's lock, or None when there is none:
+    a read-only look by the rules take() applies (status_llava.py); it never writes."""
+    info, _, age = _read(lock_path(Path(project), video), video)
+    return None if info is None else (info, _stale(info, age), age)
+
+
 def _number(text: str, what: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise InputError(f"{what} must be a number, not {text!r}")

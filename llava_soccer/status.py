@@ -1,0 +1,352 @@
+"""Where a run stands, read from the project directory only: status_llava.py's logic.
+
+One line per video: done (events by label), in progress (job, node, windows, rate, ETA), failed or
+stopped (the reason, what a rerun does), incomplete, held by a job that is not running, not started;
+then totals and an estimate for the range. It never writes: no lock, no temp file, no videos.txt
+(videos.read_list, not manifest), so it runs on a project the user cannot write to, while jobs run.
+"""
+import functools
+import math
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from . import claims, merge, settings, videos
+from .events import final_events
+from .jsonio import InputError, UnreadableFile, log_safe, read_json
+from .settings import count
+
+RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")  # squeue states of a job that holds its locks alive
+RATE_MIN_S = 30  # a rate over less time than this is noise (the model loads first): not shown
+
+
+@dataclass
+class Row:
+    """One video's status line and the numbers the totals add up."""
+    index: int
+    state: str                      # done, in progress, failed, stopped, incomplete, held, not started, error
+    detail: str
+    name: str = ""
+    labels: dict = field(default_factory=dict)  # label -> events (done and incomplete videos)
+    total: int | None = None        # the video's windows, when known
+    left: int | None = None         # windows still to do (None: unknown)
+    rate: float | None = None       # windows per second of the job processing it now
+
+
+@dataclass
+class Partials:
+    """What one video's partials hold: windows answered or undecodable (done), failed, their total."""
+    done: int
+    failed: list
+    total: int | None
+    duration: float | None
+    newest: float                   # the newest partial's mtime: when the last batch was saved
+    records: list
+
+
+def video_windows(made_by) -> tuple[int, float] | None:
+    """(windows, duration in s) of the video a made_by names, from what the worker probed (fps, frames): no
+    need to open the video. None when the made_by does not say (written before it recorded the video)."""
+    vf = made_by.get("video_file") if isinstance(made_by, dict) else None
+    fps, frames = (vf.get("fps"), vf.get("frames")) if isinstance(vf, dict) else (None, None)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (fps, frames)):
+        return None
+    info = videos.VideoInfo(Path(), float(fps), int(frames))
+    return info.n_windows, info.duration
+
+
+@functools.cache
+def probed_windows(path: str) -> tuple[int, float] | None:
+    """(windows, duration) by opening the video (OpenCV): for partials older than made_by; once per process."""
+    try:
+        info = videos.probe(path)
+    except (InputError, ImportError, OSError):
+        return None
+    return info.n_windows, info.duration
+
+
+def read_partials(project: Path, index: int, listed: list) -> Partials | None:
+    """The video's partials (merge.read_windows: the merge's own checks), None when there are none; InputError
+    (one line) for a damaged partial or partials of different runs. A partial that the merge deletes while
+    we read (the video just finished) is looked for again."""
+    for _ in range(3):
+        files = merge.partial_files(project, index)
+        if not files:
+            return None
+        try:
+            return _read_partials(project, index, listed, files)
+        except (InputError, FileNotFoundError):
+            if all(f.exists() for f in files):
+                raise
+    return None
+
+
+def _read_partials(project, index, listed, files) -> Partials:
+    first = read_json(files[0], "partial", "delete it and rerun the worker (its windows are redone)")
+    made_by = first.get("made_by") if isinstance(first, dict) else None  # a plain list: before made_by
+    known = video_windows(made_by)
+    if known is None and index < len(listed):
+        known = probed_windows(str(project / "raw_data" / listed[index]))
+    newest = max(f.stat().st_mtime for f in files)
+    windows = merge.read_windows(files, known[0] if known else 10 ** 9)  # unknown length: any grid window
+    failed = windows.indices("failed")
+    return Partials(len(windows.records) - len(failed), failed, known and known[0], known and known[1], newest,
+                    list(windows.records.values()))
+
+
+def lock_of(project: Path, index: int, jobs: dict):
+    """(lock info, holder line, None when live else why not) of the video's lock by claims' rules, or None when
+    there is none. Not live: stale, or squeue knows its job and it is not running (jobs caches squeue_state)."""
+    held = claims.peek(project, index)
+    if held is None:
+        return None
+    info, why, _ = held
+    who = claims._who(info) if info.get("token") else "a job whose lock is being written"
+    job = info.get("job")
+    if job and job not in jobs:
+        jobs[job] = squeue_state(job)
+    state = jobs.get(job)
+    if why:
+        return info, who, f"lock stale ({why}): the next job takes it over and resumes"
+    if state is not None and state not in RUNNING_STATES:
+        if state == "PENDING":  # requeued: claims' rule (b) lets it take its own lock back
+            return info, who, f"but job {job} is PENDING (requeued?): it resumes the video when it starts"
+        ended = "has ended" if state == "gone" else f"is {state}"
+        return info, who, f"but job {job} {ended}: the next job takes the lock over once it is stale"
+    return info, who, None
+
+
+def squeue_state(job: str) -> str | None:
+    """The job's state as squeue says (RUNNING, PENDING, ...), "gone" when squeue no longer knows it, None when
+    it cannot tell (no Slurm here: the lock's own rules decide)."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if r.returncode == 0:
+        return r.stdout.split()[0] if r.stdout.split() else "gone"
+    return "gone" if "Invalid job id" in r.stderr else None
+
+
+def final_labels(final: Path) -> tuple[dict, dict | None]:
+    """({label: events}, made_by) of a final: ours and the seed's per-window files alike (events.final_events),
+    de-duplicated with the merge's rule as compare_counts.py counts them (a no-op on our finals)."""
+    fix = "regenerate it with merge_results_llava.py, or move it away"
+    records = read_json(final, "predictions file", fix)
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "time" in r for r in records):
+        raise UnreadableFile(f"predictions file {final} is not a list of {{\"time\": ..., ...}} records: {fix}")
+    try:
+        events = [e for e in final_events(records) if e["label"] is not None]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnreadableFile(f"predictions file {final} has a record with a bad time ({log_safe(e, 100)}): "
+                             f"{fix}") from None
+    for e in events:
+        e["label"] = e["label"] if isinstance(e["label"], str) else str(e["label"])  # a list where a label was
+    classes, others = merge.label_counts(merge.dedup(events, settings.DEDUP_S))
+    made_by = next((r["made_by"] for r in records if isinstance(r.get("made_by"), dict)), None)
+    return {**classes, **others}, made_by
+
+
+def labels_text(labels: dict) -> str:
+    """'Foul 20, Corner 5, Goal 3': most frequent first."""
+    return ", ".join(f"{log_safe(label, 40)} {n}" for label, n in labels.items()) or "no events"
+
+
+def final_row(project: Path, index: int, listed: list) -> Row | None:
+    """The row of a video with a final that a rerun skips (done, incomplete), else None (todo, or redo: an
+    incomplete final whose video file changed since, which a rerun processes again)."""
+    state, line = videos.final_state(project, index, listed)
+    if state in ("todo", "redo"):
+        return None
+    final = settings.final_path(project, index)
+    labels, made_by = final_labels(final)
+    known = video_windows(made_by)
+    events = f"{count(sum(labels.values()), 'event')}: {labels_text(labels)}" if labels else "0 events"
+    row = Row(index, state, events, labels=labels, total=known and known[0], left=0)
+    if state == "incomplete":
+        row.detail = (f"{events}; {videos.origin_of(final).incomplete}: reruns skip it while its video file is "
+                      f"unchanged")
+    elif "⚠️" in line:  # final_state's warning: the video file changed since the final was made
+        row.detail += "; ⚠️ its video file changed since: delete the final and its raw_answers file to redo it"
+    return row
+
+
+def partial_row(index: int, p: Partials, redo: bool) -> Row:
+    """A video with partials and no live job: failed windows, stopped part-way, or all saved but not merged."""
+    total = p.total
+    done = f"{p.done}/{total if total else '?'} windows"
+    left = total - p.done if total else None
+    if p.failed:
+        holes = merge.describe_holes(p.failed, total or max(p.failed) + 1, p.duration or math.inf, "failed",
+                                     p.records)
+        return Row(index, "failed", f"{holes}; {done} saved: a rerun retries the failed windows and does the rest",
+                   total=total, left=left)
+    if total and p.done >= total:
+        return Row(index, "stopped", f"all {total} windows saved, not merged (the merge failed or was interrupted): "
+                                     f"a rerun merges it", total=total, left=0)
+    why = "its final is incomplete and its video file changed since; " if redo else ""
+    return Row(index, "stopped", f"{why}{done} saved, no job holds it (interrupted, cancelled or a worker "
+                                 f"failed): a rerun resumes it", total=total, left=left)
+
+
+def rate_of(p: Partials, info: dict, seen: dict, key) -> tuple[float | None, str]:
+    """(windows per second, what it is based on) of a running video. seen remembers, across --watch refreshes,
+    the first (newest partial mtime, windows) this process saw of this holder: the rate between then and the
+    last save counts only windows this job made. Before that: windows saved ÷ time from the job taking the
+    video (its lock's "since") to the last save, which also counts windows resumed from an earlier run."""
+    first = seen.setdefault(key, (p.newest, p.done))
+    if p.newest - first[0] >= RATE_MIN_S and p.done > first[1]:
+        return (p.done - first[1]) / (p.newest - first[0]), f"over the last {duration(p.newest - first[0])}"
+    try:
+        since = datetime.fromisoformat(info.get("since")).timestamp()
+    except (TypeError, ValueError):
+        return None, ""
+    if p.newest - since >= RATE_MIN_S and p.done:
+        return p.done / (p.newest - since), "since start"
+    return None, ""
+
+
+def running_row(index: int, p: Partials | None, info: dict, who: str, seen: dict, now: float) -> Row:
+    """A video a live job holds: its windows so far, rate and ETA."""
+    if p is None:
+        return Row(index, "in progress", f"{who}: starting (no window saved yet)", left=None)
+    rate, basis = rate_of(p, info, seen, (index, info.get("token")))
+    total = p.total
+    left = total - p.done - len(p.failed) if total else None
+    parts = [f"{who}: {p.done}/{total or '?'} windows" + (f" ({100 * p.done / total:.0f}%)" if total else "")]
+    if p.failed:
+        parts.append(f"{len(p.failed)} failed (a rerun retries them)")
+    if rate:
+        parts.append(f"{60 * rate:.1f} win/min {basis}")
+        if left is not None:
+            parts.append(f"ETA {duration(left / rate)} (~{clock(now + left / rate)})")
+    parts.append(f"saved {duration(max(0.0, now - p.newest))} ago")
+    return Row(index, "in progress", ", ".join(parts), total=total, left=left, rate=rate)
+
+
+def video_row(project: Path, index: int, listed: list, jobs: dict, seen: dict, now: float) -> Row:
+    """One video's row. Its lock comes first (a job may be redoing an incomplete video); then a final a rerun
+    skips; then its partials; else not started. A file that cannot be read is that video's error row."""
+    try:
+        lock = lock_of(project, index, jobs)
+        if lock and lock[2] is None:
+            return running_row(index, read_partials(project, index, listed), lock[0], lock[1], seen, now)
+        row = final_row(project, index, listed)  # also under a dead job's lock: the final is what counts
+        if row:
+            return row
+        p = read_partials(project, index, listed)
+        if lock:
+            saved = f"; {p.done}/{p.total or '?'} windows saved" if p else ""
+            return Row(index, "held", f"{lock[1]}, {lock[2]}{saved}", total=p and p.total,
+                       left=p.total - p.done if p and p.total else None)
+        if p:
+            return partial_row(index, p, settings.final_path(project, index).exists())
+    except InputError as e:
+        return Row(index, "failed", log_safe(e, 400))
+    return Row(index, "not started", "a run processes it")
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '3 h 05 min', '2 d 04 h'."""
+    s = round(seconds)
+    if s < 90:
+        return f"{s} s"
+    if s < 90 * 60:
+        return f"{round(s / 60)} min"
+    h, m = divmod(round(s / 60), 60)
+    return f"{h} h {m:02d} min" if h < 48 else f"{h // 24} d {h % 24:02d} h"
+
+
+def clock(ts: float) -> str:
+    """'13:22' today, else 'Tue 13:22' within a week, else '2025-06-03 13:22'."""
+    when, today = datetime.fromtimestamp(ts), datetime.now()
+    days = (when.date() - today.date()).days
+    return when.strftime("%H:%M" if days == 0 else "%a %H:%M" if abs(days) < 7 else "%Y-%m-%d %H:%M")
+
+
+STATES = ("done", "in progress", "failed", "stopped", "incomplete", "held", "not started")
+
+
+def indices_of(project: Path, listed: list, asked) -> tuple[list, str]:
+    """(video indices to show, a note on those asked that videos.txt does not list). asked None (all): every
+    line of videos.txt, or without one (a folder of older finals) every index that has a file."""
+    if asked is None and listed:
+        return list(range(len(listed))), ""
+    if asked is None:
+        found = set()
+        for template in (settings.FINAL.format(model="llava", video="*"), settings.PARTIAL, settings.LOCK):
+            pattern = settings.name_pattern(template, model="llava")
+            found.update(int(m["video"]) for f in project.iterdir() if (m := pattern.fullmatch(f.name)))
+        return sorted(found), ""
+    shown = sorted(i for i in asked if not listed or i < len(listed))
+    past = sorted(set(asked) - set(shown))
+    runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(past))
+    note = f"videos {runs} are not in videos.txt (it lists {count(len(listed), 'video')})" if past else ""
+    return shown, note
+
+
+def report(project: Path, asked, seen: dict) -> list[str]:
+    """The status lines of the videos asked (None: all): a header, one aligned line per video, totals."""
+    now = time.time()
+    listed = videos.read_list(project)  # never manifest(): that one writes videos.txt
+    shown, note = indices_of(project, listed, asked)
+    jobs = {}
+    rows = [video_row(project, i, listed, jobs, seen, now) for i in shown]
+    for row in rows:
+        row.name = videos.display_name(listed[row.index], 70) if row.index < len(listed) else ""
+    lines = [f"status of {project} at {datetime.fromtimestamp(now):%Y-%m-%d %H:%M:%S} "
+             f"({count(len(rows), 'video')}; read-only)"]
+    if not rows:
+        lines.append("no videos yet: videos.txt is written by the first run (sbatch submit_llava.sh 0 39)")
+    width = len(str(max(shown, default=0)))
+    state_width = max((len(r.state) for r in rows), default=0)
+    for r in rows:
+        lines.append(f"{r.index:>{width}}  {r.state:<{state_width}}  {r.detail}" + (f"  [{r.name}]" if r.name else ""))
+    return lines + ([note] if note else []) + totals(rows, now)
+
+
+def totals(rows: list, now: float) -> list[str]:
+    """The count per state, events per label over the finals, and the time the rest takes at the measured rate."""
+    if not rows:
+        return []
+    by_state = {s: sum(r.state == s for r in rows) for s in STATES}
+    labels = {}
+    for r in rows:
+        for label, n in r.labels.items():
+            labels[label] = labels.get(label, 0) + n
+    labels = dict(sorted(labels.items(), key=lambda kv: (-kv[1], kv[0])))
+    states = ", ".join(f"{n} {s}" for s, n in by_state.items() if n)
+    lines = [f"total: {count(len(rows), 'video')}: {states}; {count(sum(labels.values()), 'event')} in the finals"]
+    if labels:
+        lines.append(f"events by label: {labels_text(labels)}")
+    return lines + estimate(rows, now)
+
+
+def estimate(rows: list, now: float) -> list[str]:
+    """Windows left in the range and how long they take at the rate the running jobs measure now."""
+    todo = [r for r in rows if r.left != 0 and r.state not in ("done", "incomplete")]
+    if not todo:
+        return ["nothing left to run in this range"]
+    known = [r.total for r in rows if r.total]
+    guess = round(sum(known) / len(known)) if known else None
+    unknown = [r for r in todo if r.left is None]
+    left = sum(r.left for r in todo if r.left is not None) + len(unknown) * (guess or 0)
+    if unknown and guess is None:
+        return [f"left: {count(len(todo), 'video')} of unknown length (no final or partial says a length yet)"]
+    how = (f" ({len(unknown)} of unknown length counted at ~{guess:,} windows, the mean of the "
+           f"{count(len(known), 'video')} whose length is known)" if unknown else "")
+    line = f"left: ~{left:,} windows in {count(len(todo), 'video')}{how}"
+    running = [r.rate for r in rows if r.rate]
+    if not running:
+        return [line, "estimate: no rate yet (no video in progress has saved windows for 30 s); run again while "
+                      "a job runs"]
+    rate = sum(running)
+    return [line, f"estimate: ~{duration(left / rate)} more (~{clock(now + left / rate)}) at {60 * rate:.1f} "
+                  f"win/min, the rate of the {count(len(running), 'video')} in progress now; more jobs at once "
+                  f"go faster"]

@@ -1,0 +1,72 @@
+"""Where a run stands: one line per video and the totals, read from the project directory only.
+
+    python status_llava.py                      # every video of videos.txt
+    python status_llava.py --videos 0-39        # a range (also 0-9,12)
+    python status_llava.py --videos 0-39 --watch        # again every 30 s until Ctrl-C (--watch 60: every 60 s)
+    SOCCER_PROJECT=/scratch/me/soccer python status_llava.py
+
+Per video: done (events by label), in progress (job and node from its lock, windows saved/total, rate,
+ETA), failed (the reason; a rerun retries), stopped (part done, no job: a rerun resumes), incomplete
+(undecodable windows: reruns skip it while the file is unchanged), held (a lock whose job is not
+running), not started; then the totals, events by label, and how long the rest takes at the rate
+the running jobs measure. It writes nothing (works on a project you cannot write to, while jobs run).
+The project: --project, else SOCCER_PROJECT, else the current directory when it is a project, else
+~/soccer_project. Exit codes: 0 shown, 1 the project cannot be read (one line says why), 2 bad flags.
+"""
+import argparse
+import sys
+import time
+
+from llava_soccer import settings, status
+from llava_soccer.jsonio import run_cli
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line naming the flag and the fix (exit 2), not a usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def watch_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0: use e.g. --watch 60")
+    return value
+
+
+def parse_args(argv):
+    p = OneLineParser(prog="status_llava.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", default="all", type=settings.video_list,
+                   help="video indices, e.g. 0-39 or 0-9,12 (default all: every video of videos.txt)")
+    p.add_argument("--watch", nargs="?", const=30.0, default=None, type=watch_seconds, metavar="SECONDS",
+                   help="print again every SECONDS (default 30) until interrupted")
+    p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    return p.parse_args(argv)
+
+
+def run(args) -> int:
+    project = settings.project_dir(args.project)
+    seen = {}  # what --watch saw of each running video: its rate is measured between refreshes
+    while True:
+        print("\n".join(status.report(project, args.videos, seen)), flush=True)
+        if args.watch is None:
+            return 0
+        time.sleep(args.watch)
+        print(flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run_cli(run, args, "status_llava.py")
+    except KeyboardInterrupt:  # --watch ends with Ctrl-C
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""status_llava.py as a user runs it: hand-made project trees (finals, archives, partials, locks) in every
+state, a read-only project read by user nobody, files older than made_by, and a real Slurm job running."""
+import gzip
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_project, nobody_prefix
+from llava_soccer import provenance, settings, synthetic
+from llava_soccer.jsonio import process_start
+from test_slurm import SUBMIT, Site, base_env, cluster, wait_for_records  # noqa: F401 (fixtures)
+
+GAMES = [f"england_epl/2015-2016/2015-08-{29 - i} - 17-00 Home {i} - 0 Away/1_224p.mkv" for i in range(7)]
+GOAL = "{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'x'}"
+FPS, FRAMES = 25.0, 1500  # what the worker probed: 60 s, 30 windows
+
+
+def write(path: Path, obj, mtime=None):
+    path.write_bytes(gzip.compress(json.dumps(obj).encode()) if path.suffix == ".gz" else json.dumps(obj).encode())
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def made_by(project, index):
+    vf = provenance.video_file(project, project / "raw_data" / GAMES[index])
+    return {"model": "tiny", "quantization": "fp32", "video_file": {**vf, "fps": FPS, "frames": FRAMES}}
+
+
+def records(windows, failed=()):
+    return [{"time": 2.0 * k, "end": 2.0 * k + 2.8, "status": "failed" if k in failed else "ok",
+             "error": "OOM" if k in failed else None, "raw": None if k in failed else "None", "events": []}
+            for k in windows]
+
+
+def event(project, index, label, t):
+    return {"time": t, "raw": "...", "label": label, "team": "home", "confidence": 0.9, "event_time": t + 1,
+            "video": GAMES[index], "made_by": made_by(project, index)}
+
+
+def lock(project, index, job, host, pid, since_s_ago, heartbeat_s_ago=1.0):
+    info = {"video": index, "token": secrets.token_hex(16), "job": job, "array_task": None, "host": host,
+            "pid": pid, "pid_start": process_start(pid) if host == socket.gethostname() else 0,
+            "since": datetime.fromtimestamp(time.time() - since_s_ago).isoformat(timespec="seconds")}
+    write(settings.lock_path(project, index), info, time.time() - heartbeat_s_ago)
+
+
+def build(root: Path) -> Path:
+    """Videos 0-6: done, incomplete, in progress (job 4242, this host, 10 min), failed (OOM), held by a dead
+    job's stale lock, not started, stopped part-way."""
+    project = root / "soccer_project"
+    for game in GAMES:
+        (project / "raw_data" / game).parent.mkdir(parents=True, exist_ok=True)
+        (project / "raw_data" / game).write_bytes(game.encode() * 100)  # provenance reads bytes, never frames
+    (project / "videos.txt").write_text("".join(f"{g}\n" for g in GAMES))
+    now = time.time()
+    write(settings.final_path(project, 0), [event(project, 0, "Goal", 10.0), event(project, 0, "Corner", 20.0),
+                                            event(project, 0, "Goal", 40.0)])
+    write(settings.raw_answers_path(project, 0), {"video": GAMES[0], "made_by": made_by(project, 0),
+                                                  "windows_total": 30, "incomplete": None, "windows": []})
+    write(settings.final_path(project, 1), [event(project, 1, "Foul", 4.0)])
+    write(settings.raw_answers_path(project, 1), {"video": GAMES[1], "made_by": made_by(project, 1),
+                                                  "incomplete": "16 of 30 windows undecodable from 28.0 s on"})
+    lock(project, 2, "4242", socket.gethostname(), os.getpid(), since_s_ago=600)
+    write(settings.partial_path(project, 2, 0), {"made_by": made_by(project, 2), "windows": records(range(4))},
+          now - 5)
+    write(settings.partial_path(project, 2, 1), {"made_by": made_by(project, 2), "windows": records(range(15, 19))},
+          now - 65)
+    write(settings.partial_path(project, 3, 0), {"made_by": made_by(project, 3),
+                                                 "windows": records(range(15), failed=(5, 6))})
+    lock(project, 4, "77", "node-gone", 1, since_s_ago=3600, heartbeat_s_ago=2000)
+    write(settings.partial_path(project, 4, 0), {"made_by": made_by(project, 4), "windows": records(range(4))})
+    write(settings.partial_path(project, 6, 0), {"made_by": made_by(project, 6), "windows": records(range(10))})
+    return project
+
+
+def status(*args, prefix=(), cwd=None):
+    """`python status_llava.py ARGS` as typed: (exit code, stdout lines, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SOCCER_PROJECT", "SLURM_CONF")}
+    r = subprocess.run([*prefix, sys.executable, str(ROOT / "status_llava.py"), *map(str, args)],
+                       capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=120)
+    return r.returncode, r.stdout.splitlines(), r.stderr
+
+
+def line_of(lines, index):
+    found = [line for line in lines if re.match(rf"\s*{index}  ", line)]
+    assert len(found) == 1, "\n".join(lines)
+    return found[0]
+
+
+def check_every_state(lines):
+    assert re.fullmatch(r"status of .*soccer_project at \S+ \S+ \(7 videos; read-only\)", lines[0])
+    states = [re.match(r"\d  (.{11})  ", line)[1].strip() for line in lines[1:8]]  # one aligned column
+    assert states == ["done", "incomplete", "in progress", "failed", "held", "not started", "stopped"]
+    assert line_of(lines, 0).endswith("3 events: Goal 2, Corner 1  [england_epl/2015-2016/2015-08-29 - 17-00 "
+                                      "Home 0 - 0 Away/1_224p.mkv]")
+    assert "1 event: Foul 1; 16 of 30 windows undecodable from 28.0 s on: reruns skip it while its video file " \
+           "is unchanged" in line_of(lines, 1)
+    # 8 windows saved from 10 min ago to 5 s ago: 0.8 a minute, 22 left
+    when = r"(\S+ )?\d\d:\d\d"
+    assert re.search(rf"in progress  job 4242 on {re.escape(socket.gethostname())} since {when}: 8/30 windows "
+                     rf"\(27%\), 0\.8 win/min since start, ETA 27 min \(~{when}\), saved \d s ago  \[",
+                     line_of(lines, 2))
+    assert "failed       2 of 30 windows failed (OOM) at 10.0-15.0 s; 13/30 windows saved: a rerun retries the " \
+           "failed windows and does the rest" in line_of(lines, 3)
+    assert re.search(rf"held         job 77 on node-gone since {when}, lock stale \(no heartbeat for 20\d\d s\): "
+                     r"the next job takes it over and resumes; 4/30 windows saved", line_of(lines, 4))
+    assert "not started  a run processes it" in line_of(lines, 5)
+    assert "stopped      10/30 windows saved, no job holds it (interrupted, cancelled or a worker failed): a rerun " \
+           "resumes it" in line_of(lines, 6)
+    assert lines[8:] == [
+        "total: 7 videos: 1 done, 1 in progress, 1 failed, 1 stopped, 1 incomplete, 1 held, 1 not started; "
+        "4 events in the finals",
+        "events by label: Goal 2, Corner 1, Foul 1",
+        "left: ~115 windows in 5 videos (1 of unknown length counted at ~30 windows, the mean of the 6 videos whose "
+        "length is known)"] + [lines[11]]
+    assert re.fullmatch(r"estimate: ~2 h 2\d min more \(~\S+\) at 0\.8 win/min, the rate of the 1 video in "
+                        r"progress now; more jobs at once go faster", lines[11])
+
+
+def test_every_state_one_aligned_line_each_and_totals(tmp_path):
+    project = build(tmp_path)
+    code, lines, err = status("--project", project)
+    assert code == 0, err
+    check_every_state(lines)
+    code, lines, _ = status("--videos", "0-1,5,9-12", cwd=project)  # in the project: no SOCCER_PROJECT needed
+    assert code == 0 and [line.split("  ")[1].strip() for line in lines[1:4]] == ["done", "incomplete",
+                                                                                "not started"]
+    assert lines[4] == "videos 9-12 are not in videos.txt (it lists 7 videos)"
+    assert lines[-1] == "estimate: no rate yet (no video in progress has saved windows for 30 s); run again while " \
+                        "a job runs"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--videos", "3-1"], "argument --videos: '3-1': use indices and ranges like 0-9,12 (or all)"),
+    (["--watch", "0"], "argument --watch: '0' is not a number of seconds above 0: use e.g. --watch 60"),
+    (["--watch", "soon"], "argument --watch: 'soon' is not a number of seconds above 0: use e.g. --watch 60"),
+    (["--since", "1h"], "unrecognized arguments: --since 1h")])
+def test_bad_arguments_are_one_line_naming_the_argument_exit_2(args, message):
+    code, lines, err = status(*args)
+    assert (code, lines, err) == (2, [], f"status_llava.py: error: {message} (see --help)\n")
+
+
+def test_watch_prints_again_until_interrupted(tmp_path):
+    project = build(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    p = subprocess.Popen([sys.executable, str(ROOT / "status_llava.py"), "--project", str(project), "--watch",
+                          "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2.5)
+    p.send_signal(2)  # Ctrl-C
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert out.count("status of ") >= 2 and "Traceback" not in err
+
+
+def test_read_only_project_read_by_user_nobody(open_tmp):
+    """chmod a-w, read by a user for whom it counts: the same lines, and not one file created or changed."""
+    project = build(open_tmp)
+    for path in [*project.rglob("*"), project]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = {p: p.stat().st_mtime for p in project.rglob("*")}
+    code, lines, err = status("--project", project, prefix=nobody_prefix(), cwd=open_tmp)
+    assert code == 0, err
+    check_every_state(lines)
+    assert {p: p.stat().st_mtime for p in project.rglob("*")} == before
+
+
+def test_files_older_than_made_by(tmp_path, video_25fps):
+    """A seed-format final (one {time, raw} record per window, no made_by) and a partial that is a plain list:
+    labels counted as compare_counts.py counts them, the length read from the video itself."""
+    project = make_project(tmp_path, {"a/1_224p.mkv": video_25fps, "b/1_224p.mkv": video_25fps})
+    (project / "videos.txt").write_text("a/1_224p.mkv\nb/1_224p.mkv\n")
+    write(settings.final_path(project, 0), [{"time": 0.0, "raw": GOAL}, {"time": 2.0, "raw": GOAL},
+                                            {"time": 4.0, "raw": "None"}])
+    write(settings.partial_path(project, 1, 0), [{"time": 2.0 * k, "raw": "None"} for k in range(5)])
+    code, lines, err = status("--project", project)
+    assert code == 0, err
+    assert line_of(lines, 0) == "0  done     1 event: Goal 1  [a/1_224p.mkv]"  # two windows, one goal
+    assert line_of(lines, 1).startswith("1  stopped  5/30 windows saved, no job holds it")
+    shutil.rmtree(project / "raw_data")  # no videos.txt, no video: the files alone
+    (project / "videos.txt").unlink()
+    code, lines, err = status("--project", project)
+    assert code == 0 and line_of(lines, 1).startswith("1  stopped  5/? windows saved"), err
+    assert lines[-1] == "left: 1 video of unknown length (no final or partial says a length yet)"
+
+
+@pytest.mark.slow
+def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, cluster, base_env):  # noqa: F811
+    """sbatch submit_llava.sh 0 on a 100 s video (50 windows); while it runs, status names the job."""
+    video = synthetic.make_video(tmp_path_factory.mktemp("status_video") / "long.mkv", 100)
+    site = Site(tmp_path_factory.mktemp("status_site"), "run", {"g/1_224p.mkv": video},
+                {**base_env, "LLAVA_BATCH_SIZE": "1"}, cluster)
+    job = site.sbatch(SUBMIT, "0")
+    try:
+        wait_for_records(site, 0, 2, job)
+        env = {**cluster.env, "SOCCER_PROJECT": str(site.project)}
+        r = subprocess.run([sys.executable, str(ROOT / "status_llava.py"), "--videos", "0"], capture_output=True,
+                           text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert re.match(rf"0  in progress  job {job} on {re.escape(socket.gethostname())} since \d\d:\d\d: "
+                        r"\d+/50 windows \(\d+%\)", lines[1]), r.stdout
+        assert lines[1].endswith("[g/1_224p.mkv]") and "1 in progress" in lines[2]
+    finally:
+        cluster.run("scancel", job, check=False)
+        cluster.wait_job(job, timeout=120)
