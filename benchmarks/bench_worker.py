@@ -19,6 +19,9 @@ time split of one window: decode video, preprocess, vision tower, prefill, per n
 answers + JSON) wall and GPU-busy seconds and kernel seconds per kind (GEMM, NF4 dequantize, ...),
 and writes its timeline beside --out (trace_QUANT_TOKENS.json.gz);
 --decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
+The benchmark changes nothing of the package: it makes its own engines (llava_soccer/engine.py) over one
+loaded model and watches through seams (worker.run's on_batch, the decoder's on_logits and its profiler
+ranges).
 --assume-gpu CC,GIB runs every setting with the plan of that GPU (llava_soccer/gpus.py), PyTorch's
 memory capped at what such a card leaves; --plan-check CC ... compares the first-token logits and
 greedy tokens of those plans (e.g. fp16 compute on 7.x) with the real GPU's plan on real windows,
@@ -27,7 +30,6 @@ as real ones do (random weights never stop by themselves).
 Writes everything as JSON to --out (default $OUT/bench.json or ./bench.json).
 """
 import argparse
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -43,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from llava_soccer import decoding, gpus, synthetic, videos, worker  # noqa: E402
-from llava_soccer import model as llava  # noqa: E402
+from llava_soccer import decoding, gpus, loading, prompt, synthetic, videos, worker  # noqa: E402
+from llava_soccer.config import WorkerSettings  # noqa: E402
+from llava_soccer.engine import Engine  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
 
@@ -89,24 +92,24 @@ class UtilSampler(threading.Thread):
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def time_split(model, processor, info, max_new_tokens, plan):
+def time_split(engine, info, max_new_tokens):
     """Seconds of each stage for one window (the second of the video, after a warm-up)."""
+    model = engine.model
     t = time.perf_counter()
     (_, _, times, frames), = videos.iter_windows(info, [1])
     decode = time.perf_counter() - t
     t = time.perf_counter()
-    windows = llava.prepare(processor, [(times, frames)])
+    windows = prompt.prepare(engine.processor, [(times, frames)])
     preprocess = time.perf_counter() - t
     pixels = windows[0]["pixel_values"].to(model.device, model.dtype)
     sizes = windows[0]["image_sizes"].to(model.device)
-    llava.generate(model, processor, windows, 2, plan=plan)  # the plan's self-checks, outside the timing
-    with torch.inference_mode():
+    engine.generate(windows, 2)  # the engine's self-checks, outside the timing
+    with torch.inference_mode(), engine.attention():
         vision, _ = timed(lambda: model.model.get_image_features(pixels, sizes))
-        prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens, plan.prefill_chunk))
+        prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens, engine.plan.prefill_chunk))
     split = {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision, "prefill_s": prefill}
     for decoder in ("fast", "transformers"):
-        full, _ = timed(lambda d=decoder: llava.generate(model, processor, windows, max_new_tokens, decoder=d,
-                                                         plan=plan))
+        full, _ = timed(lambda d=decoder: engine.generate(windows, max_new_tokens, decoder=d))
         split[f"{decoder}_per_new_token_ms"] = 1000 * (full - prefill) / (max_new_tokens - 1)
     return {**split, "tokens": int(windows[0]["input_ids"].shape[1])}
 
@@ -117,17 +120,18 @@ def plan_check(ckpt, visual_tokens, info, variants, windows=(1, 2, 3), new_token
     the first token's logits (largest difference, same argmax, inf/NaN) and how many leading greedy
     tokens agree, per window."""
     from transformers.cache_utils import DynamicCache
-    device, found, reference = llava.pick_device(0), {}, None
+    device, found, reference = loading.pick_device(0), {}, None
     for name, quant, flags in variants:
-        plan = gpus.for_device(device, quant, **flags)
-        model, processor = llava.load(ckpt, quant, device, visual_tokens, plan)
-        inputs = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
-        with torch.inference_mode(), llava._attention(model, plan.prefill_attention):
+        plan = gpus.plan(WorkerSettings(quantization=quant, **flags), gpus.detect(device))
+        engine = Engine.load(ckpt, plan, device, visual_tokens)
+        model = engine.model
+        inputs = prompt.prepare(engine.processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
+        with torch.inference_mode(), engine.attention():
             embeds = (decoding.embed(model, decoding.on_model(model, w), plan.prefill_chunk) for w in inputs)
             logits = torch.stack([decoding.last_logits(model, e, DynamicCache(), plan.prefill_chunk)[0].float().cpu()
                                   for e in embeds])
-            ids = decoding.greedy(model, inputs, new_tokens, [-1], processor.tokenizer.pad_token_id, plan).cpu()
-        del model, processor
+            ids = engine.decoder.greedy(inputs, new_tokens, [-1], engine.processor.tokenizer.pad_token_id).cpu()
+        del engine, model
         torch.cuda.empty_cache() if CUDA else None
         if reference is None:
             reference = logits, ids
@@ -165,63 +169,28 @@ def _busy(intervals):
     return total / 1e6
 
 
-def profile(model, processor, info, batch, plan, max_new_tokens, trace=None):
-    """One whole batch of the worker under torch.profiler: llava.generate on `batch` windows (the
+def profile(engine, info, batch, max_new_tokens, trace=None):
+    """One whole batch of the worker under torch.profiler: engine.generate on `batch` windows (the
     prefill of each, the decode steps with the CUDA graph's capture), then the answers' parsing
     and the partial JSON's write. Per phase: wall seconds, GPU busy and idle seconds, and kernel
-    seconds per kind (KERNEL_KINDS). The plan's self-checks and compiles run in a warm-up batch.
+    seconds per kind (KERNEL_KINDS). The engine's self-checks and compiles run in a warm-up batch.
     trace: also write the profiler's timeline there (gzipped Chrome trace: chrome://tracing, Perfetto)."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
     from llava_soccer.events import window_events
     frames = list(videos.iter_windows(info, range(batch)))
-    windows = llava.prepare(processor, [(w.times, w.frames) for w in frames])
-    llava.generate(model, processor, windows, max_new_tokens, plan=plan)  # warm-up
-    saved = decoding.prefill, decoding.graphed
-
-    def phase(name, fn):
-        def run(*args, **kwargs):
-            with record_function(f"phase {name}"):
-                out = fn(*args, **kwargs)
-                sync()
-            return out
-        return run
-    decoding.prefill, decoding.graphed = phase("prefill", saved[0]), phase("graph capture", saved[1])
-    try:
-        with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
-            with record_function("phase batch"):
-                texts = llava.generate(model, processor, windows, max_new_tokens, plan=plan)
-                sync()
-                with record_function("phase answers + JSON"):
-                    records = [{"time": w.start, "raw": t, "events": window_events(w.start, t, w.times)[0]}
-                               for w, t in zip(frames, texts)]
-                    atomic_write_json(Path(tempfile.mkdtemp()) / "partial.json", records)
-    finally:
-        decoding.prefill, decoding.graphed = saved
-    events = prof.events()
-    # CPU-side ranges (each ends after a sync, so its GPU work lies inside it); the profiler also
-    # shows each range as a GPU annotation of the same name: not a kernel
-    ranges = {e.name[6:]: (e.time_range.start, e.time_range.end) for e in events
-              if e.name.startswith("phase ") and e.device_type == DeviceType.CPU}
-    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in events
-               if e.device_type == DeviceType.CUDA and not e.name.startswith("phase ")]
-    b0, b1 = ranges["batch"]
-    p1 = ranges["prefill"][1]
-    bounds = {"prefill": (b0, p1), "decode (incl. graph capture)": (p1, ranges["answers + JSON"][0]),
-              "answers + JSON": ranges["answers + JSON"], "whole batch": (b0, b1)}
-    capture = ranges.get("graph capture")  # none on CPU
-    found = {"windows": batch, "max_new_tokens": max_new_tokens,
-             "graph_capture_s": capture and (capture[1] - capture[0]) / 1e6}
-    for name, (a, b) in bounds.items():
-        inside = [(s, e, n) for s, e, n in kernels if a <= s < b]
-        kinds = {}
-        for s, e, n in inside:
-            kinds[_kind(n)] = kinds.get(_kind(n), 0.0) + (e - s) / 1e6
-        busy = _busy([(s, e) for s, e, _ in inside])
-        found[name] = {"wall_s": (b - a) / 1e6, "gpu_busy_s": busy, "gpu_idle_s": (b - a) / 1e6 - busy,
-                       "kernels_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+    windows = prompt.prepare(engine.processor, [(w.times, w.frames) for w in frames])
+    engine.generate(windows, max_new_tokens)  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
+        with record_function("phase batch"):
+            texts = engine.generate(windows, max_new_tokens)
+            sync()
+            with record_function("phase answers + JSON"):
+                records = [{"time": w.start, "raw": t, "events": window_events(w.start, t, w.times)[0]}
+                           for w, t in zip(frames, texts)]
+                atomic_write_json(Path(tempfile.mkdtemp()) / "partial.json", records)
+    found = {"windows": batch, "max_new_tokens": max_new_tokens, **_phases(prof.events())}
     if trace:
         import gzip
         import shutil
@@ -235,15 +204,46 @@ def profile(model, processor, info, batch, plan, max_new_tokens, trace=None):
     return found
 
 
-def decoder_check(model, processor, info, plan, new_tokens=24):
+def _phases(events):
+    """Per phase of a profiled batch: wall seconds, GPU busy/idle seconds and kernel seconds per kind. The
+    bench's own ranges ("phase ...") end after a sync, so their GPU work lies inside them; the decoder's
+    ("llava prefill", "llava graph capture") do not sync: on a GPU their GPU-side annotation (the span of
+    their kernels) is used, on a CPU their own span."""
+    from torch.autograd import DeviceType
+
+    def span(name):
+        found = {e.device_type: (e.time_range.start, e.time_range.end) for e in events if e.name == name}
+        return found.get(DeviceType.CUDA) or found.get(DeviceType.CPU)
+    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in events
+               if e.device_type == DeviceType.CUDA and not e.name.startswith(("phase ", "llava "))]
+    b0, b1 = span("phase batch")
+    answers = span("phase answers + JSON")
+    p1 = span("llava prefill")[1]
+    bounds = {"prefill": (b0, p1), "decode (incl. graph capture)": (p1, answers[0]), "answers + JSON": answers,
+              "whole batch": (b0, b1)}
+    capture = span("llava graph capture")  # none on CPU, nor when the graph was kept from the warm-up
+    found = {"graph_capture_s": capture and (capture[1] - capture[0]) / 1e6}
+    for name, (a, b) in bounds.items():
+        inside = [(s, e, n) for s, e, n in kernels if a <= s < b]
+        kinds = {}
+        for s, e, n in inside:
+            kinds[_kind(n)] = kinds.get(_kind(n), 0.0) + (e - s) / 1e6
+        busy = _busy([(s, e) for s, e, _ in inside])
+        found[name] = {"wall_s": (b - a) / 1e6, "gpu_busy_s": busy, "gpu_idle_s": (b - a) / 1e6 - busy,
+                       "kernels_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+    return found
+
+
+def decoder_check(engine, info, new_tokens=24):
     """Greedy tokens of two windows from the fast decoder (CUDA graph, eager) and transformers'
     generate: are they the same? (Near-equal logits may flip under bf16 rounding; the count says how far they agree.)"""
     from transformers.cache_utils import DynamicCache
-    windows = llava.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
+    model, processor, plan = engine.model, engine.processor, engine.plan
+    windows = prompt.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
     eos, pad = [model.generation_config.eos_token_id], processor.tokenizer.pad_token_id
-    with torch.inference_mode():  # logits of one new token: the fast step vs the model's own forward
+    with torch.inference_mode(), engine.attention():  # logits of one new token: the fast step vs the model's forward
         first, lengths, kv = decoding.prefill(model, windows[:1], 1, plan.prefill_chunk)
-        ours = decoding.Step(model, *kv, plan.decode_attention)(first, lengths)[0].float()
+        ours = decoding.Step(model, *kv, engine.decoder.attention)(first, lengths)[0].float()
         one = decoding.on_model(model, windows[0])
         cache = DynamicCache()
         model(**one, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -251,11 +251,11 @@ def decoder_check(model, processor, info, plan, new_tokens=24):
         del cache, kv
     logits = {"max_abs_logit": theirs.abs().max().item(), "max_abs_diff_fast_vs_transformers":
               (ours - theirs).abs().max().item(), "same_argmax": bool(ours.argmax() == theirs.argmax())}
-    with torch.inference_mode():
-        ids = {"graph": decoding.greedy(model, windows, new_tokens, eos, pad, plan),
-               "eager": decoding.greedy(model, windows, new_tokens, eos, pad,
-                                        dataclasses.replace(plan, cuda_graphs=False, checked=set(), kept={}))}
-        batch = decoding.on_model(model, llava.collate(processor, windows))
+    with torch.inference_mode(), engine.attention():
+        ids = {"graph": decoding.Decoder(model, plan).greedy(windows, new_tokens, eos, pad),
+               "eager": decoding.Decoder(model, dataclasses.replace(plan, cuda_graphs=False)).greedy(
+                   windows, new_tokens, eos, pad)}
+        batch = decoding.on_model(model, prompt.collate(processor, windows))
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
 
@@ -273,7 +273,7 @@ def attention_check(model, processor, info, new_tokens=16):
     greedy answers of `new_tokens` tokens agree when each backend is tried first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     (_, _, times, frames), = videos.iter_windows(info, [1])
-    inputs = decoding.on_model(model, llava.prepare(processor, [(times, frames)])[0])
+    inputs = decoding.on_model(model, prompt.prepare(processor, [(times, frames)])[0])
     # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
     backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
     logits, answers = {}, {}
@@ -292,52 +292,48 @@ def attention_check(model, processor, info, new_tokens=16):
             f"same_{new_tokens}_greedy_tokens_as_flash": {k: answers[k] == answers["flash"] for k in answers}}
 
 
-@contextlib.contextmanager
-def answer_lengths(spec, eos):
+class AnswerLengths:
     """Random weights never stop: with spec "3:0.8,60:0.2", the fast decoder's rows end (emit eos)
     after 3 tokens in 80% of the batch rows and 60 in 20% (row r of each batch gets slot r of a
-    fixed shuffled pattern of 10), as real answers do ("None" is two tokens + </s>)."""
-    if not spec:
-        yield
-        return
-    import random
-    pattern = [int(n) for n, share in (part.split(":") for part in spec.split(","))
-               for _ in range(round(10 * float(share)))]
-    random.Random(0).shuffle(pattern)
-    real = decoding.Step.__call__
+    fixed shuffled pattern of 10), as real answers do ("None" is two tokens + </s>). An on_logits
+    seam of the decoder (inside the decode step and its CUDA graph: tensor operations only)."""
 
-    def call(self, tokens, positions):
-        logits = real(self, tokens, positions)
-        if not hasattr(self, "stop_at"):  # first call: positions are the prompt lengths; token 0 came from prefill
-            rows = torch.tensor([pattern[r % len(pattern)] for r in range(len(positions))], device=positions.device)
-            self.stop_at = positions + rows - 2
-        logits[:, eos] = torch.where(positions >= self.stop_at, 1e4, logits[:, eos])  # graph-safe: tensor ops
+    def __init__(self, spec, eos):
+        import random
+        self.pattern = [int(n) for n, share in (part.split(":") for part in spec.split(","))
+                        for _ in range(round(10 * float(share)))]
+        random.Random(0).shuffle(self.pattern)
+        self.eos, self.stop_at = eos, {}
+
+    def __call__(self, logits, positions):
+        b = len(positions)
+        if b not in self.stop_at:  # a batch size's first step: positions are the prompt lengths (token 0: prefill)
+            rows = torch.tensor([self.pattern[r % len(self.pattern)] for r in range(b)], device=positions.device)
+            self.stop_at[b] = positions + rows - 2
+        logits[:, self.eos] = torch.where(positions >= self.stop_at[b], 1e4, logits[:, self.eos])
         return logits
-    decoding.Step.__call__ = call
-    try:
-        yield
-    finally:
-        decoding.Step.__call__ = real
 
 
-@contextlib.contextmanager
-def batch_ends():
-    """[(seconds, windows)] at the end of each batch the worker answers inside the block."""
-    ends, real = [], worker.Worker.answer
+class Engines:
+    """The bench's engines over one loaded model: one per plan (its kernels installed once: FP8 layers are
+    made once, and their fused kernels are checked on the bf16 weights), each given a fresh decoder for
+    every run, as the worker's own engine starts each slice."""
 
-    def answer(self, batch):
-        records = real(self, batch)
-        ends.append((time.perf_counter(), len(batch)))
-        return records
-    worker.Worker.answer = answer
-    try:
-        yield ends
-    finally:
-        worker.Worker.answer = real
+    def __init__(self, model, processor):
+        self.model, self.processor, self.made = model, processor, {}
+
+    def get(self, plan, on_logits=None):
+        key = dataclasses.replace(plan, batch_size="any")  # the batch size is the worker's, not the engine's
+        if key not in self.made:
+            self.made[key] = Engine(self.model, self.processor, plan)
+            self.made[key].install()
+        engine = self.made[key]
+        engine.reset(on_logits)
+        return engine
 
 
-def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
-               fused="no", assume=None, visual_tokens="full", nf4_weights="auto"):
+def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
+               fused="no", assume=None, visual_tokens="full", nf4_weights="auto", on_logits=None):
     """llava_soccer.worker.run over the first `windows` windows; the partial file pretends the rest are done.
     s_per_window counts the whole run; steady_s_per_window the batches after the first (a real slice
     has ~375 windows, so the first batch's wait for its windows and its self-checks weigh little)."""
@@ -347,23 +343,23 @@ def run_worker(model, processor, ckpt, video, windows, batch, decoder, max_new_t
     info = videos.probe(video)
     rest = [{"time": info.window_start(k), "raw": "None", "status": "ok", "events": []}
             for k in range(windows, info.n_windows)]
-    # every setting of llava_split_worker.py's flags, spelled out: the caller's LLAVA_* variables do not apply
-    args = argparse.Namespace(gpu_id=0, num_workers=1, video_index=0, project=str(project), model=str(ckpt),
-                              quantization=quant, batch_size=str(batch), max_batch_size=16, decoder=decoder,
-                              max_new_tokens=max_new_tokens, temperature=0.0, top_p=0.9, assume_gpu=assume,
-                              attention=attention, prefill_chunk="auto", decode_attention="auto", fused_kernels=fused,
-                              nf4_weights=nf4_weights, cuda_graphs="auto", visual_tokens=visual_tokens,
-                              print_plan=False, replace_mismatched=False,
-                              progress_every=1e9)
-    made_by = worker.identity(args, worker.plan_for(args)[1], project, project / "raw_data" / "match.mkv", info)
+    # every setting spelled out: the caller's LLAVA_* variables do not apply
+    cfg = WorkerSettings(gpu_id=0, num_workers=1, video_index=0, project=str(project), model=str(ckpt),
+                         quantization=quant, batch_size=str(batch), decoder=decoder, max_new_tokens=max_new_tokens,
+                         assume_gpu=assume, attention=attention, fused_kernels=fused, nf4_weights=nf4_weights,
+                         visual_tokens=visual_tokens, progress_every=1e9)
+    plan = worker.plan_for(cfg)[1]
+    made_by = worker.identity(cfg, plan, project, project / "raw_data" / "match.mkv", info)
     atomic_write_json(partial_path(project, 0, 0), worker.partial_doc(made_by, rest))
+    engine = engines.get(plan, on_logits)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     sampler = UtilSampler()
     if CUDA:
         sampler.start()
-    with batch_ends() as ends:
-        seconds, code = timed(lambda: worker.run(args, loaded=(model, processor)))
+    ends = []  # (seconds, windows) at the end of each batch
+    seconds, code = timed(lambda: worker.run(cfg, engine, on_batch=lambda new: ends.append((time.perf_counter(),
+                                                                                             len(new)))))
     util = sampler.stop()
     assert code == worker.EXIT_DONE, f"the worker ended its slice with exit code {code}"
     per_window = seconds / windows
@@ -384,7 +380,7 @@ def half_on_4_gpus(seconds, windows, first, steady):
     return seconds - (windows - first) * steady + (HALF_WINDOWS / 4 - first) * steady
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, help="a 224p H.264 video of at least --windows * 2 s")
     p.add_argument("--checkpoint", default=None, help="reuse a full-size checkpoint directory (default: build one)")
@@ -421,82 +417,65 @@ def main(argv=None):
                    help="end answers as real ones do instead, e.g. 3:0.8,60:0.2 (80%% of the windows 3 tokens, 20%% "
                         "60; shares in tenths; the fast decoder's rows stop there, --max-new-tokens still caps)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench.json"))
-    a = p.parse_args(argv)
-    video = os.path.abspath(a.video)
-    info = videos.probe(video)
-    ckpt = a.checkpoint
-    if ckpt is None:
-        ckpt = tempfile.mkdtemp(prefix="llava_full_")
-        t = time.perf_counter()
-        synthetic.make_checkpoint(ckpt, "full", dtype="bfloat16", device="cuda")
-        print(f"built the full-size checkpoint in {time.perf_counter() - t:.0f} s", flush=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return p.parse_args(argv)
+
+
+def bench_quantization(a, quant, ckpt, video, info, results):
+    """Load the model in this quantization once; warm up; time the split of one window and run the checks
+    asked for with the plan's own engine; then every setting of the worker through worker.run."""
+    t = time.perf_counter()
+    device = loading.pick_device(0)
+    plan = gpus.plan(WorkerSettings(quantization=quant, assume_gpu=a.assume_gpu, nf4_weights=a.nf4_weights),
+                     gpus.detect(device))
+    gpus.apply_memory(plan, device)
+    print(plan.line(), flush=True)
+    engines = Engines(*loading.load(ckpt, plan, device, a.visual_tokens))
+    print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
+    common = dict(assume=a.assume_gpu, visual_tokens=a.visual_tokens, nf4_weights=a.nf4_weights)
+    for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)
+        for batch in (1, 2):
+            run_worker(engines, ckpt, video, 2, batch, "fast", 8, quant, fused=fused, **common)
+    engine = engines.get(plan)
+    results["split"][quant] = split = time_split(engine, info, a.max_new_tokens)
+    print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
+    run_checks(a, quant, engine, info, results)
+    engine.reset()  # the checks' KV buffers: not in the settings' peaks
+    if CUDA:
+        torch.cuda.empty_cache()
+    eos = engines.model.generation_config.eos_token_id
+    for fused, decoder, attention, batch in itertools.product(a.fused_kernels, a.decoders, a.attentions,
+                                                              a.batch_sizes):
+        try:
+            r = run_worker(engines, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant, attention, fused,
+                           on_logits=AnswerLengths(a.answer_lengths, eos) if a.answer_lengths else None, **common)
+            r["answer_lengths"] = a.answer_lengths
+        except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
+            r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
+                 "fused_kernels": fused, "error": f"{type(e).__name__}: {e}"}
+        results["runs"].append(r)
+        print(json.dumps(r), flush=True)
+
+
+def run_checks(a, quant, engine, info, results):
+    """The checks asked for (--attention-check, --decoder-check, --profile), each reported, never fatal."""
     profile_batch = max((int(b) for b in a.batch_sizes if b.isdigit()), default=1)
-    results = {"gpu": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "video": a.video,
-               "max_new_tokens": a.max_new_tokens, "visual_tokens": a.visual_tokens, "split": {}, "runs": []}
-    for quant in a.quantization:
-        t = time.perf_counter()
-        device = llava.pick_device(0)
-        plan = gpus.for_device(device, quant, assume_gpu=a.assume_gpu, nf4_weights=a.nf4_weights)
-        gpus.apply_memory(plan, device)
-        print(plan.line(), flush=True)
-        model, processor = llava.load(ckpt, quant, device, a.visual_tokens, plan)
-        print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
-        for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)
-            for batch in (1, 2):
-                run_worker(model, processor, ckpt, video, 2, batch, "fast", 8, quant, fused=fused, assume=a.assume_gpu,
-                           visual_tokens=a.visual_tokens, nf4_weights=a.nf4_weights)
-        results["split"][quant] = split = time_split(model, processor, info, a.max_new_tokens, plan)
-        print(f"{quant} split: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
-        checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
-                  "decoder_check": (decoder_check, (a.decoder_check == "yes", plan)),
-                  "profile": (profile, (a.profile == "yes", profile_batch, plan, a.max_new_tokens,
-                                       Path(a.out).with_name(f"trace_{quant}_{a.visual_tokens}.json.gz")))}
-        for name, (check, (wanted, *extra)) in checks.items():
-            if not wanted:
-                continue
-            try:
-                found = check(model, processor, info, *extra)
-            except Exception as e:  # report, and still run the settings
-                found = {"error": f"{type(e).__name__}: {e}"}
-            results.setdefault(name, {})[quant] = found
-            for k, v in found.items():
-                print(f"{quant} {name} {k}:" + (f"\n{v}" if isinstance(v, str) and "\n" in v else f" {v}"), flush=True)
-        plan.kept.clear()  # the checks' KV buffers: not in the settings' peaks
-        if CUDA:
-            torch.cuda.empty_cache()
-        for fused, decoder, attention, batch in itertools.product(a.fused_kernels, a.decoders, a.attentions,
-                                                                  a.batch_sizes):
-            try:
-                with answer_lengths(a.answer_lengths, model.generation_config.eos_token_id):
-                    r = run_worker(model, processor, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant,
-                                   attention, fused, a.assume_gpu, a.visual_tokens, a.nf4_weights)
-                r["answer_lengths"] = a.answer_lengths
-            except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
-                r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
-                     "fused_kernels": fused, "error": f"{type(e).__name__}: {e}"}
-            results["runs"].append(r)
-            print(json.dumps(r), flush=True)
-        del model, processor
-        if CUDA:
-            torch.cuda.empty_cache()
-        if a.plan_check:
-            results.setdefault("plan_check", {})[quant] = found = plan_check(
-                ckpt, a.visual_tokens, info,
-                [(quant, quant, {}), *((cc, quant, {"assume_gpu": cc}) for cc in a.plan_check)])
-            for k, v in found.items():
-                print(f"{quant} plan_check {k}: {v}", flush=True)
-    if a.nf4_check == "yes":
-        results["nf4_check"] = found = plan_check(ckpt, a.visual_tokens, info, [
-            ("packed", "nf4", {"nf4_weights": "packed"}), ("dequantized", "nf4", {"nf4_weights": "dequantized"})])
+    checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
+              "decoder_check": (decoder_check, (a.decoder_check == "yes",)),
+              "profile": (profile, (a.profile == "yes", profile_batch, a.max_new_tokens,
+                                    Path(a.out).with_name(f"trace_{quant}_{a.visual_tokens}.json.gz")))}
+    for name, (check, (wanted, *extra)) in checks.items():
+        if not wanted:
+            continue
+        try:
+            found = check(engine, info, *extra)
+        except Exception as e:  # report, and still run the settings
+            found = {"error": f"{type(e).__name__}: {e}"}
+        results.setdefault(name, {})[quant] = found
         for k, v in found.items():
-            print(f"nf4_check {k}: {v}", flush=True)
-    if a.quant_check:
-        results["quant_check"] = found = plan_check(ckpt, a.visual_tokens, info,
-                                                    [("bf16", "bf16", {}), *((q, q, {}) for q in a.quant_check)])
-        for k, v in found.items():
-            print(f"quant_check {k}: {v}", flush=True)
-    atomic_write_json(a.out, results)
+            print(f"{quant} {name} {k}:" + (f"\n{v}" if isinstance(v, str) and "\n" in v else f" {v}"), flush=True)
+
+
+def print_table(results):
     print("\n| quant | batch | decoder+attention+fused | s/window | after the first batch | GPU util | peak GiB "
           "| 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -510,6 +489,41 @@ def main(argv=None):
         steady = f"{r['steady_s_per_window']:.3f}" if r["steady_s_per_window"] is not None else "n/a"
         print(f"{setting} {r['s_per_window']:.3f} | {steady} | {util} | {peak} | "
               f"{r['half_on_4_gpus_min']:.1f} min |")
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    video = os.path.abspath(a.video)
+    info = videos.probe(video)
+    ckpt = a.checkpoint
+    if ckpt is None:
+        ckpt = tempfile.mkdtemp(prefix="llava_full_")
+        t = time.perf_counter()
+        synthetic.make_checkpoint(ckpt, "full", dtype="bfloat16", device="cuda")
+        print(f"built the full-size checkpoint in {time.perf_counter() - t:.0f} s", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    results = {"gpu": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "video": a.video,
+               "max_new_tokens": a.max_new_tokens, "visual_tokens": a.visual_tokens, "split": {}, "runs": []}
+    for quant in a.quantization:
+        bench_quantization(a, quant, ckpt, video, info, results)
+        if CUDA:
+            torch.cuda.empty_cache()
+        if a.plan_check:
+            results.setdefault("plan_check", {})[quant] = found = plan_check(
+                ckpt, a.visual_tokens, info,
+                [(quant, quant, {}), *((cc, quant, {"assume_gpu": cc}) for cc in a.plan_check)])
+            for k, v in found.items():
+                print(f"{quant} plan_check {k}: {v}", flush=True)
+    checks = {"nf4_check": [("packed", "nf4", {"nf4_weights": "packed"}),
+                            ("dequantized", "nf4", {"nf4_weights": "dequantized"})] if a.nf4_check == "yes" else [],
+              "quant_check": [("bf16", "bf16", {}), *((q, q, {}) for q in a.quant_check)] if a.quant_check else []}
+    for name, variants in checks.items():
+        if variants:
+            results[name] = found = plan_check(ckpt, a.visual_tokens, info, variants)
+            for k, v in found.items():
+                print(f"{name} {k}: {v}", flush=True)
+    atomic_write_json(a.out, results)
+    print_table(results)
 
 
 if __name__ == "__main__":

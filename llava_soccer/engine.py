@@ -23,7 +23,11 @@ class Engine:
         """on_logits: decoding.Decoder's seam (inside each decode step)."""
         self.model, self.processor, self.plan = model, processor, plan
         self.fused = False  # fused kernels installed (and passed their self-check)
-        self.decoder = decoding.Decoder(model, plan, on_logits)
+        self.reset(on_logits)
+
+    def reset(self, on_logits=None):
+        """A fresh decoder: no buffers or graph kept, its optional paths checked again on first use."""
+        self.decoder = decoding.Decoder(self.model, self.plan, on_logits)
 
     @classmethod
     def load(cls, model_id, plan, device, visual_tokens="full", **seams) -> "Engine":

@@ -4,7 +4,7 @@ compute capability and memory, so the same command runs on a GTX 1080 Ti and on 
     python llava_split_worker.py --gpu-id 0 --num-workers 4 --video-index 0 --print-plan
     python llava_split_worker.py ... --assume-gpu 7.5,24      # plan (and on a GPU run, memory capped) as a Titan RTX
 
-The rules (README "Which GPUs"; sources in the comments):
+The rules (docs/gpus.md; sources in the comments):
 - 8.0+ (A100, L40S, H100, H200): bf16 compute, cuDNN/flash attention, Triton decode attention,
   torch.compile'd elementwise kernels, CUDA-graph decode.
 - 7.x (Titan V, V100, Titan RTX, T4): no bf16 in hardware (Turing/Volta MMA has fp16 only), so fp16
@@ -29,7 +29,7 @@ import re
 
 from .jsonio import InputError
 
-# --assume-gpu CC without GIB: the memory of the users' cards of that capability (README table).
+# --assume-gpu CC without GIB: the memory of the users' cards of that capability (docs/gpus.md table).
 TYPICAL = {(6, 0): ("Tesla P100", 16), (6, 1): ("GTX 1080 Ti", 11), (7, 0): ("Titan V", 12),
            (7, 5): ("Titan RTX", 24), (8, 0): ("A100", 80), (8, 6): ("RTX 3090", 24), (8, 9): ("L40S", 48),
            (9, 0): ("H100", 80)}

@@ -1,6 +1,6 @@
 """The pipeline's fixed numbers and names: sampling, windows, time tolerances, classes, file names, paths.
 
-(The GPU plans' numbers are in gpus.py, the worker's flags in llava_split_worker.py.)
+(The GPU plans' numbers are in gpus.py, the worker's settings and flags in config.py.)
 
 The numbers match the earlier Qwen runs (see the seed README) so the models compare fairly.
 """

@@ -12,6 +12,7 @@ The partial is {"made_by": what made it (provenance.py), "windows": [one record 
 record's status is "ok" (answered), "failed" (OOM or an error: a rerun retries it) or "undecodable"
 (no frame could be decoded: a rerun of the same file cannot fill it).
 """
+import dataclasses
 import logging
 import os
 import queue
@@ -34,7 +35,8 @@ from .jsonio import (
     read_json,
     remove_stale_temps,
 )
-from .merge import describe_holes, record_time, window_status
+from .merge import describe_holes
+from .records import hole_record, ok_record, record_time, window_status
 
 EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, EXIT_RETRY  # llava_split_worker.py's codes
 MAX_ERRORS_IN_A_ROW = 5
@@ -135,11 +137,6 @@ class Abort(Exception):
     """Too many failures to go on: llava_split_worker.py prints it as one line and exits 1."""
 
 
-def hole(start, end, status, error):
-    """The record of a window without an answer: status "failed" (retried by a rerun) or "undecodable"."""
-    return {"time": start, "end": end, "status": status, "error": error, "raw": None, "events": []}
-
-
 def oom_hint(cfg, plan):
     """What can still lower the memory of one window, given the settings in use."""
     hints = [h for h, useful in (
@@ -159,7 +156,7 @@ class Worker:
 
     def answer(self, batch):
         """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""
-        records = {w.start: hole(w.start, w.start, "undecodable", "no frames decoded")
+        records = {w.start: hole_record(w.start, w.start, "undecodable", "no frames decoded")
                    for w, _ in batch if not w.frames}
         ready = [(w, inputs) for w, inputs in batch if w.frames]
         if ready:
@@ -174,7 +171,7 @@ class Worker:
             raise Abort(f"{MAX_ERRORS_IN_A_ROW} windows in a row failed, last at {w.start}s ({why}): {hint}; the "
                         f"windows done are saved and a rerun retries the failed ones")
         log.warning(log_safe(f"⚠️ {why} at {w.start}s: window failed ({hint}; a rerun retries it)", 1000))
-        return [hole(w.start, w.times[-1], "failed", error)]
+        return [hole_record(w.start, w.times[-1], "failed", error)]
 
     def _answer(self, ready):
         """OOM halves the batch; a lone window that still fails is recorded as failed."""
@@ -198,8 +195,7 @@ class Worker:
         records = []
         for (w, _), text in zip(ready, texts):
             events, ok = window_events(w.start, text, w.times)
-            records.append({"time": w.start, "end": w.times[-1], "frames": w.times, "status": "ok", "raw": text,
-                            "parsed": ok, "events": events})
+            records.append(ok_record(w.start, w.times, text, ok, events))
         return records
 
 
@@ -317,8 +313,8 @@ def run(cfg, engine=None, on_batch=None) -> int:
     log.info(plan.line())
     for warning in plan.warnings:
         log.warning(f"⚠️ {warning}")
-    if engine is not None and engine.plan != plan:
-        raise InputError("the engine given was made for another plan than these settings' (benchmark bug)")
+    if engine is not None and dataclasses.replace(engine.plan, batch_size=plan.batch_size) != plan:
+        raise InputError("the engine given was made for another plan than these settings' (a benchmark's bug)")
     engine = engine or load_engine(cfg, device, plan)
     revision = getattr(engine.model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
     if revision and revision != made_by["model_revision"]:

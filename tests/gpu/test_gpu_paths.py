@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import GOAL_ANSWER
-from llava_soccer import decoding, gpus, synthetic
-from llava_soccer import model as llava
+from llava_soccer import decoding, fused, gpus, loading, prompt, synthetic
+from llava_soccer.config import WorkerSettings
+from llava_soccer.engine import Engine
 
 MODERN = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 needs_modern = pytest.mark.skipif(not MODERN, reason="Triton kernels and torch.compile need compute capability 8.0+")
@@ -20,13 +21,13 @@ needs_modern = pytest.mark.skipif(not MODERN, reason="Triton kernels and torch.c
 
 def windows(processor, n=3, start=0):
     """n windows of 15 barcoded frames, as prepare() makes them for the worker."""
-    return llava.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
+    return prompt.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
                                       [synthetic.frame_image((start + k) * 50 + 5 * j) for j in range(15)])
                                      for k in range(n)])
 
 
 def plan(quantization="fp32", **flags):
-    return gpus.for_device("cuda", quantization, **flags)
+    return gpus.plan(WorkerSettings(quantization=quantization, **flags), gpus.detect("cuda"))
 
 
 @needs_modern
@@ -47,21 +48,21 @@ def test_triton_split_kv_attention_equals_sdpa(rows, heads, group, slots):
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
     ckpt = synthetic.make_checkpoint(tmp_path_factory.mktemp("gpu") / "random", "tiny", seed=3, init_std=0.5)
-    return llava.load(str(ckpt), "bf16", "cuda", plan=plan("bf16"))
+    return loading.load(str(ckpt), plan("bf16"), "cuda")
 
 
-def greedy_ids(model, processor, chosen, n=3, new=24):
+def greedy_ids(decoder, processor, n=3, new=24):
     with torch.inference_mode():
-        return decoding.greedy(model, windows(processor, n), new, [-1], processor.tokenizer.pad_token_id, chosen)
+        return decoder.greedy(windows(processor, n), new, [-1], processor.tokenizer.pad_token_id)
 
 
 @needs_modern
 def test_cuda_graph_and_triton_decoding_give_the_eager_sdpa_tokens(random_model):
     model, processor = random_model
-    eager = greedy_ids(model, processor, plan("bf16", decode_attention="sdpa", cuda_graphs="no"))
-    fast = plan("bf16")  # the 8.0+ default: Triton decode attention in a CUDA graph
-    graphed = greedy_ids(model, processor, fast)
-    assert fast.decode_attention == "triton" and fast.cuda_graphs  # both passed their self-checks
+    eager = greedy_ids(decoding.Decoder(model, plan("bf16", decode_attention="sdpa", cuda_graphs="no")), processor)
+    fast = decoding.Decoder(model, plan("bf16"))  # the 8.0+ default: Triton decode attention in a CUDA graph
+    graphed = greedy_ids(fast, processor)
+    assert fast.attention == "triton" and fast.graphs  # both passed their self-checks
     assert eager.shape == (3, 24)
     # bf16 kernels that add up in another order may flip a near-tie late in a random model's answer
     agree = (graphed == eager).float().mean().item()
@@ -91,12 +92,12 @@ def test_the_graph_replays_the_eager_step_exactly(random_model):
 @needs_modern
 def test_fused_kernels_agree_with_mistrals_own_arithmetic(random_model):
     model, processor = random_model
-    plain = llava._lm_logits(model)
-    assert llava.fuse_elementwise(model, True)
+    plain = fused.lm_logits(model)
+    assert fused.install(model)
     try:
-        assert decoding.relative_error(llava._lm_logits(model), plain) < decoding.SELF_CHECK_MAX_ERROR / 4
+        assert decoding.relative_error(fused.lm_logits(model), plain) < decoding.SELF_CHECK_MAX_ERROR / 4
     finally:
-        llava.fuse_elementwise(model, False)
+        fused.remove(model)
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +115,11 @@ def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, ass
         assert (chosen.compute_dtype, chosen.storage_dtype) == ("float32", "float16")
     if assume in ("6.1,11", "7.0,12"):
         assert chosen.prefill_chunk and chosen.decode_attention == "sdpa" and not chosen.fused_kernels
-    model, processor = llava.load(str(goal_checkpoint_gpu), quantization, "cuda", plan=chosen)
+    engine = Engine.load(str(goal_checkpoint_gpu), chosen, "cuda")
     try:
-        answers = llava.generate(model, processor, windows(processor, 2), max_new_tokens=40, plan=chosen)
+        answers = engine.generate(windows(engine.processor, 2), max_new_tokens=40)
     finally:
-        del model
+        del engine
         torch.cuda.empty_cache()
     assert answers == [GOAL_ANSWER] * 2
 
@@ -129,10 +130,10 @@ def test_dequantized_nf4_weights_give_the_packed_prefill_exactly(tmp_path):
     logits = {}
     for weights in ("packed", "dequantized"):
         chosen = plan("nf4", nf4_weights=weights)
-        model, processor = llava.load(ckpt, "nf4", "cuda", plan=chosen)
+        model, processor = loading.load(ckpt, chosen, "cuda")
         window = windows(processor, 1)[0]
         assert window["input_ids"].shape[1] > 1536
-        with torch.inference_mode(), llava._attention(model, chosen.prefill_attention):
+        with torch.inference_mode(), Engine(model, processor, chosen).attention():
             logits[weights] = model(**decoding.on_model(model, window), logits_to_keep=1).logits[0, -1]
         del model
     assert torch.equal(logits["packed"], logits["dequantized"])
@@ -144,17 +145,17 @@ def test_batches_reuse_the_graph_and_stop_as_generate_does(random_model, tmp_pat
     Rows that all end early stop at generate()'s length although the check of each step is read
     a step late (decoding._Lagged)."""
     model, processor = random_model
-    reused = plan("bf16")
-    ids = [greedy_ids(model, processor, reused, n=2, new=12) for _ in range(2)]
-    assert reused.cuda_graphs and torch.equal(ids[0], ids[1])
-    assert torch.equal(ids[0], greedy_ids(model, processor, plan("bf16"), n=2, new=12))
-    none, none_processor = llava.load(str(synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None")),
-                                      "bf16", "cuda", plan=plan("bf16"))
+    reused = decoding.Decoder(model, plan("bf16"))
+    ids = [greedy_ids(reused, processor, n=2, new=12) for _ in range(2)]
+    assert reused.graphs and torch.equal(ids[0], ids[1])
+    assert torch.equal(ids[0], greedy_ids(decoding.Decoder(model, plan("bf16")), processor, n=2, new=12))
+    none, none_processor = loading.load(str(synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None")),
+                                        plan("bf16"), "cuda")
     inputs = windows(none_processor, 2)
     pad, eos = none_processor.tokenizer.pad_token_id, none.generation_config.eos_token_id
     with torch.inference_mode():
-        fast = decoding.greedy(none, inputs, 30, eos if isinstance(eos, list) else [eos], pad, plan("bf16"))
-        batch = decoding.on_model(none, llava.collate(none_processor, inputs))
+        fast = decoding.Decoder(none, plan("bf16")).greedy(inputs, 30, eos if isinstance(eos, list) else [eos], pad)
+        batch = decoding.on_model(none, prompt.collate(none_processor, inputs))
         slow = none.generate(**batch, max_new_tokens=30, do_sample=False, pad_token_id=pad)
     assert 2 <= fast.shape[1] < 30 and torch.equal(fast, slow[:, batch["input_ids"].shape[1]:])
 
@@ -170,10 +171,11 @@ def test_fp8_linear_is_the_e4m3_product_of_its_scaled_rows():
     torch.manual_seed(0)
     linear = torch.nn.Linear(4096, 1024, bias=False, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(3, 50, 4096, device="cuda", dtype=torch.bfloat16)
-    fp8_linear, fp8_mlp, shared_rows = llava._fp8_classes()
+    from llava_soccer import fp8
+    fp8_linear, shared_rows = fp8.FP8Linear, fp8.SharedRows
     y = fp8_linear(linear.weight.data)(x)
-    xq, scale_x = llava._quantize_rows(x.reshape(-1, 4096))
-    wq, scale_w = llava._quantize_rows(linear.weight)
+    xq, scale_x = fp8.quantize_rows(x.reshape(-1, 4096))
+    wq, scale_w = fp8.quantize_rows(linear.weight)
     emulated = ((xq.float() * scale_x) @ (wq.float() * scale_w).t()).reshape(3, 50, 1024)
     assert y.shape == (3, 50, 1024) and y.dtype == torch.bfloat16
     assert decoding.relative_error(y, emulated) < 0.01  # scales and layouts right: only bf16 output rounding
@@ -192,11 +194,12 @@ def test_fp8_linear_is_the_e4m3_product_of_its_scaled_rows():
                                               (25_103, 28_672, True), (16, 28_672, True), (7, 1000, True)])
 def test_fp8_row_kernel_is_the_torch_quantization(rows, width, gated):
     x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16) * torch.rand(rows, 1, device="cuda") * 9
-    y, scale = llava._fp8_rows(x, gated)
+    from llava_soccer import fp8
+    y, scale = fp8.fp8_rows(x, gated)
     if gated:
         gate, up = x.float().chunk(2, dim=-1)
         x = torch.nn.functional.silu(gate) * up
-    y_torch, scale_torch = llava._quantize_rows(x)
+    y_torch, scale_torch = fp8.quantize_rows(x)
     assert y.shape == y_torch.shape == (rows, width // 2 if gated else width) and scale.shape == (rows, 1)
     assert torch.allclose(scale, scale_torch, rtol=1e-6)
     # Triton's fast fp32 division (not IEEE's) moves a rare value across a rounding boundary: one e4m3 step
@@ -213,7 +216,8 @@ def test_fp8_mlp_is_mistrals_mlp_in_e4m3():
     mlp = MistralMLP(MistralConfig(hidden_size=512, intermediate_size=1536)).cuda().bfloat16()
     x = torch.randn(2, 33, 512, device="cuda", dtype=torch.bfloat16)
     reference = mlp(x)
-    y = llava._fp8_classes()[1](mlp)(x)
+    from llava_soccer import fp8
+    y = fp8.FP8MLP(mlp)(x)
     assert y.shape == reference.shape and y.dtype == torch.bfloat16
     assert 0.005 < decoding.relative_error(y, reference) < 0.08  # e4m3 rounding twice: a few percent, not more
 
@@ -222,13 +226,13 @@ def test_fp8_mlp_is_mistrals_mlp_in_e4m3():
 def test_fp8_model_quantizes_only_the_language_models_linears_and_decodes(random_model, tmp_path):
     _, processor = random_model
     ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
-    fp8, _ = llava.load(str(ckpt), "fp8", "cuda", plan=plan("fp8"))
+    fp8 = Engine.load(str(ckpt), plan("fp8"), "cuda").model
     layer = fp8.model.language_model.layers[0]
     assert {type(m).__name__ for m in (layer.self_attn.q_proj, layer.mlp.down_proj)} == {"FP8Linear"}
     assert type(layer.mlp).__name__ == "FP8MLP" and layer.self_attn.q_proj.rows is layer.self_attn.v_proj.rows
     assert fp8.lm_head.weight.dtype == torch.bfloat16  # the head and the vision tower stay bf16
     vision = [type(m).__name__ for m in fp8.model.vision_tower.modules()]
     assert "Linear" in vision and "FP8Linear" not in vision
-    chosen = plan("fp8")
-    ids = greedy_ids(fp8, processor, chosen, n=2, new=8)  # the decode step, in a CUDA graph, in FP8 too
-    assert ids.shape == (2, 8) and chosen.cuda_graphs
+    decoder = decoding.Decoder(fp8, plan("fp8"))
+    ids = greedy_ids(decoder, processor, n=2, new=8)  # the decode step, in a CUDA graph, in FP8 too
+    assert ids.shape == (2, 8) and decoder.graphs
