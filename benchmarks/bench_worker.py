@@ -495,6 +495,10 @@ def main(argv=None):
     a = parse_args(argv)
     video = os.path.abspath(a.video)
     info = videos.probe(video)
+    if info.n_windows < max(a.windows, 2):  # else fewer windows run than the rates are divided by
+        sys.exit(f"bench_worker.py: --windows {a.windows}: {a.video} has {info.n_windows} windows "
+                 f"({info.duration:.0f} s); use a longer video (python -m llava_soccer.synthetic video V "
+                 f"--seconds {2 * a.windows + 2}) or fewer --windows")
     ckpt = a.checkpoint
     if ckpt is None:
         ckpt = tempfile.mkdtemp(prefix="llava_full_")
