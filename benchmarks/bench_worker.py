@@ -49,6 +49,7 @@ from llava_soccer import decoding, gpus, loading, prompt, synthetic, videos, wor
 from llava_soccer.config import WorkerSettings  # noqa: E402
 from llava_soccer.engine import Engine  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
+from llava_soccer.records import ok_record  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
 
 HALF_WINDOWS = 1500  # 50 minutes, a window every 2 s
@@ -187,8 +188,8 @@ def profile(engine, info, batch, max_new_tokens, trace=None):
             texts = engine.generate(windows, max_new_tokens)
             sync()
             with record_function("phase answers + JSON"):
-                records = [{"time": w.start, "raw": t, "events": window_events(w.start, t, w.times)[0]}
-                           for w, t in zip(frames, texts)]
+                records = [ok_record(w.start, w.times, t, ok, events) for w, t in zip(frames, texts)
+                           for events, ok in [window_events(w.start, t, w.times)]]
                 atomic_write_json(Path(tempfile.mkdtemp()) / "partial.json", records)
     found = {"windows": batch, "max_new_tokens": max_new_tokens, **_phases(prof.events())}
     if trace:
@@ -341,8 +342,7 @@ def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, qu
     (project / "raw_data").mkdir(parents=True)
     os.symlink(video, project / "raw_data" / "match.mkv")
     info = videos.probe(video)
-    rest = [{"time": info.window_start(k), "raw": "None", "status": "ok", "events": []}
-            for k in range(windows, info.n_windows)]
+    rest = [ok_record(t, [t], "None", True, []) for t in map(info.window_start, range(windows, info.n_windows))]
     # every setting spelled out: the caller's LLAVA_* variables do not apply
     cfg = WorkerSettings(gpu_id=0, num_workers=1, video_index=0, project=str(project), model=str(ckpt),
                          quantization=quant, batch_size=str(batch), decoder=decoder, max_new_tokens=max_new_tokens,
