@@ -34,6 +34,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -243,7 +244,7 @@ def decoder_check(engine, info, new_tokens=24):
     windows = prompt.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
     eos, pad = [model.generation_config.eos_token_id], processor.tokenizer.pad_token_id
     with torch.inference_mode(), engine.attention():  # logits of one new token: the fast step vs the model's forward
-        first, lengths, kv = decoding.prefill(model, windows[:1], 1, plan.prefill_chunk)
+        first, _, lengths, kv = decoding.prefill(model, windows[:1], 1, plan.prefill_chunk)
         ours = decoding.Step(model, *kv, engine.decoder.attention)(first, lengths)[0].float()
         one = decoding.on_model(model, windows[0])
         cache = DynamicCache()
@@ -268,11 +269,41 @@ def decoder_check(engine, info, new_tokens=24):
                                        "new_tokens": new_tokens, **logits}
 
 
-def attention_check(model, processor, info, new_tokens=16):
+def scores_check(engine, info, new_tokens=8):
+    """The class scores of one pass over two windows' caches (engine.answer) against the model's own forward
+    over prompt + prefix + class (+ the None tokens), one forward per continuation: largest difference of
+    the log-scores (in the model's dtype: bf16 rounding over 25k tokens), and whether the ranking of the
+    17 classes is the same."""
+    from llava_soccer import scores
+    model, tok = engine.model, engine.processor.tokenizer
+    windows = prompt.prepare(engine.processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
+    answers = engine.answer(windows, new_tokens)
+
+    def logprob(window, before, cont):
+        one = decoding.on_model(model, window)
+        ids = torch.cat([one["input_ids"], torch.tensor([list(before) + list(cont)], device=model.device)], 1)
+        with torch.inference_mode(), engine.attention():
+            logits = model(input_ids=ids, pixel_values=one["pixel_values"], image_sizes=one["image_sizes"],
+                           logits_to_keep=len(cont) + 1).logits[0].double().log_softmax(-1)
+        return sum(float(logits[j, t]) for j, t in enumerate(cont))
+    worst, same_order = 0.0, []
+    for window, a in zip(windows, answers):
+        none = math.exp(logprob(window, [], tok(scores.NONE, add_special_tokens=False)["input_ids"]))
+        fmt = tok(scores.FORMAT_PREFIX, add_special_tokens=False)["input_ids"]  # random answers write no label
+        ref = {c: math.log(1 - none) + logprob(window, fmt, scores._continuation(tok, scores.FORMAT_PREFIX, c + "'"))
+               for c in a.class_scores}
+        worst = max(worst, *(abs(math.log(a.class_scores[c]) - ref[c]) for c in ref))
+        same_order.append(sorted(ref, key=ref.get) == sorted(ref, key=a.class_scores.get))
+    return {"max_abs_log_score_diff": worst, "same_class_order": same_order,
+            "log_scores_range": [min(map(math.log, a.class_scores.values())) for a in answers]}
+
+
+def attention_check(engine, info, new_tokens=16):
     """Is cuDNN attention's output as good as flash's on the real 25k-token prompt? Last-token
     logits of one prefill with each SDPA backend alone, their largest differences, and whether
     greedy answers of `new_tokens` tokens agree when each backend is tried first."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    model, processor = engine.model, engine.processor
     (_, _, times, frames), = videos.iter_windows(info, [1])
     inputs = decoding.on_model(model, prompt.prepare(processor, [(times, frames)])[0])
     # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
@@ -334,7 +365,7 @@ class Engines:
 
 
 def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, quant, attention="auto",
-               fused="no", assume=None, visual_tokens="full", nf4_weights="auto", on_logits=None):
+               fused="no", assume=None, visual_tokens="full", nf4_weights="auto", on_logits=None, class_scores=True):
     """llava_soccer.worker.run over the first `windows` windows; the partial file pretends the rest are done.
     s_per_window counts the whole run; steady_s_per_window the batches after the first (a real slice
     has ~375 windows, so the first batch's wait for its windows and its self-checks weigh little)."""
@@ -347,7 +378,7 @@ def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, qu
     cfg = WorkerSettings(gpu_id=0, num_workers=1, video_index=0, project=str(project), model=str(ckpt),
                          quantization=quant, batch_size=str(batch), decoder=decoder, max_new_tokens=max_new_tokens,
                          assume_gpu=assume, attention=attention, fused_kernels=fused, nf4_weights=nf4_weights,
-                         visual_tokens=visual_tokens, progress_every=1e9)
+                         visual_tokens=visual_tokens, progress_every=1e9, class_scores=class_scores)
     plan = worker.plan_for(cfg)[1]
     made_by = worker.identity(cfg, plan, project, project / "raw_data" / "match.mkv", info)
     atomic_write_json(partial_path(project, 0, 0), worker.partial_doc(made_by, rest))
@@ -365,7 +396,7 @@ def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, qu
     per_window = seconds / windows
     steady = (ends[-1][0] - ends[0][0]) / (windows - ends[0][1]) if len(ends) > 1 else None
     return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,
-            "attention": attention, "windows": windows,
+            "attention": attention, "windows": windows, "class_scores": class_scores,
             "s_per_window": per_window, "steady_s_per_window": steady, "windows_per_s": 1 / per_window,
             "gpu_util_pct": util,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else None,
@@ -407,6 +438,10 @@ def parse_args(argv):
                    help="the worker's --nf4-weights for the nf4 settings (default auto: the plan's)")
     p.add_argument("--attention-check", choices=["yes", "no"], default="no",
                    help="compare cuDNN and flash attention outputs (logits, greedy tokens) on one real window")
+    p.add_argument("--scores-check", choices=["yes", "no"], default="no",
+                   help="class scores of one pass vs the model's own forward per class on two windows")
+    p.add_argument("--class-scores", nargs="+", choices=["yes", "no"], default=["yes"],
+                   help="the worker's --class-scores values to run (default: yes)")
     p.add_argument("--decoder-check", choices=["yes", "no"], default="no",
                    help="greedy tokens of the fast decoder (graph and eager) vs transformers' generate on two windows")
     p.add_argument("--profile", choices=["yes", "no"], default="no",
@@ -443,11 +478,12 @@ def bench_quantization(a, quant, ckpt, video, info, results):
     if CUDA:
         torch.cuda.empty_cache()
     eos = engines.model.generation_config.eos_token_id
-    for fused, decoder, attention, batch in itertools.product(a.fused_kernels, a.decoders, a.attentions,
-                                                              a.batch_sizes):
+    for fused, decoder, attention, batch, class_scores in itertools.product(
+            a.fused_kernels, a.decoders, a.attentions, a.batch_sizes, a.class_scores):
         try:
             r = run_worker(engines, ckpt, video, a.windows, batch, decoder, a.max_new_tokens, quant, attention, fused,
-                           on_logits=AnswerLengths(a.answer_lengths, eos) if a.answer_lengths else None, **common)
+                           on_logits=AnswerLengths(a.answer_lengths, eos) if a.answer_lengths else None,
+                           class_scores=class_scores == "yes", **common)
             r["answer_lengths"] = a.answer_lengths
         except Exception as e:  # one setting failing (e.g. OOM) must not lose the others
             r = {"quantization": quant, "batch_size": batch, "decoder": decoder, "attention": attention,
@@ -460,6 +496,7 @@ def run_checks(a, quant, engine, info, results):
     """The checks asked for (--attention-check, --decoder-check, --profile), each reported, never fatal."""
     profile_batch = max((int(b) for b in a.batch_sizes if b.isdigit()), default=1)
     checks = {"attention_check": (attention_check, (a.attention_check == "yes" and CUDA,)),
+              "scores_check": (scores_check, (a.scores_check == "yes",)),
               "decoder_check": (decoder_check, (a.decoder_check == "yes",)),
               "profile": (profile, (a.profile == "yes", profile_batch, a.max_new_tokens,
                                     Path(a.out).with_name(f"trace_{quant}_{a.visual_tokens}.json.gz")))}
@@ -480,7 +517,8 @@ def print_table(results):
           "| 50-min half on 4 GPUs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
-        setting = f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']} |"
+        setting = (f"| {r['quantization']} | {r['batch_size']} | {r['decoder']}+{r['attention']}+{r['fused_kernels']}"
+                   f"{'' if r.get('class_scores', True) else ' (no class scores)'} |")
         if "error" in r:
             print(f"{setting} {r['error'][:60]} |")
             continue

@@ -77,6 +77,10 @@ class WorkerSettings:
                                help="0 = greedy (default, reproducible); > 0 samples, e.g. 0.7")
     top_p: float = _flag(0.9, "--top-p", env="LLAVA_TOP_P", type=float, group="model",
                          help="nucleus sampling when temperature > 0")
+    class_scores: bool = _flag(
+        True, "--class-scores", env="LLAVA_CLASS_SCORES", type=yes_no, nargs="?", const=True, metavar="yes|no",
+        group="model", help="score the 17 classes in every window from the model's own probabilities (one extra "
+                            "pass of ~100 tokens per window; default yes): evaluate_soccernet.py ranks by them")
     decoder: str = _flag("fast", "--decoder", env="LLAVA_DECODER", choices=("fast", "transformers"), group="model",
                          help="fast: each window prefilled alone, then one step per new token for the batch "
                               "(default; greedy, same answers); transformers: its generate() (always used when "

@@ -31,6 +31,7 @@ tests/test_worker.py checks that the answers equal generate()'s on random tiny c
 SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
 """
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -178,11 +179,14 @@ class Step:
     def __init__(self, model, keys, values, attention="sdpa", on_logits=None):
         self.lm, self.head = model.model.language_model, model.lm_head
         self.keys, self.values, self.attention, self.on_logits = keys, values, attention, on_logits
-        b, self.kv_heads, _, self.head_dim = keys[0].shape
-        self.rows = torch.arange(b, device=keys[0].device)
+        b, self.kv_heads, slots, self.head_dim = keys[0].shape
+        self.rows, self.last_slot = torch.arange(b, device=keys[0].device), slots - 1
 
     def __call__(self, tokens, positions):
         b, d = tokens.shape[0], self.head_dim
+        # A finished row (position 0: it attends to slot 0 alone) writes its key/value into its last slot,
+        # which no step of it reads: its prompt and answer stay intact for the class scores (score_tree).
+        write = torch.where(positions == 0, self.last_slot, positions)
         h = self.lm.embed_tokens(tokens[:, None])
         cos, sin = self.lm.rotary_emb(h, positions[:, None])
         for layer, k_cache, v_cache in zip(self.lm.layers, self.keys, self.values):
@@ -191,8 +195,8 @@ class Step:
             q = attn.q_proj(x).view(b, 1, -1, d).transpose(1, 2)
             k = attn.k_proj(x).view(b, 1, -1, d).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k_cache[self.rows, :, positions] = k[:, :, 0]
-            v_cache[self.rows, :, positions] = attn.v_proj(x).view(b, -1, d)
+            k_cache[self.rows, :, write] = k[:, :, 0]
+            v_cache[self.rows, :, write] = attn.v_proj(x).view(b, -1, d)
             o = attend(q.reshape(b, self.kv_heads, -1, d), k_cache, v_cache, positions, attn.scaling,
                        self.attention)
             h = h + attn.o_proj(o.reshape(b, 1, -1))
@@ -279,7 +283,8 @@ def kv_bytes(model, tokens, room):
 
 
 def prefill(model, windows, room, chunk=None, kept=None):
-    """Each window alone through the model: (first greedy tokens (b,), prompt lengths (b,),
+    """Each window alone through the model: (first greedy tokens (b,), their log-probabilities (b,), prompt
+    lengths (b,),
     [keys, values]: per layer a (b, kv heads, longest prompt + room, head dim) buffer, zeros past
     each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN)).
     chunk: prefill the prompt in chunks of that many tokens, the vision tower a few frames at a
@@ -294,9 +299,16 @@ def prefill(model, windows, room, chunk=None, kept=None):
     for i, window in enumerate(windows):
         embeds = first_embeds if i == 0 else embed(model, on_model(model, window), chunk)
         first_embeds = None
-        first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk).argmax(-1))
+        first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk))
         del embeds
-    return torch.cat(first), torch.tensor(lengths, device=model.device), kv
+    tokens, logprobs = chosen(torch.cat(first))
+    return tokens, logprobs, torch.tensor(lengths, device=model.device), kv
+
+
+def chosen(logits, tokens=None):
+    """(tokens, their log-probabilities in fp32) of logits (b, vocab): the greedy ones unless tokens are given."""
+    tokens = logits.argmax(-1) if tokens is None else tokens
+    return tokens, logits.float().log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
 
 
 def _zeroed_buffers(model, shape, kept):
@@ -368,6 +380,64 @@ def _checked(name, make, plain, instead):
     return None
 
 
+@dataclasses.dataclass
+class Tree:
+    """Tokens scored as continuations of one row's cached text in one forward pass: node j is token
+    tokens[j] at position positions[j]; it sees the cache's slots [0, cache_len[j]), its ancestors
+    (parents[j]; -1 for a root) and itself, never a sibling branch (llava_soccer/scores.py builds them)."""
+    tokens: list
+    positions: list
+    parents: list
+    cache_len: list
+
+    def mask(self, device):
+        """(nodes, cached slots + nodes) bool: what each node attends to."""
+        n, slots = len(self.tokens), max(self.cache_len)
+        seen = torch.zeros(n, slots + n, dtype=torch.bool)
+        for j, parent in enumerate(self.parents):
+            if parent >= 0:
+                seen[j] = seen[parent]
+            seen[j, :self.cache_len[j]] = True
+            seen[j, slots + j] = True
+        return seen.to(device)
+
+
+def score_tree(model, layer_kv, tree):
+    """Log-probabilities (nodes, vocab), fp64, of the token after each node of `tree`, in one pass of the
+    model's own modules (in Mistral's decoder-layer order, as Step) over the tree's tokens; layer_kv(i) ->
+    (keys, values) (1, kv heads, >= max cache_len slots, head dim) of the row's cache in layer i, read only.
+    The query heads that share a key/value head are that head's queries (grouped-query attention)."""
+    lm, d, n = model.model.language_model, head_dim(model), len(tree.tokens)
+    slots = max(tree.cache_len)
+    tokens = torch.tensor([tree.tokens], device=model.device)
+    h = lm.embed_tokens(tokens)
+    cos, sin = lm.rotary_emb(h, torch.tensor([tree.positions], device=model.device))
+    mask = tree.mask(model.device)
+    for i, layer in enumerate(lm.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(1, n, -1, d).transpose(1, 2)
+        k = attn.k_proj(x).view(1, n, -1, d).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        v = attn.v_proj(x).view(1, n, -1, d).transpose(1, 2)
+        keys, values = layer_kv(i)
+        heads, group = k.shape[1], q.shape[1] // k.shape[1]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q.reshape(1, heads, group * n, d), torch.cat([keys[:, :, :slots], k], 2),
+            torch.cat([values[:, :, :slots], v], 2), attn_mask=mask.repeat(group, 1), scale=attn.scaling)
+        h = h + attn.o_proj(o.view(1, heads, group, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, -1))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(lm.norm(h))[0].double().log_softmax(-1)  # fp64: sums of ~10 of them stay exact
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A batch's greedy answers: token ids (b, n) (pad after a row's end) and each token's log-probability
+    where it was chosen (b, n, fp32; 0 after the end)."""
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+
+
 class Decoder:
     """The fast greedy decoder of one model under one plan, and the state it keeps between batches.
 
@@ -389,6 +459,11 @@ class Decoder:
         """Token ids (b, n), n <= max_new_tokens, of the greedy answers to windows (a list of one
         window's processor inputs each). Like generate(), a finished row is filled with `pad` and
         decoding stops when every row has produced one of the `eos` ids."""
+        return self.decode(windows, max_new_tokens, eos, pad).ids
+
+    def decode(self, windows, max_new_tokens, eos, pad) -> "Decoded":
+        """greedy()'s answers with each token's log-probability; the KV buffers keep every row's prompt and
+        answer until the next batch (score_tree reads them)."""
         try:
             return self._greedy(windows, max_new_tokens, eos, pad)
         except BaseException:
@@ -397,18 +472,19 @@ class Decoder:
 
     def _greedy(self, windows, max_new_tokens, eos, pad):
         with torch.profiler.record_function("llava prefill"):
-            tokens, positions, kv = prefill(self.model, windows, max_new_tokens, self.chunk, self.kept)
+            tokens, logprob, positions, kv = prefill(self.model, windows, max_new_tokens, self.chunk, self.kept)
         eos = torch.tensor(eos, device=tokens.device)
-        out, done = [tokens], torch.isin(tokens, eos)
+        out, logprobs, done = [tokens], [logprob], torch.isin(tokens, eos)
         if max_new_tokens == 1 or bool(done.all()):
-            return torch.stack(out, 1)
+            return Decoded(torch.stack(out, 1), torch.stack(logprobs, 1))
         step_in, run = self._step(kv, tokens, positions)
         all_done = _Lagged(done.device)
         for i in range(max_new_tokens - 1):
-            logits = run()
-            tokens = torch.where(done, pad, logits.argmax(-1))
+            tokens, logprob = chosen(run())
+            tokens, logprob = torch.where(done, pad, tokens), torch.where(done, 0.0, logprob)
             done |= torch.isin(tokens, eos)
             out.append(tokens)
+            logprobs.append(logprob)
             step_in[0].copy_(tokens)
             # A finished row's step attends to slot 0 only: its answer is over (pad from now on), and
             # reading its 25k cached keys would cost as much as a running row's (the decode step is bound
@@ -416,9 +492,16 @@ class Decoder:
             step_in[1].copy_(torch.where(done, 0, step_in[1] + 1))
             finished = all_done(done, i)
             if finished is not None:
-                del out[finished + 2:]  # the steps queued after every row had finished
+                del out[finished + 2:], logprobs[finished + 2:]  # the steps queued after every row had finished
                 break
-        return torch.stack(out, 1)
+        return Decoded(torch.stack(out, 1), torch.stack(logprobs, 1))
+
+    def score_trees(self, trees):
+        """score_tree() of each row's tree (None: that row is not scored) on the last batch's KV buffers."""
+        keys, values = self.kept["kv"]
+        return [None if tree is None else score_tree(
+            self.model, lambda i, r=row: (keys[i][r:r + 1], values[i][r:r + 1]), tree)
+            for row, tree in enumerate(trees)]
 
     def _step(self, kv, tokens, positions):
         """(step inputs (tokens, positions), run() -> logits): the previous batch's step (and graph) when

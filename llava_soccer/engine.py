@@ -10,10 +10,11 @@ batches, and what the self-checks found (a failed optional path is dropped here,
 The worker makes one per slice (worker.py); a benchmark makes its own and passes it in.
 """
 import contextlib
+import dataclasses
 import logging
 import time
 
-from . import decoding, prompt
+from . import decoding, prompt, scores
 
 log = logging.getLogger("llava_worker")
 
@@ -69,21 +70,72 @@ class Engine:
         return sdpa_kernel([names[b] for b in self.plan.prefill_attention], set_priority=True)
 
     def generate(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast") -> list[str]:
-        """The decoded answers to prompt.prepare()'s windows. decoder "fast": the Decoder (the same greedy
-        answers as transformers', CUDA-graph decode); "transformers", or any temperature > 0: model.generate
-        on a left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50)."""
+        """The decoded answers to prompt.prepare()'s windows (answer() without scores)."""
+        return [a.text for a in self.answer(windows, max_new_tokens, temperature, top_p, decoder, class_scores=False)]
+
+    def answer(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
+               class_scores=True) -> list["Answer"]:
+        """The answers to prompt.prepare()'s windows with each token's probability and, with class_scores,
+        P("None") and the 17 class scores (scores.py: one extra forward pass of a few tokens per window over
+        its cache). decoder "fast": the Decoder (the same greedy answers as transformers', CUDA-graph decode);
+        "transformers", or any temperature > 0: model.generate on a left-padded batch (transformers'
+        sampling: temperature, top-p and its default top-k 50); token probabilities are the model's own
+        (before temperature and top-p)."""
         import torch
         model, tokenizer = self.model, self.processor.tokenizer
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
         with torch.inference_mode(), self.attention():
             if decoder == "fast" and temperature == 0:
-                eos = model.generation_config.eos_token_id
-                ids = self.decoder.greedy(windows, max_new_tokens, eos if isinstance(eos, list) else [eos],
-                                          tokenizer.pad_token_id)
+                out = self.decoder.decode(windows, max_new_tokens, eos, tokenizer.pad_token_id)
+                ids, logprobs, row_kv = out.ids, out.logprobs, None
             else:
-                inputs = decoding.on_model(model, prompt.collate(self.processor, windows))
-                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-                    "do_sample": False}
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     **sampling)
-                ids = out[:, inputs["input_ids"].shape[1]:]
-        return self.processor.batch_decode(ids, skip_special_tokens=True)
+                ids, logprobs, row_kv = self._generate(windows, max_new_tokens, temperature, top_p)
+            answers = [_answer(tokenizer, row, lp, eos) for row, lp in zip(ids.tolist(), logprobs.tolist())]
+            if class_scores:
+                trees = [scores.class_tree(tokenizer, w["input_ids"][0].tolist(), a.ids, a.text) for w, a in
+                         zip(windows, answers)]
+                found = (self.decoder.score_trees([t for t, _ in trees]) if row_kv is None else
+                         [decoding.score_tree(model, row_kv(r), t) for r, (t, _) in enumerate(trees)])
+                for a, (_, branches), logprob in zip(answers, trees, found):
+                    a.none_prob, a.class_scores = scores.class_scores(logprob, branches)
+        return answers
+
+    def _generate(self, windows, max_new_tokens, temperature, top_p):
+        """(ids (b, n), log-probabilities (b, n), row -> layer_kv for score_tree) from model.generate."""
+        import torch
+        model, pad = self.model, self.processor.tokenizer.pad_token_id
+        inputs = decoding.on_model(model, prompt.collate(self.processor, windows))
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+            "do_sample": False}
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, return_dict_in_generate=True,
+                             output_logits=True, **sampling)
+        ids = out.sequences[:, inputs["input_ids"].shape[1]:]
+        logprobs = torch.stack([decoding.chosen(logits, ids[:, j])[1] for j, logits in enumerate(out.logits)], 1)
+        left = (inputs["attention_mask"] == 0).sum(1).tolist()  # left padding: row r's position s is slot left[r] + s
+        layers = out.past_key_values.layers
+
+        def row_kv(r):
+            return lambda i: (layers[i].keys[r:r + 1, :, left[r]:], layers[i].values[r:r + 1, :, left[r]:])
+        return ids, logprobs, row_kv
+
+
+@dataclasses.dataclass
+class Answer:
+    """One window's answer: its text, its tokens up to the end with their log-probabilities, and (when
+    scored) P("None") and the 17 class scores."""
+    text: str
+    ids: list
+    logprobs: list
+    none_prob: float | None = None
+    class_scores: dict | None = None
+
+    def label_probs(self, tokenizer, labels) -> list:
+        """The probability the model gave each label as written (scores.label_probs)."""
+        return scores.label_probs(tokenizer, self.ids, self.logprobs, self.text, labels)
+
+
+def _answer(tokenizer, ids, logprobs, eos) -> Answer:
+    """A row's Answer: its tokens before the first end token (pads after it are no answer)."""
+    n = next((j for j, t in enumerate(ids) if t in eos), len(ids))
+    return Answer(tokenizer.decode(ids[:n], skip_special_tokens=True), ids[:n], logprobs[:n])

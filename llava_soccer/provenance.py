@@ -93,7 +93,7 @@ def made_by(args, plan, prompt: str, video: dict) -> dict:
         "quantization": args.quantization, "compute_dtype": plan.compute_dtype, "nf4_weights": plan.nf4_weights,
         "visual_tokens": args.visual_tokens,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": args.max_new_tokens, "class_scores": args.class_scores,
         "temperature": args.temperature, "top_p": None if greedy else args.top_p,  # top-p only matters sampling
         "sampling": f"{FPS:g} fps, {WINDOW_S:g} s windows every {STEP_S:g} s",
         "code": code_version(), "video_file": video,

@@ -18,11 +18,13 @@ ARCHIVED = ("time", "end", "frames", "status", "raw", "error")  # what raw_answe
 FINAL_FIX = "move it away, or rerun that video (merge_results_llava.py writes it)"
 
 
-def ok_record(start, frames, raw, parsed, events) -> dict:
+def ok_record(start, frames, raw, parsed, events, none_prob=None, class_scores=None) -> dict:
     """The record of an answered window: its start, the seconds of the frames the model was shown, the
-    model's text, whether it parsed (events.window_events) and the events found in it."""
+    model's text, whether it parsed (events.window_events), the events found in it (each with its label's
+    "token_prob"), the model's probability of answering "None" and its 17 class scores (scores.py; None
+    when not computed)."""
     return {"time": start, "end": frames[-1], "frames": frames, "status": "ok", "raw": raw, "parsed": parsed,
-            "events": events}
+            "events": events, "none_prob": none_prob, "class_scores": class_scores}
 
 
 def hole_record(start, end, status, error) -> dict:

@@ -177,8 +177,8 @@ class Worker:
         """OOM halves the batch; a lone window that still fails is recorded as failed."""
         import torch
         try:
-            texts = self.engine.generate([inputs for _, inputs in ready], self.cfg.max_new_tokens,
-                                         self.cfg.temperature, self.cfg.top_p, self.cfg.decoder)
+            answers = self.engine.answer([inputs for _, inputs in ready], self.cfg.max_new_tokens,
+                                         self.cfg.temperature, self.cfg.top_p, self.cfg.decoder, self.cfg.class_scores)
         except torch.OutOfMemoryError:
             if self.engine.model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -193,9 +193,12 @@ class Worker:
             return self._failed(ready[0][0], error, error, "fix the cause")
         self.failed_in_a_row = 0
         records = []
-        for (w, _), text in zip(ready, texts):
-            events, ok = window_events(w.start, text, w.times)
-            records.append(ok_record(w.start, w.times, text, ok, events))
+        tokenizer = self.engine.processor.tokenizer
+        for (w, _), a in zip(ready, answers):
+            events, ok = window_events(w.start, a.text, w.times)
+            for e, p in zip(events, a.label_probs(tokenizer, [e["label_raw"] for e in events])):
+                e["token_prob"] = p
+            records.append(ok_record(w.start, w.times, a.text, ok, events, a.none_prob, a.class_scores))
         return records
 
 

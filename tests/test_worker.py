@@ -535,7 +535,7 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path)
     inputs = prompt.prepare(processor, windows)
     new = torch.tensor([[5, 9], [7, 11]])
     with torch.inference_mode():
-        first, lengths, kv = decoding.prefill(model, inputs, room=2)
+        first, _, lengths, kv = decoding.prefill(model, inputs, room=2)
         step = decoding.Step(model, *kv)
         ours = [step(new[:, 0], lengths), step(new[:, 1], lengths + 1)]
         for row, window in enumerate(inputs):

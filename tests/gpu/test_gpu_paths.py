@@ -73,7 +73,7 @@ def test_the_graph_replays_the_eager_step_exactly(random_model):
     """Same kernels recorded or launched one by one: identical logits, step after step."""
     model, processor = random_model
     with torch.inference_mode():
-        tokens, positions, kv = decoding.prefill(model, windows(processor, 2), 8)
+        tokens, _, positions, kv = decoding.prefill(model, windows(processor, 2), 8)
         logits = {}
         for mode in ("eager", "graph"):
             kv_copy = [[t.clone() for t in layer] for layer in kv]

@@ -1,0 +1,128 @@
+"""Scores that rank events: each event's token probability, and for every window a score for each of the
+17 classes, from the model's own probabilities (the written confidence is a few round numbers).
+
+    tree, branches = scores.class_tree(tokenizer, prompt_ids, answer_ids, text)   # what to score
+    logprobs = decoding.score_tree(model, layer_kv, tree)                          # one forward pass
+    none_prob, class_scores = scores.class_scores(logprobs, branches)
+    probs = scores.label_probs(tokenizer, answer_ids, answer_logprobs, text, ["Goal", "Foul"])
+
+Class score = P(not "None") x P(class | prefix): the class name as the continuation of the text the model
+writes before a label (its own answer's, up to the first label's opening quote, when it wrote one; else
+the format the prompt asks for, FORMAT_PREFIX), followed by the closing quote, tokenised in context. Each
+continuation sees the prompt and the prefix, not the others (decoding.Tree). P("None") is the probability
+of the answer's opening tokens spelling "None".
+"""
+import math
+import re
+
+from .settings import SOCCERNET_CLASSES
+
+NONE = "None"
+FORMAT_PREFIX = "{'label': '"  # what the prompt (prompt.QUESTION) asks the model to write before a label
+_LABEL_KEY = re.compile(r"""(['"])label\1\s*:\s*(['"])""")
+
+
+class Decodes:
+    """len(tokenizer.decode(ids[:k])) for each k, decoded once per k asked: where each token's text ends."""
+
+    def __init__(self, tokenizer, ids):
+        self.tokenizer, self.ids, self.known = tokenizer, list(ids), {0: 0}
+
+    def end(self, k) -> int:
+        if k not in self.known:
+            self.known[k] = len(self.tokenizer.decode(self.ids[:k], skip_special_tokens=True))
+        return self.known[k]
+
+    def first_ending_after(self, char) -> int:
+        """The smallest k whose text ends after `char` (len(ids) if none): token k - 1 holds that char."""
+        lo, hi = 0, len(self.ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.end(mid + 1) > char:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo + 1 if lo < len(self.ids) else len(self.ids)
+
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _continuation(tokenizer, prefix_text, text):
+    """The tokens of `text` after prefix_text, tokenised in context (as the model would write them)."""
+    base, joint = _ids(tokenizer, prefix_text), _ids(tokenizer, prefix_text + text)
+    return joint[len(base):] if joint[:len(base)] == base else _ids(tokenizer, text)
+
+
+def _chain(tree, anchor, tokens):
+    """Nodes for tokens[:-1] chained under node `anchor` (the last token needs no node: nothing follows it);
+    returns (anchor, tokens, their nodes)."""
+    nodes, parent = [], anchor
+    for t in tokens[:-1]:
+        tree.tokens.append(t)
+        tree.positions.append(tree.positions[parent] + 1)
+        tree.parents.append(parent)
+        tree.cache_len.append(tree.cache_len[parent])
+        nodes.append(parent := len(tree.tokens) - 1)
+    return anchor, list(tokens), nodes
+
+
+def class_tree(tokenizer, prompt_ids, answer_ids, text, classes=SOCCERNET_CLASSES):
+    """(decoding.Tree, {"None" or class: (anchor node, tokens, nodes)}) for one answered window: prompt_ids
+    its prompt's tokens, answer_ids the answer's tokens up to its end (their keys and values are cached
+    after the prompt's), text their decoded text."""
+    from .decoding import Tree
+    n = len(prompt_ids)
+    tree = Tree(tokens=[int(prompt_ids[-1])], positions=[n - 1], parents=[-1], cache_len=[n - 1])
+    branches = {NONE: _chain(tree, 0, _ids(tokenizer, NONE))}
+    decodes, m = Decodes(tokenizer, answer_ids), _LABEL_KEY.search(text)
+    p = decodes.first_ending_after(m.end() - 1) if m else 0
+    if m and 0 < p <= len(answer_ids) and decodes.end(p) == m.end():  # its own prefix, cached: re-run its last token
+        prefix, quote = text[:m.end()], m[2]
+        tree.tokens.append(int(answer_ids[p - 1]))
+        tree.positions.append(n + p - 1)
+        tree.parents.append(-1)
+        tree.cache_len.append(n + p - 1)
+        anchor = len(tree.tokens) - 1
+    else:  # no label written (None, prose) or a prefix that ends inside a token: the prompt's format
+        prefix, quote = FORMAT_PREFIX, "'"
+        format_ids = _ids(tokenizer, prefix)
+        _, _, nodes = _chain(tree, 0, format_ids + [None])
+        anchor = nodes[-1]
+    for name in classes:
+        branches[name] = _chain(tree, anchor, _continuation(tokenizer, prefix, name + quote))
+    return tree, branches
+
+
+def branch_logprob(logprobs, branch) -> float:
+    """log P(the branch's tokens | its anchor's text) from score_tree's log-probabilities."""
+    anchor, tokens, nodes = branch
+    return float(sum(logprobs[node, token] for node, token in zip([anchor, *nodes], tokens)))
+
+
+def class_scores(logprobs, branches, digits=8):
+    """(P("None"), {class: P(not None) x P(class | prefix)}), rounded to `digits` significant digits."""
+    none = math.exp(branch_logprob(logprobs, branches[NONE]))
+    scores = {name: (1 - none) * math.exp(branch_logprob(logprobs, branch))
+              for name, branch in branches.items() if name != NONE}
+    return _round(none, digits), {k: _round(v, digits) for k, v in scores.items()}
+
+
+def _round(x, digits):
+    return float(f"{x:.{digits}g}")
+
+
+def label_probs(tokenizer, ids, logprobs, text, labels, digits=8):
+    """The probability the model gave each label in `labels` (as written, in the order of the answer): the
+    product over the tokens that spell it, found in `text` after the previous one; None where not found."""
+    decodes, out, at = Decodes(tokenizer, ids), [], 0
+    for label in labels:
+        start = text.find(label, at) if isinstance(label, str) and label else -1
+        if start < 0:
+            out.append(None)
+            continue
+        at = start + len(label)
+        first, last = decodes.first_ending_after(start), decodes.first_ending_after(at - 1)
+        out.append(_round(math.exp(sum(float(lp) for lp in logprobs[first - 1:last])), digits))
+    return out
