@@ -16,7 +16,10 @@ other, different labels). Videos where a model's file is missing are listed, not
 videos where neither model has an event count zeros.
 
 --ensemble OUT_DIR writes final_predictions_ensemble_video_N.json: the events both models
-found, at their mean time, with the mean of the two confidences, in the merge's final format.
+found, at their mean time, with the mean of the two written confidences and, where both models
+have one, the mean of their token probabilities ("token_prob", what evaluate_soccernet.py's token
+ranking uses; the seed's Qwen files have none, so their ensembles rank by written confidence only),
+in the merge's final format. It prints which score its events carry.
 """
 import argparse
 import csv
@@ -141,6 +144,7 @@ class Tally:
     missing: dict = field(default_factory=dict)            # model name -> videos without its final
     origins: dict = field(default_factory=dict)            # model name -> {video: videos.Origin}
     sources: dict = field(default_factory=dict)            # video -> its raw_data/ path (None: unknown)
+    ensemble_scores: Counter = field(default_factory=Counter)  # "token_prob" / "confidence": what ranks each event
 
 
 def run(args) -> int:
@@ -173,7 +177,21 @@ def run(args) -> int:
         print(f"wrote {args.plot}")
     if args.ensemble:
         print(f"wrote {len(tally.rows)} ensemble files to {args.ensemble} ({total['both']} events)")
+        print(ensemble_scores(tally.ensemble_scores, names))
     return 0
+
+
+def ensemble_scores(scores: Counter, names) -> str:
+    """The line that says which score ranks the ensemble's events: the mean token probability where both
+    models have one, else the mean written confidence."""
+    n_token, n_conf = settings.count(scores["token_prob"], "event"), settings.count(scores["confidence"], "event")
+    if not scores["confidence"]:
+        return f"ensemble scores: the mean token probability of {names[0]} and {names[1]} ({n_token})"
+    if not scores["token_prob"]:
+        return (f"ensemble scores: the mean written confidence ({n_conf}): {names[0]} and {names[1]} do not both "
+                f"have token probabilities (the seed's files have none)")
+    return (f"ensemble scores: the mean token probability of both models for {n_token}; the mean written "
+            f"confidence only for {n_conf} where a model has none")
 
 
 def compare_videos(args, names, project, dirs) -> Tally:
@@ -211,8 +229,9 @@ def compare_videos(args, names, project, dirs) -> Tally:
             out = Path(args.ensemble).expanduser()
             out.mkdir(parents=True, exist_ok=True)
             made_by = {name: o.made_by for name, o in zip(names, sources)}
-            atomic_write_json(settings.final_path(out, video, "ensemble"),
-                              [records.ensemble_record(a[i], b[j], names, source, made_by) for i, j in pairs])
+            both = [records.ensemble_record(a[i], b[j], names, source, made_by) for i, j in pairs]
+            tally.ensemble_scores.update("confidence" if e["token_prob"] is None else "token_prob" for e in both)
+            atomic_write_json(settings.final_path(out, video, "ensemble"), both)
     return tally
 
 

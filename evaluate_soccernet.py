@@ -4,14 +4,21 @@
     python evaluate_soccernet.py --soccernet /data/SoccerNet
     python evaluate_soccernet.py --soccernet /data/SoccerNet --models llava,qwen7b=/data/qwen_runs --plot
     python evaluate_soccernet.py --videos 0-9 --tolerance 5 --min-confidence 0.6 --metrics tight
+    python evaluate_soccernet.py --videos 10-19 --thresholds /data/eval_0-9/thresholds.json
 
 Reads every $SOCCER_PROJECT/final_predictions_<model>_video_<N>.json (or --videos), maps N
 through $SOCCER_PROJECT/videos.txt to <league>/<season>/<game>/<half>_<res>.mkv, and reads
 <soccernet>/<league>/<season>/<game>/Labels-v2.json. Only the games and halves that were
-processed are scored. Writes into --out (default $SOCCER_PROJECT/soccernet_eval):
-  <model>/<league>/<season>/<game>/results_spotting.json   official layout (EvalAI, evaluator)
+processed are scored. Predictions are ranked three ways, side by side (docs/evaluation.md): by the
+confidence written in the answer, by the token probability of the label, and by the class scores of every
+window (raw_answers_<model>_video_<N>.json.gz beside the final; peaks after NMS over --nms-window s);
+a ranking the files lack is n/a. Writes into --out (default $SOCCER_PROJECT/soccernet_eval):
+  <model>/<league>/<season>/<game>/results_spotting.json   official layout (EvalAI, evaluator), by confidence
+  token_ranking/<model>/..., class_ranking/<model>/...      the same ranked by token probability, class scores
   summary.json, per_class.csv                              everything printed, and more
-  precision_recall.png, timeline_video_<N>.png             with --plot
+  thresholds.json                                          per class, the threshold of best F1 (--thresholds)
+  precision_recall.png, precision_recall_by_ranking.png,
+  timeline_video_<N>.png                                   with --plot
 Official numbers come from SoccerNet.Evaluation.ActionSpotting.evaluate itself, in [0, 1]
 (papers print them x100); classes absent from the ground truth count 0 in its mean.
 Exit codes: 0 done, 1 input error (one line names the file and the fix), 2 bad flags.
@@ -24,11 +31,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llava_soccer import provenance, settings, soccernet, videos
+from llava_soccer import provenance, rankings, settings, soccernet, videos
 from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, log_safe, run_cli
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}
+RANKING_DIR = "{ranking}_ranking"  # <out>/token_ranking/<model>/<game>/results_spotting.json; confidence: <out>/<model>
+THRESHOLDS_FILE = "thresholds.json"
+FLATTER = ("⚠️ the thresholds and best F1 are tuned on the games scored here, which flatters them: quote them as an "
+           "upper bound; for an honest F1, tune on other games and pass their thresholds.json with --thresholds")
 
 
 def parse_args(argv):
@@ -61,8 +72,15 @@ def parse_args(argv):
     p.add_argument("--metrics", default=",".join(soccernet.OFFICIAL_METRICS),
                    help="official average-mAP variants: tight (1-5 s), loose (5-60 s), at1, at5, or none "
                         "(default all four; about 8 s per model)")
+    p.add_argument("--nms-window", "--nms_window", type=float, default=rankings.NMS_WINDOW_S,
+                   help="class-score ranking: a peak of a class's score suppresses that class within +-half this "
+                        f"many seconds (the SoccerNet-v2 baselines' NMS window; default {rankings.NMS_WINDOW_S:g})")
+    p.add_argument("--thresholds", default=None, metavar="FILE",
+                   help="also report F1 per class at the thresholds of FILE, a thresholds.json written for other "
+                        "games (thresholds tuned on the games scored flatter the result)")
     p.add_argument("--plot", action="store_true",
-                   help="also draw precision_recall.png and timeline_video_<N>.png (default off)")
+                   help="also draw precision_recall.png, precision_recall_by_ranking.png and timeline_video_<N>.png "
+                        "(default off)")
     p.add_argument("--timeline-video", "--timeline_video", type=int, default=None,
                    help="video index of the timeline plot (default the first one scored)")
     settings.check_env(p, {"soccernet": "SOCCERNET_DIR", "dedup_s": "LLAVA_DEDUP_S"})
@@ -74,8 +92,8 @@ def parse_args(argv):
     if bad:
         p.error(f"--metrics: unknown {','.join(bad)}; choose from {','.join(soccernet.OFFICIAL_METRICS)} or none")
     args.metrics = metrics
-    if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
-        p.error("--tolerance and --dedup-s must be 0 or more seconds")
+    if not (args.tolerance >= 0 and args.dedup_s >= 0 and args.nms_window >= 0):  # also NaN
+        p.error("--tolerance, --dedup-s and --nms-window must be 0 or more seconds")
     return args
 
 
@@ -85,6 +103,8 @@ def parse_models(text, default_dir):
         name, _, folder = item.partition("=")
         if not re.fullmatch(r"[\w.+-]+", name):
             raise InputError(f"--models: {name!r} is not a model name (letters, digits, . _ + -)")
+        if name.endswith(RANKING_DIR.format(ranking="")):
+            raise InputError(f"--models: {name!r} ends as the folders of the other rankings' results do: rename it")
         models[name] = Path(folder).expanduser() if folder else default_dir
     if not models:
         raise InputError("--models is empty: give e.g. llava or llava,qwen7b=/path/to/qwen_finals")
@@ -119,38 +139,45 @@ def load_model(name, folder, manifest, wanted, project, args):
                              f"({name}): choose one with --videos")
         seen[where] = index
         origins[index] = videos.check_source(project, index, path, manifest)
-        events, unscored = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s)
+        events, unscored, _ = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s)
         halves.append(soccernet.Half(index, manifest[index], where[0], where[1], path, events, unscored))
     return halves, notes, origins
 
 
-def evaluate_model(name, halves, labels, out, args):
-    """Write the model's results_spotting.json files; return its summary (official + per class)."""
+def write_results(halves, labels, spot_dir, args) -> tuple:
+    """Write one ranking's results_spotting.json per game under spot_dir: (the official results, predictions
+    collapsed into one per class and 0.5 s frame)."""
     by_game = {}
     for h in halves:
         by_game.setdefault(h.game, []).append(h)
-    collapsed = 0
-    official_labels = {}
-    unscored_gt, skipped_gt = Counter(), 0
-    counts = soccernet.new_counts()
-    below_threshold = 0
+    collapsed, official_labels = 0, {}
     for game, game_halves in by_game.items():
         content, n = soccernet.results_spotting(game, game_halves)
         collapsed += n
-        (out / name / game).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / name / game / soccernet.RESULTS_FILE, content)
+        (spot_dir / game).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(spot_dir / game / soccernet.RESULTS_FILE, content)
         done = {h.half for h in game_halves}
-        annotations = labels[game]
-        official_labels[game] = [a["raw"] for a in annotations if a["half"] in done]
-        skipped_gt += sum(a["half"] not in done for a in annotations)
-        for h in game_halves:
-            gt = [a for a in annotations if a["half"] == h.half]
-            unscored_gt.update(a["label"] for a in gt if a["label"] not in SOCCERNET_CLASSES)
-            gt = [a for a in gt if a["label"] in SOCCERNET_CLASSES]
-            preds = [e for e in h.events if e["confidence"] >= args.min_confidence]
-            below_threshold += len(h.events) - len(preds)
-            soccernet.count_matches(gt, preds, args.tolerance, counts)
-    official = soccernet.official_average_map(official_labels, out / name, args.metrics) if args.metrics else {}
+        official_labels[game] = [a["raw"] for a in labels[game] if a["half"] in done]
+    official = soccernet.official_average_map(official_labels, spot_dir, args.metrics) if args.metrics else {}
+    return official, collapsed
+
+
+def evaluate_model(name, halves, labels, out, args):
+    """Write the model's results_spotting.json files; return its summary (official + per class)."""
+    official, collapsed = write_results(halves, labels, out / name, args)
+    unscored_gt, skipped_gt = Counter(), 0
+    counts = soccernet.new_counts()
+    below_threshold = 0
+    for h in halves:
+        annotations = labels[h.game]
+        gt = [a for a in annotations if a["half"] == h.half]
+        unscored_gt.update(a["label"] for a in gt if a["label"] not in SOCCERNET_CLASSES)
+        gt = [a for a in gt if a["label"] in SOCCERNET_CLASSES]
+        preds = [e for e in h.events if e["confidence"] >= args.min_confidence]
+        below_threshold += len(h.events) - len(preds)
+        soccernet.count_matches(gt, preds, args.tolerance, counts)
+    done = {(h.game, h.half) for h in halves}
+    skipped_gt = sum((game, a["half"]) not in done for game in {h.game for h in halves} for a in labels[game])
     rows = soccernet.class_rows(counts)
     present = [c for c in SOCCERNET_CLASSES if counts[c]["gt"]]
     for metric, res in official.items():
@@ -166,7 +193,7 @@ def evaluate_model(name, halves, labels, out, args):
         "model": name,
         "videos": [{"index": h.index, "video": h.video, "game": h.game, "half": h.half,
                     "predictions_file": str(h.source), "events": len(h.events)} for h in halves],
-        "games": len(by_game),
+        "games": len({h.game for h in halves}),
         "official": official,
         "per_class": rows,
         "not_scored": {
@@ -177,6 +204,36 @@ def evaluate_model(name, halves, labels, out, args):
             "predictions_sharing_a_0.5s_frame_dropped_from_results_spotting": collapsed,
         },
     }
+
+
+def rank_model(s, halves, labels, out, args, saved) -> tuple:
+    """({ranking: its official average-mAP, best-F1 thresholds per class, F1 at the saved thresholds (saved:
+    read_thresholds' models, or None)}, {ranking: pooled precision/recall curve}) of one model; a ranking its
+    files cannot give is {"available": False, "note": the one line why}."""
+    name, gt = s["model"], rankings.ground_truth(halves, labels)
+    ranked = {"confidence": (halves, None),
+              "token": rankings.token_halves(halves, args.missing_confidence, args.dedup_s),
+              "class": rankings.class_halves(halves, name, args.nms_window)}
+    result, curves = {}, {}
+    for ranking, (hs, note) in ranked.items():
+        if hs is None:
+            result[ranking] = {"available": False, "note": note}
+            continue
+        spot_dir = out / name if ranking == "confidence" else out / RANKING_DIR.format(ranking=ranking) / name
+        official = s["official"] if ranking == "confidence" else write_results(hs, labels, spot_dir, args)[0]
+        best = rankings.best_thresholds(hs, gt, args.tolerance)
+        result[ranking] = {"available": True, "note": note, "results_dir": str(spot_dir),
+                           "predictions": sum(len(h.events) for h in hs),
+                           "official": {m: {"a_mAP": r["a_mAP"], "a_mAP_per_class": r["a_mAP_per_class"]}
+                                        for m, r in official.items()},
+                           "best_f1": best, "best_f1_all": rankings.total_f1(best)}
+        mine = (saved or {}).get(name, {}).get(ranking)
+        if mine is not None:
+            at = rankings.at_thresholds(hs, gt, args.tolerance, mine)
+            result[ranking].update(at_saved_thresholds=at, at_saved_thresholds_all=rankings.total_f1(at))
+        curves[ranking] = (rankings.sweep(*rankings.by_class(hs, gt), args.tolerance),
+                           sum(len(v) for v in gt.values()))
+    return result, curves
 
 
 def fmt(v, digits=3):
@@ -220,6 +277,76 @@ def print_report(s, args):
         print(f"not scored: {ns['ground_truth_in_unprocessed_halves']} ground-truth events in halves not processed")
 
 
+def print_rankings(s, args, saved_from) -> None:
+    """The three rankings side by side: official average-mAP of each, then per class the best F1 on these games
+    and its threshold (and the F1 at thresholds saved from other games), with the average-mAP of the first
+    metric; n/a (one line why) where the files lack that score."""
+    metrics = list(s["official"])
+    print(f"\nrankings of {s['model']}: what orders its predictions (the official average-mAP counts only the order)")
+    for ranking, r in s["rankings"].items():
+        what = f"{ranking:<11}{rankings.RANKINGS[ranking]:<52}"
+        if not r["available"]:
+            print(f"  {what}{r['note']}")
+            continue
+        parts = [f"{METRIC_NAMES[m]} {r['official'][m]['a_mAP']:.4f}" for m in metrics]
+        print(f"  {what}" + "  ".join(parts + [f"best F1 {fmt(r['best_f1_all'])}"]))
+        if r["note"]:
+            print(f"  {'':<11}{r['note']}")
+    first = metrics[0] if metrics else None
+    saved = f"{'F1 sv':>7}" if saved_from else ""
+    cell = f"{'F1':>7}{'thr':>7}" + saved + (f"{METRIC_NAMES[first]:>7}" if first else "")
+    print(f"best F1 per class within +-{args.tolerance:g} s, one-to-one, at the threshold on the ranking's score that "
+          f"reaches it (thr){'; F1 sv: at the thresholds of ' + str(saved_from) if saved_from else ''}")
+    print(f"{'':<24}" + "".join(f"{ranking:^{len(cell)}}" for ranking in s["rankings"]))
+    print(f"{'class':<19}{'GT':>5}" + cell * len(s["rankings"]))
+    for c in [*SOCCERNET_CLASSES, "all"]:
+        line = f"{c:<19}{next(r['gt'] for r in s['per_class'] if r['class'] == c):>5}"
+        for r in s["rankings"].values():
+            line += ranking_cells(r, c, first, bool(saved_from)) if r["available"] else f"{'n/a':>{len(cell)}}"
+        print(line)
+    print(FLATTER)
+
+
+def ranking_cells(r, c, metric, saved) -> str:
+    """One class's cells of one ranking in print_rankings' table ("all": F1 of all classes, each at its own
+    threshold, and the official mean)."""
+    if c == "all":
+        f1, thr, sv = r["best_f1_all"], None, r.get("at_saved_thresholds_all")
+        ap = r["official"][metric]["a_mAP"] if metric else None
+    else:
+        f1, thr = r["best_f1"][c]["f1"], r["best_f1"][c]["threshold"]
+        sv = (r.get("at_saved_thresholds") or {}).get(c, {}).get("f1")
+        ap = r["official"][metric]["a_mAP_per_class"][c] if metric else None
+    text = f"{fmt(f1):>7}{fmt(thr):>7}"
+    text += f"{fmt(sv):>7}" if saved else ""
+    return text + (f"{fmt(ap):>7}" if metric else "")
+
+
+def thresholds_file(summaries, args) -> dict:
+    """What thresholds.json holds: per model, ranking and class the threshold of best F1 on the games scored."""
+    return {"note": FLATTER.removeprefix("⚠️ "), "tolerance": args.tolerance, "dedup_s": args.dedup_s,
+            "nms_window": args.nms_window,
+            "games": sorted({v["game"] for s in summaries for v in s["videos"]}),
+            "models": {s["model"]: {ranking: r["best_f1"] if r["available"] else None
+                                    for ranking, r in s["rankings"].items()} for s in summaries}}
+
+
+def read_saved(path, summaries) -> dict:
+    """read_thresholds(path)'s models, after checking it has every scored model (else InputError) and saying
+    when it was tuned on games scored here."""
+    saved = rankings.read_thresholds(path)
+    for s in summaries:
+        if s["model"] not in saved["models"]:
+            raise InputError(f"thresholds file {path} has no thresholds for {s['model']} (it has "
+                             f"{', '.join(saved['models']) or 'none'}): pass one tuned on that model, or --models")
+    scored = {v["game"] for s in summaries for v in s["videos"]}
+    same = scored & set(saved["games"])
+    if same:
+        print(f"⚠️ {path} was tuned on {len(same)} of the {len(scored)} games scored here: F1 at its thresholds is "
+              f"not held out for those")
+    return saved["models"]
+
+
 def write_csv(path, summaries, metrics):
     columns = ["model", "class", "gt", "gt_visible", "gt_not_shown", "pred", "pred_visible", "pred_not_shown",
                "tp", "tp_visible", "tp_not_shown", "precision", "recall", "f1", "precision_visible",
@@ -255,6 +382,34 @@ def plot_precision_recall(path, summaries, args):
         ax.set_title(f"{s['model']}: precision and recall per class (+-{args.tolerance:g} s, "
                      f"confidence >= {args.min_confidence:g}; numbers: ground truth/predicted)", fontsize=10)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def plot_rankings(path, summaries, curves, args):
+    """Per model, the precision/recall curve of each ranking over all classes (one threshold for all), each
+    with its point of best F1; a ranking the files lack is named n/a in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(5.5 * len(summaries), 4.6), squeeze=False)
+    for ax, s in zip(axes[0], summaries):
+        for ranking, r in s["rankings"].items():
+            if not r["available"]:
+                ax.plot([], [], label=f"{ranking}: n/a")
+                continue
+            points, n_gt = curves[s["model"]][ranking]
+            recall = [tp / n_gt if n_gt else 0 for _, tp, _ in points]
+            precision = [tp / n for _, tp, n in points]
+            (line,) = ax.plot(recall, precision, marker=".", label=ranking)
+            best = max(range(len(points)), key=lambda k: 2 * points[k][1] / (n_gt + points[k][2]), default=None)
+            if best is not None:
+                ax.scatter([recall[best]], [precision[best]], s=60, color=line.get_color(), zorder=3)
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+        ax.set_title(f"{s['model']}: precision/recall by ranking (+-{args.tolerance:g} s; dot: best F1)", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
@@ -323,24 +478,35 @@ def run(args):
         raise InputError(f"cannot create the output folder {out} ({e.strerror}): pass --out DIR, a folder you can "
                          f"write to") from None
     summaries = [evaluate_model(name, halves, labels, out, args) for name, halves in loaded.items()]
+    saved = read_saved(Path(args.thresholds).expanduser(), summaries) if args.thresholds else None
+    curves = {}
+    for s in summaries:
+        s["rankings"], curves[s["model"]] = rank_model(s, loaded[s["model"]], labels, out, args, saved)
     for s in summaries:  # what made the files scored: the run(s), unknown origins, incomplete videos
         s["made_by"] = provenance.report({h.index: origins[s["model"]][h.index] for h in loaded[s["model"]]})
         for v in s["videos"]:
             v["incomplete"] = origins[s["model"]][v["index"]].incomplete
     for s in summaries:
         print_report(s, args)
+        print_rankings(s, args, args.thresholds)
     if len({tuple(sorted(v["index"] for v in s["videos"])) for s in summaries}) > 1:
         print("\nnote: the models were scored on different videos; pass --videos to compare them on the same ones")
 
-    settings_used = {k: getattr(args, k)
-                     for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s", "metrics")}
+    settings_used = {k: getattr(args, k) for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s",
+                                                   "metrics", "nms_window", "thresholds")}
     atomic_write_json(out / "summary.json", {"soccernet": str(root), "project": str(project), "settings": settings_used,
                                              "games_without_labels": unlabelled, "models": summaries})
     write_csv(out / "per_class.csv", summaries, args.metrics)
-    written = [out / "summary.json", out / "per_class.csv"]
+    atomic_write_json(out / THRESHOLDS_FILE, thresholds_file(summaries, args))
+    written = [out / "summary.json", out / "per_class.csv", out / THRESHOLDS_FILE]
     if args.plot:
         written += plots(out, summaries, loaded, labels, args)
-    print(f"\nwrote results_spotting.json per game under {out}/<model>/, and " + ", ".join(p.name for p in written))
+        plot_rankings(out / "precision_recall_by_ranking.png", summaries, curves, args)
+        written.append(out / "precision_recall_by_ranking.png")
+    ranked = sorted({RANKING_DIR.format(ranking=k) for s in summaries for k, r in s["rankings"].items()
+                     if r["available"] and k != "confidence"})
+    print(f"\nwrote results_spotting.json per game under {out}/<model>/"
+          + "".join(f", {out}/{d}/<model>/" for d in ranked) + ", and " + ", ".join(p.name for p in written))
     return 0
 
 

@@ -479,10 +479,33 @@ def window_events(start: float, raw, times=None):
     times = times or [start + i / FPS for i in range(FRAMES_PER_WINDOW)]
     events, ok = parse_raw(raw)
     for e in events:
-        frame = e["frame"]
-        t = times[frame - 1] if frame is not None and 1 <= frame <= len(times) else (times[0] + times[-1]) / 2
-        e["time"] = round(t, 3)
+        e["time"] = frame_time(times, e["frame"])
     return events, ok
+
+
+def frame_time(times, frame=None) -> float:
+    """The second a window's answer names: its frame number's (1..n of the frames shown, times), else the
+    middle of the frames shown (no usable frame number, or frame None: the window's middle)."""
+    t = times[frame - 1] if frame is not None and 1 <= frame <= len(times) else (times[0] + times[-1]) / 2
+    return round(t, 3)
+
+
+def probability(value) -> float | None:
+    """A probability the decoder computed (token_prob, none_prob, a class score): a number in [0, 1], else None.
+    No percent rule, unlike confidence(): these are computed, never written by the model."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    p = float(value)
+    return p + 0.0 if 0 <= p <= 1 else None  # also NaN
+
+
+def class_scores(value) -> dict | None:
+    """A window's scores of the 17 SoccerNet classes ({class: probability}), or None when any is missing or
+    not a probability (older files, a damaged record): a ranking by them needs every class."""
+    if not isinstance(value, dict):
+        return None
+    scores = {c: probability(value.get(c)) for c in SOCCERNET_CLASSES}
+    return None if None in scores.values() else scores
 
 
 def _time(value) -> float:
@@ -498,7 +521,8 @@ def _time(value) -> float:
 
 
 def final_events(records):
-    """The events of a final predictions file as [{time, label, team, confidence, details, window, raw}].
+    """The events of a final predictions file as [{time, label, team, confidence, details, window, raw,
+    token_prob, class_scores}] (the last two None where the file has no such scores: the seed's, older ones).
 
     Reads ours (one record per event, with "event_time") and the seed's older files
     (one {"time": window start, "raw": text} record per window, e.g. the Qwen runs).
@@ -514,9 +538,12 @@ def final_events(records):
             label = normalise_label(r.get("label_raw")) or normalise_label(r["label"]) or _jsonable(r["label"])
             out.append({"time": _time(r.get("event_time", window)), "label": label,
                         "team": _jsonable(r.get("team")), "confidence": confidence(r.get("confidence")),
-                        "details": _jsonable(r.get("details")), "window": window, "raw": raw})
-        else:
+                        "details": _jsonable(r.get("details")), "window": window, "raw": raw,
+                        "token_prob": probability(r.get("token_prob")),
+                        "class_scores": class_scores(r.get("class_scores"))})
+        else:  # the seed's per-window files: written confidences only
             for e in window_events(window, r.get("raw"))[0]:
                 out.append({"time": e["time"], "label": e["label"], "team": e["team"],
-                            "confidence": e["confidence"], "details": e["details"], "window": window, "raw": raw})
+                            "confidence": e["confidence"], "details": e["details"], "window": window, "raw": raw,
+                            "token_prob": None, "class_scores": None})
     return out

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .events import window_events
+from .events import class_scores, probability, window_events
 from .jsonio import InputError, UnreadableFile, log_safe, read_json
 from .records import record_time, window_status
 from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, name_pattern
@@ -160,8 +160,8 @@ def window_records_to_events(windows: Windows, info):
     """(events, failures): every event of every answered window, re-parsed from its raw text and timed by its
     own frames (frame_times; info: the video's VideoInfo).
 
-    Each event carries its window's "window" start and "raw" text; failures are the
-    answered windows whose text is neither events nor None.
+    Each event carries its window's "window" start, "raw" text and "class_scores", and the "token_prob" the
+    worker recorded for it (token_probs); failures are the answered windows whose text is neither events nor None.
     """
     events, failures = [], []
     for k in sorted(windows.records):
@@ -171,9 +171,25 @@ def window_records_to_events(windows: Windows, info):
         found, ok = window_events(float(r["time"]), r.get("raw"), frame_times(r, info.window_times(k)))
         if not ok:
             failures.append(r)
-        for e in found:
-            events.append({**e, "window": float(r["time"]), "raw": r.get("raw")})
+        scores = class_scores(r.get("class_scores"))
+        for e, prob in zip(found, token_probs(found, r.get("events"))):
+            events.append({**e, "window": float(r["time"]), "raw": r.get("raw"), "token_prob": prob,
+                           "class_scores": scores})
     return events, failures
+
+
+def token_probs(found, recorded) -> list:
+    """The token probability of each re-parsed event (found): that of the worker's event (recorded, the window
+    record's "events") with the same label as written and frame, in order; None where none is (a parser
+    change found another event, or the partial is older than token probabilities)."""
+    left = [e for e in recorded if isinstance(e, dict)] if isinstance(recorded, list) else []
+    out = []
+    for e in found:
+        same = next((r for r in left if (r.get("label_raw"), r.get("frame")) == (e["label_raw"], e["frame"])), None)
+        if same is not None:
+            left.remove(same)
+        out.append(probability(same.get("token_prob")) if same is not None else None)
+    return out
 
 
 def label_counts(events) -> tuple[dict, dict]:

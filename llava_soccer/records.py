@@ -14,7 +14,8 @@ from .events import final_events
 from .jsonio import UnreadableFile, excerpt, read_json
 
 WINDOW_STATUSES = ("ok", "failed", "undecodable")
-ARCHIVED = ("time", "end", "frames", "status", "raw", "error")  # what raw_answers_*.json.gz keeps of a window
+# What raw_answers_*.json.gz keeps of a window: with its class scores, the evaluator's dense candidates.
+ARCHIVED = ("time", "end", "frames", "status", "raw", "error", "none_prob", "class_scores")
 FINAL_FIX = "move it away, or rerun that video (merge_results_llava.py writes it)"
 
 
@@ -62,23 +63,29 @@ def record_time(value) -> float | None:
 def final_record(e, video: str | None, made_by: dict | None) -> dict:
     """The final-file record of one event (e: an event of merge.window_records_to_events): the seed's
     {time, raw}, the parsed event, the video (its raw_data/ path) it came from, which submit, compare and
-    evaluate check (videos.check_source), and what made it (provenance.made_by; None: unknown origin)."""
+    evaluate check (videos.check_source), and what made it (provenance.made_by; None: unknown origin); with the
+    probability the model gave its label's tokens and its window's 17 class scores (None: not computed)."""
     return {"time": e["window"], "raw": e["raw"], "label": e["label"], "label_raw": e.get("label_raw"),
             "team": e["team"], "confidence": e["confidence"], "details": e.get("details"),
-            "event_time": e["time"], "frame": e.get("frame"), "video": video, "made_by": made_by}
+            "event_time": e["time"], "frame": e.get("frame"), "token_prob": e.get("token_prob"),
+            "class_scores": e.get("class_scores"), "video": video, "made_by": made_by}
 
 
 def ensemble_record(ea, eb, names, video, made_by) -> dict:
     """The final record of an event two models both found (ea, eb: read_final's events; compare_counts.py
-    --ensemble): at their mean time, with the mean of their confidences, each model's own view under
-    "models" and each one's made_by under "models_made_by" (so no "label_raw" or "made_by" of its own)."""
+    --ensemble): at their mean time, with the mean of their confidences, the mean of their token probabilities
+    when both have one (else None: ranked by confidence only), each model's own view under "models" and each
+    one's made_by under "models_made_by" (so no "label_raw" or "made_by" of its own)."""
     conf = [c for c in (ea["confidence"], eb["confidence"]) if c is not None]
+    probs = (ea.get("token_prob"), eb.get("token_prob"))
     both = {**ea, "team": ea["team"] if ea["team"] == eb["team"] else "unknown",
             "confidence": round(sum(conf) / len(conf), 4) if conf else None,
+            "token_prob": None if None in probs else (probs[0] + probs[1]) / 2,
+            "class_scores": None,  # two models' windows: no one window's scores
             "time": round((ea["time"] + eb["time"]) / 2, 3), "frame": None}
     shared = {k: v for k, v in final_record(both, video, None).items() if k not in ("label_raw", "video", "made_by")}
-    models = {name: {"event_time": e["time"], "confidence": e["confidence"], "team": e["team"],
-                     "details": e["details"]} for name, e in zip(names, (ea, eb))}
+    models = {name: {"event_time": e["time"], "confidence": e["confidence"], "token_prob": e.get("token_prob"),
+                     "team": e["team"], "details": e["details"]} for name, e in zip(names, (ea, eb))}
     return {**shared, "models": models, "video": video, "models_made_by": made_by}
 
 

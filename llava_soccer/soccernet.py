@@ -77,8 +77,10 @@ def confidence_flag(text: str) -> float:
     return c
 
 
-def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S):
-    """(scored events, Counter of unscored labels) of one final predictions file (records.read_final).
+def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S, score: str = "confidence"):
+    """(scored events, Counter of unscored labels, events without a score) of one final predictions file
+    (records.read_final). score: what ranks them, the written "confidence" or the "token_prob"; it becomes
+    each event's "confidence" (what results_spotting.json ranks by), missing_confidence where there is none.
 
     Events are de-duplicated with the merge's rule (same label within dedup_s seconds), as
     compare_counts.py does: our finals are already de-duplicated so, while the seed's per-window files
@@ -91,12 +93,13 @@ def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DED
             unscored[str(e["label"])] += 1
             continue
         scored.append({"time": max(0.0, float(e["time"])), "label": label,
-                       "confidence": e["confidence"]})  # events.confidence(): exact, not rounded
+                       "confidence": e[score]})  # events.confidence(), probability(): exact, not rounded
     scored = merge.dedup(scored, dedup_s)  # before filling in missing confidences: None ranks lowest
+    without = sum(e["confidence"] is None for e in scored)
     for e in scored:
         if e["confidence"] is None:
             e["confidence"] = missing_confidence
-    return scored, unscored
+    return scored, unscored, without
 
 
 # The official evaluator reads an annotation's half as int(gameTime[0]), its minutes as

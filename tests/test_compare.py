@@ -296,3 +296,29 @@ def test_the_current_directory_is_the_project_when_soccer_project_is_unset(proje
     monkeypatch.chdir(project.parent)
     monkeypatch.setenv("HOME", str(project.parent))
     assert settings.project_dir(must_exist=False) == project.parent / "soccer_project"
+
+
+def test_the_ensemble_uses_token_probabilities_where_both_models_have_them(project, tmp_path, capsys):
+    """Two llava runs with token probabilities: the ensemble's events carry their mean, and it says so; against
+    the seed's Qwen files (none) it keeps the written confidence only, and says that."""
+    run_a, run_b = tmp_path / "run a", tmp_path / "run b"
+    for folder, probs in ((run_a, (0.9, 0.2)), (run_b, (0.7, None))):
+        folder.mkdir()
+        events = [{**llava("Goal", 12.0, 0.5), "token_prob": probs[0]}, {**llava("Foul", 30.0), "token_prob": probs[1]}]
+        settings.final_path(folder, 0, "llava").write_text(json.dumps(events))
+    code = compare_counts.main(["--dirs", str(run_a), str(run_b), "--models", "llava", "llava",
+                                "--ensemble", str(tmp_path / "ens")])
+    out = capsys.readouterr().out
+    assert code == 0
+    goal, foul = load(settings.final_path(tmp_path / "ens", 0, "ensemble"))
+    assert goal["token_prob"] == pytest.approx(0.8) and goal["confidence"] == 0.5
+    assert foul["token_prob"] is None and foul["confidence"] == 0.7  # run b has none for it
+    assert goal["models"]["llava"]["token_prob"] == 0.7  # (both named llava: the second view is kept)
+    assert ("ensemble scores: the mean token probability of both models for 1 event; the mean written confidence "
+            "only for 1 event where a model has none") in out
+    code = compare_counts.main(["--project", str(project), "--videos", "0", "--ensemble", str(tmp_path / "ens2")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert [e["token_prob"] for e in load(settings.final_path(tmp_path / "ens2", 0, "ensemble"))] == [None]
+    assert ("ensemble scores: the mean written confidence (1 event): qwen7b and llava do not both have token "
+            "probabilities (the seed's files have none)") in out

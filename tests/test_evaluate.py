@@ -673,3 +673,178 @@ def test_games_without_labels_are_skipped_with_one_line_each_and_far_predictions
             "are they another video's (a wrong index)?") in out
     assert [v["index"] for v in summary(project)["videos"]] == [1]
     assert load(project / "soccernet_eval" / "summary.json")["games_without_labels"] == [GAME]
+
+
+# --- The three rankings (issue 23): written confidence, token probability, class scores. ---
+
+def scores(**by_class):
+    """A window's 17 class scores: 0 but the classes given (Shots_on_target= for "Shots on target")."""
+    given = {k.replace("_", " "): v for k, v in by_class.items()}
+    return {c: given.get(c, 0.0) for c in SOCCERNET_CLASSES}
+
+
+def window(start, answer, class_scores):
+    """A window record of the raw-answers archive (records.ARCHIVED), 15 frames from start."""
+    return {"time": start, "end": start + 2.8, "frames": [round(start + i / 5, 3) for i in range(15)],
+            "status": "ok", "raw": answer, "error": None, "none_prob": 0.1, "class_scores": class_scores}
+
+
+def write_archive(project, index, windows, model="llava"):
+    (project / f"raw_answers_{model}_video_{index}.json.gz").write_bytes(gzip.compress(json.dumps(
+        {"video": None, "made_by": None, "windows_total": len(windows), "incomplete": None,
+         "windows": windows}).encode()))
+
+
+def spotting(label, seconds, confidence, half=1):
+    """A prediction of results_spotting.json, written by hand as the official layout has it."""
+    return {"label": label, "position": str(round(seconds * 1000)), "half": str(half), "confidence": repr(confidence)}
+
+
+def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, tmp_path):
+    """Goals at 100 and 400 s, a Corner at 700 s. Written confidences are tied (AP 0.5 for Goal); the token
+    probabilities rank the true goals first (AP 1); the class scores put a false goal first. Each ranking's
+    number is the evaluator's own on results_spotting.json files written here by hand."""
+    gt = [ann(1, 100, "Goal"), ann(1, 400, "Goal"), ann(1, 700, "Corner")]
+    token = {100: 0.9, 250: 0.2, 400: 0.7, 550: 0.3}
+    finals = [{**pred(t, "Goal", 0.8), "token_prob": p} for t, p in token.items()]
+    finals.append({**pred(700, "Corner", 0.8), "token_prob": 0.6})
+    goal = "{'label': 'Goal', 'confidence': 0.8, 'frame': 11}"  # frame 11: start + 2 s
+    windows = [window(98, goal, scores(Goal=0.5)), window(100, "{'label': 'Goal', 'frame': 1}", scores(Goal=0.6)),
+               window(248, goal, scores(Goal=0.95)), window(398, goal, scores(Goal=0.4)),
+               window(548, goal, scores(Goal=0.1)),
+               window(698, "{'label': 'Corner', 'frame': 11}", scores(Goal=0.05, Corner=0.9))]
+    project, sn = make_case(odd_root, "rankings", {GAME: gt}, [f"{GAME}/1_224p.mkv"], {"llava": {0: finals}})
+    write_archive(project, 0, windows)
+    rc, out, err = run(project, sn, "--metrics", "at5")
+    assert rc == 0, err
+
+    # Class scores by hand: per class, the windows' scores at the frame the answer named for that class, else
+    # the window's middle (start + 1.4 s); NMS over 30 s keeps the highest within +-15 s (a tie: the earlier).
+    middles = [99.4, 249.4, 399.4, 549.4, 699.4]
+    expected_class = [spotting("Goal", t, s) for t, s in ((100, 0.6), (250, 0.95), (400, 0.4), (550, 0.1))]
+    expected_class += [spotting("Goal", 699.4, 0.05), spotting("Corner", 700, 0.9)]
+    expected_class += [spotting(c, t, 0.0) for c in SOCCERNET_CLASSES if c != "Goal" for t in middles
+                       if (c, t) != ("Corner", 699.4)]
+    expected = {"confidence": [spotting(e["label"], e["event_time"], 0.8) for e in finals],
+                "token": [spotting(e["label"], e["event_time"], e["token_prob"]) for e in finals],
+                "class": expected_class}
+    ranked = summary(project)["rankings"]
+    goal_ap = {}
+    for ranking, predictions in expected.items():
+        ref = official_direct(tmp_path, {GAME: gt}, {GAME: predictions}, "at5")
+        ours = ranked[ranking]["official"]["at5"]
+        assert ours["a_mAP"] == pytest.approx(float(ref["a_mAP"]), abs=1e-12), ranking
+        assert list(ours["a_mAP_per_class"].values()) == pytest.approx([float(v) for v in ref["a_mAP_per_class"]])
+        goal_ap[ranking] = ours["a_mAP_per_class"]["Goal"]
+        line = next(line for line in out.splitlines() if line.startswith(f"  {ranking} "))
+        assert f"@5s {float(ref['a_mAP']):.4f}" in line, line
+    assert goal_ap["confidence"] == pytest.approx(0.5) and goal_ap["token"] == 1
+    assert len({round(v, 6) for v in goal_ap.values()}) == 3  # mixing two rankings up fails
+    folders = {"token": "token_ranking/llava", "class": "class_ranking/llava"}
+    for ranking, folder in folders.items():
+        written = load(project / "soccernet_eval" / folder / GAME / "results_spotting.json")["predictions"]
+        assert len(written) == len(expected[ranking])
+
+
+def class_series_case(odd_root, name, goal_scores, answers=None):
+    """One half whose archive has one window every 2 s from 0 s, Goal scored as goal_scores (others 0);
+    answers {window start: raw text} (default "None")."""
+    windows = [window(2.0 * k, (answers or {}).get(2.0 * k, "None"), scores(Goal=s)) for k, s in enumerate(goal_scores)]
+    project, sn = make_case(odd_root, name, {GAME: [ann(1, 11, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [{**pred(11, "Goal"), "token_prob": 0.5}]}})
+    write_archive(project, 0, windows)
+    return project, sn
+
+
+def class_goals(project):
+    predictions = load(project / "soccernet_eval" / "class_ranking" / "llava" / GAME / "results_spotting.json")
+    return [(int(p["position"]) / 1000, float(p["confidence"])) for p in predictions["predictions"]
+            if p["label"] == "Goal"]
+
+
+def test_nms_keeps_the_peaks_and_suppresses_neighbours_within_the_window(odd_root):
+    # Window middles 1.4, 3.4, ..., 41.4 s. Peaks 0.9 at 11.4 and 0.8 at 31.4 s; 0.85 at 13.4 is within 5 s of
+    # the first (suppressed at --nms-window 10), 0.6 at 19.4 is 8 s away (kept at 10, suppressed at 30).
+    goal = [0.1] * 21
+    for k, s in ((5, 0.9), (6, 0.85), (9, 0.6), (15, 0.8), (16, 0.7)):
+        goal[k] = s
+    project, sn = class_series_case(odd_root, "nms", goal)
+    assert run(project, sn, "--metrics", "none", "--nms-window", "10")[0] == 0
+    assert class_goals(project) == [(1.4, 0.1), (11.4, 0.9), (19.4, 0.6), (25.4, 0.1), (31.4, 0.8), (37.4, 0.1)]
+    assert run(project, sn, "--metrics", "none")[0] == 0  # default 30 s: +-15 s
+    assert class_goals(project) == [(11.4, 0.9), (31.4, 0.8)]
+    assert load(project / "soccernet_eval" / "summary.json")["settings"]["nms_window"] == 30
+
+
+def test_class_candidates_are_timed_at_the_frame_the_answer_named(odd_root):
+    # Window 10 s names Goal at frame 11 (12.0 s, not its middle 11.4 s); window 30 s names a Corner only: its
+    # Goal candidate stays at the middle.
+    goal = [0.1] * 21
+    goal[5], goal[15] = 0.9, 0.8
+    answers = {10.0: "{'label': 'Goal', 'frame': 11}", 30.0: "{'label': 'Corner', 'frame': 11}"}
+    project, sn = class_series_case(odd_root, "named", goal, answers)
+    assert run(project, sn, "--metrics", "none")[0] == 0
+    assert class_goals(project) == [(12.0, 0.9), (31.4, 0.8)]
+
+
+def test_thresholds_of_best_f1_per_class_and_applied_from_a_file(odd_root, tmp_path):
+    # Goals at 100, 400, 700, 1000 s; by confidence: 1004 (0.95), 100 (0.9), 250 (0.8), 400 (0.7), 550 (0.6),
+    # 700 (0.5), 850 (0.4). At +-3 s 1004 is false: F1 0, 1/3, 2/7, 1/2, 4/9, 3/5, 6/11 -> best 3/5 at 0.5.
+    # At +-5 s it is true: 2/5, 2/3, 4/7, 3/4, 2/3, 4/5, 8/11 -> best 4/5, still at 0.5.
+    gt = [ann(1, t, "Goal") for t in (100, 400, 700, 1000)] + [ann(1, 1200, "Corner"), ann(1, 1300, "Corner")]
+    finals = [pred(t, "Goal", c) for t, c in ((1004, 0.95), (100, 0.9), (250, 0.8), (400, 0.7), (550, 0.6),
+                                              (700, 0.5), (850, 0.4))]
+    # Corners: F1 2/3 at 0.9 (1 of 1 true) and again at 0.6 (2 of 4): of equal F1, the higher threshold
+    finals += [pred(t, "Corner", c) for t, c in ((1200, 0.9), (1500, 0.8), (1600, 0.7), (1300, 0.6))]
+    project, sn = make_case(odd_root, "thresholds", {GAME: gt}, [f"{GAME}/1_224p.mkv"], {"llava": {0: finals}})
+    rc, out, err = run(project, sn, "--metrics", "none")
+    assert rc == 0, err
+    saved = load(project / "soccernet_eval" / "thresholds.json")
+    best = saved["models"]["llava"]["confidence"]["Goal"]
+    assert (best["threshold"], best["tp"], best["pred"], best["gt"]) == (0.5, 3, 6, 4)
+    assert best["f1"] == pytest.approx(3 / 5) and best["precision"] == 0.5 and best["recall"] == 0.75
+    assert saved["models"]["llava"]["confidence"]["Corner"]["threshold"] == 0.9
+    assert saved["models"]["llava"]["confidence"]["Penalty"]["threshold"] is None  # no ground truth: not tuned
+    assert saved["tolerance"] == 3 and saved["games"] == [GAME]
+    assert "tuned on the games scored here, which flatters them" in out
+    assert run(project, sn, "--metrics", "none", "--tolerance", "5")[0] == 0
+    assert summary(project)["rankings"]["confidence"]["best_f1"]["Goal"]["f1"] == pytest.approx(4 / 5)
+    shutil.copy(project / "soccernet_eval" / "thresholds.json", tmp_path / "other_games.json")
+    # Saved thresholds on another game: Goals at 100 and 400 s; 0.5 keeps 100 (0.9) and 250 (0.6), drops 400 (0.45)
+    other, sn2 = make_case(odd_root, "thresholds2", {GAME2: [ann(1, 100, "Goal"), ann(1, 400, "Goal")]},
+                           [f"{GAME2}/1_224p.mkv"],
+                           {"llava": {0: [pred(100, "Goal", 0.9), pred(250, "Goal", 0.6), pred(400, "Goal", 0.45)]}})
+    rc, out, err = run(other, sn2, "--metrics", "none", "--thresholds", str(tmp_path / "other_games.json"))
+    assert rc == 0, err
+    at = summary(other)["rankings"]["confidence"]["at_saved_thresholds"]["Goal"]
+    assert (at["threshold"], at["tp"], at["pred"], at["gt"], at["f1"]) == (0.5, 1, 2, 2, 0.5)
+    assert "not held out" not in out and "F1 sv" in out
+    rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(tmp_path / "other_games.json"))
+    assert rc == 0 and "was tuned on 1 of the 1 games scored here" in out
+    shutil.copy(project / "final_predictions_llava_video_0.json", project / "final_predictions_qwen7b_video_0.json")
+    rc, out, err = run(project, sn, "--metrics", "none", "--models", "qwen7b",
+                       "--thresholds", str(tmp_path / "other_games.json"))
+    assert rc == 1 and "has no thresholds for qwen7b (it has llava)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_files_without_token_or_class_scores_show_n_a_with_one_line(odd_root):
+    """Seed-format Qwen windows and an older llava final: written confidences only; the other two rankings
+    are n/a, said in one line each, never filled in from another score."""
+    qwen = [{"time": 98.0, "raw": "```json\n{'label': 'Goal', 'confidence': 0.8, 'frame': 8}\n```"}]
+    project, sn = make_case(odd_root, "n_a", {GAME: [ann(1, 99.4, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"qwen7b": {0: qwen}, "llava": {0: [pred(99.4, "Goal")]}})
+    rc, out, err = run(project, sn, "--models", "qwen7b,llava", "--metrics", "at5")
+    assert rc == 0, err
+    for model in ("qwen7b", "llava"):
+        ranked = summary(project, model)["rankings"]
+        assert ranked["confidence"]["official"]["at5"]["a_mAP"] == pytest.approx(1 / 17)
+        assert not ranked["token"]["available"] and not ranked["class"]["available"]
+        assert "official" not in ranked["token"] and "official" not in ranked["class"]
+    said = [line.split() for line in out.splitlines() if "n/a:" in line]
+    assert len(said) == 4 and [words[0] for words in said] == ["token", "class"] * 2
+    assert out.count("n/a: video #0's final has no token probabilities (the seed's files and finals older than "
+                     "them have none)") == 2
+    assert "n/a: video #0 has no raw_answers_qwen7b_video_0.json.gz beside its final, where class scores" in out
+    assert not (project / "soccernet_eval" / "token_ranking").exists()
+    saved = load(project / "soccernet_eval" / "thresholds.json")["models"]["qwen7b"]
+    assert saved["token"] is None and saved["confidence"]["Goal"]["threshold"] == 0.8

@@ -457,7 +457,8 @@ def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys)
     windows = data["windows"]
     assert [w["time"] for w in windows] == [2.0 * k for k in range(N_WINDOWS)]
     assert windows[3]["raw"] == raws[3] and windows[3]["status"] == "ok"
-    assert windows[9] == {"time": 18.0, "end": 20.8, "frames": None, "status": "ok", "raw": raws[9], "error": None}
+    assert windows[9] == {"time": 18.0, "end": 20.8, "frames": None, "status": "ok", "raw": raws[9], "error": None,
+                          "none_prob": None, "class_scores": None}  # a partial older than the scores
     assert "parse failures: 29 of 30 answered windows" in out
     (warning,) = [line for line in err.splitlines() if "WARNING" in line]
     assert "29 of 30 windows (97%) did not parse" in warning and archive.name in warning
@@ -543,3 +544,31 @@ def test_a_short_last_window_times_its_events_by_the_frames_it_had(project, caps
     assert sorted((e["label"], e["event_time"], e["frame"]) for e in final) == [
         ("Corner", 58.9, 15), ("Foul", 59.8, 10), ("Goal", 58.9, None)]
 
+
+
+def test_token_probabilities_and_class_scores_reach_the_final_and_the_archive(project, capsys):
+    """The decoder's scores (issue 23): each event's token_prob (matched to the re-parsed event by its label as
+    written and frame), its window's class_scores on every final event, none_prob and class_scores archived."""
+    from llava_soccer.settings import SOCCERNET_CLASSES
+    scores = {c: 0.01 * k for k, c in enumerate(SOCCERNET_CLASSES)}
+    records = all_windows({3: answer(ev("Goal", 8), ev("Offside", 2, 0.6)), 5: answer(ev("Corner", 1))})
+    records[3].update(none_prob=0.2, class_scores=scores, events=[
+        {"label": "Offside", "label_raw": "Offside", "frame": 2, "token_prob": 0.4},  # out of order: matched
+        {"label": "Goal", "label_raw": "Goal", "frame": 8, "token_prob": 0.75}])
+    records[4].update(none_prob=0.9, class_scores=scores)  # answered None: scores archived all the same
+    write_partials(project, records)  # window 5: a partial older than the scores
+    code, out, err = run_merge(project, capsys)
+    assert code == 0, err
+    final = load(settings.final_path(project, 0))
+    assert [(r["label"], r["token_prob"], r["class_scores"]) for r in final] == [
+        ("Offside", 0.4, scores), ("Goal", 0.75, scores), ("Corner", None, None)]
+    archived = load_gz(settings.raw_answers_path(project, 0))["windows"]
+    assert [(w["none_prob"], w["class_scores"]) for w in archived[3:6]] == [(0.2, scores), (0.9, scores),
+                                                                           (None, None)]
+    assert [(e["token_prob"], e["class_scores"]) for e in final_events(final)] == [
+        (0.4, scores), (0.75, scores), (None, None)]
+
+
+def load_gz(path):
+    with gzip.open(path) as f:
+        return json.load(f)

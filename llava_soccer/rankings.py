@@ -1,0 +1,199 @@
+"""The three scores that rank predictions for SoccerNet's average-mAP, and the per-class thresholds of best F1.
+
+The official average-mAP ranks predictions by their confidence: only their order counts. Three orders:
+- confidence: the confidence the model wrote in its answer (the seed's Qwen files have only this one; it sits on
+  a few round values, so the precision/recall curve has few points);
+- token: the probability the model gave its label's tokens (each final event's "token_prob");
+- class: dense candidates from the class scores of every answered window (the raw-answers archive's
+  "class_scores", P(not None) x P(class | the answer's prefix)): per video and class, the series of that class's
+  score over the windows, each timed at the frame the answer named when it named that class, else the window's
+  middle; the peaks after non-maximum suppression (NMS) are the predictions, their score the confidence.
+
+NMS_WINDOW_S: the width of the NMS window, as the SoccerNet-v2 devkit's baselines (NetVLAD++, Giancola & Ghanem,
+CVSports 2021: --NMS_window 30, a peak suppresses its class within +-15 s). Windows come every 2 s and an event
+is seen by two or three of them, so a narrower window keeps near-duplicates that cost precision at loose
+tolerances; for the tight metric (1-5 s) a narrower one (e.g. 10) keeps close events of one class apart.
+"""
+from dataclasses import replace
+
+from . import merge
+from .events import class_scores, frame_time, window_events
+from .jsonio import InputError, read_json
+from .matching import match
+from .records import record_time, window_status
+from .settings import FPS, FRAMES_PER_WINDOW, RAW_ANSWERS, SOCCERNET_CLASSES
+
+RANKINGS = {"confidence": "the confidence written in the answer",
+            "token": "the probability the model gave its label's tokens",
+            "class": "the class scores of every window, peaks after NMS"}
+NMS_WINDOW_S = 30.0
+ARCHIVE_FIX = "move it out (the final keeps the events), or rerun the video"
+
+
+def token_halves(halves, missing_confidence, dedup_s) -> tuple:
+    """(the halves ranked by token probability, or None; the one line that says why not or what lacks one).
+    None when a half's final has events but no token probability: files made before they were recorded."""
+    from .soccernet import read_predictions
+    out, without, total = [], 0, 0
+    for h in halves:
+        events, _, n = read_predictions(h.source, 0.0, dedup_s, score="token_prob")
+        if events and n == len(events):
+            return None, (f"n/a: video #{h.index}'s final has no token probabilities (the seed's files and finals "
+                          f"older than them have none)")
+        out.append(replace(h, events=events))
+        without, total = without + n, total + len(events)
+    note = f"{without} of {total} events have no token probability: ranked last (score 0)" if without else None
+    return out, note
+
+
+def archive_path(h, model):
+    """The raw-answers archive beside a half's final file (merge_results_llava.py writes both)."""
+    return h.source.with_name(RAW_ANSWERS.format(model=model, video=h.index))
+
+
+def class_halves(halves, model, nms_window) -> tuple:
+    """(the halves ranked by class scores: dense candidates, or None; the one line that says why not or what lacks
+    scores). None when a half has no raw-answers archive or no window of it has class scores."""
+    out, without, answered = [], 0, 0
+    for h in halves:
+        path = archive_path(h, model)
+        if not path.is_file():
+            return None, f"n/a: video #{h.index} has no {path.name} beside its final, where class scores are kept"
+        events, n_without, n_answered = class_candidates(path, nms_window)
+        if n_answered and n_without == n_answered:
+            return None, f"n/a: {path.name} has no class scores (an archive older than them)"
+        out.append(replace(h, events=events))
+        without, answered = without + n_without, answered + n_answered
+    note = f"{without} of {answered} answered windows have no class scores: no candidates there" if without else None
+    return out, note
+
+
+def class_candidates(path, nms_window) -> tuple:
+    """(peaks of each class's score over one video's windows after NMS, as {time, label, confidence};
+    answered windows without class scores; answered windows) of a raw-answers archive."""
+    data = read_json(path, "raw answers file", ARCHIVE_FIX)
+    windows = data.get("windows") if isinstance(data, dict) else None
+    if not isinstance(windows, list) or not all(isinstance(w, dict) for w in windows):
+        raise InputError(f"raw answers file {path} has no \"windows\" list of objects: {ARCHIVE_FIX}")
+    series, without, answered = [], 0, 0
+    for w in windows:
+        start = record_time(w.get("time"))
+        if window_status(w) != "ok" or start is None:
+            continue
+        answered += 1
+        scores = class_scores(w.get("class_scores"))
+        if scores is None:
+            without += 1
+            continue
+        series += window_candidates(start, w, scores)
+    return merge.dedup(series, nms_window / 2), without, answered  # NMS: the merge's rule over +-window/2
+
+
+def window_candidates(start, window, scores) -> list:
+    """One candidate per class of one answered window: its score, at the frame the answer named for that class
+    (its first event of the class), else at the window's middle."""
+    frames = window.get("frames")
+    times = frames if isinstance(frames, list) and frames and all(record_time(t) is not None for t in frames) \
+        else [start + i / FPS for i in range(FRAMES_PER_WINDOW)]  # archives older than "frames": a full window
+    named = {}
+    for e in window_events(start, window.get("raw"), times)[0]:
+        named.setdefault(e["label"], e["time"])
+    middle = frame_time(times)
+    return [{"time": named.get(c, middle), "label": c, "confidence": scores[c]} for c in SOCCERNET_CLASSES]
+
+
+def ground_truth(halves, labels) -> dict:
+    """{half index: [its annotations of the 17 classes]} of the scored halves."""
+    return {h.index: [a for a in labels[h.game] if a["half"] == h.half and a["label"] in SOCCERNET_CLASSES]
+            for h in halves}
+
+
+def sweep(gt, preds, tolerance) -> list:
+    """The precision/recall curve of predictions ranked by their "confidence": [(threshold, tp, predicted)],
+    one point per distinct score, highest first. gt, preds: {key: [events]}; pairs are one-to-one within
+    tolerance and of one label (matching.match, as the precision/recall table); a key is re-matched only when
+    a prediction of it joins, so give one key per half and class."""
+    order = sorted(((p["confidence"], key, p) for key, ps in preds.items() for p in ps), key=lambda x: -x[0])
+    active, tp_of, tp, points, i = {}, {}, 0, [], 0
+    while i < len(order):
+        score, touched = order[i][0], set()
+        while i < len(order) and order[i][0] == score:
+            active.setdefault(order[i][1], []).append(order[i][2])
+            touched.add(order[i][1])
+            i += 1
+        for key in touched:
+            n = len(match(gt.get(key, []), active[key], tolerance))
+            tp, tp_of[key] = tp + n - tp_of.get(key, 0), n
+        points.append((score, tp, i))
+    return points
+
+
+def by_class(halves, gt) -> tuple:
+    """(gt, preds) keyed by (half index, class): what sweep() re-matches one at a time."""
+    g, p = {}, {}
+    for h in halves:
+        for a in gt[h.index]:
+            g.setdefault((h.index, a["label"]), []).append(a)
+        for e in h.events:
+            p.setdefault((h.index, e["label"]), []).append(e)
+    return g, p
+
+
+def best_thresholds(halves, gt, tolerance) -> dict:
+    """{class: the threshold of best F1 on these halves, with its F1, precision, recall, tp, gt, pred}: the
+    highest threshold reaching it; threshold None where the class has no ground truth (not tuned) or no
+    prediction."""
+    g, p = by_class(halves, gt)
+    out = {}
+    for c in SOCCERNET_CLASSES:
+        n_gt = sum(len(v) for k, v in g.items() if k[1] == c)
+        points = sweep({k: v for k, v in g.items() if k[1] == c}, {k: v for k, v in p.items() if k[1] == c},
+                       tolerance)
+        best = max(points, key=lambda x: (2 * x[1] / (n_gt + x[2]), x[0]), default=None) if n_gt else None
+        t, tp, n = best if best else (None, 0, 0)
+        out[c] = {"threshold": t, "f1": 2 * tp / (n_gt + n) if n_gt else None,
+                  "precision": tp / n if n else None, "recall": tp / n_gt if n_gt else None,
+                  "tp": tp, "gt": n_gt, "pred": n}
+    return out
+
+
+def total_f1(rows) -> float | None:
+    """The F1 of all classes together, each at its own threshold (rows: best_thresholds())."""
+    tp, n = sum(r["tp"] for r in rows.values()), sum(r["gt"] + r["pred"] for r in rows.values())
+    return 2 * tp / n if n else None
+
+
+def read_thresholds(path) -> dict:
+    """{model: {ranking: {class: threshold or None}}, "games": [...]} of a thresholds.json, or InputError."""
+    fix = "pass a thresholds.json that evaluate_soccernet.py wrote for other games"
+    data = read_json(path, "thresholds file", fix)
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise InputError(f"thresholds file {path} has no \"models\" object: {fix}")
+    out = {}
+    for model, rankings in models.items():
+        out[model] = {}
+        for ranking, rows in (rankings or {}).items():
+            if ranking not in RANKINGS or rows is None:
+                continue
+            out[model][ranking] = {c: (rows.get(c) or {}).get("threshold") for c in SOCCERNET_CLASSES}
+            bad = [c for c, t in out[model][ranking].items()
+                   if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1)]
+            if bad:
+                raise InputError(f"thresholds file {path}: {model} {ranking} {bad[0]} has threshold "
+                                 f"{rows[bad[0]].get('threshold')!r}, not a number in [0, 1] or null: {fix}")
+    return {"models": out, "games": data.get("games") if isinstance(data.get("games"), list) else []}
+
+
+def at_thresholds(halves, gt, tolerance, thresholds) -> dict:
+    """{class: {tp, gt, pred, f1}} with each class's predictions below its saved threshold dropped (None:
+    all kept); pairs as in sweep()."""
+    g, p = by_class(halves, gt)
+    out = {}
+    for c in SOCCERNET_CLASSES:
+        t = thresholds.get(c)
+        kept = {k: [e for e in v if t is None or e["confidence"] >= t] for k, v in p.items() if k[1] == c}
+        tp = sum(len(match(g.get(k, []), v, tolerance)) for k, v in kept.items())
+        n_gt, n = sum(len(v) for k, v in g.items() if k[1] == c), sum(len(v) for v in kept.values())
+        out[c] = {"threshold": t, "tp": tp, "gt": n_gt, "pred": n, "f1": 2 * tp / (n_gt + n) if n_gt + n else None}
+    return out
