@@ -15,6 +15,7 @@ import pytest
 import merge_results_llava
 from conftest import ROOT, load, make_project
 from llava_soccer import merge, provenance, settings, videos
+from llava_soccer.config import WorkerSettings
 from llava_soccer.events import final_events
 
 N_WINDOWS = 30
@@ -46,10 +47,9 @@ def hole(k, status="failed", error="OOM"):
 
 def made_by(project, video=0, **changes):
     """What a worker of this project records for the video (provenance.made_by), with changes."""
-    settings_ = {"model": "/ckpt/goal", "quantization": "fp32", "visual_tokens": "full", "max_new_tokens": 256,
-                 "temperature": 0.0, "top_p": 0.9, **changes}
     path = project / "raw_data" / videos.manifest(project)[video]
-    return provenance.made_by(SimpleNamespace(**settings_), SimpleNamespace(compute_dtype="float32", nf4_weights=None),
+    return provenance.made_by(WorkerSettings(**{"model": "/ckpt/goal", "quantization": "fp32", **changes}),
+                              SimpleNamespace(compute_dtype="float32", nf4_weights=None),
                               "[INST] a prompt [/INST]", provenance.video_file(project, path, videos.probe(path)))
 
 
