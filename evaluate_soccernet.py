@@ -445,7 +445,8 @@ def plot_timeline(path, index, video, gt, sources):
     plt.close(fig)
 
 
-def run(args):
+def inputs(args):
+    """(project, SoccerNet folder, videos.txt's lines), each checked: one line naming the fix otherwise."""
     project = settings.project_dir(args.project)
     if not args.soccernet:
         raise InputError("no SoccerNet folder: pass --soccernet DIR (holding <league>/<season>/<game>/Labels-v2.json) "
@@ -457,6 +458,11 @@ def run(args):
     if not manifest:
         raise InputError(f"{project / videos.MANIFEST} is missing or empty: pass the project the predictions came "
                          "from (--project or SOCCER_PROJECT)")
+    return project, root, manifest
+
+
+def run(args):
+    project, root, manifest = inputs(args)
     out = Path(args.out).expanduser() if args.out else project / "soccernet_eval"
     models = parse_models(args.models, Path(args.predictions_dir).expanduser() if args.predictions_dir else project)
     wanted = args.videos

@@ -5,8 +5,11 @@ jsonio     atomic JSON writes and one-line input errors
 claims     one lock per video, so two jobs never process the same video at once
 videos     videos.txt manifest, window grid and slices, exact-timestamp frame reading
 events     model text -> events (never eval), label normalisation to the 17 SoccerNet classes
+records    the window and final records, and the one reader of final files
 merge      partials -> final events: coverage check, re-parsing, de-duplication
 provenance what made a result (made_by: model, settings, code, video file), compared before runs are joined
+rankings   the three scores that rank predictions for evaluation: written confidence, token probability, class
+           scores (dense candidates after NMS); thresholds of best F1
 soccernet  SoccerNet labels, results_spotting.json, official average-mAP, precision/recall
 matching   one-to-one label+time matching (model vs model, model vs ground truth)
 config     the worker's settings: one frozen dataclass that makes llava_split_worker.py's flags and checks them
@@ -18,7 +21,9 @@ loading    where the model comes from (checked in seconds), from_pretrained as t
 engine     the loaded model and its runtime in one owner: kernels installed, decoder state, self-checks, generate
 fused      torch.compile'd RMSNorm/rotary/SiLU-gate kernels put into one model's Mistral modules
 fp8        FP8 e4m3 linear layers for the language model (8.9+)
+scores     token probabilities of events; 17 class scores per window from one extra pass over its cache
 decoding   the fast greedy decoder: per-window (chunked) prefill, CUDA-graph decode, self-checks
 worker     llava_split_worker.py's loop: one GPU's slice of a video in batches, OOM halving, resume, signals
+status     status_llava.py's reading of a project: each video's state, rate and ETA (read only)
 synthetic  tiny/full-size random checkpoints and barcoded H.264 videos for tests and demos
 """

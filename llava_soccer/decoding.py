@@ -412,7 +412,11 @@ def score_tree(model, layer_kv, tree):
     tokens = torch.tensor([tree.tokens], device=model.device)
     h = lm.embed_tokens(tokens)
     cos, sin = lm.rotary_emb(h, torch.tensor([tree.positions], device=model.device))
-    mask = tree.mask(model.device)
+    group = model.config.text_config.num_attention_heads // model.config.text_config.num_key_value_heads
+    # one additive bias for every layer and query head of a group (a bool mask is converted in each call)
+    seen = tree.mask(model.device)
+    bias = torch.zeros(seen.shape, dtype=h.dtype, device=model.device).masked_fill_(~seen, float("-inf"))
+    bias = bias.repeat(group, 1)
     for i, layer in enumerate(lm.layers):
         attn = layer.self_attn
         x = layer.input_layernorm(h)
@@ -421,10 +425,10 @@ def score_tree(model, layer_kv, tree):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         v = attn.v_proj(x).view(1, n, -1, d).transpose(1, 2)
         keys, values = layer_kv(i)
-        heads, group = k.shape[1], q.shape[1] // k.shape[1]
+        heads = k.shape[1]
         o = torch.nn.functional.scaled_dot_product_attention(
             q.reshape(1, heads, group * n, d), torch.cat([keys[:, :, :slots], k], 2),
-            torch.cat([values[:, :, :slots], v], 2), attn_mask=mask.repeat(group, 1), scale=attn.scaling)
+            torch.cat([values[:, :, :slots], v], 2), attn_mask=bias, scale=attn.scaling)
         h = h + attn.o_proj(o.view(1, heads, group, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return model.lm_head(lm.norm(h))[0].double().log_softmax(-1)  # fp64: sums of ~10 of them stay exact
