@@ -90,26 +90,26 @@ def _stale(info: dict, age: float) -> str | None:
     return None
 
 
-def _who(info: dict) -> str:
+def who(info: dict) -> str:
     """'job 19 on node7 since 12:04', 'job 20 (array task 18_2) on ...', 'local run pid 1234 on host since ...'"""
     if info.get("job"):
         task = f" (array task {info['array_task']})" if info.get("array_task") else ""
-        who = f"job {info['job']}{task} on {info.get('host')}"
+        holder = f"job {info['job']}{task} on {info.get('host')}"
     else:
-        who = f"local run pid {info.get('pid')} on {info.get('host')}"
+        holder = f"local run pid {info.get('pid')} on {info.get('host')}"
     try:
         since = datetime.fromisoformat(info.get("since"))
         when = since.strftime("%H:%M" if since.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
     except (TypeError, ValueError):
         when = info.get("since")
-    return f"{who} since {when}"
+    return f"{holder} since {when}"
 
 
 def holder_line(info: dict) -> str:
     """'video 3: being processed by job 19 on node7 since 12:04' (callers add their own tail)."""
     if not info.get("token"):
         return f"video {info.get('video')}: being claimed by another run (its lock is being written)"
-    return f"video {info.get('video')}: being processed by {_who(info)}"
+    return f"video {info.get('video')}: being processed by {who(info)}"
 
 
 @contextmanager
@@ -152,7 +152,7 @@ def take(project, video: int, pid: int, report=None, wait_s=5.0):
                         path.unlink(missing_ok=True)
                     if _create(path, mine):
                         if report:
-                            report(f"video {video}: taking over the stale lock of {_who(held)} ({why})")
+                            report(f"video {video}: taking over the stale lock of {who(held)} ({why})")
                         return mine["token"], None
         if time.monotonic() > deadline:
             return None, holder_line(held or {"video": video})

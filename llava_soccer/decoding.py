@@ -390,6 +390,15 @@ class Tree:
     parents: list
     cache_len: list
 
+    def add(self, token, parent=-1, position=None, cache_len=None) -> int:
+        """A node for token under parent (one position after it, seeing the same cache), or a root at
+        position seeing cache_len slots; returns its index."""
+        self.tokens.append(int(token))
+        self.positions.append(self.positions[parent] + 1 if parent >= 0 else position)
+        self.parents.append(parent)
+        self.cache_len.append(self.cache_len[parent] if parent >= 0 else cache_len)
+        return len(self.tokens) - 1
+
     def mask(self, device):
         """(nodes, cached slots + nodes) bool: what each node attends to."""
         n, slots = len(self.tokens), max(self.cache_len)

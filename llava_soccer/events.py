@@ -476,11 +476,16 @@ def window_events(start: float, raw, times=None):
     window from start. The prompt numbers them 1..n: an event's time is its frame's time, or the
     middle of the frames shown when the model gave no usable frame number.
     """
-    times = times or [start + i / FPS for i in range(FRAMES_PER_WINDOW)]
+    times = times or full_window_times(start)
     events, ok = parse_raw(raw)
     for e in events:
         e["time"] = frame_time(times, e["frame"])
     return events, ok
+
+
+def full_window_times(start) -> list:
+    """The seconds of a full window's frames from start: records older than "frames" were full windows."""
+    return [start + i / FPS for i in range(FRAMES_PER_WINDOW)]
 
 
 def frame_time(times, frame=None) -> float:

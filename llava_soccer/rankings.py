@@ -17,11 +17,11 @@ tolerances; for the tight metric (1-5 s) a narrower one (e.g. 10) keeps close ev
 from dataclasses import replace
 
 from . import merge
-from .events import class_scores, frame_time, window_events
+from .events import class_scores, frame_time, full_window_times, window_events
 from .jsonio import InputError, read_json
 from .matching import match
 from .records import record_time, window_status
-from .settings import FPS, FRAMES_PER_WINDOW, RAW_ANSWERS, SOCCERNET_CLASSES
+from .settings import RAW_ANSWERS, SOCCERNET_CLASSES
 
 RANKINGS = {"confidence": "the confidence written in the answer",
             "token": "the probability the model gave its label's tokens",
@@ -94,7 +94,7 @@ def window_candidates(start, window, scores) -> list:
     (its first event of the class), else at the window's middle."""
     frames = window.get("frames")
     times = frames if isinstance(frames, list) and frames and all(record_time(t) is not None for t in frames) \
-        else [start + i / FPS for i in range(FRAMES_PER_WINDOW)]  # archives older than "frames": a full window
+        else full_window_times(start)  # archives older than "frames"
     named = {}
     for e in window_events(start, window.get("raw"), times)[0]:
         named.setdefault(e["label"], e["time"])

@@ -12,6 +12,7 @@ the format the prompt asks for, FORMAT_PREFIX), followed by the closing quote, t
 continuation sees the prompt and the prefix, not the others (decoding.Tree). P("None") is the probability
 of the answer's opening tokens spelling "None".
 """
+import functools
 import math
 import re
 
@@ -45,11 +46,12 @@ class Decodes:
         return lo + 1 if lo < len(self.ids) else len(self.ids)
 
 
-def _ids(tokenizer, text):
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+@functools.lru_cache(maxsize=4096)  # the same prefix and names come back every window: tokenise them once
+def _ids(tokenizer, text) -> tuple:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _continuation(tokenizer, prefix_text, text):
+def _continuation(tokenizer, prefix_text, text) -> tuple:
     """The tokens of `text` after prefix_text, tokenised in context (as the model would write them)."""
     base, joint = _ids(tokenizer, prefix_text), _ids(tokenizer, prefix_text + text)
     return joint[len(base):] if joint[:len(base)] == base else _ids(tokenizer, text)
@@ -60,11 +62,7 @@ def _chain(tree, anchor, tokens):
     returns (anchor, tokens, their nodes)."""
     nodes, parent = [], anchor
     for t in tokens[:-1]:
-        tree.tokens.append(t)
-        tree.positions.append(tree.positions[parent] + 1)
-        tree.parents.append(parent)
-        tree.cache_len.append(tree.cache_len[parent])
-        nodes.append(parent := len(tree.tokens) - 1)
+        nodes.append(parent := tree.add(t, parent))
     return anchor, list(tokens), nodes
 
 
@@ -74,38 +72,37 @@ def class_tree(tokenizer, prompt_ids, answer_ids, text, classes=SOCCERNET_CLASSE
     after the prompt's), text their decoded text."""
     from .decoding import Tree
     n = len(prompt_ids)
-    tree = Tree(tokens=[int(prompt_ids[-1])], positions=[n - 1], parents=[-1], cache_len=[n - 1])
+    tree = Tree(tokens=[], positions=[], parents=[], cache_len=[])
+    tree.add(prompt_ids[-1], position=n - 1, cache_len=n - 1)  # node 0: the prompt's last token, re-run
     branches = {NONE: _chain(tree, 0, _ids(tokenizer, NONE))}
     decodes, m = Decodes(tokenizer, answer_ids), _LABEL_KEY.search(text)
     p = decodes.first_ending_after(m.end() - 1) if m else 0
     if m and 0 < p <= len(answer_ids) and decodes.end(p) == m.end():  # its own prefix, cached: re-run its last token
         prefix, quote = text[:m.end()], m[2]
-        tree.tokens.append(int(answer_ids[p - 1]))
-        tree.positions.append(n + p - 1)
-        tree.parents.append(-1)
-        tree.cache_len.append(n + p - 1)
-        anchor = len(tree.tokens) - 1
+        anchor = tree.add(answer_ids[p - 1], position=n + p - 1, cache_len=n + p - 1)
     else:  # no label written (None, prose) or a prefix that ends inside a token: the prompt's format
         prefix, quote = FORMAT_PREFIX, "'"
-        format_ids = _ids(tokenizer, prefix)
-        _, _, nodes = _chain(tree, 0, format_ids + [None])
+        _, _, nodes = _chain(tree, 0, _ids(tokenizer, prefix) + (None,))
         anchor = nodes[-1]
     for name in classes:
         branches[name] = _chain(tree, anchor, _continuation(tokenizer, prefix, name + quote))
     return tree, branches
 
 
-def branch_logprob(logprobs, branch) -> float:
-    """log P(the branch's tokens | its anchor's text) from score_tree's log-probabilities."""
-    anchor, tokens, nodes = branch
-    return float(sum(logprobs[node, token] for node, token in zip([anchor, *nodes], tokens)))
+def branch_logprobs(logprobs, branches) -> dict:
+    """{name: log P(the branch's tokens | its anchor's text)} from score_tree's log-probabilities, read from
+    the device in one gather (not one small read per token)."""
+    pairs = [(node, token) for anchor, tokens, nodes in branches.values()
+             for node, token in zip([anchor, *nodes], tokens)]
+    values = iter(logprobs[[n for n, _ in pairs], [t for _, t in pairs]].tolist())
+    return {name: math.fsum(next(values) for _ in tokens) for name, (_, tokens, _) in branches.items()}
 
 
 def class_scores(logprobs, branches, digits=8):
     """(P("None"), {class: P(not None) x P(class | prefix)}), rounded to `digits` significant digits."""
-    none = math.exp(branch_logprob(logprobs, branches[NONE]))
-    scores = {name: (1 - none) * math.exp(branch_logprob(logprobs, branch))
-              for name, branch in branches.items() if name != NONE}
+    found = branch_logprobs(logprobs, branches)
+    none = math.exp(found[NONE])
+    scores = {name: (1 - none) * math.exp(value) for name, value in found.items() if name != NONE}
     return _round(none, digits), {k: _round(v, digits) for k, v in scores.items()}
 
 

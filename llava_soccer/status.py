@@ -104,7 +104,7 @@ def lock_of(project: Path, index: int, jobs: dict):
     if held is None:
         return None
     info, why, _ = held
-    who = claims._who(info) if info.get("token") else "a job whose lock is being written"
+    who = claims.who(info) if info.get("token") else "a job whose lock is being written"
     job = info.get("job")
     if job and job not in jobs:
         jobs[job] = squeue_state(job)
