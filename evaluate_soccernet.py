@@ -327,6 +327,7 @@ def thresholds_file(summaries, args) -> dict:
     return {"note": FLATTER.removeprefix("⚠️ "), "tolerance": args.tolerance, "dedup_s": args.dedup_s,
             "nms_window": args.nms_window,
             "games": sorted({v["game"] for s in summaries for v in s["videos"]}),
+            "made_by": {s["model"]: s["made_by"] for s in summaries},  # what made the predictions tuned on
             "models": {s["model"]: {ranking: r["best_f1"] if r["available"] else None
                                     for ranking, r in s["rankings"].items()} for s in summaries}}
 

@@ -806,6 +806,7 @@ def test_thresholds_of_best_f1_per_class_and_applied_from_a_file(odd_root, tmp_p
     assert saved["models"]["llava"]["confidence"]["Corner"]["threshold"] == 0.9
     assert saved["models"]["llava"]["confidence"]["Penalty"]["threshold"] is None  # no ground truth: not tuned
     assert saved["tolerance"] == 3 and saved["games"] == [GAME]
+    assert saved["made_by"]["llava"] == summary(project)["made_by"]  # what made the predictions tuned on
     assert "tuned on the games scored here, which flatters them" in out
     assert run(project, sn, "--metrics", "none", "--tolerance", "5")[0] == 0
     assert summary(project)["rankings"]["confidence"]["best_f1"]["Goal"]["f1"] == pytest.approx(4 / 5)
