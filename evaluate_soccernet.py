@@ -324,17 +324,16 @@ def ranking_cells(r, c, metric, saved) -> str:
 
 def thresholds_file(summaries, args) -> dict:
     """What thresholds.json holds: per model, ranking and class the threshold of best F1 on the games scored."""
-    return {"note": FLATTER.removeprefix("⚠️ "), "tolerance": args.tolerance, "dedup_s": args.dedup_s,
-            "nms_window": args.nms_window,
+    return {"note": FLATTER.removeprefix("⚠️ "), **{k: getattr(args, k) for k in rankings.SETTINGS},
             "games": sorted({v["game"] for s in summaries for v in s["videos"]}),
-            "made_by": {s["model"]: s["made_by"] for s in summaries},  # what made the predictions tuned on
+            "made_by": {s["model"]: s["runs"] for s in summaries},  # the runs that made the predictions tuned on
             "models": {s["model"]: {ranking: r["best_f1"] if r["available"] else None
                                     for ranking, r in s["rankings"].items()} for s in summaries}}
 
 
-def read_saved(path, summaries) -> dict:
+def read_saved(path, summaries, args) -> dict:
     """read_thresholds(path)'s models, after checking it has every scored model (else InputError) and saying
-    when it was tuned on games scored here."""
+    when it was tuned on games scored here, with other settings, or on predictions made otherwise."""
     saved = rankings.read_thresholds(path)
     for s in summaries:
         if s["model"] not in saved["models"]:
@@ -345,6 +344,18 @@ def read_saved(path, summaries) -> dict:
     if same:
         print(f"⚠️ {path} was tuned on {len(same)} of the {len(scored)} games scored here: F1 at its thresholds is "
               f"not held out for those")
+    def shown(v):
+        return format(v, "g") if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    for key, value in saved["settings"].items():
+        if value != getattr(args, key):
+            flag, here = key.replace("_", "-"), shown(getattr(args, key))
+            print(f"⚠️ {path} was tuned with --{flag} {shown(value)} (here {here}): its thresholds may not carry "
+                  f"over; pass the same, or tune again")
+    for s in summaries:
+        theirs = saved["made_by"].get(s["model"])
+        if theirs is not None and theirs != s["runs"]:
+            print(f"⚠️ {path}'s {s['model']} thresholds were tuned on predictions made by {'; '.join(theirs)}; "
+                  f"these were made by {'; '.join(s['runs'])}: F1 at them compares different runs")
     return saved["models"]
 
 
@@ -485,14 +496,16 @@ def run(args):
         raise InputError(f"cannot create the output folder {out} ({e.strerror}): pass --out DIR, a folder you can "
                          f"write to") from None
     summaries = [evaluate_model(name, halves, labels, out, args) for name, halves in loaded.items()]
-    saved = read_saved(Path(args.thresholds).expanduser(), summaries) if args.thresholds else None
+    for s in summaries:  # what made the files scored: the run(s), unknown origins, incomplete videos
+        made = {h.index: origins[s["model"]][h.index] for h in loaded[s["model"]]}
+        s["made_by"] = provenance.report(made)
+        s["runs"] = sorted({provenance.describe(o.made_by) for o in made.values()})  # as thresholds.json compares
+        for v in s["videos"]:
+            v["incomplete"] = origins[s["model"]][v["index"]].incomplete
+    saved = read_saved(Path(args.thresholds).expanduser(), summaries, args) if args.thresholds else None
     curves = {}
     for s in summaries:
         s["rankings"], curves[s["model"]] = rank_model(s, loaded[s["model"]], labels, out, args, saved)
-    for s in summaries:  # what made the files scored: the run(s), unknown origins, incomplete videos
-        s["made_by"] = provenance.report({h.index: origins[s["model"]][h.index] for h in loaded[s["model"]]})
-        for v in s["videos"]:
-            v["incomplete"] = origins[s["model"]][v["index"]].incomplete
     for s in summaries:
         print_report(s, args)
         print_rankings(s, args, args.thresholds)

@@ -171,11 +171,12 @@ def _busy(intervals):
     return total / 1e6
 
 
-def profile(engine, info, batch, max_new_tokens, trace=None):
-    """One whole batch of the worker under torch.profiler: engine.generate on `batch` windows (the
-    prefill of each, the decode steps with the CUDA graph's capture), then the answers' parsing
-    and the partial JSON's write. Per phase: wall seconds, GPU busy and idle seconds, and kernel
-    seconds per kind (KERNEL_KINDS). The engine's self-checks and compiles run in a warm-up batch.
+def profile(engine, info, batch, max_new_tokens, trace=None, class_scores=True):
+    """One whole batch of the worker under torch.profiler: engine.answer on `batch` windows (the
+    prefill of each, the decode steps with the CUDA graph's capture, the class scores' pass unless
+    class_scores is False), then the answers' parsing and the partial JSON's write. Per phase: wall
+    seconds, GPU busy and idle seconds, and kernel seconds per kind (KERNEL_KINDS). The engine's
+    self-checks and compiles run in a warm-up batch.
     trace: also write the profiler's timeline there (gzipped Chrome trace: chrome://tracing, Perfetto)."""
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
@@ -183,16 +184,17 @@ def profile(engine, info, batch, max_new_tokens, trace=None):
     from llava_soccer.events import window_events
     frames = list(videos.iter_windows(info, range(batch)))
     windows = prompt.prepare(engine.processor, [(w.times, w.frames) for w in frames])
-    engine.generate(windows, max_new_tokens)  # warm-up
+    engine.answer(windows, max_new_tokens, class_scores=class_scores)  # warm-up
     with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
         with record_function("phase batch"):
-            texts = engine.generate(windows, max_new_tokens)
+            texts = [a.text for a in engine.answer(windows, max_new_tokens, class_scores=class_scores)]
             sync()
             with record_function("phase answers + JSON"):
                 records = [ok_record(w.start, w.times, t, ok, events) for w, t in zip(frames, texts)
                            for events, ok in [window_events(w.start, t, w.times)]]
                 atomic_write_json(Path(tempfile.mkdtemp()) / "partial.json", records)
-    found = {"windows": batch, "max_new_tokens": max_new_tokens, **_phases(prof.events())}
+    found = {"windows": batch, "max_new_tokens": max_new_tokens, "class_scores": class_scores,
+             **_phases(prof.events())}
     if trace:
         import gzip
         import shutil
@@ -208,9 +210,9 @@ def profile(engine, info, batch, max_new_tokens, trace=None):
 
 def _phases(events):
     """Per phase of a profiled batch: wall seconds, GPU busy/idle seconds and kernel seconds per kind. The
-    bench's own ranges ("phase ...") end after a sync, so their GPU work lies inside them; the decoder's
-    ("llava prefill", "llava graph capture") do not sync: on a GPU their GPU-side annotation (the span of
-    their kernels) is used, on a CPU their own span."""
+    bench's own ranges ("phase ...") end after a sync, so their GPU work lies inside them; the engine's
+    ("llava prefill", "llava graph capture", "llava class scores") do not sync: on a GPU their GPU-side
+    annotation (the span of their kernels) is used, on a CPU their own span."""
     from torch.autograd import DeviceType
 
     def span(name):
@@ -220,9 +222,11 @@ def _phases(events):
                if e.device_type == DeviceType.CUDA and not e.name.startswith(("phase ", "llava "))]
     b0, b1 = span("phase batch")
     answers = span("phase answers + JSON")
-    p1 = span("llava prefill")[1]
-    bounds = {"prefill": (b0, p1), "decode (incl. graph capture)": (p1, answers[0]), "answers + JSON": answers,
-              "whole batch": (b0, b1)}
+    p1, scored = span("llava prefill")[1], span("llava class scores")
+    decoded = scored[0] if scored else answers[0]
+    bounds = {"prefill": (b0, p1), "decode (incl. graph capture)": (p1, decoded)} | (
+        {"class scores": (decoded, answers[0])} if scored else {}) | {"answers + JSON": answers,
+                                                                       "whole batch": (b0, b1)}
     capture = span("llava graph capture")  # none on CPU, nor when the graph was kept from the warm-up
     found = {"graph_capture_s": capture and (capture[1] - capture[0]) / 1e6}
     for name, (a, b) in bounds.items():
@@ -499,7 +503,8 @@ def run_checks(a, quant, engine, info, results):
               "scores_check": (scores_check, (a.scores_check == "yes",)),
               "decoder_check": (decoder_check, (a.decoder_check == "yes",)),
               "profile": (profile, (a.profile == "yes", profile_batch, a.max_new_tokens,
-                                    Path(a.out).with_name(f"trace_{quant}_{a.visual_tokens}.json.gz")))}
+                                    Path(a.out).with_name(f"trace_{quant}_{a.visual_tokens}.json.gz"),
+                                    a.class_scores[0] == "yes"))}
     for name, (check, (wanted, *extra)) in checks.items():
         if not wanted:
             continue

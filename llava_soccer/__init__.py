@@ -21,7 +21,7 @@ loading    where the model comes from (checked in seconds), from_pretrained as t
 engine     the loaded model and its runtime in one owner: kernels installed, decoder state, self-checks, generate
 fused      torch.compile'd RMSNorm/rotary/SiLU-gate kernels put into one model's Mistral modules
 fp8        FP8 e4m3 linear layers for the language model (8.9+)
-scores     token probabilities of events; 17 class scores per window from one extra pass over its cache
+scores     token probabilities of events; 17 class scores per window from one extra pass per batch over the cache
 decoding   the fast greedy decoder: per-window (chunked) prefill, CUDA-graph decode, self-checks
 worker     llava_split_worker.py's loop: one GPU's slice of a video in batches, OOM halving, resume, signals
 status     status_llava.py's reading of a project: each video's state, rate and ETA (read only)

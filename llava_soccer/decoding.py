@@ -185,7 +185,7 @@ class Step:
     def __call__(self, tokens, positions):
         b, d = tokens.shape[0], self.head_dim
         # A finished row (position 0: it attends to slot 0 alone) writes its key/value into its last slot,
-        # which no step of it reads: its prompt and answer stay intact for the class scores (score_tree).
+        # which no step of it reads: its prompt and answer stay intact for the class scores (score_trees).
         write = torch.where(positions == 0, self.last_slot, positions)
         h = self.lm.embed_tokens(tokens[:, None])
         cos, sin = self.lm.rotary_emb(h, positions[:, None])
@@ -382,9 +382,9 @@ def _checked(name, make, plain, instead):
 
 @dataclasses.dataclass
 class Tree:
-    """Tokens scored as continuations of one row's cached text in one forward pass: node j is token
-    tokens[j] at position positions[j]; it sees the cache's slots [0, cache_len[j]), its ancestors
-    (parents[j]; -1 for a root) and itself, never a sibling branch (llava_soccer/scores.py builds them)."""
+    """Tokens scored as continuations of one row's cached text: node j is token tokens[j] at position
+    positions[j]; it sees the cache's positions [0, cache_len[j]), its ancestors (parents[j]; -1 for a
+    root) and itself, never a sibling branch (llava_soccer/scores.py builds them)."""
     tokens: list
     positions: list
     parents: list
@@ -392,55 +392,83 @@ class Tree:
 
     def add(self, token, parent=-1, position=None, cache_len=None) -> int:
         """A node for token under parent (one position after it, seeing the same cache), or a root at
-        position seeing cache_len slots; returns its index."""
+        position seeing cache_len positions; returns its index."""
         self.tokens.append(int(token))
         self.positions.append(self.positions[parent] + 1 if parent >= 0 else position)
         self.parents.append(parent)
         self.cache_len.append(self.cache_len[parent] if parent >= 0 else cache_len)
         return len(self.tokens) - 1
 
-    def mask(self, device):
-        """(nodes, cached slots + nodes) bool: what each node attends to."""
-        n, slots = len(self.tokens), max(self.cache_len)
-        seen = torch.zeros(n, slots + n, dtype=torch.bool)
+    def lineages(self) -> list:
+        """Each node's ancestors and itself."""
+        out = []
         for j, parent in enumerate(self.parents):
-            if parent >= 0:
-                seen[j] = seen[parent]
-            seen[j, :self.cache_len[j]] = True
-            seen[j, slots + j] = True
-        return seen.to(device)
+            out.append((out[parent] if parent >= 0 else []) + [j])
+        return out
 
 
-def score_tree(model, layer_kv, tree):
-    """Log-probabilities (nodes, vocab), fp64, of the token after each node of `tree`, in one pass of the
-    model's own modules (in Mistral's decoder-layer order, as Step) over the tree's tokens; layer_kv(i) ->
-    (keys, values) (1, kv heads, >= max cache_len slots, head dim) of the row's cache in layer i, read only.
-    The query heads that share a key/value head are that head's queries (grouped-query attention)."""
-    lm, d, n = model.model.language_model, head_dim(model), len(tree.tokens)
-    slots = max(tree.cache_len)
-    tokens = torch.tensor([tree.tokens], device=model.device)
-    h = lm.embed_tokens(tokens)
-    cos, sin = lm.rotary_emb(h, torch.tensor([tree.positions], device=model.device))
+def tree_bias(trees, start, free, slots, group, dtype, device):
+    """score_trees' attention bias (rows, 1, group x nodes, slots): 0 where a node sees a slot, -inf where
+    not; row r's cache position p is slot start[r] + p, its node j's own key is at slot free[r] + j. Its
+    rows repeat the nodes' once per query head of a group (score_trees' query layout); the last dimension's
+    stride is a multiple of 16, as the memory-efficient kernel wants (else it copies it in every call).
+    Padding nodes (past a smaller tree) see their own key only."""
+    n, wide = max(len(t.tokens) for t in trees), -(-slots // 16) * 16
+    lo, hi = torch.zeros(len(trees), n, dtype=torch.long), torch.zeros(len(trees), n, dtype=torch.long)
+    own = torch.eye(n, dtype=torch.bool).repeat(len(trees), 1, 1)  # padding nodes: themselves
+    for r, tree in enumerate(trees):
+        k = len(tree.tokens)
+        lo[r, :k], hi[r, :k] = start[r], start[r] + torch.tensor(tree.cache_len)
+        own[r, :k, :k] = False
+        pairs = [(j, a) for j, line in enumerate(tree.lineages()) for a in line]
+        own[r, [j for j, _ in pairs], [a for _, a in pairs]] = True
+    slot = torch.arange(wide, device=device)
+    seen = (slot >= lo.to(device)[..., None]) & (slot < hi.to(device)[..., None])
+    at = torch.tensor(free, device=device)[:, None, None] + torch.arange(n, device=device)
+    seen.scatter_(2, at.expand(len(trees), n, n), own.to(device))
+    bias = torch.zeros((len(trees), 1, group, n, wide), dtype=dtype, device=device)
+    bias.masked_fill_(~seen[:, None, None], float("-inf"))
+    return bias.view(len(trees), 1, group * n, wide)[..., :slots]
+
+
+def score_trees(model, layer_kv, trees, start, free):
+    """Logits (rows, nodes, vocab) of the token after each node of each row's tree (padded to the largest;
+    model dtype), in one forward pass of the model's own modules over every row (in Mistral's decoder-layer
+    order, as Step): the weights are read once for the batch, the cache is attended in place.
+    layer_kv(i) -> (keys, values) of layer i: (rows, kv heads, slots, head dim), row r's position p at
+    slot start[r] + p; the pass writes row r's node j's key/value at slot free[r] + j (past every cached
+    slot a node sees; tree_bias). The query heads that share a key/value head are that head's queries
+    (grouped-query attention: queries (rows, kv heads, group x nodes), keys as they are)."""
+    lm, d, device = model.model.language_model, head_dim(model), model.device
+    rows, n = len(trees), max(len(t.tokens) for t in trees)
+
+    def padded(lists):
+        return torch.tensor([list(x) + [0] * (n - len(x)) for x in lists], device=device)
+    h = lm.embed_tokens(padded(t.tokens for t in trees))
+    cos, sin = lm.rotary_emb(h, padded(t.positions for t in trees))
     group = model.config.text_config.num_attention_heads // model.config.text_config.num_key_value_heads
-    # one additive bias for every layer and query head of a group (a bool mask is converted in each call)
-    seen = tree.mask(model.device)
-    bias = torch.zeros(seen.shape, dtype=h.dtype, device=model.device).masked_fill_(~seen, float("-inf"))
-    bias = bias.repeat(group, 1)
+    at = torch.tensor(free, device=device)[:, None] + torch.arange(n, device=device)  # (rows, nodes)
+    rows_at, bias = torch.arange(rows, device=device)[:, None], None
     for i, layer in enumerate(lm.layers):
         attn = layer.self_attn
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(1, n, -1, d).transpose(1, 2)
-        k = attn.k_proj(x).view(1, n, -1, d).transpose(1, 2)
+        q = attn.q_proj(x).view(rows, n, -1, d).transpose(1, 2)
+        k = attn.k_proj(x).view(rows, n, -1, d).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        v = attn.v_proj(x).view(1, n, -1, d).transpose(1, 2)
         keys, values = layer_kv(i)
-        heads = k.shape[1]
+        if bias is None:
+            if max(free) + n > keys.shape[2]:
+                raise RuntimeError(f"class-score trees of {n} nodes need slots up to {max(free) + n}, the cache "
+                                   f"has {keys.shape[2]}: give the decoder more spare slots (scores.tree_room)")
+            bias = tree_bias(trees, start, free, keys.shape[2], group, h.dtype, device)
+        keys[rows_at, :, at] = k.transpose(1, 2)
+        values[rows_at, :, at] = attn.v_proj(x).view(rows, n, -1, d)
+        heads = keys.shape[1]
         o = torch.nn.functional.scaled_dot_product_attention(
-            q.reshape(1, heads, group * n, d), torch.cat([keys[:, :, :slots], k], 2),
-            torch.cat([values[:, :, :slots], v], 2), attn_mask=bias, scale=attn.scaling)
-        h = h + attn.o_proj(o.view(1, heads, group, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, -1))
+            q.reshape(rows, heads, group * n, d), keys, values, attn_mask=bias, scale=attn.scaling)
+        h = h + attn.o_proj(o.view(rows, heads, group, n, d).permute(0, 3, 1, 2, 4).reshape(rows, n, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return model.lm_head(lm.norm(h))[0].double().log_softmax(-1)  # fp64: sums of ~10 of them stay exact
+    return model.lm_head(lm.norm(h))
 
 
 @dataclasses.dataclass
@@ -474,18 +502,19 @@ class Decoder:
         decoding stops when every row has produced one of the `eos` ids."""
         return self.decode(windows, max_new_tokens, eos, pad).ids
 
-    def decode(self, windows, max_new_tokens, eos, pad) -> "Decoded":
+    def decode(self, windows, max_new_tokens, eos, pad, spare=0) -> "Decoded":
         """greedy()'s answers with each token's log-probability; the KV buffers keep every row's prompt and
-        answer until the next batch (score_tree reads them)."""
+        answer until the next batch, with `spare` more slots per row (score_trees reads and writes them)."""
         try:
-            return self._greedy(windows, max_new_tokens, eos, pad)
+            return self._greedy(windows, max_new_tokens, eos, pad, spare)
         except BaseException:
             self.kept.clear()  # an OOM or error may leave them half-written; the caller may retry smaller
             raise
 
-    def _greedy(self, windows, max_new_tokens, eos, pad):
+    def _greedy(self, windows, max_new_tokens, eos, pad, spare):
         with torch.profiler.record_function("llava prefill"):
-            tokens, logprob, positions, kv = prefill(self.model, windows, max_new_tokens, self.chunk, self.kept)
+            tokens, logprob, positions, kv = prefill(self.model, windows, max_new_tokens + spare, self.chunk,
+                                                     self.kept)
         eos = torch.tensor(eos, device=tokens.device)
         out, logprobs, done = [tokens], [logprob], torch.isin(tokens, eos)
         if max_new_tokens == 1 or bool(done.all()):
@@ -509,12 +538,11 @@ class Decoder:
                 break
         return Decoded(torch.stack(out, 1), torch.stack(logprobs, 1))
 
-    def score_trees(self, trees):
-        """score_tree() of each row's tree (None: that row is not scored) on the last batch's KV buffers."""
+    def score_trees(self, trees, free):
+        """score_trees() of each row's tree on the last batch's KV buffers (row r's answer ends before slot
+        free[r]; decode()'s spare slots after it take the trees' keys and values)."""
         keys, values = self.kept["kv"]
-        return [None if tree is None else score_tree(
-            self.model, lambda i, r=row: (keys[i][r:r + 1], values[i][r:r + 1]), tree)
-            for row, tree in enumerate(trees)]
+        return score_trees(self.model, lambda i: (keys[i], values[i]), trees, [0] * len(trees), free)
 
     def _step(self, kv, tokens, positions):
         """(step inputs (tokens, positions), run() -> logits): the previous batch's step (and graph) when

@@ -76,33 +76,42 @@ class Engine:
     def answer(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
                class_scores=True) -> list["Answer"]:
         """The answers to prompt.prepare()'s windows with each token's probability and, with class_scores,
-        P("None") and the 17 class scores (scores.py: one extra forward pass of a few tokens per window over
-        its cache). decoder "fast": the Decoder (the same greedy answers as transformers', CUDA-graph decode);
-        "transformers", or any temperature > 0: model.generate on a left-padded batch (transformers'
-        sampling: temperature, top-p and its default top-k 50); token probabilities are the model's own
-        (before temperature and top-p)."""
+        P("None") and the 17 class scores (scores.py: one extra forward pass for the batch, ~100 tokens per
+        window, over the cache). decoder "fast": the Decoder (the same greedy answers as transformers',
+        CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a left-padded batch
+        (transformers' sampling: temperature, top-p and its default top-k 50); token probabilities are the
+        model's own (before temperature and top-p)."""
         import torch
         model, tokenizer = self.model, self.processor.tokenizer
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
+        fast = decoder == "fast" and temperature == 0
         with torch.inference_mode(), self.attention():
-            if decoder == "fast" and temperature == 0:
-                out = self.decoder.decode(windows, max_new_tokens, eos, tokenizer.pad_token_id)
-                ids, logprobs, row_kv = out.ids, out.logprobs, None
+            if fast:
+                spare = scores.tree_room(tokenizer) if class_scores else 0
+                out = self.decoder.decode(windows, max_new_tokens, eos, tokenizer.pad_token_id, spare)
+                ids, logprobs = out.ids, out.logprobs
             else:
-                ids, logprobs, row_kv = self._generate(windows, max_new_tokens, temperature, top_p)
+                ids, logprobs, cache = self._generate(windows, max_new_tokens, temperature, top_p)
             answers = [_answer(tokenizer, row, lp, eos) for row, lp in zip(ids.tolist(), logprobs.tolist())]
             if class_scores:
-                trees = [scores.class_tree(tokenizer, w["input_ids"][0].tolist(), a.ids, a.text) for w, a in
-                         zip(windows, answers)]
-                found = (self.decoder.score_trees([t for t, _ in trees]) if row_kv is None else
-                         [decoding.score_tree(model, row_kv(r), t) for r, (t, _) in enumerate(trees)])
-                for a, (_, branches), logprob in zip(answers, trees, found):
-                    a.none_prob, a.class_scores = scores.class_scores(logprob, branches)
+                with torch.profiler.record_function("llava class scores"):
+                    prompts = [w["input_ids"][0].tolist() for w in windows]
+                    trees = [scores.class_tree(tokenizer, p, a.ids, a.text) for p, a in zip(prompts, answers)]
+                    if fast:  # row r's answer ends before slot len(prompt) + len(answer)
+                        logits = self.decoder.score_trees([t for t, _ in trees],
+                                                          [len(p) + len(a.ids) for p, a in zip(prompts, answers)])
+                    else:
+                        layer_kv, start, free = cache
+                        logits = decoding.score_trees(model, layer_kv, [t for t, _ in trees], start, free)
+                    for a, (_, branches), row in zip(answers, trees, logits):
+                        a.none_prob, a.class_scores = scores.class_scores(row, branches)
         return answers
 
     def _generate(self, windows, max_new_tokens, temperature, top_p):
-        """(ids (b, n), log-probabilities (b, n), row -> layer_kv for score_tree) from model.generate."""
+        """(ids (b, n), log-probabilities (b, n), (layer_kv, start, free) for score_trees) from model.generate.
+        Its cache is left-padded (row r's position p at slot start[r] + p); layer_kv gives each layer's with
+        room for the trees after it (a copy, one layer at a time)."""
         import torch
         model, pad = self.model, self.processor.tokenizer.pad_token_id
         inputs = decoding.on_model(model, prompt.collate(self.processor, windows))
@@ -112,12 +121,12 @@ class Engine:
                              output_logits=True, **sampling)
         ids = out.sequences[:, inputs["input_ids"].shape[1]:]
         logprobs = torch.stack([decoding.chosen(logits, ids[:, j])[1] for j, logits in enumerate(out.logits)], 1)
-        left = (inputs["attention_mask"] == 0).sum(1).tolist()  # left padding: row r's position s is slot left[r] + s
-        layers = out.past_key_values.layers
+        start = (inputs["attention_mask"] == 0).sum(1).tolist()
+        layers, room = out.past_key_values.layers, scores.tree_room(self.processor.tokenizer)
 
-        def row_kv(r):
-            return lambda i: (layers[i].keys[r:r + 1, :, left[r]:], layers[i].values[r:r + 1, :, left[r]:])
-        return ids, logprobs, row_kv
+        def layer_kv(i):
+            return tuple(torch.nn.functional.pad(x, (0, 0, 0, room)) for x in (layers[i].keys, layers[i].values))
+        return ids, logprobs, (layer_kv, start, [layers[0].keys.shape[2]] * len(start))
 
 
 @dataclasses.dataclass

@@ -163,8 +163,12 @@ def total_f1(rows) -> float | None:
     return 2 * tp / n if n else None
 
 
+SETTINGS = ("tolerance", "dedup_s", "nms_window")  # evaluate_soccernet.py's flags that change what is tuned
+
+
 def read_thresholds(path) -> dict:
-    """{model: {ranking: {class: threshold or None}}, "games": [...]} of a thresholds.json, or InputError."""
+    """{"models": {model: {ranking: {class: threshold or None}}}, "games": [...], "made_by": {model: lines},
+    "settings": {SETTINGS: value}} of a thresholds.json, or InputError."""
     fix = "pass a thresholds.json that evaluate_soccernet.py wrote for other games"
     data = read_json(path, "thresholds file", fix)
     models = data.get("models") if isinstance(data, dict) else None
@@ -182,7 +186,9 @@ def read_thresholds(path) -> dict:
             if bad:
                 raise InputError(f"thresholds file {path}: {model} {ranking} {bad[0]} has threshold "
                                  f"{rows[bad[0]].get('threshold')!r}, not a number in [0, 1] or null: {fix}")
-    return {"models": out, "games": data.get("games") if isinstance(data.get("games"), list) else []}
+    made_by = data.get("made_by") if isinstance(data.get("made_by"), dict) else {}
+    return {"models": out, "games": data.get("games") if isinstance(data.get("games"), list) else [],
+            "made_by": made_by, "settings": {k: data[k] for k in SETTINGS if k in data}}
 
 
 def at_thresholds(halves, gt, tolerance, thresholds) -> dict:

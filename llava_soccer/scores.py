@@ -1,9 +1,9 @@
 """Scores that rank events: each event's token probability, and for every window a score for each of the
 17 classes, from the model's own probabilities (the written confidence is a few round numbers).
 
-    tree, branches = scores.class_tree(tokenizer, prompt_ids, answer_ids, text)   # what to score
-    logprobs = decoding.score_tree(model, layer_kv, tree)                          # one forward pass
-    none_prob, class_scores = scores.class_scores(logprobs, branches)
+    tree, branches = scores.class_tree(tokenizer, prompt_ids, answer_ids, text)   # what to score, per window
+    logits = decoding.score_trees(model, layer_kv, trees, start, free)            # one pass for the batch
+    none_prob, class_scores = scores.class_scores(logits[row], branches)
     probs = scores.label_probs(tokenizer, answer_ids, answer_logprobs, text, ["Goal", "Foul"])
 
 Class score = P(not "None") x P(class | prefix): the class name as the continuation of the text the model
@@ -89,18 +89,29 @@ def class_tree(tokenizer, prompt_ids, answer_ids, text, classes=SOCCERNET_CLASSE
     return tree, branches
 
 
-def branch_logprobs(logprobs, branches) -> dict:
-    """{name: log P(the branch's tokens | its anchor's text)} from score_tree's log-probabilities, read from
-    the device in one gather (not one small read per token)."""
+def tree_room(tokenizer, classes=SOCCERNET_CLASSES) -> int:
+    """Slots to keep free after each answer for its class-score tree (decoding.score_trees writes the
+    tree's keys there): twice the nodes of a tree after FORMAT_PREFIX (an answer's own prefix needs fewer;
+    its continuations, tokenised in another context, may take a few more)."""
+    return 2 * len(class_tree(tokenizer, [0], [], "", classes)[0].tokens)
+
+
+def branch_logprobs(logits, branches) -> dict:
+    """{name: log P(the branch's tokens | its anchor's text)} from one row of score_trees' logits (nodes,
+    vocab), normalised in fp64 (sums of ~10 stay exact) and read from the device in one gather (not one
+    small read per token)."""
     pairs = [(node, token) for anchor, tokens, nodes in branches.values()
              for node, token in zip([anchor, *nodes], tokens)]
-    values = iter(logprobs[[n for n, _ in pairs], [t for _, t in pairs]].tolist())
+    nodes, ids = [n for n, _ in pairs], [t for _, t in pairs]
+    lse = logits.double().logsumexp(-1)
+    values = iter((logits[nodes, ids].double() - lse[nodes]).tolist())
     return {name: math.fsum(next(values) for _ in tokens) for name, (_, tokens, _) in branches.items()}
 
 
-def class_scores(logprobs, branches, digits=8):
-    """(P("None"), {class: P(not None) x P(class | prefix)}), rounded to `digits` significant digits."""
-    found = branch_logprobs(logprobs, branches)
+def class_scores(logits, branches, digits=8):
+    """(P("None"), {class: P(not None) x P(class | prefix)}) from one row of score_trees' logits, rounded to
+    `digits` significant digits."""
+    found = branch_logprobs(logits, branches)
     none = math.exp(found[NONE])
     scores = {name: (1 - none) * math.exp(value) for name, value in found.items() if name != NONE}
     return _round(none, digits), {k: _round(v, digits) for k, v in scores.items()}

@@ -33,5 +33,6 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     prof = result["profile"]["fp32"]  # one whole batch of 3 windows, by phase
     assert (tmp_path / "trace_fp32_full.json.gz").stat().st_size > 1000 and prof["trace"].endswith(".json.gz")
     assert prof["windows"] == 3 and "aten::" in prof["top_kernels"] and "fp32 profile prefill: {'wall_s'" in proc.stdout
-    phases = [prof[k]["wall_s"] for k in ("prefill", "decode (incl. graph capture)", "answers + JSON")]
+    assert prof["class_scores"]  # the default: the batch's class-score pass is its own phase
+    phases = [prof[k]["wall_s"] for k in ("prefill", "decode (incl. graph capture)", "class scores", "answers + JSON")]
     assert all(t > 0 for t in phases) and sum(phases) <= prof["whole batch"]["wall_s"] * 1.01

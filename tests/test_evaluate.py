@@ -18,6 +18,7 @@ import pytest
 
 import evaluate_soccernet as ev
 from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, tick_labels
+from llava_soccer import provenance
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 try:
@@ -626,12 +627,15 @@ def test_a_final_of_another_video_is_refused(odd_root):
     assert run(project, sn, "--metrics", "none", "--videos", "1")[0] == 0  # its own index is fine
 
 
+MADE = {"model": "llava-hf/llava-v1.6-mistral-7b-hf", "model_revision": "abc123", "quantization": "nf4",
+        "compute_dtype": "float16", "nf4_weights": "packed", "visual_tokens": "full", "prompt_sha256": "p1",
+        "max_new_tokens": 256, "temperature": 0.0, "top_p": None, "sampling": "5 fps", "code": "git 1"}
+
+
 def test_what_made_each_models_files_is_reported_and_incomplete_videos_are_named(odd_root):
     """llava's two halves were made with different quantizations and half 2 is incomplete (its archive
     says so); qwen's files say nothing: unknown origin. Printed per model and kept in summary.json."""
-    made = {"model": "llava-hf/llava-v1.6-mistral-7b-hf", "model_revision": "abc123", "quantization": "nf4",
-            "compute_dtype": "float16", "nf4_weights": "packed", "visual_tokens": "full", "prompt_sha256": "p1",
-            "max_new_tokens": 256, "temperature": 0.0, "top_p": None, "sampling": "5 fps", "code": "git 1"}
+    made = MADE
     labels = {GAME: [ann(1, 100, "Goal"), ann(2, 100, "Goal")]}
     videos = [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"]
     first = [{**pred(100, "Goal"), "made_by": made}]
@@ -796,6 +800,7 @@ def test_thresholds_of_best_f1_per_class_and_applied_from_a_file(odd_root, tmp_p
                                               (700, 0.5), (850, 0.4))]
     # Corners: F1 2/3 at 0.9 (1 of 1 true) and again at 0.6 (2 of 4): of equal F1, the higher threshold
     finals += [pred(t, "Corner", c) for t, c in ((1200, 0.9), (1500, 0.8), (1600, 0.7), (1300, 0.6))]
+    finals = [{**p, "made_by": MADE} for p in finals]
     project, sn = make_case(odd_root, "thresholds", {GAME: gt}, [f"{GAME}/1_224p.mkv"], {"llava": {0: finals}})
     rc, out, err = run(project, sn, "--metrics", "none")
     assert rc == 0, err
@@ -806,20 +811,34 @@ def test_thresholds_of_best_f1_per_class_and_applied_from_a_file(odd_root, tmp_p
     assert saved["models"]["llava"]["confidence"]["Corner"]["threshold"] == 0.9
     assert saved["models"]["llava"]["confidence"]["Penalty"]["threshold"] is None  # no ground truth: not tuned
     assert saved["tolerance"] == 3 and saved["games"] == [GAME]
-    assert saved["made_by"]["llava"] == summary(project)["made_by"]  # what made the predictions tuned on
+    assert saved["made_by"]["llava"] == [provenance.describe(MADE)]  # the run that made the predictions tuned on
     assert "tuned on the games scored here, which flatters them" in out
     assert run(project, sn, "--metrics", "none", "--tolerance", "5")[0] == 0
     assert summary(project)["rankings"]["confidence"]["best_f1"]["Goal"]["f1"] == pytest.approx(4 / 5)
     shutil.copy(project / "soccernet_eval" / "thresholds.json", tmp_path / "other_games.json")
     # Saved thresholds on another game: Goals at 100 and 400 s; 0.5 keeps 100 (0.9) and 250 (0.6), drops 400 (0.45)
+    others = [pred(100, "Goal", 0.9), pred(250, "Goal", 0.6), pred(400, "Goal", 0.45)]
     other, sn2 = make_case(odd_root, "thresholds2", {GAME2: [ann(1, 100, "Goal"), ann(1, 400, "Goal")]},
-                           [f"{GAME2}/1_224p.mkv"],
-                           {"llava": {0: [pred(100, "Goal", 0.9), pred(250, "Goal", 0.6), pred(400, "Goal", 0.45)]}})
+                           [f"{GAME2}/1_224p.mkv"], {"llava": {0: [{**p, "made_by": MADE} for p in others]}})
     rc, out, err = run(other, sn2, "--metrics", "none", "--thresholds", str(tmp_path / "other_games.json"))
     assert rc == 0, err
     at = summary(other)["rankings"]["confidence"]["at_saved_thresholds"]["Goal"]
     assert (at["threshold"], at["tp"], at["pred"], at["gt"], at["f1"]) == (0.5, 1, 2, 2, 0.5)
-    assert "not held out" not in out and "F1 sv" in out
+    assert "not held out" not in out and "F1 sv" in out and "compares different runs" not in out
+    # the saved file was tuned at +-5 s (its last run), these scored at +-3 s: said, and still applied
+    assert f"⚠️ {tmp_path / 'other_games.json'} was tuned with --tolerance 5 (here 3): its thresholds may not" in out
+    assert "--nms-window" not in out and "--dedup-s" not in out
+    # predictions made by another run (bf16, not nf4): said in one line
+    made_bf16 = {**MADE, "quantization": "bf16", "compute_dtype": "bfloat16", "nf4_weights": None}
+    final = other / "final_predictions_llava_video_0.json"
+    final.write_text(json.dumps([{**p, "made_by": made_bf16} for p in others]))
+    rc, out, err = run(other, sn2, "--metrics", "none", "--tolerance", "5", "--thresholds",
+                       str(tmp_path / "other_games.json"))
+    assert rc == 0, err
+    warned = [line for line in out.splitlines() if "compares different runs" in line]
+    assert len(warned) == 1 and "nf4 (packed weights) computing in float16" in warned[0]
+    assert "these were made by llava-hf/llava-v1.6-mistral-7b-hf @ abc123, bf16 computing in bfloat16" in warned[0]
+    assert "was tuned with" not in out
     rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(tmp_path / "other_games.json"))
     assert rc == 0 and "was tuned on 1 of the 1 games scored here" in out
     shutil.copy(project / "final_predictions_llava_video_0.json", project / "final_predictions_qwen7b_video_0.json")

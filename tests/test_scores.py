@@ -1,4 +1,4 @@
-"""Token probabilities and class scores (llava_soccer/scores.py, decoding.score_tree) against the model's
+"""Token probabilities and class scores (llava_soccer/scores.py, decoding.score_trees) against the model's
 own forward: one extra pass over each window's cache gives the log-probabilities that plain forward
 passes of prompt + prefix + class give, at batch 1 and 3, with rows that finished early, for the fast
 decoder and transformers' generate: in fp32 to 1e-5 of their size (fp32's own rounding over a 3.5k-token
@@ -31,10 +31,11 @@ def engine64(tmp_path_factory):
     return engine
 
 
-def windows(processor, starts, dtype=torch.float32):
+def windows(processor, starts, dtype=torch.float32, frames=(4, 4, 4)):
+    """Windows at `starts` of frames[i] frames each: fewer frames, a shorter prompt."""
     rng = np.random.default_rng(3)
-    inputs = prompt.prepare(processor, [([t + 0.2 * i for i in range(4)], [rng.integers(
-        0, 255, (224, 398, 3), dtype=np.uint8) for _ in range(4)]) for t in starts], dtype)
+    inputs = prompt.prepare(processor, [([t + 0.2 * i for i in range(f)], [rng.integers(
+        0, 255, (224, 398, 3), dtype=np.uint8) for _ in range(f)]) for t, f in zip(starts, frames)], dtype)
     return inputs
 
 
@@ -77,11 +78,14 @@ def assert_scores(engine, window, answer):
         assert math.log(answer.class_scores[name]) == pytest.approx(math.log(classes[name]), rel=rel, abs=tol), name
 
 
-@pytest.mark.parametrize("decoder,batch,dtype", [("fast", 1, "fp32"), ("fast", 3, "fp32"), ("transformers", 1, "fp32"),
-                                                 ("transformers", 3, "fp32"), ("fast", 3, "fp64")])
-def test_one_pass_class_scores_are_the_models_own_log_probabilities(request, batch, decoder, dtype):
+@pytest.mark.parametrize("decoder,batch,dtype,frames", [
+    ("fast", 1, "fp32", (4,)), ("fast", 3, "fp32", (4, 4, 4)), ("transformers", 1, "fp32", (4,)),
+    ("transformers", 3, "fp32", (4, 4, 4)), ("fast", 3, "fp64", (4, 4, 4)),
+    ("fast", 3, "fp32", (3, 4, 2)), ("transformers", 3, "fp32", (3, 4, 2))])  # prompts of 3 lengths: left padding
+def test_one_pass_class_scores_are_the_models_own_log_probabilities(request, batch, decoder, dtype, frames):
     engine = request.getfixturevalue("engine64" if dtype == "fp64" else "engine")
-    inputs = windows(engine.processor, [0.0, 2.0, 4.0][:batch], engine.model.dtype)
+    inputs = windows(engine.processor, [0.0, 2.0, 4.0][:batch], engine.model.dtype, frames)
+    assert len({w["input_ids"].shape[1] for w in inputs}) == len(set(frames))
     eos = engine.model.generation_config.eos_token_id
     free = engine.answer(inputs, 10, decoder=decoder, class_scores=False)
     if batch > 1:  # an end token row 0 says early: it finishes while the others run on
@@ -99,9 +103,10 @@ def test_one_pass_class_scores_are_the_models_own_log_probabilities(request, bat
 
 
 def test_an_answer_that_wrote_a_dict_is_scored_after_its_own_prefix(engine):
-    """The decoder's on_logits seam makes the answer "{'label': 'Foul'..." (after the model's own first
-    token): the classes are scored after its own text up to the label's opening quote, read from the cache
-    that decoding wrote, and equal plain forward passes over prompt + that prefix + class."""
+    """The decoder's on_logits seam makes the first row's answer "{'label': 'Foul'..." (after the model's own
+    first token): its classes are scored after its own text up to the label's opening quote, read from the
+    cache that decoding wrote, and equal plain forward passes over prompt + that prefix + class; the second
+    row's answer (random) is scored after the prompt's format in the same pass (a larger tree)."""
     tok = engine.processor.tokenizer
     forced = tok("{'label': 'Foul', 'team': 'home'}", add_special_tokens=False)["input_ids"]
     start = {}
@@ -110,7 +115,8 @@ def test_an_answer_that_wrote_a_dict_is_scored_after_its_own_prefix(engine):
         b = len(positions)
         start.setdefault(b, positions.clone())
         step = (positions - start[b]).clamp(max=len(forced) - 1)
-        return torch.where(torch.arange(logits.shape[1])[None] == torch.tensor(forced)[step][:, None], 1e4, -1e4)
+        wanted = torch.where(torch.arange(logits.shape[1])[None] == torch.tensor(forced)[step][:, None], 1e4, -1e4)
+        return torch.where(torch.arange(b)[:, None] == 0, wanted, logits)
 
     engine.reset(force)
     try:
@@ -118,11 +124,16 @@ def test_an_answer_that_wrote_a_dict_is_scored_after_its_own_prefix(engine):
         answers = engine.answer(inputs, len(forced) + 1)
     finally:
         engine.reset()
+    assert answers[0].text.endswith("{'label': 'Foul', 'team': 'home'}")
+    assert "label" not in answers[1].text
+    sizes = []
     for window, answer in zip(inputs, answers):
-        assert answer.text.endswith("{'label': 'Foul', 'team': 'home'}")
         tree, _ = scores.class_tree(tok, window["input_ids"][0].tolist(), answer.ids, answer.text)
-        assert tree.parents[len(tok("None", add_special_tokens=False)["input_ids"])] == -1  # its own prefix: a root
+        own = tree.parents[len(tok("None", add_special_tokens=False)["input_ids"])] == -1  # its own prefix: a root
+        assert own == (answer is answers[0])
+        sizes.append(len(tree.tokens))
         assert_scores(engine, window, answer)
+    assert sizes[0] < sizes[1]
 
 
 def test_token_probabilities_are_generates_own(engine):
