@@ -16,8 +16,9 @@ rate), mean GPU utilisation, peak GPU memory, and the projected minutes for a 50
 (1,500 windows) on 4 GPUs (the first batch, then the rest at the steady rate); and, per quantization, the
 time split of one window: decode video, preprocess, vision tower, prefill, per new token.
 --profile yes profiles one whole batch (the largest of --batch-sizes): per phase (prefill, decode,
-class scores when --class-scores has yes, answers + JSON) wall and GPU-busy seconds and kernel seconds per kind (GEMM, NF4 dequantize, ...),
-and writes its timeline beside --out (trace_QUANT_TOKENS.json.gz);
+class scores when --class-scores has yes, answers + JSON) wall and GPU-busy seconds and kernel
+seconds per kind (GEMM, NF4 dequantize, ...), and writes its timeline beside --out
+(trace_QUANT_TOKENS.json.gz);
 --decoder-check yes compares the fast decoder (CUDA graph and eager) with transformers' generate.
 The benchmark changes nothing of the package: it makes its own engines (llava_soccer/engine.py) over one
 loaded model and watches through seams (worker.run's on_batch, the decoder's on_logits and its profiler
