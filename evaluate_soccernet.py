@@ -221,7 +221,8 @@ def rank_model(s, halves, labels, out, args, saved) -> tuple:
             continue
         spot_dir = out / name if ranking == "confidence" else out / RANKING_DIR.format(ranking=ranking) / name
         official = s["official"] if ranking == "confidence" else write_results(hs, labels, spot_dir, args)[0]
-        best = rankings.best_thresholds(hs, gt, args.tolerance)
+        by_class = rankings.class_curves(hs, gt, args.tolerance)
+        best = rankings.best_thresholds(by_class)
         result[ranking] = {"available": True, "note": note, "results_dir": str(spot_dir),
                            "predictions": sum(len(h.events) for h in hs),
                            "official": {m: {"a_mAP": r["a_mAP"], "a_mAP_per_class": r["a_mAP_per_class"]}
@@ -231,8 +232,7 @@ def rank_model(s, halves, labels, out, args, saved) -> tuple:
         if mine is not None:
             at = rankings.at_thresholds(hs, gt, args.tolerance, mine)
             result[ranking].update(at_saved_thresholds=at, at_saved_thresholds_all=rankings.total_f1(at))
-        curves[ranking] = (rankings.sweep(*rankings.by_class(hs, gt), args.tolerance),
-                           sum(len(v) for v in gt.values()))
+        curves[ranking] = (rankings.pooled(by_class), sum(n_gt for _, n_gt in by_class.values()))
     return result, curves
 
 

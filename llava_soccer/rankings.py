@@ -139,16 +139,34 @@ def by_class(halves, gt) -> tuple:
     return g, p
 
 
-def best_thresholds(halves, gt, tolerance) -> dict:
-    """{class: the threshold of best F1 on these halves, with its F1, precision, recall, tp, gt, pred}: the
+def class_curves(halves, gt, tolerance) -> dict:
+    """{class: (sweep() of its predictions on these halves, its ground-truth count)}: the one matching pass that
+    best_thresholds() and pooled() read."""
+    g, p = by_class(halves, gt)
+    return {c: (sweep({k: v for k, v in g.items() if k[1] == c}, {k: v for k, v in p.items() if k[1] == c},
+                      tolerance), sum(len(v) for k, v in g.items() if k[1] == c)) for c in SOCCERNET_CLASSES}
+
+
+def pooled(curves) -> list:
+    """sweep() of all classes together (one threshold for all) from class_curves(): at each distinct score, the
+    sums of every class's last point at or above it (pairs never cross classes, so nothing is matched again)."""
+    points = sorted(((score, c, tp, n) for c, (curve, _) in curves.items() for score, tp, n in curve),
+                    key=lambda x: -x[0])
+    last, tp, n, out = {}, 0, 0, []
+    for i, (score, c, tp_c, n_c) in enumerate(points):
+        was_tp, was_n = last.get(c, (0, 0))
+        tp, n, last[c] = tp + tp_c - was_tp, n + n_c - was_n, (tp_c, n_c)
+        if i + 1 == len(points) or points[i + 1][0] != score:
+            out.append((score, tp, n))
+    return out
+
+
+def best_thresholds(curves) -> dict:
+    """{class: the threshold of best F1 (class_curves()), with its F1, precision, recall, tp, gt, pred}: the
     highest threshold reaching it; threshold None where the class has no ground truth (not tuned) or no
     prediction."""
-    g, p = by_class(halves, gt)
     out = {}
-    for c in SOCCERNET_CLASSES:
-        n_gt = sum(len(v) for k, v in g.items() if k[1] == c)
-        points = sweep({k: v for k, v in g.items() if k[1] == c}, {k: v for k, v in p.items() if k[1] == c},
-                       tolerance)
+    for c, (points, n_gt) in curves.items():
         best = max(points, key=lambda x: (2 * x[1] / (n_gt + x[2]), x[0]), default=None) if n_gt else None
         t, tp, n = best if best else (None, 0, 0)
         out[c] = {"threshold": t, "f1": 2 * tp / (n_gt + n) if n_gt else None,
@@ -167,8 +185,8 @@ SETTINGS = ("tolerance", "dedup_s", "nms_window")  # evaluate_soccernet.py's fla
 
 
 def read_thresholds(path) -> dict:
-    """{"models": {model: {ranking: {class: threshold or None}}}, "games": [...], "made_by": {model: lines},
-    "settings": {SETTINGS: value}} of a thresholds.json, or InputError."""
+    """{"models": {model: {ranking: {class: threshold or None}}}, "games": [...], "made_by": {model: [its run
+    descriptions]}, "settings": {SETTINGS: value}} of a thresholds.json, or InputError."""
     fix = "pass a thresholds.json that evaluate_soccernet.py wrote for other games"
     data = read_json(path, "thresholds file", fix)
     models = data.get("models") if isinstance(data, dict) else None

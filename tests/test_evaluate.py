@@ -18,7 +18,7 @@ import pytest
 
 import evaluate_soccernet as ev
 from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, tick_labels
-from llava_soccer import provenance
+from llava_soccer import provenance, rankings, soccernet
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 try:
@@ -704,7 +704,7 @@ def spotting(label, seconds, confidence, half=1):
     return {"label": label, "position": str(round(seconds * 1000)), "half": str(half), "confidence": repr(confidence)}
 
 
-def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, tmp_path):
+def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, tmp_path, saved_figures):
     """Goals at 100 and 400 s, a Corner at 700 s. Written confidences are tied (AP 0.5 for Goal); the token
     probabilities rank the true goals first (AP 1); the class scores put a false goal first. Each ranking's
     number is the evaluator's own on results_spotting.json files written here by hand."""
@@ -719,8 +719,16 @@ def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, t
                window(698, "{'label': 'Corner', 'frame': 11}", scores(Goal=0.05, Corner=0.9))]
     project, sn = make_case(odd_root, "rankings", {GAME: gt}, [f"{GAME}/1_224p.mkv"], {"llava": {0: finals}})
     write_archive(project, 0, windows)
-    rc, out, err = run(project, sn, "--metrics", "at5")
+    rc, out, err = run(project, sn, "--metrics", "at5", "--plot")
     assert rc == 0, err
+    # The precision/recall curves by ranking (one threshold for all classes, +-3 s): the tied written
+    # confidences give one point (3 of 5 true); the token probabilities 0.9, 0.7, 0.6 (true), 0.3, 0.2 (false).
+    (ax,) = saved_figures["precision_recall_by_ranking.png"].axes
+    drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    assert list(drawn) == ["confidence", "token", "class"]
+    assert drawn["confidence"] == ([1.0], [0.6])
+    assert drawn["token"][0] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1])
+    assert drawn["token"][1] == pytest.approx([1, 1, 1, 0.75, 0.6])
 
     # Class scores by hand: per class, the windows' scores at the frame the answer named for that class, else
     # the window's middle (start + 1.4 s); NMS over 30 s keeps the highest within +-15 s (a tie: the earlier).
@@ -748,6 +756,21 @@ def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, t
     for ranking, folder in folders.items():
         written = load(project / "soccernet_eval" / folder / GAME / "results_spotting.json")["predictions"]
         assert len(written) == len(expected[ranking])
+
+
+def test_the_pooled_curve_is_the_sweep_of_all_classes_together():
+    """rankings.pooled() reads the curve of one threshold for all classes off the per-class curves (one matching
+    pass): the same points as sweeping every half and class at once, ties across classes included."""
+    rng = random.Random(5)
+    classes, halves, gt = SOCCERNET_CLASSES[:4], [], {}
+    for index in range(3):
+        events = [{"time": rng.uniform(0, 300), "label": rng.choice(classes),
+                   "confidence": rng.choice([0.2, 0.5, 0.9, round(rng.random(), 3)])} for _ in range(60)]
+        halves.append(soccernet.Half(index, "v.mkv", "g", 1, events=events))
+        gt[index] = [{"time": rng.uniform(0, 300), "label": rng.choice(classes)} for _ in range(15)]
+    direct = rankings.sweep(*rankings.by_class(halves, gt), 3.0)
+    assert rankings.pooled(rankings.class_curves(halves, gt, 3.0)) == direct
+    assert len(direct) < 180 and direct[-1][2] == 180 and direct[-1][1] > 0  # tied scores are one point; some pairs
 
 
 def class_series_case(odd_root, name, goal_scores, answers=None):
