@@ -19,7 +19,9 @@ Every window's raw model text (time, status, raw, error) is archived in
 raw_answers_llava_video_{I}.json.gz beside the final file with made_by, windows_total and
 incomplete (null, or the one-line reason), so parse failures can be read and re-parsed after the
 partials are gone. Each final event carries "video" and "made_by". Both files are written
-atomically; the partials are deleted only after that.
+atomically, the raw answers first with the digest of the final they belong to (final_digest) and
+the final last: an interruption between the two leaves files that disagree, which a rerun merges
+again from the partials. The partials are deleted only after that.
 
 Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad flags,
 3 merged but incomplete (undecodable windows), 75 windows missing or failed.
@@ -109,12 +111,17 @@ def run(args) -> int:
     found, failures = merge.window_records_to_events(windows, info)
     source = video.relative_to(project / "raw_data").as_posix()
     kept = merge.dedup(found, args.dedup_s)
+    events = [records.final_record(e, source, windows.made_by) for e in kept]
     remove_stale_temps(archive)
+    # The final is the commit point: the raw answers go first and name the final they belong to, so a kill or a
+    # full disk between the two writes leaves an older final that disagrees with them (videos.origin_of: merge
+    # interrupted, redone from the partials), never a final whose state is read from another merge's answers.
     atomic_write_json_gz(archive, {
         "video": source, "made_by": windows.made_by, "windows_total": info.n_windows, "incomplete": incomplete or None,
+        "final_digest": records.final_digest(events),
         "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]})
-    atomic_write_json(final, [records.final_record(e, source, windows.made_by) for e in kept])
-    if not args.keep_partials:
+    atomic_write_json(final, events)
+    if not args.keep_partials:  # only now: until the final is written, they are what a rerun merges
         for path in files:
             path.unlink(missing_ok=True)
 

@@ -7,11 +7,13 @@ A window record is what the worker writes per 3 s window into its partial; the m
 event) or the seed's older per-window files ({"time": window start, "raw": text}, e.g. the Qwen runs);
 merge, compare_counts.py and evaluate_soccernet.py read them with read_final.
 """
+import hashlib
+import json
 import math
 from pathlib import Path
 
 from .events import final_events
-from .jsonio import UnreadableFile, excerpt, read_json
+from .jsonio import UnreadableFile, excerpt, read_json, strict
 
 WINDOW_STATUSES = ("ok", "failed", "undecodable")
 # What raw_answers_*.json.gz keeps of a window: with its class scores, the evaluator's dense candidates.
@@ -69,6 +71,15 @@ def final_record(e, video: str | None, made_by: dict | None) -> dict:
             "team": e["team"], "confidence": e["confidence"], "details": e.get("details"),
             "event_time": e["time"], "frame": e.get("frame"), "token_prob": e.get("token_prob"),
             "class_scores": e.get("class_scores"), "video": video, "made_by": made_by}
+
+
+def final_digest(records) -> str:
+    """sha256 of a final's records in one canonical form (sorted keys, compact, non-finite numbers null, what
+    UTF-8 cannot hold as "?" as the writer does): the same for the records the merge is about to write and for
+    those read back from the file, whatever its layout. The raw-answers file holds the digest of the final it
+    belongs to (videos.origin_of): one that differs is the trace of a merge interrupted between the two writes."""
+    text = json.dumps(strict(records), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
 def ensemble_record(ea, eb, names, video, made_by) -> dict:

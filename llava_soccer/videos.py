@@ -141,7 +141,25 @@ Origin = namedtuple("Origin", "video made_by incomplete known")
 
 def origin_of(final: Path) -> Origin:
     """What a final file and the raw-answers archive beside it (merge) say of their origin. Other models'
-    files and finals written before made_by existed give Origin(None, None, None, False)."""
+    files and finals written before made_by existed give Origin(None, None, None, False). UnreadableFile when
+    the archive belongs to another final (_origin): what this one holds, complete or not, is unknown."""
+    origin, merged = _origin(final)
+    if not merged:
+        name = name_pattern(FINAL).fullmatch(final.name)
+        index = name["video"] if name else "?"
+        raise UnreadableFile(f"{final} is older than the raw-answers file beside it: a merge of video {index} was "
+                             f"interrupted after writing the raw answers, before the final, and its partials are "
+                             f"gone. Move both files out of {final.parent}, then rerun video {index}")
+    return origin
+
+
+def _origin(final: Path) -> tuple[Origin, bool]:
+    """(origin_of(final), whether its raw-answers file belongs to it). The merge writes the raw answers first,
+    with the final_digest of the final it then writes (the commit point): a digest that differs is a merge
+    interrupted between the two writes, whose answers (and "incomplete") say nothing of the older final beside
+    them, so Origin is then the final's own. An archive older than "final_digest" belongs to its final, as
+    it always did."""
+    from .records import final_digest
     name = name_pattern(FINAL).fullmatch(final.name)
     archive = final.with_name(RAW_ANSWERS.format(**name.groupdict())) if name else None
     rerun = f"rerun video {name['video']}" if name else "rerun the video"
@@ -154,6 +172,8 @@ def origin_of(final: Path) -> Origin:
                                                   f"or move both out and {rerun}") \
         if archive and archive.exists() else None
     data = data if isinstance(data, dict) else {}
+    merged = "final_digest" not in data or data["final_digest"] == final_digest(records)
+    data = data if merged else {}
     said.update([data["video"]] if isinstance(data.get("video"), str) else [])
     made_by = data.get("made_by") if isinstance(data.get("made_by"), dict) else made_by
     said = sorted(said)
@@ -162,14 +182,18 @@ def origin_of(final: Path) -> Origin:
                          f"they belong to different runs; delete both and rerun the video")
     incomplete = data.get("incomplete")  # the merge's line; a file can hold anything
     incomplete = None if incomplete is None else log_safe(incomplete, 300)
-    return Origin(said[0] if said else None, made_by, incomplete, "made_by" in data or bool(made_by))
+    return Origin(said[0] if said else None, made_by, incomplete, "made_by" in data or bool(made_by)), merged
 
 
 def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
     """origin_of(final), or InputError when it was made from another video than line index of
     videos.txt (listed: its lines, default read as they are): a final copied from another project, or
     kept across a rebuilt videos.txt, would be skipped as done and scored against the wrong game."""
-    origin = origin_of(final)
+    return _same_video(origin_of(final), project, index, final, listed)
+
+
+def _same_video(origin: Origin, project: Path, index: int, final: Path, listed) -> Origin:
+    """check_source of an origin already read."""
     listed = _lines(project / MANIFEST, f"restore it with: cp {project / GIVEN} {project / MANIFEST}") \
         if listed is None else listed
     if not listed or origin.video is None:
@@ -186,13 +210,21 @@ def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
 def final_state(project: Path, index: int, listed=None) -> tuple[str, str]:
     """What submit_llava.sh does with a video, and the line it logs: "todo" (no final), "done" (a
     complete final: skipped), "incomplete" (a final with undecodable windows whose video file is
-    unchanged: a rerun cannot fill them, skipped) or "redo" (an incomplete final whose file changed).
-    listed: videos.txt's lines, when the caller has read them (check_source)."""
+    unchanged: a rerun cannot fill them, skipped) or "redo" (an incomplete final whose file changed, or
+    a merge interrupted before it wrote the final, whose partials are still there: the workers find their
+    windows saved and the merge runs again). listed: videos.txt's lines, when the caller has read them."""
+    from .merge import partial_files
     from .provenance import same_file
     final = final_path(project, index)
     if not final.exists():
         return "todo", ""
-    origin = check_source(project, index, final, listed)
+    origin, merged = _origin(final)
+    if not merged:
+        if partial_files(project, index):  # the merge deletes them only after writing the final
+            return "redo", (f"video {index}: its last merge was interrupted ({final.name} is older than the raw "
+                            f"answers beside it): merging its saved partials again")
+        origin = origin_of(final)  # raises: one line saying what to do
+    origin = _same_video(origin, project, index, final, listed)
     same = same_file((origin.made_by or {}).get("video_file"), project)
     if origin.incomplete is None:
         if same is False:

@@ -521,7 +521,10 @@ def test_finals_name_their_video_and_one_of_another_video_is_refused(odd_root, v
             f"videos.txt. Move it and its raw_answers file out of {there}, then rerun video 0")
     code, out, err = run_merge(there, capsys)
     assert (code, out, err.strip()) == (1, "", says)
-    copied.write_text("[]")  # no events: the archive beside it still says where it came from
+    write_partials(here, all_windows())  # no events: the archive beside the final still says where it came from
+    assert run_merge(here, capsys)[0] == 0 and load(final) == []
+    for path in (final, archive):
+        shutil.copy(path, there / path.name)
     assert run_merge(there, capsys)[:3:2] == (1, says + "\n")
     (there / archive.name).unlink()  # a final that says nothing (older runs, other models) is not refused
     code, out, err = run_merge(there, capsys)
