@@ -38,6 +38,7 @@ from llava_soccer.jsonio import (
     atomic_write_json,
     atomic_write_json_gz,
     log_safe,
+    read_json,
     remove_stale_temps,
     run_cli,
 )
@@ -103,6 +104,12 @@ def run(args) -> int:
     info = videos.probe(video)
     windows = merge.read_windows(files, info.n_windows)
     check_same_file(args.video_index, project, video, info, windows.made_by)
+    if windows.missing and left_over(final, archive, windows):
+        for path in files:
+            path.unlink(missing_ok=True)
+        say(f"video {args.video_index}: already merged into {final}; deleted "
+            f"{settings.count(len(files), 'partial')} that a merge stopped while deleting them left")
+        return 0
     if not finished(args.video_index, info, windows):
         return EXIT_MISSING
 
@@ -152,6 +159,22 @@ def check_same_file(index, project, video, info, made_by) -> None:
     if changed:
         raise InputError(f"the partials of video {index} were made from another file than {video} "
                          f"is now ({'; '.join(changed)}): delete them and rerun the video")
+
+
+def left_over(final, archive, windows) -> bool:
+    """Whether the partials are what remains of those a merge that wrote final (its commit point) was deleting
+    when it stopped: the raw answers belong to the final (their final_digest) and hold every window of the
+    partials as it is, made by the same run. Merging them again would lack the windows already deleted."""
+    fix = f"move {final.name} and {archive.name} out of {final.parent} and merge again"
+    if not (final.is_file() and archive.is_file()):
+        return False
+    data = read_json(archive, "raw answers file", fix)
+    if not (isinstance(data, dict) and isinstance(data.get("windows"), list) and data.get("made_by") is not None
+            and data.get("final_digest") == records.final_digest(read_json(final, "predictions file", fix))
+            and data["made_by"] == windows.made_by):
+        return False
+    archived = {w.get("time"): w for w in data["windows"] if isinstance(w, dict)}
+    return all(archived.get(r["time"]) == records.archived_record(r) for r in windows.records.values())
 
 
 def finished(index, info, windows) -> bool:
