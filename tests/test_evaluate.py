@@ -364,7 +364,7 @@ def test_real_qwen_predictions_in_the_seed_format(odd_root):
     ("bad_predictions", "predictions file {project}/final_predictions_llava_video_0.json is not a JSON list"),
     ("no_predictions", "no final_predictions_llava_video_<N>.json in {project}"),
     ("same_half_twice", "videos #0 and #1 are both {game} half 1 (llava): choose one with --videos"),
-    ("missing_video", "--videos asks for [5] but"),
+    ("missing_video", "--videos asks for 5 but"),
     ("no_evaluator", "the official SoccerNet evaluator is not installed: pip install --no-deps SoccerNet==0.2.0"),
     ("no_soccernet", "no SoccerNet folder: pass --soccernet DIR"),
 ])
