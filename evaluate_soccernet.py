@@ -25,13 +25,15 @@ Exit codes: 0 done, 1 input error (one line names the file and the fix), 2 bad f
 """
 import argparse
 import csv
+import difflib
 import io
 import re
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
 
-from llava_soccer import provenance, rankings, settings, soccernet, videos
+from llava_soccer import merge, provenance, rankings, settings, soccernet, status, videos
 from llava_soccer.jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, log_safe, run_cli
 from llava_soccer.settings import SOCCERNET_CLASSES
 
@@ -115,11 +117,14 @@ def load_model(name, folder, manifest, wanted, project, args):
     """The Halves of one model, with its events; notes for videos that are not SoccerNet halves; what each file
     says of its origin ({index: videos.Origin})."""
     files = soccernet.prediction_files(folder, name)
-    if wanted is not None:
-        missing = sorted(wanted - set(files))
-        if missing:
-            raise InputError(f"--videos asks for {missing[:10]} but {folder} has no "
-                             f"final_predictions_{name}_video_<N>.json for them")
+    if wanted is not None:  # bounded by videos.txt before any list is made: --videos 0-999999999 is two numbers
+        missing = [i for i in wanted.below(len(manifest)) if i not in files]
+        past = wanted.from_(len(manifest))
+        if missing or past:
+            runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(missing))
+            raise InputError(f"--videos asks for {', '.join(filter(None, (runs, past)))} but {folder} has no "
+                             f"final_predictions_{name}_video_<N>.json for them"
+                             + (f" ({project / videos.MANIFEST} lists {len(manifest)} videos)" if past else ""))
         files = {i: p for i, p in files.items() if i in wanted}
     if not files:
         raise InputError(f"no final_predictions_{name}_video_<N>.json in {folder} "
@@ -162,9 +167,9 @@ def write_results(halves, labels, spot_dir, args) -> tuple:
     return official, collapsed
 
 
-def evaluate_model(name, halves, labels, out, args):
-    """Write the model's results_spotting.json files; return its summary (official + per class)."""
-    official, collapsed = write_results(halves, labels, out / name, args)
+def evaluate_model(name, halves, labels, stage, args):
+    """Write the model's results_spotting.json files (under stage, publish()'s); return its summary."""
+    official, collapsed = write_results(halves, labels, stage / name, args)
     unscored_gt, skipped_gt = Counter(), 0
     counts = soccernet.new_counts()
     below_threshold = 0
@@ -206,10 +211,10 @@ def evaluate_model(name, halves, labels, out, args):
     }
 
 
-def rank_model(s, halves, labels, out, args, saved) -> tuple:
+def rank_model(s, halves, labels, stage, out, args, saved) -> tuple:
     """({ranking: its official average-mAP, best-F1 thresholds per class, F1 at the saved thresholds (saved:
     read_thresholds' models, or None)}, {ranking: pooled precision/recall curve}) of one model; a ranking its
-    files cannot give is {"available": False, "note": the one line why}."""
+    files cannot give is {"available": False, "note": the one line why}. Files go under stage, named as in out."""
     name, gt = s["model"], rankings.ground_truth(halves, labels)
     ranked = {"confidence": (halves, None),
               "token": rankings.token_halves(halves, args.missing_confidence, args.dedup_s),
@@ -219,11 +224,11 @@ def rank_model(s, halves, labels, out, args, saved) -> tuple:
         if hs is None:
             result[ranking] = {"available": False, "note": note}
             continue
-        spot_dir = out / name if ranking == "confidence" else out / RANKING_DIR.format(ranking=ranking) / name
-        official = s["official"] if ranking == "confidence" else write_results(hs, labels, spot_dir, args)[0]
+        where = Path(name) if ranking == "confidence" else Path(RANKING_DIR.format(ranking=ranking), name)
+        official = s["official"] if ranking == "confidence" else write_results(hs, labels, stage / where, args)[0]
         by_class = rankings.class_curves(hs, gt, args.tolerance)
         best = rankings.best_thresholds(by_class)
-        result[ranking] = {"available": True, "note": note, "results_dir": str(spot_dir),
+        result[ranking] = {"available": True, "note": note, "results_dir": str(out / where),
                            "predictions": sum(len(h.events) for h in hs),
                            "official": {m: {"a_mAP": r["a_mAP"], "a_mAP_per_class": r["a_mAP_per_class"]}
                                         for m, r in official.items()},
@@ -331,14 +336,23 @@ def thresholds_file(summaries, args) -> dict:
                                     for ranking, r in s["rankings"].items()} for s in summaries}}
 
 
-def read_saved(path, summaries, args) -> dict:
-    """read_thresholds(path)'s models, after checking it has every scored model (else InputError) and saying
-    when it was tuned on games scored here, with other settings, or on predictions made otherwise."""
+def read_saved(path, models) -> dict:
+    """rankings.read_thresholds(path), checked to have every model of --models (else InputError: the closest name
+    it has), before anything is read or written."""
     saved = rankings.read_thresholds(path)
-    for s in summaries:
-        if s["model"] not in saved["models"]:
-            raise InputError(f"thresholds file {path} has no thresholds for {s['model']} (it has "
-                             f"{', '.join(saved['models']) or 'none'}): pass one tuned on that model, or --models")
+    for name in models:
+        if name not in saved["models"]:
+            close = difflib.get_close_matches(name, list(saved["models"]), 1, 0.5)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise InputError(f"thresholds file {path} has no thresholds for {name} (it has "
+                             f"{', '.join(saved['models']) or 'none'}{hint}): pass one tuned on that model, or "
+                             f"--models")
+    return saved
+
+
+def warn_saved(saved, path, summaries, args) -> dict:
+    """saved's models, after saying when it was tuned on games scored here, with other settings, or on
+    predictions made otherwise."""
     scored = {v["game"] for s in summaries for v in s["videos"]}
     same = scored & set(saved["games"])
     if same:
@@ -474,9 +488,14 @@ def inputs(args):
 
 
 def run(args):
+    """Every input is read and checked first (flags, videos.txt, --thresholds, finals, labels, --out); then all
+    outputs are written into a staging folder that replaces --out whole at the end (publish): a run that stops
+    leaves the earlier run's set as it was, never its summary beside new per-game files."""
     project, root, manifest = inputs(args)
     out = Path(args.out).expanduser() if args.out else project / "soccernet_eval"
     models = parse_models(args.models, Path(args.predictions_dir).expanduser() if args.predictions_dir else project)
+    thresholds = Path(args.thresholds).expanduser() if args.thresholds else None
+    saved = read_saved(thresholds, models) if thresholds else None
     wanted = args.videos
 
     loaded, origins = {}, {}
@@ -488,24 +507,35 @@ def run(args):
             raise InputError(f"none of {name}'s videos is a SoccerNet half (<league>/<season>/<game>/1_*.mkv)")
         loaded[name] = halves
     labels, unlabelled = read_labels(root, loaded)
+    if args.plot:
+        timeline_half(loaded, args)  # a --timeline-video without predictions stops here, not after the writing
     warn_past_the_end(loaded, origins, project)
+    warn_changed(loaded, origins, project)
 
+    stage = staging(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output folder {out} ({e.strerror}): pass --out DIR, a folder you can "
-                         f"write to") from None
-    summaries = [evaluate_model(name, halves, labels, out, args) for name, halves in loaded.items()]
+        written = write_all(stage, out, loaded, origins, labels, unlabelled, saved, project, root, args)
+        publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # a run that stopped: its half-written set goes, out stays
+    print(f"\nwrote results_spotting.json per game under {out}/<model>/"
+          + "".join(f", {out}/{d}/<model>/" for d in written[0]) + ", and " + ", ".join(written[1]))
+    return 0
+
+
+def write_all(stage, out, loaded, origins, labels, unlabelled, saved, project, root, args) -> tuple:
+    """Score and write everything into stage: (the other rankings' folders, the other files' names)."""
+    summaries = [evaluate_model(name, halves, labels, stage, args) for name, halves in loaded.items()]
     for s in summaries:  # what made the files scored: the run(s), unknown origins, incomplete videos
         made = {h.index: origins[s["model"]][h.index] for h in loaded[s["model"]]}
         s["made_by"] = provenance.report(made)
         s["runs"] = sorted({provenance.describe(o.made_by) for o in made.values()})  # as thresholds.json compares
         for v in s["videos"]:
             v["incomplete"] = origins[s["model"]][v["index"]].incomplete
-    saved = read_saved(Path(args.thresholds).expanduser(), summaries, args) if args.thresholds else None
+    saved = warn_saved(saved, Path(args.thresholds).expanduser(), summaries, args) if saved else None
     curves = {}
     for s in summaries:
-        s["rankings"], curves[s["model"]] = rank_model(s, loaded[s["model"]], labels, out, args, saved)
+        s["rankings"], curves[s["model"]] = rank_model(s, loaded[s["model"]], labels, stage, out, args, saved)
     for s in summaries:
         print_report(s, args)
         print_rankings(s, args, args.thresholds)
@@ -514,20 +544,57 @@ def run(args):
 
     settings_used = {k: getattr(args, k) for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s",
                                                    "metrics", "nms_window", "thresholds")}
-    atomic_write_json(out / "summary.json", {"soccernet": str(root), "project": str(project), "settings": settings_used,
-                                             "games_without_labels": unlabelled, "models": summaries})
-    write_csv(out / "per_class.csv", summaries, args.metrics)
-    atomic_write_json(out / THRESHOLDS_FILE, thresholds_file(summaries, args))
-    written = [out / "summary.json", out / "per_class.csv", out / THRESHOLDS_FILE]
+    atomic_write_json(stage / "summary.json", {"soccernet": str(root), "project": str(project),
+                                               "settings": settings_used, "games_without_labels": unlabelled,
+                                               "models": summaries})
+    write_csv(stage / "per_class.csv", summaries, args.metrics)
+    atomic_write_json(stage / THRESHOLDS_FILE, thresholds_file(summaries, args))
+    written = ["summary.json", "per_class.csv", THRESHOLDS_FILE]
     if args.plot:
-        written += plots(out, summaries, loaded, labels, args)
-        plot_rankings(out / "precision_recall_by_ranking.png", summaries, curves, args)
-        written.append(out / "precision_recall_by_ranking.png")
+        written += plots(stage, summaries, loaded, labels, args)
+        plot_rankings(stage / "precision_recall_by_ranking.png", summaries, curves, args)
+        written.append("precision_recall_by_ranking.png")
     ranked = sorted({RANKING_DIR.format(ranking=k) for s in summaries for k, r in s["rankings"].items()
                      if r["available"] and k != "confidence"})
-    print(f"\nwrote results_spotting.json per game under {out}/<model>/"
-          + "".join(f", {out}/{d}/<model>/" for d in ranked) + ", and " + ", ".join(p.name for p in written))
-    return 0
+    return ranked, written
+
+
+OUR_FILES = re.compile(rf"summary\.json|per_class\.csv|{re.escape(THRESHOLDS_FILE)}|"
+                       r"precision_recall(_by_ranking)?\.png|timeline_video_\d+\.png")  # what write_all writes
+
+
+def staging(out: Path) -> Path:
+    """A fresh .<out>.partial folder beside out, for this run's outputs (publish() moves it to out), after checking
+    out holds only what an earlier run wrote (it is replaced whole) and settling what a stopped run left."""
+    stage, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: pass --out DIR, a folder for the results")
+    for entry in out.iterdir() if out.is_dir() else ():
+        inside = list(entry.rglob("*")) if entry.is_dir() and not entry.is_symlink() else None
+        ours = OUR_FILES.fullmatch(entry.name) and entry.is_file() if inside is None else all(
+            f.is_dir() or f.name == soccernet.RESULTS_FILE for f in inside)
+        if not ours:
+            raise InputError(f"--out {out} holds {entry.name}, which evaluate_soccernet.py does not write: each run "
+                             f"replaces the whole folder, so pass --out DIR, a new folder or one of its own")
+    try:
+        if old.is_dir() and not out.exists():
+            old.rename(out)  # a run stopped between publish()'s two renames: the earlier set comes back
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {stage.parent} ({e.strerror}): pass --out DIR, a folder "
+                         f"you can write to") from None
+    return stage
+
+
+def publish(stage: Path, out: Path) -> None:
+    """The run's outputs become out at once: the earlier set moves aside, the new one in, the earlier one goes."""
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_labels(root, loaded) -> tuple:
@@ -577,22 +644,43 @@ def warn_past_the_end(loaded, origins, project) -> None:
                       f"the video is {length:.0f} s long: are they another video's (a wrong index)?")
 
 
-def plots(out, summaries, loaded, labels, args) -> list:
-    """The precision/recall plot and the timeline of one video (--timeline-video, default the first scored)."""
-    plot_precision_recall(out / "precision_recall.png", summaries, args)
+def timeline_half(loaded, args) -> tuple:
+    """(index, {model: its half of that video}) of the timeline plot (--timeline-video, default the first scored);
+    InputError when no model has it."""
     index = args.timeline_video if args.timeline_video is not None else loaded[next(iter(loaded))][0].index
-    shown = {name: next((h for h in halves if h.index == index), None) for name, halves in loaded.items()}
-    first = next((h for h in shown.values() if h), None)
-    if first is None:
+    shown = {name: h for name, halves in loaded.items() for h in halves if h.index == index}
+    if not shown:
         raise InputError(f"--timeline-video {index}: no model has predictions for video #{index}")
+    return index, shown
+
+
+def plots(out, summaries, loaded, labels, args) -> list:
+    """The precision/recall plot and the timeline of one video: the names of the files written."""
+    plot_precision_recall(out / "precision_recall.png", summaries, args)
+    index, shown = timeline_half(loaded, args)
+    first = next(iter(shown.values()))
     gt = [a for a in labels[first.game] if a["half"] == first.half]
     plot_timeline(out / f"timeline_video_{index}.png", index, first.video, gt,
-                  {name: h.events for name, h in shown.items() if h})
-    return [out / "precision_recall.png", out / f"timeline_video_{index}.png"]
+                  {name: h.events for name, h in shown.items()})
+    return ["precision_recall.png", f"timeline_video_{index}.png"]
+
+
+def warn_changed(loaded, origins, project) -> None:
+    """One warning per final whose video file changed, or is gone, since it was made (status.video_file_note:
+    the words submit_llava.sh and status_llava.py use)."""
+    for name, halves in loaded.items():
+        for h in halves:
+            note = status.video_file_note(project, origins[name][h.index].made_by)
+            if note:
+                print(f"⚠️ {name}: video #{h.index} ({log_safe(h.video)}): {note.removeprefix('⚠️ ')}")
 
 
 def main(argv=None) -> int:
-    return run_cli(run, parse_args(argv), "evaluate_soccernet.py")
+    args = parse_args(argv)
+    try:
+        return run_cli(run, args, "evaluate_soccernet.py")
+    except BrokenPipeError:  # | head: the reader has what it wants (the files are written or not, as run says)
+        return status.quiet_exit()
 
 
 if __name__ == "__main__":

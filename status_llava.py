@@ -11,7 +11,8 @@ ETA), failed (the reason; a rerun retries), stopped (part done, no job: a rerun 
 running), not started; then the totals, events by label, and how long the rest takes at the rate
 the running jobs measure. It writes nothing (works on a project you cannot write to, while jobs run).
 The project: --project, else SOCCER_PROJECT, else the current directory when it is a project, else
-~/soccer_project. Exit codes: 0 shown, 1 the project cannot be read (one line says why), 2 bad flags.
+~/soccer_project. Exit codes: 0 shown, 1 the project cannot be read (one line says why), 2 bad flags,
+141 its reader stopped reading (| head: nothing said).
 """
 import argparse
 import sys
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
         return run_cli(run, args, "status_llava.py")
     except KeyboardInterrupt:  # --watch ends with Ctrl-C
         return 0
+    except BrokenPipeError:  # | head -3: the reader has what it wants; say nothing, as `yes | head` does
+        return status.quiet_exit()
 
 
 if __name__ == "__main__":

@@ -185,11 +185,33 @@ def check(project, video: int) -> None:
                      f"again")
 
 
+class BadLock(InputError):
+    """A lock file that cannot be read as a lock (a directory, unreadable, fields of the wrong type): status shows
+    that video as locked with this line; no job can take it either."""
+
+
+LOCK_FIELDS = {"video": int, "token": str, "job": (str, int), "array_task": str, "host": str, "pid": int,
+               "pid_start": int, "since": str}  # what _new_info writes (None allowed): anything else is not a lock
+
+
 def peek(project, video: int):
     """(info, why it is stale or None, heartbeat age in s) of video's lock, or None when there is none:
-    a read-only look by the rules take() applies (status_llava.py); it never writes."""
-    info, _, age = _read(lock_path(Path(project), video), video)
-    return None if info is None else (info, _stale(info, age), age)
+    a read-only look by the rules take() applies (status_llava.py); it never writes. BadLock (one line) for a
+    lock file that is a directory, unreadable, or whose fields are of the wrong type."""
+    path = lock_path(Path(project), video)
+    try:
+        info, _, age = _read(path, video)
+    except OSError as e:
+        why = "is a directory" if path.is_dir() else e.strerror
+        raise BadLock(f"unreadable lock file {path.name}: {why}; remove it if no job runs") from None
+    if info is None:
+        return None
+    for key, kind in LOCK_FIELDS.items():
+        value = info.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise BadLock(f"lock file {path.name} has {key} {json.dumps(value)[:60]}, not a "
+                          f"{'number' if kind is int else 'string'}: remove it if no job runs")
+    return info, _stale(info, age), age
 
 
 def _number(text: str, what: str) -> int:
@@ -222,8 +244,12 @@ def main(argv) -> int:
     except InputError as e:
         print(f"claims: error: {e}", file=sys.stderr)
     except OSError as e:
-        print(f"claims: error: cannot use the lock {e.filename} ({e.strerror}): make {argv[1]} writable",
-              file=sys.stderr)
+        if e.filename and Path(e.filename).is_dir():  # not a permission: writable or not, it is no lock
+            print(f"claims: error: the lock {e.filename} is a directory, not a file: remove the directory "
+                  f"{e.filename} (no job can hold a lock there)", file=sys.stderr)
+        else:
+            print(f"claims: error: cannot use the lock {e.filename} ({e.strerror}): make {argv[1]} writable",
+                  file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -14,6 +14,9 @@ CVSports 2021: --NMS_window 30, a peak suppresses its class within +-15 s). Wind
 is seen by two or three of them, so a narrower window keeps near-duplicates that cost precision at loose
 tolerances; for the tight metric (1-5 s) a narrower one (e.g. 10) keeps close events of one class apart.
 """
+import difflib
+import json
+import math
 from dataclasses import replace
 
 from . import merge
@@ -184,29 +187,73 @@ def total_f1(rows) -> float | None:
 SETTINGS = ("tolerance", "dedup_s", "nms_window")  # evaluate_soccernet.py's flags that change what is tuned
 
 
+THRESHOLDS_KEYS = ("note", *SETTINGS, "games", "made_by", "models")  # what a thresholds.json holds
+ROW_FORM = '{"threshold": a number in [0, 1] or null} (e.g. {"Goal": {"threshold": 0.5}})'
+
+
 def read_thresholds(path) -> dict:
     """{"models": {model: {ranking: {class: threshold or None}}}, "games": [...], "made_by": {model: [its run
-    descriptions]}, "settings": {SETTINGS: value}} of a thresholds.json, or InputError."""
-    fix = "pass a thresholds.json that evaluate_soccernet.py wrote for other games"
-    data = read_json(path, "thresholds file", fix)
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
-        raise InputError(f"thresholds file {path} has no \"models\" object: {fix}")
-    out = {}
-    for model, rankings in models.items():
-        out[model] = {}
-        for ranking, rows in (rankings or {}).items():
-            if ranking not in RANKINGS or rows is None:
-                continue
-            out[model][ranking] = {c: (rows.get(c) or {}).get("threshold") for c in SOCCERNET_CLASSES}
-            bad = [c for c, t in out[model][ranking].items()
-                   if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1)]
-            if bad:
-                raise InputError(f"thresholds file {path}: {model} {ranking} {bad[0]} has threshold "
-                                 f"{rows[bad[0]].get('threshold')!r}, not a number in [0, 1] or null: {fix}")
-    made_by = data.get("made_by") if isinstance(data.get("made_by"), dict) else {}
-    return {"models": out, "games": data.get("games") if isinstance(data.get("games"), list) else [],
-            "made_by": made_by, "settings": {k: data[k] for k in SETTINGS if k in data}}
+    descriptions]}, "settings": {SETTINGS: value}} of a thresholds.json, or InputError: check_thresholds."""
+    data = read_json(path, "thresholds file", THRESHOLDS_FIX)
+    check_thresholds(data, path)
+    out = {model: {ranking: {c: (rows.get(c) or {}).get("threshold") for c in SOCCERNET_CLASSES}
+                   for ranking, rows in ranked.items() if rows is not None}
+           for model, ranked in data["models"].items()}
+    return {"models": out, "games": data.get("games", []), "made_by": data.get("made_by", {}),
+            "settings": {k: data[k] for k in SETTINGS if k in data}}
+
+
+THRESHOLDS_FIX = "pass a thresholds.json that evaluate_soccernet.py wrote for other games, or correct it"
+
+
+def check_thresholds(data, path) -> None:
+    """InputError (one line: the file, the place in it as models.llava.confidence.Goal, the form expected) at the
+    first value of the wrong type, and at a name that is no key of the format, ranking or class (with the
+    closest one): a hand-written or edited file is never half read. A class left out is not tuned (all kept)."""
+    def wrong(where, value, form):
+        raise InputError(f"thresholds file {path}: {where} is {json.dumps(value)[:60]}, not {form}: {THRESHOLDS_FIX}")
+
+    def known(where, name, names, noun):
+        if name not in names:
+            close = difflib.get_close_matches(name, names, 1, 0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(names)}"
+            raise InputError(f"thresholds file {path}: {where} has {name!r}, which is no {noun}: {hint}")
+
+    if not isinstance(data, dict):
+        wrong("the file", data, 'an object {"models": {model: {ranking: {class: ...}}}, ...}')
+    for key in data:
+        known("the file", key, THRESHOLDS_KEYS, "key of a thresholds.json")
+    if not isinstance(data.get("models"), dict):
+        wrong("models", data.get("models"), '{model: {ranking: {class: {"threshold": ...}}}}')
+    for model, ranked in data["models"].items():
+        if not isinstance(ranked, dict):
+            wrong(f"models.{model}", ranked, f'{{ranking: {{class: {{"threshold": ...}}}}}} (rankings: '
+                                             f'{", ".join(RANKINGS)})')
+        for ranking, rows in ranked.items():
+            known(f"models.{model}", ranking, tuple(RANKINGS), "ranking")
+            if rows is None:
+                continue  # a ranking the files lacked (n/a)
+            if not isinstance(rows, dict):
+                wrong(f"models.{model}.{ranking}", rows, '{class: {"threshold": ...}} or null')
+            for c, row in rows.items():
+                known(f"models.{model}.{ranking}", c, SOCCERNET_CLASSES, "SoccerNet class")
+                if not isinstance(row, dict) or "threshold" not in row:
+                    wrong(f"models.{model}.{ranking}.{c}", row, ROW_FORM)
+                t = row["threshold"]
+                if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1):
+                    wrong(f"models.{model}.{ranking}.{c}.threshold", t, "a number in [0, 1] or null")
+    games = data.get("games", [])
+    if not isinstance(games, list) or not all(isinstance(g, str) for g in games):
+        wrong("games", games, 'a list of game folders ["<league>/<season>/<game>", ...]')
+    made_by = data.get("made_by", {})
+    for model, runs in (made_by.items() if isinstance(made_by, dict) else [(None, made_by)]):
+        if model is None or not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+            wrong("made_by" if model is None else f"made_by.{model}", runs,
+                  "{model: [run descriptions]}" if model is None else "a list of run descriptions (strings)")
+    for key in SETTINGS:
+        v = data.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            wrong(key, v, "a number of seconds, 0 or more")
 
 
 def at_thresholds(halves, gt, tolerance, thresholds) -> dict:

@@ -47,18 +47,45 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+class VideoRanges:
+    """What --videos names, kept as ranges: "0-999999999" costs two numbers, not a billion, until a tool bounds
+    it by what exists (below(n), among(found)). Iterating yields every index (ascending): bound it first."""
+
+    def __init__(self, ranges):
+        self.ranges = sorted(ranges)
+
+    def __contains__(self, index) -> bool:
+        return any(a <= index <= b for a, b in self.ranges)
+
+    def __iter__(self):
+        return iter(sorted({i for a, b in self.ranges for i in range(a, b + 1)}))
+
+    def below(self, n: int) -> list[int]:
+        """The indices named that are < n (videos.txt's length), ascending."""
+        return sorted({i for a, b in self.ranges for i in range(a, min(b, n - 1) + 1)})
+
+    def among(self, found) -> list[int]:
+        """The indices of found (e.g. the finals there are) that are named, ascending."""
+        return sorted(i for i in found if i in self)
+
+    def from_(self, n: int) -> str:
+        """The ranges named at or past n, as written ("9-12, 40"): what videos.txt does not list."""
+        return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in
+                         ((max(a, n), b) for a, b in self.ranges if b >= n))
+
+
 def video_list(text: str):
-    """argparse type of --videos, the one way every tool picks videos: "0-9,12" -> {0, ..., 9, 12};
-    "all" -> None (every video that has results)."""
+    """argparse type of --videos, the one way every tool picks videos: "0-9,12" -> VideoRanges([(0, 9),
+    (12, 12)]); "all" -> None (every video that has results)."""
     if text.strip() == "all":
         return None
-    out = set()
+    out = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m or int(m[2] or m[1]) < int(m[1]):
             raise argparse.ArgumentTypeError(f"{text!r}: use indices and ranges like 0-9,12 (or all)")
-        out.update(range(int(m[1]), int(m[2] or m[1]) + 1))
-    return out
+        out.append((int(m[1]), int(m[2] or m[1])))
+    return VideoRanges(out)
 
 
 def check_env(parser, envs: dict) -> None:

@@ -7,8 +7,10 @@ then totals and an estimate for the range. It never writes: no lock, no temp fil
 """
 import functools
 import math
+import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,19 +23,23 @@ from .settings import count
 
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")  # squeue states of a job that holds its locks alive
 RATE_MIN_S = 30  # a rate over less time than this is noise (the model loads first): not shown
+MAX_FPS, MAX_VIDEO_S = 1000.0, 7 * 86400  # a made_by past these was not probed from a video: length unknown
+CHANGED = "⚠️ its video file changed since: delete the final and its raw_answers file to redo it"
 
 
 @dataclass
 class Row:
     """One video's status line and the numbers the totals add up."""
     index: int
-    state: str                      # done, in progress, failed, stopped, incomplete, held, not started, error
+    state: str                      # STATES
     detail: str
     name: str = ""
     labels: dict = field(default_factory=dict)  # label -> events (done and incomplete videos)
     total: int | None = None        # the video's windows, when known
     left: int | None = None         # windows still to do (None: unknown)
     rate: float | None = None       # windows per second of the job processing it now
+    made_from: tuple | None = None  # a final's video (size, digest of its ends), as its made_by records it
+    gone: bool = False              # ... and that file is no longer in raw_data/
 
 
 @dataclass
@@ -52,8 +58,9 @@ def video_windows(made_by) -> tuple[int, float] | None:
     need to open the video. None when the made_by does not say (written before it recorded the video)."""
     vf = made_by.get("video_file") if isinstance(made_by, dict) else None
     fps, frames = (vf.get("fps"), vf.get("frames")) if isinstance(vf, dict) else (None, None)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (fps, frames)):
-        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in (fps, frames)) or fps > MAX_FPS or frames / fps > MAX_VIDEO_S:
+        return None  # checked before any arithmetic: a file can hold Infinity, or 1e12 frames at 1e-9 fps
     info = videos.VideoInfo(Path(), float(fps), int(frames))
     return info.n_windows, info.duration
 
@@ -68,12 +75,12 @@ def probed_windows(path: str) -> tuple[int, float] | None:
     return info.n_windows, info.duration
 
 
-def read_partials(project: Path, index: int, listed: list) -> Partials | None:
-    """The video's partials (merge.read_windows: the merge's own checks), None when there are none; InputError
-    (one line) for a damaged partial or partials of different runs. A partial that the merge deletes while
-    we read (the video just finished) is looked for again."""
-    for _ in range(3):
-        files = merge.partial_files(project, index)
+def read_partials(project: Path, index: int, listed: list, files: list) -> Partials | None:
+    """The video's partials (files: from the one listing of the project, report()), with merge.read_windows'
+    checks; None when there are none; InputError (one line) for a damaged partial or partials of different
+    runs. A partial that the merge deletes while we read (the video just finished) is looked for again."""
+    for attempt in range(3):
+        files = files if attempt == 0 else merge.partial_files(project, index)
         if not files:
             return None
         try:
@@ -169,12 +176,46 @@ def final_row(project: Path, index: int, listed: list) -> Row | None:
     known = video_windows(made_by)
     events = f"{count(sum(labels.values()), 'event')}: {labels_text(labels)}" if labels else "0 events"
     row = Row(index, state, events, labels=labels, total=known and known[0], left=0)
+    vf = made_by.get("video_file") if isinstance(made_by, dict) else None
+    if isinstance(vf, dict) and isinstance(vf.get("size"), int) and isinstance(vf.get("sha256_ends"), str):
+        row.made_from = (vf["size"], vf["sha256_ends"])
+    note = video_file_note(project, made_by, same="⚠️" not in line)  # final_state's warning: changed or gone
+    row.gone = bool(note) and note != CHANGED
     if state == "incomplete":
         row.detail = (f"{events}; {videos.origin_of(final).incomplete}: reruns skip it while its video file is "
                       f"unchanged")
-    elif "⚠️" in line:  # final_state's warning: the video file changed since the final was made
-        row.detail += "; ⚠️ its video file changed since: delete the final and its raw_answers file to redo it"
+    elif note:
+        row.detail += f"; {note}"
     return row
+
+
+def video_file_note(project: Path, made_by, same=None) -> str | None:
+    """The warning for a final whose video file is not the one it was made from: gone from raw_data/ (renamed
+    or deleted), or changed (CHANGED; same: provenance.same_file's answer when the caller has it); None when
+    it is the same or made_by does not say. status and evaluate_soccernet.py say it in these words."""
+    from .provenance import same_file
+    vf = made_by.get("video_file") if isinstance(made_by, dict) else None
+    path = vf.get("path") if isinstance(vf, dict) else None
+    if not isinstance(path, str) or not path:
+        return None
+    if not (project / "raw_data" / path).is_file():
+        return (f"⚠️ its video file raw_data/{log_safe(path, 200)} is gone (renamed or deleted?): a renamed video "
+                f"is listed again under a new index, which a run processes again; delete this final and its "
+                f"raw_answers file once that one is done")
+    return CHANGED if (same_file(vf, project) if same is None else same) is False else None
+
+
+def duplicates(rows: list) -> None:
+    """A final whose video file is gone, of the same video (size and end digests) as another row's final whose
+    file is there: a renamed video processed again under its new index. Its events count under that index
+    only: this row becomes "duplicate", out of the totals."""
+    there = {r.made_from: r.index for r in rows if r.made_from and not r.gone}
+    for r in rows:
+        twin = there.get(r.made_from) if r.gone else None
+        if twin is not None:
+            r.state, r.labels = "duplicate", {}
+            r.detail = (f"its video file is gone and video {twin} is the same video (size and digest; renamed?), "
+                        f"whose final counts it: delete this final and its raw_answers file")
 
 
 def partial_row(index: int, p: Partials, redo: bool) -> Row:
@@ -230,26 +271,36 @@ def running_row(index: int, p: Partials | None, info: dict, who: str, seen: dict
     return Row(index, "in progress", ", ".join(parts), total=total, left=left, rate=rate)
 
 
-def video_row(project: Path, index: int, listed: list, jobs: dict, seen: dict, now: float) -> Row:
+def video_row(project: Path, index: int, listed: list, partials: list, jobs: dict, seen: dict, now: float) -> Row:
     """One video's row. Its lock comes first (a job may be redoing an incomplete video); then a final a rerun
-    skips; then its partials; else not started. A file that cannot be read is that video's error row."""
+    skips; then its partials (partials: their files); else not started. A file that cannot be read is that
+    video's error row; a lock file that is none (claims.BadLock) is "locked", saying what to do."""
     try:
         lock = lock_of(project, index, jobs)
         if lock and lock[2] is None:
-            return running_row(index, read_partials(project, index, listed), lock[0], lock[1], seen, now)
+            return running_row(index, read_partials(project, index, listed, partials), lock[0], lock[1], seen, now)
         row = final_row(project, index, listed)  # also under a dead job's lock: the final is what counts
         if row:
             return row
-        p = read_partials(project, index, listed)
+        p = read_partials(project, index, listed, partials)
         if lock:
             saved = f"; {p.done}/{p.total or '?'} windows saved" if p else ""
             return Row(index, "held", f"{lock[1]}, {lock[2]}{saved}", total=p and p.total,
                        left=p.total - p.done if p and p.total else None)
         if p:
             return partial_row(index, p, settings.final_path(project, index).exists())
+    except claims.BadLock as e:
+        return Row(index, "locked", log_safe(e, 400))
     except InputError as e:
         return Row(index, "failed", log_safe(e, 400))
     return Row(index, "not started", "a run processes it")
+
+
+def quiet_exit() -> int:
+    """After a BrokenPipeError (| head has what it wants): stdout to /dev/null (Python flushes it again at exit,
+    which would raise once more), and 141, the status a shell gives a command that SIGPIPE ended."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def duration(seconds: float) -> str:
@@ -270,34 +321,46 @@ def clock(ts: float) -> str:
     return when.strftime("%H:%M" if days == 0 else "%a %H:%M" if abs(days) < 7 else "%Y-%m-%d %H:%M")
 
 
-STATES = ("done", "in progress", "failed", "stopped", "incomplete", "held", "not started")
+STATES = ("done", "in progress", "failed", "stopped", "incomplete", "held", "locked", "duplicate", "not started")
+PATTERNS = {kind: settings.name_pattern(template, model="llava")
+            for kind, template in (("final", settings.FINAL), ("partial", settings.PARTIAL), ("lock", settings.LOCK))}
 
 
-def indices_of(project: Path, listed: list, asked) -> tuple[list, str]:
+def listing(project: Path) -> tuple[set, dict]:
+    """(indices with a final, partial or lock; {index: its partials, by worker}) from one listing of the project:
+    once per report, not once per video (10,000 videos: a listing each made it quadratic)."""
+    found, partials = set(), {}
+    for f in project.iterdir():
+        for kind, pattern in PATTERNS.items():
+            if m := pattern.fullmatch(f.name):
+                found.add(int(m["video"]))
+                if kind == "partial":
+                    partials.setdefault(int(m["video"]), []).append((int(m["gpu"]), f))
+    return found, {i: [f for _, f in sorted(fs)] for i, fs in partials.items()}
+
+
+def indices_of(listed: list, found: set, asked) -> tuple[list, str]:
     """(video indices to show, a note on those asked that videos.txt does not list). asked None (all): every
-    line of videos.txt, or without one (a folder of older finals) every index that has a file."""
-    if asked is None and listed:
-        return list(range(len(listed))), ""
+    line of videos.txt, or without one (a folder of older finals) every index that has a file (found). A range
+    asked is bounded by what exists before it becomes a list: --videos 0-999999999 costs what is there."""
+    if not listed:
+        return sorted(found) if asked is None else asked.among(found), ""
     if asked is None:
-        found = set()
-        for template in (settings.FINAL.format(model="llava", video="*"), settings.PARTIAL, settings.LOCK):
-            pattern = settings.name_pattern(template, model="llava")
-            found.update(int(m["video"]) for f in project.iterdir() if (m := pattern.fullmatch(f.name)))
-        return sorted(found), ""
-    shown = sorted(i for i in asked if not listed or i < len(listed))
-    past = sorted(set(asked) - set(shown))
-    runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(past))
-    note = f"videos {runs} are not in videos.txt (it lists {count(len(listed), 'video')})" if past else ""
-    return shown, note
+        return list(range(len(listed))), ""
+    past = asked.from_(len(listed))
+    note = f"videos {past} are not in videos.txt (it lists {count(len(listed), 'video')})" if past else ""
+    return asked.below(len(listed)), note
 
 
 def report(project: Path, asked, seen: dict) -> list[str]:
     """The status lines of the videos asked (None: all): a header, one aligned line per video, totals."""
     now = time.time()
     listed = videos.read_list(project)  # never manifest(): that one writes videos.txt
-    shown, note = indices_of(project, listed, asked)
+    found, partials = listing(project)
+    shown, note = indices_of(listed, found, asked)
     jobs = {}
-    rows = [video_row(project, i, listed, jobs, seen, now) for i in shown]
+    rows = [video_row(project, i, listed, partials.get(i, []), jobs, seen, now) for i in shown]
+    duplicates(rows)
     for row in rows:
         row.name = videos.display_name(listed[row.index], 70) if row.index < len(listed) else ""
     lines = [f"status of {project} at {datetime.fromtimestamp(now):%Y-%m-%d %H:%M:%S} "

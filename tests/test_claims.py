@@ -236,8 +236,8 @@ def test_cli_a_lock_it_cannot_use_is_one_line_exit_2(project):
     lock_of(project).mkdir()  # not a file (as a read-only project, which root would not see)
     r = cli("take", project, 0, os.getpid())
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == (f"claims: error: cannot use the lock {lock_of(project)} (Is a directory): "
-                        f"make {project} writable\n")
+    assert r.stderr == (f"claims: error: the lock {lock_of(project)} is a directory, not a file: remove the "
+                        f"directory {lock_of(project)} (no job can hold a lock there)\n")  # not: make it writable
 
 
 # --- temp files of atomic writes ---------------------------------------------------------------

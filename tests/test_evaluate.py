@@ -364,7 +364,7 @@ def test_real_qwen_predictions_in_the_seed_format(odd_root):
     ("bad_predictions", "predictions file {project}/final_predictions_llava_video_0.json is not a JSON list"),
     ("no_predictions", "no final_predictions_llava_video_<N>.json in {project}"),
     ("same_half_twice", "videos #0 and #1 are both {game} half 1 (llava): choose one with --videos"),
-    ("missing_video", "--videos asks for [5] but"),
+    ("missing_video", "--videos asks for 5 but"),
     ("no_evaluator", "the official SoccerNet evaluator is not installed: pip install --no-deps SoccerNet==0.2.0"),
     ("no_soccernet", "no SoccerNet folder: pass --soccernet DIR"),
 ])
@@ -891,3 +891,104 @@ def test_files_without_token_or_class_scores_show_n_a_with_one_line(odd_root):
     assert not (project / "soccernet_eval" / "token_ranking").exists()
     saved = load(project / "soccernet_eval" / "thresholds.json")["models"]["qwen7b"]
     assert saved["token"] is None and saved["confidence"]["Goal"]["threshold"] == 0.8
+
+
+THRESHOLD_FORMS = [  # what a hand-written or edited thresholds.json may hold -> the one line it gives
+    ({"models": {"llava": {"confidence": {"Goal": 0.5}}}},
+     'models.llava.confidence.Goal is 0.5, not {"threshold": a number in [0, 1] or null}'),
+    ({"models": {"llava": {"confidence": [0.5]}}}, "models.llava.confidence is [0.5], not {class: "),
+    ({"models": {"llava": "0.5"}}, 'models.llava is "0.5", not {ranking: '),
+    ({"models": ["llava"]}, 'models is ["llava"], not {model: '),
+    ({"models": {"llava": {}}, "made_by": {"llava": 5}}, "made_by.llava is 5, not a list of run descriptions"),
+    ({"models": {"llava": {}}, "games": [["a"]]}, 'games is [["a"]], not a list of game folders'),
+    ({"models": {"llava": {}}, "tolerance": "3"}, 'tolerance is "3", not a number of seconds, 0 or more'),
+    ({"models": {"llava": {"confidence": {"Goal": {"threshold": 2}}}}},
+     "models.llava.confidence.Goal.threshold is 2, not a number in [0, 1] or null"),
+    ({"models": {"llava": {"confidence": {"goal": {"threshold": 0.5}}}}},
+     "models.llava.confidence has 'goal', which is no SoccerNet class: did you mean 'Goal'?"),
+    ({"models": {"llava": {"Confidence": {}}}}, "models.llava has 'Confidence', which is no ranking: did you mean "
+                                                "'confidence'?"),
+    ({"model": {"llava": {}}}, "the file has 'model', which is no key of a thresholds.json: did you mean 'models'?"),
+    ({"models": {"lava": {}}}, "has no thresholds for llava (it has lava; did you mean lava?)"),
+    (None, "thresholds file not found: {path}"),
+]
+
+
+@pytest.mark.parametrize("form,expected", THRESHOLD_FORMS)
+def test_a_thresholds_file_is_checked_whole_before_anything_is_written(odd_root, tmp_path, form, expected):
+    """Every wrong type or unknown name in --thresholds FILE is one line naming the file, the place in it and the
+    form expected (the closest name for a misspelt one): never a traceback, never silently ignored, and nothing
+    written (no --out folder)."""
+    project, sn = make_case(odd_root, "bad thresholds", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal")]}})
+    path = tmp_path / "thresholds.json"
+    if form is not None:
+        path.write_text(json.dumps(form))
+    rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(path))
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("evaluate_soccernet.py: error: thresholds file ") and str(path) in err
+    assert expected.replace("{path}", str(path)) in err
+    assert not (project / "soccernet_eval").exists() and not list(project.glob(".soccernet_eval*"))
+
+
+def test_outputs_are_one_set_an_earlier_run_is_kept_whole_or_replaced_whole(odd_root, monkeypatch):
+    """Run 1 scores videos 0 and 1 (two games). Run 2 stops part-way (the official evaluator cannot load, after
+    results_spotting.json files were written): --out is still run 1's, file for file. Run 3 scores video 1 only:
+    --out holds its set alone, no game of run 1 beside it. A folder of other files is refused, untouched."""
+    labels = {GAME: [ann(1, 100, "Goal")], GAME2: [ann(1, 50, "Goal")]}
+    project, sn = make_case(odd_root, "one set", labels, [f"{GAME}/1_224p.mkv", f"{GAME2}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal")], 1: [pred(50, "Goal")]}})
+    out = project / "soccernet_eval"
+    assert run(project, sn, "--metrics", "none")[0] == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len([p for p in first if p.name == "results_spotting.json"]) == 2
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "SoccerNet.Evaluation.ActionSpotting", None)  # import fails part-way
+        rc, _, err = run(project, sn, "--metrics", "at1", "--videos", "1")
+    assert rc == 1 and "the official SoccerNet evaluator is not installed" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".soccernet_eval")) == []
+    assert run(project, sn, "--metrics", "none", "--videos", "1")[0] == 0
+    spotting = sorted(str(p.relative_to(out).parent) for p in out.rglob("results_spotting.json"))
+    assert spotting == [f"llava/{GAME2}"] and [v["index"] for v in summary(project)["videos"]] == [1]
+    (out / "notes.txt").write_text("mine")
+    rc, _, err = run(project, sn, "--metrics", "none")
+    assert rc == 1 and f"--out {out} holds notes.txt, which evaluate_soccernet.py does not write" in err
+    assert (out / "notes.txt").read_text() == "mine" and [v["index"] for v in summary(project)["videos"]] == [1]
+
+
+def test_a_huge_range_is_bounded_by_videos_txt(odd_root):
+    """--videos 0-999999999: one line naming what videos.txt lacks, at once (no MemoryError)."""
+    project, sn = make_case(odd_root, "huge", {GAME: [ann(1, 100, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal")]}})
+    rc, out, err = run(project, sn, "--metrics", "none", "--videos", "0-999999999")
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert f"--videos asks for 1-999999999 but {project} has no final_predictions_llava_video_<N>.json for them " \
+           f"({project / 'videos.txt'} lists 1 videos)" in err
+    assert run(project, sn, "--metrics", "none", "--videos", "0")[0] == 0
+
+
+def test_a_final_whose_video_changed_or_is_gone_is_warned_once(odd_root):
+    """The words status_llava.py uses: changed (other bytes) or gone (renamed or deleted)."""
+    videos = [f"{GAME}/1_224p.mkv", f"{GAME2}/1_224p.mkv"]
+    labels = {GAME: [ann(1, 30, "Goal")], GAME2: [ann(1, 30, "Goal")]}
+    project, sn = make_case(odd_root, "changed", labels, videos, {})
+    finals = {}
+    for i, v in enumerate(videos):
+        (project / "raw_data" / v).parent.mkdir(parents=True)
+        (project / "raw_data" / v).write_bytes(v.encode() * 1000)
+        made = {**MADE, "video_file": provenance.video_file(project, project / "raw_data" / v)}
+        finals[i] = [{**pred(30, "Goal"), "video": v, "made_by": made}]  # early: no probe for its length
+        (project / f"final_predictions_llava_video_{i}.json").write_text(json.dumps(finals[i]))
+    rc, out, err = run(project, sn, "--metrics", "none")
+    assert rc == 0 and "its video file" not in out, err
+    (project / "raw_data" / videos[0]).write_bytes(b"other bytes" * 1000)
+    (project / "raw_data" / videos[1]).unlink()
+    rc, out, err = run(project, sn, "--metrics", "none")
+    assert rc == 0, err
+    warned = [line for line in out.splitlines() if "its video file" in line]
+    assert warned == [f"⚠️ llava: video #0 ({videos[0]}): its video file changed since: delete the final and its "
+                      f"raw_answers file to redo it",
+                      f"⚠️ llava: video #1 ({videos[1]}): its video file raw_data/{videos[1]} is gone (renamed or "
+                      f"deleted?): a renamed video is listed again under a new index, which a run processes again; "
+                      f"delete this final and its raw_answers file once that one is done"]

@@ -190,7 +190,88 @@ def test_files_older_than_made_by(tmp_path, video_25fps):
     (project / "videos.txt").unlink()
     code, lines, err = status("--project", project)
     assert code == 0 and line_of(lines, 1).startswith("1  stopped  5/? windows saved"), err
+    assert line_of(lines, 0) == "0  done     1 event: Goal 1"  # a final alone is found too
     assert lines[-1] == "left: 1 video of unknown length (no final or partial says a length yet)"
+
+
+def test_lock_files_that_are_no_lock_are_that_videos_line_the_rest_shows(tmp_path):
+    """A lock that is a directory and one whose fields are lists or objects: that video is "locked" with what to
+    do, every other line as before; the claims CLI names the directory (not a permission) for the same lock."""
+    project = build(tmp_path)
+    settings.lock_path(project, 5).mkdir()
+    write(settings.lock_path(project, 6), {"video": 6, "token": ["a"], "job": {"id": 1}, "since": [2024]})
+    code, lines, err = status("--project", project)
+    assert code == 0 and "Traceback" not in err, err
+    assert line_of(lines, 5).startswith("5  locked       unreadable lock file .lock_llava_video_5.json: is a "
+                                        "directory; remove it if no job runs  [")
+    assert line_of(lines, 6).startswith('6  locked       lock file .lock_llava_video_6.json has token ["a"], not a '
+                                        "string: remove it if no job runs  [")
+    assert [line_of(lines, i).split("  ")[1].strip() for i in (0, 1, 3, 4)] == ["done", "incomplete", "failed",
+                                                                                "held"]
+    assert "2 locked" in next(line for line in lines if line.startswith("total: "))
+    r = subprocess.run([sys.executable, "-m", "llava_soccer.claims", "take", str(project), "5", str(os.getpid())],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert (r.returncode, r.stdout) == (2, "")
+    lock = settings.lock_path(project, 5)
+    assert r.stderr == (f"claims: error: the lock {lock} is a directory, not a file: remove the directory {lock} "
+                        f"(no job can hold a lock there)\n")
+
+
+@pytest.mark.parametrize("fps,frames", [(25.0, float("inf")), (1e-9, 1e12), (float("nan"), 1500), (25.0, -3)])
+def test_numbers_from_files_are_checked_before_any_arithmetic(tmp_path, fps, frames):
+    """made_by's fps and frames (Infinity, NaN, 1e12 frames at 1e-9 fps: a loop of 10+ minutes) make the length
+    unknown ("?"), read in no time; the other lines are as before."""
+    project = build(tmp_path)
+    mb = made_by(project, 6)
+    mb["video_file"].update(fps=fps, frames=frames)
+    write(settings.partial_path(project, 6, 0), {"made_by": mb, "windows": records(range(10))})
+    code, lines, err = status("--project", project)  # status() stops it after 120 s: it would spin for minutes
+    assert code == 0, err
+    assert line_of(lines, 6).startswith("6  stopped      10/? windows saved, no job holds it")
+
+
+def test_ranges_are_bounded_by_what_exists_and_a_closed_pipe_is_quiet(tmp_path):
+    """--videos 0-999999999 shows the 7 videos (not a billion rows, no MemoryError); `| head -3` ends it quietly
+    (141, as a shell says of SIGPIPE), nothing on stderr."""
+    project = build(tmp_path)
+    code, lines, err = status("--project", project, "--videos", "0-999999999")
+    assert code == 0, err
+    assert lines[0].endswith("(7 videos; read-only)")
+    assert "videos 7-999999999 are not in videos.txt (it lists 7 videos)" in lines
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} status_llava.py --project '{project}' "
+                                      f"--watch 0.2 | head -3"], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=60)
+    assert (r.returncode, r.stderr, len(r.stdout.splitlines())) == (141, "", 3)
+
+
+def test_a_renamed_video_is_counted_once(tmp_path):
+    """Video 0's file renamed: the first run after lists it again as video 7. Before 7 is processed, 0 says its
+    file is gone; once 7 has its final (same bytes), 0 is a duplicate and its events are not counted twice."""
+    project = build(tmp_path)
+    old, new = project / "raw_data" / GAMES[0], project / "raw_data" / "renamed" / "1_224p.mkv"
+    final0 = [event(project, 0, "Goal", 10.0), event(project, 0, "Corner", 20.0), event(project, 0, "Goal", 40.0)]
+    new.parent.mkdir()
+    old.rename(new)
+    with open(project / "videos.txt", "a") as f:
+        f.write("renamed/1_224p.mkv\n")
+    code, lines, err = status("--project", project)
+    assert code == 0, err
+    assert line_of(lines, 0).startswith("0  done         3 events: Goal 2, Corner 1; ⚠️ its video file raw_data/"
+                                        f"{GAMES[0]} is gone (renamed or deleted?): a renamed video is listed again "
+                                        "under a new index")
+    assert "not started" in line_of(lines, 7) and "4 events in the finals" in lines[9]
+    mb = {**final0[0]["made_by"], "video_file": {**provenance.video_file(project, new), "fps": FPS,
+                                                  "frames": FRAMES}}
+    write(settings.final_path(project, 7), [{**e, "video": "renamed/1_224p.mkv", "made_by": mb} for e in final0])
+    code, lines, err = status("--project", project)
+    assert code == 0, err
+    assert line_of(lines, 0).startswith("0  duplicate    its video file is gone and video 7 is the same video (size "
+                                        "and digest; renamed?), whose final counts it: delete this final and its "
+                                        "raw_answers file  [")
+    assert line_of(lines, 7).startswith("7  done         3 events: Goal 2, Corner 1  [renamed/1_224p.mkv]")
+    assert lines[9].startswith("total: 8 videos: 1 done, ") and "1 duplicate" in lines[9]
+    assert lines[9].endswith("; 4 events in the finals") and lines[10] == "events by label: Goal 2, Corner 1, Foul 1"
 
 
 @pytest.mark.slow
