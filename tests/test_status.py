@@ -108,7 +108,7 @@ def check_every_state(lines):
     # 8 windows saved from 10 min ago to 5 s ago: 0.8 a minute, 22 left
     when = r"(\S+ )?\d\d:\d\d"
     assert re.search(rf"in progress  job 4242 on {re.escape(socket.gethostname())} since {when}: 8/30 windows "
-                     rf"\(27%\), 0\.8 win/min since start, ETA 27 min \(~{when}\), saved \d s ago  \[",
+                     rf"\(27%\), 0\.8 win/min since start, ETA 27 min \(~{when}\), saved \d+ s ago  \[",
                      line_of(lines, 2))
     assert "failed       2 of 30 windows failed (OOM) at 10.0-15.0 s; 13/30 windows saved: a rerun retries the " \
            "failed windows and does the rest" in line_of(lines, 3)
