@@ -30,7 +30,20 @@ from .settings import (
 log = logging.getLogger("llava_worker")
 MANIFEST = "videos.txt"
 GIVEN = ".videos_given.txt"  # every line of videos.txt ever handed out (manifest())
-Window = namedtuple("Window", "k start times frames")  # frames: RGB arrays, times: their seconds
+# A frame counts for a sample time only when its presentation timestamp is within half a sample interval of
+# it: a decoder that lost data (a damaged or preallocated file) returns whatever frame comes next instead.
+TOLERANCE = 0.5 / FPS
+
+
+class Window(namedtuple("Window", "k start times frames")):
+    """Window k from start: its frames (RGB arrays) and their seconds; missing: the grid times of the window that
+    have no real frame in the file. A window with any missing is given without frames (undecodable): the model
+    must not be shown a stand-in for a moment the file does not hold."""
+
+    def __new__(cls, k, start, times, frames, missing=()):
+        window = super().__new__(cls, k, start, times, frames)
+        window.missing = list(missing)
+        return window
 
 
 def manifest(project: Path) -> list[str]:
@@ -392,7 +405,12 @@ class FrameReader:
     """Frames of one video at increasing sample times, RGB uint8 arrays: for each time the frame
     whose presentation timestamp (the decoder's, CAP_PROP_POS_MSEC) is nearest, so variable-frame-
     rate video is sampled at the right moments too. Where the timestamps are unusable (not
-    increasing) it warns once and counts frames at the nominal fps instead."""
+    increasing) it warns once and counts frames at the nominal fps instead.
+
+    A time gets None when that frame is not really there: its timestamp is more than TOLERANCE away
+    (the decoder skipped damaged data and went on at a later frame), or it follows a jump of more than
+    one sample interval in the timestamps and comes before the next key frame has been decoded (it was
+    decoded from pictures that were lost: a stale or smeared image under a right timestamp)."""
 
     SEEK_AHEAD = 250  # frames: a longer jump seeks instead of grabbing through
 
@@ -408,6 +426,10 @@ class FrameReader:
         self._by_index = False      # timestamps unusable: frame index / fps
         self._seekable = True       # False once a seek landed after the time asked
         self._last = -1             # the last sample asked for
+        self._trusted_from = 0      # first frame index decoded from complete data (math.inf: after a jump)
+        # frames the decoder may still hold back when it reads a packet (threads, reordering): how long a key
+        # frame read after a jump may take to come out
+        self._delay = int(self._cap.get(cv2.CAP_PROP_N_THREADS)) + int(self._cap.get(cv2.CAP_PROP_DTS_DELAY))
         self.ended = False
 
     def frame(self, j: int):
@@ -419,12 +441,17 @@ class FrameReader:
             self._seek(t)
         while not self.ended and self._pts <= t:
             if self._pts + 1.5 * self._interval > t:  # maybe the last frame at or before t: keep it
-                self._held = (self._pts, self._retrieve())
+                self._held = (self._pts, self._retrieve(), self._trusted())
             self._grab()
         held = self._held if self._held and t - self._held[0] <= 1.5 * self._interval else None
-        if self.ended:
-            return held and held[1]  # past the last frame: None
-        return held[1] if held and t - held[0] < self._pts - t else self._retrieve()
+        if not self.ended and not (held and t - held[0] < self._pts - t):  # the next frame is nearer
+            held = (self._pts, self._retrieve(), self._trusted())
+        if held is None or not held[2] or abs(held[0] - t) > TOLERANCE + 1e-6:
+            return None  # past the last frame, or that moment is not in the file
+        return held[1]
+
+    def _trusted(self) -> bool:
+        return self._index >= self._trusted_from
 
     def _seek(self, t):
         """Grab the first frame or, for a long jump, seek to a frame a little before t (by the
@@ -432,13 +459,13 @@ class FrameReader:
         target = max(0, int(t * self.info.fps) - 2)
         if target > self._index + self.SEEK_AHEAD and self._seekable:
             self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, target)
-            self._index, self._pts, self._held = target - 1, None, None
+            self._index, self._pts, self._held, self._trusted_from = target - 1, None, None, 0
             self._grab()
             if not self.ended and self._pts <= t:
                 return
             self._seekable = False
             self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
-            self._index, self._pts, self._held, self.ended = -1, None, None, False
+            self._index, self._pts, self._held, self.ended, self._trusted_from = -1, None, None, False, 0
         if self._index < 0:
             self._grab()
 
@@ -455,6 +482,10 @@ class FrameReader:
                         f"instead; remux the file (ffmpeg -i IN -c copy OUT.mkv) if times look wrong")
             self._by_index = True
             pts = self._index / self.info.fps
+        if self._pts is not None and pts - self._pts > 1 / FPS and not self._by_index:
+            self._trusted_from = math.inf  # data skipped: the frames up to the next key frame miss their references
+        if self._trusted_from == math.inf and self._cap.get(self._cv2.CAP_PROP_LRF_HAS_KEY_FRAME):
+            self._trusted_from = self._index + self._delay  # a key frame was read; it comes out within _delay frames
         if self._pts is not None and pts > self._pts:
             self._interval = pts - self._pts
         self._pts = pts
@@ -472,8 +503,9 @@ class FrameReader:
 def iter_windows(info: VideoInfo, windows):
     """Yield a Window(k, start, times, frames) for each of the ascending window indices given.
 
-    Samples shared by overlapping windows are decoded once. A window whose frames cannot
-    be decoded (file shorter than its header says) comes with fewer or no frames.
+    Samples shared by overlapping windows are decoded once. A window with a grid time that has no
+    real frame (FrameReader: a file shorter than its header says, damaged or zeroed data) comes
+    without frames and with its .missing times: the worker records it undecodable.
     """
     reader, cache = FrameReader(info), {}
     try:
@@ -483,8 +515,11 @@ def iter_windows(info: VideoInfo, windows):
             for j in wanted:
                 if j not in cache:
                     cache[j] = reader.frame(j)
-            kept = [j for j in wanted if cache[j] is not None]
-            yield Window(k, info.window_start(k), [sample_time(j) for j in kept], [cache[j] for j in kept])
+            missing = [sample_time(j) for j in wanted if cache[j] is None]
+            if missing:
+                yield Window(k, info.window_start(k), [], [], missing)
+            else:
+                yield Window(k, info.window_start(k), [sample_time(j) for j in wanted], [cache[j] for j in wanted])
     finally:
         reader.close()
 

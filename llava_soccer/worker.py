@@ -10,7 +10,7 @@ SIGUSR1/SIGTERM.
 
 The partial is {"made_by": what made it (provenance.py), "windows": [one record per window]}; a
 record's status is "ok" (answered), "failed" (OOM or an error: a rerun retries it) or "undecodable"
-(no frame could be decoded: a rerun of the same file cannot fill it).
+(some of its frames are not in the file, videos.iter_windows: a rerun of the same file cannot fill it).
 """
 import dataclasses
 import logging
@@ -156,8 +156,8 @@ class Worker:
 
     def answer(self, batch):
         """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""
-        records = {w.start: hole_record(w.start, w.start, "undecodable", "no frames decoded")
-                   for w, _ in batch if not w.frames}
+        records = {w.start: hole_record(w.start, w.start, "undecodable", f"no frames in the file at "
+                                        f"{w.missing[0]:.1f}-{w.missing[-1]:.1f} s") for w, _ in batch if not w.frames}
         ready = [(w, inputs) for w, inputs in batch if w.frames]
         if ready:
             records.update((r["time"], r) for r in self._answer(ready))
