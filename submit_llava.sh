@@ -506,10 +506,12 @@ main() {
   # Share the CPU cores between the workers (torch would give each one thread per core).
   local threads=$(($(cpu_count) / NUM_WORKERS))
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
-  # Workers sharing a GPU would each size --batch-size auto from the same free memory.
-  if ((${#GPUS[@]} && NUM_WORKERS > ${#GPUS[@]})) && [[ -z ${LLAVA_BATCH_SIZE:-} ]]; then
-    export LLAVA_BATCH_SIZE=1
-    log "${NUM_WORKERS} workers share ${#GPUS[@]} GPU(s): LLAVA_BATCH_SIZE=1 (set it to override)"
+  # Workers sharing a GPU each plan for their share of its memory (llava_soccer/gpus.py), capped at
+  # it: planned for the whole card, each would size its weights and batches from the same memory.
+  if ((${#GPUS[@]} && NUM_WORKERS > ${#GPUS[@]})); then
+    export LLAVA_GPU_SHARE=$(((NUM_WORKERS + ${#GPUS[@]} - 1) / ${#GPUS[@]}))
+    log "${NUM_WORKERS} workers share ${#GPUS[@]} GPU(s): each plans for 1/${LLAVA_GPU_SHARE} of its GPU's memory;" \
+      "LLAVA_NUM_WORKERS=${#GPUS[@]} (one worker per GPU, batching in all its memory) is faster"
   fi
 
   DONE=() SKIPPED=() INCOMPLETE=() FAILED=() INTERRUPTED=() NOT_STARTED=()

@@ -118,6 +118,10 @@ class WorkerSettings:
                              help="nf4 only: packed (bitsandbytes dequantizes them in every product) or dequantized "
                                   "to the compute dtype once at load (the same products, faster, +10 GiB); auto: the "
                                   f"plan's (dequantized on 8.0+ GPUs of {gpus.DEQUANTIZE_FROM_GIB}+ GiB)")
+    gpu_share: int = _flag(1, "--gpu-share", env="LLAVA_GPU_SHARE", type=int, group="gpu",
+                           help="workers sharing this GPU (submit_llava.sh sets it when a job has more workers than "
+                                "GPUs): plan as for a card of 1/N of its memory, PyTorch's memory capped at that share "
+                                "(default 1)")
     cuda_graphs: str = _flag("auto", "--cuda-graphs", env="LLAVA_CUDA_GRAPHS", choices=("auto", "yes", "no"),
                              group="gpu",
                              help="record each batch's decode step as a CUDA graph; auto: the plan's (yes on a GPU)")
@@ -135,7 +139,7 @@ class WorkerSettings:
         if self.prefill_chunk != "auto" and not str(self.prefill_chunk).isdigit():
             raise SettingError("prefill_chunk", "must be a whole number of tokens (0 = no chunks) or 'auto', not "
                                                 f"{self.prefill_chunk!r}")
-        for name in ("max_new_tokens", "max_batch_size", "num_workers"):
+        for name in ("max_new_tokens", "max_batch_size", "num_workers", "gpu_share"):
             if getattr(self, name) < 1:
                 raise SettingError(name, "must be at least 1")
         if self.assume_gpu:

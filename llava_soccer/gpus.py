@@ -65,16 +65,19 @@ class Plan:
     cuda_graphs: bool
     batch_size: int | str          # a number or "auto"
     batch_size_estimate: int       # what auto should reach at 224p
-    memory_cap_gib: float | None   # what this process may allocate (assumed GPUs only)
+    memory_cap_gib: float | None   # what this process may allocate (assumed or shared GPUs only)
+    shared_by: int = 1             # workers sharing the card: memory_gib is this worker's share
     warnings: tuple = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     def line(self) -> str:
-        cc = f" (compute capability {self.capability}, {self.memory_gib:g} GiB" + (
-            f", assumed: memory capped at {self.memory_cap_gib:g} GiB)" if self.memory_cap_gib else
-            ", assumed)" if self.assumed else ")") if self.capability else ""
+        notes = [f"1/{self.shared_by} of the card, shared by {self.shared_by} workers"] if self.shared_by > 1 else []
+        notes += ["assumed"] if self.assumed else []
+        notes += [f"memory capped at {self.memory_cap_gib:g} GiB"] if self.memory_cap_gib else []
+        cc = f" (compute capability {self.capability}, {self.memory_gib:g} GiB{''.join(', ' + n for n in notes)})" \
+            if self.capability else ""
         chunk = f"chunks of {self.prefill_chunk} tokens" if self.prefill_chunk else "whole"
         weights = f" ({self.nf4_weights} weights)" if self.nf4_weights else ""
         return (f"plan for {self.gpu}{cc}: {self.quantization}{weights}, {self.compute_dtype} compute, "
@@ -142,8 +145,13 @@ def _explicit(s, cc, paths, warnings):
 
 
 def plan(s, real) -> Plan:
-    """The plan for settings s (config.WorkerSettings) on `real` (detect()'s answer), or on s.assume_gpu."""
+    """The plan for settings s (config.WorkerSettings) on `real` (detect()'s answer), or on s.assume_gpu.
+    Workers sharing one card (s.gpu_share) each plan as for a card of their share of its memory, so that
+    the share decides what a card of that size would: packed NF4 weights, chunks, the batch size."""
     name, cc, gib, assumed = _card(s, real)
+    share = s.gpu_share if cc is not None else 1
+    if share > 1:
+        gib /= share
     warnings = []
     quant = s.quantization
     modern, pascal = cc is None or cc >= (8, 0), cc is not None and cc < (7, 0)  # (CPU: nf4 keeps bf16 compute)
@@ -181,7 +189,7 @@ def plan(s, real) -> Plan:
         warnings.append("no GPU: the GPU paths asked for (Triton decode attention, CUDA graphs, fused kernels) are "
                         "tried; those that fail their self-check fall back to PyTorch's kernels")
     weights = WEIGHTS_GIB["bf16" if nf4_weights == "dequantized" else quant]
-    cap = round(gib - CONTEXT_GIB, 2) if assumed and real else None
+    cap = round(gib - CONTEXT_GIB, 2) if real and (assumed or share > 1) else None  # each process has its context
     usable = (gib - CONTEXT_GIB) if gib else 0
     estimate = max(1, min(s.max_batch_size, int((usable - weights - ACTIVATIONS_GIB) // KV_GIB)))
     batch = "auto" if s.batch_size == "auto" else int(s.batch_size)
@@ -193,7 +201,7 @@ def plan(s, real) -> Plan:
                 assumed=assumed, quantization=quant, compute_dtype=compute, storage_dtype=storage,
                 prefill_attention=tuple(backends), prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
                 nf4_weights=nf4_weights, cuda_graphs=graphs, batch_size=batch, batch_size_estimate=estimate,
-                memory_cap_gib=cap, warnings=tuple(warnings))
+                memory_cap_gib=cap, shared_by=share, warnings=tuple(warnings))
 
 
 def apply_memory(plan, device):

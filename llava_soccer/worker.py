@@ -310,7 +310,8 @@ def run(cfg, engine=None, on_batch=None) -> int:
     check_writable(project)
     loading.check_model_source(cfg.model)
     log.info(f"settings: model={cfg.model} quantization={cfg.quantization} device={device} "
-             f"batch_size={cfg.batch_size} decoder={cfg.decoder} visual_tokens={cfg.visual_tokens} "
+             f"batch_size={cfg.batch_size} gpu_share={cfg.gpu_share} decoder={cfg.decoder} "
+             f"visual_tokens={cfg.visual_tokens} "
              f"max_new_tokens={cfg.max_new_tokens} temperature={cfg.temperature} top_p={cfg.top_p} "
              f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
     log.info(plan.line())

@@ -506,3 +506,30 @@ def test_assuming_a_smaller_gpu_on_a_real_one_caps_the_memory(monkeypatch, capsy
     assert plan["gpu"] == "a Titan RTX-class GPU (on NVIDIA H200)" and plan["assumed"] is True
     assert plan["memory_cap_gib"] == round(24 - gpus.CONTEXT_GIB, 2)
     assert plan["compute_dtype"] == "float16" and plan["decode_attention"] == "sdpa"
+
+
+@pytest.mark.parametrize("card,share,memory,weights,chunk", [
+    (("NVIDIA H100 80GB HBM3", (9, 0), 80), 4, 20, "packed", None),   # the FACTS run that went OOM as 4 x 80 GB
+    (("NVIDIA H100 80GB HBM3", (9, 0), 80), 1, 80, "dequantized", None),
+    (("NVIDIA TITAN RTX", (7, 5), 24), 2, 12, "packed", gpus.PREFILL_CHUNK),  # a 12 GB share prefills in chunks
+])
+def test_workers_sharing_a_gpu_plan_for_their_share(card, share, memory, weights, chunk, monkeypatch, capsys):
+    """LLAVA_GPU_SHARE=N (submit_llava.sh sets it when workers outnumber GPUs): each worker plans as for a card
+    of 1/N of the memory, with PyTorch's memory capped at it (each process has its own CUDA context)."""
+    simulate_gpu(monkeypatch, card[0], card[1], card[2], ["sm_75", "sm_80", "sm_90"])
+    monkeypatch.setenv("LLAVA_GPU_SHARE", str(share))
+    code, plan = print_plan(capsys)
+    assert code == 0 and plan["shared_by"] == share and plan["memory_gib"] == memory
+    assert plan["nf4_weights"] == weights and plan["prefill_chunk"] == chunk
+    assert plan["memory_cap_gib"] == (round(memory - gpus.CONTEXT_GIB, 2) if share > 1 else None)
+    four = (memory - gpus.CONTEXT_GIB - gpus.WEIGHTS_GIB["nf4"] - gpus.ACTIVATIONS_GIB) // gpus.KV_GIB
+    assert share == 1 or plan["batch_size_estimate"] == max(1, four)
+
+
+def test_a_share_on_the_cpu_or_a_bad_share_is_the_usual_plan_or_one_line(monkeypatch, capsys):
+    code, plan = print_plan(capsys, "--gpu-share", "4")
+    assert code == 0 and plan["gpu"] == "cpu" and plan["shared_by"] == 1 and plan["memory_cap_gib"] is None
+    monkeypatch.setenv("LLAVA_GPU_SHARE", "0")
+    with pytest.raises(SystemExit) as e:
+        print_plan(capsys)
+    assert e.value.code == 2 and "LLAVA_GPU_SHARE='0' (--gpu-share): must be at least 1" in capsys.readouterr().err

@@ -368,14 +368,15 @@ def test_plain_bash_without_slurm_runs_one_worker_per_visible_gpu(odd_root, clip
 
 
 @pytest.mark.slow
-def test_workers_sharing_a_gpu_get_batches_of_one(odd_root, clips, base_env):
-    """--batch-size auto sizes batches from the GPU's free memory: two workers on one GPU would
-    both count the same memory, so the launcher sets LLAVA_BATCH_SIZE=1 (unless the user set it)."""
+def test_workers_sharing_a_gpu_plan_for_their_share(odd_root, clips, base_env):
+    """Two workers on one GPU: each plans for half of its memory (LLAVA_GPU_SHARE=2, gpus.py), and the log says
+    so once, with the faster choice; planned for the whole card, both would fill the same memory."""
     site = Site(odd_root, "shared gpu", {"a.mkv": clips["a"]}, base_env)
     r = run_local(site, "0", "0", CUDA_VISIBLE_DEVICES="3", LLAVA_NUM_WORKERS="2")
     assert r.returncode == 0, r.stderr
-    assert "2 workers share 1 GPU(s): LLAVA_BATCH_SIZE=1" in r.stderr
-    assert worker_gpus(r.stderr, 0) == {0: "3", 1: "3"} and r.stderr.count("batch_size=1 ") == 2
+    assert r.stderr.count("2 workers share 1 GPU(s): each plans for 1/2 of its GPU's memory; LLAVA_NUM_WORKERS=1 "
+                          "(one worker per GPU, batching in all its memory) is faster") == 1
+    assert worker_gpus(r.stderr, 0) == {0: "3", 1: "3"} and r.stderr.count("gpu_share=2") == 2
 
 
 @pytest.mark.parametrize("args,message", [
