@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, make_project
-from llava_soccer import config, gpus, provenance
+from llava_soccer import config, gpus, provenance, synthetic
 from llava_soccer.settings import partial_path
 
 MADE = {"results_version": 1, "model": "m", "model_revision": "r1", "quantization": "nf4",
@@ -146,34 +146,42 @@ def test_an_unchanged_file_is_read_once(tmp_path, cache_small_files):
     assert provenance.content_digest(video, provenance.fingerprints(project)).startswith("sha256:")
 
 
-def test_a_file_changed_just_now_is_not_cached(tmp_path):
+def test_a_file_changed_just_now_is_not_cached(tmp_path, monkeypatch):
     """A file written less than RACY_S (2 s) ago may still be being written: its digest is not kept."""
+    monkeypatch.setattr(provenance, "CACHED_FROM", 0)
     path = preallocated(tmp_path / "a.mkv", mib=3)
     cache = tmp_path / "cache"
     provenance.content_digest(path, cache)
     assert not cache.exists()
 
 
-def test_a_checkpoint_is_identified_by_its_whole_weights(tmp_path, goal_checkpoint, cache_small_files):
-    """Issue 29: a fine-tune written into the same shards in place (the shard's size and ends unchanged) is
-    another model_revision, so its windows never merge with the first model's; the weights are read once."""
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(goal_checkpoint, ckpt)
+def test_a_checkpoint_is_identified_by_its_whole_weights(tmp_path, cache_small_files):
+    """Issue 29: a fine-tune written into the same shard in place (a tensor in the middle of the file changed,
+    the shard's size and first and last MiB unchanged) is another model_revision, so its windows never merge
+    with the first model's windows as one run; the unchanged weights are read once."""
+    from safetensors.torch import load_file, save_file
+    # a real tiny checkpoint, in float64: a shard of 3.6 MB, with tensors between its first and last MiB
+    ckpt = synthetic.make_checkpoint(tmp_path / "ckpt", "tiny", answer="None", dtype="float64")
     (shard,) = ckpt.glob("*.safetensors")
-    size = shard.stat().st_size
-    assert size > 3 * provenance.MIB  # more than its first and last MiB
+    size, raw = shard.stat().st_size, shard.read_bytes()
+    header_end = 8 + int.from_bytes(raw[:8], "little")
+    middle = next(name for name, t in json.loads(raw[8:header_end]).items() if name != "__metadata__" and
+                  header_end + t["data_offsets"][0] > provenance.MIB and
+                  header_end + t["data_offsets"][1] < size - provenance.MIB)
     time.sleep(0.05)
     cache = tmp_path / "cache"
     first = provenance.model_revision(str(ckpt), cache)
-    assert first.startswith("dir sha256:") and provenance.model_revision(str(ckpt), cache) == first
-    assert len(list(cache.iterdir())) == len([f for f in ckpt.iterdir() if f.suffix in provenance.CHECKPOINT_FILES])
+    assert first.startswith("dir sha256:") and len(list(cache.iterdir())) == len(
+        [f for f in ckpt.iterdir() if f.suffix in provenance.CHECKPOINT_FILES])  # each file's digest kept
+    assert provenance.model_revision(str(ckpt), cache) == first
     time.sleep(0.05)
-    with open(shard, "r+b") as f:  # a projector-only fine-tune: other bytes mid-shard
-        f.seek(size // 2)
-        middle = f.read(64)
-        f.seek(size // 2)
-        f.write(bytes(b ^ 0xFF for b in middle))
-    assert shard.stat().st_size == size
+    tensors = load_file(shard)
+    tensors[middle] += 0.01  # the fine-tune, saved into the same file
+    save_file(tensors, shard, metadata={"format": "pt"})
+    before = tmp_path / "first.safetensors"
+    before.write_bytes(raw)
+    assert shard.stat().st_size == size  # and its first and last MiB are the first model's:
+    assert provenance._sha(provenance._ends(shard, size)) == provenance._sha(provenance._ends(before, size))
     assert provenance.model_revision(str(ckpt), cache) != first
 
 
