@@ -44,8 +44,8 @@ def _sha(paths_and_ranges) -> str:
 
 
 def _ends(path: Path, size: int):
-    """The first and the last MiB of a file: what made_by recorded of a video before its whole content
-    (same_file still checks finals made then)."""
+    """The first and the last MiB of a file: all that made_by recorded of a video before its whole content
+    (video_file still records it, so files made then are checked as they were)."""
     return [(path, 0, MIB), (path, max(0, size - MIB), MIB)]
 
 
@@ -95,11 +95,12 @@ def fingerprints(project: Path) -> Path:
 
 def video_file(project: Path, path: Path, info=None) -> dict:
     """The video's identity: raw_data/ path, size, modification time, digest of its whole content (read once
-    per state of the file, content_digest) and, when probed (info), its duration as the worker reads it."""
+    per state of the file, content_digest), digest of its first and last MiB (all that made_by recorded
+    before: compared with theirs, 2 MiB read) and, when probed (info), its duration as the worker reads it."""
     st = path.stat()
     out = {"path": path.relative_to(project / "raw_data").as_posix(), "size": st.st_size,
            "mtime": datetime.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds"),
-           "content": content_digest(path, fingerprints(project))}
+           "content": content_digest(path, fingerprints(project)), "sha256_ends": _sha(_ends(path, st.st_size))}
     if info is not None:
         out.update(duration_s=round(info.duration, 3), fps=round(info.fps, 3), frames=info.frame_count)
     return out
@@ -186,21 +187,20 @@ def differences(old: dict | None, new: dict) -> list[str]:
 
 
 def same_file(recorded: dict | None, project: Path) -> bool | None:
-    """Whether the video a made_by names is still the same file (path, size and content digest, or the end
-    digests made_by recorded before; None when the made_by does not say). No decoding, and the content is
-    read only when the file changed since it was last read (content_digest): fast enough for
-    submit_llava.sh before each video and for status over every video."""
+    """Whether the video a made_by names is still the same file (path, size and the digests it recorded:
+    whole content, ends; None when the made_by does not say). No decoding, and the content is read only when
+    the file changed since it was last read (content_digest): fast enough for submit_llava.sh before each
+    video and for status over every video."""
     if not isinstance(recorded, dict) or not isinstance(recorded.get("path"), str) or not recorded["path"]:
         return None
     path = project / "raw_data" / recorded["path"]
     if not path.is_file():
         return False
-    size = path.stat().st_size
-    if size != recorded.get("size"):
-        return False
-    if "content" in recorded:
-        return content_digest(path, fingerprints(project)) == recorded["content"]
-    return _sha(_ends(path, size)) == recorded.get("sha256_ends")
+    if path.stat().st_size != recorded.get("size"):
+        return False  # (no need to read it)
+    now = video_file(project, path)
+    return now["sha256_ends"] == recorded.get("sha256_ends") and \
+        now["content"] == recorded.get("content", now["content"])  # older made_by recorded no content
 
 
 def describe(m: dict | None) -> str:

@@ -19,7 +19,7 @@ MADE = {"results_version": 1, "model": "m", "model_revision": "r1", "quantizatio
         "decoder": "fast", "prefill_attention": "efficient>math", "fused_kernels": False, "prefill_chunk": None,
         "decode_attention": "sdpa", "sampling": "5 fps", "code": "git a",
         "video_file": {"path": "a.mkv", "size": 10, "mtime": "2026-01-01T00:00:00", "content": "sha256:c",
-                       "duration_s": 60.0, "fps": 25.0, "frames": 1500}}
+                       "sha256_ends": "s", "duration_s": 60.0, "fps": 25.0, "frames": 1500}}
 
 
 def test_the_same_run_ignores_the_code_and_the_files_mtime_only():
