@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, make_project
-from llava_soccer import config, gpus, provenance, synthetic
+from llava_soccer import config, gpus, provenance, settings, synthetic, videos
 from llava_soccer.settings import partial_path
 
 MADE = {"results_version": 1, "model": "m", "model_revision": "r1", "quantization": "nf4",
@@ -121,6 +121,27 @@ def test_a_download_completed_in_place_is_another_file(tmp_path, cache_small_fil
     made = {**MADE, "video_file": before}
     assert provenance.differences(made, {**made, "video_file": after}) == [
         f"video content {before['content']} -> {after['content']}"]
+
+
+def test_a_final_made_from_a_preallocated_download_is_redone_once_it_completes(tmp_path, cache_small_files):
+    """What submit_llava.sh and status_llava.py say of a final made while the download was preallocated: the
+    completed file (same size and ends, mtime set back) is 'changed since', not 'skipped, ... exists'."""
+    project = tmp_path / "p"
+    video = preallocated(project / "raw_data" / "a.mkv")
+    assert videos.manifest(project) == ["a.mkv"]
+    time.sleep(0.05)
+    made = {**MADE, "video_file": provenance.video_file(project, video)}
+    event = {"time": 2.0, "label": "Goal", "video": "a.mkv", "made_by": made}
+    settings.final_path(project, 0).write_text(json.dumps([event]))
+    assert videos.final_state(project, 0) == ("done", f"video 0: skipped, {settings.final_path(project, 0)} exists")
+    time.sleep(0.05)
+    st = video.stat()
+    with open(video, "r+b") as f:
+        f.seek(2 * provenance.MIB)
+        f.write(os.urandom(provenance.MIB))
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    state, line = videos.final_state(project, 0)
+    assert state == "done" and "⚠️ but its video file has changed since it was made" in line
 
 
 def test_an_unchanged_file_is_read_once(tmp_path, cache_small_files):
