@@ -1,25 +1,36 @@
-"""What made a result ("made_by"): the model, every setting that changes its answers, the code and the
-video file. Partials, final events and raw-answers archives carry it, so no result mixes two runs.
+"""What made a result ("made_by"): the model, every setting that changes its answers, the version of what the
+results mean, the code and the video file. Partials, final events and raw-answers archives carry it, so no result
+mixes two runs.
 
     made_by = provenance.made_by(args, plan, prompt, provenance.video_file(project, video, info))
                                        # the worker (worker.identity), before loading the model
     provenance.differences(old, new)   # ["quantization bf16 -> nf4", ...]: [] means the same run
 
 Two made_by are the same run when every field but "code" and the video's "mtime" is equal: a code
-update or a copied video file (same bytes) may resume a video, another model, setting or file may not.
+update or a copied video file (same bytes) may resume a video, another model, setting, results version or
+file may not. Files are identified by a digest of their whole content, read once and kept in the project's
+.fingerprints/ (content_digest): an unchanged file is never read again.
 """
 import datetime
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
-from .jsonio import log_safe
+from .jsonio import atomic_write_json, log_safe
 from .settings import FPS, STEP_S, WINDOW_S
 
+# Bump it whenever a change alters answers or scores (prompt building, frames, decoding, parsing, class scores):
+# partials and finals of another version are then another run, refused by the worker and the merge.
+RESULTS_VERSION = 1
 MIB = 1 << 20
 NOT_COMPARED = ("code",)              # recorded for people; a code update does not change the run
 NOT_COMPARED_VIDEO = ("mtime",)       # a copy of the same bytes is the same video
+FINGERPRINTS = ".fingerprints"        # in the project: one small JSON file per (file, state) hashed
+CACHED_FROM = 64 * MIB                # smaller files are read again each time (milliseconds), not cached
+RACY_S = 2.0                          # a file changed this recently may still be changing: not cached
+CHECKPOINT_FILES = (".json", ".model", ".txt", ".jinja", ".safetensors", ".bin", ".pt", ".pth")
 
 
 def _sha(paths_and_ranges) -> str:
@@ -33,38 +44,81 @@ def _sha(paths_and_ranges) -> str:
 
 
 def _ends(path: Path, size: int):
-    """The first and the last MiB of a file: enough to tell a truncated or replaced file, in 2 MiB of reading."""
+    """The first and the last MiB of a file: all that made_by recorded of a video before its whole content
+    (video_file still records it, so files made then are checked as they were)."""
     return [(path, 0, MIB), (path, max(0, size - MIB), MIB)]
 
 
+def _state(path: Path, st) -> str:
+    """What changes whenever the file's bytes may have: its place, inode, size, modification and change
+    time. The change time (ctime) is set by every write and cannot be set back (os.utime restores mtime
+    only), so a file rewritten in place, even to the same size with its mtime restored, has another state."""
+    return f"{path.resolve()} ino {st.st_ino} size {st.st_size} mtime {st.st_mtime_ns} ctime {st.st_ctime_ns}"
+
+
+def content_digest(path: Path, cache: Path | None = None) -> str:
+    """sha256 of the whole file ("sha256:" + 32 hex digits), read in 8 MiB blocks. With cache (a
+    directory), a file of CACHED_FROM bytes or more is read once per state (_state): the digest is kept
+    in cache/<digest of the state>.json, one file per state, so workers writing the same entry at once
+    write the same bytes (atomically). Not cached: a file that changed while it was read or less than
+    RACY_S ago (it may still be changing), and when cache cannot be written (a read-only project: the
+    file is read again next time)."""
+    st = path.stat()
+    state = _state(path, st)
+    entry = cache / f"{hashlib.sha256(state.encode()).hexdigest()[:32]}.json" \
+        if cache is not None and st.st_size >= CACHED_FROM else None
+    try:
+        kept = json.loads(entry.read_text()) if entry else None
+        if isinstance(kept, dict) and kept.get("state") == state and isinstance(kept.get("digest"), str):
+            return kept["digest"]
+    except (OSError, ValueError):
+        pass  # missing, or damaged: read the file again
+    h, block = hashlib.sha256(), bytearray(8 * MIB)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            h.update(memoryview(block)[:n])
+    digest = f"sha256:{h.hexdigest()[:32]}"
+    after = path.stat()
+    if entry and _state(path, after) == state and time.time() - after.st_ctime > RACY_S:
+        try:
+            entry.parent.mkdir(exist_ok=True)
+            atomic_write_json(entry, {"state": state, "digest": digest})
+        except OSError:
+            pass
+    return digest
+
+
+def fingerprints(project: Path) -> Path:
+    """Where the project keeps the digests of the files it has read (content_digest)."""
+    return Path(project) / FINGERPRINTS
+
+
 def video_file(project: Path, path: Path, info=None) -> dict:
-    """The video's identity: raw_data/ path, size, modification time, digest of its first and last MiB and,
-    when probed (info), its duration as the worker reads it."""
+    """The video's identity: raw_data/ path, size, modification time, digest of its whole content (read once
+    per state of the file, content_digest), digest of its first and last MiB (all that made_by recorded
+    before: compared with theirs, 2 MiB read) and, when probed (info), its duration as the worker reads it."""
     st = path.stat()
     out = {"path": path.relative_to(project / "raw_data").as_posix(), "size": st.st_size,
            "mtime": datetime.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds"),
-           "sha256_ends": _sha(_ends(path, st.st_size))}
+           "content": content_digest(path, fingerprints(project)), "sha256_ends": _sha(_ends(path, st.st_size))}
     if info is not None:
         out.update(duration_s=round(info.duration, 3), fps=round(info.fps, 3), frames=info.frame_count)
     return out
 
 
-def model_revision(model_id: str) -> str | None:
-    """A hub model's commit in the local cache ("abc123...") or, for a checkpoint directory, a digest of its
-    configs and weight files ("dir sha256:..."); None when a hub model is not cached yet (the worker takes
-    the commit from the loaded model then) or the directory does not exist."""
+def model_revision(model_id: str, cache: Path | None = None) -> str | None:
+    """A hub model's commit in the local cache ("abc123...") or, for a checkpoint directory, a digest of the
+    names and whole contents of its configs, tokenizer and weight files (CHECKPOINT_FILES; "dir sha256:...";
+    each weight file read once per state, kept in cache: content_digest); None when a hub model is not cached
+    yet (the worker takes the commit from the loaded model then) or the directory does not exist."""
     from .loading import is_local
     path = Path(model_id).expanduser()
     if is_local(model_id):
         if not path.is_dir():
             return None  # the worker refuses it before loading (loading.check_model_source)
-        parts = []
-        for f in sorted(path.iterdir()):
-            if f.suffix == ".json":
-                parts.append((f, 0, f.stat().st_size))
-            elif f.suffix in (".safetensors", ".bin", ".pt"):
-                parts += _ends(f, f.stat().st_size)
-        return f"dir sha256:{_sha(parts)}"
+        files = [f for f in sorted(path.iterdir()) if f.suffix in CHECKPOINT_FILES and f.is_file()]
+        listing = "".join(f"{f.name} {content_digest(f, cache)}\n" for f in files)
+        return f"dir sha256:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
     from huggingface_hub import try_to_load_from_cache
     cached = try_to_load_from_cache(model_id, "config.json")
     return Path(cached).parent.name if isinstance(cached, str) else None
@@ -84,17 +138,28 @@ def code_version() -> str:
     return f"sources sha256:{_sha((p, 0, p.stat().st_size) for p in sources)}"
 
 
-def made_by(args, plan, prompt: str, video: dict) -> dict:
+def made_by(args, plan, prompt: str, video: dict, project: Path | None = None) -> dict:
     """The identity of a worker's results: args are llava_split_worker.py's settings, plan its GPU plan,
-    prompt the prompt of a sample window, video video_file()'s dict."""
+    prompt the prompt of a sample window, video video_file()'s dict, project where a checkpoint's digests
+    are kept (None: its weights are read again). The kernels recorded are those that round differently
+    (docs/design.md#made_by says why the others are not): the fast decoder's prefill chunks and decode
+    attention only where it runs (greedy, --decoder fast)."""
     greedy = not args.temperature
+    fast = greedy and args.decoder == "fast"  # sampling always runs transformers' generate()
     return {
-        "model": args.model, "model_revision": model_revision(args.model),
+        "results_version": RESULTS_VERSION,
+        "model": args.model,
+        "model_revision": model_revision(args.model, fingerprints(project) if project is not None else None),
         "quantization": args.quantization, "compute_dtype": plan.compute_dtype, "nf4_weights": plan.nf4_weights,
+        "storage_dtype": plan.storage_dtype,
         "visual_tokens": args.visual_tokens,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
         "max_new_tokens": args.max_new_tokens, "class_scores": args.class_scores,
         "temperature": args.temperature, "top_p": None if greedy else args.top_p,  # top-p only matters sampling
+        "decoder": "fast" if fast else "transformers",
+        "prefill_attention": ">".join(plan.prefill_attention), "fused_kernels": plan.fused_kernels,
+        "prefill_chunk": plan.prefill_chunk if fast else None,
+        "decode_attention": plan.decode_attention if fast else None,
         "sampling": f"{FPS:g} fps, {WINDOW_S:g} s windows every {STEP_S:g} s",
         "code": code_version(), "video_file": video,
     }
@@ -102,11 +167,19 @@ def made_by(args, plan, prompt: str, video: dict) -> dict:
 
 def differences(old: dict | None, new: dict) -> list[str]:
     """What differs between two made_by ("quantization bf16 -> nf4"), ignoring what NOT_COMPARED says;
-    old None (a file written before results recorded their origin) differs in everything."""
+    old None (a file written before results recorded their origin) differs in everything, an old made_by
+    without some of new's fields (written by code that did not record them) in those."""
     if not isinstance(old, dict):
         return ["unknown origin (written before results recorded what made them)"]
-    out = [f"{k} {old.get(k)} -> {new.get(k)}" for k in new
-           if k not in NOT_COMPARED and k != "video_file" and old.get(k) != new.get(k)]
+    out = []
+    if old.get("results_version") != new.get("results_version"):
+        out.append(f"results version {old.get('results_version', 'unrecorded')} -> {new.get('results_version')}: "
+                   f"this code computes answers or scores differently")
+    compared = [k for k in new if k not in (*NOT_COMPARED, "video_file", "results_version")]
+    unrecorded = [k for k in compared if k not in old]
+    if unrecorded:
+        out.append(f"not recorded then: {', '.join(unrecorded)}")
+    out += [f"{k} {old[k]} -> {new[k]}" for k in compared if k in old and old[k] != new[k]]
     ov, nv = (m.get("video_file") if isinstance(m.get("video_file"), dict) else {} for m in (old, new))
     out += [f"video {k} {ov.get(k)} -> {nv.get(k)}" for k in nv
             if k not in NOT_COMPARED_VIDEO and k in ov and ov[k] != nv[k]]
@@ -114,15 +187,20 @@ def differences(old: dict | None, new: dict) -> list[str]:
 
 
 def same_file(recorded: dict | None, project: Path) -> bool | None:
-    """Whether the video a made_by names is still the same file (path, size and end digests; None when the
-    made_by does not say). No decoding: fast enough for submit_llava.sh before each video."""
+    """Whether the video a made_by names is still the same file (path, size and the digests it recorded:
+    whole content, ends; None when the made_by does not say). No decoding, and the content is read only when
+    the file changed since it was last read (content_digest): fast enough for submit_llava.sh before each
+    video and for status over every video."""
     if not isinstance(recorded, dict) or not isinstance(recorded.get("path"), str) or not recorded["path"]:
         return None
     path = project / "raw_data" / recorded["path"]
     if not path.is_file():
         return False
+    if path.stat().st_size != recorded.get("size"):
+        return False  # (no need to read it)
     now = video_file(project, path)
-    return all(now[k] == recorded.get(k) for k in ("size", "sha256_ends"))
+    return now["sha256_ends"] == recorded.get("sha256_ends") and \
+        now["content"] == recorded.get("content", now["content"])  # older made_by recorded no content
 
 
 def describe(m: dict | None) -> str:
@@ -138,7 +216,8 @@ def describe(m: dict | None) -> str:
     return log_safe(f"{m.get('model')} @ {rev}, {m.get('quantization')}{weights} computing in "
                     f"{m.get('compute_dtype')}, {m.get('visual_tokens')} visual tokens, prompt "
                     f"{m.get('prompt_sha256')}, {m.get('max_new_tokens')} new tokens, {sampling}, "
-                    f"{m.get('sampling')}; code {m.get('code')}", 600)
+                    f"{m.get('sampling')}; results version {m.get('results_version', 'unrecorded')}; code "
+                    f"{m.get('code')}", 600)
 
 
 def run_key(m: dict | None) -> str:

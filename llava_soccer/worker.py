@@ -269,7 +269,7 @@ def plan_for(cfg):
 def identity(cfg, plan, project, video, info) -> dict:
     """What made this worker's results (provenance.made_by): the prompt is that of a sample window."""
     return provenance.made_by(cfg, plan, prompt.build_prompt([0.0, 1 / settings.FPS]),
-                              provenance.video_file(project, video, info))
+                              provenance.video_file(project, video, info), project)
 
 
 def partial_doc(made_by, records) -> dict:

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 
 import merge_results_llava
 from conftest import ROOT, load, make_project
-from llava_soccer import merge, provenance, settings, videos
+from llava_soccer import gpus, merge, provenance, settings, videos
 from llava_soccer.config import WorkerSettings
 from llava_soccer.events import final_events
 
@@ -48,9 +47,9 @@ def hole(k, status="failed", error="OOM"):
 def made_by(project, video=0, **changes):
     """What a worker of this project records for the video (provenance.made_by), with changes."""
     path = project / "raw_data" / videos.manifest(project)[video]
-    return provenance.made_by(WorkerSettings(**{"model": "/ckpt/goal", "quantization": "fp32", **changes}),
-                              SimpleNamespace(compute_dtype="float32", nf4_weights=None),
-                              "[INST] a prompt [/INST]", provenance.video_file(project, path, videos.probe(path)))
+    args = WorkerSettings(**{"model": "/ckpt/goal", "quantization": "fp32", **changes})
+    return provenance.made_by(args, gpus.plan(args, None), "[INST] a prompt [/INST]",
+                              provenance.video_file(project, path, videos.probe(path)))
 
 
 def write_partials(project, *parts, video=0, made=True):
