@@ -282,7 +282,9 @@ def print_rankings(s, args, saved_from) -> None:
     and its threshold (and the F1 at thresholds saved from other games), with the average-mAP of the first
     metric; n/a (one line why) where the files lack that score."""
     metrics = list(s["official"])
-    print(f"\nrankings of {s['model']}: what orders its predictions (the official average-mAP counts only the order)")
+    print(f"\nrankings of {s['model']}: what orders its predictions (token and class scores mapped by "
+          f"{rankings.TEMPERED['name']} k={rankings.TEMPERED_K:g} into [0, 1], where the official average-mAP sweeps "
+          f"200 fixed thresholds: docs/evaluation.md)")
     for ranking, r in s["rankings"].items():
         what = f"{ranking:<11}{rankings.RANKINGS[ranking]:<52}"
         if not r["available"]:
@@ -325,6 +327,7 @@ def ranking_cells(r, c, metric, saved) -> str:
 def thresholds_file(summaries, args) -> dict:
     """What thresholds.json holds: per model, ranking and class the threshold of best F1 on the games scored."""
     return {"note": FLATTER.removeprefix("⚠️ "), **{k: getattr(args, k) for k in rankings.SETTINGS},
+            "score_transforms": rankings.SCORE_TRANSFORMS,  # the scale its thresholds are on
             "games": sorted({v["game"] for s in summaries for v in s["videos"]}),
             "made_by": {s["model"]: s["runs"] for s in summaries},  # the runs that made the predictions tuned on
             "models": {s["model"]: {ranking: r["best_f1"] if r["available"] else None
@@ -515,6 +518,7 @@ def run(args):
     settings_used = {k: getattr(args, k) for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s",
                                                    "metrics", "nms_window", "thresholds")}
     atomic_write_json(out / "summary.json", {"soccernet": str(root), "project": str(project), "settings": settings_used,
+                                             "score_transforms": rankings.SCORE_TRANSFORMS,
                                              "games_without_labels": unlabelled, "models": summaries})
     write_csv(out / "per_class.csv", summaries, args.metrics)
     atomic_write_json(out / THRESHOLDS_FILE, thresholds_file(summaries, args))

@@ -699,6 +699,11 @@ def write_archive(project, index, windows, model="llava"):
          "windows": windows}).encode()))
 
 
+def tempered(s, k=4.0):
+    """The token and class scores' transform, written out here (docs/evaluation.md)."""
+    return 0.0 if s == 0 else 1 / (1 + ((1 - s) / s) ** (1 / k))
+
+
 def spotting(label, seconds, confidence, half=1):
     """A prediction of results_spotting.json, written by hand as the official layout has it."""
     return {"label": label, "position": str(round(seconds * 1000)), "half": str(half), "confidence": repr(confidence)}
@@ -733,12 +738,13 @@ def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, t
     # Class scores by hand: per class, the windows' scores at the frame the answer named for that class, else
     # the window's middle (start + 1.4 s); NMS over 30 s keeps the highest within +-15 s (a tie: the earlier).
     middles = [99.4, 249.4, 399.4, 549.4, 699.4]
-    expected_class = [spotting("Goal", t, s) for t, s in ((100, 0.6), (250, 0.95), (400, 0.4), (550, 0.1))]
-    expected_class += [spotting("Goal", 699.4, 0.05), spotting("Corner", 700, 0.9)]
+    # Token and class scores are written through their fixed transform (rankings.SCORE_TRANSFORMS).
+    expected_class = [spotting("Goal", t, tempered(s)) for t, s in ((100, 0.6), (250, 0.95), (400, 0.4), (550, 0.1))]
+    expected_class += [spotting("Goal", 699.4, tempered(0.05)), spotting("Corner", 700, tempered(0.9))]
     expected_class += [spotting(c, t, 0.0) for c in SOCCERNET_CLASSES if c != "Goal" for t in middles
                        if (c, t) != ("Corner", 699.4)]
     expected = {"confidence": [spotting(e["label"], e["event_time"], 0.8) for e in finals],
-                "token": [spotting(e["label"], e["event_time"], e["token_prob"]) for e in finals],
+                "token": [spotting(e["label"], e["event_time"], tempered(e["token_prob"])) for e in finals],
                 "class": expected_class}
     ranked = summary(project)["rankings"]
     goal_ap = {}
@@ -789,6 +795,11 @@ def class_goals(project):
             if p["label"] == "Goal"]
 
 
+def raw_class_goals(project):
+    """class_goals with the scores as the archive has them (the transform undone)."""
+    return [(t, round(1 / (1 + ((1 - c) / c) ** 4), 9)) for t, c in class_goals(project)]
+
+
 def test_nms_keeps_the_peaks_and_suppresses_neighbours_within_the_window(odd_root):
     # Window middles 1.4, 3.4, ..., 41.4 s. Peaks 0.9 at 11.4 and 0.8 at 31.4 s; 0.85 at 13.4 is within 5 s of
     # the first (suppressed at --nms-window 10), 0.6 at 19.4 is 8 s away (kept at 10, suppressed at 30).
@@ -797,9 +808,9 @@ def test_nms_keeps_the_peaks_and_suppresses_neighbours_within_the_window(odd_roo
         goal[k] = s
     project, sn = class_series_case(odd_root, "nms", goal)
     assert run(project, sn, "--metrics", "none", "--nms-window", "10")[0] == 0
-    assert class_goals(project) == [(1.4, 0.1), (11.4, 0.9), (19.4, 0.6), (25.4, 0.1), (31.4, 0.8), (37.4, 0.1)]
+    assert raw_class_goals(project) == [(1.4, 0.1), (11.4, 0.9), (19.4, 0.6), (25.4, 0.1), (31.4, 0.8), (37.4, 0.1)]
     assert run(project, sn, "--metrics", "none")[0] == 0  # default 30 s: +-15 s
-    assert class_goals(project) == [(11.4, 0.9), (31.4, 0.8)]
+    assert raw_class_goals(project) == [(11.4, 0.9), (31.4, 0.8)]
     assert load(project / "soccernet_eval" / "summary.json")["settings"]["nms_window"] == 30
 
 
@@ -811,7 +822,7 @@ def test_class_candidates_are_timed_at_the_frame_the_answer_named(odd_root):
     answers = {10.0: "{'label': 'Goal', 'frame': 11}", 30.0: "{'label': 'Corner', 'frame': 11}"}
     project, sn = class_series_case(odd_root, "named", goal, answers)
     assert run(project, sn, "--metrics", "none")[0] == 0
-    assert class_goals(project) == [(12.0, 0.9), (31.4, 0.8)]
+    assert raw_class_goals(project) == [(12.0, 0.9), (31.4, 0.8)]
 
 
 def test_thresholds_of_best_f1_per_class_and_applied_from_a_file(odd_root, tmp_path):
