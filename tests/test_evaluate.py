@@ -902,3 +902,37 @@ def test_files_without_token_or_class_scores_show_n_a_with_one_line(odd_root):
     assert not (project / "soccernet_eval" / "token_ranking").exists()
     saved = load(project / "soccernet_eval" / "thresholds.json")["models"]["qwen7b"]
     assert saved["token"] is None and saved["confidence"]["Goal"]["threshold"] == 0.8
+
+
+def test_saved_thresholds_keep_scores_equal_to_them_on_every_scale(odd_root, tmp_path):
+    """Written confidences sit on round values: six Kick-offs written at 0.9 against a saved threshold of 0.9 are
+    all kept (>=), not none (>). Their token probabilities, 0.9 too, against a threshold of a file older than the
+    score transform (raw 0.9, mapped on reading) and of a current file (mapped 0.9): kept as well. A file tuned
+    through another transform stops with one line."""
+    times = [100, 300, 500, 700, 900, 1100]
+    project, sn = make_case(odd_root, "round", {GAME: [ann(1, t, "Kick-off") for t in times]},
+                            [f"{GAME}/1_224p.mkv"], {"llava": {0: [{**pred(t, "Kick-off", 0.9), "token_prob": 0.9}
+                                                                   for t in times]}})
+    rows = {c: {"threshold": 0.9 if c == "Kick-off" else None} for c in SOCCERNET_CLASSES}
+    saved = {"models": {"llava": {"confidence": rows, "token": rows}}}
+    (tmp_path / "older.json").write_text(json.dumps(saved))
+    mapped = {c: {"threshold": rankings.mapped(r["threshold"], "token") if r["threshold"] else None}
+              for c, r in rows.items()}
+    current = {**saved, "models": {"llava": {"confidence": rows, "token": mapped}},
+               "score_transforms": rankings.SCORE_TRANSFORMS}
+    (tmp_path / "current.json").write_text(json.dumps(current))
+    for name in ("older.json", "current.json"):
+        rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(tmp_path / name))
+        assert rc == 0, err
+        for ranking in ("confidence", "token"):
+            at = summary(project)["rankings"][ranking]["at_saved_thresholds"]["Kick-off"]
+            assert (at["pred"], at["tp"], at["f1"]) == (6, 6, 1.0), (name, ranking)
+    written = load(project / "soccernet_eval" / "thresholds.json")
+    assert written["score_transforms"] == load(project / "soccernet_eval" / "summary.json")["score_transforms"]
+    assert written["score_transforms"]["token"]["name"] == "tempered odds"
+    other = {**current, "score_transforms": {**rankings.SCORE_TRANSFORMS, "token": {"name": "identity"}}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(tmp_path / "other.json"))
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "its token thresholds are on scores mapped by {'name': 'identity'}, this version maps them by " \
+           "tempered odds" in err
