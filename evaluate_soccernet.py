@@ -19,6 +19,8 @@ a ranking the files lack is n/a. Writes into --out (default $SOCCER_PROJECT/socc
   thresholds.json                                          per class, the threshold of best F1 (--thresholds)
   precision_recall.png, precision_recall_by_ranking.png,
   timeline_video_<N>.png                                   with --plot
+Token and class scores are mapped into [0, 1] by one fixed transform first (tempered odds, k=4: the evaluator
+sweeps 200 fixed thresholds, so values count, not only their order; summary.json "score_transforms").
 Official numbers come from SoccerNet.Evaluation.ActionSpotting.evaluate itself, in [0, 1]
 (papers print them x100); classes absent from the ground truth count 0 in its mean.
 Exit codes: 0 done, 1 input error (one line names the file and the fix), 2 bad flags.
