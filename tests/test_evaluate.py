@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import evaluate_soccernet as ev
-from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, tick_labels
+from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, make_project, tick_labels
 from llava_soccer import provenance, rankings, soccernet
 from llava_soccer.settings import SOCCERNET_CLASSES
 
@@ -936,3 +936,33 @@ def test_saved_thresholds_keep_scores_equal_to_them_on_every_scale(odd_root, tmp
     assert rc == 1 and len(err.strip().splitlines()) == 1
     assert "its token thresholds are on scores mapped by {'name': 'identity'}, this version maps them by " \
            "tempered odds" in err
+
+
+@pytest.mark.slow  # a real worker run on a 31 s video (15 windows), its merge, and the official evaluator
+def test_a_worker_runs_merge_gives_numbers_for_all_three_rankings(odd_root, video_2997fps, goal_checkpoint):
+    """End to end: the tiny checkpoint that answers Goal (frame 8, confidence 0.9) for every window, one worker,
+    the merge, then evaluate against a Labels-v2.json written here: each ranking (written confidence, token
+    probability, class scores) gives an official number, none n/a. Goals every 4 s: every candidate (window
+    middles, 2 s apart) is within the 5 s metric's +-2.5 s of one."""
+    import llava_split_worker
+    import merge_results_llava
+    game = "league/season/game"
+    project = make_project(odd_root / "end_to_end", {f"{game}/1_224p.mp4": video_2997fps})
+    assert llava_split_worker.main(["--gpu-id", "0", "--num-workers", "1", "--video-index", "0", "--project",
+                                    str(project), "--model", str(goal_checkpoint), "--quantization", "fp32"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert merge_results_llava.main(["--video_index", "0", "--project", str(project)]) == 0
+    sn = odd_root / "end_to_end" / "SoccerNet"
+    (sn / game).mkdir(parents=True, exist_ok=True)
+    (sn / game / "Labels-v2.json").write_text(json.dumps({"annotations": [ann(1, 1.4 + 4 * k, "Goal")
+                                                                                for k in range(7)]}))
+    rc, out, err = run(project, sn, "--metrics", "at5")
+    assert rc == 0, err
+    ranked = summary(project)["rankings"]
+    for ranking in ("confidence", "token", "class"):
+        assert ranked[ranking]["available"], ranked[ranking].get("note")
+        ap = ranked[ranking]["official"]["at5"]["a_mAP_per_class"]["Goal"]
+        assert 0 < ap <= 1, ranking
+        line = next(line for line in out.splitlines() if line.startswith(f"  {ranking} "))
+        assert "@5s 0." in line and "n/a" not in line, line
+    assert "n/a" not in out
