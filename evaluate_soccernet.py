@@ -19,6 +19,8 @@ a ranking the files lack is n/a. Writes into --out (default $SOCCER_PROJECT/socc
   thresholds.json                                          per class, the threshold of best F1 (--thresholds)
   precision_recall.png, precision_recall_by_ranking.png,
   timeline_video_<N>.png                                   with --plot
+Token and class scores are mapped into [0, 1] by one fixed transform first (tempered odds, k=4: the evaluator
+sweeps 200 fixed thresholds, so values count, not only their order; summary.json "score_transforms").
 Official numbers come from SoccerNet.Evaluation.ActionSpotting.evaluate itself, in [0, 1]
 (papers print them x100); classes absent from the ground truth count 0 in its mean.
 Exit codes: 0 done, 1 input error (one line names the file and the fix), 2 bad flags.
@@ -287,7 +289,9 @@ def print_rankings(s, args, saved_from) -> None:
     and its threshold (and the F1 at thresholds saved from other games), with the average-mAP of the first
     metric; n/a (one line why) where the files lack that score."""
     metrics = list(s["official"])
-    print(f"\nrankings of {s['model']}: what orders its predictions (the official average-mAP counts only the order)")
+    print(f"\nrankings of {s['model']}: what orders its predictions (token and class scores mapped by "
+          f"{rankings.TEMPERED['name']} k={rankings.TEMPERED_K:g} into [0, 1], where the official average-mAP sweeps "
+          f"200 fixed thresholds: docs/evaluation.md)")
     for ranking, r in s["rankings"].items():
         what = f"{ranking:<11}{rankings.RANKINGS[ranking]:<52}"
         if not r["available"]:
@@ -330,6 +334,7 @@ def ranking_cells(r, c, metric, saved) -> str:
 def thresholds_file(summaries, args) -> dict:
     """What thresholds.json holds: per model, ranking and class the threshold of best F1 on the games scored."""
     return {"note": FLATTER.removeprefix("⚠️ "), **{k: getattr(args, k) for k in rankings.SETTINGS},
+            "score_transforms": rankings.SCORE_TRANSFORMS,  # the scale its thresholds are on
             "games": sorted({v["game"] for s in summaries for v in s["videos"]}),
             "made_by": {s["model"]: s["runs"] for s in summaries},  # the runs that made the predictions tuned on
             "models": {s["model"]: {ranking: r["best_f1"] if r["available"] else None
@@ -545,7 +550,9 @@ def write_all(stage, out, loaded, origins, labels, unlabelled, saved, project, r
     settings_used = {k: getattr(args, k) for k in ("tolerance", "min_confidence", "missing_confidence", "dedup_s",
                                                    "metrics", "nms_window", "thresholds")}
     atomic_write_json(stage / "summary.json", {"soccernet": str(root), "project": str(project),
-                                               "settings": settings_used, "games_without_labels": unlabelled,
+                                               "settings": settings_used,
+                                               "score_transforms": rankings.SCORE_TRANSFORMS,
+                                               "games_without_labels": unlabelled,
                                                "models": summaries})
     write_csv(stage / "per_class.csv", summaries, args.metrics)
     atomic_write_json(stage / THRESHOLDS_FILE, thresholds_file(summaries, args))

@@ -139,9 +139,9 @@ class Answer:
     none_prob: float | None = None
     class_scores: dict | None = None
 
-    def label_probs(self, tokenizer, labels) -> list:
-        """The probability the model gave each label as written (scores.label_probs)."""
-        return scores.label_probs(tokenizer, self.ids, self.logprobs, self.text, labels)
+    def label_probs(self, tokenizer, spans) -> list:
+        """The probability the model gave each label, at its span in the text (scores.label_probs)."""
+        return scores.label_probs(tokenizer, self.ids, self.logprobs, self.text, spans)
 
 
 def _answer(tokenizer, ids, logprobs, eos) -> Answer:

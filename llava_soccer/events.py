@@ -16,6 +16,9 @@ parse failure in time linear in its length, and never raises. What it reads:
   true/false/null), the first of each key, so the label and confidence survive.
 - More than 64 nested containers is a broken object (read as above).
 
+Each event records where its label lies in the answer ("label_span": the characters of the label
+value the parser read, wherever it found it), so its token probability is read from those tokens.
+
 Every value parse_raw/window_events/final_events return is strict JSON: no NaN or
 Infinity (see _confidence and _frame), and no lone surrogate in a string (each becomes
 U+FFFD), so json.dumps(x, allow_nan=False) and UTF-8 encoding never fail.
@@ -87,9 +90,10 @@ _MAX_DEPTH = 64  # containers nested deeper make an object "broken"; also bounds
 
 
 def _clean_str(s: str) -> str:
-    """s with surrogate pairs joined and lone surrogates (not encodable as UTF-8) as U+FFFD."""
+    """s with surrogate pairs joined and lone surrogates (not encodable as UTF-8) as U+FFFD; a plain str (never
+    a _Located: what leaves the parser carries no span)."""
     if s.isascii() or not _SURROGATE.search(s):
-        return s
+        return str(s)
     return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
@@ -165,10 +169,19 @@ def _unescape_one(m) -> str:
     return "\\" + e  # unknown escape: kept, as Python does
 
 
-def _string(m, group: str) -> str:
-    """The value of a dq/sq string token (closed or not), escapes decoded."""
-    body = m.string[m.start(group) + 1:m.end(group) - (1 if m.group(group + "end") else 0)]
-    return _clean_str(_ESCAPE.sub(_unescape_one, body)) if "\\" in body else _clean_str(body)
+class _Located(str):
+    """A string value of the answer and where it lies there: text[span[0]:span[1]] is what the model wrote
+    between its quotes (escapes undecoded). clean_event reads a label's span off it."""
+    span = None
+
+
+def _string(m, group: str) -> _Located:
+    """The value of a dq/sq string token (closed or not), escapes decoded, with its span in the text."""
+    start, end = m.start(group) + 1, m.end(group) - (1 if m.group(group + "end") else 0)
+    body = m.string[start:end]
+    value = _Located(_clean_str(_ESCAPE.sub(_unescape_one, body)) if "\\" in body else _clean_str(body))
+    value.span = (start, end)
+    return value
 
 
 def _number(tok: str):
@@ -392,13 +405,17 @@ def _frame(value):
     return None
 
 
-def clean_event(d: dict) -> dict:
-    """One parsed dict -> {label, label_raw, team, confidence, details, frame}, strict JSON.
+def clean_event(d: dict, offset=0) -> dict:
+    """One parsed dict -> {label, label_raw, team, confidence, details, frame, label_span}, strict JSON.
 
     label is the SoccerNet class (normalise_label), else the model's own label as it wrote
-    it, in whatever script ("Free-kick", "进球"); None when there is none.
+    it, in whatever script ("Free-kick", "进球"); None when there is none. label_span: [start, end] of the
+    label as written in the answer (its characters between the quotes; offset: where the parsed text starts
+    in the answer), where scores.label_probs reads its tokens; None when the label is not a string.
     """
-    raw_label = _jsonable(d.get("label", d.get("event", d.get("type"))))
+    written = d.get("label", d.get("event", d.get("type")))
+    span = getattr(written, "span", None)
+    raw_label = _jsonable(written)
     team = _clean_str(str(_jsonable(d.get("team")) or "").strip().lower())
     return {
         "label": normalise_label(raw_label) or (_clean_str(str(raw_label).strip()) if raw_label else None),
@@ -407,6 +424,7 @@ def clean_event(d: dict) -> dict:
         "confidence": confidence(d.get("confidence")),
         "details": _jsonable(d.get("details")),
         "frame": _frame(d.get("frame")),
+        "label_span": [span[0] + offset, span[1] + offset] if span else None,
     }
 
 
@@ -442,12 +460,14 @@ def _is_none_answer(text: str) -> bool:
 
 
 def parse_raw(text):
-    """(events, ok): events found in text; ok is False when the text is neither events nor None.
+    """(events, ok): events found in text (clean_event's, each with its label's span in text); ok is False when
+    the text is neither events nor None.
 
     Total: any str (or anything else) gives an answer, never an exception, in linear time.
     """
     if not isinstance(text, str):
         return [], False
+    offset = len(text) - len(text.lstrip())  # label spans count in the answer as given, not the stripped text
     text = text.strip()
     if not text or _is_none_answer(text):
         return [], True
@@ -455,7 +475,7 @@ def parse_raw(text):
     for value in _objects(text):
         found_object = True
         for d in _event_dicts(value) if value else ():
-            event = clean_event(d)
+            event = clean_event(d, offset)
             if _is_no_event(event):
                 said_none = True
             else:

@@ -1,6 +1,10 @@
 """The three scores that rank predictions for SoccerNet's average-mAP, and the per-class thresholds of best F1.
 
-The official average-mAP ranks predictions by their confidence: only their order counts. Three orders:
+The official average-mAP ranks predictions by their confidence, but not by their order alone: it sweeps 200 fixed
+thresholds in [0, 1] (np.linspace(0, 1, 200)), so scores crowded near 0 (products of probabilities) or near 1
+(greedy token probabilities) share a few thresholds and lose resolution. Each ranking's score is therefore mapped
+through one fixed monotone transform (SCORE_TRANSFORMS, the same for every game, recorded in summary.json and
+thresholds.json) before it is written, tuned and compared. Three scores:
 - confidence: the confidence the model wrote in its answer (the seed's Qwen files have only this one; it sits on
   a few round values, so the precision/recall curve has few points);
 - token: the probability the model gave its label's tokens (each final event's "token_prob");
@@ -30,6 +34,29 @@ RANKINGS = {"confidence": "the confidence written in the answer",
             "token": "the probability the model gave its label's tokens",
             "class": "the class scores of every window, peaks after NMS"}
 NMS_WINDOW_S = 30.0
+
+# The score transform of each ranking (docs/evaluation.md has a worked example). Tempered odds,
+# 1 / (1 + ((1 - s) / s) ** (1 / k)), is sigmoid(logit(s) / k): strictly increasing on [0, 1] with 0 -> 0, 0.5 ->
+# 0.5, 1 -> 1, never clipping; k = 4 spreads the logits of 8-significant-digit probabilities (+-18.4) over
+# 0.01-0.99: 1e-6 -> 0.03, 1e-3 -> 0.15, 0.9 -> 0.63, 0.999 -> 0.85, 0.9999999 -> 0.98. The written confidence is
+# left as it is: a few round values already a threshold or more apart (0.8, 0.9, 0.95), and the seed's files
+# and EvalAI submissions ranked by it stay comparable.
+TEMPERED_K = 4.0
+TEMPERED = {"name": "tempered odds", "k": TEMPERED_K, "formula": "1 / (1 + ((1 - s) / s) ** (1 / k))"}
+SCORE_TRANSFORMS = {"confidence": {"name": "identity"}, "token": TEMPERED, "class": TEMPERED}
+
+
+def mapped(score, ranking) -> float:
+    """A ranking's score in [0, 1] through its SCORE_TRANSFORMS entry."""
+    if SCORE_TRANSFORMS[ranking]["name"] == "identity" or score <= 0 or score >= 1:
+        return min(max(float(score), 0.0), 1.0)
+    return 1 / (1 + ((1 - score) / score) ** (1 / TEMPERED_K))
+
+
+def _mapped_halves(halves, ranking) -> list:
+    """The halves with each event's "confidence" mapped (mapped())."""
+    return [replace(h, events=[{**e, "confidence": mapped(e["confidence"], ranking)} for e in h.events])
+            for h in halves]
 ARCHIVE_FIX = "move it out (the final keeps the events), or rerun the video"
 
 
@@ -46,7 +73,7 @@ def token_halves(halves, missing_confidence, dedup_s) -> tuple:
         out.append(replace(h, events=events))
         without, total = without + n, total + len(events)
     note = f"{without} of {total} events have no token probability: ranked last (score 0)" if without else None
-    return out, note
+    return _mapped_halves(out, "token"), note
 
 
 def archive_path(h, model):
@@ -68,7 +95,7 @@ def class_halves(halves, model, nms_window) -> tuple:
         out.append(replace(h, events=events))
         without, answered = without + n_without, answered + n_answered
     note = f"{without} of {answered} answered windows have no class scores: no candidates there" if without else None
-    return out, note
+    return _mapped_halves(out, "class"), note
 
 
 def class_candidates(path, nms_window) -> tuple:
@@ -187,16 +214,19 @@ def total_f1(rows) -> float | None:
 SETTINGS = ("tolerance", "dedup_s", "nms_window")  # evaluate_soccernet.py's flags that change what is tuned
 
 
-THRESHOLDS_KEYS = ("note", *SETTINGS, "games", "made_by", "models")  # what a thresholds.json holds
+THRESHOLDS_KEYS = ("note", *SETTINGS, "games", "made_by", "models", "score_transforms")  # what a thresholds.json holds
 ROW_FORM = '{"threshold": a number in [0, 1] or null} (e.g. {"Goal": {"threshold": 0.5}})'
 
 
 def read_thresholds(path) -> dict:
     """{"models": {model: {ranking: {class: threshold or None}}}, "games": [...], "made_by": {model: [its run
-    descriptions]}, "settings": {SETTINGS: value}} of a thresholds.json, or InputError: check_thresholds."""
+    descriptions]}, "settings": {SETTINGS: value}} of a thresholds.json, or InputError: check_thresholds.
+    Thresholds are on the scale of SCORE_TRANSFORMS (on_this_scale)."""
     data = read_json(path, "thresholds file", THRESHOLDS_FIX)
     check_thresholds(data, path)
-    out = {model: {ranking: {c: (rows.get(c) or {}).get("threshold") for c in SOCCERNET_CLASSES}
+    out = {model: {ranking: on_this_scale(path, data.get("score_transforms"), ranking,
+                                          {c: (rows.get(c) or {}).get("threshold") for c in SOCCERNET_CLASSES},
+                                          THRESHOLDS_FIX)
                    for ranking, rows in ranked.items() if rows is not None}
            for model, ranked in data["models"].items()}
     return {"models": out, "games": data.get("games", []), "made_by": data.get("made_by", {}),
@@ -256,9 +286,24 @@ def check_thresholds(data, path) -> None:
             wrong(key, v, "a number of seconds, 0 or more")
 
 
+def on_this_scale(path, theirs, ranking, thresholds, fix) -> dict:
+    """A thresholds file's {class: threshold} of one ranking on the scale this version tunes on (mapped()): a
+    file older than score transforms (theirs None) holds thresholds on the raw scores, mapped here (monotone:
+    the same predictions are kept); one tuned through another transform is refused (InputError)."""
+    if theirs is None:
+        return {c: None if t is None else mapped(t, ranking) for c, t in thresholds.items()}
+    mine = SCORE_TRANSFORMS[ranking]
+    if not isinstance(theirs, dict) or theirs.get(ranking) != mine:
+        was = theirs.get(ranking) if isinstance(theirs, dict) else theirs
+        raise InputError(f"thresholds file {path}: its {ranking} thresholds are on scores mapped by {was!r}, "
+                         f"this version maps them by {mine['name']}: {fix}, with this version")
+    return thresholds
+
+
 def at_thresholds(halves, gt, tolerance, thresholds) -> dict:
     """{class: {tp, gt, pred, f1}} with each class's predictions below its saved threshold dropped (None:
-    all kept); pairs as in sweep()."""
+    all kept): a score equal to it is kept (>=, as best_thresholds tuned it and the official evaluator sweeps;
+    written confidences sit on round values, so ties at a threshold are common); pairs as in sweep()."""
     g, p = by_class(halves, gt)
     out = {}
     for c in SOCCERNET_CLASSES:

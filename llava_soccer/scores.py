@@ -4,7 +4,7 @@
     tree, branches = scores.class_tree(tokenizer, prompt_ids, answer_ids, text)   # what to score, per window
     logits = decoding.score_trees(model, layer_kv, trees, start, free)            # one pass for the batch
     none_prob, class_scores = scores.class_scores(logits[row], branches)
-    probs = scores.label_probs(tokenizer, answer_ids, answer_logprobs, text, ["Goal", "Foul"])
+    probs = scores.label_probs(tokenizer, answer_ids, answer_logprobs, text, [e["label_span"] for e in events])
 
 Class score = P(not "None") x P(class | prefix): the class name as the continuation of the text the model
 writes before a label (its own answer's, up to the first label's opening quote, when it wrote one; else
@@ -121,16 +121,19 @@ def _round(x, digits):
     return float(f"{x:.{digits}g}")
 
 
-def label_probs(tokenizer, ids, logprobs, text, labels, digits=8):
-    """The probability the model gave each label in `labels` (as written, in the order of the answer): the
-    product over the tokens that spell it, found in `text` after the previous one; None where not found."""
-    decodes, out, at = Decodes(tokenizer, ids), [], 0
-    for label in labels:
-        start = text.find(label, at) if isinstance(label, str) and label else -1
-        if start < 0:
+def label_probs(tokenizer, ids, logprobs, text, spans, digits=8):
+    """The probability the model gave each label: for each span ([start, end] of a label as written in `text`,
+    the parser's events' "label_span"), the product over the tokens that spell text[start:end]; None where
+    there is no span or it is not a non-empty part of text.
+
+    The span is where the parser found the label's value, never a search for its text: a search after the
+    previous label can land in that event's details ("details": "Corner flag nearby" before a Corner)."""
+    decodes, out = Decodes(tokenizer, ids), []
+    for span in spans:
+        start, end = span if isinstance(span, (list, tuple)) and len(span) == 2 else (0, 0)
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
             out.append(None)
             continue
-        at = start + len(label)
-        first, last = decodes.first_ending_after(start), decodes.first_ending_after(at - 1)
+        first, last = decodes.first_ending_after(start), decodes.first_ending_after(end - 1)
         out.append(_round(math.exp(sum(float(lp) for lp in logprobs[first - 1:last])), digits))
     return out

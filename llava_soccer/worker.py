@@ -196,7 +196,7 @@ class Worker:
         tokenizer = self.engine.processor.tokenizer
         for (w, _), a in zip(ready, answers):
             events, ok = window_events(w.start, a.text, w.times)
-            for e, p in zip(events, a.label_probs(tokenizer, [e["label_raw"] for e in events])):
+            for e, p in zip(events, a.label_probs(tokenizer, [e["label_span"] for e in events])):
                 e["token_prob"] = p
             records.append(ok_record(w.start, w.times, a.text, ok, events, a.none_prob, a.class_scores))
         return records

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import evaluate_soccernet as ev
-from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, tick_labels
+from conftest import ROOT, SEED_PREDICTIONS, bar_heights, load, make_project, tick_labels
 from llava_soccer import provenance, rankings, soccernet
 from llava_soccer.settings import SOCCERNET_CLASSES
 
@@ -699,6 +699,11 @@ def write_archive(project, index, windows, model="llava"):
          "windows": windows}).encode()))
 
 
+def tempered(s, k=4.0):
+    """The token and class scores' transform, written out here (docs/evaluation.md)."""
+    return 0.0 if s == 0 else 1 / (1 + ((1 - s) / s) ** (1 / k))
+
+
 def spotting(label, seconds, confidence, half=1):
     """A prediction of results_spotting.json, written by hand as the official layout has it."""
     return {"label": label, "position": str(round(seconds * 1000)), "half": str(half), "confidence": repr(confidence)}
@@ -733,12 +738,13 @@ def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, t
     # Class scores by hand: per class, the windows' scores at the frame the answer named for that class, else
     # the window's middle (start + 1.4 s); NMS over 30 s keeps the highest within +-15 s (a tie: the earlier).
     middles = [99.4, 249.4, 399.4, 549.4, 699.4]
-    expected_class = [spotting("Goal", t, s) for t, s in ((100, 0.6), (250, 0.95), (400, 0.4), (550, 0.1))]
-    expected_class += [spotting("Goal", 699.4, 0.05), spotting("Corner", 700, 0.9)]
+    # Token and class scores are written through their fixed transform (rankings.SCORE_TRANSFORMS).
+    expected_class = [spotting("Goal", t, tempered(s)) for t, s in ((100, 0.6), (250, 0.95), (400, 0.4), (550, 0.1))]
+    expected_class += [spotting("Goal", 699.4, tempered(0.05)), spotting("Corner", 700, tempered(0.9))]
     expected_class += [spotting(c, t, 0.0) for c in SOCCERNET_CLASSES if c != "Goal" for t in middles
                        if (c, t) != ("Corner", 699.4)]
     expected = {"confidence": [spotting(e["label"], e["event_time"], 0.8) for e in finals],
-                "token": [spotting(e["label"], e["event_time"], e["token_prob"]) for e in finals],
+                "token": [spotting(e["label"], e["event_time"], tempered(e["token_prob"])) for e in finals],
                 "class": expected_class}
     ranked = summary(project)["rankings"]
     goal_ap = {}
@@ -789,6 +795,11 @@ def class_goals(project):
             if p["label"] == "Goal"]
 
 
+def raw_class_goals(project):
+    """class_goals with the scores as the archive has them (the transform undone)."""
+    return [(t, round(1 / (1 + ((1 - c) / c) ** 4), 9)) for t, c in class_goals(project)]
+
+
 def test_nms_keeps_the_peaks_and_suppresses_neighbours_within_the_window(odd_root):
     # Window middles 1.4, 3.4, ..., 41.4 s. Peaks 0.9 at 11.4 and 0.8 at 31.4 s; 0.85 at 13.4 is within 5 s of
     # the first (suppressed at --nms-window 10), 0.6 at 19.4 is 8 s away (kept at 10, suppressed at 30).
@@ -797,9 +808,9 @@ def test_nms_keeps_the_peaks_and_suppresses_neighbours_within_the_window(odd_roo
         goal[k] = s
     project, sn = class_series_case(odd_root, "nms", goal)
     assert run(project, sn, "--metrics", "none", "--nms-window", "10")[0] == 0
-    assert class_goals(project) == [(1.4, 0.1), (11.4, 0.9), (19.4, 0.6), (25.4, 0.1), (31.4, 0.8), (37.4, 0.1)]
+    assert raw_class_goals(project) == [(1.4, 0.1), (11.4, 0.9), (19.4, 0.6), (25.4, 0.1), (31.4, 0.8), (37.4, 0.1)]
     assert run(project, sn, "--metrics", "none")[0] == 0  # default 30 s: +-15 s
-    assert class_goals(project) == [(11.4, 0.9), (31.4, 0.8)]
+    assert raw_class_goals(project) == [(11.4, 0.9), (31.4, 0.8)]
     assert load(project / "soccernet_eval" / "summary.json")["settings"]["nms_window"] == 30
 
 
@@ -811,7 +822,7 @@ def test_class_candidates_are_timed_at_the_frame_the_answer_named(odd_root):
     answers = {10.0: "{'label': 'Goal', 'frame': 11}", 30.0: "{'label': 'Corner', 'frame': 11}"}
     project, sn = class_series_case(odd_root, "named", goal, answers)
     assert run(project, sn, "--metrics", "none")[0] == 0
-    assert class_goals(project) == [(12.0, 0.9), (31.4, 0.8)]
+    assert raw_class_goals(project) == [(12.0, 0.9), (31.4, 0.8)]
 
 
 def test_thresholds_of_best_f1_per_class_and_applied_from_a_file(odd_root, tmp_path):
@@ -992,3 +1003,67 @@ def test_a_final_whose_video_changed_or_is_gone_is_warned_once(odd_root):
                       f"⚠️ llava: video #1 ({videos[1]}): its video file raw_data/{videos[1]} is gone (renamed or "
                       f"deleted?): a renamed video is listed again under a new index, which a run processes again; "
                       f"delete this final and its raw_answers file once that one is done"]
+
+
+def test_saved_thresholds_keep_scores_equal_to_them_on_every_scale(odd_root, tmp_path):
+    """Written confidences sit on round values: six Kick-offs written at 0.9 against a saved threshold of 0.9 are
+    all kept (>=), not none (>). Their token probabilities, 0.9 too, against a threshold of a file older than the
+    score transform (raw 0.9, mapped on reading) and of a current file (mapped 0.9): kept as well. A file tuned
+    through another transform stops with one line."""
+    times = [100, 300, 500, 700, 900, 1100]
+    project, sn = make_case(odd_root, "round", {GAME: [ann(1, t, "Kick-off") for t in times]},
+                            [f"{GAME}/1_224p.mkv"], {"llava": {0: [{**pred(t, "Kick-off", 0.9), "token_prob": 0.9}
+                                                                   for t in times]}})
+    rows = {c: {"threshold": 0.9 if c == "Kick-off" else None} for c in SOCCERNET_CLASSES}
+    saved = {"models": {"llava": {"confidence": rows, "token": rows}}}
+    (tmp_path / "older.json").write_text(json.dumps(saved))
+    mapped = {c: {"threshold": rankings.mapped(r["threshold"], "token") if r["threshold"] else None}
+              for c, r in rows.items()}
+    current = {**saved, "models": {"llava": {"confidence": rows, "token": mapped}},
+               "score_transforms": rankings.SCORE_TRANSFORMS}
+    (tmp_path / "current.json").write_text(json.dumps(current))
+    for name in ("older.json", "current.json"):
+        rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(tmp_path / name))
+        assert rc == 0, err
+        for ranking in ("confidence", "token"):
+            at = summary(project)["rankings"][ranking]["at_saved_thresholds"]["Kick-off"]
+            assert (at["pred"], at["tp"], at["f1"]) == (6, 6, 1.0), (name, ranking)
+    written = load(project / "soccernet_eval" / "thresholds.json")
+    assert written["score_transforms"] == load(project / "soccernet_eval" / "summary.json")["score_transforms"]
+    assert written["score_transforms"]["token"]["name"] == "tempered odds"
+    other = {**current, "score_transforms": {**rankings.SCORE_TRANSFORMS, "token": {"name": "identity"}}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    rc, out, err = run(project, sn, "--metrics", "none", "--thresholds", str(tmp_path / "other.json"))
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "its token thresholds are on scores mapped by {'name': 'identity'}, this version maps them by " \
+           "tempered odds" in err
+
+
+@pytest.mark.slow  # a real worker run on a 31 s video (15 windows), its merge, and the official evaluator
+def test_a_worker_runs_merge_gives_numbers_for_all_three_rankings(odd_root, video_2997fps, goal_checkpoint):
+    """End to end: the tiny checkpoint that answers Goal (frame 8, confidence 0.9) for every window, one worker,
+    the merge, then evaluate against a Labels-v2.json written here: each ranking (written confidence, token
+    probability, class scores) gives an official number, none n/a. Goals every 4 s: every candidate (window
+    middles, 2 s apart) is within the 5 s metric's +-2.5 s of one."""
+    import llava_split_worker
+    import merge_results_llava
+    game = "league/season/game"
+    project = make_project(odd_root / "end_to_end", {f"{game}/1_224p.mp4": video_2997fps})
+    assert llava_split_worker.main(["--gpu-id", "0", "--num-workers", "1", "--video-index", "0", "--project",
+                                    str(project), "--model", str(goal_checkpoint), "--quantization", "fp32"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert merge_results_llava.main(["--video_index", "0", "--project", str(project)]) == 0
+    sn = odd_root / "end_to_end" / "SoccerNet"
+    (sn / game).mkdir(parents=True, exist_ok=True)
+    (sn / game / "Labels-v2.json").write_text(json.dumps({"annotations": [ann(1, 1.4 + 4 * k, "Goal")
+                                                                                for k in range(7)]}))
+    rc, out, err = run(project, sn, "--metrics", "at5")
+    assert rc == 0, err
+    ranked = summary(project)["rankings"]
+    for ranking in ("confidence", "token", "class"):
+        assert ranked[ranking]["available"], ranked[ranking].get("note")
+        ap = ranked[ranking]["official"]["at5"]["a_mAP_per_class"]["Goal"]
+        assert 0 < ap <= 1, ranking
+        line = next(line for line in out.splitlines() if line.startswith(f"  {ranking} "))
+        assert "@5s 0." in line and "n/a" not in line, line
+    assert "n/a" not in out

@@ -1,12 +1,14 @@
 """Parsing model text and normalising labels, on the real Qwen outputs and the shapes LLaVA writes."""
 import glob
 import json
+import math
 import time
 from collections import Counter
 
 import pytest
 
 from conftest import SEED_PREDICTIONS
+from llava_soccer import scores, synthetic
 from llava_soccer.events import final_events, normalise_label, parse_raw, window_events
 from llava_soccer.merge import label_counts
 
@@ -108,7 +110,7 @@ def test_event_fields_and_time():
     text = "{'label': 'Goal', 'team': 'Home', 'confidence': '0.85', 'frame': 8, 'details': 'header'}"
     (e,), ok = window_events(246.0, text)
     assert ok and e == {"label": "Goal", "label_raw": "Goal", "team": "home", "confidence": 0.85,
-                        "details": "header", "frame": 8, "time": 247.4}
+                        "details": "header", "frame": 8, "time": 247.4, "label_span": [11, 15]}
     # No frame, or one outside 1..15: the window's middle.
     assert window_events(246.0, "{'label': 'Goal'}")[0][0]["time"] == 247.4
     assert window_events(246.0, "{'label': 'Goal', 'frame': 40}")[0][0]["time"] == 247.4
@@ -326,3 +328,62 @@ def test_events_are_timed_by_the_frames_the_window_had(frame, time):
     times = [round(100 + i / 5, 3) for i in range(7)]
     (e,), ok = window_events(100.0, f"{{'label': 'Goal', 'frame': {frame!r}}}", times)
     assert ok and e["time"] == time
+
+
+# --- where each event's label lies in the answer (issue 30, 1): its token probability is read there ---
+
+ISSUE_ANSWER = ("[{'label': 'Foul', 'team': 'home', 'confidence': 0.9, 'frame': 3, 'details': 'Corner flag nearby'},"
+                " {'label': 'Corner', 'team': 'away', 'confidence': 0.8, 'frame': 9}]")
+EVENT_SHAPES = {  # every shape of answer the parser reads, each with a details text that holds the next label
+    "python dicts": ISSUE_ANSWER,
+    "json": ISSUE_ANSWER.replace("'", '"'),
+    "fenced json": "```json\n" + ISSUE_ANSWER.replace("'", '"') + "\n```",
+    "several dicts and prose": "Events: " + ISSUE_ANSWER[1:-1].replace("}, {", "}\nthen {") + " That is all.",
+    "under events": "{'events': " + ISSUE_ANSWER + "}",
+    "event and type keys": ISSUE_ANSWER.replace("'label'", "'event'", 1).replace("'label'", "'type'"),
+    "bare keys, trailing commas": ISSUE_ANSWER.replace("'label'", "label").replace("}", ",}"),
+    "broken: pairs": ISSUE_ANSWER.replace("'team': 'home',", "'team': 'home', 'x',").replace(
+        "'team': 'away',", "'team', 'away',"),
+    "cut off": ISSUE_ANSWER[:-25],
+    "whitespace around": "\n  " + ISSUE_ANSWER + "  \n",
+    "escaped quote in details": ISSUE_ANSWER.replace("flag nearby", "flag \\' Corner"),
+    "apostrophe in details": ISSUE_ANSWER.replace("flag nearby", "taker's Corner"),
+}
+
+
+@pytest.mark.parametrize("shape", EVENT_SHAPES)
+def test_each_events_label_span_is_where_the_parser_found_its_label(shape):
+    """The Foul's details mention a Corner before the Corner event's own label: the Corner's span is its label
+    value's, never the details' (a search for "Corner" after the Foul found the details)."""
+    text = EVENT_SHAPES[shape]
+    events, ok = parse_raw(text)
+    assert ok and [e["label"] for e in events] == ["Foul", "Corner"]
+    for e in events:
+        start, end = e["label_span"]
+        assert text[start:end] == e["label_raw"] and text[start - 1] == text[end] and text[end] in "'\""
+    corner = events[1]["label_span"][0]
+    assert text.find("Corner") < corner and text[:corner].rstrip(" '\"").endswith(":")
+    assert window_events(0.0, text)[0][1]["label_span"] == events[1]["label_span"]
+
+
+def test_label_spans_of_labels_that_are_not_plain_text():
+    text = "{'label': 'Kick\\u002doff', 'details': 'Kick-off again'} {'label': 5} {'label': ''}"
+    kick, five = parse_raw(text)[0]
+    assert kick["label"] == "Kick-off" and text[slice(*kick["label_span"])] == "Kick\\u002doff"
+    assert five["label"] == "5" and five["label_span"] is None  # no string, no span: no token probability
+
+
+def test_token_probability_is_read_from_the_labels_own_tokens():
+    """The issue's answer through a real tokenizer (the tiny checkpoints' character BPE: one token a character):
+    token k has log-probability -k/1000, so a label's probability tells which characters it was read from."""
+    tok = synthetic._tokenizer(None)
+    text = ISSUE_ANSWER
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == text and len(ids) == len(text)
+    logprobs = [-k / 1000 for k in range(len(ids))]
+    events, _ = parse_raw(text)
+    probs = scores.label_probs(tok, ids, logprobs, text, [e["label_span"] for e in events])
+    at = [text.index("'Foul'") + 1, text.index("'Corner', 'team'") + 1]  # the labels' own characters
+    assert at[1] == 111 and text.find("Corner", at[0]) == 78  # the details' "Corner" comes first (the issue's)
+    assert probs == [pytest.approx(math.exp(-sum(range(a, a + n)) / 1000), rel=1e-7) for a, n in zip(at, (4, 6))]
+    assert scores.label_probs(tok, ids, logprobs, text, [None, [3, 3], [5, len(text) + 1], "ab"]) == [None] * 4

@@ -21,7 +21,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEED_PREDICTIONS
-from llava_soccer.events import _NO_EVENT_LABELS, _clean_str, _words, final_events, normalise_label, window_events
+from llava_soccer.events import (
+    _ESCAPE,
+    _NO_EVENT_LABELS,
+    _clean_str,
+    _unescape_one,
+    _words,
+    final_events,
+    normalise_label,
+    window_events,
+)
 
 SEED_FILES = sorted(glob.glob(str(SEED_PREDICTIONS / "*" / "final_predictions_*.json")))
 RECORDS = [r for path in SEED_FILES for r in json.load(open(path, encoding="utf-8"))]
@@ -55,7 +64,14 @@ def check(text, start=246.0):
     assert isinstance(ok, bool) and isinstance(events, list)
     json.dumps(events, allow_nan=False, ensure_ascii=False).encode("utf-8")  # strict JSON, encodable
     for e in events:
-        assert set(e) == {"label", "label_raw", "team", "confidence", "details", "frame", "time"}
+        assert set(e) == {"label", "label_raw", "team", "confidence", "details", "frame", "time", "label_span"}
+        span = e["label_span"]
+        if isinstance(e["label_raw"], str):  # the label's own characters in the text, escapes undecoded
+            start, end = span
+            assert 0 <= start <= end <= len(text) and text[end:end + 1] == text[start - 1] in "'\""
+            assert _clean_str(_ESCAPE.sub(_unescape_one, text[start:end])) == e["label_raw"]
+        else:
+            assert span is None
         c = e["confidence"]
         assert c is None or (isinstance(c, float) and 0.0 <= c <= 1.0)
         assert e["frame"] is None or type(e["frame"]) is int
@@ -63,6 +79,8 @@ def check(text, start=246.0):
         assert isinstance(e["label"], str) and e["label"].strip()
         assert e["label"] == (normalise_label(e["label_raw"]) or e["label"])
         assert isinstance(e["team"], str)
+    spans = sorted(e["label_span"] for e in events if e["label_span"])
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))  # each event's own label
     if not ok:
         assert events == []
     return events

@@ -150,8 +150,8 @@ def test_token_probabilities_are_generates_own(engine):
         assert ids[:len(answer.ids)] == answer.ids
         theirs = [float(s[0].float().log_softmax(-1)[t]) for s, t in zip(out.scores, ids)]
         np.testing.assert_allclose(answer.logprobs, theirs[:len(answer.ids)], atol=1e-5)
-        label = answer.text[3:8]  # the character tokenizer: token k spells character k
+        # the character tokenizer: token k spells character k, so characters 3-7 are tokens 3-7
         assert tok.decode(answer.ids[:3], skip_special_tokens=True) == answer.text[:3]
-        (prob,) = answer.label_probs(tok, [label])
+        (prob,) = answer.label_probs(tok, [[3, 8]])
         assert prob == pytest.approx(math.exp(sum(theirs[3:8])), rel=1e-5)
-        assert answer.label_probs(tok, ["not in it at all", None]) == [None, None]
+        assert answer.label_probs(tok, [None, [5, 5], [0, len(answer.text) + 1]]) == [None, None, None]

@@ -94,7 +94,8 @@ def test_four_workers_write_one_record_per_window_with_the_models_answer(odd_roo
             # frame 8 of the window = 7 samples after its start, at 5 FPS; the parrot says its one token surely
             assert 0.9 < event.pop("token_prob") <= 1
             assert event == {"label": "Goal", "label_raw": "Goal", "team": "home", "confidence": 0.9,
-                             "details": "ball in the net", "frame": 8, "time": round(r["time"] + 1.4, 3)}
+                             "details": "ball in the net", "frame": 8, "time": round(r["time"] + 1.4, 3),
+                             "label_span": [11, 15]}
             assert set(r["class_scores"]) == set(SOCCERNET_CLASSES) and 0 <= r["none_prob"] <= 1
             assert all(0 <= v <= 1 for v in r["class_scores"].values())
     assert starts == [2.0 * k for k in range(30)]
