@@ -9,7 +9,6 @@ import gzip
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import pytest
 from conftest import ROOT, load, make_project
 from llava_soccer import records, settings, videos
 from llava_soccer.jsonio import UnreadableFile
-from test_merge import all_windows, answer, ev, made_by, run_merge, write_partials
+from test_merge import all_windows, answer, ev, killed_at_stop, made_by, run_merge, write_partials
 
 SOURCE = "league/game/1_224p.mkv"
 OLD_INCOMPLETE = "14 of 30 windows undecodable from 32.0 s on"
@@ -148,14 +147,7 @@ def test_a_merge_killed_at_any_step_leaves_the_old_or_the_new_result_and_a_rerun
     partials = new_partials(project)
     assert_old_state(project, old)
 
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(project), step], stdout=subprocess.PIPE,
-                             text=True)
-    try:
-        assert child.stdout.readline() == "STOPPED\n"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
+    killed_at_stop(CHILD, project, step)
 
     if step == "before raw answers":
         assert_old_state(project, old)

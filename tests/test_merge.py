@@ -27,6 +27,20 @@ def project(odd_root, video_25fps, request):
     return p
 
 
+def killed_at_stop(script, project, point) -> subprocess.Popen:
+    """Runs `python -c script ROOT PROJECT POINT`, which prints STOPPED when it reaches point, and kills it there
+    with SIGKILL: a merge killed at that step."""
+    child = subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(project), point], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "STOPPED\n"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    return child
+
+
 def answer(*events):
     """A window's raw text as LLaVA writes it: Python dicts, frames numbered 1..15."""
     return "\n".join("{" + ", ".join(f"'{k}': {v!r}" for k, v in e.items()) + "}" for e in events)
@@ -414,14 +428,7 @@ def test_kill_while_writing_final_leaves_old_or_no_final(project, capsys, point,
         final.write_text(old)
     partials = write_partials(project, all_windows({k: answer(ev("Goal", 1)) for k in range(0, 30, 3)}))
 
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(project), point],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "STOPPED\n"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
+    child = killed_at_stop(CHILD, project, point)
     assert child.returncode == -signal.SIGKILL
 
     if old_final:
