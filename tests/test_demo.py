@@ -47,6 +47,21 @@ def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
     assert r.returncode == 0, out
     assert "installing" not in out  # LLAVA_PYTHON given: nothing is installed
     assert_demo_ran(out, demo_dir)
+    run_next_as_printed(out, demo_dir)
+
+
+def run_next_as_printed(out, demo_dir):
+    """Issue 33 item 4: the demo's 'Next' commands work as printed, typed in a new shell without the demo's
+    settings (they used to run submit with python3, which has no torch)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "demo done. Next, reprocess one video" in line)
+    remove, run = (re.sub(r"^\[\d\d:\d\d:\d\d\]   ", "", line) for line in lines[start + 1:start + 3])
+    assert remove.startswith("rm ") and " bash submit_llava.sh 1 1" in run, (remove, run)
+    r = subprocess.run(["bash", "-c", f"{remove} && {run}"], capture_output=True, text=True, timeout=600,
+                       env=demo_env())
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"summary: 1 done, 0 skipped", r.stderr), r.stderr
+    assert (demo_dir / "final_predictions_llava_video_1.json").exists()
 
 
 @SLOW
