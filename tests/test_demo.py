@@ -97,7 +97,8 @@ def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):
 
 def synthetic_video(*args, cwd):
     return subprocess.run([sys.executable, "-m", "llava_soccer.synthetic", "video", *args, "--seconds", "1"],
-                          capture_output=True, text=True, timeout=120, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_synthetic_video_into_a_new_folder_is_written(tmp_path):
