@@ -371,3 +371,15 @@ def test_the_command_check_prints_runs_as_printed(tmp_path, scripts):
     run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, env=env,
                          cwd=tmp_path)
     assert run.returncode == 0 and summary(run.stderr) == done(0, 1), run.stderr
+
+
+def test_the_plan_command_check_prints_runs_as_printed(tmp_path):
+    """--check's plan line names the real worker's --print-plan: it prints this machine's plan, loading nothing."""
+    project = project_with(tmp_path, 1)
+    r = submit(project, ROOT, "--check", "0", LLAVA_QUANT="fp32")
+    assert r.returncode == 0, r.stderr
+    (command,) = re.findall(r"^plan: per GPU, chosen by the worker at start; on a GPU node: (.*)$", r.stdout, re.M)
+    run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LLAVA_QUANT": "fp32", "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["quantization"] == "fp32"
