@@ -118,12 +118,14 @@ for e in events[:3]:
     print("   ", json.dumps(e)[:160])
 print(f"    ... {len(events)} events in all")
 EOF
-  local q_dir q_here
+  local q_dir q_here q_py
   q_dir=$(printf '%q' "${DIR}")
   q_here=$(printf '%q' "${HERE}")
+  q_py=$(printf '%q' "${PY}")   # the python with torch: submit alone would take python3
   log "demo done. Next, reprocess one video the way users do:"
   log "  rm ${q_dir}/final_predictions_llava_video_1.json"
-  log "  cd ${q_here} && SOCCER_PROJECT=${q_dir} LLAVA_MODEL=${q_dir}/tiny_llava LLAVA_QUANT=fp32 CUDA_VISIBLE_DEVICES= bash submit_llava.sh 1 1"
+  log "  cd ${q_here} && SOCCER_PROJECT=${q_dir} LLAVA_MODEL=${q_dir}/tiny_llava LLAVA_QUANT=fp32 LLAVA_PYTHON=${q_py}" \
+    "CUDA_VISIBLE_DEVICES= bash submit_llava.sh 1 1"
   log "  (on a Slurm cluster: the same variables, then sbatch submit_llava.sh 1 1; tail -f llava_*.log)"
 }
 

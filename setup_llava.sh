@@ -7,7 +7,8 @@
 #
 # 1. copies llava_split_worker.py, merge_results_llava.py, submit_llava.sh, the llava_soccer
 #    package and requirements.txt to $SOCCER_PROJECT (only files that changed), creates
-#    $SOCCER_PROJECT/raw_data/ for the videos;
+#    $SOCCER_PROJECT/raw_data/ for the videos, and removes the files an earlier setup copied that the
+#    repository no longer ships (listed in $SOCCER_PROJECT/.llava_deployed.txt; never another file);
 # 2. creates the virtual environment $SOCCER_PROJECT/venv from requirements.txt if it is
 #    missing, and updates it when requirements.txt or the torch build it needs changed (set
 #    LLAVA_PYTHON to use another python instead; submit_llava.sh then needs the same LLAVA_PYTHON).
@@ -43,6 +44,7 @@ readonly CUDA12_DRIVER=525.60.13
 readonly CUDA13_DRIVER=580
 readonly CUDA13_MIN_CC=7.5
 readonly STAMP_INDEX='# setup_llava.sh: torch from '
+readonly DEPLOYED=.llava_deployed.txt   # the files the last setup copied, one relative path a line
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 ok() { log "ok:      $*"; }
@@ -64,6 +66,30 @@ copy_if_changed() {
   COPIED=$((COPIED + 1))
 }
 
+# remove_unshipped SHIPPED...: removes what an earlier setup copied (DEPLOYED's lines) and is not in
+# SHIPPED (relative paths), then writes SHIPPED as the new DEPLOYED. A project set up before DEPLOYED
+# existed has none: there the llava_soccer/ package folder, which only setup fills, is what it copied
+# (an old llava_soccer/model.py). Other files are the user's and stay.
+remove_unshipped() {
+  local name
+  local -A keep=()
+  local -a before=()
+  for name in "$@"; do keep[${name}]=1; done
+  if [[ -f ${PROJECT}/${DEPLOYED} ]]; then
+    mapfile -t before <"${PROJECT}/${DEPLOYED}"
+  else
+    for name in "${PROJECT}"/llava_soccer/*.py; do
+      [[ -f ${name} ]] && before+=("${name#"${PROJECT}/"}")
+    done
+  fi
+  for name in "${before[@]}"; do
+    [[ -n ${name} && -z ${keep[${name}]:-} && -f ${PROJECT}/${name} ]] || continue
+    rm -f "${PROJECT}/${name}"
+    log "removed ${name} (copied by an earlier setup; the pipeline no longer ships it)"
+  done
+  printf '%s\n' "$@" >"${PROJECT}/${DEPLOYED}.tmp" && mv -f "${PROJECT}/${DEPLOYED}.tmp" "${PROJECT}/${DEPLOYED}"
+}
+
 install_files() {
   local name
   COPIED=0
@@ -71,16 +97,21 @@ install_files() {
     ok "running inside ${PROJECT}: nothing to copy"
     return 0
   fi
+  local -a shipped=()
   for name in "${FILES[@]}"; do
     [[ -f ${SRC}/${name} ]] || { error "${SRC}/${name} is missing: run this script from the pipeline's repository"; return 0; }
-    copy_if_changed "${SRC}/${name}" "${PROJECT}/${name}"
+    shipped+=("${name}")
   done
   for name in "${OPTIONAL_FILES[@]}"; do
-    [[ -f ${SRC}/${name} ]] && copy_if_changed "${SRC}/${name}" "${PROJECT}/${name}"
+    [[ -f ${SRC}/${name} ]] && shipped+=("${name}")
   done
   for name in "${SRC}"/llava_soccer/*.py; do
-    copy_if_changed "${name}" "${PROJECT}/llava_soccer/$(basename "${name}")"
+    shipped+=("llava_soccer/$(basename "${name}")")
   done
+  for name in "${shipped[@]}"; do
+    copy_if_changed "${SRC}/${name}" "${PROJECT}/${name}"
+  done
+  remove_unshipped "${shipped[@]}"
   ok "scripts in ${PROJECT} (${COPIED} file(s) updated)"
 }
 
@@ -357,8 +388,11 @@ main() {
     exit 1
   fi
   local export=''
-  # a project elsewhere than the default must reach the job too (submit_llava.sh reads SOCCER_PROJECT)
-  [[ ${PROJECT} == "$(cd ~ && pwd)/soccer_project" ]] || export="export SOCCER_PROJECT=$(printf '%q' "${PROJECT}") && "
+  # a project elsewhere than the default must reach the job too (submit_llava.sh reads SOCCER_PROJECT), and
+  # so must a python other than the project's venv (submit_llava.sh would take python3, without torch)
+  [[ ${PROJECT} == "$(cd ~ && pwd)/soccer_project" ]] || export=" SOCCER_PROJECT=$(printf '%q' "${PROJECT}")"
+  [[ -z ${LLAVA_PYTHON:-} ]] || export+=" LLAVA_PYTHON=$(printf '%q' "${LLAVA_PYTHON}")"
+  [[ -z ${export} ]] || export="export${export} && "
   if ((VIDEOS == 0)); then
     log "setup done (${WARNINGS} warning(s)). Next: put the match videos (.mkv/.mp4, sub-folders are fine) in" \
       "${PROJECT}/raw_data and run setup again: it then prints the command that processes them"

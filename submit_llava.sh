@@ -6,6 +6,8 @@
 #   sbatch --array=0-39 --output=llava_%A_%a.log submit_llava.sh   # one task per video (many nodes at once),
 #                                                                   # its log llava_<array>_<video>.log
 #   bash submit_llava.sh 0 1                # no Slurm: this machine's GPUs, or one CPU worker
+#   bash submit_llava.sh --check 0 39       # before sbatch: checks every setting, shows the videos, workers,
+#                                           # GPUs and model it would use; runs and writes nothing
 #
 # For each video it first takes the video's lock, .lock_llava_video_I.json in the project: a
 # video that another job (or run) is processing is skipped, so submitting twice or overlapping
@@ -42,7 +44,11 @@
 #
 # START, END, the array index and the numbers above are plain decimal digits (08 is 8, never octal),
 # at most 9 of them: each is checked once, before anything starts (one ERROR line naming it, exit 2),
-# and the workers are given the number the script uses. START..END past the end of videos.txt:
+# and the workers are given the number the script uses. The worker's LLAVA_* settings are checked
+# once too, by the worker's own rules (python -m llava_soccer.preflight env), before the first video,
+# finished ones included; the model's source once, before the first video that needs it: a bad one
+# stops the job there (exit 2, the rest not started). sbatch queues the job before any of this runs:
+# run `bash submit_llava.sh --check START END` first to see the errors at once. START..END past the end of videos.txt:
 # the videos that exist are processed and one line says which do not; a range none of whose
 # videos exists is refused (exit 2); an array task past the end says so and exits 0.
 #
@@ -197,6 +203,7 @@ usage() {
 usage: sbatch submit_llava.sh START [END]     videos START..END (indices in videos.txt)
        sbatch --array=0-39 submit_llava.sh    one video per array task
        bash submit_llava.sh START [END]       without Slurm
+       bash submit_llava.sh --check START [END]   check the settings, show what would run; runs nothing
 EOF
   exit "${EX_USAGE}"
 }
@@ -347,6 +354,10 @@ run_video() {
     incomplete) log "${line}"; INCOMPLETE+=("${video}"); return 0 ;;
     redo) log "${line}" ;;
   esac
+  if ! check_model; then
+    NOT_STARTED+=("${video}")
+    return 0
+  fi
   log "video ${video}: starting ${NUM_WORKERS} worker(s)"
   WORKER_PIDS=()
   for ((slice = 0; slice < NUM_WORKERS; slice++)); do
@@ -444,10 +455,16 @@ read_numbers() {
 # to the last video and ABSENT names the rest. The count is python's (llava_soccer/videos.py, the
 # list the workers read): it also writes videos.txt, refuses an edited one and checks the finals
 # of the range (a final made from another video would be skipped below as done: the wrong game).
+# With --check, python -m llava_soccer.preflight videos counts without writing and first prints each
+# video's state: VIDEO_LINES.
 check_range() {
   local out count listed asked plural=s absent="do not exist"
-  out=$(run_python -m llava_soccer.videos "${PROJECT}" "${FIRST}" "${LAST}" 2>&1) ||
+  local -a lister=(-m llava_soccer.videos)
+  [[ -z ${CHECK} ]] || lister=(-m llava_soccer.preflight videos)
+  out=$(run_python "${lister[@]}" "${PROJECT}" "${FIRST}" "${LAST}" 2>&1) ||
     die "${out#submit_llava.sh: error: } (nothing started)"
+  VIDEO_LINES=""
+  [[ -z ${CHECK} || ${out} != *$'\n'* ]] || VIDEO_LINES=${out%$'\n'*}
   decimal count "the video count printed by python -m llava_soccer.videos" "${out##*$'\n'}" 0 "${MAX_INDEX}" \
     "is ${LLAVA_HOME}/llava_soccer as new as this script? (bash setup_llava.sh copies both)"
   ((count > 0)) ||
@@ -475,8 +492,46 @@ check_range() {
   LAST=$((count - 1))
 }
 
+# check_model: once, before the first video that starts workers (a job of finished videos needs no model):
+# 0 when LLAVA_MODEL can be loaded from here; else its line is logged and SETUP_ERROR set, so the videos
+# left are not started (each worker would fail alike, video after video).
+MODEL_CHECKED=""
+check_model() {
+  local out
+  [[ -z ${MODEL_CHECKED} ]] || return 0
+  out=$(run_python -m llava_soccer.preflight model 2>&1) || {
+    log "ERROR: ${out}"
+    SETUP_ERROR=model
+    return 1
+  }
+  MODEL_CHECKED=1
+}
+
+# --check: what a run would do, on stdout; nothing is started, locked or written.
+show_check() {
+  local out status=0
+  printf 'project %s (scripts %s, python %s)\n' "${PROJECT}" "${LLAVA_HOME}" "${PYTHON}"
+  printf 'videos %s:\n%s\n' "$(span "${FIRST}" "${LAST}")" "${VIDEO_LINES}"
+  [[ -z ${ABSENT} ]] || printf '  %s: not in videos.txt, skipped\n' "${ABSENT}"
+  printf '%s worker(s) per video, GPUs: %s%s, %s CPU thread(s) per worker\n' "${NUM_WORKERS}" \
+    "${GPUS[*]:-none (CPU)}" "$(in_slurm || echo ' here (a job: those of its --gres, one worker each)')" \
+    "${OMP_NUM_THREADS}"
+  out=$(run_python -m llava_soccer.preflight model 2>&1) || status=$?
+  printf '%s\n' "${out}"
+  printf 'plan: per GPU, chosen by the worker at start; on a GPU node: %q %q --print-plan\n' "${PYTHON}" \
+    "${LLAVA_HOME}/llava_split_worker.py"
+  ((status == 0)) || die "the model cannot be loaded from here (the line above); fix it before sbatch"
+  printf 'OK, nothing was run. Submit with: sbatch %q %s (without Slurm: bash %q %s)\n' "${BASH_SOURCE[0]}" \
+    "$1" "${BASH_SOURCE[0]}" "$1"
+}
+
 main() {
-  local video
+  local video out
+  CHECK=""
+  if [[ ${1:-} == --check ]]; then
+    CHECK=1
+    shift
+  fi
   read_numbers "$@"   # every number, before anything else
 
   PROJECT=${SOCCER_PROJECT:-}
@@ -496,6 +551,8 @@ main() {
   LLAVA_HOME=$(find_home)
   PYTHON=$(find_python)
   command -v "${PYTHON}" >/dev/null 2>&1 || die "python '${PYTHON}' not found: run 'bash setup_llava.sh' or set LLAVA_PYTHON"
+  # the worker's settings (LLAVA_QUANT, LLAVA_BATCH_SIZE, ...) by the worker's rules, once for all videos
+  out=$(run_python -m llava_soccer.preflight env 2>&1) || die "${out} (nothing started)"
   mapfile -t GPUS < <(gpu_ids)
   NUM_WORKERS=${WORKERS_ASKED:-${#GPUS[@]}}
   ((NUM_WORKERS > 0)) || NUM_WORKERS=1
@@ -514,7 +571,14 @@ main() {
       "LLAVA_NUM_WORKERS=${#GPUS[@]} (one worker per GPU, batching in all its memory) is faster"
   fi
 
-  DONE=() SKIPPED=() INCOMPLETE=() FAILED=() INTERRUPTED=() NOT_STARTED=()
+  if [[ -n ${CHECK} ]]; then
+    local asked="${FIRST} ${LAST}"
+    check_range
+    show_check "${asked}"
+    exit 0
+  fi
+
+  DONE=() SKIPPED=() INCOMPLETE=() FAILED=() INTERRUPTED=() NOT_STARTED=() SETUP_ERROR=""
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
   trap 'on_signal INT' INT
@@ -528,13 +592,15 @@ main() {
     "${NUM_WORKERS} worker(s) per video, GPUs: ${GPUS[*]:-none (CPU)}, ${OMP_NUM_THREADS} CPU thread(s) per worker"
 
   for ((video = FIRST; video <= LAST; video++)); do
-    if [[ -n ${STOP_SIGNAL} ]]; then
+    if [[ -n ${STOP_SIGNAL} || -n ${SETUP_ERROR} ]]; then
       NOT_STARTED+=("${video}")
       continue
     fi
     process_video "${video}"
   done
   summary
+  [[ -z ${SETUP_ERROR} ]] || die "the job stopped before video ${NOT_STARTED[0]}: fix the ${SETUP_ERROR} (the" \
+    "ERROR line above) and rerun the same command; finished videos are skipped"
 
   if [[ -n ${STOP_SIGNAL} ]]; then
     if [[ ${STOP_SIGNAL} == USR1 ]] && in_slurm; then

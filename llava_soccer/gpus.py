@@ -11,9 +11,12 @@ The rules (docs/gpus.md; sources in the comments):
   compute (NF4's compute dtype too); flash and cuDNN attention need 8.0+, so the memory-efficient
   SDPA kernel; Triton >= 3.3 supports 8.0+ only (triton-lang/triton#5066), so neither Triton decode
   attention nor torch.compile (its GPU backend writes Triton).
-- 6.x (GTX 1080 Ti, P100): as 7.x, but GP102 runs fp16 arithmetic at 1/64 rate, so matrix products
-  compute in fp32 while weights, activations and the KV cache are stored in fp16 (an fp32 KV cache
-  alone would not fit 11 GB).
+- 6.1 (GTX 1080 Ti, other GeForce/Quadro Pascal): as 7.x, but GP102/GP104 run fp16 arithmetic at
+  1/64 rate, so matrix products compute in fp32 while weights, activations and the KV cache are
+  stored in fp16 (an fp32 KV cache alone would not fit 11 GB).
+- 6.0 (Tesla P100, GP100) runs fp16 at twice its fp32 rate (CUDA C++ Programming Guide, arithmetic
+  instructions: 16-bit floating-point add, multiply, multiply-add), so it takes the 7.x plan: fp16
+  compute and storage.
 - NF4 on 8.0+ cards of 64 GiB or more (A100-80, H100, H200): the 4-bit weights are dequantized to
   bf16 once at load (+10 GiB), so no matrix product dequantizes them again: the same weights and
   the same bf16 products, ~4% faster (benchmarks/RESULTS.md, session 7). Smaller cards keep them
@@ -37,6 +40,8 @@ CONTEXT_GIB = 0.7          # CUDA context + cuBLAS workspace: what PyTorch canno
 CHUNKED_BELOW_GIB = 16     # smaller cards (11-12 GB) prefill in chunks: less memory, slower
 PREFILL_CHUNK = 4096       # tokens per prefill chunk on those cards (a 224p window has ~25k)
 BACKENDS = ("cudnn", "flash", "efficient", "math")
+# Pascal chips with full-rate fp16 (GP100; GP10B of 6.2 too): the 7.x plan's fp16 compute suits them.
+FAST_FP16_PASCAL = ((6, 0), (6, 2))
 # The worker's memory per window, for the plan's batch-size estimate (NF4, 224p, measured on the
 # device's H100/H200; benchmarks/RESULTS.md): weights, prefill activations, KV cache of one window.
 WEIGHTS_GIB = {"nf4": 4.2, "bf16": 14.2, "fp16": 14.2, "fp32": 28.4, "fp8": 7.9}  # fp8: LM linears only
@@ -154,7 +159,8 @@ def plan(s, real) -> Plan:
         gib /= share
     warnings = []
     quant = s.quantization
-    modern, pascal = cc is None or cc >= (8, 0), cc is not None and cc < (7, 0)  # (CPU: nf4 keeps bf16 compute)
+    modern = cc is None or cc >= (8, 0)  # (CPU: nf4 keeps bf16 compute)
+    pascal = cc is not None and cc < (7, 0) and cc not in FAST_FP16_PASCAL  # fp16 arithmetic at 1/64 rate
     nf4 = "bfloat16" if modern else "float32" if pascal else "float16"
     compute = {"nf4": nf4, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}[quant]
     if cc is None:  # CPU: PyTorch's own kernels

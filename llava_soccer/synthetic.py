@@ -180,8 +180,17 @@ def main(argv=None):
     if a.what == "checkpoint":
         make_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
     else:
-        w, h = (int(x) for x in a.size.split("x"))
-        make_video(a.path, a.seconds, a.fps, w, h)
+        size = a.size.split("x")
+        if len(size) != 2 or not all(x.isdigit() and int(x) > 0 for x in size):
+            p.error(f"--size {a.size!r}: use WIDTHxHEIGHT, e.g. 398x224")
+        try:
+            # ffmpeg cannot open a file in a folder that does not exist: it would exit and break our pipe
+            Path(a.path).parent.mkdir(parents=True, exist_ok=True)
+            make_video(a.path, a.seconds, a.fps, int(size[0]), int(size[1]))
+        except BrokenPipeError:  # ffmpeg stopped reading the frames: its own line above says why
+            p.exit(1, f"{p.prog} video: ffmpeg could not write {a.path} (see its line above)\n")
+        except (OSError, RuntimeError) as e:  # a folder that cannot be made; ffmpeg missing or failing
+            p.exit(1, f"{p.prog} video: {a.path}: {getattr(e, 'strerror', None) or e}\n")
     print(f"wrote {a.out_dir if a.what == 'checkpoint' else a.path}")
 
 

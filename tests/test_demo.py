@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow  # each runs the whole pipeline (the fresh clone also installs a venv)
+SLOW = pytest.mark.slow  # runs the whole pipeline (the fresh clone also installs a venv)
 
 
 def demo_env(**extra):
@@ -38,6 +38,7 @@ def assert_demo_ran(out, demo_dir):
     assert "demo done" in out
 
 
+@SLOW
 def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
     demo_dir = odd_root / "demo dir"
     r = subprocess.run(["bash", str(ROOT / "demo.sh"), str(demo_dir)], capture_output=True, text=True,
@@ -46,8 +47,24 @@ def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
     assert r.returncode == 0, out
     assert "installing" not in out  # LLAVA_PYTHON given: nothing is installed
     assert_demo_ran(out, demo_dir)
+    run_next_as_printed(out, demo_dir)
 
 
+def run_next_as_printed(out, demo_dir):
+    """Issue 33 item 4: the demo's 'Next' commands work as printed, typed in a new shell without the demo's
+    settings (they used to run submit with python3, which has no torch)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "demo done. Next, reprocess one video" in line)
+    remove, run = (re.sub(r"^\[\d\d:\d\d:\d\d\]   ", "", line) for line in lines[start + 1:start + 3])
+    assert remove.startswith("rm ") and " bash submit_llava.sh 1 1" in run, (remove, run)
+    r = subprocess.run(["bash", "-c", f"{remove} && {run}"], capture_output=True, text=True, timeout=600,
+                       env=demo_env())
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"summary: 1 done, 0 skipped", r.stderr), r.stderr
+    assert (demo_dir / "final_predictions_llava_video_1.json").exists()
+
+
+@SLOW
 def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):
     """`bash demo.sh` in a new clone (this checkout's last commit; uncommitted changes are not in
     it) without a .venv: the shared install step makes one, then the demo runs. pip installs from
@@ -76,3 +93,25 @@ def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):
     r = subprocess.run(["bash", "tools/install_env.sh", "demo"], cwd=clone, capture_output=True, text=True,
                        timeout=120, env=demo_env())
     assert r.returncode == 0 and "already installed" in r.stderr and "installing" not in r.stderr, r.stderr
+
+
+def synthetic_video(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "llava_soccer.synthetic", "video", *args, "--seconds", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_synthetic_video_into_a_new_folder_is_written(tmp_path):
+    """Issue 33 item 11: a folder that does not exist used to end in a BrokenPipeError traceback (ffmpeg
+    could not open the file and stopped reading): now it is made."""
+    r = synthetic_video("NEW_DIR/deeper/x.mkv", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "wrote NEW_DIR/deeper/x.mkv\n", r.stderr
+    from llava_soccer import videos
+    assert videos.probe(tmp_path / "NEW_DIR" / "deeper" / "x.mkv").n_samples == 5
+
+
+@pytest.mark.parametrize("path,says", [("file/x.mkv", "file/x.mkv: "), ("x.mkv/", "ffmpeg could not write x.mkv/")])
+def test_synthetic_video_that_cannot_be_written_is_one_line(tmp_path, path, says):
+    (tmp_path / "file").write_text("a file where a folder is asked")
+    r = synthetic_video(path, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and says in r.stderr.splitlines()[-1], r.stderr

@@ -22,7 +22,7 @@ from conftest import ROOT
 
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
-README_MAX_LINES = 300
+README_MAX_LINES = 320  # issue 33 added the first screen's demo/tests and "try it without a GPU"
 
 # Our scripts that take flags, checked against their --help; submit_llava.sh takes none (sbatch's
 # flags stand before it). The benchmark's --help imports torch (seconds): its source is read instead.
@@ -161,6 +161,7 @@ def test_submit_takes_no_flags_of_its_own():
         for line, tokens in commands(path):
             if "submit_llava.sh" in tokens:
                 after = tokens[tokens.index("submit_llava.sh") + 1:]
+                after = after[1:] if after[:1] == ["--check"] else after  # its one flag: check, run nothing
                 assert not [t for t in after if t.startswith("-")], f"{rel(path)}: {line}"
                 assert all(t.isdigit() for t in after), f"{rel(path)}: START/END must be digits: {line}"
 

@@ -84,6 +84,7 @@ def warnings_in(log):
 
 @pytest.mark.parametrize("gpu,dtype,modern,chunked", [
     ("6.1,11", "float32", False, True),    # GTX 1080 Ti
+    ("6.0,16", "float16", False, False),   # Tesla P100: full-rate fp16, so the 7.x plan (issue 33)
     ("7.0,12", "float16", False, True),    # Titan V
     ("7.5,24", "float16", False, False),   # Titan RTX
     ("8.0,80", "bfloat16", True, False),   # A100
@@ -108,6 +109,14 @@ def test_print_plan_for_an_assumed_gpu(gpu, dtype, modern, chunked, capsys):
     assert plan["cuda_graphs"] is True and plan["batch_size"] == "auto"
     assert plan["memory_cap_gib"] is None  # no real GPU here to cap
     assert plan["warnings"] == []
+
+
+@pytest.mark.parametrize("gpu,slow", [("6.0", False), ("6.1", True), ("6.2", False), ("7.0", False)])
+def test_fp16_warns_only_where_fp16_arithmetic_is_slow(gpu, slow, capsys):
+    """GP102/GP104 (6.1) run fp16 at 1/64 rate: warned; the P100 (6.0) runs it at twice fp32's: not."""
+    code, plan = print_plan(capsys, "--assume-gpu", gpu + ",24", "--quantization", "fp16")
+    assert code == 0 and plan["compute_dtype"] == "float16"
+    assert any("1/64 rate" in w for w in plan["warnings"]) is slow, plan["warnings"]
 
 
 @pytest.mark.parametrize("gpu,weights", [("6.1,11", "packed"), ("7.5,24", "packed"), ("7.5,64", "packed"),

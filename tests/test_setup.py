@@ -65,14 +65,44 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
     assert command.startswith("export SOCCER_PROJECT=")
     assert follow(command, tmp_path) == [project.resolve(), project.resolve(), "submit_llava.sh 0 0"]
 
-    # the installed copy runs on its own: submit_llava.sh finds its scripts beside it
-    r = subprocess.run(["bash", "submit_llava.sh", "0", "0"], cwd=project, capture_output=True, text=True, check=False,
-                       timeout=900, env=clean_env(SOCCER_PROJECT=project, LLAVA_PYTHON=sys.executable,
-                                                  LLAVA_MODEL=goal_checkpoint, LLAVA_QUANT="fp32",
-                                                  LLAVA_NUM_WORKERS=2))
+    # the installed copy runs on its own (submit_llava.sh finds its scripts beside it), by the command setup
+    # printed for a run without Slurm, typed in a new shell: it carries the project and the LLAVA_PYTHON setup
+    # used (issue 33 item 4: without it, submit took python3, which has no torch)
+    assert f"LLAVA_PYTHON={sys.executable}" in command
+    r = subprocess.run(["bash", "-c", command.replace(" && sbatch ", " && bash ")], capture_output=True, text=True,
+                       check=False, timeout=900, env=clean_env(LLAVA_MODEL=goal_checkpoint, LLAVA_QUANT="fp32",
+                                                               LLAVA_NUM_WORKERS=2))
     assert r.returncode == 0, r.stderr
     assert f"scripts {project};" in r.stderr
     assert (project / "final_predictions_llava_video_0.json").exists()
+
+
+def test_setup_removes_what_it_copied_before_and_no_longer_ships(tmp_path):
+    """Issue 33 item 12: an old deployment's llava_soccer/model.py (no longer in the repository) used to stay
+    in every project. Setup removes the files an earlier setup copied (.llava_deployed.txt; a project set up
+    before that list existed: the modules of the llava_soccer/ folder) that are gone; the user's files stay."""
+    project = tmp_path / "proj"
+    (project / "llava_soccer").mkdir(parents=True)
+    (project / "llava_soccer" / "model.py").write_text("# the old loader\n")
+    (project / "my_analysis.py").write_text("# the user's\n")
+    (project / "raw_data").mkdir()
+    (project / "raw_data" / "old_tool.py").write_text("# the user's, in raw_data\n")
+    rc, out = setup(project, LLAVA_PYTHON=sys.executable)
+    assert rc == 0, out
+    assert "removed llava_soccer/model.py (copied by an earlier setup; the pipeline no longer ships it)" in out
+    assert not (project / "llava_soccer" / "model.py").exists() and out.count("removed ") == 1
+    deployed = (project / ".llava_deployed.txt").read_text().splitlines()
+    assert set(INSTALLED) <= set(deployed) and "my_analysis.py" not in deployed
+    assert all((project / name).is_file() for name in deployed)
+
+    # a later version stops shipping a file it copied: only that one goes, user files stay
+    (project / "old_tool.py").write_text("# copied by an earlier setup\n")
+    (project / ".llava_deployed.txt").write_text("\n".join(deployed + ["old_tool.py"]) + "\n")
+    rc, out = setup(project, LLAVA_PYTHON=sys.executable)
+    assert rc == 0, out
+    assert "removed old_tool.py" in out and out.count("removed ") == 1 and not (project / "old_tool.py").exists()
+    assert (project / "my_analysis.py").exists() and (project / "raw_data" / "old_tool.py").exists()
+    assert (project / ".llava_deployed.txt").read_text().splitlines() == deployed
 
 
 def next_command(out):

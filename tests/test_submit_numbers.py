@@ -60,7 +60,7 @@ def project_with(root, n):
 def submit(project, scripts, *args, timeout=120, **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_"))}
     base.update(SOCCER_PROJECT=str(project), LLAVA_HOME=str(scripts), LLAVA_PYTHON=sys.executable,
-                CUDA_VISIBLE_DEVICES="")
+                CUDA_VISIBLE_DEVICES="", LLAVA_MODEL=str(scripts))  # the stand-in loads no model: any directory
     started = time.monotonic()
     r = subprocess.run(["bash", str(SUBMIT), *args], capture_output=True, text=True, timeout=timeout,
                        cwd=project.parent, env={**base, **env})
@@ -277,3 +277,109 @@ def test_the_readmes_0_39_with_two_videos_runs_both(tmp_path, goal_checkpoint):
     assert (project / "final_predictions_llava_video_1.json").exists()
     assert "FAILED" not in r.stderr and "error" not in r.stderr.lower()
     assert len(re.findall(r"\] video \d+: worker 0/1 pid", r.stderr)) == 2  # one worker per existing video
+
+
+# --- issue 33, item 2: every worker setting checked once, before anything runs; --check --------------
+
+def finished(project, *videos):
+    """Finals for videos (the stand-in merge's kind): submit skips them as done."""
+    for video in videos:
+        (project / f"final_predictions_llava_video_{video}.json").write_text("[]")
+
+
+def files_of(project):
+    return sorted((str(p.relative_to(project)), p.stat().st_mtime_ns) for p in project.rglob("*"))
+
+
+@pytest.mark.parametrize("env,starts", [
+    ({"LLAVA_QUANT": "4bit"}, "LLAVA_QUANT=4bit: choose from nf4, bf16, fp16, fp32, fp8, not '4bit' (--quantization); "
+                              "unset it for the default, nf4"),
+    ({"LLAVA_BATCH_SIZE": "0"}, "LLAVA_BATCH_SIZE=0: must be a whole number >= 1 or 'auto'"),
+    ({"LLAVA_MAX_NEW_TOKENS": "lots"}, "LLAVA_MAX_NEW_TOKENS=lots: must be a whole number (--max-new-tokens)"),
+    ({"LLAVA_CLASS_SCORES": "maybe"}, "LLAVA_CLASS_SCORES=maybe: 'maybe': use yes or no"),
+    ({"LLAVA_ASSUME_GPU": "7"}, "LLAVA_ASSUME_GPU=7: '7' is not CC[,GIB]"),
+    ({"LLAVA_DECODER": "slow"}, "LLAVA_DECODER=slow: choose from fast, transformers"),
+])
+@pytest.mark.parametrize("finals", [(), (0, 1)], ids=["to do", "finished"])
+def test_a_bad_worker_setting_is_one_line_and_exit_2_before_anything_starts(tmp_path, scripts, env, starts, finals):
+    """LLAVA_QUANT=4bit used to print the worker's argparse usage once per worker and video, and was silently
+    ignored for finished videos: now one line naming the variable, its value and the choices, exit 2."""
+    project = project_with(tmp_path, 2)
+    finished(project, *finals)
+    r = submit(project, scripts, "0", "1", **env)
+    if not finals:
+        assert_refused(r, project, starts)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and starts in r.stderr, r.stderr
+    assert "usage:" not in r.stderr and started(project) == [] and not (project / "videos.txt").exists()
+
+
+def test_check_shows_what_a_run_would_use_and_writes_nothing(tmp_path, scripts):
+    project = project_with(tmp_path, 3)
+    finished(project, 1)
+    before = files_of(project)
+    r = submit(project, scripts, "--check", "0", "9", LLAVA_NUM_WORKERS="2", LLAVA_QUANT="bf16")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"project {project} " in out
+    assert "  video 0: to do: v00.mkv" in out and "  video 1: done, skipped: v01.mkv" in out
+    assert "  video 2: to do: v02.mkv" in out and "  3..9: not in videos.txt, skipped" in out
+    assert "2 worker(s) per video, GPUs: none (CPU)" in out
+    assert f"model {scripts} (local checkpoint directory), quantization bf16" in out
+    assert "OK, nothing was run. Submit with: sbatch " in out
+    assert files_of(project) == before and started(project) == []  # no videos.txt, no lock, no worker
+
+
+@pytest.mark.parametrize("args,env,says", [
+    (["2", "0"], {}, "START (2) is after END (0)"),
+    (["0"], {"LLAVA_QUANT": "4bit"}, "LLAVA_QUANT=4bit: choose from nf4"),
+    (["5", "9"], {}, "videos 5..9 asked, but videos.txt lists 2 videos (0..1)"),
+])
+def test_check_refuses_what_the_job_would_refuse(tmp_path, scripts, args, env, says):
+    """sbatch queues the job before the script runs: --check is where a user sees these at once."""
+    project = project_with(tmp_path, 2)
+    before = files_of(project)
+    r = submit(project, scripts, "--check", *args, **env)
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert files_of(project) == before
+
+
+def test_a_missing_model_stops_the_job_once(tmp_path, scripts):
+    """A model directory that does not exist used to fail every worker of every video of the range: now one
+    line before the first video that needs it, the rest not started, exit 2; finished videos need no model."""
+    project = project_with(tmp_path, 4)
+    finished(project, 0)
+    missing = tmp_path / "no such model"
+    r = submit(project, scripts, "0", "3", LLAVA_MODEL=str(missing))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count(f"--model {missing}: no such directory") == 1, r.stderr
+    assert "the job stopped before video 1: fix the model" in r.stderr
+    assert summary(r.stderr) == {**done(), "skipped": [0], "not started": [1, 2, 3]}
+    assert started(project) == [] and not list(project.glob(".lock_*"))
+    finished(project, 1, 2, 3)
+    r = submit(project, scripts, "0", "3", LLAVA_MODEL=str(missing))
+    assert r.returncode == 0 and summary(r.stderr)["skipped"] == [0, 1, 2, 3], r.stderr
+
+
+def test_the_command_check_prints_runs_as_printed(tmp_path, scripts):
+    """Issue 33 item 4: what --check tells the user to run works as printed (here the run without Slurm)."""
+    project = project_with(tmp_path, 2)
+    r = submit(project, scripts, "--check", "0", "1")
+    (command,) = re.findall(r"\(without Slurm: (bash .*)\)$", r.stdout, re.M)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_"))}
+    env = {**base, "SOCCER_PROJECT": str(project), "LLAVA_HOME": str(scripts), "LLAVA_PYTHON": sys.executable,
+           "CUDA_VISIBLE_DEVICES": "", "LLAVA_MODEL": str(scripts)}
+    run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert run.returncode == 0 and summary(run.stderr) == done(0, 1), run.stderr
+
+
+def test_the_plan_command_check_prints_runs_as_printed(tmp_path):
+    """--check's plan line names the real worker's --print-plan: it prints this machine's plan, loading nothing."""
+    project = project_with(tmp_path, 1)
+    r = submit(project, ROOT, "--check", "0", LLAVA_QUANT="fp32")
+    assert r.returncode == 0, r.stderr
+    (command,) = re.findall(r"^plan: per GPU, chosen by the worker at start; on a GPU node: (.*)$", r.stdout, re.M)
+    run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LLAVA_QUANT": "fp32", "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["quantization"] == "fp32"
