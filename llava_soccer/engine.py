@@ -77,12 +77,13 @@ class Engine:
 
     def answer(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
                class_scores=True) -> list["Answer"]:
-        """The answers to prompt.prepare()'s windows with each token's probability and, with class_scores,
-        P("None") and the 17 class scores (scores.py: one extra forward pass for the batch, ~100 tokens per
-        window, over the cache). decoder "fast": the Decoder (the same greedy answers as transformers',
-        CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a left-padded batch
-        (transformers' sampling: temperature, top-p and its default top-k 50); token probabilities are the
-        model's own (before temperature and top-p)."""
+        """The answers to prompt.prepare()'s windows with each token's probability, P("None") and, with
+        class_scores, the 17 class scores (scores.py: one extra forward pass for the batch over the cache, a
+        few nodes per window for P("None") alone, ~60 per label position with classes; a second pass only for
+        an answer whose labels outgrow the spare slots). decoder "fast": the Decoder (the same greedy answers
+        as transformers', CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a
+        left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50); token
+        probabilities are the model's own (before temperature and top-p)."""
         import torch
         model, tokenizer = self.model, self.processor.tokenizer
         eos = model.generation_config.eos_token_id
