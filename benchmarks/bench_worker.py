@@ -278,28 +278,28 @@ def decoder_check(engine, info, new_tokens=24):
 
 def scores_check(engine, info, new_tokens=8):
     """The class scores of one pass over two windows' caches (engine.answer) against the model's own forward
-    over prompt + prefix + class (+ the None tokens), one forward per continuation: largest difference of
-    the log-scores (in the model's dtype: bf16 rounding over 25k tokens), and whether the ranking of the
-    17 classes is the same."""
+    over prompt + prefix + class (+ the None tokens), one forward per continuation (scores.reference: every
+    label position, each name then any token that closes it): largest difference of the log-scores (in the
+    model's dtype: bf16 rounding over 25k tokens), and whether the ranking of the 17 classes is the same."""
     from llava_soccer import scores
     model, tok = engine.model, engine.processor.tokenizer
     windows = prompt.prepare(engine.processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
     answers = engine.answer(windows, new_tokens)
-
-    def logprob(window, before, cont):
-        one = decoding.on_model(model, window)
-        ids = torch.cat([one["input_ids"], torch.tensor([list(before) + list(cont)], device=model.device)], 1)
-        with torch.inference_mode(), engine.attention():
-            logits = model(input_ids=ids, pixel_values=one["pixel_values"], image_sizes=one["image_sizes"],
-                           logits_to_keep=len(cont) + 1).logits[0].double().log_softmax(-1)
-        return sum(float(logits[j, t]) for j, t in enumerate(cont))
     worst, same_order = 0.0, []
     for window, a in zip(windows, answers):
-        none = math.exp(logprob(window, [], tok(scores.NONE, add_special_tokens=False)["input_ids"]))
-        fmt = tok(scores.FORMAT_PREFIX, add_special_tokens=False)["input_ids"]  # random answers write no label
-        ref = {c: math.log(1 - none) + logprob(window, fmt, scores._continuation(tok, scores.FORMAT_PREFIX, c + "'"))
-               for c in a.class_scores}
-        worst = max(worst, *(abs(math.log(a.class_scores[c]) - ref[c]) for c in ref))
+        one = decoding.on_model(model, window)
+
+        def forward(before, cont, one=one):
+            ids = torch.cat([one["input_ids"], torch.tensor([list(before) + list(cont)], device=model.device)], 1)
+            with torch.inference_mode(), engine.attention():
+                logits = model(input_ids=ids, pixel_values=one["pixel_values"], image_sizes=one["image_sizes"],
+                               logits_to_keep=len(cont) + 1).logits[0]
+            return logits.double().log_softmax(-1)
+        found = scores.reference(forward, tok, a.ids, a.text)
+        none = math.exp(found.pop(scores.NONE))
+        ref = {c: math.log(1 - none) + found[c] for c in a.class_scores}
+        worst = max(worst, abs(math.log(a.none_prob) - math.log(none)),
+                    *(abs(math.log(a.class_scores[c]) - ref[c]) for c in ref))
         same_order.append(sorted(ref, key=ref.get) == sorted(ref, key=a.class_scores.get))
     return {"max_abs_log_score_diff": worst, "same_class_order": same_order,
             "log_scores_range": [min(map(math.log, a.class_scores.values())) for a in answers]}

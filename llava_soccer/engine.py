@@ -12,9 +12,11 @@ The worker makes one per slice (worker.py); a benchmark makes its own and passes
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 
 from . import decoding, prompt, scores
+from .settings import SOCCERNET_CLASSES
 
 log = logging.getLogger("llava_worker")
 
@@ -75,40 +77,51 @@ class Engine:
 
     def answer(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
                class_scores=True) -> list["Answer"]:
-        """The answers to prompt.prepare()'s windows with each token's probability and, with class_scores,
-        P("None") and the 17 class scores (scores.py: one extra forward pass for the batch, ~100 tokens per
-        window, over the cache). decoder "fast": the Decoder (the same greedy answers as transformers',
-        CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a left-padded batch
-        (transformers' sampling: temperature, top-p and its default top-k 50); token probabilities are the
-        model's own (before temperature and top-p)."""
+        """The answers to prompt.prepare()'s windows with each token's probability, P("None") and, with
+        class_scores, the 17 class scores (scores.py: one extra forward pass for the batch over the cache, a
+        few nodes per window for P("None") alone, ~60 per label position with classes; a second pass only for
+        an answer whose labels outgrow the spare slots). decoder "fast": the Decoder (the same greedy answers
+        as transformers', CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a
+        left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50); token
+        probabilities are the model's own (before temperature and top-p)."""
         import torch
         model, tokenizer = self.model, self.processor.tokenizer
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         fast = decoder == "fast" and temperature == 0
+        classes = SOCCERNET_CLASSES if class_scores else ()  # P("None") always: a few nodes per window
         with torch.inference_mode(), self.attention():
             if fast:
-                spare = scores.tree_room(tokenizer) if class_scores else 0
-                out = self.decoder.decode(windows, max_new_tokens, eos, tokenizer.pad_token_id, spare)
+                out = self.decoder.decode(windows, max_new_tokens, eos, tokenizer.pad_token_id,
+                                          scores.tree_room(tokenizer, classes))
                 ids, logprobs = out.ids, out.logprobs
             else:
-                ids, logprobs, cache = self._generate(windows, max_new_tokens, temperature, top_p)
+                ids, logprobs, cache = self._generate(windows, max_new_tokens, temperature, top_p, classes)
             answers = [_answer(tokenizer, row, lp, eos) for row, lp in zip(ids.tolist(), logprobs.tolist())]
-            if class_scores:
-                with torch.profiler.record_function("llava class scores"):
-                    prompts = [w["input_ids"][0].tolist() for w in windows]
-                    trees = [scores.class_tree(tokenizer, p, a.ids, a.text) for p, a in zip(prompts, answers)]
-                    if fast:  # row r's answer ends before slot len(prompt) + len(answer)
-                        logits = self.decoder.score_trees([t for t, _ in trees],
-                                                          [len(p) + len(a.ids) for p, a in zip(prompts, answers)])
-                    else:
-                        layer_kv, start, free = cache
-                        logits = decoding.score_trees(model, layer_kv, [t for t, _ in trees], start, free)
-                    for a, (_, branches), row in zip(answers, trees, logits):
-                        a.none_prob, a.class_scores = scores.class_scores(row, branches)
+            with torch.profiler.record_function("llava class scores"):
+                prompts = [w["input_ids"][0].tolist() for w in windows]
+                if fast:  # row r's answer ends before slot len(prompt) + len(answer); the trees go after it
+                    free = [len(p) + len(a.ids) for p, a in zip(prompts, answers)]
+                    slots = self.decoder.kept["kv"][0][0].shape[2]
+                    rooms = [slots - f for f in free]
+                else:
+                    layer_kv, start, free = cache
+                    rooms = [scores.tree_room(tokenizer, classes)] * len(answers)
+                pieces = [scores.class_trees(tokenizer, p, a.ids, a.text, room, classes)
+                          for p, a, room in zip(prompts, answers, rooms)]
+                found = [{} for _ in answers]
+                for k in range(max(map(len, pieces))):  # one pass, unless an answer wrote many labels
+                    trees = [x[k][0] if k < len(x) else _idle() for x in pieces]
+                    logits = (self.decoder.score_trees(trees, free) if fast
+                              else decoding.score_trees(model, layer_kv, trees, start, free))
+                    for got, x, row in zip(found, pieces, logits):
+                        for name, value in (scores.branch_logprobs(row, x[k][1]) if k < len(x) else {}).items():
+                            got[name] = max(got.get(name, -math.inf), value)
+                for a, got in zip(answers, found):
+                    a.none_prob, a.class_scores = scores.class_scores(got)
         return answers
 
-    def _generate(self, windows, max_new_tokens, temperature, top_p):
+    def _generate(self, windows, max_new_tokens, temperature, top_p, classes):
         """(ids (b, n), log-probabilities (b, n), (layer_kv, start, free) for score_trees) from model.generate.
         Its cache is left-padded (row r's position p at slot start[r] + p); layer_kv gives each layer's with
         room for the trees after it (a copy, one layer at a time)."""
@@ -122,11 +135,16 @@ class Engine:
         ids = out.sequences[:, inputs["input_ids"].shape[1]:]
         logprobs = torch.stack([decoding.chosen(logits, ids[:, j])[1] for j, logits in enumerate(out.logits)], 1)
         start = (inputs["attention_mask"] == 0).sum(1).tolist()
-        layers, room = out.past_key_values.layers, scores.tree_room(self.processor.tokenizer)
+        layers, room = out.past_key_values.layers, scores.tree_room(self.processor.tokenizer, classes)
 
         def layer_kv(i):
             return tuple(torch.nn.functional.pad(x, (0, 0, 0, room)) for x in (layers[i].keys, layers[i].values))
         return ids, logprobs, (layer_kv, start, [layers[0].keys.shape[2]] * len(start))
+
+
+def _idle():
+    """A one-node tree for a row with nothing left to score in a pass: it sees its own key only."""
+    return decoding.Tree(tokens=[0], positions=[0], parents=[-1], cache_len=[0])
 
 
 @dataclasses.dataclass

@@ -23,6 +23,8 @@ from .settings import FPS, STEP_S, WINDOW_S
 
 # Bump it whenever a change alters answers or scores (prompt building, frames, decoding, parsing, class scores):
 # partials and finals of another version are then another run, refused by the worker and the merge.
+# History: 1 (2026-12-06, first recorded): frames checked against their times, token probabilities read at
+# each label's own span, class scores at every label position ending on any closing-quote token.
 RESULTS_VERSION = 1
 MIB = 1 << 20
 NOT_COMPARED = ("code",)              # recorded for people; a code update does not change the run

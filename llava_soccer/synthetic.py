@@ -74,8 +74,33 @@ def _wire_parrot(model, tokenizer, answer):
         head[ids["</s>"], ids[answer]] = 10.0  # answer -> </s>
 
 
-def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu", init_std=0.02):
-    """Save a random LLaVA-NeXT checkpoint + processor to out_dir; return out_dir."""
+def _bias_none(model, tokenizer, none_prob):
+    """Make a random model answer "None" with probability about none_prob: after the prompt's last "]" it
+    writes "N" with that probability, then "o", "n", "e" almost surely (P(None) of a random model is ~1e-13,
+    too small for a missing 1 - P(None) factor to show). Each of those tokens' embedding is a large unit
+    vector of its own that dominates its hidden state; the head reads the next token from it, and no other
+    token's logit does (their head weights there are zero)."""
+    import torch
+    chain = ["]", "N", "o", "n", "e"]
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in chain]
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    hidden = emb.shape[1]
+    with torch.no_grad():
+        head[:, :len(chain)] = 0
+        for k, token in enumerate(ids):
+            emb[token] = 0
+            emb[token, k] = 1000.0  # far larger than any layer adds (~10-100): its hidden state keeps this direction
+        rms = hidden ** 0.5  # the final norm makes that direction ~sqrt(hidden) long
+        vocab = len(tokenizer) - 1
+        head[ids[1], 0] = float(np.log(none_prob * vocab / (1 - none_prob))) / rms  # "]" -> "N": none_prob
+        for k in range(1, len(chain) - 1):
+            head[ids[k + 1], k] = 12.0 / rms  # "N" -> "o" -> "n" -> "e": e^12 against ~100 tokens
+
+
+def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu", init_std=0.02,
+                    none_prob=None):
+    """Save a random LLaVA-NeXT checkpoint + processor to out_dir; return out_dir. none_prob: a random
+    model that answers "None" with about that probability (tiny only)."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -107,6 +132,8 @@ def make_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", 
         model = LlavaNextForConditionalGeneration(config).to(getattr(torch, dtype))
     if answer is not None:
         _wire_parrot(model, tokenizer, answer)
+    if none_prob is not None:
+        _bias_none(model, tokenizer, none_prob)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out_dir)
     image_processor = LlavaNextImageProcessor(size={"shortest_edge": image_size},
