@@ -19,8 +19,15 @@ from .test_gpu_paths import MODERN, plan, windows
 
 FORCED = "{'label': 'Foul', 'team': 'home'}, {'label': 'Yellow card', 'team': 'home'}, {'label': 'Corner'}"
 # bf16/fp16 keep ~3 significant digits: the one-pass tree and a plain forward round differently over a
-# 2-layer model, ~1e-2 in a log-probability; a wrong prefix, position or end set moves it by units.
+# 2-layer model, ~1e-2 in a log-probability plus ~1e-3 of its size (the character tokenizer spells a class in
+# ~10 tokens: log-scores near -56 differed by 0.057 in bf16 and NF4 on the H100, 2026-12-06); a wrong prefix,
+# position or end set moves it by units.
 LOG_TOLERANCE = 0.05
+RELATIVE = 2e-3
+
+
+def close(ours, theirs) -> bool:
+    return abs(ours - theirs) < LOG_TOLERANCE + RELATIVE * abs(theirs)
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +38,13 @@ def none_checkpoint(tmp_path_factory):
 
 def forced_engine(ckpt, chosen, forced_ids):
     """An engine whose decoder makes row 0 write forced_ids (after the model's own first token)."""
-    start = {}
+    start, forced = {}, torch.tensor(forced_ids, device="cuda")  # made here: a CUDA graph cannot copy from the CPU
 
     def force(logits, positions):
         b = len(positions)
         start.setdefault(b, positions.clone())
         step = (positions - start[b]).clamp(max=len(forced_ids) - 1)
-        target = torch.tensor(forced_ids, device=logits.device)[step]
+        target = forced[step]
         wanted = torch.where(torch.arange(logits.shape[1], device=logits.device)[None] == target[:, None], 1e4, -1e4)
         return torch.where(torch.arange(b, device=logits.device)[:, None] == 0, wanted.to(logits.dtype), logits)
     return Engine.load(str(ckpt), chosen, "cuda", on_logits=force)
@@ -74,14 +81,13 @@ def test_scores_on_the_gpu_plans_are_plain_forward_passes(none_checkpoint, quant
             found = scores.reference(forward, tok, answer.ids, answer.text)
             none = math.exp(found.pop(scores.NONE))
             assert 1e-3 < none < 0.1
-            assert abs(math.log(answer.none_prob) - math.log(none)) < LOG_TOLERANCE
+            assert close(math.log(answer.none_prob), math.log(none))
             for name in SOCCERNET_CLASSES:
                 expected = math.log(1 - none) + found[name]
-                assert abs(math.log(answer.class_scores[name]) - expected) < LOG_TOLERANCE, (name, quantization)
+                assert close(math.log(answer.class_scores[name]), expected), (name, quantization)
             if answer is answers[1]:  # its tokens' probabilities: the plain forward's (row 0's are forced)
                 rows = forward([], answer.ids)
-                assert max(abs(lp - float(rows[j, t])) for j, (t, lp) in enumerate(zip(answer.ids, answer.logprobs))) \
-                    < LOG_TOLERANCE
+                assert all(close(lp, float(rows[j, t])) for j, (t, lp) in enumerate(zip(answer.ids, answer.logprobs)))
     finally:
         del engine
         torch.cuda.empty_cache()
