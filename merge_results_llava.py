@@ -22,7 +22,8 @@ partials are gone. Each final event carries "video" and "made_by". Both files ar
 atomically; the partials are deleted only after that.
 
 Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad flags,
-3 merged but incomplete (undecodable windows), 75 windows missing or failed.
+3 merged but incomplete (undecodable windows), 4 lost the video's lock to another run (nothing
+written: that run owns the video), 75 windows missing or failed, or the disk full.
 """
 import argparse
 import sys
@@ -35,6 +36,7 @@ from llava_soccer.jsonio import (
     InputError,
     atomic_write_json,
     atomic_write_json_gz,
+    file_limit_is_an_error,
     log_safe,
     remove_stale_temps,
     run_cli,
@@ -80,7 +82,8 @@ def _short(text, width=100) -> str:
 
 def run(args) -> int:
     project = settings.project_dir(args.project)
-    claims.check(project, args.video_index)  # another job's video: never delete the partials it writes
+    fence = claims.Fence(project, args.video_index)  # before every write: a video taken over is not ours to touch
+    fence()
     final = settings.final_path(project, args.video_index)
     archive = settings.raw_answers_path(project, args.video_index)
     for path in (final, archive):
@@ -112,9 +115,10 @@ def run(args) -> int:
     remove_stale_temps(archive)
     atomic_write_json_gz(archive, {
         "video": source, "made_by": windows.made_by, "windows_total": info.n_windows, "incomplete": incomplete or None,
-        "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]})
-    atomic_write_json(final, [records.final_record(e, source, windows.made_by) for e in kept])
+        "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]}, fence=fence)
+    atomic_write_json(final, [records.final_record(e, source, windows.made_by) for e in kept], fence=fence)
     if not args.keep_partials:
+        fence()
         for path in files:
             path.unlink(missing_ok=True)
 
@@ -187,7 +191,9 @@ def summarise(args, windows, found, kept, failures, answered, archive_name, fina
 
 
 def main(argv=None) -> int:
-    return run_cli(run, parse_args(argv), "merge_results_llava.py")
+    file_limit_is_an_error()
+    return run_cli(claims.stops_on_lost_lock(run, lambda line: say(line, err=True)), parse_args(argv),
+                   "merge_results_llava.py")
 
 
 if __name__ == "__main__":
