@@ -25,8 +25,8 @@ SUBMIT = ROOT / "submit_llava.sh"
 @pytest.fixture(autouse=True)
 def no_slurm(monkeypatch):
     """Each test as a local run, whatever job runs pytest."""
-    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME", "SLURM_RESTART_COUNT",
-                 "LLAVA_CLAIM", "LLAVA_LOCK_STALE_S"):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME",
+                 "SLURM_RESTART_COUNT", "LLAVA_CLAIM", "LLAVA_LOCK_STALE_S"):
         monkeypatch.delenv(name, raising=False)
 
 
