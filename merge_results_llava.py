@@ -36,7 +36,6 @@ from llava_soccer.jsonio import (
     InputError,
     atomic_write_json,
     atomic_write_json_gz,
-    file_limit_is_an_error,
     log_safe,
     remove_stale_temps,
     run_cli,
@@ -191,7 +190,6 @@ def summarise(args, windows, found, kept, failures, answered, archive_name, fina
 
 
 def main(argv=None) -> int:
-    file_limit_is_an_error()
     return run_cli(claims.stops_on_lost_lock(run, lambda line: say(line, err=True)), parse_args(argv),
                    "merge_results_llava.py")
 

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -168,11 +167,6 @@ def atomic_write_json_gz(path, obj, fence=None) -> None:
     _atomic_write(path, lambda f: f.write(gzip.compress(_json(obj, ensure_ascii=False), mtime=0)), fence)
 
 
-def file_limit_is_an_error() -> None:
-    """A write past the file size limit (ulimit -f) raises EFBIG (disk_problem: one line, exit 75, the file
-    before intact) instead of SIGXFSZ killing the process mid-run. Call once, from the main thread."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
 
 def read_json(path, what="file", fix=None):
     """Load JSON (gzip-compressed when the name ends in .gz), or raise InputError naming the file: not found, or
@@ -200,7 +194,7 @@ EXIT_RETRY = 75  # EX_TEMPFAIL: fix the cause (disk space) and rerun the same co
 EXIT_INCOMPLETE = 3  # finished, with windows no rerun can fill (undecodable): the worker's and the merge's code
 _DISK_ERRORS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "the file system is read-only",
-                errno.EFBIG: "the file is larger than the file size limit (ulimit -f)"}
+                errno.EFBIG: "the file is larger than the file size limit (ulimit -f)"}  # Python ignores SIGXFSZ
 
 
 def excerpt(value, limit=120) -> str:

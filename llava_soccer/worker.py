@@ -31,7 +31,6 @@ from .jsonio import (
     UnreadableFile,
     atomic_write_json,
     check_writable,
-    file_limit_is_an_error,
     first_line,
     log_safe,
     read_json,
@@ -308,7 +307,6 @@ def run(cfg, engine=None, on_batch=None) -> int:
 
 def _run(cfg, engine, on_batch) -> int:
     project = settings.project_dir(cfg.project)
-    file_limit_is_an_error()
     # every write of the partial is fenced: another job's video, or one taken over from us, is not ours to touch
     fence = claims.Fence(project, cfg.video_index)
     die_with_parent(fence, fence())
