@@ -24,7 +24,8 @@ the final last: an interruption between the two leaves files that disagree, whic
 again from the partials. The partials are deleted only after that.
 
 Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad flags,
-3 merged but incomplete (undecodable windows), 75 windows missing or failed.
+3 merged but incomplete (undecodable windows), 4 lost the video's lock to another run (nothing
+written: that run owns the video), 75 windows missing or failed, or the disk full.
 """
 import argparse
 import sys
@@ -83,7 +84,8 @@ def _short(text, width=100) -> str:
 
 def run(args) -> int:
     project = settings.project_dir(args.project)
-    claims.check(project, args.video_index)  # another job's video: never delete the partials it writes
+    fence = claims.Fence(project, args.video_index)  # before every write: a video taken over is not ours to touch
+    fence()
     final = settings.final_path(project, args.video_index)
     archive = settings.raw_answers_path(project, args.video_index)
     for path in (final, archive):
@@ -126,9 +128,10 @@ def run(args) -> int:
     atomic_write_json_gz(archive, {
         "video": source, "made_by": windows.made_by, "windows_total": info.n_windows, "incomplete": incomplete or None,
         "final_digest": records.final_digest(events),
-        "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]})
-    atomic_write_json(final, events)
+        "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]}, fence=fence)
+    atomic_write_json(final, events, fence=fence)
     if not args.keep_partials:  # only now: until the final is written, they are what a rerun merges
+        fence()
         for path in files:
             path.unlink(missing_ok=True)
 
@@ -217,7 +220,8 @@ def summarise(args, windows, found, kept, failures, answered, archive_name, fina
 
 
 def main(argv=None) -> int:
-    return run_cli(run, parse_args(argv), "merge_results_llava.py")
+    return run_cli(claims.stops_on_lost_lock(run, lambda line: say(line, err=True)), parse_args(argv),
+                   "merge_results_llava.py")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ set -euo pipefail
 readonly EX_USAGE=2
 readonly EX_INTERRUPTED=75   # EX_TEMPFAIL, as the worker: rerun to resume
 readonly EX_INCOMPLETE=3     # worker and merge: finished, but windows had no decodable frames
+readonly EX_LOST_LOCK=4      # worker and merge: another run took the video's lock over (llava_soccer/claims.py)
 
 log() { printf '[%(%Y-%m-%d %H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit "${EX_USAGE}"; }
@@ -222,17 +223,22 @@ claims() {
   run_python -m llava_soccer.claims "$@"
 }
 
-# In the background: touch the lock every HEARTBEAT_S seconds (its mtime is the heartbeat that
+# In the background: touch video I's lock every HEARTBEAT_S seconds (its mtime is the heartbeat that
 # keeps other jobs out) while this script lives; a killed script's lock must go stale, not live on.
+# `claims beat` touches it only while it holds our token: a lock taken over while this job was
+# suspended (SIGSTOP) is the other run's, and its heartbeat is not ours to give. Then it stops; the
+# workers and the merge find the lock lost at their next write and stop (exit 4).
 heartbeat() {
-  local lock=$1 sleeper=""
+  local video=$1 sleeper="" status
   trap 'kill "${sleeper}" 2>/dev/null; exit 0' TERM INT HUP
   while true; do
     sleep "${HEARTBEAT_S}" &
     sleeper=$!
     wait "${sleeper}" || true
     kill -0 "$$" 2>/dev/null || exit 0
-    touch -c "${lock}" 2>/dev/null || true   # -c: never recreate a lock removed meanwhile
+    status=0
+    claims beat "${PROJECT}" "${video}" "${CLAIM_TOKEN}" >/dev/null 2>&1 || status=$?
+    ((status != 3)) || exit 0   # lost (exit 2, e.g. a full disk: try again at the next beat)
   done
 }
 
@@ -253,7 +259,7 @@ claim_video() {
   CLAIM_VIDEO=${video} CLAIM_TOKEN=${out%%$'\n'*}
   [[ ${out} != *$'\n'* ]] || log "${out#*$'\n'}"   # a stale lock taken over: whose, and why
   export LLAVA_CLAIM=${CLAIM_TOKEN}   # the workers and the merge check it is still this run's
-  heartbeat "${PROJECT}/.lock_llava_video_${video}.json" &
+  heartbeat "${video}" &
   HEARTBEAT_PID=$!
 }
 
@@ -331,6 +337,13 @@ process_video() {
   release_claim
 }
 
+# lost_lock I WHAT: another run took video I's lock over while this one was stopped or cut off (WHAT said
+# so above, with whose it is now): that run owns the video and its files; I is added to SKIPPED.
+lost_lock() {
+  log "video $1: its lock was taken over by another run (see the $2 line above): that run owns it now, skipped"
+  SKIPPED+=("$1")
+}
+
 # run_video I: appends I to DONE, SKIPPED, FAILED or INTERRUPTED.
 run_video() {
   local video=$1 slice merge_status
@@ -374,6 +387,10 @@ run_video() {
     ((WAIT_STATUS == 0 || WAIT_STATUS == EX_INCOMPLETE)) || bad+=("worker ${slice} exit ${WAIT_STATUS}")
   done
   WORKER_PIDS=()
+  if [[ " ${statuses[*]} " == *" ${EX_LOST_LOCK} "* ]]; then
+    lost_lock "${video}" worker
+    return 0
+  fi
   if [[ -n ${STOP_SIGNAL} ]] || [[ " ${statuses[*]} " == *" ${EX_INTERRUPTED} "* ]]; then
     log "video ${video}: interrupted (exit codes ${statuses[*]}); partial results saved, a rerun resumes it"
     INTERRUPTED+=("${video}")
@@ -389,6 +406,10 @@ run_video() {
   merge_status=0
   "${PYTHON}" "${LLAVA_HOME}/merge_results_llava.py" --video-index "${video}" --project "${PROJECT}" ||
     merge_status=$?
+  if ((merge_status == EX_LOST_LOCK)); then
+    lost_lock "${video}" merge
+    return 0
+  fi
   if ((merge_status == EX_INCOMPLETE)) && [[ -f ${final} ]]; then
     log "video ${video}: INCOMPLETE -> ${final} (windows without decodable frames, see the merge's lines above);" \
       "reruns skip it until its video file changes"

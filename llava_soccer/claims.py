@@ -1,21 +1,35 @@
 """One lock per video in the project directory, so two jobs never process the same video at once.
 
-submit_llava.sh takes `.lock_llava_video_I.json` before it starts video I, touches it every
-LLAVA_LOCK_HEARTBEAT_S (30 s) while the video runs (its mtime is the heartbeat) and removes it
-when the video ends; a job that finds it held by a live holder skips the video. The lock is made
-with O_CREAT|O_EXCL, which is atomic on NFSv3+ (flock is not, on many NFS and Lustre mounts).
+submit_llava.sh takes `.lock_llava_video_I.json` before it starts video I, beats it every
+LLAVA_LOCK_HEARTBEAT_S (30 s) while the video runs (its mtime is the heartbeat; `beat` touches it
+only while its token is still this run's) and removes it when the video ends; a job that finds it
+held by a live holder skips the video. The lock is made with O_CREAT|O_EXCL, which is atomic on
+NFSv3+ (flock is not, on many NFS and Lustre mounts).
 
-A lock is stale, and is taken over, when
+A lock whose holder runs on this host, with its recorded process start time, is live (also while
+that process is stopped: SIGSTOP, scontrol suspend). Otherwise it is stale, and is taken over, when
   (a) its host is this host and its pid is gone or is another process (start time differs):
       a holder killed with kill -9;
-  (b) its job id is this process's SLURM_JOB_ID: an earlier run of this same job, requeued;
+  (b) its job id and cluster (SLURM_CLUSTER_NAME) are this process's and its run came before
+      ours (SLURM_RESTART_COUNT lower): an earlier run of this same job, requeued (on any node);
+      job ids repeat across clusters and after a controller reset, which restarts at count 0;
   (c) its heartbeat (mtime) is older than LLAVA_LOCK_STALE_S seconds (default 600, 20 missed
-      heartbeats): a node that died.
+      heartbeats): a node that died, or a job suspended on another node. An mtime in the future
+      (the clock of the node that wrote it is ahead) is set back to our now by take(), so that
+      such a lock goes stale STALE_S after we first saw it, not STALE_S after a time to come.
 Anything else is live. Two takers breaking one stale lock take a `.break` mutex (O_EXCL, itself
 abandoned after 60 s), re-read the lock under it and remove it only if the same holder still
 has it, so exactly one of them wins.
 
+A run that lost its lock (taken over as stale while it was stopped or cut off) must write nothing
+more: Fence(project, video)() re-reads the lock right before each atomic rename of a partial,
+raw-answers or final file (jsonio's fence=) and raises LostLock (one line; exit EXIT_LOST_LOCK)
+unless the token is still LLAVA_CLAIM, the token submit_llava.sh passes to its workers and merge.
+A run started by hand (no LLAVA_CLAIM) holds no lock: each of its writes is refused while a live
+holder has the video (a job started beside it meanwhile), as at its start.
+
     python -m llava_soccer.claims take PROJECT VIDEO PID      # token (exit 0) or holder (exit 3)
+    python -m llava_soccer.claims beat PROJECT VIDEO TOKEN    # touch it if ours (exit 0), else exit 3
     python -m llava_soccer.claims release PROJECT VIDEO TOKEN
 Only the standard library and settings/jsonio: it must start fast (no torch).
 """
@@ -29,17 +43,29 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from .jsonio import InputError, process_start, stale_after_s
+from .jsonio import InputError, log_safe, process_start, stale_after_s
 from .settings import lock_path
 
 EXIT_HELD, EXIT_ERROR = 3, 2
+EXIT_LOST_LOCK = 4  # worker and merge: another run took the video's lock over; that run owns the video now
 BREAK_ABANDONED_S = 60  # a .break mutex (held for milliseconds) or a lock never written, this old, lost its writer
+
+
+class LostLock(InputError):
+    """This run's lock of the video was taken over by another run: stop, writing nothing."""
+
+
+def _restart() -> int:
+    """SLURM_RESTART_COUNT (0 on a job's first run, +1 per requeue)."""
+    raw = os.environ.get("SLURM_RESTART_COUNT", "")
+    return int(raw) if raw.isascii() and raw.isdigit() else 0
 
 
 def _new_info(video: int, pid: int) -> dict:
     job, array = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return {"video": video, "token": secrets.token_hex(16), "job": job or None,
             "array_task": f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{array}" if job and array else None,
+            "cluster": os.environ.get("SLURM_CLUSTER_NAME") if job else None, "restart": _restart() if job else None,
             "host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid),
             "since": datetime.now().isoformat(timespec="seconds")}
 
@@ -81,13 +107,31 @@ def _stale(info: dict, age: float) -> str | None:
     """Why the lock is stale (the rules in this module's docstring), or None when it is live."""
     if not info.get("token"):
         return "its lock was never written" if age > BREAK_ABANDONED_S else None
-    if info.get("host") == socket.gethostname() and process_start(info.get("pid")) != info.get("pid_start"):
-        return f"its process {info.get('pid')} is gone"
-    if info.get("job") and info["job"] == os.environ.get("SLURM_JOB_ID"):
+    if info.get("host") == socket.gethostname():
+        if process_start(info.get("pid")) != info.get("pid_start"):
+            return f"its process {info.get('pid')} is gone"
+        return None  # alive here (maybe stopped: it resumes, and must find its lock)
+    restart = info.get("restart")
+    if (info.get("job") and info["job"] == os.environ.get("SLURM_JOB_ID")
+            and info.get("cluster") == os.environ.get("SLURM_CLUSTER_NAME")
+            and isinstance(restart, int) and restart < _restart()):
         return "an earlier run of this job, requeued"
     if age > stale_after_s():
         return f"no heartbeat for {age:.0f} s"
     return None
+
+
+def _unskew(path: Path, age: float) -> float:
+    """age, or 0 after setting a future mtime back to now (a writer whose clock is ahead): the lock then goes
+    stale LLAVA_LOCK_STALE_S after this look, not after its writer's clock says. It never looks staler than
+    a lock beaten just now, and a live holder keeps beating it."""
+    if age >= 0:
+        return age
+    try:
+        os.utime(path)
+    except OSError:  # not ours to touch (permissions): then it stays live until its time comes
+        pass
+    return 0.0
 
 
 def who(info: dict) -> str:
@@ -141,14 +185,14 @@ def take(project, video: int, pid: int, report=None, wait_s=5.0):
         if _create(path, mine):
             return mine["token"], None
         held, identity, age = _read(path, video)
-        why = held and _stale(held, age)
+        why = held and _stale(held, _unskew(path, age))
         if held and not why:
             return None, holder_line(held)
         if why:
             with _break_mutex(path) as got:
                 if got:
                     again, same, age = _read(path, video)
-                    if again is not None and same == identity and _stale(again, age):
+                    if again is not None and same == identity and _stale(again, max(age, 0.0)):
                         path.unlink(missing_ok=True)
                     if _create(path, mine):
                         if report:
@@ -175,14 +219,62 @@ def release(project, video: int, token: str):
         time.sleep(0.02)
 
 
+class Fence:
+    """`fence = Fence(project, video)`; `fence()` before each write of the video's files (jsonio's fence=):
+    returns the lock's info (None when there is none) while this run may write, else raises, in one line,
+    LostLock (a run of submit_llava.sh, token LLAVA_CLAIM, whose lock is gone or another run's) or InputError
+    (a run by hand, no token, while a live holder has the video)."""
+
+    def __init__(self, project, video: int, token: str | None = None):
+        self.path, self.video = lock_path(Path(project), video), video
+        self.token = token or os.environ.get("LLAVA_CLAIM") or None
+
+    def __call__(self) -> dict | None:
+        held, _, age = _read(self.path, self.video)
+        if self.token is None:
+            if held is None or _stale(held, max(age, 0.0)):
+                return held
+            raise InputError(f"{holder_line(held)}: its files are that run's; wait until it ends (or scancel it), "
+                             f"then run again")
+        if held is not None and held.get("token") == self.token:
+            return held
+        to = (f"lost to {who(held)} (ours was taken over as stale)" if held and held.get("token")
+              else "lost (its lock file is gone or being rewritten)")
+        raise LostLock(f"video {self.video}: lock {to}: stopping, nothing written")
+
+
+def stops_on_lost_lock(run, report):
+    """run, returning EXIT_LOST_LOCK after report(its one line) when it raises LostLock (a main()'s wrapper)."""
+    def guarded(*args, **kw):
+        try:
+            return run(*args, **kw)
+        except LostLock as e:
+            report(log_safe(e, 1000))
+            return EXIT_LOST_LOCK
+    return guarded
+
+
 def check(project, video: int) -> None:
-    """InputError (one line) when a live holder other than this run (os.environ["LLAVA_CLAIM"],
-    set by submit_llava.sh for its workers and merge) holds video."""
-    held, _, age = _read(lock_path(Path(project), video), video)
-    if held is None or (held.get("token") and held["token"] == os.environ.get("LLAVA_CLAIM")) or _stale(held, age):
-        return
-    raise InputError(f"{holder_line(held)}: its files are that run's; wait until it ends (or scancel it), then run "
-                     f"again")
+    """At the start of a worker or merge: Fence(project, video)() (its one-line errors)."""
+    Fence(project, video)()
+
+
+def beat(project, video: int, token: str) -> str | None:
+    """Touch video's lock (the heartbeat) if token still holds it: None, else the holder line of whoever holds it.
+    The touch goes through the file read (its descriptor), so it never reaches a lock that replaced ours."""
+    path = lock_path(Path(project), video)
+    try:
+        with open(path, "rb") as f:
+            try:
+                info = json.loads(f.read())
+            except ValueError:
+                info = None
+            if isinstance(info, dict) and info.get("token") == token:
+                os.utime(f.fileno())
+                return None
+    except FileNotFoundError:
+        return f"video {video}: its lock is gone"
+    return holder_line(info if isinstance(info, dict) else {"video": video})
 
 
 class BadLock(InputError):
@@ -190,14 +282,15 @@ class BadLock(InputError):
     that video as locked with this line; no job can take it either."""
 
 
-LOCK_FIELDS = {"video": int, "token": str, "job": (str, int), "array_task": str, "host": str, "pid": int,
-               "pid_start": int, "since": str}  # what _new_info writes (None allowed): anything else is not a lock
+LOCK_FIELDS = {"video": int, "token": str, "job": (str, int), "array_task": str, "cluster": str, "restart": int,
+               "host": str, "pid": int, "pid_start": int, "since": str}
+# ^ what _new_info writes (None allowed): anything else is not a lock
 
 
 def peek(project, video: int):
     """(info, why it is stale or None, heartbeat age in s) of video's lock, or None when there is none:
-    a read-only look by the rules take() applies (status_llava.py); it never writes. BadLock (one line) for a
-    lock file that is a directory, unreadable, or whose fields are of the wrong type."""
+    a read-only look by the rules take() applies (status_llava.py); it never writes (a future mtime: age 0).
+    BadLock (one line) for a lock file that is a directory, unreadable, or whose fields are of the wrong type."""
     path = lock_path(Path(project), video)
     try:
         info, _, age = _read(path, video)
@@ -211,6 +304,7 @@ def peek(project, video: int):
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise BadLock(f"lock file {path.name} has {key} {json.dumps(value)[:60]}, not a "
                           f"{'number' if kind is int else 'string'}: remove it if no job runs")
+    age = max(age, 0.0)
     return info, _stale(info, age), age
 
 
@@ -223,12 +317,17 @@ def _number(text: str, what: str) -> int:
 def main(argv) -> int:
     """The command line above: prints the token, a holder line, or one error line (exit 2)."""
     try:
-        if len(argv) != 4 or argv[0] not in ("take", "release"):
+        if len(argv) != 4 or argv[0] not in ("take", "beat", "release"):
             raise InputError("usage: python -m llava_soccer.claims take PROJECT VIDEO PID | "
-                             "release PROJECT VIDEO TOKEN")
+                             "beat PROJECT VIDEO TOKEN | release PROJECT VIDEO TOKEN")
         command, project, video, last = argv[0], Path(argv[1]), _number(argv[2], "VIDEO"), argv[3]
         if not project.is_dir():
             raise InputError(f"project directory {project} does not exist")
+        if command == "beat":
+            other = beat(project, video, last)
+            if other:
+                print(f"{other}: our lock was taken over as stale, left to it")
+            return EXIT_HELD if other else 0
         if command == "release":
             other = release(project, video, last)
             if other:

@@ -83,10 +83,12 @@ def process_start(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
-def _atomic_write(path, write) -> None:
+def _atomic_write(path, write, fence=None) -> None:
     """Replace path with what write(binary file) writes; a crash leaves the old file or the new
     one, never a mix (temp file beside it, fsync, rename). The temp's name holds this host and
-    pid: remove_stale_temps() leaves it alone while this process lives."""
+    pid: remove_stale_temps() leaves it alone while this process lives. fence(): called right
+    before the rename, raises to leave path as it was (claims.Fence: this run still holds the
+    video's lock)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # 0666 & ~umask, as open() makes: a lab sharing the project reads results
@@ -100,6 +102,8 @@ def _atomic_write(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if fence is not None:
+            fence()
         os.replace(tmp, path)  # atomic on POSIX: https://docs.python.org/3/library/os.html#os.replace
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -154,13 +158,14 @@ def _json(obj, **kw) -> bytes:
     return (json.dumps(strict(obj), allow_nan=False, **kw) + "\n").encode("utf-8", "replace")
 
 
-def atomic_write_json(path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(_json(obj, indent=1, ensure_ascii=False)))
+def atomic_write_json(path, obj, fence=None) -> None:
+    _atomic_write(path, lambda f: f.write(_json(obj, indent=1, ensure_ascii=False)), fence)
 
 
-def atomic_write_json_gz(path, obj) -> None:
+def atomic_write_json_gz(path, obj, fence=None) -> None:
     """Compact gzip-compressed JSON (the merge's archive of every window's raw answer)."""
-    _atomic_write(path, lambda f: f.write(gzip.compress(_json(obj, ensure_ascii=False), mtime=0)))
+    _atomic_write(path, lambda f: f.write(gzip.compress(_json(obj, ensure_ascii=False), mtime=0)), fence)
+
 
 
 def read_json(path, what="file", fix=None):
@@ -188,7 +193,8 @@ def read_json(path, what="file", fix=None):
 EXIT_RETRY = 75  # EX_TEMPFAIL: fix the cause (disk space) and rerun the same command
 EXIT_INCOMPLETE = 3  # finished, with windows no rerun can fill (undecodable): the worker's and the merge's code
 _DISK_ERRORS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "the file system is read-only"}
+                errno.EROFS: "the file system is read-only",
+                errno.EFBIG: "the file is larger than the file size limit (ulimit -f)"}  # Python ignores SIGXFSZ
 
 
 def excerpt(value, limit=120) -> str:
@@ -206,8 +212,10 @@ def disk_problem(e: OSError) -> str | None:
     if e.errno not in _DISK_ERRORS:
         return None
     where = Path(e.filename) if e.filename else None
+    fix = ("raise the limit (ulimit -f unlimited)" if e.errno == errno.EFBIG
+           else f"free space (df -h {where.parent if where else '.'})")
     return (f"cannot write {where or 'the project directory'}: {_DISK_ERRORS[e.errno]}. Files written before are "
-            f"intact; free space (df -h {where.parent if where else '.'}) and rerun the same command")
+            f"intact; {fix} and rerun the same command")
 
 
 def first_line(e: BaseException, limit=200) -> str:

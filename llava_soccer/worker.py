@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -39,6 +40,8 @@ from .merge import describe_holes
 from .records import hole_record, ok_record, record_time, window_status
 
 EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, EXIT_RETRY  # llava_split_worker.py's codes
+EXIT_LOST_LOCK = claims.EXIT_LOST_LOCK  # another run took the video over: nothing written, that run owns it
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_ERRORS_IN_A_ROW = 5
 # --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
 # fragmentation and what PyTorch cannot see (a 12 GB plan at 94% showed 12.0 GB in nvidia-smi on the
@@ -277,16 +280,36 @@ def partial_doc(made_by, records) -> dict:
     return {"made_by": made_by, "windows": records}
 
 
+def die_with_parent(fence, held) -> None:
+    """A worker of submit_llava.sh (it holds the lock, held) gets SIGTERM when that script dies (kill -9 of the
+    script alone): it saves its batch, fenced, and stops, instead of working on unwatched while another run
+    takes the video over. Linux only (prctl). Raises LostLock when the script was gone before this was set."""
+    if fence.token is None or not sys.platform.startswith("linux"):
+        return  # a run by hand: nohup must keep it alive when its shell goes
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if held.get("host") == socket.gethostname() and os.getppid() != held.get("pid"):
+        raise claims.LostLock(f"video {fence.video}: submit_llava.sh (pid {held.get('pid')}), which started this "
+                              f"worker, is gone: stopping, nothing written")
+
+
 def run(cfg, engine=None, on_batch=None) -> int:
     """Process the slice (or print the plan); returns EXIT_DONE (every window answered), EXIT_INCOMPLETE (done,
-    with undecodable windows), EXIT_FAILED (windows failed: a rerun retries them) or EXIT_INTERRUPTED (a
-    signal stopped it after saving: rerun to resume). engine: one made for this plan (else loaded here);
-    on_batch(records): called after each batch is saved (benchmarks/bench_worker.py's timing)."""
+    with undecodable windows), EXIT_FAILED (windows failed: a rerun retries them), EXIT_INTERRUPTED (a
+    signal stopped it after saving: rerun to resume) or EXIT_LOST_LOCK (another run took the video's lock
+    over: nothing more written). engine: one made for this plan (else loaded here); on_batch(records): called
+    after each batch is saved (benchmarks/bench_worker.py's timing)."""
     if cfg.print_plan:
         print(plan_for(cfg)[1].to_json())
         return EXIT_DONE
+    return claims.stops_on_lost_lock(_run, log.error)(cfg, engine, on_batch)
+
+
+def _run(cfg, engine, on_batch) -> int:
     project = settings.project_dir(cfg.project)
-    claims.check(project, cfg.video_index)  # another job's video: its partials are not ours to touch
+    # every write of the partial is fenced: another job's video, or one taken over from us, is not ours to touch
+    fence = claims.Fence(project, cfg.video_index)
+    die_with_parent(fence, fence())
     video = videos.resolve_video(project, cfg.video_index)
     info = videos.probe(video)
     slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
@@ -327,7 +350,7 @@ def run(cfg, engine=None, on_batch=None) -> int:
                              f"but this run loaded commit {revision}: delete it to start that slice over, or rerun "
                              f"with --replace-mismatched")
         made_by["model_revision"] = revision
-    slice_ = Slice(cfg, out, made_by, records, todo, info)
+    slice_ = Slice(cfg, out, made_by, records, todo, info, fence)
     if not slice_.process(Worker(cfg, engine), device, on_batch):
         return EXIT_INTERRUPTED
     return report(slice_.records, len(slice_windows), info)
@@ -367,8 +390,9 @@ def report(records, n_windows, info) -> int:
 class Slice:
     """The batches of one worker's slice: answers, the partial file rewritten after each batch, signals."""
 
-    def __init__(self, cfg, out, made_by, records, todo, info):
+    def __init__(self, cfg, out, made_by, records, todo, info, fence=None):
         self.cfg, self.out, self.made_by, self.records, self.todo, self.info = cfg, out, made_by, records, todo, info
+        self.fence = fence  # claims.Fence: raises LostLock, before the rename, once another run holds the video
 
     def process(self, worker, device, on_batch=None) -> bool:
         """True when every window of todo has a record, False when a signal stopped it (after saving);
@@ -390,7 +414,7 @@ class Slice:
                 batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], cfg.max_new_tokens))
                 self.records = sorted(self.records + new, key=lambda r: r["time"])
                 # a full disk: one line, exit 75 (run_cli), batches before kept
-                atomic_write_json(self.out, partial_doc(self.made_by, self.records))
+                atomic_write_json(self.out, partial_doc(self.made_by, self.records), fence=self.fence)
                 if on_batch:
                     on_batch(new)
                 for e in (e for r in new for e in r["events"]):

@@ -25,7 +25,8 @@ SUBMIT = ROOT / "submit_llava.sh"
 @pytest.fixture(autouse=True)
 def no_slurm(monkeypatch):
     """Each test as a local run, whatever job runs pytest."""
-    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "LLAVA_CLAIM", "LLAVA_LOCK_STALE_S"):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME",
+                 "SLURM_RESTART_COUNT", "LLAVA_CLAIM", "LLAVA_LOCK_STALE_S"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -71,7 +72,11 @@ def test_take_check_release(project, monkeypatch):
         claims.check(project, 3)  # a worker of another run
     monkeypatch.setenv("LLAVA_CLAIM", token)
     claims.check(project, 3)  # the run holding it: its workers and merge go on
-    claims.check(project, 4)  # a video nobody holds
+    with pytest.raises(claims.LostLock, match="^video 4: lock lost \\(its lock file is gone or being rewritten\\): "
+                                              "stopping, nothing written$"):
+        claims.check(project, 4)  # a worker of a run whose lock is gone
+    monkeypatch.delenv("LLAVA_CLAIM")
+    claims.check(project, 4)  # a run by hand on a video nobody holds
 
     assert claims.release(project, 3, "0" * 32).startswith("video 3: being processed by")  # not ours: kept
     assert lock_of(project, 3).exists()
@@ -107,12 +112,61 @@ def test_stale_a_holder_killed_on_this_host(project):
 
 
 def test_stale_b_an_earlier_run_of_this_job_requeued(project, monkeypatch):
-    plant(project)  # job 19 on node7, heartbeat fresh
+    """Job id, cluster and a lower restart count: on any node (a requeued job lands where Slurm puts it)."""
+    plant(project, cluster="c1", restart=0)  # job 19 on node7, heartbeat fresh
     monkeypatch.setenv("SLURM_JOB_ID", "19")
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "c1")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     notes = []
     token, _ = claims.take(project, 0, os.getpid(), report=notes.append)
     assert token and notes[0].endswith("(an earlier run of this job, requeued)")
-    assert json.loads(lock_of(project).read_text())["job"] == "19"
+    info = json.loads(lock_of(project).read_text())
+    assert (info["job"], info["cluster"], info["restart"]) == ("19", "c1", 1)
+
+
+@pytest.mark.parametrize("held,ours", [
+    ({"cluster": "c2", "restart": 0}, {"SLURM_RESTART_COUNT": "1"}),  # job 19 of another cluster sharing the project
+    ({"cluster": "c1", "restart": 0}, {}),  # a job 19 after a controller reset: its first run, as the holder's
+    ({"cluster": "c1", "restart": 2}, {"SLURM_RESTART_COUNT": "1"}),  # a later run than ours
+    ({"cluster": None, "restart": None}, {"SLURM_RESTART_COUNT": "1"}),  # a lock of an older version: unknown
+])
+def test_a_job_id_alone_is_not_an_earlier_run_of_this_job(project, monkeypatch, held, ours):
+    plant(project, **held)
+    for name, value in {"SLURM_JOB_ID": "19", "SLURM_CLUSTER_NAME": "c1", **ours}.items():
+        monkeypatch.setenv(name, value)
+    assert claims.take(project, 0, os.getpid())[1].startswith("video 0: being processed by job 19 on node7")
+
+
+def test_a_stopped_holder_on_this_host_is_never_stale(project, monkeypatch):
+    """SIGSTOP (kill -STOP, a suspended job): alive on this host with its start time, however old its beat."""
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        claims.take(project, 0, holder.pid)
+        holder.send_signal(signal.SIGSTOP)
+        old = time.time() - 700
+        os.utime(lock_of(project), (old, old))
+        assert claims.take(project, 0, os.getpid())[1].startswith(f"video 0: being processed by local run pid "
+                                                                  f"{holder.pid} on {HOST}")
+        assert claims.peek(project, 0)[1] is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_future_heartbeat_goes_stale_after_stale_s_of_our_own_clock(project, monkeypatch):
+    """A node that died with its clock an hour ahead: its lock is taken STALE_S after we first saw it."""
+    monkeypatch.setenv("LLAVA_LOCK_STALE_S", "2")
+    plant(project)
+    ahead = time.time() + 3600
+    os.utime(lock_of(project), (ahead, ahead))
+    assert claims.peek(project, 0)[1:] == (None, 0.0)  # a look never writes
+    assert lock_of(project).stat().st_mtime == ahead
+    assert claims.take(project, 0, os.getpid())[0] is None  # live now, and set back to our now
+    assert abs(lock_of(project).stat().st_mtime - time.time()) < 2
+    time.sleep(2.2)
+    notes = []
+    assert claims.take(project, 0, os.getpid(), report=notes.append)[0]
+    assert re.search(r"\(no heartbeat for 2 s\)$", notes[0])
 
 
 def test_stale_c_no_heartbeat_from_a_node_that_died(project, monkeypatch):
@@ -350,8 +404,11 @@ def test_submit_killed_with_sigkill_then_a_new_run_takes_over(site, tmp_path):
     while any("submit_llava.sh" in args for _, args in session_procs(run1.pid)):
         assert time.monotonic() < deadline, session_procs(run1.pid)
         time.sleep(0.1)
-    for pid, _ in session_procs(run1.pid):  # the orphaned worker: as if the node died with it
-        os.kill(pid, signal.SIGKILL)
+    for pid, _ in session_procs(run1.pid):  # the orphaned worker (it stops by itself too): as if the node died
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert lock.exists() and "done" not in log.read_text()
 
     run2 = subprocess.run(["bash", str(SUBMIT), "0"], capture_output=True, text=True, env=env, timeout=600)

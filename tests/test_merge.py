@@ -492,7 +492,7 @@ def test_finals_are_strict_json_and_follow_the_umask(project, tmp_path):
 def test_a_full_disk_during_the_merge_is_one_line_exit_75_and_keeps_the_partials(project, capsys, monkeypatch):
     paths = write_partials(project, all_windows({3: answer(ev("Goal", 8))}))
 
-    def full_disk(path, obj):
+    def full_disk(path, obj, fence=None):
         raise OSError(28, "No space left on device")  # ENOSPC, as the write raises it
 
     monkeypatch.setattr(merge_results_llava, "atomic_write_json", full_disk)

@@ -6,7 +6,7 @@ The shell scripts cannot import it, so they hold copies; these tests fail when a
 import pytest
 
 from conftest import ROOT
-from llava_soccer import doctor, jsonio, settings, soccernet
+from llava_soccer import claims, doctor, jsonio, settings, soccernet
 
 SOCCERNET_PIN = soccernet.INSTALL_HINT.split()[-1]  # the official evaluator's version: "SoccerNet==0.2.0"
 HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
@@ -14,7 +14,6 @@ DRIVERS = doctor.parse_drivers(doctor.CUDA_DRIVERS)  # the least NVIDIA driver p
 COPIES = [
     ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
     ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(video="$1", gpu="*")}"'),
-    ("submit_llava.sh", f'heartbeat "${{PROJECT}}/{settings.LOCK.format(video="${video}")}" &'),
     ("submit_llava.sh", f"      PROJECT={HOME_PROJECT}\n"),
     ("submit_llava.sh", "if [[ -d ${here}/raw_data || -f ${here}/videos.txt ]]; then"),  # settings.is_project
     ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
@@ -27,6 +26,7 @@ COPIES = [
     ("submit_llava.sh", f"log() {{ printf '[%({settings.LOG_TIME})T] %s\\n' -1 \"$*\" >&2; }}"),
     ("submit_llava.sh", f"readonly EX_INTERRUPTED={jsonio.EXIT_RETRY} "),
     ("submit_llava.sh", f"readonly EX_INCOMPLETE={jsonio.EXIT_INCOMPLETE} "),
+    ("submit_llava.sh", f"readonly EX_LOST_LOCK={claims.EXIT_LOST_LOCK} "),  # the heartbeat's lock: claims beat
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '
                 f'{settings.RAW_ANSWERS.format(model="llava", video="*")} '
                 f'{settings.PARTIAL.format(video="*", gpu="*")}'),

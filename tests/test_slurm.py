@@ -6,12 +6,14 @@ type them (`sbatch submit_llava.sh 0 1`, the #SBATCH header as shipped) from a s
 directory; what is checked is what a user sees: files, the log's summary, exit codes,
 processes left behind.
 """
+import gzip
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -464,3 +466,43 @@ def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, clust
     assert (f"project {site.project}: the submit directory (SOCCER_PROJECT is not set and it has raw_data/ or "
             "videos.txt)") in log
     assert summary(log)["done"] == [0] and site.final(0).exists()
+
+
+@pytest.mark.slow
+def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_root, cluster, clips, base_env):
+    """`scontrol suspend` (suspend-mode preemption, gang scheduling) of job 1 on another node: its lock
+    goes stale, job 2 takes the video over; `scontrol resume` of job 1: its worker stops at its next write
+    with one line, writing nothing (the partial only grows), job 1 lists the video as skipped, job 2 merges
+    every window. One machine cannot be two nodes: the lock is rewritten to say job 1 runs on node7."""
+    site = Site(odd_root, "suspend", {"long.mkv": clips["long"]}, base_env, cluster)
+    site.env.update(LLAVA_LOCK_STALE_S="4", LLAVA_LOCK_HEARTBEAT_S="1", LLAVA_BATCH_SIZE="1")
+    fits = ("--gres=gpu:1", "--cpus-per-task=2")
+    lock = site.project / ".lock_llava_video_0.json"
+    job1 = site.sbatch(*fits, SUBMIT, "0", "0")
+    wait_for_records(site, 0, 4, job1)
+    cluster.run("scontrol", "suspend", job1)
+    cluster.wait_until(lambda: cluster.job_state(job1) == "SUSPENDED", 30, f"job {job1} suspended")
+    at_suspend = len(site.records(0))
+    info = json.loads(lock.read_text())
+    assert info["job"] == job1 and info["cluster"] == "llavatest" and info["restart"] == 0
+    lock.write_text(json.dumps({**info, "host": "node7"}))
+    os.utime(lock, (time.time() - 10, time.time() - 10))  # past LLAVA_LOCK_STALE_S: job 1 no longer beats
+
+    job2 = site.sbatch(*fits, SUBMIT, "0", "0")
+    cluster.wait_until(lambda: len(site.records(0)) > at_suspend, 300, f"job {job2} saving windows")
+    cluster.run("scontrol", "resume", job1)
+    seen = []
+    while cluster.job_state(job2) in ("PENDING", "RUNNING"):
+        if site.partials(0):  # (until job 2's merge deletes them)
+            seen.append(len(site.records(0)))
+        time.sleep(0.05)
+    assert seen == sorted(seen), f"the partial shrank: {seen}"  # job 1 rewrote it from memory (issue 29)
+    assert cluster.wait_job(job2) == "COMPLETED" and cluster.wait_job(job1) == "COMPLETED"
+    log1, log2 = site.log(job1), site.log(job2)
+    assert f"taking over the stale lock of job {job1} on node7" in log2 and summary(log2)["done"] == [0]
+    assert re.search(rf"\] video 0: lock lost to job {job2} on \S+ since \d\d:\d\d \(ours was taken over as "
+                     rf"stale\): stopping, nothing written$", log1, re.M), log1
+    assert summary(log1)["skipped"] == [0] and "Traceback" not in log1 + log2
+    archive = json.loads(gzip.decompress((site.project / "raw_answers_llava_video_0.json.gz").read_bytes()))
+    assert len(archive["windows"]) == archive["windows_total"] == 50
+    assert not lock.exists() and not site.workers_alive()
