@@ -13,7 +13,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from . import merge, provenance, rankings, settings, soccernet, status, videos
+from . import provenance, rankings, settings, soccernet, status, videos
 from .jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, log_safe
 from .settings import SOCCERNET_CLASSES
 
@@ -47,7 +47,7 @@ def load_model(name, folder, manifest, wanted, project, args):
         missing = [i for i in wanted.below(len(manifest)) if i not in files]
         past = wanted.from_(len(manifest))
         if missing or past:
-            runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(missing))
+            runs = settings.runs_text(missing)
             raise InputError(f"--videos asks for {', '.join(filter(None, (runs, past)))} but {folder} has no "
                              f"final_predictions_{name}_video_<N>.json for them"
                              + (f" ({project / videos.MANIFEST} lists {len(manifest)} videos)" if past else ""))
