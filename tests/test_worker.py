@@ -413,10 +413,11 @@ def test_bad_flags_exit_2(capsys):
     assert "--gpu-id: 4 is not between 0 and --num-workers - 1 (3)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,code", [(["--help"], 0), (["--gpu-id", "x"], 2)])
+@pytest.mark.parametrize("argv,code", [(["--help"], 0), (["--gpu-id", "x"], 2), (["--print-plan"], 0)])
 def test_answers_that_need_no_model_load_no_torch(argv, code):
-    """torch is imported for the engine only: where it is missing these still answer, and in a fraction of the
-    seconds it takes to load (python -X importtime lists every module imported)."""
+    """torch is imported for the engine only (and by a GPU build of torch, to find the GPU): where it is missing
+    these still answer, and in a fraction of the seconds it takes to load (python -X importtime lists every module
+    imported). This machine's torch is a CPU build: --print-plan plans for the CPU without it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAVA_")}
     r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "llava_split_worker.py"), *argv],
                        capture_output=True, text=True, env=env, timeout=120, check=False)
