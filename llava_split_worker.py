@@ -25,7 +25,7 @@ or an error (one line says why); 2 bad flags; 75 interrupted or disk full.
 import logging
 import sys
 
-from llava_soccer import config, worker
+from llava_soccer import config
 from llava_soccer.jsonio import InputError, run_cli
 
 
@@ -40,6 +40,7 @@ def main(argv=None):
                         format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
+    from llava_soccer import worker  # after the flags: --help and a bad flag answer without loading torch
     return run_cli(worker.run, args, "llava_split_worker.py",
                    report=worker.log.error, failures=(InputError, worker.Abort))
 

@@ -11,6 +11,8 @@ provenance what made a result (made_by: model, settings, code, video file), comp
 rankings   the three scores that rank predictions for evaluation: written confidence, token probability, class
            scores (dense candidates after NMS); thresholds of best F1
 soccernet  SoccerNet labels, results_spotting.json, official average-mAP, precision/recall
+evaluation evaluate_soccernet.py's run: predictions and labels read and checked, scored three ways, written
+           into a staging folder that replaces --out whole
 matching   one-to-one label+time matching (model vs model, model vs ground truth)
 config     the worker's settings: one frozen dataclass that makes llava_split_worker.py's flags and checks them
 gpus       one execution plan per GPU (dtypes, kernels, chunks, batch size) from its capability and memory; frozen

@@ -7,7 +7,9 @@ The real Hugging Face classes run everywhere: on the cluster with the hub id, in
 checkpoint directory built by synthetic.py (the same from_pretrained call). What is changed in the
 model after loading (fused kernels, FP8 layers) is the engine's (engine.py).
 """
+import importlib.metadata
 import os
+import sys
 from pathlib import Path
 
 from .jsonio import InputError
@@ -16,11 +18,22 @@ from .settings import DEFAULT_MODEL
 
 def pick_device(gpu_id: int) -> str:
     """The GPU this worker should use: the only one it sees when Slurm/CUDA_VISIBLE_DEVICES pins
-    it, else the gpu_id-th of those visible; CPU when torch sees no GPU."""
+    it, else the gpu_id-th of those visible; CPU when torch sees no GPU. A CPU build of torch sees none: that is
+    known from its version (2.x+cpu) without loading it, seconds that --print-plan need not wait."""
+    if "torch" not in sys.modules and cpu_build_of_torch():
+        return "cpu"
     import torch
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{gpu_id % torch.cuda.device_count()}"
+
+
+def cpu_build_of_torch() -> bool:
+    """The installed torch is a CPU build (its version ends in +cpu); False when unknown (not installed)."""
+    try:
+        return importlib.metadata.version("torch").endswith("+cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def is_local(model_id: str) -> bool:

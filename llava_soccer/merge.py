@@ -12,8 +12,9 @@ from pathlib import Path
 
 from .events import class_scores, probability, window_events
 from .jsonio import InputError, UnreadableFile, log_safe, read_json
+from .provenance import describe, differences
 from .records import record_time, window_status
-from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, name_pattern
+from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, consecutive_runs, name_pattern
 
 
 def dedup(events, dedup_s):
@@ -68,7 +69,6 @@ def read_windows(files, n_windows: int) -> Windows:
     A window found twice (stale partials of an earlier run with another number of workers)
     takes the newest file's record, unless that one failed a window the other answered.
     """
-    from .provenance import describe, differences
     windows = Windows(n_windows)
     last = (n_windows - 1) * STEP_S
     made = []
@@ -113,17 +113,6 @@ def read_windows(files, n_windows: int) -> Windows:
                              f"differ in {'; '.join(differ)}. Joining them would mix two runs: delete the partials "
                              f"of the run you do not want and rerun its workers")
     return windows
-
-
-def consecutive_runs(indices) -> list[list[int]]:
-    """[first, last] of each run of consecutive integers in ascending indices: 1,2,3,7 -> [1,3],[7,7]."""
-    runs = []
-    for i in indices:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return runs
 
 
 def missing_ranges(missing, duration: float) -> list[str]:

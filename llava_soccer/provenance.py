@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .jsonio import atomic_write_json, log_safe
-from .settings import FPS, STEP_S, WINDOW_S
+from .settings import FPS, STEP_S, WINDOW_S, runs_text
 
 # Bump it whenever a change alters answers or scores (prompt building, frames, decoding, parsing, class scores):
 # partials and finals of another version are then another run, refused by the worker and the merge.
@@ -233,11 +233,6 @@ def report(origins: dict) -> list[str]:
     """Lines saying what made one model's files ({video index: videos.Origin}), for compare_counts.py and
     evaluate_soccernet.py (which put the model's name before each): the run (a warning when its files come
     from several), unknown origins, incomplete videos."""
-    from .merge import consecutive_runs
-
-    def ranges(indices):
-        return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in consecutive_runs(sorted(indices)))
-
     runs = {}
     for index, origin in origins.items():
         runs.setdefault(run_key(origin.made_by), (origin.made_by, []))[1].append(index)
@@ -248,9 +243,9 @@ def report(origins: dict) -> list[str]:
         lines.append(f"made by {describe(made)}")
     elif runs:
         lines.append(f"⚠️ its files were made by {len(runs)} different runs, which do not compare alike:")
-        lines += [f"  videos {ranges(indices)}: {describe(made)}" for made, indices in runs.values()]
+        lines += [f"  videos {runs_text(sorted(indices))}: {describe(made)}" for made, indices in runs.values()]
     if unknown:
-        lines.append(f"videos {ranges(unknown)}: {describe(None)}")
+        lines.append(f"videos {runs_text(sorted(unknown))}: {describe(None)}")
     for index, origin in sorted(origins.items()):
         if origin.incomplete:
             lines.append(f"⚠️ video {index} is INCOMPLETE: {origin.incomplete} (no predictions there)")

@@ -74,6 +74,22 @@ class VideoRanges:
                          ((max(a, n), b) for a, b in self.ranges if b >= n))
 
 
+def consecutive_runs(indices) -> list[list[int]]:
+    """[first, last] of each run of consecutive integers in ascending indices: 1,2,3,7 -> [1,3],[7,7]."""
+    runs = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def runs_text(indices) -> str:
+    """Ascending indices written as --videos takes them: 1,2,3,7 -> "1-3, 7"."""
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in consecutive_runs(indices))
+
+
 def video_list(text: str):
     """argparse type of --videos, the one way every tool picks videos: "0-9,12" -> VideoRanges([(0, 9),
     (12, 12)]); "all" -> None (every video that has results)."""

@@ -23,7 +23,6 @@ import threading
 import time
 
 from . import claims, gpus, loading, prompt, provenance, settings, videos
-from .engine import Engine
 from .events import window_events
 from .jsonio import (
     EXIT_RETRY,
@@ -356,7 +355,8 @@ def _run(cfg, engine, on_batch) -> int:
     return report(slice_.records, len(slice_windows), info)
 
 
-def load_engine(cfg, device, plan) -> Engine:
+def load_engine(cfg, device, plan):
+    from .engine import Engine  # here, where it is made: it loads torch, which --print-plan needs not
     gpus.apply_memory(plan, device)
     t0 = time.monotonic()
     try:

@@ -122,9 +122,9 @@ def saved_figures(monkeypatch):
     """{file name: matplotlib Figure} of every plot compare_counts.py and evaluate_soccernet.py save: what each
     panel draws (bar heights, points, titles) is read back from its artists, the PNG is written as usual."""
     import compare_counts
-    import evaluate_soccernet
+    from llava_soccer import evaluation  # evaluate_soccernet.py's plots are drawn there
     figures = {}
-    for module in (compare_counts, evaluate_soccernet):
+    for module in (compare_counts, evaluation):
         def spy(fig, path, dpi=100, save=module.atomic_savefig):
             figures[Path(path).name] = fig
             save(fig, path, dpi=dpi)

@@ -1,6 +1,7 @@
 """llava_split_worker.py on real H.264 videos with real tiny LLaVA-NeXT checkpoints."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -411,6 +412,18 @@ def test_bad_flags_exit_2(capsys):
     assert e.value.code == 2
     assert "--gpu-id: 4 is not between 0 and --num-workers - 1 (3)" in capsys.readouterr().err
 
+
+@pytest.mark.parametrize("argv,code", [(["--help"], 0), (["--gpu-id", "x"], 2), (["--print-plan"], 0)])
+def test_answers_that_need_no_model_load_no_torch(argv, code):
+    """torch is imported for the engine only (and by a GPU build of torch, to find the GPU): where it is missing
+    these still answer, and in a fraction of the seconds it takes to load (python -X importtime lists every module
+    imported). This machine's torch is a CPU build: --print-plan plans for the CPU without it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAVA_")}
+    r = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "llava_split_worker.py"), *argv],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert r.returncode == code, r.stderr[-2000:]
+    loaded = re.findall(r"^import time:.*\| +(torch\S*)$", r.stderr, re.M)
+    assert not loaded, f"{' '.join(argv)} imported {', '.join(loaded[:5])}"
 
 def test_underscore_flags_of_the_first_versions_parse_as_the_dashed_ones(monkeypatch):
     monkeypatch.delenv("LLAVA_NUM_WORKERS", raising=False)
