@@ -49,6 +49,15 @@ from .settings import lock_path
 EXIT_HELD, EXIT_ERROR = 3, 2
 EXIT_LOST_LOCK = 4  # worker and merge: another run took the video's lock over; that run owns the video now
 BREAK_ABANDONED_S = 60  # a .break mutex (held for milliseconds) or a lock never written, this old, lost its writer
+LOCK_FIELDS = {"video": int, "token": str, "job": (str, int), "array_task": str, "cluster": str, "restart": int,
+               "host": str, "pid": int, "pid_start": int, "since": str}
+# ^ what _new_info writes (None allowed): anything else is not a lock
+
+
+def _malformed(info: dict) -> bool:
+    """A lock this pipeline did not write: a field of the wrong type (a list, an object, a bool for a number)."""
+    return any(info.get(key) is not None and (isinstance(info[key], bool) or not isinstance(info[key], kind))
+               for key, kind in LOCK_FIELDS.items())
 
 
 class LostLock(InputError):
@@ -107,6 +116,8 @@ def _stale(info: dict, age: float) -> str | None:
     """Why the lock is stale (the rules in this module's docstring), or None when it is live."""
     if not info.get("token"):
         return "its lock was never written" if age > BREAK_ABANDONED_S else None
+    if _malformed(info):  # never a live holder's: gone as a lock never written is
+        return "its lock file is no lock of this pipeline" if age > BREAK_ABANDONED_S else None
     if info.get("host") == socket.gethostname():
         if process_start(info.get("pid")) != info.get("pid_start"):
             return f"its process {info.get('pid')} is gone"
@@ -153,6 +164,9 @@ def holder_line(info: dict) -> str:
     """'video 3: being processed by job 19 on node7 since 12:04' (callers add their own tail)."""
     if not info.get("token"):
         return f"video {info.get('video')}: being claimed by another run (its lock is being written)"
+    if _malformed(info):
+        return (f"video {info.get('video')}: held by a lock file that is no lock of this pipeline (fields of the "
+                f"wrong type), taken over {BREAK_ABANDONED_S} s after its last change; remove it if no job runs")
     return f"video {info.get('video')}: being processed by {who(info)}"
 
 
@@ -281,10 +295,6 @@ class BadLock(InputError):
     """A lock file that cannot be read as a lock (a directory, unreadable, fields of the wrong type): status shows
     that video as locked with this line; no job can take it either."""
 
-
-LOCK_FIELDS = {"video": int, "token": str, "job": (str, int), "array_task": str, "cluster": str, "restart": int,
-               "host": str, "pid": int, "pid_start": int, "since": str}
-# ^ what _new_info writes (None allowed): anything else is not a lock
 
 
 def peek(project, video: int):

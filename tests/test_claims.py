@@ -190,6 +190,20 @@ def test_a_lock_never_written_is_live_for_a_minute(project):
     assert claims.take(project, 0, os.getpid())[0]
 
 
+@pytest.mark.parametrize("fields", [{"token": ["f"]}, {"job": {"id": 19}}, {"pid": [4242], "host": HOST},
+                                    {"restart": True}, {"since": 5}])
+def test_a_lock_with_fields_of_the_wrong_type_is_no_live_holder(project, fields):
+    """A lock file this pipeline did not write (a list or an object where a string or number belongs) is never a
+    live holder, whatever its host or pid say: it is taken over a minute after its last change, as a lock never
+    written, and until then says what it is instead of naming a holder."""
+    plant(project, **fields)
+    token, held = claims.take(project, 0, os.getpid(), wait_s=0.2)
+    assert token is None and held == ("video 0: held by a lock file that is no lock of this pipeline (fields of the "
+                                      "wrong type), taken over 60 s after its last change; remove it if no job runs")
+    os.utime(lock_of(project), (time.time() - 61, time.time() - 61))
+    assert claims.take(project, 0, os.getpid())[0]
+
+
 def test_an_abandoned_break_mutex_is_cleared_after_a_minute(project):
     plant(project, age_s=700)
     mutex = lock_of(project).with_name(lock_of(project).name + ".break")
