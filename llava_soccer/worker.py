@@ -273,8 +273,8 @@ def _run(cfg, engine, on_batch) -> int:
     if engine is not None and dataclasses.replace(engine.plan, batch_size=plan.batch_size) != plan:
         raise InputError("the engine given was made for another plan than these settings' (a benchmark's bug)")
     engine = engine or load_engine(cfg, device, plan)
-    # the hub commit from_pretrained really used
-    check_revision(made_by, getattr(engine.model.config, "_commit_hash", None), records, out, cfg.model)
+    revision = getattr(engine.model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
+    check_revision(made_by, revision, records, out, cfg.model)
     slice_ = Slice(cfg, out, made_by, records, todo, info, fence)
     if not slice_.process(Worker(cfg, engine), device, on_batch):
         return EXIT_INTERRUPTED
