@@ -31,14 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava_soccer import merge, provenance, records, settings, soccernet, videos
-from llava_soccer.jsonio import (
-    InputError,
-    atomic_savefig,
-    atomic_write_json,
-    atomic_write_text,
-    log_safe,
-    run_cli,
-)
+from llava_soccer.cli import InputError, log_safe, run_cli
+from llava_soccer.jsonio import atomic_savefig, atomic_write_json, atomic_write_text
 from llava_soccer.matching import match
 
 

@@ -29,7 +29,7 @@ import argparse
 import sys
 
 from llava_soccer import evaluation, rankings, settings, soccernet, status
-from llava_soccer.jsonio import run_cli
+from llava_soccer.cli import run_cli
 
 
 def parse_args(argv):

@@ -26,7 +26,7 @@ import logging
 import sys
 
 from llava_soccer import config
-from llava_soccer.jsonio import InputError, run_cli
+from llava_soccer.cli import InputError, run_cli
 
 
 def parse_args(argv=None) -> config.WorkerSettings:

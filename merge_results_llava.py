@@ -32,17 +32,8 @@ import sys
 import time
 
 from llava_soccer import claims, merge, provenance, records, settings, videos
-from llava_soccer.jsonio import (
-    EXIT_INCOMPLETE,
-    EXIT_RETRY,
-    InputError,
-    atomic_write_json,
-    atomic_write_json_gz,
-    log_safe,
-    read_json,
-    remove_stale_temps,
-    run_cli,
-)
+from llava_soccer.cli import EXIT_INCOMPLETE, EXIT_RETRY, InputError, log_safe, run_cli
+from llava_soccer.jsonio import atomic_write_json, atomic_write_json_gz, read_json, remove_stale_temps
 
 EXIT_MISSING = EXIT_RETRY  # EX_TEMPFAIL, as the worker's "interrupted": rerun the workers, then merge
 

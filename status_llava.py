@@ -19,7 +19,7 @@ import sys
 import time
 
 from llava_soccer import settings, status
-from llava_soccer.jsonio import run_cli
+from llava_soccer.cli import run_cli
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,8 +1,9 @@
 """Shared logic of the LLaVA soccer pipeline; the top-level scripts are thin command lines over it.
 
 settings   every number and path convention (5 FPS, 3 s windows, 2 s step, file names)
-jsonio     atomic JSON writes and one-line input errors
-claims     one lock per video, so two jobs never process the same video at once
+cli        what every command line shares: one-line input errors, log-safe text, exit codes, run_cli
+jsonio     atomic, strict JSON writes (fence=), JSON read back with one line for a damaged file, disk checks
+claims     one lock per video, so two jobs never process the same video at once; process start times, stale age
 videos     videos.txt manifest, window grid and slices, exact-timestamp frame reading
 events     model text -> events (never eval), label normalisation to the 17 SoccerNet classes
 records    the window and final records, and the one reader of final files
@@ -25,7 +26,9 @@ fused      torch.compile'd RMSNorm/rotary/SiLU-gate kernels put into one model's
 fp8        FP8 e4m3 linear layers for the language model (8.9+)
 scores     token probabilities of events; 17 class scores per window from one extra pass per batch over the cache
 decoding   the fast greedy decoder: per-window (chunked) prefill, CUDA-graph decode, self-checks
-worker     llava_split_worker.py's loop: one GPU's slice of a video in batches, OOM halving, resume, signals
+worker     llava_split_worker.py's loop: one GPU's slice of a video in batches, OOM halving, signals
+resume     a rerun picks the slice up from its partial: made_by checked, what is done and what is left
+reporting  what the worker tells: progress, event lines, the slice's summary, its holes and exit code
 status     status_llava.py's reading of a project: each video's state, rate and ETA (read only)
 synthetic  tiny/full-size random checkpoints and barcoded H.264 videos for tests and demos
 """

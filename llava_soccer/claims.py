@@ -31,9 +31,10 @@ holder has the video (a job started beside it meanwhile), as at its start.
     python -m llava_soccer.claims take PROJECT VIDEO PID      # token (exit 0) or holder (exit 3)
     python -m llava_soccer.claims beat PROJECT VIDEO TOKEN    # touch it if ours (exit 0), else exit 3
     python -m llava_soccer.claims release PROJECT VIDEO TOKEN
-Only the standard library and settings/jsonio: it must start fast (no torch).
+Only the standard library and settings/cli: it must start fast (no torch).
 """
 import json
+import math
 import os
 import secrets
 import socket
@@ -43,7 +44,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from .jsonio import InputError, log_safe, process_start, stale_after_s
+from .cli import InputError, log_safe
 from .settings import lock_path
 
 EXIT_HELD, EXIT_ERROR = 3, 2
@@ -58,6 +59,34 @@ def _malformed(info: dict) -> bool:
     """A lock this pipeline did not write: a field of the wrong type (a list, an object, a bool for a number)."""
     return any(info.get(key) is not None and (isinstance(info[key], bool) or not isinstance(info[key], kind))
                for key, kind in LOCK_FIELDS.items())
+
+
+STALE_S = 600  # default of LLAVA_LOCK_STALE_S: 20 missed heartbeats
+
+
+def stale_after_s() -> float:
+    """LLAVA_LOCK_STALE_S (default 600): a video lock not touched, or a temp file of another host
+    not renamed, for this many seconds has lost its writer (a node that died)."""
+    raw = os.environ.get("LLAVA_LOCK_STALE_S") or str(STALE_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"LLAVA_LOCK_STALE_S={raw!r} must be a number of seconds above 0 (default {STALE_S})")
+    return value
+
+
+def process_start(pid: int) -> int | None:
+    """When process pid on this machine started (clock ticks since boot, /proc/PID/stat field 22),
+    or None when there is no such process or it is a zombie. Comparing start times tells a
+    process from a later one that got the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces and ')'
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 class LostLock(InputError):

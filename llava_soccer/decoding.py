@@ -43,7 +43,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
-from .jsonio import first_line
+from .cli import first_line
 
 log = logging.getLogger("llava_worker")
 FRAMES_PER_VISION_CALL = 3

@@ -124,7 +124,7 @@ def model_finding(model, token_set, cache_dir=None):
         return "error", f"LLAVA_MODEL={model} is a directory without config.json"
     from huggingface_hub import try_to_load_from_cache
 
-    from llava_soccer.jsonio import first_line
+    from llava_soccer.cli import first_line
 
     try:
         cached = try_to_load_from_cache(model, "config.json", cache_dir=cache_dir)
@@ -195,7 +195,7 @@ def main(argv=None):
             print(f"{level}|{' '.join(message.splitlines())}", flush=True)  # one line each, whatever it quotes
             errors += level == "error"
     except Exception as e:  # noqa: BLE001 - a check's own bug or a broken package: say so on a line of ours
-        from llava_soccer.jsonio import first_line
+        from llava_soccer.cli import first_line
 
         traceback.print_exc()
         print(f"error|the checks stopped at {type(e).__name__}: {first_line(e)} (traceback above)", flush=True)

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from . import provenance, rankings, settings, soccernet, status, videos
-from .jsonio import InputError, atomic_savefig, atomic_write_json, atomic_write_text, log_safe
+from .cli import InputError, log_safe
+from .jsonio import atomic_savefig, atomic_write_json, atomic_write_text
 from .settings import SOCCERNET_CLASSES
 
 METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}

@@ -17,7 +17,7 @@ import weakref
 import torch
 from transformers.models.mistral import modeling_mistral as mistral
 
-from .jsonio import first_line
+from .cli import first_line
 
 log = logging.getLogger("llava_worker")
 

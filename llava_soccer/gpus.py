@@ -30,7 +30,7 @@ import dataclasses
 import json
 import re
 
-from .jsonio import InputError
+from .cli import InputError
 
 # --assume-gpu CC without GIB: the memory of the users' cards of that capability (docs/gpus.md table).
 TYPICAL = {(6, 0): ("Tesla P100", 16), (6, 1): ("GTX 1080 Ti", 11), (7, 0): ("Titan V", 12),

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .jsonio import InputError
+from .cli import InputError
 from .settings import DEFAULT_MODEL
 
 

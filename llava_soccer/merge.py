@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import InputError, UnreadableFile, log_safe
 from .events import class_scores, probability, window_events
-from .jsonio import InputError, UnreadableFile, log_safe, read_json
+from .jsonio import read_json
 from .provenance import describe, differences
 from .records import record_time, window_status
 from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, consecutive_runs, name_pattern

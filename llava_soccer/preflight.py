@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import config, loading, settings, videos
-from .jsonio import InputError, log_safe
+from .cli import InputError, log_safe
 
 EX_USAGE = 2
 

@@ -18,7 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .jsonio import atomic_write_json, log_safe
+from .cli import log_safe
+from .jsonio import atomic_write_json
 from .settings import FPS, STEP_S, WINDOW_S, runs_text
 
 # Bump it whenever a change alters answers or scores (prompt building, frames, decoding, parsing, class scores):

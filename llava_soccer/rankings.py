@@ -24,8 +24,9 @@ import math
 from dataclasses import replace
 
 from . import merge
+from .cli import InputError
 from .events import class_scores, frame_time, full_window_times, window_events
-from .jsonio import InputError, read_json
+from .jsonio import read_json
 from .matching import match
 from .records import record_time, window_status
 from .settings import RAW_ANSWERS, SOCCERNET_CLASSES

@@ -12,8 +12,9 @@ import json
 import math
 from pathlib import Path
 
+from .cli import UnreadableFile, excerpt
 from .events import final_events
-from .jsonio import UnreadableFile, excerpt, read_json, strict
+from .jsonio import read_json, strict
 
 WINDOW_STATUSES = ("ok", "failed", "undecodable")
 # What raw_answers_*.json.gz keeps of a window: with its class scores, the evaluator's dense candidates.

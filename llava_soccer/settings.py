@@ -11,7 +11,7 @@ import string
 import sys
 from pathlib import Path
 
-from .jsonio import InputError
+from .cli import InputError
 
 FPS = 5.0                  # frames sampled per second of video
 WINDOW_S = 3.0             # seconds per window -> 15 frames

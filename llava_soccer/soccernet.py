@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import merge
+from .cli import InputError, excerpt
 from .events import confidence, normalise_label
-from .jsonio import InputError, atomic_write_json, excerpt, read_json
+from .jsonio import atomic_write_json, read_json
 from .matching import match
 from .records import read_final
 from .settings import DEDUP_S, FINAL, SOCCERNET_CLASSES, name_pattern

@@ -17,8 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 from . import claims, merge, settings, videos
+from .cli import InputError, UnreadableFile, log_safe
 from .events import final_events
-from .jsonio import InputError, UnreadableFile, log_safe, read_json
+from .jsonio import read_json
 from .settings import count
 
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")  # squeue states of a job that holds its locks alive

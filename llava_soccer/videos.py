@@ -14,7 +14,8 @@ from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jsonio import InputError, UnreadableFile, atomic_write_text, log_safe, read_json, run_cli
+from .cli import InputError, UnreadableFile, log_safe, run_cli
+from .jsonio import atomic_write_text, read_json
 from .settings import (
     FINAL,
     FPS,

@@ -8,9 +8,8 @@ thread, answers batches (OOM halves a batch; a window that still fails is record
 rerun retries it), rewrites the partial file after every batch and stops after the current batch on
 SIGUSR1/SIGTERM.
 
-The partial is {"made_by": what made it (provenance.py), "windows": [one record per window]}; a
-record's status is "ok" (answered), "failed" (OOM or an error: a rerun retries it) or "undecodable"
-(some of its frames are not in the file, videos.iter_windows: a rerun of the same file cannot fill it).
+A rerun resumes from the partial file (resume.py); what the worker tells, its summary and its exit
+code are reporting.py's.
 """
 import dataclasses
 import logging
@@ -22,23 +21,17 @@ import sys
 import threading
 import time
 
-from . import claims, gpus, loading, prompt, provenance, settings, videos
+from . import claims, gpus, loading, prompt, provenance, reporting, settings, videos
+from .cli import InputError, first_line, log_safe
 from .events import window_events
-from .jsonio import (
-    EXIT_RETRY,
-    InputError,
-    UnreadableFile,
-    atomic_write_json,
-    check_writable,
-    first_line,
-    log_safe,
-    read_json,
-    remove_stale_temps,
-)
-from .merge import describe_holes
-from .records import hole_record, ok_record, record_time, window_status
+from .jsonio import atomic_write_json, check_writable, remove_stale_temps
+from .records import hole_record, ok_record
+from .reporting import Progress, event_line, finished, report
+from .resume import check_revision, partial_doc, resume
 
-EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, EXIT_RETRY  # llava_split_worker.py's codes
+# run()'s exit codes, llava_split_worker.py's: reporting.report chooses among the first three
+EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = (reporting.EXIT_DONE, reporting.EXIT_FAILED,
+                                                             reporting.EXIT_INCOMPLETE, reporting.EXIT_INTERRUPTED)
 EXIT_LOST_LOCK = claims.EXIT_LOST_LOCK  # another run took the video over: nothing written, that run owns it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_ERRORS_IN_A_ROW = 5
@@ -47,31 +40,6 @@ MAX_ERRORS_IN_A_ROW = 5
 # device; benchmarks/RESULTS.md, session 4).
 AUTO_HEADROOM = 0.85
 log = logging.getLogger("llava_worker")
-
-
-class Progress:
-    """tqdm's bar on a terminal; in a log file, one tqdm-formatted line every few seconds."""
-
-    def __init__(self, total, desc, every):
-        from tqdm import tqdm
-        self.tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit="win", disable=not self.tty, dynamic_ncols=True)
-        self.format, self.total, self.desc, self.every = tqdm.format_meter, total, desc, every
-        self.n, self.t0, self.last = 0, time.monotonic(), 0.0
-
-    def update(self, n):
-        self.bar.update(n)
-        self.n += n
-        now = time.monotonic()
-        if not self.tty and (now - self.last >= self.every or self.n == self.total):
-            self.last = now
-            log.info(self.format(self.n, self.total, now - self.t0, prefix=self.desc, unit="win", ncols=80))
-
-    def write(self, line):
-        self.bar.write(line) if self.tty else log.info(line)
-
-    def close(self):
-        self.bar.close()
 
 
 def prefetched(items, depth=2):
@@ -104,35 +72,6 @@ def prefetched(items, depth=2):
                 q.get(timeout=0.1)
             except queue.Empty:
                 pass
-
-
-def load_partial(path, slice_starts, made_by, replace):
-    """The records already in the partial file that count as done (answered, or undecodable: a rerun of the
-    same file cannot fill those), checked to belong to this slice and to this run (made_by)."""
-    if not path.exists():
-        return []
-    doc = read_json(path, "partial file", "delete it to start that slice over")
-    windows = doc.get("windows") if isinstance(doc, dict) else doc  # a list: written before made_by existed
-    if not isinstance(windows, list) or not all(isinstance(r, dict) and "time" in r for r in windows):
-        raise UnreadableFile(f"partial file {path} is not a list of window records; delete it to start over")
-    bad = [r["time"] for r in windows if record_time(r["time"]) is None]  # NaN, Infinity, a list, "2", true
-    if bad:
-        raise UnreadableFile(f"partial file {path} is damaged: a record's time is {log_safe(repr(bad[0]), 60)}, not a "
-                             f"number of seconds; delete it to start that slice over")
-    differ = provenance.differences(doc.get("made_by") if isinstance(doc, dict) else None, made_by)
-    if differ and replace:
-        log.warning(log_safe(f"⚠️ {path.name} was made by another run ({'; '.join(differ)}): starting this slice "
-                             f"over (--replace-mismatched); the file is replaced when the first batch is saved", 1000))
-        return []
-    if differ:
-        raise InputError(f"partial file {path} was made by another run ({'; '.join(differ)}): resuming would mix "
-                         f"two runs in one result. Delete it to start that slice over, or rerun with "
-                         f"--replace-mismatched (LLAVA_REPLACE_MISMATCHED=1)")
-    foreign = sorted({r["time"] for r in windows} - slice_starts)
-    if foreign:
-        raise InputError(f"partial file {path} has windows outside this slice (e.g. {foreign[0]} s): it was "
-                         f"written with another --num-workers; delete it to start over")
-    return [r for r in windows if window_status(r) != "failed"]
 
 
 class Abort(Exception):
@@ -274,11 +213,6 @@ def identity(cfg, plan, project, video, info) -> dict:
                               provenance.video_file(project, video, info), project)
 
 
-def partial_doc(made_by, records) -> dict:
-    """The partial file's contents (merge.read_windows reads them)."""
-    return {"made_by": made_by, "windows": records}
-
-
 def die_with_parent(fence, held) -> None:
     """A worker of submit_llava.sh (it holds the lock, held) gets SIGTERM when that script dies (kill -9 of the
     script alone): it saves its batch, fenced, and stops, instead of working on unwatched while another run
@@ -312,20 +246,17 @@ def _run(cfg, engine, on_batch) -> int:
     video = videos.resolve_video(project, cfg.video_index)
     info = videos.probe(video)
     slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
-    starts = {info.window_start(k): k for k in slice_windows}
     out = settings.partial_path(project, cfg.video_index, cfg.gpu_id)
     remove_stale_temps(out)
     device, plan = plan_for(cfg)
     made_by = identity(cfg, plan, project, video, info)
-    records = load_partial(out, set(starts), made_by, cfg.replace_mismatched)
-    done = {r["time"] for r in records}
-    todo = [k for k in slice_windows if info.window_start(k) not in done]
+    records, todo = resume(out, info, slice_windows, made_by, cfg.replace_mismatched)
     span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
             if slice_windows else "empty")
     log.info(f"video {cfg.video_index}: {video} ({info.duration:.1f} s, {info.fps:.3f} fps, "
              f"{settings.count(info.n_windows, 'window')}); slice {cfg.gpu_id + 1}/{cfg.num_workers}: "
              f"{settings.count(len(slice_windows), 'window')} {span}, "
-             f"{len(done)} already in {out.name}")
+             f"{len(slice_windows) - len(todo)} already in {out.name}")
     if not todo:
         log.info("slice already complete: nothing to do")
         return report(records, len(slice_windows), info)
@@ -343,12 +274,7 @@ def _run(cfg, engine, on_batch) -> int:
         raise InputError("the engine given was made for another plan than these settings' (a benchmark's bug)")
     engine = engine or load_engine(cfg, device, plan)
     revision = getattr(engine.model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
-    if revision and revision != made_by["model_revision"]:
-        if records:
-            raise InputError(f"partial file {out} was made by {cfg.model} at commit {made_by['model_revision']}, "
-                             f"but this run loaded commit {revision}: delete it to start that slice over, or rerun "
-                             f"with --replace-mismatched")
-        made_by["model_revision"] = revision
+    check_revision(made_by, revision, records, out, cfg.model)
     slice_ = Slice(cfg, out, made_by, records, todo, info, fence)
     if not slice_.process(Worker(cfg, engine), device, on_batch):
         return EXIT_INTERRUPTED
@@ -367,24 +293,6 @@ def load_engine(cfg, device, plan):
                          f"or pre-download the model (README: Troubleshooting)") from None
     log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
     return engine
-
-
-def report(records, n_windows, info) -> int:
-    """The slice's outcome in one line each for its holes; the exit code."""
-    by_status = {}
-    for r in records:
-        by_status.setdefault(window_status(r), []).append(round(r["time"] / settings.STEP_S))
-    failed, undecodable = by_status.get("failed", []), by_status.get("undecodable", [])
-    if failed:
-        log.error(f"{describe_holes(failed, n_windows, info.duration, 'failed', records)}: "
-                  f"rerun the same command to retry them")
-        return EXIT_FAILED
-    if undecodable:
-        log.warning(f"⚠️ {describe_holes(undecodable, n_windows, info.duration, 'undecodable')}: the video file "
-                    f"has no frames there (truncated or damaged?); a rerun cannot fill them, replace the file to "
-                    f"redo the video")
-        return EXIT_INCOMPLETE
-    return EXIT_DONE
 
 
 class Slice:
@@ -419,10 +327,7 @@ class Slice:
                     on_batch(new)
                 for e in (e for r in new for e in r["events"]):
                     n_events += 1
-                    conf = f"{e['confidence']:.2f}" if e["confidence"] is not None else "?"
-                    # label, team and details are the model's text: one line, whatever it wrote
-                    progress.write(f"⚽ {prompt.clock(e['time'])} ({e['time']} s) {log_safe(e['label'], 60)} "
-                                   f"[{log_safe(e['team'], 30)}, {conf}] {log_safe(e['details'] or '')}".rstrip())
+                    progress.write(event_line(e))
                 progress.update(len(batch))
                 if stop:
                     log.warning(f"{stop[0]} received: saved {settings.count(len(self.records), 'window')} to "
@@ -430,14 +335,5 @@ class Slice:
                     return False
         finally:
             progress.close()
-        elapsed = time.monotonic() - t0
-        memory = ""
-        if device.startswith("cuda"):
-            import torch
-            memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
-        answered = sum(window_status(r) == "ok" for r in self.records)
-        log.info(f"slice finished: {settings.count(len(self.todo), 'window')} in {elapsed:.1f} s "
-                 f"({elapsed / len(self.todo):.2f} s/window){memory}, {n_events} events, "
-                 f"{answered} of {settings.count(len(self.records), 'window')} answered -> {self.out}; "
-                 f"{engine.paths()}")
+        finished(len(self.todo), self.records, time.monotonic() - t0, device, n_events, self.out, engine.paths())
         return True

@@ -23,7 +23,8 @@ import evaluate_soccernet
 import llava_split_worker
 import merge_results_llava
 from conftest import ROOT, make_project, nobody_prefix
-from llava_soccer import jsonio, settings, synthetic, videos
+from llava_soccer import settings, synthetic, videos
+from llava_soccer.cli import log_safe
 from test_merge import all_windows, write_partials
 
 FORGED = "[2026-12-05 10:00:00] video 9: done"  # a line submit_llava.sh writes when video 9 is finished
@@ -165,15 +166,15 @@ def test_the_list_is_read_a_constant_number_of_times_whatever_its_length(tmp_pat
 
 def test_log_safe_escapes_every_control_character_and_bounds_the_length():
     plain = "Goal [home, 0.90] ball in the net — 进球 ⚽ \\n"
-    assert jsonio.log_safe(plain) == plain
-    assert jsonio.log_safe(FORGING) == "\\n[2026-12-05 10:00:00] video 9: done\\x1b[2K"
+    assert log_safe(plain) == plain
+    assert log_safe(FORGING) == "\\n[2026-12-05 10:00:00] video 9: done\\x1b[2K"
     for c in [*map(chr, range(0x20)), "\x7f", *map(chr, range(0x80, 0xa0)), "\u2028", "\u2029", "\u202e", "\u2066",
               "\udce9"]:
-        safe = jsonio.log_safe(f"a{c}b")
+        safe = log_safe(f"a{c}b")
         assert safe.startswith("a\\") and safe.endswith("b") and safe.isprintable() and len(safe.splitlines()) == 1
-    long = jsonio.log_safe("\x1b" * 10_000, 50)
+    long = log_safe("\x1b" * 10_000, 50)
     assert long.startswith("\\x1b" * 12) and long.endswith("... (10000 chars)") and len(long) < 80
-    assert jsonio.log_safe(["a\nb"]) == "['a\\nb']"  # any value: its str()
+    assert log_safe(["a\nb"]) == "['a\\nb']"  # any value: its str()
 
 
 def test_model_text_in_the_merge_summary_cannot_forge_a_line(tmp_path, video_25fps):

@@ -1,12 +1,12 @@
 """File names, the project default, the default model, the log lines' time stamp (llava_soccer/settings.py), the
-exit codes the scripts share (jsonio.py) and the CUDA driver table (doctor.py) are defined once.
+exit codes the scripts share (cli.py) and the CUDA driver table (doctor.py) are defined once.
 
 The shell scripts cannot import it, so they hold copies; these tests fail when a copy drifts.
 """
 import pytest
 
 from conftest import ROOT
-from llava_soccer import claims, doctor, jsonio, settings, soccernet
+from llava_soccer import claims, cli, doctor, settings, soccernet
 
 SOCCERNET_PIN = soccernet.INSTALL_HINT.split()[-1]  # the official evaluator's version: "SoccerNet==0.2.0"
 HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
@@ -24,8 +24,8 @@ COPIES = [
     ("setup_llava.sh", f"readonly CUDA12_DRIVER={DRIVERS['12']}\n"),
     ("setup_llava.sh", f"readonly CUDA13_DRIVER={DRIVERS['13']}\n"),
     ("submit_llava.sh", f"log() {{ printf '[%({settings.LOG_TIME})T] %s\\n' -1 \"$*\" >&2; }}"),
-    ("submit_llava.sh", f"readonly EX_INTERRUPTED={jsonio.EXIT_RETRY} "),
-    ("submit_llava.sh", f"readonly EX_INCOMPLETE={jsonio.EXIT_INCOMPLETE} "),
+    ("submit_llava.sh", f"readonly EX_INTERRUPTED={cli.EXIT_RETRY} "),
+    ("submit_llava.sh", f"readonly EX_INCOMPLETE={cli.EXIT_INCOMPLETE} "),
     ("submit_llava.sh", f"readonly EX_LOST_LOCK={claims.EXIT_LOST_LOCK} "),  # the heartbeat's lock: claims beat
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '
                 f'{settings.RAW_ANSWERS.format(model="llava", video="*")} '
