@@ -21,6 +21,10 @@ have one, the mean of their token probabilities ("token_prob", what evaluate_soc
 ranking uses; the seed's Qwen files have none, so their ensembles rank by written confidence only),
 in the merge's final format. It prints which score its events carry.
 """
+if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
+    from llava_soccer import venv
+    venv.ensure(("numpy", "matplotlib"))
+
 import argparse
 import csv
 import io
