@@ -99,8 +99,11 @@ def video_list(text: str):
     out = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m or int(m[2] or m[1]) < int(m[1]):
+        if not m:
             raise argparse.ArgumentTypeError(f"{text!r}: use indices and ranges like 0-9,12 (or all)")
+        if int(m[2] or m[1]) < int(m[1]):
+            raise argparse.ArgumentTypeError(f"{text!r}: START ({int(m[1])}) is after END ({int(m[2])}): write the "
+                                             f"range {int(m[2])}-{int(m[1])}")
         out.append((int(m[1]), int(m[2] or m[1])))
     return VideoRanges(out)
 

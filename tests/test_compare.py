@@ -183,7 +183,7 @@ def test_errors_are_one_line(project, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         compare_counts.main(["--videos", "5-2"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "argument --videos: '5-2': use indices and ranges like 0-9,12" in err
+    assert e.value.code == 2 and "argument --videos: '5-2': START (5) is after END (2): write the range 2-5" in err
     monkeypatch.setenv("LLAVA_MATCH_S", "three")  # environment values are checked like the flag
     with pytest.raises(SystemExit) as e:
         compare_counts.main([])
