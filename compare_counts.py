@@ -21,6 +21,10 @@ have one, the mean of their token probabilities ("token_prob", what evaluate_soc
 ranking uses; the seed's Qwen files have none, so their ensembles rank by written confidence only),
 in the merge's final format. It prints which score its events carry.
 """
+if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
+    from llava_soccer import venv
+    venv.ensure(("numpy", "matplotlib"))
+
 import argparse
 import csv
 import io
@@ -65,10 +69,11 @@ def parse_args(argv):
     return args
 
 
-def load_events(path: Path, dedup_s: float):
-    """One model's events of a final file (records.read_final), de-duplicated with the merge's rule; events
-    without a label are left out, a label that is not text is counted as its JSON text."""
-    events = [e for e in records.read_final(path) if e["label"] is not None]
+def load_events(path: Path, dedup_s: float, repairs=None):
+    """One model's events of a final file (records.read_final: other people's records repaired, counted into
+    repairs), de-duplicated with the merge's rule; events without a label are left out, a label that is not text
+    is counted as its JSON text."""
+    events = [e for e in records.read_final(path, repairs) if e["label"] is not None]
     for e in events:
         if not isinstance(e["label"], str):  # a list or number where a label should be: counted as its text
             e["label"] = json.dumps(e["label"])
@@ -139,6 +144,7 @@ class Tally:
     origins: dict = field(default_factory=dict)            # model name -> {video: videos.Origin}
     sources: dict = field(default_factory=dict)            # video -> its raw_data/ path (None: unknown)
     ensemble_scores: Counter = field(default_factory=Counter)  # "token_prob" / "confidence": what ranks each event
+    repairs: dict = field(default_factory=dict)            # model name -> Counter of records.repaired()
 
 
 def run(args) -> int:
@@ -151,6 +157,9 @@ def run(args) -> int:
         project = None  # --dirs: the project only says which video each index is (videos.check_source)
     dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
     tally = compare_videos(args, names, project, dirs)
+    for name in names:
+        if records.repairs_note(tally.repairs[name]):
+            print(f"⚠️ {name}: {records.repairs_note(tally.repairs[name])}")
     if not tally.rows:
         raise InputError(f"no video{'' if args.videos is None else ' of --videos'} has both "
                          f"{settings.FINAL.format(model=names[0], video='N')} ({dirs[0]}) and "
@@ -192,7 +201,8 @@ def compare_videos(args, names, project, dirs) -> Tally:
     """Each video with both models' finals: counts, per-label counts, disagreements, what made each file;
     the ensemble files when asked."""
     listed = videos.read_list(project) if project else []  # read once (not per video), never written
-    tally = Tally(missing={name: [] for name in names}, origins={name: {} for name in names})
+    tally = Tally(missing={name: [] for name in names}, origins={name: {} for name in names},
+                  repairs={name: Counter() for name in names})
     found = [soccernet.prediction_files(d, name) for d, name in zip(dirs, names)]
     indices = sorted(set(found[0]) | set(found[1])) if args.videos is None else sorted(args.videos)
     for video in indices:
@@ -206,7 +216,7 @@ def compare_videos(args, names, project, dirs) -> Tally:
                    for path in paths]
         for name, origin in zip(names, sources):
             tally.origins[name][video] = origin
-        a, b = (load_events(p, args.dedup_s) for p in paths)
+        a, b = (load_events(p, args.dedup_s, tally.repairs[name]) for p, name in zip(paths, names))
         pairs, disagreements = compare(a, b, args.tolerance)
         tally.rows.append({"video": video, names[0]: len(a), names[1]: len(b), "both": len(pairs),
                            f"only_{names[0]}": len(a) - len(pairs), f"only_{names[1]}": len(b) - len(pairs),

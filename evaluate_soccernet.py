@@ -25,6 +25,10 @@ Official numbers come from SoccerNet.Evaluation.ActionSpotting.evaluate itself, 
 (papers print them x100); classes absent from the ground truth count 0 in its mean.
 Exit codes: 0 done, 1 input error (one line names the file and the fix), 2 bad flags.
 """
+if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
+    from llava_soccer import venv
+    venv.ensure(("numpy", "matplotlib", "cv2"), optional=("SoccerNet",))
+
 import argparse
 import sys
 

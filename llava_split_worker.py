@@ -22,6 +22,10 @@ Exit codes: 0 every window answered; 3 finished, but some windows have no decoda
 file is truncated or damaged: a rerun cannot fill them); 1 windows failed (a rerun retries them)
 or an error (one line says why); 2 bad flags; 75 interrupted or disk full.
 """
+if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
+    from llava_soccer import venv
+    venv.ensure(("torch", "transformers", "cv2", "PIL", "numpy"))
+
 import logging
 import sys
 

@@ -27,6 +27,10 @@ Exit codes: 0 merged (or already merged), 1 error (one line says why), 2 bad fla
 3 merged but incomplete (undecodable windows), 4 lost the video's lock to another run (nothing
 written: that run owns the video), 75 windows missing or failed, or the disk full.
 """
+if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
+    from llava_soccer import venv
+    venv.ensure(("cv2",))
+
 import argparse
 import sys
 import time

@@ -14,6 +14,10 @@ The project: --project, else SOCCER_PROJECT, else the current directory when it 
 ~/soccer_project. Exit codes: 0 shown, 1 the project cannot be read (one line says why), 2 bad flags,
 141 its reader stopped reading (| head: nothing said).
 """
+if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
+    from llava_soccer import venv
+    venv.ensure((), optional=("cv2",))
+
 import argparse
 import sys
 import time

@@ -1,6 +1,7 @@
 """Shared logic of the LLaVA soccer pipeline; the top-level scripts are thin command lines over it.
 
 settings   every number and path convention (5 FPS, 3 s windows, 2 s step, file names)
+venv       which python runs a script: the scripts rerun themselves in the project's venv when this one lacks packages
 cli        what every command line shares: one-line input errors, log-safe text, exit codes, run_cli
 jsonio     atomic, strict JSON writes (fence=), JSON read back with one line for a damaged file, disk checks
 claims     one lock per video, so two jobs never process the same video at once; process start times, stale age

@@ -13,7 +13,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from . import provenance, rankings, settings, soccernet, status, videos
+from . import provenance, rankings, records, settings, soccernet, status, videos
 from .cli import InputError, log_safe
 from .jsonio import atomic_savefig, atomic_write_json, atomic_write_text
 from .settings import SOCCERNET_CLASSES
@@ -56,9 +56,13 @@ def load_model(name, folder, manifest, wanted, project, args):
     if not files:
         raise InputError(f"no final_predictions_{name}_video_<N>.json in {folder} "
                          "(run the pipeline, or point --predictions-dir / --models NAME=DIR at them)")
-    halves, notes, seen, origins = [], [], {}, {}
+    halves, notes, seen, origins, unlisted, repairs = [], [], {}, {}, [], Counter()
     for index, path in files.items():
         if index >= len(manifest):
+            origin = videos.origin_of(path)
+            if origin.video is None and origin.made_by is None:  # not our merge's: skipped, counted below
+                unlisted.append(index)
+                continue
             raise InputError(f"{path.name} is for video #{index} but {project / videos.MANIFEST} lists "
                              f"{len(manifest)} videos: use the project the predictions came from (--project)")
         where = soccernet.video_half(manifest[index])
@@ -71,8 +75,14 @@ def load_model(name, folder, manifest, wanted, project, args):
                              f"({name}): choose one with --videos")
         seen[where] = index
         origins[index] = videos.check_source(project, index, path, manifest)
-        events, unscored, _ = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s)
+        events, unscored, _ = soccernet.read_predictions(path, args.missing_confidence, args.dedup_s, repairs=repairs)
         halves.append(soccernet.Half(index, manifest[index], where[0], where[1], path, events, unscored))
+    if unlisted:  # other people's finals beyond our videos.txt (not the merge's: ours are refused above)
+        print(f"⚠️ {name}: {settings.count(len(unlisted), 'final')} of videos {project / videos.MANIFEST} does not "
+              f"list (#{settings.runs_text(unlisted)}; it lists {len(manifest)}): skipped; pass the project they came "
+              f"from (--project) to score them")
+    if records.repairs_note(repairs):
+        print(f"⚠️ {name}: {records.repairs_note(repairs)}")
     return halves, notes, origins
 
 

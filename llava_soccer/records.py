@@ -10,6 +10,7 @@ merge, compare_counts.py and evaluate_soccernet.py read them with read_final.
 import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from .cli import UnreadableFile, excerpt
@@ -101,19 +102,47 @@ def ensemble_record(ea, eb, names, video, made_by) -> dict:
     return {**shared, "models": models, "video": video, "models_made_by": made_by}
 
 
-def read_final(path: Path) -> list[dict]:
+def read_final(path: Path, repairs=None) -> list[dict]:
     """The events of a final file as events.final_events gives them ({time, label, team, confidence, details,
-    window, raw}), or UnreadableFile: one line naming the file, the record and the fix."""
+    window, raw}), or UnreadableFile: one line naming the file, the record and the fix. Our files (their records
+    say "video" or "made_by": the merge's and the ensemble's) are taken as they are or refused. Other people's
+    (the seed's Qwen runs, ...) are repaired (repaired()), counted into repairs (a Counter) when given."""
     records = read_json(path, "predictions file", FINAL_FIX)
     if not isinstance(records, list):
         raise UnreadableFile(f"predictions file {path} is not a JSON list of {{\"time\": ..., ...}} records "
                              f"(a final_predictions_*.json?): {FINAL_FIX}")
+    if not any(isinstance(r, dict) and ("video" in r or "made_by" in r) for r in records):
+        records = repaired(records, Counter() if repairs is None else repairs)
     for k, r in enumerate(records):
         problem = _problem(r)
         if problem:
             raise UnreadableFile(f"predictions file {path}: record #{k} {problem} ({excerpt(r)}); times are "
                                  f"seconds from the start of the video, numbers >= 0: {FINAL_FIX}")
     return final_events(records)  # cannot raise now: every record is an object with good times
+
+
+def repaired(records, repairs) -> list:
+    """Other people's records as we read them: a negative "time" or "event_time" counts as 0 s (the video's
+    start: the event is kept where it can be matched) and repairs["clamped"] counts them; a record that is no
+    object or has no time that is a number (missing, text, NaN) says nowhere when its event was: it is left out,
+    counted in repairs["dropped"]."""
+    kept = []
+    for r in records:
+        if not isinstance(r, dict) or "time" not in r or any(
+                name in r and record_time(r[name]) is None for name in ("time", "event_time")):
+            repairs["dropped"] += 1
+            continue
+        negative = {name: 0.0 for name in ("time", "event_time") if name in r and r[name] < 0}
+        repairs["clamped"] += bool(negative)
+        kept.append({**r, **negative})
+    return kept
+
+
+def repairs_note(repairs) -> str | None:
+    """What repaired() changed in one model's files, in one line, or None."""
+    parts = [f"{repairs['clamped']} with a negative time counted at 0 s"] * bool(repairs["clamped"]) + \
+        [f"{repairs['dropped']} without a usable time left out"] * bool(repairs["dropped"])
+    return f"of its records, {' and '.join(parts)} (files not written by this pipeline's merge)" if parts else None
 
 
 def _problem(record) -> str | None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .cli import InputError
+from .venv import PROJECT_DEFAULT, is_project  # defined there: the scripts read them before any other import
 
 FPS = 5.0                  # frames sampled per second of video
 WINDOW_S = 3.0             # seconds per window -> 15 frames
@@ -98,8 +99,11 @@ def video_list(text: str):
     out = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m or int(m[2] or m[1]) < int(m[1]):
+        if not m:
             raise argparse.ArgumentTypeError(f"{text!r}: use indices and ranges like 0-9,12 (or all)")
+        if int(m[2] or m[1]) < int(m[1]):
+            raise argparse.ArgumentTypeError(f"{text!r}: START ({int(m[1])}) is after END ({int(m[2])}): write the "
+                                             f"range {int(m[2])}-{int(m[1])}")
         out.append((int(m[1]), int(m[2] or m[1])))
     return VideoRanges(out)
 
@@ -127,7 +131,6 @@ def check_env(parser, envs: dict) -> None:
 
 # Where things are. These are the only definitions; the shell scripts hold copies of the project
 # default and the file names (tests/test_names.py checks that they match).
-PROJECT_DEFAULT = "~/soccer_project"
 PARTIAL = "partial_results_llava_vid{video}_gpu{gpu}.json"   # one per worker, deleted by the merge
 FINAL = "final_predictions_{model}_video_{video}.json"       # one per video and model
 RAW_ANSWERS = "raw_answers_{model}_video_{video}.json.gz"    # every window's answer, beside the final
@@ -144,11 +147,6 @@ def name_pattern(template: str, **fixed) -> re.Pattern:
         if field:
             regex += re.escape(str(fixed[field])) if field in fixed else f"(?P<{field}>{_FIELDS[field]})"
     return re.compile(regex)
-
-
-def is_project(directory) -> bool:
-    """A directory that holds a project: raw_data/ or videos.txt (submit_llava.sh has a copy of this rule)."""
-    return (Path(directory) / "raw_data").is_dir() or (Path(directory) / "videos.txt").is_file()
 
 
 def project_dir(value=None, must_exist=True) -> Path:

@@ -78,17 +78,19 @@ def confidence_flag(text: str) -> float:
     return c
 
 
-def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S, score: str = "confidence"):
+def read_predictions(path: Path, missing_confidence: float, dedup_s: float = DEDUP_S, score: str = "confidence",
+                     repairs=None):
     """(scored events, Counter of unscored labels, events without a score) of one final predictions file
-    (records.read_final). score: what ranks them, the written "confidence" or the "token_prob"; it becomes
-    each event's "confidence" (what results_spotting.json ranks by), missing_confidence where there is none.
+    (records.read_final; repairs: its Counter of other people's records repaired). score: what ranks them, the
+    written "confidence" or the "token_prob"; it becomes each event's "confidence" (what results_spotting.json
+    ranks by), missing_confidence where there is none.
 
     Events are de-duplicated with the merge's rule (same label within dedup_s seconds), as
     compare_counts.py does: our finals are already de-duplicated so, while the seed's per-window files
     (one record per overlapping window) would otherwise count one event two or three times.
     """
     scored, unscored = [], Counter()
-    for e in read_final(path):
+    for e in read_final(path, repairs):
         label = normalise_label(e["label"])
         if label is None:
             unscored[str(e["label"])] += 1

@@ -176,14 +176,14 @@ def test_errors_are_one_line(project, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == (  # the one reader of finals (records.read_final): evaluate says the same
         f"compare_counts.py: error: predictions file {bad} is not a JSON list of {{\"time\": ..., ...}} records (a "
         "final_predictions_*.json?): move it away, or rerun that video (merge_results_llava.py writes it)\n")
-    bad.write_text('[{"time": 1.0, "raw": "None"}, {"raw": "None"}]')
+    bad.write_text('[{"time": 1.0, "raw": "None", "video": "a.mkv"}, {"raw": "None", "video": "a.mkv"}]')  # ours
     assert compare_counts.main(["--project", str(project), "--videos", "0-3"]) == 1
     assert capsys.readouterr().err.startswith(f"compare_counts.py: error: predictions file {bad}: record #1 has no "
-                                              "\"time\" ({\"raw\": \"None\"}); times are seconds")
+                                              "\"time\" ({\"raw\": \"None\", \"video\": \"a.mkv\"}); times are seconds")
     with pytest.raises(SystemExit) as e:
         compare_counts.main(["--videos", "5-2"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "argument --videos: '5-2': use indices and ranges like 0-9,12" in err
+    assert e.value.code == 2 and "argument --videos: '5-2': START (5) is after END (2): write the range 2-5" in err
     monkeypatch.setenv("LLAVA_MATCH_S", "three")  # environment values are checked like the flag
     with pytest.raises(SystemExit) as e:
         compare_counts.main([])
@@ -322,3 +322,15 @@ def test_the_ensemble_uses_token_probabilities_where_both_models_have_them(proje
     assert [e["token_prob"] for e in load(settings.final_path(tmp_path / "ens2", 0, "ensemble"))] == [None]
     assert ("ensemble scores: the mean written confidence (1 event): qwen7b and llava do not both have token "
             "probabilities (the seed's files have none)") in out
+
+
+def test_other_peoples_bad_times_are_repaired_with_one_warning_per_model(project, capsys):
+    """A Qwen file with a negative time and one without a usable time: counted at 0 s / left out, one warning."""
+    bad = [{"time": -2.0, "raw": QWEN[2]["raw"]}, {"time": None, "raw": QWEN[3]["raw"]}]
+    settings.final_path(project, 2, "qwen7b").write_text(json.dumps(QWEN + bad))
+    assert compare_counts.main(["--project", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("⚠️")] == [
+        "⚠️ qwen7b: of its records, 1 with a negative time counted at 0 s and 1 without a usable time left out "
+        "(files not written by this pipeline's merge)"]
+    assert rows(out)[1][1] == "5"  # video 2: the four events of QWEN and the foul at 0 s

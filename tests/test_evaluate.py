@@ -589,14 +589,41 @@ def test_labels_the_official_evaluator_cannot_read_stop_with_one_line(odd_root, 
     ({"time": "8.0", "raw": "{'label': 'Goal'}"}, "time"),
     ({"time": float("nan"), "raw": "{'label': 'Goal'}"}, "time"),
 ])
-def test_bad_prediction_times_stop_with_one_line(odd_root, record, field):
+def test_bad_prediction_times_in_our_finals_stop_with_one_line(odd_root, record, field):
+    ours = {"video": f"{GAME}/1_224p.mkv"}  # the merge writes it into every record: our files are checked strictly
     project, sn = make_case(odd_root, "bad_times", {GAME: [ann(1, 5, "Goal")]}, [f"{GAME}/1_224p.mkv"],
-                            {"llava": {0: [pred(5, "Goal"), record]}})
+                            {"llava": {0: [{**pred(5, "Goal"), **ours}, {**record, **ours}]}})
     rc, out, err = run(project, sn, "--metrics", "none")
     assert rc == 1 and len(err.strip().splitlines()) == 1
     path = project / "final_predictions_llava_video_0.json"
     assert err.startswith(f"evaluate_soccernet.py: error: predictions file {path}: record #1 has a bad \"{field}\"")
     assert "numbers >= 0" in err
+
+
+def test_other_peoples_files_beyond_videos_txt_or_with_bad_times_are_skipped_or_repaired_with_one_warning(odd_root):
+    """Files our merge never writes (no "video", no "made_by"): finals of videos videos.txt does not list are
+    skipped, negative times count as 0 s, records without a usable time are left out; one warning each, and the
+    run completes. Ours beyond videos.txt are still refused: they belong to another project."""
+    seed = [{"time": t, "raw": '{"label": "Goal", "team": "home", "confidence": 0.9}'} for t in (-1.5, 98.6)]
+    bad = [{"time": "soon", "raw": "{}"}, {"time": float("nan"), "raw": "{}"}, {"time": 5.0, "event_time": -3.0}]
+    finals = {0: seed + bad, 1: seed, 2: seed, 3: seed}
+    project, sn = make_case(odd_root, "others", {GAME: [ann(1, 0, "Goal"), ann(1, 100, "Goal")]},
+                            [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"], {"qwen7b": finals})
+    rc, out, err = run(project, sn, "--models", "qwen7b", "--metrics", "none")
+    assert (rc, err) == (0, ""), err
+    warned = [line for line in out.splitlines() if line.startswith("⚠️ qwen7b")]
+    assert warned == [f"⚠️ qwen7b: 2 finals of videos {project / 'videos.txt'} does not list (#2-3; it lists 2): "
+                      f"skipped; pass the project they came from (--project) to score them",
+                      "⚠️ qwen7b: of its records, 3 with a negative time counted at 0 s and 2 without a usable time "
+                      "left out (files not written by this pipeline's merge)"]
+    assert [v["index"] for v in summary(project, "qwen7b")["videos"]] == [0, 1]
+    assert rows(project, "qwen7b")["Goal"]["tp"] == 2  # the goal at 0 s is found by the window at -1.5 s
+    theirs = (project / "final_predictions_qwen7b_video_3.json").read_text()
+    (project / "final_predictions_qwen7b_video_3.json").write_text(theirs.replace('"raw"', '"video": "x.mkv", "raw"'))
+    rc, out, err = run(project, sn, "--models", "qwen7b", "--metrics", "none")
+    assert rc == 1 and err == (f"evaluate_soccernet.py: error: final_predictions_qwen7b_video_3.json is for video #3 "
+                               f"but {project / 'videos.txt'} lists 2 videos: use the project the predictions came "
+                               f"from (--project)\n")
 
 
 def test_default_deduplication_changes_the_official_number(odd_root):

@@ -141,7 +141,8 @@ def test_every_state_one_aligned_line_each_and_totals(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--videos", "3-1"], "argument --videos: '3-1': use indices and ranges like 0-9,12 (or all)"),
+    (["--videos", "3-1"], "argument --videos: '3-1': START (3) is after END (1): write the range 1-3"),
+    (["--videos", "2-0"], "argument --videos: '2-0': START (2) is after END (0): write the range 0-2"),
     (["--watch", "0"], "argument --watch: '0' is not a number of seconds above 0: use e.g. --watch 60"),
     (["--watch", "soon"], "argument --watch: 'soon' is not a number of seconds above 0: use e.g. --watch 60"),
     (["--since", "1h"], "unrecognized arguments: --since 1h")])
