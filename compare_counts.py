@@ -149,7 +149,9 @@ def plot(path, names, rows, per_label, sources=None):
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(rows) + 3), 10))
     x, w = np.arange(len(rows)), 0.28
     for n, (key, name) in enumerate(series):
-        top.bar_label(top.bar(x + (n - 1) * w, [r[key] for r in rows], w, label=name), fontsize=7)
+        bars = top.bar(x + (n - 1) * w, [r[key] for r in rows], w, label=name)
+        if len(rows) <= 12:  # the numbers, where they fit over the bars: a log axis is read roughly
+            top.bar_label(bars, fontsize=7)
     ticks = [video_tick(r["video"], sources.get(r["video"])) for r in rows]
     named = any(sources.get(r["video"]) for r in rows)
     top.set_xticks(x, ticks, rotation=30 if named else 0, ha="right" if named else "center", fontsize=8)
