@@ -29,15 +29,17 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from llava_soccer import merge, provenance, records, settings, soccernet, videos
 from llava_soccer.cli import InputError, log_safe, run_cli
 from llava_soccer.jsonio import atomic_savefig, atomic_write_json, atomic_write_text
 from llava_soccer.matching import match
+from llava_soccer.settings import SOCCERNET_CLASSES
 
 
 def parse_args(argv):
@@ -95,40 +97,88 @@ def _ranges(indices) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merge.consecutive_runs(indices))
 
 
+LOG_RATIO = 10  # counts further apart than this (Qwen's ~850 events a video, LLaVA's ~12) get a log axis
+OTHER_LABELS = "other labels"  # the one bar row of every label outside the 17 SoccerNet classes
+
+
+def video_tick(video, source) -> str:
+    """A video's tick label: its index and, where its raw_data/ path is known, the game folder (date, teams,
+    score; every SoccerNet half is 1_224p.mkv or 2_224p.mkv) and half, or else the file's name."""
+    if not source:
+        return str(video)
+    where = soccernet.video_half(source)
+    name = f"{PurePosixPath(source).parent.name} ({where[1]})" if where else PurePosixPath(source).name
+    name = re.sub(r"^(\d{4}-\d\d-\d\d) - \d\d-\d\d ", r"\1 ", name)  # the kick-off time says nothing here
+    return f"{video}: {videos.display_name(name, 40)}"
+
+
+def label_rows(per_label) -> tuple:
+    """(row names, {row: Counter}) of the per-label panel: the SoccerNet classes found, most counted first, then
+    one row summing every other label (the printed table lists them one by one)."""
+    classes = [lab for lab in per_label if lab in SOCCERNET_CLASSES]
+    rows = {lab: per_label[lab] for lab in sorted(classes, key=lambda lab: -max(per_label[lab].values()))}
+    others = [lab for lab in per_label if lab not in SOCCERNET_CLASSES]
+    if others:
+        name = f"{OTHER_LABELS} ({len(others)} kind{'s' * (len(others) != 1)}, in the table)"
+        rows[name] = sum((per_label[lab] for lab in others), Counter())
+    return list(rows), rows
+
+
+def count_scale(values, ax, which) -> None:
+    """A log axis (symlog: 0 and 1 stay readable; ticks as plain numbers) where the non-zero counts differ more
+    than LOG_RATIO times, so the smaller model's bars do not vanish; linear otherwise."""
+    from matplotlib.ticker import FuncFormatter
+    nonzero = [v for v in values if v > 0]
+    if nonzero and max(nonzero) > LOG_RATIO * min(nonzero):
+        getattr(ax, f"set_{which}scale")("symlog", linthresh=1)
+        getattr(ax, f"{which}axis").set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def plot(path, names, rows, per_label, sources=None):
-    """Per-video counts (top) and per-label counts over all videos (bottom); sources {video: raw_data/ path}
-    names the game in the title when one video is plotted (every SoccerNet half is 1_224p.mkv or 2_224p.mkv)."""
+    """Per-video counts (top, one tick per game) and per-label counts over all videos (bottom: the SoccerNet
+    classes, other labels in one row), each on a log axis where the counts differ more than LOG_RATIO times;
+    sources {video: raw_data/ path} name the games (the title too when one video is plotted)."""
     import matplotlib
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(rows) + 3), 9))
+    sources = sources or {}
+    series = [(names[0], names[0]), (names[1], names[1]), ("both", "found by both")]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(rows) + 3), 10))
     x, w = np.arange(len(rows)), 0.28
-    for n, (key, name) in enumerate([(names[0], names[0]), (names[1], names[1]), ("both", "found by both")]):
-        top.bar(x + (n - 1) * w, [r[key] for r in rows], w, label=name)
-    top.set_xticks(x, [str(r["video"]) for r in rows])
-    source = (sources or {}).get(rows[0]["video"]) if len(rows) == 1 else None
-    title = f"Events in video {rows[0]['video']} ({videos.display_name(source, 100)})" if source else "Events per video"
-    top.set(xlabel="video", ylabel="events", title=title)
-    top.set_ylim(0, 1.2 * max([1] + [max(r[names[0]], r[names[1]]) for r in rows]))  # room for the legend
+    for n, (key, name) in enumerate(series):
+        bars = top.bar(x + (n - 1) * w, [r[key] for r in rows], w, label=name)
+        if len(rows) <= 12:  # the numbers, where they fit over the bars: a log axis is read roughly
+            top.bar_label(bars, fontsize=7)
+    ticks = [video_tick(r["video"], sources.get(r["video"])) for r in rows]
+    named = any(sources.get(r["video"]) for r in rows)
+    top.set_xticks(x, ticks, rotation=30 if named else 0, ha="right" if named else "center", fontsize=8)
+    source = sources.get(rows[0]["video"]) if len(rows) == 1 else None
+    if source:  # over the whole figure: the game's whole path fits
+        fig.suptitle(f"Events in video {rows[0]['video']} ({videos.display_name(source, 100)})", fontsize=10)
+    else:
+        top.set_title("Events per video")
+    top.set_ylabel("events")
+    counts = [r[key] for r in rows for key, _ in series]
+    count_scale(counts, top, "y")
+    room = 1.2 if top.get_yscale() == "linear" else 6  # above the highest bar, for the legend
+    top.set_ylim(0, room * max([1, *counts]))
     top.legend(ncols=3, loc="upper center")
-    labels = sorted(per_label, key=lambda lab: -max(per_label[lab].values()))
+    labels, per_row = label_rows(per_label)
     if not labels:  # neither model found anything
         bottom.text(0.5, 0.5, "no events in either model's files", ha="center", va="center")
         bottom.set_axis_off()
-        fig.tight_layout()
-        atomic_savefig(fig, path, dpi=100)
-        plt.close(fig)
-        return
-    y = np.arange(len(labels))
-    for n, key in enumerate([names[0], names[1], "both"]):
-        bottom.barh(y + (n - 1) * w, [per_label[lab][key] for lab in labels], w,
-                    label=key if key != "both" else "found by both")
-    bottom.set_yticks(y, labels)
-    bottom.invert_yaxis()
-    bottom.set(xlabel="events (all compared videos)", title="Events per label")
-    bottom.legend(loc="lower right")
+    else:
+        y = np.arange(len(labels))
+        for n, (key, name) in enumerate(series):
+            bottom.barh(y + (n - 1) * w, [per_row[lab][key] for lab in labels], w, label=name)
+        bottom.set_yticks(y, labels)
+        bottom.invert_yaxis()
+        count_scale([c[key] for c in per_row.values() for key, _ in series], bottom, "x")
+        bottom.set(xlabel="events (all compared videos)")
+        bottom.set_title("Events per label", loc="left")
+        bottom.legend(ncols=3, loc="lower right", bbox_to_anchor=(1, 1), fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)

@@ -75,8 +75,9 @@ def parse_args(argv):
     p.add_argument("--plot", action="store_true",
                    help="also draw precision_recall.png, precision_recall_by_ranking.png and timeline_video_<N>.png "
                         "(default off)")
-    p.add_argument("--timeline-video", "--timeline_video", type=int, default=None,
-                   help="video index of the timeline plot (default the first one scored)")
+    p.add_argument("--timeline-video", "--timeline_video", type=settings.video_list, default="all",
+                   help="videos to draw a timeline_video_<N>.png of with --plot, e.g. 0 or 0-9,12 (default all: "
+                        "every video scored)")
     settings.check_env(p, {"soccernet": "SOCCERNET_DIR", "dedup_s": "LLAVA_DEDUP_S"})
     args = p.parse_args(argv)
     metrics = [m for m in args.metrics.split(",") if m]

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from . import provenance, rankings, records, settings, soccernet, status, videos
 from .cli import InputError, log_safe
-from .jsonio import atomic_savefig, atomic_write_json, atomic_write_text
+from .events import full_window_times
+from .jsonio import atomic_savefig, atomic_write_json, atomic_write_text, read_json
+from .records import record_time
 from .settings import SOCCERNET_CLASSES
 
 METRIC_NAMES = {"tight": "tight", "loose": "loose", "at1": "@1s", "at5": "@5s"}
@@ -353,62 +355,114 @@ def plot_precision_recall(path, summaries, args):
     plt.close(fig)
 
 
+# One look per ranking, widest first and underneath, so curves that coincide (the token probabilities often order
+# the events as the written confidence does) still show each one.
+CURVE_STYLES = ({"linestyle": "-", "marker": "o", "linewidth": 4, "markersize": 9, "alpha": 0.45},
+                {"linestyle": "--", "marker": "s", "linewidth": 2, "markersize": 5, "alpha": 0.8},
+                {"linestyle": ":", "marker": "x", "linewidth": 1.5, "markersize": 6, "alpha": 1.0})
+
+
 def plot_rankings(path, summaries, curves, args):
     """Per model, the precision/recall curve of each ranking over all classes (one threshold for all), each
-    with its point of best F1; a ranking the files lack is named n/a in the legend."""
+    with its point of best F1; a ranking the files lack is named n/a in the legend, a curve equal to one drawn
+    before says so in it ("token (same as confidence)"), a panel without any prediction says "no events"."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(summaries), figsize=(5.5 * len(summaries), 4.6), squeeze=False)
     for ax, s in zip(axes[0], summaries):
-        for ranking, r in s["rankings"].items():
+        drawn = {}  # ranking -> (recall, precision) of its curve
+        for k, (ranking, r) in enumerate(s["rankings"].items()):
             if not r["available"]:
                 ax.plot([], [], label=f"{ranking}: n/a")
                 continue
             points, n_gt = curves[s["model"]][ranking]
             recall = [tp / n_gt if n_gt else 0 for _, tp, _ in points]
             precision = [tp / n for _, tp, n in points]
-            (line,) = ax.plot(recall, precision, marker=".", label=ranking)
-            best = max(range(len(points)), key=lambda k: 2 * points[k][1] / (n_gt + points[k][2]), default=None)
-            if best is not None:
-                ax.scatter([recall[best]], [precision[best]], s=60, color=line.get_color(), zorder=3)
-        ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-        ax.set_title(f"{s['model']}: precision/recall by ranking (+-{args.tolerance:g} s; dot: best F1)", fontsize=9)
+            same = next((other for other, xy in drawn.items() if points and xy == (recall, precision)), None)
+            drawn[ranking] = (recall, precision)
+            label = f"{ranking} (same as {same})" if same else ranking
+            style = CURVE_STYLES[k % len(CURVE_STYLES)]
+            (line,) = ax.plot(recall, precision, label=label, zorder=2 + k, **style)
+            best = max(range(len(points)), key=lambda i: 2 * points[i][1] / (n_gt + points[i][2]), default=None)
+            if best is not None:  # a ring, sized by the curve's marker: rings of coinciding curves nest
+                ax.scatter([recall[best]], [precision[best]], s=(style["markersize"] + 8) ** 2, facecolors="none",
+                           edgecolors=line.get_color(), linewidths=1.5, zorder=5)
+        if not any(recall for recall, _ in drawn.values()):
+            ax.text(0.5, 0.5, f"no events: {s['model']} predicted nothing in the halves scored", ha="center",
+                    va="center", fontsize=9)
+        ax.set(xlim=(0, 1.05), ylim=(0, 1.05), xlabel="recall", ylabel="precision")
+        ax.set_title(f"{s['model']}: precision/recall by ranking (+-{args.tolerance:g} s; ring: best F1)", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
-def plot_timeline(path, index, video, gt, sources):
-    """Ground truth of one half and each model's events on it, one row per class."""
+def plot_timeline(path, index, video, gt, sources, span):
+    """Ground truth of one half and each model's events on it, one row per class, over span (start, end): the
+    seconds every model processed (processed_span), in seconds up to 10 minutes, else in minutes; each title
+    counts what lies outside it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lo, hi = span
+    unit, scale = ("seconds", 1) if hi - lo <= 600 else ("minutes", 60)
+    def outside(times):
+        n = sum(not lo <= t <= hi for t in times)
+        return f", {n} outside the {unit} shown" if n else ""
+
     rows = 1 + len(sources)
-    fig, axes = plt.subplots(rows, 1, figsize=(14, 2.6 * rows + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(rows, 1, figsize=(14, 2.6 * rows + 0.6), sharex=True, squeeze=False,
+                             layout="constrained")  # one colourbar beside all panels: their time axes line up
     ypos = {c: i for i, c in enumerate(SOCCERNET_CLASSES)}
     ax = axes[0, 0]
     for vis, color in (("visible", "black"), ("not shown", "tab:gray")):
-        pts = [(a["time"] / 60, ypos[a["label"]]) for a in gt if a["visibility"] == vis and a["label"] in ypos]
+        pts = [(a["time"] / scale, ypos[a["label"]]) for a in gt if a["visibility"] == vis and a["label"] in ypos]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="|", s=120, color=color, label=vis)
-    ax.set_title(f"video #{index} ({videos.display_name(video, 100)}): ground truth", fontsize=10, loc="left")
+    ax.set_title(f"video #{index} ({videos.display_name(video, 100)}): ground truth"
+                 f"{outside([a['time'] for a in gt if a['label'] in ypos])}", fontsize=10, loc="left")
     ax.legend(loc="upper right", fontsize=7)
     for ax, (name, events) in zip(axes[1:, 0], sources.items()):
-        dots = ax.scatter([e["time"] / 60 for e in events], [ypos[e["label"]] for e in events], marker="|", s=120,
-                          c=[e["confidence"] for e in events], cmap="viridis", vmin=0, vmax=1)
-        fig.colorbar(dots, ax=ax, label="confidence", fraction=0.02, pad=0.01)
-        ax.set_title(f"{name} ({len(events)} events, colour = confidence)", fontsize=10, loc="left")
+        dots = ax.scatter([e["time"] / scale for e in events], [ypos[e["label"]] for e in events], marker="|",
+                          s=120, c=[e["confidence"] for e in events], cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"{name} ({settings.count(len(events), 'event')}{outside([e['time'] for e in events])}, "
+                     "colour = confidence)", fontsize=10, loc="left")
     for ax in axes[:, 0]:
         ax.set_yticks(range(len(SOCCERNET_CLASSES)), SOCCERNET_CLASSES, fontsize=6)
         ax.set_ylim(-1, len(SOCCERNET_CLASSES))
         ax.grid(axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel("minutes from the start of the half")
-    fig.tight_layout()
+    axes[-1, 0].set_xlim(lo / scale, hi / scale)  # shared: where every model looked, not the longest run
+    axes[-1, 0].set_xlabel(f"{unit} from the start of the half")
+    fig.colorbar(dots, ax=axes[:, 0].tolist(), label="confidence", fraction=0.02, pad=0.01)  # sources: 1 or more
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
+
+
+def processed_span(h, model) -> tuple | None:
+    """(first, last second) of the windows a model processed in one half: from its raw-answers archive (every
+    window, with or without an event), else from 0 to the end of the last window of its final's records (the
+    seed's files hold one per window; ours one per event: at least that far); None when neither has any."""
+    archive = rankings.archive_path(h, model)
+    data = read_json(archive, "raw answers file", rankings.ARCHIVE_FIX) if archive.is_file() else None
+    windows = data.get("windows") if isinstance(data, dict) else None
+    starts = [record_time(w.get("time")) for w in windows if isinstance(w, dict)] if isinstance(windows, list) else []
+    starts = [t for t in starts if t is not None]
+    if not starts:  # no archive: the final's records, already read and checked (records.read_final)
+        starts = [0.0] + [record_time(r["time"]) for r in read_json(h.source, "predictions file")]
+    return (min(starts), full_window_times(max(starts))[-1]) if len(starts) > 1 or windows else None
+
+
+def timeline_span(halves) -> tuple:
+    """The x range of a timeline ({model: its half}): the seconds every model processed (LLaVA's first minute, not
+    Qwen's whole half beside it); where they share none, from the first to the last second any processed."""
+    spans = [sp for sp in (processed_span(h, name) for name, h in halves.items()) if sp]
+    if not spans:
+        return 0.0, 60.0
+    lo, hi = max(a for a, _ in spans), min(b for _, b in spans)
+    return (lo, hi) if lo < hi else (min(a for a, _ in spans), max(b for _, b in spans))
 
 
 def inputs(args):
@@ -448,7 +502,7 @@ def run(args):
         loaded[name] = halves
     labels, unlabelled = read_labels(root, loaded)
     if args.plot:
-        timeline_half(loaded, args)  # a --timeline-video without predictions stops here, not after the writing
+        timeline_halves(loaded, args)  # a --timeline-video without predictions stops here, not after the writing
     warn_past_the_end(loaded, origins, project)
     warn_changed(loaded, origins, project)
 
@@ -586,25 +640,36 @@ def warn_past_the_end(loaded, origins, project) -> None:
                       f"the video is {length:.0f} s long: are they another video's (a wrong index)?")
 
 
-def timeline_half(loaded, args) -> tuple:
-    """(index, {model: its half of that video}) of the timeline plot (--timeline-video, default the first scored);
-    InputError when no model has it."""
-    index = args.timeline_video if args.timeline_video is not None else loaded[next(iter(loaded))][0].index
-    shown = {name: h for name, halves in loaded.items() for h in halves if h.index == index}
-    if not shown:
-        raise InputError(f"--timeline-video {index}: no model has predictions for video #{index}")
-    return index, shown
+def timeline_halves(loaded, args) -> dict:
+    """{index: {model: its half of that video}} of the timeline plots: the videos of --timeline-video (default
+    all, every video scored); InputError naming the videos no model has predictions for."""
+    shown = {}
+    for name, halves in loaded.items():
+        for h in halves:
+            if args.timeline_video is None or h.index in args.timeline_video:
+                shown.setdefault(h.index, {})[name] = h
+    asked, scored = args.timeline_video, sorted({h.index for halves in loaded.values() for h in halves})
+    if asked is not None:  # bounded by the videos scored: --timeline-video 0-999999999 is two numbers
+        missing = [i for i in asked.below(scored[-1] + 1) if i not in shown]
+        past = asked.from_(scored[-1] + 1)
+        if missing or past:
+            raise InputError(f"--timeline-video {', '.join(filter(None, (settings.runs_text(missing), past)))}: no "
+                             f"model has predictions scored there; choose among the videos scored "
+                             f"({settings.runs_text(scored)}), or all")
+    return dict(sorted(shown.items()))
 
 
 def plots(out, summaries, loaded, labels, args) -> list:
-    """The precision/recall plot and the timeline of one video: the names of the files written."""
+    """The precision/recall plot and the timeline of each video asked for: the names of the files written."""
     plot_precision_recall(out / "precision_recall.png", summaries, args)
-    index, shown = timeline_half(loaded, args)
-    first = next(iter(shown.values()))
-    gt = [a for a in labels[first.game] if a["half"] == first.half]
-    plot_timeline(out / f"timeline_video_{index}.png", index, first.video, gt,
-                  {name: h.events for name, h in shown.items()})
-    return ["precision_recall.png", f"timeline_video_{index}.png"]
+    written = ["precision_recall.png"]
+    for index, shown in timeline_halves(loaded, args).items():
+        first = next(iter(shown.values()))
+        gt = [a for a in labels[first.game] if a["half"] == first.half]
+        plot_timeline(out / f"timeline_video_{index}.png", index, first.video, gt,
+                      {name: h.events for name, h in shown.items()}, timeline_span(shown))
+        written.append(f"timeline_video_{index}.png")
+    return written
 
 
 def warn_changed(loaded, origins, project) -> None:

@@ -99,9 +99,10 @@ def test_ensemble_csv_and_plot(project, tmp_path, capsys, saved_figures):
             ["total", "8", "8", "2", "6", "6", "2"]]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     top, bottom = saved_figures["counts.png"].axes  # what is drawn: the table's numbers
-    assert top.get_title() == "Events per video" and tick_labels(top.xaxis) == ["0", "2"]
+    assert top.get_title() == "Events per video" and tick_labels(top.xaxis) == ["0", "2"]  # no game known: indices
     assert bar_heights(top) == {"qwen7b": [4, 4], "llava": [4, 4], "found by both": [1, 1]}
-    assert bottom.get_title() == "Events per label"
+    assert top.get_yscale() == "linear" and bottom.get_xscale() == "linear"  # counts alike: a linear axis
+    assert bottom.get_title(loc="left") == "Events per label"
     assert tick_labels(bottom.yaxis) == ["Goal", "Foul", "Corner", "Shots on target", "Offside"]
     assert bar_heights(bottom) == {"qwen7b": [2, 2, 2, 2, 0], "llava": [2, 2, 0, 2, 2],
                                    "found by both": [2, 0, 0, 0, 0]}
@@ -114,9 +115,47 @@ def test_the_plot_of_one_video_names_its_game(project, tmp_path, capsys, saved_f
     png = tmp_path / "one.png"
     assert compare_counts.main(["--project", str(project), "--videos", "2", "--plot", str(png)]) == 0, \
         capsys.readouterr().err
-    top, _ = saved_figures["one.png"].axes
-    assert top.get_title() == f"Events in video 2 ({videos.display_name(f'{game}/1_224p.mkv', 100)})"
-    assert game in top.get_title() and bar_heights(top) == {"qwen7b": [4], "llava": [4], "found by both": [1]}
+    figure = saved_figures["one.png"]
+    top, _ = figure.axes
+    assert figure.get_suptitle() == f"Events in video 2 ({videos.display_name(f'{game}/1_224p.mkv', 100)})"
+    assert game in figure.get_suptitle() and bar_heights(top) == {"qwen7b": [4], "llava": [4], "found by both": [1]}
+    assert tick_labels(top.xaxis) == ["2: 2015-08-29 Liverpool 0 - 3 West Ham (1)"]
+
+
+@needs_seed
+def test_the_plot_of_real_qwen_files_shows_llavas_counts_per_game_and_class(tmp_path, capsys, saved_figures):
+    """Qwen's ~850 events per video against LLaVA's 10-15 of its first minute: a log axis, so LLaVA's bars are
+    seen; one tick per game (named from videos.txt); rows for the 17 classes only,
+    every other label ('Premier League logo', Qwen's 'Other') summed into one row."""
+    games = ["england_epl/2015-2016/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham",
+             "spain_laliga/2016-2017/2016-09-10 - 21-30 Barcelona 1 - 2 Alaves"]
+    (tmp_path / "videos.txt").write_text(f"{games[0]}/1_224p.mkv\n{games[0]}/2_224p.mkv\n{games[1]}/2_224p.mkv\n")
+    labels = ["Throw-in", "Foul", "Premier League logo", "Corner", "Goal", "Clearance"] * 2
+    for video in (0, 1, 2):
+        shutil.copy(SEED / f"qwen7b/final_predictions_qwen7b_video_{video}.json",
+                    settings.final_path(tmp_path, video, "qwen7b"))
+        events = [llava(label, 5.0 * k + 1) for k, label in enumerate(labels)]
+        settings.final_path(tmp_path, video, "llava").write_text(json.dumps(events[:10 + video]))
+    png = tmp_path / "counts.png"
+    assert compare_counts.main(["--project", str(tmp_path), "--plot", str(png)]) == 0, capsys.readouterr().err
+    lines = map(str.split, capsys.readouterr().out.splitlines())
+    table = {r[0]: r[1:] for r in lines if r[:1] in (["0"], ["1"], ["2"])}
+    top, bottom = saved_figures["counts.png"].axes
+    assert top.get_yscale() == "symlog" and bottom.get_xscale() == "symlog"
+    assert tick_labels(top.yaxis)[:4] == ["0", "1", "10", "100"]  # plain numbers, not powers of ten
+    heights = bar_heights(top)
+    assert heights["llava"] == [10, 11, 12] and heights["qwen7b"] == [int(table[v][0]) for v in "012"]
+    assert min(heights["qwen7b"]) > 10 * max(heights["llava"])
+    assert tick_labels(top.xaxis) == ["0: 2015-08-29 Liverpool 0 - 3 West Ham (1)",
+                                      "1: 2015-08-29 Liverpool 0 - 3 West Ham (2)",
+                                      "2: 2016-09-10 Barcelona 1 - 2 Alaves (2)"]
+    drawn = tick_labels(bottom.yaxis)
+    assert set(drawn[:-1]) <= set(settings.SOCCERNET_CLASSES) and "Premier League logo" not in drawn
+    assert {"Throw-in", "Foul", "Corner", "Goal", "Clearance"} <= set(drawn)
+    per_row = dict(zip(drawn, zip(*bar_heights(bottom).values())))
+    other = drawn[-1]
+    assert other.startswith("other labels (") and per_row[other][1] == 2 + 2 + 2  # LLaVA's logos, 2 per video
+    assert sum(qwen for qwen, _, _ in per_row.values()) == sum(heights["qwen7b"])  # each Qwen event in one row
 
 
 @needs_seed

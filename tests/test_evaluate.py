@@ -326,20 +326,58 @@ def test_plot_draws_precision_recall_and_a_timeline(odd_root, saved_figures):
                                              "recall": [found.get(c, (0, 0))[1] for c in SOCCERNET_CLASSES]}
     counts = {c: t.get_text() for c, t in zip(SOCCERNET_CLASSES, panels["qwen7b"].texts)}
     assert (counts["Goal"], counts["Corner"], counts["Foul"]) == ("1/0", "1/1", "0/0")  # ground truth/predicted
+    # The timelines, one per video scored (default --timeline-video all), over the seconds every model processed
+    # there: neither has a raw-answers archive, so from 0 to the end of its last record's window (qwen7b's at 98 s)
     ground, llava_ax, qwen_ax = [ax for ax in saved_figures["timeline_video_0.png"].axes if ax.get_title(loc="left")]
-    assert ground.get_title(loc="left") == f"video #0 ({GAME}/1_224p.mkv): ground truth"
+    assert ground.get_xlim() == pytest.approx((0, 98 + 2.8)) and ground.get_xlabel() == ""
+    assert qwen_ax.get_xlabel() == "seconds from the start of the half"
+    assert ground.get_title(loc="left") == f"video #0 ({GAME}/1_224p.mkv): ground truth, 1 outside the seconds shown"
     row = {c: i for i, c in enumerate(SOCCERNET_CLASSES)}
     visible, not_shown = (c.get_offsets().tolist() for c in ground.collections)
-    assert visible == [[100 / 60, row["Goal"]]] and not_shown == [[400 / 60, row["Corner"]]]
-    for ax, name, points, confidences in (
-            (llava_ax, "llava", [[101 / 60, row["Goal"]], [300 / 60, row["Goal"]]], [0.9, 0.4]),
-            (qwen_ax, "qwen7b", [[98.4 / 60, row["Corner"]]], [0.8])):
+    assert visible == [[100, row["Goal"]]] and not_shown == [[400, row["Corner"]]]
+    for ax, name, points, confidences, title in (
+            (llava_ax, "llava", [[101, row["Goal"]], [300, row["Goal"]]], [0.9, 0.4], "2 events, 2 outside the "
+                                                                                     "seconds shown"),
+            (qwen_ax, "qwen7b", [[98.4, row["Corner"]]], [0.8], "1 event")):
         (dots,) = ax.collections
-        assert ax.get_title(loc="left") == f"{name} ({len(points)} events, colour = confidence)"
+        assert ax.get_title(loc="left") == f"{name} ({title}, colour = confidence)"
         assert dots.get_offsets().tolist() == [pytest.approx(p) for p in points]
         assert dots.get_array().tolist() == confidences
+    (llava_1,) = [ax for ax in saved_figures["timeline_video_1.png"].axes if ax.get_title(loc="left")][1:]
+    assert llava_1.get_title(loc="left") == "llava (1 event, colour = confidence)"  # video 1: llava's only
+    assert llava_1.get_xlim() == pytest.approx((0, 49 + 2.8))
+    saved_figures.clear()
     assert run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot", "--timeline_video", "1")[0] == 0
-    assert (project / "soccernet_eval" / "timeline_video_1.png").exists()
+    assert sorted(p.name for p in (project / "soccernet_eval").glob("timeline_*")) == ["timeline_video_1.png"]
+    assert "timeline_video_0.png" not in saved_figures
+    rc, _, err = run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot", "--timeline-video", "1-3")
+    assert rc == 1 and err.strip().endswith("--timeline-video 2-3: no model has predictions scored there; choose "
+                                            "among the videos scored (0-1), or all")
+
+
+def test_the_timeline_spans_what_every_model_processed_not_the_longest_run(odd_root, saved_figures):
+    """LLaVA's first minute (its raw-answers archive: windows 0-58 s) beside Qwen's whole half (the real seed
+    file, ~45 min): the x axis is LLaVA's minute, in seconds, and Qwen's title counts its events outside it."""
+    real = SEED_PREDICTIONS / "qwen7b" / "final_predictions_qwen7b_video_0.json"
+    if not real.exists():
+        pytest.skip(f"{real} not on this machine")
+    gt = [ann(1, 20, "Kick-off"), ann(1, 45, "Foul"), ann(1, 600, "Goal"), ann(1, 2400, "Corner")]
+    llava = [pred(21, "Kick-off", 0.8), pred(46, "Foul", 0.6), pred(50, "Throw-in", 0.5)]
+    project, sn = make_case(odd_root, "timeline", {GAME: gt}, [f"{GAME}/1_224p.mkv"], {"llava": {0: llava}})
+    write_archive(project, 0, [window(t, "None", None) for t in range(0, 60, 2)])
+    shutil.copy(real, project)
+    rc, out, err = run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot")
+    assert rc == 0, err
+    ground, llava_ax, qwen_ax = [ax for ax in saved_figures["timeline_video_0.png"].axes if ax.get_title(loc="left")]
+    assert ground.get_xlim() == pytest.approx((0, 58 + 2.8))  # the last window starts at 58 s, 15 frames at 5 fps
+    assert qwen_ax.get_xlabel() == "seconds from the start of the half"
+    assert ground.get_title(loc="left").endswith("ground truth, 2 outside the seconds shown")
+    assert llava_ax.get_title(loc="left") == "llava (3 events, colour = confidence)"
+    qwen_times = [x for x, _ in qwen_ax.collections[0].get_offsets().tolist()]
+    inside = sum(t <= 60.8 for t in qwen_times)
+    assert max(qwen_times) > 2000 and 0 < inside < 60  # its whole half is there, most of it off the axis
+    assert qwen_ax.get_title(loc="left") == (f"qwen7b ({len(qwen_times)} events, {len(qwen_times) - inside} outside "
+                                             f"the seconds shown, colour = confidence)")
 
 
 def test_real_qwen_predictions_in_the_seed_format(odd_root):
@@ -789,6 +827,33 @@ def test_three_rankings_each_give_the_official_evaluators_own_number(odd_root, t
     for ranking, folder in folders.items():
         written = load(project / "soccernet_eval" / folder / GAME / "results_spotting.json")["predictions"]
         assert len(written) == len(expected[ranking])
+
+
+def test_coinciding_ranking_curves_are_each_seen_and_a_panel_without_events_says_so(odd_root, saved_figures):
+    """Token probabilities that order llava's events as its written confidences do give the same curve: both are
+    drawn, told apart by line and marker, the later on top, and the legend says they are the same. qwen7b's final
+    is empty: its panel says "no events" instead of standing blank."""
+    gt = [ann(1, 100, "Goal"), ann(1, 400, "Goal")]
+    scored = ((100, 0.9, 0.8), (250, 0.5, 0.3), (400, 0.7, 0.6))  # seconds, confidence, token probability
+    finals = [{**pred(t, "Goal", c), "token_prob": p} for t, c, p in scored]
+    project, sn = make_case(odd_root, "same_curves", {GAME: gt}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: finals}, "qwen7b": {0: []}})
+    rc, out, err = run(project, sn, "--models", "llava,qwen7b", "--metrics", "none", "--plot")
+    assert rc == 0, err
+    llava_ax, qwen_ax = saved_figures["precision_recall_by_ranking.png"].axes
+    assert llava_ax.get_title().startswith("llava:") and qwen_ax.get_title().startswith("qwen7b:")
+    confidence, token, class_ = llava_ax.get_lines()
+    assert [line.get_label() for line in (confidence, token, class_)] == ["confidence", "token (same as confidence)",
+                                                                          "class: n/a"]
+    assert list(token.get_xdata()) == list(confidence.get_xdata()) == pytest.approx([0.5, 1, 1])
+    assert list(token.get_ydata()) == list(confidence.get_ydata()) == pytest.approx([1, 1, 2 / 3])
+    assert token.get_linestyle() != confidence.get_linestyle() and token.get_marker() != confidence.get_marker()
+    assert token.get_linewidth() < confidence.get_linewidth() and token.get_zorder() > confidence.get_zorder()
+    assert [leg.get_text() for leg in llava_ax.get_legend().get_texts()][:2] == ["confidence",
+                                                                                  "token (same as confidence)"]
+    assert list(llava_ax.texts) == []
+    assert [t.get_text() for t in qwen_ax.texts] == ["no events: qwen7b predicted nothing in the halves scored"]
+    assert all(len(line.get_xdata()) == 0 for line in qwen_ax.get_lines())
 
 
 def test_the_pooled_curve_is_the_sweep_of_all_classes_together():
