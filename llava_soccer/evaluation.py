@@ -579,7 +579,7 @@ def staging(out: Path) -> Path:
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
     except OSError as e:
-        raise InputError(f"cannot create the output folder {stage.parent} ({e.strerror}): pass --out DIR, a folder "
+        raise InputError(f"cannot create the output folder {out} ({e.strerror}): pass --out DIR, a folder "
                          f"you can write to") from None
     return stage
 
