@@ -53,6 +53,8 @@ def interpreter_finding(version_info, executable):
 
 
 def bitsandbytes_finding():
+    from llava_soccer.loading import quiet_bitsandbytes
+    quiet_bitsandbytes()
     try:
         import bitsandbytes
     except Exception:  # noqa: BLE001 - not only ImportError: one without its CUDA libraries raises others

@@ -6,14 +6,17 @@ CPU, with real H.264 windows. GPU-only paths fail on CPU, or are made to give wr
 and must then fall back with one warning."""
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
 import types
 
 import pytest
 import torch
 
 import llava_split_worker as worker
-from conftest import cpu_plan, load, make_project
+from conftest import ROOT, cpu_plan, load, make_project
 from llava_soccer import decoding, fused, gpus, loading, prompt, synthetic, videos
 from llava_soccer.engine import Engine
 from llava_soccer.settings import partial_path
@@ -589,3 +592,24 @@ def test_a_share_on_the_cpu_or_a_bad_share_is_the_usual_plan_or_one_line(monkeyp
     with pytest.raises(SystemExit) as e:
         print_plan(capsys)
     assert e.value.code == 2 and "LLAVA_GPU_SHARE='0' (--gpu-share): must be at least 1" in capsys.readouterr().err
+
+
+def test_a_worker_that_sees_no_gpu_says_so_once_and_bitsandbytes_is_quiet(odd_root, video_25fps, goal_checkpoint):
+    """Issue 33 item 10: submit_llava.sh logs "on GPU 0 (CUDA_VISIBLE_DEVICES=0)" for a worker; when its torch
+    sees no GPU (this CPU machine: a broken driver or a CPU build of torch on a GPU node) the worker says so,
+    once. bitsandbytes' import-time line about its optional CPU kernel package ("Failed to load CPU
+    gemm_4bit_forward from kernels-community", once per worker: 4 per video) is dropped. A real worker
+    process (bitsandbytes is imported once per process), NF4 on the CPU."""
+    project = make_project(odd_root / "no gpu visible", {"match/1_224p.mkv": video_25fps})
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers",
+                        str(WORKERS), "--video-index", "0", "--project", str(project), "--model", str(goal_checkpoint),
+                        "--quantization", "nf4", "--max-new-tokens", "8"], capture_output=True, text=True, timeout=600,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "no GPU visible" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "⚠️ no GPU visible to this worker (CUDA_VISIBLE_DEVICES=0, torch.cuda.is_available() False): running on the "
+        "CPU, very slowly; check the node's driver and the torch build (setup's checks)"), r.stderr
+    assert "kernels-community" not in r.stderr and "gemm_4bit_forward" not in r.stderr, r.stderr
+    assert "quantization=nf4 device=cpu" in r.stderr
