@@ -390,7 +390,7 @@ def probe(path) -> VideoInfo:
         scan = count <= 0
         if scan:
             # No duration in the container (a video written to a pipe: ffmpeg ... -f matroska - > x.mkv):
-            # OpenCV's count is 0 or negative. Every frame is read once to find the last (~1 min an hour).
+            # OpenCV's count is 0 or negative. Every frame is read once to find the last (~80 s an hour of 224p here).
             count = 1
         else:
             # The frame count may be the number of frames, not duration x fps: with a variable frame rate
