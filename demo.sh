@@ -5,7 +5,8 @@
 #   bash demo.sh              # works in ./llava_demo
 #   bash demo.sh DIR          # or in DIR
 #
-# It builds two synthetic "matches" (barcoded H.264 videos) and a tiny random LLaVA-NeXT
+# It builds the two halves of a synthetic match (barcoded H.264 videos, laid out as SoccerNet's, with
+# its Labels-v2.json to try evaluate_soccernet.py on) and a tiny random LLaVA-NeXT
 # checkpoint that answers every window with a goal, then runs the real loop exactly as a job
 # would - `bash submit_llava.sh 0 1` with SOCCER_PROJECT=DIR: two workers per video (on CPU),
 # their partial files, the merge, the final file - printing each file as it appears (+) or
@@ -23,6 +24,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
 readonly ANSWER="{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'ball in the net'}"
 readonly MARKER=.llava_demo
+readonly GAME="demo_league/2024-2025/2024-08-17 - 15-00 Home 2 - 1 Away"  # <league>/<season>/<game>, as SoccerNet
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -43,6 +45,21 @@ synthetic() {
   local out
   out=$(PYTHONPATH="${HERE}${PYTHONPATH:+:${PYTHONPATH}}" "${PY}" -m llava_soccer.synthetic "$@" 2>&1) ||
     die "python -m llava_soccer.synthetic $* failed: ${out}"
+}
+
+# SoccerNet-v2 labels (Labels-v2.json) for the demo match, to try evaluate_soccernet.py with: three goals,
+# at times where the demo's model (a goal in every window) finds one and at one where it does not.
+write_labels() {
+  mkdir -p "$(dirname "$1")"
+  "${PY}" - "$1" <<'EOF'
+import json, os, sys
+goals = [(1, 8), (1, 21), (2, 13)]  # (half, second)
+annotations = [{"gameTime": f"{half} - 00:{s:02d}", "label": "Goal", "position": str(s * 1000),
+                "team": "home", "visibility": "visible"} for half, s in goals]
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"annotations": annotations}, f, indent=1)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+EOF
 }
 
 # The pipeline's files in DIR, one per line.
@@ -82,9 +99,11 @@ main() {
   touch "${DIR}/${MARKER}"
   cd "${DIR}"
 
-  log "1/4 two synthetic matches in ${DIR}/raw_data (30 s and 20 s of H.264, a barcode on every frame)"
-  [[ -f raw_data/match_a.mkv ]] || synthetic video raw_data/match_a.mkv --seconds 30
-  [[ -f raw_data/match_b.mkv ]] || synthetic video raw_data/match_b.mkv --seconds 20
+  log "1/4 the two halves of a synthetic match in ${DIR}/raw_data/${GAME} (30 s and 20 s of H.264, a barcode" \
+    "on every frame), laid out as SoccerNet's, and its labels in ${DIR}/soccernet/${GAME}/Labels-v2.json"
+  [[ -f raw_data/${GAME}/1_224p.mkv ]] || synthetic video "raw_data/${GAME}/1_224p.mkv" --seconds 30
+  [[ -f raw_data/${GAME}/2_224p.mkv ]] || synthetic video "raw_data/${GAME}/2_224p.mkv" --seconds 20
+  write_labels "soccernet/${GAME}/Labels-v2.json"
   log "2/4 a tiny random LLaVA-NeXT checkpoint in ${DIR}/tiny_llava (it answers every window: ${ANSWER})"
   [[ -f tiny_llava/config.json ]] || synthetic checkpoint tiny_llava --answer "${ANSWER}"
   # start the demo afresh
@@ -127,6 +146,8 @@ EOF
   log "  cd ${q_here} && SOCCER_PROJECT=${q_dir} LLAVA_MODEL=${q_dir}/tiny_llava LLAVA_QUANT=fp32 LLAVA_PYTHON=${q_py}" \
     "CUDA_VISIBLE_DEVICES= bash submit_llava.sh 1 1"
   log "  (on a Slurm cluster: the same variables, then sbatch submit_llava.sh 1 1; tail -f llava_*.log)"
+  log "Score the predictions against the demo's SoccerNet labels (official mAP, precision/recall):"
+  log "  cd ${q_here} && ${q_py} evaluate_soccernet.py --project ${q_dir} --soccernet ${q_dir}/soccernet"
 }
 
 main "$@"

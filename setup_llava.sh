@@ -271,9 +271,16 @@ install_venv() {
     ok "torch $(torch_version) from ${TORCH_INDEX}: ${TORCH_WHY}"
     install_torch || { INSTALL_FAILED=1; return 0; }
   fi
+  # The cuDNN that torch pins stays: nothing installed after torch may upgrade it (cuDNN 9.11 and
+  # later dropped compute capability < 7.5: GTX 1080 Ti, reportedly Titan V). The doctor warns
+  # when a newer one is found next to such a card anyway.
+  local constraints=${venv}/llava-constraints.txt cudnn
+  cudnn=$("${PY}" -c 'import importlib.metadata as m; print(m.version("nvidia-cudnn-cu12"))' 2>/dev/null) || cudnn=''
+  printf '%s\n' "${cudnn:+nvidia-cudnn-cu12==${cudnn}}" >"${constraints}"
+  [[ -z ${cudnn} ]] || ok "keeping nvidia-cudnn-cu12 ${cudnn}, the cuDNN torch pins (${constraints})"
   # The SoccerNet evaluator (evaluate_soccernet.py) without its heavy declared dependencies:
   # its scoring code needs only numpy and tqdm (README: Evaluating against SoccerNet labels).
-  if "${PY}" -m pip install --disable-pip-version-check -q -r "${PROJECT}/requirements.txt" &&
+  if "${PY}" -m pip install --disable-pip-version-check -q -r "${PROJECT}/requirements.txt" -c "${constraints}" &&
     "${PY}" -m pip install --disable-pip-version-check -q --no-deps SoccerNet==0.2.0; then
     stamp_text >"${stamp}"
     ok "venv ${venv} installed"

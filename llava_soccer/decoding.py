@@ -22,10 +22,11 @@ keeps all 25 layers' hidden states, 2.2 GB for a whole window) and the prompt go
 language model in chunks, each attending to the cache so far (causal_attention), so activations
 scale with the chunk, not with the 25k-token prompt. Chunks cost time (~40% of the prefill on an
 H100, whose cuDNN attention they cannot use), so larger cards prefill whole.
-Self-check: the first batch of a process compares each optional path (Triton decode attention,
-the CUDA graph) with the plain one (SDPA, eager) on its first step; on an error or a difference
-beyond SELF_CHECK_MAX_ERROR it warns once and keeps the plain path (Decoder.attention and .graphs say
-which runs; the plan, what was planned).
+Self-checks: the Triton decode attention is checked as an operation, once per process per batch size
+and dtype (check_attention: random inputs of the batch's real shapes against an fp32 reference, with a
+tolerance of that dtype's rounding); the CUDA graph, on a decoder's first step, against the same step
+run eagerly (logits within SELF_CHECK_MAX_ERROR). On an error or a larger difference it warns once and
+keeps the plain path (Decoder.attention and .graphs say which runs; the plan, what was planned).
 The phases are profiler ranges ("llava prefill", "llava graph capture"), free when no profiler runs.
 tests/test_worker.py checks that the answers equal generate()'s on random tiny checkpoints (CPU:
 SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
@@ -35,6 +36,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 
 import torch
 from torch.nn.attention.bias import causal_lower_right
@@ -52,8 +54,16 @@ FRAMES_PER_VISION_CALL = 3
 # grow layer to layer far more than a trained model's: 2.7% (Triton decode step vs SDPA) and 6.1%
 # (fused kernels, 64 tokens through 32 layers) on an H100 (benchmarks/RESULTS.md, session 4);
 # unrelated logits differ by ~140%. The largest single difference is no test: a near-tie moves one
-# logit by 0.4 of 7 with nothing wrong.
+# logit by 0.4 of 7 with nothing wrong. Under FP8 the whole model's noise reaches this threshold
+# (18.8%-27.4% on the H100, issue 33): the decode attention is therefore checked alone (below).
 SELF_CHECK_MAX_ERROR = 0.2
+# The decode attention's self-check: max |kernel - fp32 reference| / max |reference| on inputs that are
+# exact in both. The kernel rounds each softmax weight to the cache's dtype before the value product and
+# rounds its output (bf16: 2^-9 relative each, fp16: 2^-12; fp32 inputs meet TF32 products: 2^-11), so a
+# right kernel stays within a few of those; a wrong one (a slot missed, one read past a row's end) is off
+# by O(1): the inputs make each row's last slot carry most of the weight and the slots after it poison.
+ATTENTION_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 4e-3}
+_attention_checked = {}  # (kernel, shape, dtype) -> None (passed) or the problem: once per process
 
 
 def relative_error(logits, plain):
@@ -170,6 +180,59 @@ def split_kv_attention(q, keys, values, positions, scale, block=64):
         lse.stride(1), lse.stride(2), scale, chunk, G=g, GP=max(16, 1 << (g - 1).bit_length()), D=d, BLOCK=block)
     weights = torch.softmax(lse, dim=2)[..., None]
     return (weights * out).sum(2).to(q.dtype)
+
+
+def attention_error(kernel, q_shape, slots, positions, dtype, scale, seed=0):
+    """max |kernel(q, keys, values, positions, scale) - fp32 SDPA| / max |fp32 SDPA| on random inputs:
+    q (b, kv heads, group, d) and keys/values (b, kv heads, slots, d) in dtype on positions' device. Row
+    b's slot positions[b] (its new token) gets a key that takes about 3/4 of the softmax weight, so missing
+    it shows; the slots after it get the same key and values of 50, so reading them shows."""
+    b, heads, group, d = q_shape
+    device = positions.device
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(q_shape, generator=g, device=device, dtype=torch.float32)
+    keys = torch.randn((b, heads, slots, d), generator=g, device=device, dtype=dtype)
+    values = torch.randn((b, heads, slots, d), generator=g, device=device, dtype=dtype)
+    reference = []
+    for row, end in enumerate(positions.tolist()):
+        # q_i . strong = log(end + 1) + 1 on average over the group: e / (e + 1) of the weight
+        aim = q[row].mean(1)  # (heads, d); q_i . aim ~ d / group
+        strong = aim * ((math.log(end + 1) + 1) / (scale * d / group))
+        keys[row, :, end:] = strong[:, None].to(dtype)
+        values[row, :, end + 1:] = 50
+        k, v = keys[row:row + 1, :, :end + 1].float(), values[row:row + 1, :, :end + 1].float()
+        reference.append(torch.nn.functional.scaled_dot_product_attention(q[row:row + 1].to(dtype).float(), k, v,
+                                                                          scale=scale))
+    reference = torch.cat(reference)
+    out = kernel(q.to(dtype), keys, values, positions, scale).float()
+    if not bool(torch.isfinite(out).all()):
+        return float("inf")
+    return ((out - reference).abs().max() / reference.abs().max()).item()
+
+
+def check_attention(name, q_shape, slots, positions, dtype, scale, kernel=None) -> bool:
+    """Is the decode attention kernel (default split_kv_attention) right on these shapes (the batch's:
+    model heads, head dim, its cache lengths `positions`) in dtype? Checked once per process per kernel,
+    batch shape and dtype; logs the verdict the first time (a warning when it fails)."""
+    kernel = kernel or split_kv_attention
+    key = (kernel, tuple(q_shape), dtype)
+    if key not in _attention_checked:
+        tolerance, at = ATTENTION_TOLERANCE[dtype], f"batch {q_shape[0]}, {str(dtype).removeprefix('torch.')}"
+        try:
+            error = attention_error(kernel, q_shape, slots, positions, dtype, scale)
+            problem = None if error <= tolerance else (
+                f"{at}: its output differs from an fp32 reference by {error:.2%} of the largest value, "
+                f"more than {tolerance:.1%}")
+        except Exception as e:
+            problem = f"{at}: {type(e).__name__}: {first_line(e)}"
+        _attention_checked[key] = problem
+        if problem is None:
+            log.info(f"{name} passed its self-check ({at}: within {error:.3%} of an fp32 reference, "
+                     f"tolerance {tolerance:.1%})")
+        else:
+            log.warning(f"⚠️ {name} failed its self-check on this GPU ({problem}); using SDPA decode attention "
+                        f"instead: same answers, slower")
+    return _attention_checked[key] is None
 
 
 class Step:
@@ -362,7 +425,7 @@ class _Lagged:
 
 def _checked(name, make, plain, instead):
     """make() builds an optional path's step (a callable -> logits). Returns it if it runs and,
-    when plain logits are given (the first use), agrees with them within SELF_CHECK_MAX_ERROR;
+    when plain logits are given (the first use: the eager step's), agrees with them within SELF_CHECK_MAX_ERROR;
     otherwise warns once and returns None (the caller uses the plain path)."""
     try:
         run = make()
@@ -370,9 +433,9 @@ def _checked(name, make, plain, instead):
             return run
         error = relative_error(run(), plain)
         if error <= SELF_CHECK_MAX_ERROR:
-            log.info(f"{name} passed its self-check (logits within {error:.2%} of the plain path's)")
+            log.info(f"{name} passed its self-check (logits within {error:.2%} of the eager step's)")
             return run
-        problem = f"its logits differ from the plain path's by {error:.1%}"
+        problem = f"its logits differ from the eager step's by {error:.1%}"
     except Exception as e:
         problem = f"{type(e).__name__}: {first_line(e)}"
     log.warning(f"⚠️ {name} failed its self-check on this GPU ({problem}); using {instead} instead: "
@@ -559,20 +622,23 @@ class Decoder:
 
     def _decode_step(self, kv, step_in):
         """run() -> logits of one decode step for the whole batch, with the decode attention kernel and
-        CUDA graph in use; their first use is checked against the plain path (eager SDPA)."""
+        CUDA graph in use. The kernel is checked on this batch's shapes (check_attention: once per process
+        per batch size and dtype); the graph, on its first use, against the same step run eagerly."""
         model, hook = self.model, self.on_logits
-        optional = self.attention != "sdpa" or self.graphs
-        plain = Step(model, *kv, "sdpa", hook)(*step_in) if not self.checked and optional else None
         if self.attention != "sdpa":
-            kernel = self.attention
-            if _checked(f"{kernel} decode attention", lambda: lambda: Step(model, *kv, kernel, hook)(*step_in), plain,
-                        "SDPA decode attention") is None:
+            keys = kv[0][0]
+            b, heads, slots, d = keys.shape
+            group = model.config.text_config.num_attention_heads // heads
+            scale = model.model.language_model.layers[0].self_attn.scaling
+            if not check_attention(f"{self.attention} decode attention", (b, heads, group, d), slots, step_in[1],
+                                   keys.dtype, scale):
                 self.attention = "sdpa"
         step = Step(model, *kv, self.attention, hook)
         run = None
         if self.graphs:
+            eager = None if self.checked else step(*step_in)
             with torch.profiler.record_function("llava graph capture"):
-                run = _checked("CUDA-graph decoding", lambda: graphed(step, *step_in), plain, "eager decode steps")
+                run = _checked("CUDA-graph decoding", lambda: graphed(step, *step_in), eager, "eager decode steps")
             self.graphs = run is not None
         self.checked = True
         return run or (lambda: step(*step_in))

@@ -53,6 +53,8 @@ def interpreter_finding(version_info, executable):
 
 
 def bitsandbytes_finding():
+    from llava_soccer.loading import quiet_bitsandbytes
+    quiet_bitsandbytes()
     try:
         import bitsandbytes
     except Exception:  # noqa: BLE001 - not only ImportError: one without its CUDA libraries raises others
@@ -106,6 +108,47 @@ def visibility_finding(visible, device_name, listed, torch_ok, cpu_build, cuda_v
                     "GPU node can setup check torch against its GPUs and driver (and pick the torch build they need): "
                     "srun -p GPU --gres=gpu:1 bash setup_llava.sh; on CPU the 7B model is far too slow"
                     + (" - and this torch is a CPU build" if cpu_build else ""))
+
+
+def run_kernels(device, dtype):
+    """One convolution (cuDNN, as the vision tower's patch embedding) and one SDPA attention call (the
+    prefill's) on device in dtype, waited for."""
+    import torch
+    x = torch.randn(1, 3, 28, 28, device=device, dtype=dtype)
+    torch.nn.Conv2d(3, 8, 14, stride=14, device=device, dtype=dtype)(x)
+    q = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
+    torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernels_finding(device, name, dtype, fix="", run=run_kernels):
+    """Do the GPU's kernels run in this venv? run(device, dtype) (run_kernels; a seam for tests) raising means
+    a torch/cuDNN build without kernels for this card: one error now, not a failure in the first window."""
+    from llava_soccer.jsonio import first_line
+    what = f"a convolution and an attention call in {str(dtype).removeprefix('torch.')} on {name} ({device})"
+    try:
+        run(device, dtype)
+    except Exception as e:  # noqa: BLE001 - any failure of the stack is the finding
+        return "error", (f"{what} failed: {type(e).__name__}: {first_line(e)}. A torch or cuDNN build without "
+                         f"kernels for this card, most likely: the cu126 torch with the cuDNN it pins runs on every "
+                         f"card of the cluster. Fix: {fix.strip() or 'rerun setup on this node'}")
+    return "ok", f"{what} ran"
+
+
+# cuDNN 9.11 dropped compute capability < 7.5 (Pascal; reportedly Volta too): torch's cu126 build pins an older one
+CUDNN_OLD_CARDS_LAST = 91099  # torch.backends.cudnn.version() of the last cuDNN (9.10.x) with their kernels
+
+
+def cudnn_finding(cudnn_version, gpus):
+    """cuDNN (torch.backends.cudnn.version(), e.g. 91002) against nvidia-smi's GPUs: a warning when one of them
+    is below 7.5 and this cuDNN is 9.11 or later (upgraded past torch's pin). None: nothing to say."""
+    old = sorted({f"{name} ({cc})" for name, _, cc in gpus if cc != "?" and version(cc) < (7, 5)})
+    if not cudnn_version or cudnn_version <= CUDNN_OLD_CARDS_LAST or not old:
+        return None
+    return "warn", (f"cuDNN {cudnn_version // 10000}.{cudnn_version // 100 % 100} has no kernels for {', '.join(old)} "
+                    f"(cuDNN 9.11 and later dropped compute capability below 7.5): reinstall the cuDNN that torch "
+                    f"pins (rerun setup, which keeps it)")
 
 
 def opencv_finding(build_information):
@@ -173,6 +216,14 @@ def findings(model, gpus=(), torch_check=True, fix="", cuda_drivers=None):
                                torch.version.cuda is None, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if found:
         yield found
+    found = cudnn_finding(torch.backends.cudnn.version() if torch.version.cuda else None, gpus)
+    if found:
+        yield found
+    if visible:
+        from llava_soccer import gpus as plans
+        from llava_soccer.config import WorkerSettings
+        dtype = getattr(torch, plans.plan(WorkerSettings(), plans.detect("cuda:0")).compute_dtype)
+        yield kernels_finding("cuda:0", torch.cuda.get_device_name(0), dtype, fix)
     yield opencv_finding(cv2.getBuildInformation())
     yield model_finding(model, bool(os.environ.get("HF_TOKEN")))
 

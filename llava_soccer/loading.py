@@ -8,6 +8,7 @@ checkpoint directory built by synthetic.py (the same from_pretrained call). What
 model after loading (fused kernels, FP8 layers) is the engine's (engine.py).
 """
 import importlib.metadata
+import logging
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,23 @@ def check_model_source(model_id: str) -> None:
         f"and HF_HUB_OFFLINE=1 before sbatch (README: Troubleshooting)")
 
 
+class _NoKernelsCommunity(logging.Filter):
+    """bitsandbytes (0.50) warns at import, on every machine whose CPU has AVX512-BF16, GPU nodes too, that
+    it could not load its optional CPU NF4 kernel ("Failed to load CPU gemm_4bit_forward from
+    kernels-community: No module named 'kernels'"): once per worker, 4 lines per video that ask for nothing
+    (a CPU run then takes its pure-PyTorch path, as without AVX512-BF16). Dropped; its other lines stay."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def quiet_bitsandbytes():
+    """Installs the filter above on the logger that writes the line, before bitsandbytes is imported."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _NoKernelsCommunity) for f in logger.filters):
+        logger.addFilter(_NoKernelsCommunity())
+
+
 def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
     """(model, processor) for plan (llava_soccer.gpus.Plan): its quantization nf4 = 4-bit NormalFloat (the
     seed's setting) computing in the plan's compute dtype (bf16 on 8.0+ and CPU, fp16 on 7.x, fp32 on 6.x),
@@ -92,6 +110,7 @@ def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
     compute, storage = getattr(torch, plan.compute_dtype), getattr(torch, plan.storage_dtype)
     kwargs["dtype"] = storage
     if quantization == "nf4":
+        quiet_bitsandbytes()
         # bnb casts each layer's input to the compute dtype and its output back to the storage dtype
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -386,15 +386,22 @@ def probe(path) -> VideoInfo:
     try:
         fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        if not (fps > 0 and count > 0 and cap.grab()):
+        if not (fps > 0 and cap.grab()):
             raise InputError(f"cannot read video {path}: OpenCV found no frames (corrupt file or missing codec)")
-        # The frame count may be the number of frames, not duration x fps: with a variable frame rate
-        # the last frame's timestamp says how long the video is (a CFR file has nothing after it).
-        cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
+        scan = count <= 0
+        if scan:
+            # No duration in the container (a video written to a pipe: ffmpeg ... -f matroska - > x.mkv):
+            # OpenCV's count is 0 or negative. Every frame is read once to find the last (~80 s an hour of 224p here).
+            count = 1
+        else:
+            # The frame count may be the number of frames, not duration x fps: with a variable frame rate
+            # the last frame's timestamp says how long the video is (a CFR file has nothing after it).
+            cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
         last = 0.0
-        for _ in range(100_000):
+        for n in range(1, sys.maxsize if scan else 100_001):
             if not cap.grab():
                 break
+            count = n + 1 if scan else count
             last = max(last, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
         count = max(count, round(last * fps) + 1)  # frames at the nominal fps that the video spans
     finally:

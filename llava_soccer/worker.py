@@ -201,6 +201,11 @@ def plan_for(cfg):
     """(device, plan) for this worker; InputError if its torch has no kernels for the GPU, or the GPU
     cannot run the quantization asked for (fp8)."""
     device = loading.pick_device(cfg.gpu_id or 0)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if device == "cpu" and visible not in ("", "-1"):  # submit_llava.sh logged "on GPU <visible>" for it
+        log.warning(f"⚠️ no GPU visible to this worker (CUDA_VISIBLE_DEVICES={visible}, torch.cuda.is_available() "
+                    f"False): running on the CPU, very slowly; check the node's driver and the torch build "
+                    f"(setup's checks)")
     problem = gpus.check_torch_build(device)
     if problem:
         raise InputError(problem)

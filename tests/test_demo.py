@@ -63,6 +63,20 @@ def run_next_as_printed(out, demo_dir):
     assert re.search(r"summary: 1 done, 0 skipped", r.stderr), r.stderr
     assert (demo_dir / "final_predictions_llava_video_1.json").exists()
 
+    # issue 33 item 5: the demo's match is laid out as SoccerNet's, with its Labels-v2.json, and the printed
+    # evaluate command scores it as typed
+    start = next(i for i, line in enumerate(lines) if "Score the predictions against the demo's SoccerNet" in line)
+    evaluate = re.sub(r"^\[\d\d:\d\d:\d\d\]   ", "", lines[start + 1])
+    assert " evaluate_soccernet.py --project " in evaluate, evaluate
+    r = subprocess.run(["bash", "-c", evaluate], capture_output=True, text=True, timeout=600, env=demo_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    labels = next((demo_dir / "soccernet").glob("*/*/*/Labels-v2.json"))
+    assert len(json.loads(labels.read_text())["annotations"]) == 3
+    game = labels.parent.relative_to(demo_dir / "soccernet").as_posix()
+    assert (demo_dir / "raw_data" / game / "1_224p.mkv").exists()  # the same <league>/<season>/<game>
+    summary = (demo_dir / "soccernet_eval" / "summary.json").read_text()
+    assert json.dumps(game) in summary and re.search(r'"half": *1', summary) and re.search(r'"half": *2', summary)
+
 
 @SLOW
 def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):

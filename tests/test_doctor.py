@@ -296,3 +296,41 @@ def test_run_as_a_module_with_hf_home_set(tmp_path):
     assert all(LINE.fullmatch(line) for line in out), out
     assert out[-1] == f"ok|model {MODEL} is in the Hugging Face cache"
     assert SECRET not in r.stdout + r.stderr
+
+
+# --- issue 33 item 11: the stack of older cards, checked at setup ------------------------------------------
+
+def test_the_kernels_check_runs_a_convolution_and_attention_and_names_the_fix_when_they_fail():
+    """On a GPU node setup runs a convolution and an attention call on the GPU in the plan's dtype. Here the real
+    calls run on the CPU (ok); a card whose cuDNN has no kernels (the seam: a run whose convolution raises, as
+    cuDNN 9.11+ on a Titan V) is one error line naming the fix setup passes, not a failure in the first window."""
+    level, message = doctor.kernels_finding("cpu", "this CPU", torch.float32)
+    assert (level, message) == ("ok", "a convolution and an attention call in float32 on this CPU (cpu) ran")
+
+    def cudnn_without_kernels(device, dtype):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED_CUDART\nmore")
+
+    level, message = doctor.kernels_finding("cuda:0", "TITAN V", torch.float16, "pip install FIX ",
+                                            run=cudnn_without_kernels)
+    assert level == "error"
+    assert message == ("a convolution and an attention call in float16 on TITAN V (cuda:0) failed: RuntimeError: "
+                       "cuDNN error: CUDNN_STATUS_EXECUTION_FAILED_CUDART. A torch or cuDNN build without kernels for "
+                       "this card, most likely: the cu126 torch with the cuDNN it pins runs on every card of the "
+                       "cluster. Fix: pip install FIX")
+
+
+@pytest.mark.parametrize("cudnn,gpus,warned", [
+    (91002, [TITAN_V], False),                       # torch cu126's pin: fine
+    (91100, [TITAN_V], True),                        # upgraded past it: no kernels for 7.0
+    (91301, [("GeForce GTX 1080 Ti", "535.104.05", "6.1"), TITAN_RTX], True),
+    (91301, [TITAN_RTX], False),                     # 7.5 keeps its kernels
+    (None, [TITAN_V], False),                        # a CPU build: no cuDNN
+    (91301, [("GPU", "535.104.05", "?")], False),    # capability unknown: the torch check says so
+])
+def test_cudnn_past_torchs_pin_on_an_old_card_is_a_warning(cudnn, gpus, warned):
+    found = doctor.cudnn_finding(cudnn, gpus)
+    assert (found is not None) == warned, found
+    if warned:
+        level, message = found
+        assert level == "warn" and message.startswith(f"cuDNN 9.{cudnn // 100 % 100} has no kernels for ")
+        assert "(cuDNN 9.11 and later dropped compute capability below 7.5)" in message and "rerun setup" in message

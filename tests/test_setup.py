@@ -386,3 +386,20 @@ def test_failed_video_says_whether_partial_results_were_kept(tmp_path, goal_chec
     else:  # the merge's own line names the file and the fix
         assert (f"merge_results_llava.py: error: partial {project / 'partial_results_llava_vid0_gpu1.json'} is not "
                 f"valid JSON") in r.stderr
+
+
+def test_setup_keeps_the_cudnn_that_torch_pins(tmp_path):
+    """Issue 33 item 11: cuDNN 9.11 and later dropped compute capability < 7.5, and torch's cu126 build pins an
+    older one: installing the requirements after torch must not upgrade it. The cuDNN found in the venv (here a
+    stand-in distribution) is a pip constraint of that install (pip has no index here: it installs nothing)."""
+    project = tmp_path / "proj"
+    venv, site_packages = offline_venv(project)
+    info = site_packages / "nvidia_cudnn_cu12-9.10.2.21.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nvidia-cudnn-cu12\nVersion: 9.10.2.21\n")
+    rc, out = setup(project, PATH=path_without_nvidia_smi(), **no_index_pip())
+    assert rc == 0, out
+    constraints = venv / "llava-constraints.txt"
+    assert f"ok:      keeping nvidia-cudnn-cu12 9.10.2.21, the cuDNN torch pins ({constraints})" in out
+    assert constraints.read_text() == "nvidia-cudnn-cu12==9.10.2.21\n"
+    assert "venv " in out and " installed" in out

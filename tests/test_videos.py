@@ -43,3 +43,45 @@ def test_display_name_keeps_the_game_and_the_half():
     assert videos.display_name(game, 60) == "…/2015-08-29 - 17-00 Liverpool 0 - 3 West Ham/1_224p.mkv"
     assert videos.display_name("a\nvideo 9: done/1_224p.mkv") == "a\\nvideo 9: done/1_224p.mkv"  # one line
     assert len(videos.display_name("x" * 300 + ".mkv", 50)) == 50
+
+
+@pytest.fixture(scope="module")
+def video_from_a_pipe(tmp_path_factory):
+    """30 s of barcoded 25 fps H.264 that ffmpeg encodes from frames on its stdin to its stdout (Matroska,
+    redirected to a file): a container written to a pipe cannot go back to write its duration (or cues), so
+    OpenCV's frame count is negative."""
+    path = tmp_path_factory.mktemp("pipe") / "from a pipe.mkv"
+    with open(path, "wb") as out:
+        ffmpeg = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+                                   "398x224", "-r", "25", "-i", "-", "-c:v", "libx264", "-preset", "ultrafast",
+                                   "-pix_fmt", "yuv420p", "-f", "matroska", "-"], stdin=subprocess.PIPE, stdout=out)
+        for i in range(750):
+            ffmpeg.stdin.write(synthetic.frame_image(i).tobytes())
+        ffmpeg.stdin.close()
+        assert ffmpeg.wait() == 0
+    return path
+
+
+def test_a_video_written_to_a_pipe_is_read_to_its_end_not_called_corrupt(video_from_a_pipe, odd_root,
+                                                                         goal_checkpoint, capsys):
+    """Issue 33 item 11: such a video was 'corrupt file or missing codec'. probe counts its frames instead, and a
+    worker's slice in its second half (reached by seeking) gets the frames at their exact timestamps."""
+    import cv2
+
+    import llava_split_worker as worker
+    from conftest import load, make_project
+    from llava_soccer.settings import partial_path
+    assert cv2.VideoCapture(str(video_from_a_pipe)).get(cv2.CAP_PROP_FRAME_COUNT) <= 0  # what OpenCV says
+    info = videos.probe(video_from_a_pipe)
+    assert (info.fps, info.duration, info.n_windows) == (25, 30, 15)
+    last = list(videos.iter_windows(info, [info.n_windows - 1]))[0]
+    assert [synthetic.read_barcode(f) for f in last.frames] == [round(t * 25) for t in last.times]
+
+    project = make_project(odd_root / "pipe", {"match/1_224p.mkv": video_from_a_pipe})
+    capsys.readouterr()
+    code = worker.main(["--gpu-id", "1", "--num-workers", "2", "--video-index", "0", "--project", str(project),
+                        "--model", str(goal_checkpoint), "--quantization", "fp32", "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    records = load(partial_path(project, 0, 1))["windows"]
+    assert len(records) == len(info.slice_windows(1, 2)) > 0 and "video 0: " in err and "(30.0 s, 25.000 fps" in err
