@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The test command (README.md): installs what the tests need, then runs them.
 #   bash tests/run.sh              # everything but the GPU tests (CI runs exactly this)
-#   bash tests/run.sh --fast       # the edit loop: leaves out the tests marked slow (under a minute)
+#   bash tests/run.sh --fast       # the edit loop: leaves out the tests marked slow
 #   bash tests/run.sh -k merge     # extra arguments go to pytest
-# The install is tools/install_env.sh (Debian packages ffmpeg, Slurm, munge, shellcheck when
-# missing, as root or with sudo; .venv from requirements.txt + tests/requirements.txt + the
-# SoccerNet evaluator). The full run always lets pip check .venv; --fast skips pip when no
+#   bash tests/run.sh -m gpu       # on a GPU machine: the tests in tests/gpu/
+# In parallel (pytest-xdist, LLAVA_TEST_WORKERS processes, default: CPU cores + 1, since many tests
+# wait on a subprocess); the tests marked serial (a real Slurm cluster, signals, heartbeats,
+# --watch) run one after another in one of those processes (tests/conftest.py: one xdist group),
+# never two at once. The install is tools/install_env.sh (Debian packages ffmpeg, Slurm, munge and
+# the linter when missing, as root or with sudo; .venv from requirements.txt + tests/requirements.txt
+# + the SoccerNet evaluator). The full run always lets pip check .venv; --fast skips pip when no
 # requirements file changed since the last install. Offline afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +26,8 @@ fi
 "${install[@]}"
 
 venv=${LLAVA_VENV:-.venv}
-log "running tests (-m '${markers}')"
+workers=${LLAVA_TEST_WORKERS:-$(($(nproc) + 1))}
+[[ ${workers} =~ ^[1-9][0-9]{0,2}$ ]] || { log "LLAVA_TEST_WORKERS=${workers} must be a number from 1 to 999"; exit 2; }
+log "running tests (-m '${markers}', ${workers} processes)"
 # a -m among the extra arguments comes later, so it wins
-exec "${venv}/bin/python" -m pytest tests -q -rs -m "${markers}" "$@"
+exec "${venv}/bin/python" -m pytest tests -q -rs -n "${workers}" --dist loadgroup -m "${markers}" "$@"

@@ -18,6 +18,8 @@ import pytest
 from conftest import ROOT, make_project
 from llava_soccer import claims, jsonio, settings, synthetic
 
+pytestmark = pytest.mark.serial  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
+
 HOST = socket.gethostname()
 SUBMIT = ROOT / "submit_llava.sh"
 
