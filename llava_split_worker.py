@@ -20,7 +20,9 @@ The flags are llava_soccer/config.py's WorkerSettings; the loop is llava_soccer/
 --gpu_id, --num_workers and --video_index (the spellings of the first versions) still work.
 Exit codes: 0 every window answered; 3 finished, but some windows have no decodable frames (the
 file is truncated or damaged: a rerun cannot fill them); 1 windows failed (a rerun retries them)
-or an error (one line says why); 2 bad flags; 75 interrupted or disk full.
+or an error (one line says why); 2 bad flags; 4 another run took the video's lock over (nothing
+written); 75 interrupted or disk full. An error before any window was saved is also noted in
+.failed_llava_video_I.json, so status_llava.py shows the video as failed with its reason.
 """
 if __name__ == "__main__":  # first: another python may have to run this script (llava_soccer/venv.py)
     from llava_soccer import venv
@@ -44,9 +46,12 @@ def main(argv=None):
                         format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
-    from llava_soccer import worker  # after the flags: --help and a bad flag answer without loading torch
-    return run_cli(worker.run, args, "llava_split_worker.py",
-                   report=worker.log.error, failures=(InputError, worker.Abort))
+    from llava_soccer import reporting, worker  # after the flags: --help and a bad flag answer without loading torch
+
+    def report(line):
+        worker.log.error(line)
+        reporting.note_failure(args, line)
+    return run_cli(worker.run, args, "llava_split_worker.py", report=report, failures=(InputError, worker.Abort))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ def run(args) -> int:
         "final_digest": records.final_digest(events),
         "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]}, fence=fence)
     atomic_write_json(final, events, fence=fence)
+    settings.failed_note_path(project, args.video_index).unlink(missing_ok=True)  # a failure the final outlives
     if not args.keep_partials:  # only now: until the final is written, they are what a rerun merges
         fence()
         for path in files:

@@ -1,11 +1,13 @@
 """What the worker tells while and after it runs: progress (tqdm's bar, or lines in a log), one line per event
 found, the slice's summary, and its outcome: the holes it leaves (failed, undecodable) and the exit code."""
 import logging
+import os
+import socket
 import sys
 import time
 
 from . import prompt, settings
-from .cli import EXIT_INCOMPLETE, EXIT_RETRY, log_safe
+from .cli import EXIT_INCOMPLETE, EXIT_RETRY, InputError, log_safe
 from .merge import describe_holes
 from .records import window_status
 
@@ -75,3 +77,22 @@ def report(records, n_windows, info) -> int:
                     f"redo the video")
         return EXIT_INCOMPLETE
     return EXIT_DONE
+
+
+def note_failure(cfg, line) -> None:
+    """After an error that stopped the worker (line: what its log said), when its slice has no partial yet (a
+    partial's failed windows say it otherwise): .failed_llava_video_I.json holds the line, so status shows the
+    video as failed with its reason, not as not started. Written only while no other run holds the video; the
+    merge removes it with the partials. Best effort: the error is already in the log."""
+    from . import claims
+    from .jsonio import atomic_write_json
+    try:
+        project = settings.project_dir(cfg.project)
+        if cfg.video_index is None or settings.partial_path(project, cfg.video_index, cfg.gpu_id).exists():
+            return
+        claims.Fence(project, cfg.video_index)()  # another run's video: its state is not ours to note
+        atomic_write_json(settings.failed_note_path(project, cfg.video_index), {
+            "error": log_safe(line, 500), "gpu_id": cfg.gpu_id, "job": os.environ.get("SLURM_JOB_ID"),
+            "host": socket.gethostname(), "time": time.time()})
+    except (OSError, InputError):  # no project, another run's lock (LostLock too): nothing to note
+        pass

@@ -135,6 +135,7 @@ PARTIAL = "partial_results_llava_vid{video}_gpu{gpu}.json"   # one per worker, d
 FINAL = "final_predictions_{model}_video_{video}.json"       # one per video and model
 RAW_ANSWERS = "raw_answers_{model}_video_{video}.json.gz"    # every window's answer, beside the final
 LOCK = ".lock_llava_video_{video}.json"                      # who is processing a video now (claims.py)
+FAILED_NOTE = ".failed_llava_video_{video}.json"            # why its workers stopped before saving a window
 _FIELDS = {"video": r"\d+", "gpu": r"\d+", "model": r"[\w.+-]+?"}
 
 
@@ -196,6 +197,11 @@ def final_path(project: Path, video_index: int, model: str = "llava") -> Path:
 def raw_answers_path(project: Path, video_index: int, model: str = "llava") -> Path:
     """Every window's raw answer of a merged video (the partials are deleted after the merge)."""
     return project / RAW_ANSWERS.format(model=model, video=video_index)
+
+
+def failed_note_path(project: Path, video_index: int) -> Path:
+    """Why a video's worker stopped before it saved any window (no partial says it): status_llava.py shows it."""
+    return project / FAILED_NOTE.format(video=video_index)
 
 
 def lock_path(project: Path, video_index: int) -> Path:

@@ -272,9 +272,11 @@ def running_row(index: int, p: Partials | None, info: dict, who: str, seen: dict
     return Row(index, "in progress", ", ".join(parts), total=total, left=left, rate=rate)
 
 
-def video_row(project: Path, index: int, listed: list, partials: list, jobs: dict, seen: dict, now: float) -> Row:
+def video_row(project: Path, index: int, listed: list, partials: list, jobs: dict, seen: dict, now: float,
+              noted: bool = False) -> Row:
     """One video's row. Its lock comes first (a job may be redoing an incomplete video); then a final a rerun
-    skips; then its partials (partials: their files); else not started. A file that cannot be read is that
+    skips; then its partials (partials: their files); then the note of a worker that failed before saving a
+    window (noted: .failed_llava_video_I.json exists); else not started. A file that cannot be read is that
     video's error row; a lock file that is none (claims.BadLock) is "locked", saying what to do."""
     try:
         lock = lock_of(project, index, jobs)
@@ -290,6 +292,11 @@ def video_row(project: Path, index: int, listed: list, partials: list, jobs: dic
                        left=p.total - p.done if p and p.total else None)
         if p:
             return partial_row(index, p, settings.final_path(project, index).exists())
+        if noted:
+            note = read_json(settings.failed_note_path(project, index), "failure note")
+            error = note.get("error") if isinstance(note, dict) else note
+            return Row(index, "failed", f"{log_safe(error, 300)} (a worker stopped before saving a window): fix that "
+                                        f"and rerun")
     except claims.BadLock as e:
         return Row(index, "locked", log_safe(e, 400))
     except InputError as e:
@@ -324,20 +331,24 @@ def clock(ts: float) -> str:
 
 STATES = ("done", "in progress", "failed", "stopped", "incomplete", "held", "locked", "duplicate", "not started")
 PATTERNS = {kind: settings.name_pattern(template, model="llava")
-            for kind, template in (("final", settings.FINAL), ("partial", settings.PARTIAL), ("lock", settings.LOCK))}
+            for kind, template in (("final", settings.FINAL), ("partial", settings.PARTIAL), ("lock", settings.LOCK),
+                                   ("note", settings.FAILED_NOTE))}
 
 
-def listing(project: Path) -> tuple[set, dict]:
-    """(indices with a final, partial or lock; {index: its partials, by worker}) from one listing of the project:
-    once per report, not once per video (10,000 videos: a listing each made it quadratic)."""
-    found, partials = set(), {}
+def listing(project: Path) -> tuple[set, dict, set]:
+    """(indices with a final, partial, lock or failure note; {index: its partials, by worker}; indices with a
+    failure note) from one listing of the project: once per report, not once per video (10,000 videos: a listing
+    each made it quadratic)."""
+    found, partials, notes = set(), {}, set()
     for f in project.iterdir():
         for kind, pattern in PATTERNS.items():
             if m := pattern.fullmatch(f.name):
                 found.add(int(m["video"]))
                 if kind == "partial":
                     partials.setdefault(int(m["video"]), []).append((int(m["gpu"]), f))
-    return found, {i: [f for _, f in sorted(fs)] for i, fs in partials.items()}
+                if kind == "note":
+                    notes.add(int(m["video"]))
+    return found, {i: [f for _, f in sorted(fs)] for i, fs in partials.items()}, notes
 
 
 def indices_of(listed: list, found: set, asked) -> tuple[list, str]:
@@ -357,10 +368,10 @@ def report(project: Path, asked, seen: dict) -> list[str]:
     """The status lines of the videos asked (None: all): a header, one aligned line per video, totals."""
     now = time.time()
     listed = videos.read_list(project)  # never manifest(): that one writes videos.txt
-    found, partials = listing(project)
+    found, partials, notes = listing(project)
     shown, note = indices_of(listed, found, asked)
     jobs = {}
-    rows = [video_row(project, i, listed, partials.get(i, []), jobs, seen, now) for i in shown]
+    rows = [video_row(project, i, listed, partials.get(i, []), jobs, seen, now, i in notes) for i in shown]
     duplicates(rows)
     for row in rows:
         row.name = videos.display_name(listed[row.index], 70) if row.index < len(listed) else ""

@@ -297,3 +297,29 @@ def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, clust
     finally:
         cluster.run("scancel", job, check=False)
         cluster.wait_job(job, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_video_whose_workers_failed_before_saving_a_window_is_failed_with_the_reason(tmp_path, video_25fps,
+                                                                                     none_checkpoint):
+    """A worker that stops before its first window (here: a model folder that is not there) leaves no partial: its
+    error line goes to .failed_llava_video_0.json and status says failed with that line, not `not started`. A run
+    that works and its merge replace it: done."""
+    project = make_project(tmp_path, {"g/1_224p.mkv": video_25fps})
+    worker = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
+              "--video-index", "0", "--project", str(project), "--quantization", "fp32", "--max-new-tokens", "4"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([*worker, "--model", str(tmp_path / "no model")], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "no such directory" in r.stderr
+    code, lines, _ = status("--project", project)
+    assert code == 0
+    assert re.search(r"^\s*0  failed .*no such directory.* \(a worker stopped before saving a window\): fix that "
+                     r"and rerun", line_of(lines, 0)), lines
+    r = subprocess.run([*worker, "--model", str(none_checkpoint)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "merge_results_llava.py"), "--video-index", "0", "--project",
+                        str(project)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not settings.failed_note_path(project, 0).exists()
+    lines = status("--project", project)[1]
+    assert re.match(r"\s*0  done ", line_of(lines, 0)), lines
