@@ -142,6 +142,7 @@ def tick_labels(axis) -> list:
     return [t.get_text() for t in axis.get_ticklabels()]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Tests marked serial (a real Slurm cluster, signals, heartbeats, the clock) form one pytest-xdist group:
     with `-n N --dist loadgroup` (tests/run.sh) they run one after another in one process, never two at once,
