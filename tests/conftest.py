@@ -142,13 +142,9 @@ def tick_labels(axis) -> list:
     return [t.get_text() for t in axis.get_ticklabels()]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Tests marked serial (a real Slurm cluster, signals, heartbeats, the clock) form one pytest-xdist group:
-    with `-n N --dist loadgroup` (tests/run.sh) they run one after another in one process, never two at once,
-    while the other processes take the independent tests. They come first: the group is the longest chain
-    (minutes of Slurm jobs and heartbeats), so it starts while the others share what is left."""
-    for item in items:
-        if item.get_closest_marker("serial"):
-            item.add_marker(pytest.mark.xdist_group("serial"))
-    items.sort(key=lambda item: item.get_closest_marker("serial") is None)  # stable: the order within each kind
+    """The tests marked xdist_group("serial") (a real Slurm cluster, signals, heartbeats, the clock) run one after
+    another in one process with `-n N --dist loadgroup` (tests/run.sh), never two at once, while the other
+    processes take the independent tests. They come first: the group is the longest chain (minutes of Slurm jobs
+    and heartbeats), so it starts while the others share what is left."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable within each kind

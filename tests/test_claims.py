@@ -95,7 +95,7 @@ def test_a_live_holder_on_another_host_is_not_taken(project, monkeypatch):
     assert claims.take(project, 0, os.getpid())[1].endswith("job 19 on node7 since 2026-01-02 03:04")
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 def test_stale_a_holder_killed_on_this_host(project):
     holder = subprocess.Popen(["sleep", "60"])
     token, _ = claims.take(project, 0, holder.pid)
@@ -138,7 +138,7 @@ def test_a_job_id_alone_is_not_an_earlier_run_of_this_job(project, monkeypatch, 
     assert claims.take(project, 0, os.getpid())[1].startswith("video 0: being processed by job 19 on node7")
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 def test_a_stopped_holder_on_this_host_is_never_stale(project, monkeypatch):
     """SIGSTOP (kill -STOP, a suspended job): alive on this host with its start time, however old its beat."""
     holder = subprocess.Popen(["sleep", "60"])
@@ -244,7 +244,7 @@ sys.stdin.read()  # a holder that exits leaves a stale lock: live until the test
 """
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 def test_racing_takers_of_a_stale_lock_exactly_one_wins(project, tmp_path):
     plant(project, age_s=700)  # round 1: no heartbeat (c); later rounds: the last winner has exited (a)
     for n in range(3):
@@ -393,7 +393,7 @@ def session_procs(sid):
             if int(s) == sid and not stat.startswith("Z")]
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 @pytest.mark.slow
 def test_submit_killed_with_sigkill_then_a_new_run_takes_over(site, tmp_path):
     """kill -9 of the script: its heartbeat stops (an orphan never keeps the lock alive); kill -9 of

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, make_project
 from llava_soccer import claims, jsonio, settings, synthetic
 
-pytestmark = pytest.mark.serial  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
+pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
 
 HOST = socket.gethostname()
 SUBMIT = ROOT / "submit_llava.sh"

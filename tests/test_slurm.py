@@ -23,7 +23,7 @@ from conftest import ROOT, make_project
 from llava_soccer import synthetic
 from slurm_cluster import SlurmCluster, missing_binaries
 
-pytestmark = pytest.mark.serial  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
+pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
 
 SUBMIT = ROOT / "submit_llava.sh"
 

@@ -151,7 +151,7 @@ def test_bad_arguments_are_one_line_naming_the_argument_exit_2(args, message):
     assert (code, lines, err) == (2, [], f"status_llava.py: error: {message} (see --help)\n")
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 def test_watch_prints_again_until_interrupted(tmp_path):
     project = build(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
@@ -276,7 +276,7 @@ def test_a_renamed_video_is_counted_once(tmp_path):
     assert lines[9].endswith("; 4 events in the finals") and lines[10] == "events by label: Goal 2, Corner 1, Foul 1"
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 @pytest.mark.slow
 def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, cluster, base_env):  # noqa: F811
     """sbatch submit_llava.sh 0 on a 100 s video (50 windows); while it runs, status names the job."""

@@ -197,7 +197,7 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
     assert "slice already complete" in capsys.readouterr().err
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 @pytest.mark.slow
 def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
     video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
@@ -218,7 +218,7 @@ def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_check
     assert load(partial) == load(partial_path(clean, 0, 0))
 
 
-@pytest.mark.serial
+@pytest.mark.xdist_group("serial")
 @pytest.mark.slow
 def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     video = synthetic.make_video(tmp_path / "v.mkv", 40, "25")
