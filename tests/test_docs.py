@@ -30,7 +30,7 @@ FLAG_SCRIPTS = ["llava_split_worker.py", "merge_results_llava.py", "compare_coun
                 "evaluate_soccernet.py", "status_llava.py", "benchmarks/bench_worker.py"]
 HELP_SCRIPTS = FLAG_SCRIPTS[:5]
 # Where LLAVA_* variables are read: the shell scripts, the Python scripts and the package.
-ENV_SOURCES = ["*.sh", "tools/*.sh", "*.py", "llava_soccer/**/*.py"]
+ENV_SOURCES = ["*.sh", "tools/*.sh", "tests/run.sh", "*.py", "llava_soccer/**/*.py"]
 
 FENCE = re.compile(r"^([ \t]*)```(\w*)[ \t]*\n(.*?)^\1```[ \t]*$", re.M | re.S)
 CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
@@ -101,7 +101,7 @@ def known_env():
     names = set(ENV.findall(help_text("llava_split_worker.py")))
     for pattern in ENV_SOURCES:
         for path in ROOT.glob(pattern):
-            if ".venv" not in path.parts and "tests" not in path.parts:
+            if ".venv" not in path.parts and ("tests" not in path.parts or path.name == "run.sh"):
                 names |= set(ENV.findall(path.read_text(errors="replace")))
     return names
 
