@@ -55,10 +55,15 @@ LOCK_FIELDS = {"video": int, "token": str, "job": (str, int), "array_task": str,
 # ^ what _new_info writes (None allowed): anything else is not a lock
 
 
+def _wrong_field(info: dict) -> tuple | None:
+    """(key, kind) of the first field of the wrong type (a list, an object, a bool for a number), or None."""
+    return next(((key, kind) for key, kind in LOCK_FIELDS.items() if info.get(key) is not None
+                 and (isinstance(info[key], bool) or not isinstance(info[key], kind))), None)
+
+
 def _malformed(info: dict) -> bool:
-    """A lock this pipeline did not write: a field of the wrong type (a list, an object, a bool for a number)."""
-    return any(info.get(key) is not None and (isinstance(info[key], bool) or not isinstance(info[key], kind))
-               for key, kind in LOCK_FIELDS.items())
+    """A lock this pipeline did not write: a field of the wrong type."""
+    return _wrong_field(info) is not None
 
 
 STALE_S = 600  # default of LLAVA_LOCK_STALE_S: 20 missed heartbeats
@@ -325,7 +330,6 @@ class BadLock(InputError):
     that video as locked with this line; no job can take it either."""
 
 
-
 def peek(project, video: int):
     """(info, why it is stale or None, heartbeat age in s) of video's lock, or None when there is none:
     a read-only look by the rules take() applies (status_llava.py); it never writes (a future mtime: age 0).
@@ -338,11 +342,10 @@ def peek(project, video: int):
         raise BadLock(f"unreadable lock file {path.name}: {why}; remove it if no job runs") from None
     if info is None:
         return None
-    for key, kind in LOCK_FIELDS.items():
-        value = info.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise BadLock(f"lock file {path.name} has {key} {json.dumps(value)[:60]}, not a "
-                          f"{'number' if kind is int else 'string'}: remove it if no job runs")
+    if wrong := _wrong_field(info):
+        key, kind = wrong
+        raise BadLock(f"lock file {path.name} has {key} {json.dumps(info[key])[:60]}, not a "
+                      f"{'number' if kind is int else 'string'}: remove it if no job runs")
     age = max(age, 0.0)
     return info, _stale(info, age), age
 
