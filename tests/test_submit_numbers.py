@@ -485,3 +485,79 @@ def test_a_hub_that_cannot_be_reached_needs_the_cache(tmp_path, scripts, hub):
     r = submit(project, scripts, "--check", "0", LLAVA_MODEL=MISSPELT, **{**hub.env, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert r.returncode == 2 and "is not in the Hugging Face cache here" in r.stdout, r.stdout + r.stderr
     assert "127.0.0.1 cannot be reached (no network on this node)" in r.stdout
+
+
+# --- on a real Slurm cluster (tests/slurm_cluster.py): the printed sbatch line, the hub check in a job -------
+
+@pytest.fixture(scope="module")
+def cluster():
+    from slurm_cluster import SlurmCluster, missing_binaries
+    if missing_binaries():
+        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
+    c = SlurmCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()  # by PID
+
+
+def slurm_env(cluster, project, **extra):
+    env = {k: v for k, v in cluster.env.items() if not k.startswith(("SLURM_", "LLAVA_")) and
+           k not in ("CUDA_VISIBLE_DEVICES", "SOCCER_PROJECT")}
+    return {**env, "SLURM_CONF": str(cluster.conf), "SOCCER_PROJECT": str(project), "LLAVA_PYTHON": sys.executable,
+            "LLAVA_HOME": str(ROOT), "LLAVA_QUANT": "fp32", "LLAVA_NUM_WORKERS": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error", **extra}
+
+
+def submit_dir(tmp_path):
+    """Where users type sbatch: a folder holding submit_llava.sh (setup puts it in the project)."""
+    d = tmp_path / "submit dir"
+    d.mkdir()
+    (d / "submit_llava.sh").write_bytes(SUBMIT.read_bytes())
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serial")
+def test_the_sbatch_line_check_prints_runs_as_printed_on_slurm(tmp_path, cluster, goal_checkpoint):
+    """`bash submit_llava.sh --check 0 0` ends with `Submit with: sbatch ...`: typed as printed, it is a job that
+    processes the video."""
+    project = make_project(tmp_path / "p", {"a.mkv": synthetic.make_video(tmp_path / "a.mkv", 4)})
+    where = submit_dir(tmp_path)
+    env = slurm_env(cluster, project, LLAVA_MODEL=str(goal_checkpoint))
+    r = subprocess.run(["bash", "submit_llava.sh", "--check", "0", "0"], capture_output=True, text=True,
+                       timeout=120, cwd=where, env=env)
+    assert r.returncode == 0, r.stderr
+    (command,) = re.findall(r"^OK, nothing was run\. Submit with: (sbatch .+) \(without Slurm: ", r.stdout, re.M)
+    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=where, env=env)
+    assert r.returncode == 0, r.stderr
+    (job,) = re.findall(r"Submitted batch job (\d+)", r.stdout)
+    assert cluster.wait_job(job, timeout=600) == "COMPLETED", (where / f"llava_{job}.log").read_text()
+    assert json.loads((project / "final_predictions_llava_video_0.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serial")
+def test_a_misspelt_hub_id_stops_the_slurm_job_once(tmp_path, cluster, hub):
+    """The README's `LLAVA_MODEL=... sbatch submit_llava.sh 0 2` with a misspelt id, on a node that reaches the
+    hub (here a local one): the job fails once, with one line, before any worker of its 3 videos."""
+    project = project_with(tmp_path, 3)
+    where = submit_dir(tmp_path)
+    env = slurm_env(cluster, project, LLAVA_MODEL=MISSPELT, **hub.env)
+    job = cluster.sbatch("submit_llava.sh", "0", "2", cwd=where, env=env)
+    assert cluster.wait_job(job, timeout=300) == "FAILED"
+    log = (where / f"llava_{job}.log").read_text()
+    assert cluster.finished_runs(job) == [("FAILED", "2:0")], log
+    assert log.count(f"ERROR: LLAVA_MODEL={MISSPELT}: the Hugging Face hub has no model {MISSPELT}") == 1, log
+    assert summary(log) == {**done(), "not started": [0, 1, 2]}
+    assert not re.search(r"video \d: (starting|worker|FAILED)", log) and not list(project.glob(".failed_*"))
+    assert hub.asked == [f"/api/models/{MISSPELT}"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serial")
+def test_the_sinfo_line_of_the_troubleshooting_runs(cluster):
+    """docs/troubleshooting.md's sinfo shows what a node offers (partition, GPUs, CPUs, memory)."""
+    (command,) = re.findall(r"`(sinfo [^`]+)`", (ROOT / "docs" / "troubleshooting.md").read_text())
+    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, env=cluster.env)
+    assert r.returncode == 0 and "debug" in r.stdout and "gpu:4" in r.stdout and "131072" in r.stdout, r.stderr
