@@ -4,6 +4,7 @@ ten-minute read; and (slow) the README's compare and evaluate commands run as wr
 
 The demo's snippet is run by tests/test_demo.py, the Slurm commands by tests/test_slurm.py and
 tests/test_submit_numbers.py; the setup, download and squeue lines need a cluster or the network.
+Commands the tools' messages print are run as printed here and there (docs/testing.md, "Printed commands").
 """
 import fnmatch
 import functools
