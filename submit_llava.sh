@@ -546,6 +546,15 @@ show_check() {
     "$1" "${BASH_SOURCE[0]}" "$1"
 }
 
+# The command that makes PROJECT, runnable as printed: setup_llava.sh beside this script (the repository or
+# a project; not sbatch's spool copy), quoted.
+setup_command() {
+  local setup
+  setup=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/setup_llava.sh
+  [[ -f ${setup} ]] || setup=setup_llava.sh
+  printf 'SOCCER_PROJECT=%q bash %q' "${PROJECT}" "${setup}"
+}
+
 main() {
   local video out
   CHECK=""
@@ -566,7 +575,8 @@ main() {
       PROJECT=${HOME}/soccer_project
     fi
   fi
-  [[ -d ${PROJECT} ]] || die "project directory ${PROJECT} does not exist: set SOCCER_PROJECT or run 'bash setup_llava.sh'"
+  [[ -d ${PROJECT} ]] || die "project directory ${PROJECT} does not exist: set SOCCER_PROJECT, or create it with" \
+    "$(setup_command)"
   PROJECT=$(cd "${PROJECT}" && pwd)
   export SOCCER_PROJECT=${PROJECT}
   LLAVA_HOME=$(find_home)

@@ -1,6 +1,6 @@
 """submit_llava.sh's checks before anything runs: the worker's own rules (config.WorkerSettings) applied once to
 the LLAVA_* variables, the model's source, and what `bash submit_llava.sh --check START END` shows. Standard
-library only (no torch): each answers in well under a second.
+library only (no torch; huggingface_hub for a hub id that is not cached): each answers in a second or two.
 
     python -m llava_soccer.preflight env        # every LLAVA_* worker setting: nothing, or one line and exit 2
     python -m llava_soccer.preflight model      # LLAVA_MODEL can be loaded from here: one line; exit 2 if not
@@ -10,6 +10,7 @@ A bad value is one line naming the variable, its value and what it may be; submi
 before the first video, finished videos included (the worker would refuse it, once per worker and video).
 """
 import dataclasses
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -50,14 +51,51 @@ def _line(name, raw, field, problem):
 
 
 def model_line(cfg) -> str:
-    """Where the model comes from, or InputError (loading.check_model_source: a missing directory, a hub model
-    neither cached nor reachable) naming LLAVA_MODEL."""
+    """Where the model comes from, or InputError naming LLAVA_MODEL: a missing directory, a hub id the hub says
+    does not exist (or is gated, or the token is refused: ask_hub), a hub model neither cached nor reachable
+    (loading.check_model_source)."""
     try:
-        loading.check_model_source(cfg.model)
+        found = ask_hub(cfg.model)
+        if not found:
+            loading.check_model_source(cfg.model)
     except InputError as e:
         raise InputError(f"LLAVA_MODEL={cfg.model}: {e}" if os.environ.get("LLAVA_MODEL") else str(e)) from None
-    where = "local checkpoint directory" if loading.is_local(cfg.model) else "Hugging Face hub id"
+    where = "local checkpoint directory" if loading.is_local(cfg.model) else f"Hugging Face hub id{found}"
     return f"model {cfg.model} ({where}), quantization {cfg.quantization}"
+
+
+def ask_hub(model_id: str) -> str:
+    """Ask the hub once, for the whole job, whether a hub id that is not cached here exists: a misspelt id used
+    to pass the network check and fail every worker of every video. InputError with the fix when the hub says
+    no; ", found on ENDPOINT" when it says yes; "" when it was not asked or could not be reached (a local
+    directory, a cached model, HF_HUB_OFFLINE, no network: loading.check_model_source's rules apply)."""
+    if loading.is_local(model_id) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return ""
+    import httpx
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return ""
+    hub = constants.ENDPOINT  # HF_ENDPOINT, or https://huggingface.co
+    try:
+        model_info(model_id, timeout=10)  # HF_TOKEN, when set, is sent (and never printed)
+    except GatedRepoError:
+        raise InputError(f"{hub}/{model_id} is gated: accept its terms there with your account, then export "
+                         f"HF_TOKEN=<a read token of that account> before sbatch") from None
+    except RepositoryNotFoundError:
+        close = difflib.get_close_matches(model_id, [settings.DEFAULT_MODEL], cutoff=0.8)
+        fix = f"did you mean the default, {close[0]}? (unset LLAVA_MODEL for it)" if close else \
+            f"check the spelling on {hub}, or unset LLAVA_MODEL for the default, {settings.DEFAULT_MODEL}"
+        raise InputError(f"the Hugging Face hub has no model {model_id} (or it is private and HF_TOKEN "
+                         f"{'cannot see it' if os.environ.get('HF_TOKEN') else 'is not set'}): {fix}") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "an error"
+        fix = ("HF_TOKEN is refused: make a new read token (huggingface.co/settings/tokens) and export it, or unset "
+               "HF_TOKEN for public models") if status == 401 else "try again later"
+        raise InputError(f"{hub} answered HTTP {status} for model {model_id}: {fix}") from None
+    except (httpx.HTTPError, OSError):
+        return ""  # unreachable: the offline rule (the model must be in the cache) decides
+    return f", found on {hub}"
 
 
 def video_states(project: Path, first: int, last: int) -> int:

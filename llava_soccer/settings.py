@@ -7,6 +7,7 @@ The numbers match the earlier Qwen runs (see the seed README) so the models comp
 import argparse
 import os
 import re
+import shlex
 import string
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ TIME_EPS = 1e-6            # times are sums and parses of floats: 3.0 s apart ca
 LOG_TIME = "%Y-%m-%d %H:%M:%S"  # the stamp of every job-log line: submit_llava.sh's log(), worker, merge
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+SETUP = Path(__file__).resolve().parent.parent / "setup_llava.sh"  # beside the scripts (repository or project)
 QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32", "fp8")
 VIDEO_SUFFIXES = (".mkv", ".mp4")
 
@@ -179,7 +181,7 @@ def project_dir(value=None, must_exist=True) -> Path:
         raise InputError(f"project directory {path} ({origin}) is a file, not a directory: {fix}")
     if not path.is_dir():
         raise InputError(f"project directory {path} ({origin}) does not exist: {fix}, or create it with "
-                         f"SOCCER_PROJECT={path} bash setup_llava.sh")
+                         f"SOCCER_PROJECT={shlex.quote(str(path))} bash {shlex.quote(str(SETUP))}")
     if not os.access(path, os.R_OK | os.X_OK):
         raise InputError(f"cannot read the project directory {path} ({origin}): permission denied; {fix}, or ask "
                          f"its owner for access (chmod u+rx)")

@@ -11,6 +11,7 @@ Standard library only, no syntax newer than Python 3.6: it runs under whatever o
 """
 import importlib.util
 import os
+import shlex
 import sys
 
 MIN_PYTHON = (3, 11)  # the code's own syntax and library (re's possessive quantifiers, X | None annotations)
@@ -82,6 +83,9 @@ def ensure(needs, optional=()) -> None:
     if python:  # the project's python is this one (or was run again): it lacks them itself
         fix = "install requirements.txt into it, or run bash setup_llava.sh again (it does so for its venv)"
     else:
-        fix = f"there is no {what}: run bash setup_llava.sh (it makes it), then {what}/bin/python {name}"
+        # quoted full paths: runnable as printed from any directory
+        setup = shlex.quote(os.path.join(os.path.dirname(script), "setup_llava.sh"))
+        fix = (f"there is no {what}: run SOCCER_PROJECT={shlex.quote(os.path.dirname(what))} bash {setup} (it makes "
+               f"it), then {shlex.quote(os.path.join(what, 'bin', 'python'))} {shlex.quote(script)}")
     sys.stderr.write(f"{name} needs {lacks}, which {here} lacks: {fix}\n")
     sys.exit(2)

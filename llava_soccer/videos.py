@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 from collections import namedtuple
 from dataclasses import dataclass
@@ -88,19 +89,24 @@ def read_list(project: Path) -> list[str]:
     return _checked_lines(project)[0]
 
 
+def _q(path: Path) -> str:
+    """A path as a shell word: the cp commands the messages print run as printed ("my project")."""
+    return shlex.quote(str(path))
+
+
 def _checked_lines(project: Path) -> tuple[list[str], list[str]]:
     """(videos.txt's lines, GIVEN's lines or the same when there is no GIVEN), or InputError when lines that
     were handed out changed."""
     path, given_path = project / MANIFEST, project / GIVEN
-    listed = _lines(path, f"restore it with: cp {given_path} {path}")
-    given = _lines(given_path, f"if {path} is right, restore it with: cp {path} {given_path}") \
+    listed = _lines(path, f"restore it with: cp {_q(given_path)} {_q(path)}")
+    given = _lines(given_path, f"if {path} is right, restore it with: cp {_q(path)} {_q(given_path)}") \
         if given_path.exists() else listed
     for n, (was, now) in enumerate(zip(given, listed + [None] * len(given))):
         if was != now:
             change = f"is now {now!r}" if now is not None else "was removed"
             raise InputError(f"{path} line {n + 1} ({was!r}) {change} after video indices were given out: index {n} "
                              f"must keep its video (final_predictions_*_video_{n}.json belong to it). Restore the "
-                             f"list with: cp {given_path} {path} (new videos are appended by themselves)")
+                             f"list with: cp {_q(given_path)} {_q(path)} (new videos are appended by themselves)")
     return listed, given
 
 
@@ -208,7 +214,7 @@ def check_source(project: Path, index: int, final: Path, listed=None) -> Origin:
 
 def _same_video(origin: Origin, project: Path, index: int, final: Path, listed) -> Origin:
     """check_source of an origin already read."""
-    listed = _lines(project / MANIFEST, f"restore it with: cp {project / GIVEN} {project / MANIFEST}") \
+    listed = _lines(project / MANIFEST, f"restore it with: cp {_q(project / GIVEN)} {_q(project / MANIFEST)}") \
         if listed is None else listed
     if not listed or origin.video is None:
         return origin  # nothing to check against (compare_counts on a folder of finals), or it does not say

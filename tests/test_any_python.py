@@ -1,6 +1,7 @@
 """The user-facing scripts started by the system python (no numpy, no matplotlib): they run themselves again under
 the project's venv and answer exactly as that venv's python does, or say in one line which command to use."""
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,8 +82,10 @@ def test_without_a_venv_one_line_names_the_command(tmp_path):
     rc, out, err = run(SYSTEM, "compare_counts.py", cwd=project)
     assert (rc, out) == (2, "") and len(err.splitlines()) == 1, err
     assert err.startswith("compare_counts.py needs ") and "matplotlib" in err
-    assert err.endswith(f"which {SYSTEM} lacks: there is no {project}/venv: run bash setup_llava.sh (it makes it), "
-                        f"then {project}/venv/bin/python compare_counts.py\n")
+    q = shlex.quote  # the command runs as printed from any directory (issue 33 item 4)
+    assert err.endswith(f"which {SYSTEM} lacks: there is no {project}/venv: run SOCCER_PROJECT={q(str(project))} bash "
+                        f"{q(str(project / 'setup_llava.sh'))} (it makes it), then "
+                        f"{q(str(project / 'venv/bin/python'))} {q(str(project / 'compare_counts.py'))}\n"), err
     # LLAVA_PYTHON names the python to use: one that lacks them too is named, and not run again and again
     rc, out, err = run(SYSTEM, "compare_counts.py", cwd=project, LLAVA_PYTHON=SYSTEM)
     assert (rc, out) == (2, "") and err.endswith(f"which {SYSTEM} lacks: install requirements.txt into it, or run "

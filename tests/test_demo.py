@@ -77,6 +77,13 @@ def run_next_as_printed(out, demo_dir):
     summary = (demo_dir / "soccernet_eval" / "summary.json").read_text()
     assert json.dumps(game) in summary and re.search(r'"half": *1', summary) and re.search(r'"half": *2', summary)
 
+    # the README's "Empty results" line shows what the model said, window by window, in the project
+    readme = (ROOT / "README.md").read_text()
+    (show,) = [line.strip() for line in readme.splitlines() if "raw_answers_llava_video_0.json.gz" in line
+               and line.strip().startswith("python -c ")]
+    r = subprocess.run(["bash", "-c", show], capture_output=True, text=True, timeout=60, cwd=demo_dir, env=demo_env())
+    assert r.returncode == 0 and r.stdout.startswith("[{") and "Goal" in r.stdout, r.stdout + r.stderr
+
 
 @SLOW
 def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):

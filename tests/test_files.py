@@ -447,7 +447,7 @@ def test_a_project_directory_that_cannot_be_used_is_one_line_in_every_tool(tmp_p
         else:
             expected = (f"project directory {where} (--project) does not exist: set SOCCER_PROJECT=/path/to/"
                         f"soccer_project or pass --project DIR, or create it with SOCCER_PROJECT={where} bash "
-                        f"setup_llava.sh")
+                        f"{ROOT / 'setup_llava.sh'}")
     assert main(argv) == 1
     err = capsys.readouterr().err
     (line,) = [line for line in err.splitlines() if "error:" in line]

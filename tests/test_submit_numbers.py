@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -383,3 +384,180 @@ def test_the_plan_command_check_prints_runs_as_printed(tmp_path):
                          env={**os.environ, "LLAVA_QUANT": "fp32", "CUDA_VISIBLE_DEVICES": ""})
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["quantization"] == "fp32"
+
+
+# --- issue 33, item 11: a hub id asked once per job, at the preflight, of a real (local) HTTP hub --------
+
+MISSPELT = "llava-hf/llava-v1.6-mistal-7b-hf"  # the README's default with one letter lost
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A local HTTP server that answers the hub API's GET /api/models/ORG/NAME as huggingface.co does: `answers`
+    maps a repo id to (status, headers, body); others get the hub's 401 RepoNotFound (no token sent). `asked`
+    lists the model paths requested. Point HF_ENDPOINT at `url` (huggingface_hub reads it)."""
+    import http.server
+    import threading
+
+    hub = types.SimpleNamespace(asked=[], answers={})
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if not self.path.startswith("/api/models/"):  # huggingface_hub 1.x also asks /api/agent-harnesses
+                return self.send_error(404)
+            hub.asked.append(self.path)
+            repo = self.path.removeprefix("/api/models/").split("?")[0]
+            status, headers, body = hub.answers.get(repo, (401, {"X-Error-Code": "RepoNotFound",
+                                                                  "X-Error-Message": "Repository not found"}, b"{}"))
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    hub.env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf home"), "HF_HUB_OFFLINE": "", "HF_TOKEN": ""}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield hub
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_misspelt_hub_id_stops_the_job_once(tmp_path, scripts, hub):
+    """On a node with network a misspelt hub id passed the model check and failed every worker of every video:
+    now the hub is asked once, before the first video, and its answer is one line with the fix, exit 2."""
+    project = project_with(tmp_path, 3)
+    r = submit(project, scripts, "0", "2", LLAVA_MODEL=MISSPELT, **hub.env)
+    assert r.returncode == 2, r.stderr
+    line = (f"ERROR: LLAVA_MODEL={MISSPELT}: the Hugging Face hub has no model {MISSPELT} (or it is private and "
+            f"HF_TOKEN is not set): did you mean the default, llava-hf/llava-v1.6-mistral-7b-hf? (unset LLAVA_MODEL "
+            f"for it)")
+    assert r.stderr.count(line) == 1 and r.stderr.count("ERROR: LLAVA_MODEL") == 1, r.stderr
+    assert "the job stopped before video 0: fix the model" in r.stderr
+    assert summary(r.stderr) == {**done(), "not started": [0, 1, 2]}
+    assert started(project) == [] and not re.search(r"video \d: (starting|FAILED)", r.stderr)
+    assert not list(project.glob(".failed_*")) and not list(project.glob(".lock_*"))
+    assert hub.asked == [f"/api/models/{MISSPELT}"]  # once for the job, not once per video or worker
+
+
+@pytest.mark.parametrize("answer,env,says", [
+    ((403, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access restricted"}), {"HF_TOKEN": "hf_x"},
+     "/org/gated is gated: accept its terms there with your account, then export HF_TOKEN="),
+    ((401, {"X-Error-Message": "Invalid credentials in Authorization header"}), {"HF_TOKEN": "hf_stale"},
+     "answered HTTP 401 for model org/gated: HF_TOKEN is refused: make a new read token"),
+    ((404, {"X-Error-Code": "RepoNotFound"}), {"HF_TOKEN": "hf_x"},
+     "the Hugging Face hub has no model org/gated (or it is private and HF_TOKEN cannot see it): check the spelling"),
+    ((503, {}), {}, "answered HTTP 503 for model org/gated: try again later"),
+], ids=["gated", "token refused", "no such repo, with a token", "hub down"])
+def test_check_says_what_the_hub_answered_in_one_line(tmp_path, scripts, hub, answer, env, says):
+    project = project_with(tmp_path, 1)
+    hub.answers["org/gated"] = (*answer, b"{}")
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/gated", **{**hub.env, **env})
+    assert r.returncode == 2 and "LLAVA_MODEL=org/gated: " in r.stdout + r.stderr, r.stdout + r.stderr
+    assert says in r.stdout and "hf_" not in r.stdout + r.stderr, r.stdout  # the token is never printed
+
+
+def test_a_hub_id_that_exists_or_is_cached_runs(tmp_path, scripts, hub):
+    """Found on the hub: --check says where; cached: the hub is not asked (from_pretrained needs no network)."""
+    project = project_with(tmp_path, 1)
+    hub.answers["org/real"] = (200, {}, json.dumps({"id": "org/real", "sha": "0" * 40}).encode())
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/real", **hub.env)
+    assert r.returncode == 0 and f"model org/real (Hugging Face hub id, found on {hub.url})" in r.stdout, r.stderr
+    snapshot = tmp_path / "hf home" / "hub" / "models--org--cached" / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("1" * 40)
+    hub.asked.clear()
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/cached", **hub.env)
+    assert r.returncode == 0 and "model org/cached (Hugging Face hub id), quantization" in r.stdout, r.stderr
+    assert hub.asked == []
+
+
+def test_a_hub_that_cannot_be_reached_needs_the_cache(tmp_path, scripts, hub):
+    """No network (our nodes): the offline rule, one line naming the cache and the download command."""
+    project = project_with(tmp_path, 1)
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL=MISSPELT, **{**hub.env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert r.returncode == 2 and "is not in the Hugging Face cache here" in r.stdout, r.stdout + r.stderr
+    assert "127.0.0.1 cannot be reached (no network on this node)" in r.stdout
+
+
+# --- on a real Slurm cluster (tests/slurm_cluster.py): the printed sbatch line, the hub check in a job -------
+
+@pytest.fixture(scope="module")
+def cluster():
+    from slurm_cluster import SlurmCluster, missing_binaries
+    if missing_binaries():
+        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
+    c = SlurmCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()  # by PID
+
+
+def slurm_env(cluster, project, **extra):
+    env = {k: v for k, v in cluster.env.items() if not k.startswith(("SLURM_", "LLAVA_")) and
+           k not in ("CUDA_VISIBLE_DEVICES", "SOCCER_PROJECT")}
+    return {**env, "SLURM_CONF": str(cluster.conf), "SOCCER_PROJECT": str(project), "LLAVA_PYTHON": sys.executable,
+            "LLAVA_HOME": str(ROOT), "LLAVA_QUANT": "fp32", "LLAVA_NUM_WORKERS": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error", **extra}
+
+
+def submit_dir(tmp_path):
+    """Where users type sbatch: a folder holding submit_llava.sh (setup puts it in the project)."""
+    d = tmp_path / "submit dir"
+    d.mkdir()
+    (d / "submit_llava.sh").write_bytes(SUBMIT.read_bytes())
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serial")
+def test_the_sbatch_line_check_prints_runs_as_printed_on_slurm(tmp_path, cluster, goal_checkpoint):
+    """`bash submit_llava.sh --check 0 0` ends with `Submit with: sbatch ...`: typed as printed, it is a job that
+    processes the video."""
+    project = make_project(tmp_path / "p", {"a.mkv": synthetic.make_video(tmp_path / "a.mkv", 4)})
+    where = submit_dir(tmp_path)
+    env = slurm_env(cluster, project, LLAVA_MODEL=str(goal_checkpoint))
+    r = subprocess.run(["bash", "submit_llava.sh", "--check", "0", "0"], capture_output=True, text=True,
+                       timeout=120, cwd=where, env=env)
+    assert r.returncode == 0, r.stderr
+    (command,) = re.findall(r"^OK, nothing was run\. Submit with: (sbatch .+) \(without Slurm: ", r.stdout, re.M)
+    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=where, env=env)
+    assert r.returncode == 0, r.stderr
+    (job,) = re.findall(r"Submitted batch job (\d+)", r.stdout)
+    assert cluster.wait_job(job, timeout=600) == "COMPLETED", (where / f"llava_{job}.log").read_text()
+    assert json.loads((project / "final_predictions_llava_video_0.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serial")
+def test_a_misspelt_hub_id_stops_the_slurm_job_once(tmp_path, cluster, hub):
+    """The README's `LLAVA_MODEL=... sbatch submit_llava.sh 0 2` with a misspelt id, on a node that reaches the
+    hub (here a local one): the job fails once, with one line, before any worker of its 3 videos."""
+    project = project_with(tmp_path, 3)
+    where = submit_dir(tmp_path)
+    env = slurm_env(cluster, project, LLAVA_MODEL=MISSPELT, **hub.env)
+    job = cluster.sbatch("submit_llava.sh", "0", "2", cwd=where, env=env)
+    assert cluster.wait_job(job, timeout=300) == "FAILED"
+    log = (where / f"llava_{job}.log").read_text()
+    assert cluster.finished_runs(job) == [("FAILED", "2:0")], log
+    assert log.count(f"ERROR: LLAVA_MODEL={MISSPELT}: the Hugging Face hub has no model {MISSPELT}") == 1, log
+    assert summary(log) == {**done(), "not started": [0, 1, 2]}
+    assert not re.search(r"video \d: (starting|worker|FAILED)", log) and not list(project.glob(".failed_*"))
+    assert hub.asked == [f"/api/models/{MISSPELT}"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serial")
+def test_the_sinfo_line_of_the_troubleshooting_runs(cluster):
+    """docs/troubleshooting.md's sinfo shows what a node offers (partition, GPUs, CPUs, memory)."""
+    (command,) = re.findall(r"`(sinfo [^`]+)`", (ROOT / "docs" / "troubleshooting.md").read_text())
+    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, env=cluster.env)
+    assert r.returncode == 0 and "debug" in r.stdout and "gpu:4" in r.stdout and "131072" in r.stdout, r.stderr
