@@ -198,9 +198,10 @@ def batches(info, todo, batch_size, engine):
         yield batch
 
 
-def plan_for(cfg):
-    """(device, plan) for this worker and its model's family (families.of_model: the checkpoint's config.json);
-    InputError if its torch has no kernels for the GPU, or the GPU cannot run the quantization asked for (fp8)."""
+def plan_for(cfg, family=None):
+    """(device, plan) for this worker and its model's family (None: families.of_model, the checkpoint's
+    config.json); InputError if its torch has no kernels for the GPU, or the GPU cannot run the quantization
+    asked for (fp8)."""
     device = loading.pick_device(cfg.gpu_id or 0)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if device == "cpu" and visible not in ("", "-1"):  # submit_llava.sh logged "on GPU <visible>" for it
@@ -210,7 +211,18 @@ def plan_for(cfg):
     problem = gpus.check_torch_build(device)
     if problem:
         raise InputError(problem)
-    return device, gpus.plan(cfg, gpus.detect(device), families.of_model(cfg.model))
+    return device, gpus.plan(cfg, gpus.detect(device), family or families.of_model(cfg.model))
+
+
+def plan_family(cfg):
+    """The family --print-plan plans for: the model's, or (a model not downloaded yet, whose name says no family)
+    the default model's, with a warning: a plan is a preview, the run itself refuses such a model."""
+    try:
+        return families.of_model(cfg.model)
+    except InputError as e:
+        family = families.of_model(settings.DEFAULT_MODEL)
+        log.warning(f"⚠️ {e}; planned for a {family.NAME} model")
+        return family
 
 
 def identity(cfg, plan, project, video, info) -> dict:
@@ -241,7 +253,7 @@ def run(cfg, engine=None, on_batch=None) -> int:
     over: nothing more written). engine: one made for this plan (else loaded here); on_batch(records): called
     after each batch is saved (benchmarks/bench_worker.py's timing)."""
     if cfg.print_plan:
-        print(plan_for(cfg)[1].to_json())
+        print(plan_for(cfg, plan_family(cfg))[1].to_json())
         return EXIT_DONE
     return claims.stops_on_lost_lock(_run, log.error)(cfg, engine, on_batch)
 
