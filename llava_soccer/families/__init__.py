@@ -53,8 +53,14 @@ def of_model(model_id: str):
             raise InputError(f"--model {model_id}: cannot read {path} ({e}): download the model again") from None
         return of_config(config)
     for name in FAMILIES.values():
-        if _module(name).DEFAULT_ID.lower() == model_id.lower():
-            return _module(name)
+        try:
+            module = _module(name)
+        except ModuleNotFoundError as e:  # a family listed whose module this checkout lacks: not this model's
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        if module.DEFAULT_ID.lower() == model_id.lower():
+            return module
     for part, name in _BY_NAME:
         if part in model_id.lower():
             return _module(name)
