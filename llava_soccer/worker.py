@@ -214,21 +214,23 @@ def plan_for(cfg, family=None):
     return device, gpus.plan(cfg, gpus.detect(device), family or families.of_model(cfg.model))
 
 
-def plan_family(cfg):
-    """The family --print-plan plans for: the model's, or (a model not downloaded yet, whose name says no family)
-    the default model's, with a warning: a plan is a preview, the run itself refuses such a model."""
+def family_of(cfg, warn=True):
+    """The model's family, or where it cannot be read (no such directory, a hub model not downloaded whose name
+    says no family) the default model's, with a warning when warn: --print-plan's preview; a run refuses such a
+    model with its own check's line before loading it (_run), and only a finished slice needs no model."""
     try:
         return families.of_model(cfg.model)
     except InputError as e:
         family = families.of_model(settings.DEFAULT_MODEL)
-        log.warning(f"⚠️ {e}; planned for a {family.NAME} model")
+        if warn:
+            log.warning(f"⚠️ {e}; planned for a {family.NAME} model")
         return family
 
 
-def identity(cfg, plan, project, video, info) -> dict:
+def identity(cfg, plan, project, video, info, family=None) -> dict:
     """What made this worker's results (provenance.made_by): the prompt is that of a sample window, in the
-    model family's format."""
-    family = families.of_model(cfg.model)
+    model family's format (family None: the model's, families.of_model)."""
+    family = family or families.of_model(cfg.model)
     return provenance.made_by(cfg, plan, family.build_prompt([0.0, 1 / settings.FPS]),
                               provenance.video_file(project, video, info), project, family)
 
@@ -253,7 +255,7 @@ def run(cfg, engine=None, on_batch=None) -> int:
     over: nothing more written). engine: one made for this plan (else loaded here); on_batch(records): called
     after each batch is saved (benchmarks/bench_worker.py's timing)."""
     if cfg.print_plan:
-        print(plan_for(cfg, plan_family(cfg))[1].to_json())
+        print(plan_for(cfg, family_of(cfg))[1].to_json())
         return EXIT_DONE
     return claims.stops_on_lost_lock(_run, log.error)(cfg, engine, on_batch)
 
@@ -268,8 +270,9 @@ def _run(cfg, engine, on_batch) -> int:
     slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
     out = settings.partial_path(project, cfg.video_index, cfg.gpu_id)
     remove_stale_temps(out)
-    device, plan = plan_for(cfg)
-    made_by = identity(cfg, plan, project, video, info)
+    family = family_of(cfg, warn=False)
+    device, plan = plan_for(cfg, family)
+    made_by = identity(cfg, plan, project, video, info, family)
     records, todo = resume(out, info, slice_windows, made_by, cfg.replace_mismatched)
     span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
             if slice_windows else "empty")
@@ -282,6 +285,8 @@ def _run(cfg, engine, on_batch) -> int:
         return report(records, len(slice_windows), info)
     check_writable(project)
     loading.check_model_source(cfg.model)
+    if families.of_model(cfg.model) is not family:  # (its one line when the family cannot be read)
+        raise InputError(f"--model {cfg.model}: its family changed while this worker started; run it again")
     log.info(f"settings: model={cfg.model} quantization={cfg.quantization} device={device} "
              f"batch_size={cfg.batch_size} gpu_share={cfg.gpu_share} decoder={cfg.decoder} "
              f"visual_tokens={cfg.visual_tokens} "
