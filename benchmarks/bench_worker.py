@@ -47,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from llava_soccer import decoding, gpus, loading, prompt, synthetic, videos, worker  # noqa: E402
+from llava_soccer import decoding, families, gpus, loading, synthetic, videos, worker  # noqa: E402
 from llava_soccer.config import WorkerSettings  # noqa: E402
 from llava_soccer.engine import Engine  # noqa: E402
+from llava_soccer.generation import Generation  # noqa: E402
 from llava_soccer.jsonio import atomic_write_json  # noqa: E402
 from llava_soccer.records import ok_record  # noqa: E402
 from llava_soccer.settings import partial_path  # noqa: E402
@@ -102,17 +103,17 @@ def time_split(engine, info, max_new_tokens):
     (_, _, times, frames), = videos.iter_windows(info, [1])
     decode = time.perf_counter() - t
     t = time.perf_counter()
-    windows = prompt.prepare(engine.processor, [(times, frames)])
+    windows = engine.prepare([(times, frames)])
     preprocess = time.perf_counter() - t
-    pixels = windows[0]["pixel_values"].to(model.device, model.dtype)
-    sizes = windows[0]["image_sizes"].to(model.device)
-    engine.generate(windows, 2)  # the engine's self-checks, outside the timing
+    one = decoding.on_model(model, windows[0])
+    engine.generate(windows, Generation(2))  # the engine's self-checks, outside the timing
     with torch.inference_mode(), engine.attention():
-        vision, _ = timed(lambda: model.model.get_image_features(pixels, sizes))
-        prefill, _ = timed(lambda: decoding.prefill(model, windows, max_new_tokens, engine.plan.prefill_chunk))
+        vision, _ = timed(lambda: engine.family.embed(model, one))  # the vision tower, and the text embeddings
+        prefill, _ = timed(lambda: decoding.prefill(engine.family, model, windows, max_new_tokens,
+                                                    engine.plan.prefill_chunk))
     split = {"decode_video_s": decode, "preprocess_s": preprocess, "vision_s": vision, "prefill_s": prefill}
     for decoder in ("fast", "transformers"):
-        full, _ = timed(lambda d=decoder: engine.generate(windows, max_new_tokens, decoder=d))
+        full, _ = timed(lambda d=decoder: engine.generate(windows, Generation(max_new_tokens, decoder=d)))
         split[f"{decoder}_per_new_token_ms"] = 1000 * (full - prefill) / (max_new_tokens - 1)
     return {**split, "tokens": int(windows[0]["input_ids"].shape[1])}
 
@@ -125,14 +126,14 @@ def plan_check(ckpt, visual_tokens, info, variants, windows=(1, 2, 3), new_token
     from transformers.cache_utils import DynamicCache
     device, found, reference = loading.pick_device(0), {}, None
     for name, quant, flags in variants:
-        plan = gpus.plan(WorkerSettings(quantization=quant, **flags), gpus.detect(device))
+        plan = gpus.plan(WorkerSettings(quantization=quant, **flags), gpus.detect(device), families.of_model(ckpt))
         engine = Engine.load(ckpt, plan, device, visual_tokens)
         model = engine.model
-        inputs = prompt.prepare(engine.processor, [(w.times, w.frames) for w in videos.iter_windows(info, windows)])
+        inputs = engine.prepare([(w.times, w.frames) for w in videos.iter_windows(info, windows)])
         with torch.inference_mode(), engine.attention():
-            embeds = (decoding.embed(model, decoding.on_model(model, w), plan.prefill_chunk) for w in inputs)
-            logits = torch.stack([decoding.last_logits(model, e, DynamicCache(), plan.prefill_chunk)[0].float().cpu()
-                                  for e in embeds])
+            embeds = (engine.family.embed(model, decoding.on_model(model, w), plan.prefill_chunk) for w in inputs)
+            logits = torch.stack([decoding.last_logits(model, e, DynamicCache(), plan.prefill_chunk, p)[0].float().cpu()
+                                  for e, p, _ in embeds])
             ids = engine.decoder.greedy(inputs, new_tokens, [-1], engine.processor.tokenizer.pad_token_id).cpu()
         del engine, model
         torch.cuda.empty_cache() if CUDA else None
@@ -184,11 +185,12 @@ def profile(engine, info, batch, max_new_tokens, trace=None, class_scores=True):
 
     from llava_soccer.events import window_events
     frames = list(videos.iter_windows(info, range(batch)))
-    windows = prompt.prepare(engine.processor, [(w.times, w.frames) for w in frames])
-    engine.answer(windows, max_new_tokens, class_scores=class_scores)  # warm-up
+    windows = engine.prepare([(w.times, w.frames) for w in frames])
+    generation = Generation(max_new_tokens, class_scores=class_scores)
+    engine.answer(windows, generation)  # warm-up
     with torch_profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
         with record_function("phase batch"):
-            texts = [a.text for a in engine.answer(windows, max_new_tokens, class_scores=class_scores)]
+            texts = [a.text for a in engine.answer(windows, generation)]
             sync()
             with record_function("phase answers + JSON"):
                 records = [ok_record(w.start, w.times, t, ok, events) for w, t in zip(frames, texts)
@@ -248,11 +250,11 @@ def decoder_check(engine, info, new_tokens=24):
     generate: are they the same? (Near-equal logits may flip under bf16 rounding; the count says how far they agree.)"""
     from transformers.cache_utils import DynamicCache
     model, processor, plan = engine.model, engine.processor, engine.plan
-    windows = prompt.prepare(processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
-    eos, pad = [model.generation_config.eos_token_id], processor.tokenizer.pad_token_id
+    windows = engine.prepare([(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
+    family, eos, pad = engine.family, [model.generation_config.eos_token_id], processor.tokenizer.pad_token_id
     with torch.inference_mode(), engine.attention():  # logits of one new token: the fast step vs the model's forward
-        first, _, lengths, kv = decoding.prefill(model, windows[:1], 1, plan.prefill_chunk)
-        ours = decoding.Step(model, *kv, engine.decoder.attention)(first, lengths)[0].float()
+        first, _, lengths, kv, offsets = decoding.prefill(family, model, windows[:1], 1, plan.prefill_chunk)
+        ours = decoding.Step(family, model, *kv, engine.decoder.attention)(first, lengths, offsets)[0].float()
         one = decoding.on_model(model, windows[0])
         cache = DynamicCache()
         model(**one, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -261,10 +263,10 @@ def decoder_check(engine, info, new_tokens=24):
     logits = {"max_abs_logit": theirs.abs().max().item(), "max_abs_diff_fast_vs_transformers":
               (ours - theirs).abs().max().item(), "same_argmax": bool(ours.argmax() == theirs.argmax())}
     with torch.inference_mode(), engine.attention():
-        ids = {"graph": decoding.Decoder(model, plan).greedy(windows, new_tokens, eos, pad),
-               "eager": decoding.Decoder(model, dataclasses.replace(plan, cuda_graphs=False)).greedy(
+        ids = {"graph": decoding.Decoder(family, model, plan).greedy(windows, new_tokens, eos, pad),
+               "eager": decoding.Decoder(family, model, dataclasses.replace(plan, cuda_graphs=False)).greedy(
                    windows, new_tokens, eos, pad)}
-        batch = decoding.on_model(model, prompt.collate(processor, windows))
+        batch = decoding.on_model(model, family.collate(processor, windows))
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         ids["transformers"] = out[:, batch["input_ids"].shape[1]:]
 
@@ -283,8 +285,8 @@ def scores_check(engine, info, new_tokens=8):
     model's dtype: bf16 rounding over 25k tokens), and whether the ranking of the 17 classes is the same."""
     from llava_soccer import scores
     model, tok = engine.model, engine.processor.tokenizer
-    windows = prompt.prepare(engine.processor, [(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
-    answers = engine.answer(windows, new_tokens)
+    windows = engine.prepare([(w.times, w.frames) for w in videos.iter_windows(info, [1, 2])])
+    answers = engine.answer(windows, Generation(new_tokens))
     worst, same_order = 0.0, []
     for window, a in zip(windows, answers):
         one = decoding.on_model(model, window)
@@ -312,7 +314,7 @@ def attention_check(engine, info, new_tokens=16):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     model, processor = engine.model, engine.processor
     (_, _, times, frames), = videos.iter_windows(info, [1])
-    inputs = decoding.on_model(model, prompt.prepare(processor, [(times, frames)])[0])
+    inputs = decoding.on_model(model, engine.prepare([(times, frames)])[0])
     # (the memory-efficient kernel has no grouped-query attention, so it cannot run this prefill alone)
     backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
     logits, answers = {}, {}
@@ -362,11 +364,10 @@ class Engines:
         self.model, self.processor, self.made = model, processor, {}
 
     def get(self, plan, on_logits=None):
-        key = dataclasses.replace(plan, batch_size="any")  # the batch size is the worker's, not the engine's
-        if key not in self.made:
-            self.made[key] = Engine(self.model, self.processor, plan)
-            self.made[key].install()
-        engine = self.made[key]
+        if plan not in self.made:
+            self.made[plan] = Engine(self.model, self.processor, plan)
+            self.made[plan].install()
+        engine = self.made[plan]
         engine.reset(on_logits)
         return engine
 
@@ -469,10 +470,10 @@ def bench_quantization(a, quant, ckpt, video, info, results):
     t = time.perf_counter()
     device = loading.pick_device(0)
     plan = gpus.plan(WorkerSettings(quantization=quant, assume_gpu=a.assume_gpu, nf4_weights=a.nf4_weights),
-                     gpus.detect(device))
+                     gpus.detect(device), families.of_model(ckpt))
     gpus.apply_memory(plan, device)
     print(plan.line(), flush=True)
-    engines = Engines(*loading.load(ckpt, plan, device, a.visual_tokens))
+    engines = Engines(*families.load(ckpt, plan, device, a.visual_tokens))
     print(f"{quant}: loaded in {time.perf_counter() - t:.1f} s", flush=True)
     common = dict(assume=a.assume_gpu, visual_tokens=a.visual_tokens, nf4_weights=a.nf4_weights)
     for fused in a.fused_kernels:  # warm-up: CUDA kernels, allocator, fused kernels' compiles (batch 1 and 2)

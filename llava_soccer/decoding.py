@@ -1,7 +1,7 @@
 """Greedy answers for a batch of windows: the same tokens as transformers' generate, less overhead.
 
     decoder = decoding.Decoder(model, plan)   # one per model and plan: the engine's (engine.py)
-    ids = decoder.greedy(windows, max_new_tokens=256, eos=[2], pad=0)   # windows: prompt.prepare()
+    ids = decoder.greedy(windows, max_new_tokens=256, eos=[2], pad=0)   # windows: family.prepare()
 
 With 25k-token prompts, generate() spends ~60-100 ms per new token launching ~1,000 small kernels
 from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.md):
@@ -10,7 +10,8 @@ from Python; here a token takes ~8 ms at batch 1 on an H200 (benchmarks/RESULTS.
    it gains nothing and only multiplies activation memory.
 2. Its keys/values go straight into row i of one zeroed buffer per layer, with room for the answer.
 3. Decode: one step per new token for the whole batch, built from the model's own modules
-   (norms, projections, rotary embedding, MLP) in Mistral's decoder-layer order. Attention (attend)
+   (norms, projections, rotary embedding, MLP) in the decoder-layer order that every family here shares
+   (input norm, attention, post-attention norm, MLP). Attention (attend)
    reads the buffer up to each row's own length; the query heads that share a key/value head
    are that head's queries, so the cache is never repeated (grouped-query attention).
    Shapes never change, so on a GPU the step is recorded once as a CUDA graph and each new token
@@ -28,6 +29,10 @@ tolerance of that dtype's rounding); the CUDA graph, on a decoder's first step, 
 run eagerly (logits within SELF_CHECK_MAX_ERROR). On an error or a larger difference it warns once and
 keeps the plain path (Decoder.attention and .graphs say which runs; the plan, what was planned).
 The phases are profiler ranges ("llava prefill", "llava graph capture"), free when no profiler runs.
+This module knows no model family: the engine hands it the family module (llava_soccer/families/), whose
+embed() gives a window's embeddings and positions, and whose rope_positions and apply_rotary_pos_emb rotate
+the decode step's and the class-score trees' queries and keys (a text token at KV slot s has rotary
+position s + its row's offset: 0 for LLaVA-NeXT, M-RoPE's delta for Qwen2.5-VL).
 tests/test_worker.py checks that the answers equal generate()'s on random tiny checkpoints (CPU:
 SDPA attention); on a GPU, benchmarks/bench_worker.py --decoder-check compares them on the real model.
 """
@@ -43,7 +48,6 @@ from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from .cli import first_line
 
@@ -236,28 +240,29 @@ def check_attention(name, q_shape, slots, positions, dtype, scale, kernel=None) 
 
 
 class Step:
-    """One new token for every row: (tokens (b,), positions (b,)) -> logits (b, vocab).
-    Writes each row's key/value at its position, then attends to positions <= it."""
+    """One new token for every row: (tokens (b,), positions (b,), offsets (b,)) -> logits (b, vocab).
+    Writes each row's key/value at slot `positions`, then attends to slots <= it; rotates at rotary
+    position positions + offsets (the family's rope_positions)."""
 
-    def __init__(self, model, keys, values, attention="sdpa", on_logits=None):
-        self.lm, self.head = model.model.language_model, model.lm_head
+    def __init__(self, family, model, keys, values, attention="sdpa", on_logits=None):
+        self.family, self.lm, self.head = family, model.model.language_model, model.lm_head
         self.keys, self.values, self.attention, self.on_logits = keys, values, attention, on_logits
         b, self.kv_heads, slots, self.head_dim = keys[0].shape
         self.rows, self.last_slot = torch.arange(b, device=keys[0].device), slots - 1
 
-    def __call__(self, tokens, positions):
-        b, d = tokens.shape[0], self.head_dim
+    def __call__(self, tokens, positions, offsets):
+        b, d, rotate = tokens.shape[0], self.head_dim, self.family.apply_rotary_pos_emb
         # A finished row (position 0: it attends to slot 0 alone) writes its key/value into its last slot,
         # which no step of it reads: its prompt and answer stay intact for the class scores (score_trees).
         write = torch.where(positions == 0, self.last_slot, positions)
         h = self.lm.embed_tokens(tokens[:, None])
-        cos, sin = self.lm.rotary_emb(h, positions[:, None])
+        cos, sin = self.lm.rotary_emb(h, self.family.rope_positions((positions + offsets)[:, None]))
         for layer, k_cache, v_cache in zip(self.lm.layers, self.keys, self.values):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             q = attn.q_proj(x).view(b, 1, -1, d).transpose(1, 2)
             k = attn.k_proj(x).view(b, 1, -1, d).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = rotate(q, k, cos, sin)
             k_cache[self.rows, :, write] = k[:, :, 0]
             v_cache[self.rows, :, write] = attn.v_proj(x).view(b, -1, d)
             o = attend(q.reshape(b, self.kv_heads, -1, d), k_cache, v_cache, positions, attn.scaling,
@@ -268,22 +273,22 @@ class Step:
         return self.on_logits(logits, positions) if self.on_logits else logits
 
 
-def graphed(step, tokens, positions):
-    """step(tokens, positions) recorded as a CUDA graph: returns run() -> logits, which replays it
-    reading the current contents of `tokens` and `positions` (fill them in place)."""
+def graphed(step, *inputs):
+    """step(*inputs) recorded as a CUDA graph: returns run() -> logits, which replays it reading the
+    current contents of the input tensors (tokens, positions, offsets: fill them in place)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the graph: lazy inits, cuBLAS workspaces
-        step(tokens, positions)   # (writes the same key/value the first replay writes again)
+        step(*inputs)             # (writes the same key/value the first replay writes again)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        logits = step(tokens, positions)
+        logits = step(*inputs)
 
     def run():
         graph.replay()
         return logits
-    run.reads = step, tokens, positions  # the graph reads their tensors' memory (step.rows too): keep them alive
+    run.reads = step, inputs  # the graph reads their tensors' memory (step.rows too): keep them alive
     return run
 
 
@@ -313,21 +318,6 @@ def on_model(model, inputs):
     return moved
 
 
-def embed(model, window, chunk=None):
-    """Input embeddings of one window (processor inputs on the model's device), image tokens
-    replaced by image features. A chunked prefill (chunk: tokens per chunk) is a small card's: its
-    vision tower sees FRAMES_PER_VISION_CALL frames at a time, not the whole window."""
-    inner = model.model
-    ids = window["input_ids"]
-    embeds = inner.get_input_embeddings()(ids)
-    pixels, sizes = window["pixel_values"], window["image_sizes"]
-    step = FRAMES_PER_VISION_CALL if chunk else len(pixels)
-    features = torch.cat([f for i in range(0, len(pixels), step)
-                          for f in inner.get_image_features(pixels[i:i + step], sizes[i:i + step]).pooler_output])
-    mask = inner.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
-    return embeds.masked_scatter(mask, features.to(embeds.dtype))
-
-
 def head_dim(model):
     """Size of one attention head of the language model (Mistral's config may leave head_dim unset)."""
     text = model.config.text_config
@@ -345,27 +335,32 @@ def kv_bytes(model, tokens, room):
     return 2 * model.config.text_config.num_hidden_layers * heads * slots * d * model.dtype.itemsize
 
 
-def prefill(model, windows, room, chunk=None, kept=None):
-    """Each window alone through the model: (first greedy tokens (b,), their log-probabilities (b,), prompt
-    lengths (b,),
+def prefill(family, model, windows, room, chunk=None, kept=None):
+    """Each window alone through the model (family.embed, then the language model): (first greedy tokens (b,),
+    their log-probabilities (b,), prompt lengths (b,),
     [keys, values]: per layer a (b, kv heads, longest prompt + room, head dim) buffer, zeros past
-    each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN)).
+    each prompt (not empty: masked slots still meet the kernel, and 0 * NaN would be NaN),
+    rotary offsets (b,): the rotary position of the token at slot s is s + offset (family.embed's)).
     chunk: prefill the prompt in chunks of that many tokens, the vision tower a few frames at a
     time (None: all at once). The first window's embeddings are made before a new buffer exists:
     the vision tower's peak and the cache's never add up.
     kept (dict, or None): the buffers are the previous batch's when their shape is the same (see Decoder)."""
     lengths = [w["input_ids"].shape[1] for w in windows]
     shape = kv_shape(model, len(windows), max(lengths) + room)
-    first_embeds = embed(model, on_model(model, windows[0]), chunk)
+    first_embedded = family.embed(model, on_model(model, windows[0]), chunk)
     kv = _zeroed_buffers(model, shape, {} if kept is None else kept)
-    first = []
+    first, offsets = [], []
     for i, window in enumerate(windows):
-        embeds = first_embeds if i == 0 else embed(model, on_model(model, window), chunk)
-        first_embeds = None
-        first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk))
-        del embeds
+        embeds, position_ids, offset = first_embedded if i == 0 else family.embed(model, on_model(model, window),
+                                                                                   chunk)
+        first_embedded = None
+        first.append(last_logits(model, embeds, Cache(layers=[_Row(k, v, i) for k, v in zip(*kv)]), chunk,
+                                 position_ids))
+        offsets.append(offset)
+        del embeds, position_ids
     tokens, logprobs = chosen(torch.cat(first))
-    return tokens, logprobs, torch.tensor(lengths, device=model.device), kv
+    device = model.device
+    return tokens, logprobs, torch.tensor(lengths, device=device), kv, torch.tensor(offsets, device=device)
 
 
 def chosen(logits, tokens=None):
@@ -389,14 +384,16 @@ def _zeroed_buffers(model, shape, kept):
     return kept["kv"]
 
 
-def last_logits(model, embeds, cache, chunk=None):
-    """Logits (1, vocab) after one window's prompt (its embed()), prefilled in chunks of `chunk`
-    tokens (None: at once) with causal_attention; its keys and values go into `cache`."""
+def last_logits(model, embeds, cache, chunk=None, position_ids=None):
+    """Logits (1, vocab) after one window's prompt (its family's embed()), prefilled in chunks of `chunk`
+    tokens (None: at once) with causal_attention; its keys and values go into `cache`. position_ids: the
+    embed()'s (..., n), sliced per chunk on their last dimension (None: the language model's own 0..n-1)."""
     step = chunk or embeds.shape[1]
     with _causal(model):
         for start in range(0, embeds.shape[1], step):
+            where = {} if position_ids is None else {"position_ids": position_ids[..., start:start + step]}
             hidden = model.model.language_model(inputs_embeds=embeds[:, start:start + step], past_key_values=cache,
-                                                use_cache=True).last_hidden_state
+                                                use_cache=True, **where).last_hidden_state
     return model.lm_head(hidden[:, -1])
 
 
@@ -494,10 +491,11 @@ def tree_bias(trees, start, free, slots, group, dtype, device):
     return bias.view(len(trees), 1, group * n, wide)[..., :slots]
 
 
-def score_trees(model, layer_kv, trees, start, free):
+def score_trees(family, model, layer_kv, trees, start, free, offsets):
     """Logits (rows, nodes, vocab) of the token after each node of each row's tree (padded to the largest;
-    model dtype), in one forward pass of the model's own modules over every row (in Mistral's decoder-layer
-    order, as Step): the weights are read once for the batch, the cache is attended in place.
+    model dtype), in one forward pass of the model's own modules over every row (in the decoder-layer
+    order, as Step): the weights are read once for the batch, the cache is attended in place. A node's
+    rotary position is its tree position + offsets[row] (family.rope_positions; prefill's offsets).
     layer_kv(i) -> (keys, values) of layer i: (rows, kv heads, slots, head dim), row r's position p at
     slot start[r] + p; the pass writes row r's node j's key/value at slot free[r] + j (past every cached
     slot a node sees; tree_bias). The query heads that share a key/value head are that head's queries
@@ -508,7 +506,8 @@ def score_trees(model, layer_kv, trees, start, free):
     def padded(lists):
         return torch.tensor([list(x) + [0] * (n - len(x)) for x in lists], device=device)
     h = lm.embed_tokens(padded(t.tokens for t in trees))
-    cos, sin = lm.rotary_emb(h, padded(t.positions for t in trees))
+    rotary = padded(t.positions for t in trees) + torch.as_tensor(offsets, device=device)[:, None]
+    cos, sin = lm.rotary_emb(h, family.rope_positions(rotary))
     group = model.config.text_config.num_attention_heads // model.config.text_config.num_key_value_heads
     at = torch.tensor(free, device=device)[:, None] + torch.arange(n, device=device)  # (rows, nodes)
     rows_at, bias = torch.arange(rows, device=device)[:, None], None
@@ -517,7 +516,7 @@ def score_trees(model, layer_kv, trees, start, free):
         x = layer.input_layernorm(h)
         q = attn.q_proj(x).view(rows, n, -1, d).transpose(1, 2)
         k = attn.k_proj(x).view(rows, n, -1, d).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = family.apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = layer_kv(i)
         if bias is None:
             if max(free) + n > keys.shape[2]:
@@ -554,8 +553,8 @@ class Decoder:
     CUDA graph: tensor operations only); a seam for benchmarks (benchmarks/bench_worker.py ends random
     answers at set lengths with it)."""
 
-    def __init__(self, model, plan, on_logits=None):
-        self.model, self.chunk, self.on_logits = model, plan.prefill_chunk, on_logits
+    def __init__(self, family, model, plan, on_logits=None):
+        self.family, self.model, self.chunk, self.on_logits = family, model, plan.prefill_chunk, on_logits
         self.attention, self.graphs, self.checked = plan.decode_attention, plan.cuda_graphs, False
         self.kept = {}
 
@@ -576,13 +575,14 @@ class Decoder:
 
     def _greedy(self, windows, max_new_tokens, eos, pad, spare):
         with torch.profiler.record_function("llava prefill"):
-            tokens, logprob, positions, kv = prefill(self.model, windows, max_new_tokens + spare, self.chunk,
-                                                     self.kept)
+            tokens, logprob, positions, kv, offsets = prefill(self.family, self.model, windows,
+                                                              max_new_tokens + spare, self.chunk, self.kept)
+        self.kept["offsets"] = offsets
         eos = torch.tensor(eos, device=tokens.device)
         out, logprobs, done = [tokens], [logprob], torch.isin(tokens, eos)
         if max_new_tokens == 1 or bool(done.all()):
             return Decoded(torch.stack(out, 1), torch.stack(logprobs, 1))
-        step_in, run = self._step(kv, tokens, positions)
+        step_in, run = self._step(kv, tokens, positions, offsets)
         all_done = _Lagged(done.device)
         for i in range(max_new_tokens - 1):
             tokens, logprob = chosen(run())
@@ -605,17 +605,18 @@ class Decoder:
         """score_trees() of each row's tree on the last batch's KV buffers (row r's answer ends before slot
         free[r]; decode()'s spare slots after it take the trees' keys and values)."""
         keys, values = self.kept["kv"]
-        return score_trees(self.model, lambda i: (keys[i], values[i]), trees, [0] * len(trees), free)
+        return score_trees(self.family, self.model, lambda i: (keys[i], values[i]), trees, [0] * len(trees), free,
+                           self.kept["offsets"])
 
-    def _step(self, kv, tokens, positions):
-        """(step inputs (tokens, positions), run() -> logits): the previous batch's step (and graph) when
-        it ran on these same buffers with the same paths, else a new one (_decode_step)."""
+    def _step(self, kv, tokens, positions, offsets):
+        """(step inputs (tokens, positions, offsets), run() -> logits): the previous batch's step (and graph)
+        when it ran on these same buffers with the same paths, else a new one (_decode_step)."""
         kept, paths = self.kept, (self.attention, self.graphs)
         if kept.get("paths") == paths:  # (prefill emptied kept when it made new buffers)
-            kept["step_in"][0].copy_(tokens)
-            kept["step_in"][1].copy_(positions)
+            for kept_in, new in zip(kept["step_in"], (tokens, positions, offsets)):
+                kept_in.copy_(new)
             return kept["step_in"], kept["run"]
-        step_in = (tokens.clone(), positions.clone())
+        step_in = (tokens.clone(), positions.clone(), offsets.clone())
         run = self._decode_step(kv, step_in)
         kept.update(paths=(self.attention, self.graphs), step_in=step_in, run=run)
         return step_in, run
@@ -633,7 +634,7 @@ class Decoder:
             if not check_attention(f"{self.attention} decode attention", (b, heads, group, d), slots, step_in[1],
                                    keys.dtype, scale):
                 self.attention = "sdpa"
-        step = Step(model, *kv, self.attention, hook)
+        step = Step(self.family, model, *kv, self.attention, hook)
         run = None
         if self.graphs:
             eager = None if self.checked else step(*step_in)

@@ -1,9 +1,10 @@
 """The engine: the loaded model and everything that runs it, in one owner.
 
-    engine = Engine.load(model_id, plan, device, visual_tokens)   # load, then install()
-    texts = engine.generate(prompt.prepare(engine.processor, windows), max_new_tokens=256)
+    engine = Engine.load(model_id, plan, device, visual_tokens)   # its family's load(), then install()
+    texts = engine.generate(engine.prepare(windows), Generation(max_new_tokens=256))
 
-It holds the model and processor, the plan it was made for (frozen: llava_soccer/gpus.py), and what
+It holds the model and processor, its family (llava_soccer/families/: read from the checkpoint's
+config.json, never from a flag), the plan it was made for (frozen: llava_soccer/gpus.py), and what
 that plan meets at run time: the kernels installed into the model (install(): the one place where the
 model is changed after loading), the fast decoder with its KV buffers and CUDA graph kept between
 batches, and what the self-checks found (a failed optional path is dropped here, never in the plan).
@@ -15,7 +16,8 @@ import logging
 import math
 import time
 
-from . import decoding, prompt, scores
+from . import decoding, families, scores
+from .generation import Generation
 from .settings import SOCCERNET_CLASSES
 
 log = logging.getLogger("llava_worker")
@@ -25,19 +27,24 @@ class Engine:
     def __init__(self, model, processor, plan, on_logits=None):
         """on_logits: decoding.Decoder's seam (inside each decode step)."""
         self.model, self.processor, self.plan = model, processor, plan
+        self.family = families.of_loaded(model)
         self.fused = False  # fused kernels installed (and passed their self-check)
         self.reset(on_logits)
 
     def reset(self, on_logits=None):
         """A fresh decoder: no buffers or graph kept, its optional paths checked again on first use."""
-        self.decoder = decoding.Decoder(self.model, self.plan, on_logits)
+        self.decoder = decoding.Decoder(self.family, self.model, self.plan, on_logits)
 
     @classmethod
     def load(cls, model_id, plan, device, visual_tokens="full", **seams) -> "Engine":
-        from . import loading
-        engine = cls(*loading.load(model_id, plan, device, visual_tokens), plan, **seams)
+        engine = cls(*families.load(model_id, plan, device, visual_tokens), plan, **seams)
         engine.install()
         return engine
+
+    def prepare(self, windows, pin=False) -> list[dict]:
+        """The family's inputs (CPU tensors, pixels in the model's dtype; pin: page-locked, for a GPU) of
+        windows [(frame_times, rgb_frames)], one dict per window: what answer() and generate() take."""
+        return self.family.prepare(self.processor, windows, self.model.dtype, pin)
 
     def install(self):
         """The plan's changes to the loaded model, in order: fused kernels (self-checked on the bf16
@@ -45,7 +52,7 @@ class Engine:
         same model: the fused kernels follow this plan, FP8 layers stay."""
         from . import fused
         fused.remove(self.model)
-        if self.plan.fused_kernels:
+        if self.plan.fused_kernels and self.family.FUSED_KERNELS:
             t0 = time.monotonic()
             self.fused = fused.install(self.model)
             if self.fused:
@@ -71,32 +78,33 @@ class Engine:
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
         return sdpa_kernel([names[b] for b in self.plan.prefill_attention], set_priority=True)
 
-    def generate(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast") -> list[str]:
-        """The decoded answers to prompt.prepare()'s windows (answer() without scores)."""
-        return [a.text for a in self.answer(windows, max_new_tokens, temperature, top_p, decoder, class_scores=False)]
+    def generate(self, windows, generation=None) -> list[str]:
+        """The decoded answers to prepare()'s windows (answer() without scores)."""
+        generation = dataclasses.replace(generation or Generation(), class_scores=False)
+        return [a.text for a in self.answer(windows, generation)]
 
-    def answer(self, windows, max_new_tokens=256, temperature=0.0, top_p=1.0, decoder="fast",
-               class_scores=True) -> list["Answer"]:
-        """The answers to prompt.prepare()'s windows with each token's probability, P("None") and, with
-        class_scores, the 17 class scores (scores.py: one extra forward pass for the batch over the cache, a
-        few nodes per window for P("None") alone, ~60 per label position with classes; a second pass only for
-        an answer whose labels outgrow the spare slots). decoder "fast": the Decoder (the same greedy answers
-        as transformers', CUDA-graph decode); "transformers", or any temperature > 0: model.generate on a
-        left-padded batch (transformers' sampling: temperature, top-p and its default top-k 50); token
-        probabilities are the model's own (before temperature and top-p)."""
+    def answer(self, windows, generation=None) -> list["Answer"]:
+        """The answers to prepare()'s windows with each token's probability, P("None") and, with
+        generation.class_scores, the 17 class scores (scores.py: one extra forward pass for the batch over the
+        cache, a few nodes per window for P("None") alone, ~60 per label position with classes; a second pass
+        only for an answer whose labels outgrow the spare slots). generation.fast: the Decoder (the same greedy
+        answers as transformers', CUDA-graph decode); else model.generate on a left-padded batch (transformers'
+        sampling: temperature, top-p and its default top-k 50); token probabilities are the model's own
+        (before temperature and top-p). generation: Generation() (greedy, 256 new tokens, fast) when None."""
         import torch
+        generation = generation or Generation()
         model, tokenizer = self.model, self.processor.tokenizer
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
-        fast = decoder == "fast" and temperature == 0
-        classes = SOCCERNET_CLASSES if class_scores else ()  # P("None") always: a few nodes per window
+        fast, max_new_tokens = generation.fast, generation.max_new_tokens
+        classes = SOCCERNET_CLASSES if generation.class_scores else ()  # P("None") always: a few nodes per window
         with torch.inference_mode(), self.attention():
             if fast:
                 out = self.decoder.decode(windows, max_new_tokens, eos, tokenizer.pad_token_id,
                                           scores.tree_room(tokenizer, classes))
                 ids, logprobs = out.ids, out.logprobs
             else:
-                ids, logprobs, cache = self._generate(windows, max_new_tokens, temperature, top_p, classes)
+                ids, logprobs, cache = self._generate(windows, generation, classes)
             answers = [_answer(tokenizer, row, lp, eos) for row, lp in zip(ids.tolist(), logprobs.tolist())]
             with torch.profiler.record_function("llava class scores"):
                 prompts = [w["input_ids"][0].tolist() for w in windows]
@@ -105,7 +113,7 @@ class Engine:
                     slots = self.decoder.kept["kv"][0][0].shape[2]
                     rooms = [slots - f for f in free]
                 else:
-                    layer_kv, start, free = cache
+                    layer_kv, start, free, offsets = cache
                     rooms = [scores.tree_room(tokenizer, classes)] * len(answers)
                 pieces = [scores.class_trees(tokenizer, p, a.ids, a.text, room, classes)
                           for p, a, room in zip(prompts, answers, rooms)]
@@ -113,7 +121,7 @@ class Engine:
                 for k in range(max(map(len, pieces))):  # one pass, unless an answer wrote many labels
                     trees = [x[k][0] if k < len(x) else _idle() for x in pieces]
                     logits = (self.decoder.score_trees(trees, free) if fast
-                              else decoding.score_trees(model, layer_kv, trees, start, free))
+                              else decoding.score_trees(self.family, model, layer_kv, trees, start, free, offsets))
                     for got, x, row in zip(found, pieces, logits):
                         for name, value in (scores.branch_logprobs(row, x[k][1]) if k < len(x) else {}).items():
                             got[name] = max(got.get(name, -math.inf), value)
@@ -121,17 +129,21 @@ class Engine:
                     a.none_prob, a.class_scores = scores.class_scores(got)
         return answers
 
-    def _generate(self, windows, max_new_tokens, temperature, top_p, classes):
-        """(ids (b, n), log-probabilities (b, n), (layer_kv, start, free) for score_trees) from model.generate.
-        Its cache is left-padded (row r's position p at slot start[r] + p); layer_kv gives each layer's with
+    def _generate(self, windows, generation, classes):
+        """(ids (b, n), log-probabilities (b, n), (layer_kv, start, free, offsets) for score_trees) from
+        model.generate. Its cache is left-padded (row r's position p at slot start[r] + p; rotary position
+        p + offsets[r], the family's, which left padding does not change); layer_kv gives each layer's with
         room for the trees after it (a copy, one layer at a time)."""
         import torch
-        model, pad = self.model, self.processor.tokenizer.pad_token_id
-        inputs = decoding.on_model(model, prompt.collate(self.processor, windows))
+        model, pad, family = self.model, self.processor.tokenizer.pad_token_id, self.family
+        temperature, top_p = generation.temperature, generation.top_p
+        offsets = [family.rope_offset(model, w) if hasattr(family, "rope_offset")  # (without the vision tower)
+                   else family.embed(model, decoding.on_model(model, w))[2] for w in windows]
+        inputs = decoding.on_model(model, family.collate(self.processor, windows))
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
             "do_sample": False}
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, return_dict_in_generate=True,
-                             output_logits=True, **sampling)
+        out = model.generate(**inputs, max_new_tokens=generation.max_new_tokens, pad_token_id=pad,
+                             return_dict_in_generate=True, output_logits=True, **sampling)
         ids = out.sequences[:, inputs["input_ids"].shape[1]:]
         logprobs = torch.stack([decoding.chosen(logits, ids[:, j])[1] for j, logits in enumerate(out.logits)], 1)
         start = (inputs["attention_mask"] == 0).sum(1).tolist()
@@ -139,7 +151,7 @@ class Engine:
 
         def layer_kv(i):
             return tuple(torch.nn.functional.pad(x, (0, 0, 0, room)) for x in (layers[i].keys, layers[i].values))
-        return ids, logprobs, (layer_kv, start, [layers[0].keys.shape[2]] * len(start))
+        return ids, logprobs, (layer_kv, start, [layers[0].keys.shape[2]] * len(start), offsets)
 
 
 def _idle():

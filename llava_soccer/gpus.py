@@ -42,13 +42,10 @@ PREFILL_CHUNK = 4096       # tokens per prefill chunk on those cards (a 224p win
 BACKENDS = ("cudnn", "flash", "efficient", "math")
 # Pascal chips with full-rate fp16 (GP100; GP10B of 6.2 too): the 7.x plan's fp16 compute suits them.
 FAST_FP16_PASCAL = ((6, 0), (6, 2))
-# The worker's memory per window, for the plan's batch-size estimate (NF4, 224p, measured on the
-# device's H100/H200; benchmarks/RESULTS.md): weights, prefill activations, KV cache of one window.
-WEIGHTS_GIB = {"nf4": 4.2, "bf16": 14.2, "fp16": 14.2, "fp32": 28.4, "fp8": 7.9}  # fp8: LM linears only
+# The worker's memory per window (weights, prefill activations, KV cache of one 224p window) is the model
+# family's: WEIGHTS_GIB, ACTIVATIONS_GIB, KV_GIB in llava_soccer/families/<family>.py.
 DEQUANTIZE_FROM_GIB = 64  # NF4 weights dequantized once on 8.0+ cards this large (14 GiB of bf16 + 16 windows)
 FP8_CAPABILITY = (8, 9)   # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later
-ACTIVATIONS_GIB = 1.0
-KV_GIB = 3.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +65,7 @@ class Plan:
     fused_kernels: bool
     nf4_weights: str | None        # nf4 only: packed (dequantized per product) / dequantized (bf16 once)
     cuda_graphs: bool
-    batch_size: int | str          # a number or "auto"
-    batch_size_estimate: int       # what auto should reach at 224p
+    batch_size_estimate: int       # what --batch-size auto should reach at 224p (the worker's BatchSize decides)
     memory_cap_gib: float | None   # what this process may allocate (assumed or shared GPUs only)
     shared_by: int = 1             # workers sharing the card: memory_gib is this worker's share
     warnings: tuple = ()
@@ -77,7 +73,8 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
-    def line(self) -> str:
+    def line(self, batch_size="auto") -> str:
+        """One line for the log; batch_size: the --batch-size setting (the worker's BatchSize owns the size)."""
         notes = [f"1/{self.shared_by} of the card, shared by {self.shared_by} workers"] if self.shared_by > 1 else []
         notes += ["assumed"] if self.assumed else []
         notes += [f"memory capped at {self.memory_cap_gib:g} GiB"] if self.memory_cap_gib else []
@@ -88,8 +85,8 @@ class Plan:
         return (f"plan for {self.gpu}{cc}: {self.quantization}{weights}, {self.compute_dtype} compute, "
                 f"{self.storage_dtype} storage; prefill attention {'>'.join(self.prefill_attention)}, prefill {chunk}; "
                 f"decode attention {self.decode_attention}; fused kernels {_yes(self.fused_kernels)}; "
-                f"CUDA graphs {_yes(self.cuda_graphs)}; batch size {self.batch_size}"
-                + (f" (~{self.batch_size_estimate} at 224p)" if self.batch_size == "auto" else ""))
+                f"CUDA graphs {_yes(self.cuda_graphs)}; batch size {batch_size}"
+                + (f" (~{self.batch_size_estimate} at 224p)" if batch_size == "auto" else ""))
 
 
 def _yes(flag):
@@ -149,10 +146,14 @@ def _explicit(s, cc, paths, warnings):
     return backends, chunk, decode, fused, graphs
 
 
-def plan(s, real) -> Plan:
-    """The plan for settings s (config.WorkerSettings) on `real` (detect()'s answer), or on s.assume_gpu.
+def plan(s, real, family=None) -> Plan:
+    """The plan for settings s (config.WorkerSettings) on `real` (detect()'s answer), or on s.assume_gpu, for
+    the model family's memory and kernels (llava_soccer/families/; None: s.model's, families.of_model).
     Workers sharing one card (s.gpu_share) each plan as for a card of their share of its memory, so that
     the share decides what a card of that size would: packed NF4 weights, chunks, the batch size."""
+    from .families import of_model
+    from .generation import Generation
+    family = family or of_model(s.model)
     name, cc, gib, assumed = _card(s, real)
     share = s.gpu_share if cc is not None else 1
     if share > 1:
@@ -178,6 +179,9 @@ def plan(s, real) -> Plan:
         where = f"{name} has compute capability {cc[0]}.{cc[1]}" if cc else "there is no GPU here"
         raise InputError(f"--quantization fp8 needs FP8 tensor cores (compute capability {FP8_CAPABILITY[0]}."
                          f"{FP8_CAPABILITY[1]}+: Ada, Hopper, Blackwell) and {where}: use nf4 (the default) or bf16")
+    if quant == "fp8" and not family.FP8:
+        raise InputError(f"--quantization fp8: this pipeline has no FP8 layers for {family.NAME} models ({s.model}): "
+                         f"use nf4 (the default) or bf16")
     storage = "float16" if compute == "float32" and quant == "nf4" and cc is not None else compute
     chunk = PREFILL_CHUNK if gib is not None and gib < CHUNKED_BELOW_GIB else None
     nf4_weights = None
@@ -191,22 +195,27 @@ def plan(s, real) -> Plan:
             nf4_weights = "packed"
 
     backends, chunk, decode, fused, graphs = _explicit(s, cc, (backends, chunk, decode, fused, graphs), warnings)
+    fused = fused and family.FUSED_KERNELS  # (the kernels are written for one family's modules: fused.py)
     if cc is None and (decode == "triton" or fused or graphs):
         warnings.append("no GPU: the GPU paths asked for (Triton decode attention, CUDA graphs, fused kernels) are "
                         "tried; those that fail their self-check fall back to PyTorch's kernels")
-    weights = WEIGHTS_GIB["bf16" if nf4_weights == "dequantized" else quant]
+    weights = family.WEIGHTS_GIB["bf16" if nf4_weights == "dequantized" else quant]
+    activations, kv = family.ACTIVATIONS_GIB, family.KV_GIB
     cap = round(gib - CONTEXT_GIB, 2) if real and (assumed or share > 1) else None  # each process has its context
     usable = (gib - CONTEXT_GIB) if gib else 0
-    estimate = max(1, min(s.max_batch_size, int((usable - weights - ACTIVATIONS_GIB) // KV_GIB)))
-    batch = "auto" if s.batch_size == "auto" else int(s.batch_size)
-    if gib and usable < weights + ACTIVATIONS_GIB + KV_GIB:
+    # the fast decoder prefills one window at a time: a window more adds its KV cache; generate() prefills the
+    # batch at once: a window more adds its activations too (worker.BatchSize measures by the same rule)
+    fits = ((usable - weights - activations) // kv if Generation.from_settings(s, family).fast
+            else (usable - weights) // (activations + kv))
+    estimate = max(1, min(s.max_batch_size, int(fits)))
+    if gib and usable < weights + activations + kv:
         warnings.append(f"{gib:g} GiB is less than one 224p window needs with --quantization {quant} "
-                        f"(~{weights + ACTIVATIONS_GIB + KV_GIB:.0f} GiB): expect OOM; use nf4 and --visual-tokens "
+                        f"(~{weights + activations + kv:.0f} GiB): expect OOM; use nf4 and --visual-tokens "
                         "reduced")
     return Plan(gpu=name, capability=f"{cc[0]}.{cc[1]}" if cc else None, memory_gib=round(gib, 1) if gib else None,
                 assumed=assumed, quantization=quant, compute_dtype=compute, storage_dtype=storage,
                 prefill_attention=tuple(backends), prefill_chunk=chunk, decode_attention=decode, fused_kernels=fused,
-                nf4_weights=nf4_weights, cuda_graphs=graphs, batch_size=batch, batch_size_estimate=estimate,
+                nf4_weights=nf4_weights, cuda_graphs=graphs, batch_size_estimate=estimate,
                 memory_cap_gib=cap, shared_by=share, warnings=tuple(warnings))
 
 

@@ -1,11 +1,13 @@
-"""Loading the model: where it comes from (hub id or directory, checked in seconds), from_pretrained in the
-plan's dtypes and quantization, NF4 weights dequantized once where the plan says so.
+"""Loading a model, whatever its family: where it comes from (hub id or directory, checked in seconds),
+from_pretrained's arguments for the plan's dtypes and quantization, NF4 weights dequantized once where
+the plan says so.
 
-    model, processor = loading.load("llava-hf/llava-v1.6-mistral-7b-hf", plan, "cuda:0")
+    model, processor = families.load("llava-hf/llava-v1.6-mistral-7b-hf", plan, "cuda:0")  # its family's load()
 
-The real Hugging Face classes run everywhere: on the cluster with the hub id, in tests with a tiny
-checkpoint directory built by synthetic.py (the same from_pretrained call). What is changed in the
-model after loading (fused kernels, FP8 layers) is the engine's (engine.py).
+The family's classes come from its module (llava_soccer/families/); the real Hugging Face classes run
+everywhere: on the cluster with the hub id, in tests with a tiny checkpoint directory built by synthetic.py
+(the same from_pretrained call). What is changed in the model after loading (fused kernels, FP8 layers) is
+the engine's (engine.py).
 """
 import importlib.metadata
 import logging
@@ -90,42 +92,31 @@ def quiet_bitsandbytes():
         logger.addFilter(_NoKernelsCommunity())
 
 
-def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
-    """(model, processor) for plan (llava_soccer.gpus.Plan): its quantization nf4 = 4-bit NormalFloat (the
-    seed's setting) computing in the plan's compute dtype (bf16 on 8.0+ and CPU, fp16 on 7.x, fp32 on 6.x),
-    everything else stored in its storage dtype; fp8 loads bf16 weights (the engine converts them).
-
-    visual_tokens="reduced" is the opt-in fast mode: each frame is seen as the 336x336 base view
-    plus ONE high-resolution tile instead of LLaVA-NeXT's best grid of up to 2x2 tiles
-    (image_grid_pinpoints = [[336, 336]]): 926 instead of 1,608 tokens per 224p frame.
-    """
+def from_pretrained_kwargs(plan, device: str) -> dict:
+    """from_pretrained's arguments for plan (llava_soccer.gpus.Plan), whatever the model family: its
+    quantization nf4 = 4-bit NormalFloat (the seed's setting) computing in the plan's compute dtype (bf16 on
+    8.0+ and CPU, fp16 on 7.x, fp32 on 6.x), everything else stored in its storage dtype; fp8 loads bf16
+    weights (the engine converts them). "token": HF_TOKEN, for the processor's from_pretrained too."""
     import torch
-    from transformers import BitsAndBytesConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers import BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its per-shard bars would flood the job log; we log the load time
     token = os.environ.get("HF_TOKEN") or None  # used, never printed
-    kwargs = {"token": token, "device_map": {"": device}}
-    quantization = plan.quantization
-    compute, storage = getattr(torch, plan.compute_dtype), getattr(torch, plan.storage_dtype)
-    kwargs["dtype"] = storage
-    if quantization == "nf4":
+    kwargs = {"token": token, "device_map": {"": device}, "dtype": getattr(torch, plan.storage_dtype)}
+    if plan.quantization == "nf4":
         quiet_bitsandbytes()
         # bnb casts each layer's input to the compute dtype and its output back to the storage dtype
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute)
-    processor = LlavaNextProcessor.from_pretrained(model_id, token=token)
-    processor.tokenizer.padding_side = "left"  # batched generation appends on the right
-    model = LlavaNextForConditionalGeneration.from_pretrained(model_id, **kwargs).eval()
-    if quantization == "nf4" and plan.nf4_weights == "dequantized":
+            bnb_4bit_compute_dtype=getattr(torch, plan.compute_dtype))
+    return kwargs
+
+
+def after_load(model, plan) -> None:
+    """What the plan does to any family's model once loaded: NF4 weights dequantized where it says so."""
+    if plan.quantization == "nf4" and plan.nf4_weights == "dequantized":
         dequantize_nf4(model)
-    if visual_tokens == "reduced":
-        # Processor and model must agree on the grid, or the image token counts do not match.
-        side = processor.image_processor.crop_size["height"]
-        processor.image_processor.image_grid_pinpoints = [[side, side]]
-        model.config.image_grid_pinpoints = [[side, side]]
-    return model, processor
 
 
 def dequantize_nf4(model):

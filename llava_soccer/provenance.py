@@ -141,17 +141,20 @@ def code_version() -> str:
     return f"sources sha256:{_sha((p, 0, p.stat().st_size) for p in sources)}"
 
 
-def made_by(args, plan, prompt: str, video: dict, project: Path | None = None) -> dict:
+def made_by(args, plan, prompt: str, video: dict, project: Path | None = None, family=None) -> dict:
     """The identity of a worker's results: args are llava_split_worker.py's settings, plan its GPU plan,
     prompt the prompt of a sample window, video video_file()'s dict, project where a checkpoint's digests
-    are kept (None: its weights are read again). The kernels recorded are those that round differently
-    (docs/design.md#made_by says why the others are not): the fast decoder's prefill chunks and decode
-    attention only where it runs (greedy, --decoder fast)."""
+    are kept (None: its weights are read again), family the model's (llava_soccer/families/; None: args.model's).
+    The kernels recorded are those that round differently (docs/design.md#made_by says why the others are
+    not): the fast decoder's prefill chunks and decode attention only where it runs (Generation.fast)."""
+    from .families import of_model
+    from .generation import Generation
+    family = family or of_model(args.model)
     greedy = not args.temperature
-    fast = greedy and args.decoder == "fast"  # sampling always runs transformers' generate()
+    fast = Generation.from_settings(args, family).fast
     return {
         "results_version": RESULTS_VERSION,
-        "model": args.model,
+        "model": args.model, "family": family.NAME,
         "model_revision": model_revision(args.model, fingerprints(project) if project is not None else None),
         "quantization": args.quantization, "compute_dtype": plan.compute_dtype, "nf4_weights": plan.nf4_weights,
         "storage_dtype": plan.storage_dtype,
@@ -174,6 +177,7 @@ def differences(old: dict | None, new: dict) -> list[str]:
     without some of new's fields (written by code that did not record them) in those."""
     if not isinstance(old, dict):
         return ["unknown origin (written before results recorded what made them)"]
+    old, new = with_family(old), with_family(new)
     out = []
     if old.get("results_version") != new.get("results_version"):
         out.append(f"results version {old.get('results_version', 'unrecorded')} -> {new.get('results_version')}: "
@@ -187,6 +191,12 @@ def differences(old: dict | None, new: dict) -> list[str]:
     out += [f"video {k} {ov.get(k)} -> {nv.get(k)}" for k in nv
             if k not in NOT_COMPARED_VIDEO and k in ov and ov[k] != nv[k]]
     return out
+
+
+def with_family(m: dict) -> dict:
+    """A made_by with its model family: one written before families were recorded was LLaVA-NeXT's (the only
+    family then), so LLaVA's older partials and finals are read as what they are, not refused."""
+    return m if "family" in m else {**m, "family": "llava_next"}
 
 
 def same_file(recorded: dict | None, project: Path) -> bool | None:
@@ -227,7 +237,8 @@ def run_key(m: dict | None) -> str:
     """A key equal for two made_by of the same settings on any video (to group one model's files)."""
     if not isinstance(m, dict):
         return "unknown"
-    return json.dumps({k: v for k, v in m.items() if k not in (*NOT_COMPARED, "video_file")}, sort_keys=True)
+    return json.dumps({k: v for k, v in with_family(m).items() if k not in (*NOT_COMPARED, "video_file")},
+                      sort_keys=True)
 
 
 def report(origins: dict) -> list[str]:

@@ -2,7 +2,7 @@
 17 classes, from the model's own probabilities (the written confidence is a few round numbers).
 
     pieces = scores.class_trees(tokenizer, prompt_ids, answer_ids, text, room)   # what to score, per window
-    logits = decoding.score_trees(model, layer_kv, trees, start, free)            # one pass for the batch
+    logits = decoding.score_trees(family, model, layer_kv, trees, start, free, offsets)  # one pass, the batch
     found = scores.branch_logprobs(logits[row], branches)                         # per piece; usually one
     none_prob, class_scores = scores.class_scores(found)
     probs = scores.label_probs(tokenizer, answer_ids, answer_logprobs, text, [e["label_span"] for e in events])

@@ -4,7 +4,8 @@ No weights can be downloaded on the test machines, so tests, the README demo and
 benchmark build a LLaVA-NeXT checkpoint here and load it with from_pretrained(dir), exactly
 as the hub id is loaded:
 
-    python -m llava_soccer.synthetic checkpoint DIR [--size tiny|tiny336|full] [--answer TEXT]
+    python -m llava_soccer.synthetic checkpoint DIR [--family llava_next|qwen2_5_vl] [--size tiny|tiny336|full]
+                                                    [--answer TEXT]
     python -m llava_soccer.synthetic video FILE.mkv --seconds 60 [--fps 25]
 
 A tiny checkpoint given --answer is a "parrot": its language model is wired as a bigram
@@ -18,6 +19,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+
+from .families import FAMILIES, of_config
 
 # Real llava-v1.6-mistral-7b-hf numbers (its config.json); "tiny" keeps the shapes' logic.
 _FULL = dict(
@@ -192,8 +195,10 @@ def make_video(path, seconds=60.0, fps="25", width=398, height=224):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    c = sub.add_parser("checkpoint", help="save a random LLaVA-NeXT checkpoint")
+    c = sub.add_parser("checkpoint", help="save a random checkpoint of a model family (LLaVA-NeXT by default)")
     c.add_argument("out_dir")
+    c.add_argument("--family", choices=sorted(FAMILIES), default="llava_next",
+                   help="the model family (llava_soccer/families/): its module's build_checkpoint, LLaVA-NeXT's here")
     c.add_argument("--size", choices=sorted(SIZES), default="tiny")
     c.add_argument("--answer", default=None, help="text the model will answer every window with (tiny only)")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -205,7 +210,11 @@ def main(argv=None):
     v.add_argument("--size", default="398x224", help="WIDTHxHEIGHT")
     a = p.parse_args(argv)
     if a.what == "checkpoint":
-        make_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
+        family = of_config({"model_type": a.family})
+        if hasattr(family, "build_checkpoint"):
+            family.build_checkpoint(a.out_dir, a.size, a.answer)
+        else:
+            make_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
     else:
         size = a.size.split("x")
         if len(size) != 2 or not all(x.isdigit() and int(x) > 0 for x in size):

@@ -11,7 +11,6 @@ SIGUSR1/SIGTERM.
 A rerun resumes from the partial file (resume.py); what the worker tells, its summary and its exit
 code are reporting.py's.
 """
-import dataclasses
 import logging
 import os
 import queue
@@ -21,9 +20,10 @@ import sys
 import threading
 import time
 
-from . import claims, gpus, loading, prompt, provenance, reporting, settings, videos
+from . import claims, families, gpus, loading, provenance, reporting, settings, videos
 from .cli import InputError, first_line, log_safe
 from .events import window_events
+from .generation import Generation
 from .jsonio import atomic_write_json, check_writable, remove_stale_temps
 from .records import hole_record, ok_record
 from .reporting import Progress, event_line, finished, report
@@ -93,6 +93,7 @@ class Worker:
 
     def __init__(self, cfg, engine):
         self.cfg, self.engine = cfg, engine
+        self.generation = Generation.from_settings(cfg, engine.family)
         self.failed_in_a_row = 0
 
     def answer(self, batch):
@@ -118,8 +119,7 @@ class Worker:
         """OOM halves the batch; a lone window that still fails is recorded as failed."""
         import torch
         try:
-            answers = self.engine.answer([inputs for _, inputs in ready], self.cfg.max_new_tokens,
-                                         self.cfg.temperature, self.cfg.top_p, self.cfg.decoder, self.cfg.class_scores)
+            answers = self.engine.answer([inputs for _, inputs in ready], self.generation)
         except torch.OutOfMemoryError:
             if self.engine.model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -146,8 +146,9 @@ class Worker:
 class BatchSize:
     """--batch-size: a number, or "auto": the first window alone, then as many windows as fit in the
     GPU's memory (the plan's cap for an assumed GPU), up to --max-batch-size. The fast decoder
-    prefills one window at a time, so a batch adds only each window's KV cache to the first
-    window's peak; transformers' generate() prefills the whole batch, so it adds the whole peak."""
+    (per_row_is_kv: Generation.fast) prefills one window at a time, so a batch adds only each window's KV
+    cache to the first window's peak; transformers' generate() prefills the whole batch, so it adds the
+    whole peak."""
 
     def __init__(self, value, cap, device, plan, per_row_is_kv=True):
         self.size, self.cap, self.device, self.plan = 1 if value == "auto" else int(value), cap, device, plan
@@ -182,14 +183,14 @@ class BatchSize:
                  f"({row / 2**30:.1f} GiB per extra window); using batches of {self.size}")
 
 
-def batches(info, todo, batch_size, processor, model):
-    """Lists of (Window, its processor inputs, or None when it has no frames), in time order;
+def batches(info, todo, batch_size, engine):
+    """Lists of (Window, its model inputs (engine.prepare), or None when it has no frames), in time order;
     decoding and preprocessing happen here (pixels in the model's dtype, pinned for a GPU).
     batch_size() is asked before each batch, so --batch-size auto can change it on the way."""
     batch = []
-    gpu = model.device.type == "cuda"
+    gpu = engine.model.device.type == "cuda"
     for w in videos.iter_windows(info, todo):
-        batch.append((w, prompt.prepare(processor, [(w.times, w.frames)], model.dtype, gpu)[0] if w.frames else None))
+        batch.append((w, engine.prepare([(w.times, w.frames)], gpu)[0] if w.frames else None))
         if len(batch) >= batch_size():
             yield batch
             batch = []
@@ -197,9 +198,10 @@ def batches(info, todo, batch_size, processor, model):
         yield batch
 
 
-def plan_for(cfg):
-    """(device, plan) for this worker; InputError if its torch has no kernels for the GPU, or the GPU
-    cannot run the quantization asked for (fp8)."""
+def plan_for(cfg, family=None):
+    """(device, plan) for this worker and its model's family (None: families.of_model, the checkpoint's
+    config.json); InputError if its torch has no kernels for the GPU, or the GPU cannot run the quantization
+    asked for (fp8)."""
     device = loading.pick_device(cfg.gpu_id or 0)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if device == "cpu" and visible not in ("", "-1"):  # submit_llava.sh logged "on GPU <visible>" for it
@@ -209,13 +211,28 @@ def plan_for(cfg):
     problem = gpus.check_torch_build(device)
     if problem:
         raise InputError(problem)
-    return device, gpus.plan(cfg, gpus.detect(device))
+    return device, gpus.plan(cfg, gpus.detect(device), family or families.of_model(cfg.model))
 
 
-def identity(cfg, plan, project, video, info) -> dict:
-    """What made this worker's results (provenance.made_by): the prompt is that of a sample window."""
-    return provenance.made_by(cfg, plan, prompt.build_prompt([0.0, 1 / settings.FPS]),
-                              provenance.video_file(project, video, info), project)
+def family_of(cfg, warn=True):
+    """The model's family, or where it cannot be read (no such directory, a hub model not downloaded whose name
+    says no family) the default model's, with a warning when warn: --print-plan's preview; a run refuses such a
+    model with its own check's line before loading it (_run), and only a finished slice needs no model."""
+    try:
+        return families.of_model(cfg.model)
+    except InputError as e:
+        family = families.of_model(settings.DEFAULT_MODEL)
+        if warn:
+            log.warning(f"⚠️ {e}; planned for a {family.NAME} model")
+        return family
+
+
+def identity(cfg, plan, project, video, info, family=None) -> dict:
+    """What made this worker's results (provenance.made_by): the prompt is that of a sample window, in the
+    model family's format (family None: the model's, families.of_model)."""
+    family = family or families.of_model(cfg.model)
+    return provenance.made_by(cfg, plan, family.build_prompt([0.0, 1 / settings.FPS]),
+                              provenance.video_file(project, video, info), project, family)
 
 
 def die_with_parent(fence, held) -> None:
@@ -238,7 +255,7 @@ def run(cfg, engine=None, on_batch=None) -> int:
     over: nothing more written). engine: one made for this plan (else loaded here); on_batch(records): called
     after each batch is saved (benchmarks/bench_worker.py's timing)."""
     if cfg.print_plan:
-        print(plan_for(cfg)[1].to_json())
+        print(plan_for(cfg, family_of(cfg))[1].to_json())
         return EXIT_DONE
     return claims.stops_on_lost_lock(_run, log.error)(cfg, engine, on_batch)
 
@@ -253,8 +270,9 @@ def _run(cfg, engine, on_batch) -> int:
     slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
     out = settings.partial_path(project, cfg.video_index, cfg.gpu_id)
     remove_stale_temps(out)
-    device, plan = plan_for(cfg)
-    made_by = identity(cfg, plan, project, video, info)
+    family = family_of(cfg, warn=False)
+    device, plan = plan_for(cfg, family)
+    made_by = identity(cfg, plan, project, video, info, family)
     records, todo = resume(out, info, slice_windows, made_by, cfg.replace_mismatched)
     span = (f"{info.window_start(slice_windows[0])}-{info.window_start(slice_windows[-1])}s"
             if slice_windows else "empty")
@@ -267,16 +285,19 @@ def _run(cfg, engine, on_batch) -> int:
         return report(records, len(slice_windows), info)
     check_writable(project)
     loading.check_model_source(cfg.model)
+    if families.of_model(cfg.model) is not family:  # (its one line when the family cannot be read)
+        raise InputError(f"--model {cfg.model}: its family changed while this worker started; run it again")
     log.info(f"settings: model={cfg.model} quantization={cfg.quantization} device={device} "
              f"batch_size={cfg.batch_size} gpu_share={cfg.gpu_share} decoder={cfg.decoder} "
              f"visual_tokens={cfg.visual_tokens} "
              f"max_new_tokens={cfg.max_new_tokens} temperature={cfg.temperature} top_p={cfg.top_p} "
              f"HF_TOKEN={'set' if os.environ.get('HF_TOKEN') else 'not set'}")
-    log.info(plan.line())
+    log.info(plan.line(cfg.batch_size))
     for warning in plan.warnings:
         log.warning(f"⚠️ {warning}")
-    if engine is not None and dataclasses.replace(engine.plan, batch_size=plan.batch_size) != plan:
-        raise InputError("the engine given was made for another plan than these settings' (a benchmark's bug)")
+    if engine is not None and (engine.plan != plan or engine.family.NAME != made_by["family"]):
+        raise InputError("the engine given was made for another plan or model family than these settings' "
+                         "(a benchmark's bug)")
     engine = engine or load_engine(cfg, device, plan)
     revision = getattr(engine.model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
     check_revision(made_by, revision, records, out, cfg.model)
@@ -318,10 +339,10 @@ class Slice:
         progress = Progress(len(self.todo), f"vid{cfg.video_index} gpu{cfg.gpu_id}", cfg.progress_every)
         n_events = 0
         from .decoding import kv_bytes  # (imports torch: not needed for --help or a finished slice)
-        batch_size = BatchSize(cfg.batch_size, cfg.max_batch_size, device, engine.plan, cfg.decoder == "fast")
+        batch_size = BatchSize(cfg.batch_size, cfg.max_batch_size, device, engine.plan, worker.generation.fast)
         t0 = time.monotonic()
         try:
-            for batch in prefetched(batches(self.info, self.todo, batch_size, engine.processor, model)):
+            for batch in prefetched(batches(self.info, self.todo, batch_size, engine)):
                 new = worker.answer(batch)
                 first = next((inputs for _, inputs in batch if inputs is not None), None)
                 batch_size.measured(first and kv_bytes(model, first["input_ids"].shape[1], cfg.max_new_tokens))

@@ -17,13 +17,15 @@ import torch
 
 import llava_split_worker as worker
 from conftest import ROOT, cpu_plan, load, make_project
-from llava_soccer import decoding, fused, gpus, loading, prompt, synthetic, videos
+from llava_soccer import decoding, families, fused, gpus, synthetic, videos
 from llava_soccer.engine import Engine
+from llava_soccer.families import llava_next
+from llava_soccer.generation import Generation
 from llava_soccer.settings import partial_path
 
 REQUIRED_KEYS = {"gpu", "capability", "memory_gib", "assumed", "quantization", "compute_dtype", "storage_dtype",
                  "prefill_attention", "prefill_chunk", "decode_attention", "fused_kernels", "nf4_weights",
-                 "cuda_graphs", "batch_size", "batch_size_estimate", "memory_cap_gib", "warnings"}
+                 "cuda_graphs", "batch_size_estimate", "memory_cap_gib", "warnings"}
 # what the plan leaves out, so every other run below is "plain": PyTorch's own kernels, eager steps
 PLAIN = ["--decode-attention", "sdpa", "--cuda-graphs", "no", "--fused-kernels", "no", "--prefill-chunk", "0"]
 WORKERS = 10  # slice 0 of 10 of the 60 s video: windows at 0, 2 and 4 s
@@ -109,7 +111,7 @@ def test_print_plan_for_an_assumed_gpu(gpu, dtype, modern, chunked, capsys):
     assert plan["prefill_attention"][-1] == "math"
     assert plan["prefill_chunk"] == (gpus.PREFILL_CHUNK if chunked else None)
     assert isinstance(plan["prefill_chunk"], int) or not chunked
-    assert plan["cuda_graphs"] is True and plan["batch_size"] == "auto"
+    assert plan["cuda_graphs"] is True
     assert plan["memory_cap_gib"] is None  # no real GPU here to cap
     assert plan["warnings"] == []
 
@@ -228,7 +230,6 @@ def test_bf16_on_turing_is_honoured_with_a_warning(capsys):
     ("6.1,11", ["--prefill-chunk", "0"], "prefill_chunk", None),
     ("9.0,80", ["--prefill-chunk", "2048"], "prefill_chunk", 2048),
     ("9.0,80", ["--attention", "efficient"], "prefill_attention", ["efficient", "cudnn", "flash", "math"]),
-    ("7.5,24", ["--batch-size", "3"], "batch_size", 3),
     ("7.5,24", ["--quantization", "fp32"], "compute_dtype", "float32"),
 ])
 def test_explicit_flags_win_over_the_plan(gpu, flags, key, value, capsys):
@@ -279,7 +280,7 @@ def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
                         prefill_chunk="0")
         engine = Engine.load(str(random_ckpt), plan, "cpu")
         assert engine.model.dtype == getattr(torch, plan.storage_dtype)
-        return plan.compute_dtype, engine.generate(prompt.prepare(engine.processor, windows), 8)
+        return plan.compute_dtype, engine.generate(engine.prepare(windows), Generation(8))
 
     fp32 = answers_with("fp32", None)
     assert fp32[0] == "float32" and len(set(fp32[1])) == 3
@@ -455,8 +456,8 @@ def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ck
     monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))  # as in the test above
     eager = (mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward, mistral.MistralAttention.forward,
              mistral.apply_rotary_pos_emb)
-    one, _ = loading.load(str(random_ckpt), cpu_plan(), "cpu")
-    other, _ = loading.load(str(random_ckpt), cpu_plan(), "cpu")
+    one, _ = families.load(str(random_ckpt), cpu_plan(), "cpu")
+    other, _ = families.load(str(random_ckpt), cpu_plan(), "cpu")
     before = fused.lm_logits(other)
     assert fused.install(one) is True
     layers = one.config.text_config.num_hidden_layers
@@ -494,9 +495,9 @@ def test_chunked_prefill_gives_the_whole_prefills_answers(flags, chunk, odd_root
     prompts = []
     real_last_logits = decoding.last_logits
 
-    def last_logits(model, embeds, cache, chunk=None):
+    def last_logits(model, embeds, cache, chunk=None, position_ids=None):
         prompts.append((embeds.shape[1], chunk))
-        return real_last_logits(model, embeds, cache, chunk)
+        return real_last_logits(model, embeds, cache, chunk, position_ids)
 
     monkeypatch.setattr(decoding, "last_logits", last_logits)
     capsys.readouterr()
@@ -581,7 +582,7 @@ def test_workers_sharing_a_gpu_plan_for_their_share(card, share, memory, weights
     assert code == 0 and plan["shared_by"] == share and plan["memory_gib"] == memory
     assert plan["nf4_weights"] == weights and plan["prefill_chunk"] == chunk
     assert plan["memory_cap_gib"] == (round(memory - gpus.CONTEXT_GIB, 2) if share > 1 else None)
-    four = (memory - gpus.CONTEXT_GIB - gpus.WEIGHTS_GIB["nf4"] - gpus.ACTIVATIONS_GIB) // gpus.KV_GIB
+    four = (memory - gpus.CONTEXT_GIB - llava_next.WEIGHTS_GIB["nf4"] - llava_next.ACTIVATIONS_GIB) // llava_next.KV_GIB
     assert share == 1 or plan["batch_size_estimate"] == max(1, four)
 
 

@@ -16,6 +16,7 @@ from conftest import ROOT, load, make_project
 from llava_soccer import gpus, merge, provenance, settings, videos
 from llava_soccer.config import WorkerSettings
 from llava_soccer.events import final_events
+from llava_soccer.families import llava_next
 
 N_WINDOWS = 30
 
@@ -62,8 +63,8 @@ def made_by(project, video=0, **changes):
     """What a worker of this project records for the video (provenance.made_by), with changes."""
     path = project / "raw_data" / videos.manifest(project)[video]
     args = WorkerSettings(**{"model": "/ckpt/goal", "quantization": "fp32", **changes})
-    return provenance.made_by(args, gpus.plan(args, None), "[INST] a prompt [/INST]",
-                              provenance.video_file(project, path, videos.probe(path)))
+    return provenance.made_by(args, gpus.plan(args, None, llava_next), "[INST] a prompt [/INST]",
+                              provenance.video_file(project, path, videos.probe(path)), family=llava_next)
 
 
 def write_partials(project, *parts, video=0, made=True):

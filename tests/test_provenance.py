@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, make_project
 from llava_soccer import config, gpus, provenance, settings, synthetic, videos
+from llava_soccer.families import llava_next
 from llava_soccer.settings import partial_path
 
 MADE = {"results_version": 1, "model": "m", "model_revision": "r1", "quantization": "nf4",
@@ -68,7 +69,8 @@ def test_made_by_records_the_kernels_that_round_differently():
     decode attention only where the fast decoder runs (sampling and --decoder transformers use generate())."""
     def made(assume, **flags):
         args = config.WorkerSettings(model="/no/such/ckpt", quantization="nf4", assume_gpu=assume, **flags)
-        return provenance.made_by(args, gpus.plan(args, None), "[INST] p [/INST]", {"path": "a.mkv"})
+        return provenance.made_by(args, gpus.plan(args, None, llava_next), "[INST] p [/INST]", {"path": "a.mkv"},
+                                  family=llava_next)
     titan_v, titan_rtx = made("7.0,12"), made("7.5,24")
     assert titan_v["prefill_chunk"] == 4096 and titan_rtx["prefill_chunk"] is None
     assert provenance.differences(titan_v, titan_rtx) == ["prefill_chunk 4096 -> None"]

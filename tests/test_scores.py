@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conftest import load_engine
-from llava_soccer import prompt, scores, synthetic
+from llava_soccer import scores, synthetic
+from llava_soccer.families import llava_next
+from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,7 @@ def engine64(tmp_path_factory):
 def windows(processor, starts, dtype=torch.float32, frames=(4, 4, 4)):
     """Windows at `starts` of frames[i] frames each: fewer frames, a shorter prompt."""
     rng = np.random.default_rng(3)
-    inputs = prompt.prepare(processor, [([t + 0.2 * i for i in range(f)], [rng.integers(
+    inputs = llava_next.prepare(processor, [([t + 0.2 * i for i in range(f)], [rng.integers(
         0, 255, (224, 398, 3), dtype=np.uint8) for _ in range(f)]) for t, f in zip(starts, frames)], dtype)
     return inputs
 
@@ -82,13 +84,13 @@ def test_one_pass_class_scores_are_the_models_own_log_probabilities(request, bat
     inputs = windows(engine.processor, [0.0, 2.0, 4.0][:batch], engine.model.dtype, frames)
     assert len({w["input_ids"].shape[1] for w in inputs}) == len(set(frames))
     eos = engine.model.generation_config.eos_token_id
-    free = engine.answer(inputs, 10, decoder=decoder, class_scores=False)
+    free = engine.answer(inputs, Generation(10, decoder=decoder, class_scores=False))
     if batch > 1:  # an end token row 0 says early: it finishes while the others run on
         k, end = next((k, t) for k, t in enumerate(free[0].ids) if k > 0 and t not in free[0].ids[:k]
                       and any(t not in a.ids[:k + 2] for a in free[1:]))
         engine.model.generation_config.eos_token_id = end
     try:
-        answers = engine.answer(inputs, 10, decoder=decoder)
+        answers = engine.answer(inputs, Generation(10, decoder=decoder))
     finally:
         engine.model.generation_config.eos_token_id = eos
     if batch > 1:
@@ -120,7 +122,7 @@ def test_every_label_the_answer_wrote_is_scored_after_its_own_prefix(engine):
     engine.reset(force)
     try:
         inputs = windows(engine.processor, [0.0, 2.0])
-        answers = engine.answer(inputs, len(forced) + 1)
+        answers = engine.answer(inputs, Generation(len(forced) + 1))
         slots = engine.decoder.kept["kv"][0][0].shape[2]
     finally:
         engine.reset()
@@ -142,7 +144,7 @@ def test_every_label_the_answer_wrote_is_scored_after_its_own_prefix(engine):
 def test_none_prob_is_recorded_without_class_scores(engine):
     inputs = windows(engine.processor, [0.0, 2.0])
     for decoder in ("fast", "transformers"):
-        for window, answer in zip(inputs, engine.answer(inputs, 6, decoder=decoder, class_scores=False)):
+        for window, answer in zip(inputs, engine.answer(inputs, Generation(6, decoder=decoder, class_scores=False))):
             assert_scores(engine, window, answer, class_scores=False)
 
 
@@ -150,7 +152,7 @@ def test_token_probabilities_are_generates_own(engine):
     """Each answer token's probability is what generate(output_scores=True) reports for it (greedy), and a
     label's probability is the product over the tokens that spell it."""
     inputs = windows(engine.processor, [0.0, 2.0])
-    answers = engine.answer(inputs, 12, class_scores=False)
+    answers = engine.answer(inputs, Generation(12, class_scores=False))
     tok = engine.processor.tokenizer
     for window, answer in zip(inputs, answers):
         with torch.inference_mode():

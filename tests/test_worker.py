@@ -15,8 +15,10 @@ import transformers
 
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
-from llava_soccer import decoding, jsonio, loading, prompt, synthetic, videos
+from llava_soccer import decoding, families, jsonio, synthetic, videos
 from llava_soccer import worker as worker_loop
+from llava_soccer.families import llava_next
+from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES, partial_path
 
 
@@ -242,7 +244,7 @@ def test_failures_that_are_not_in_a_row_never_stop_the_worker(odd_root, video_25
                                                               capsys):
     """Every other window fails: seven failures, never two in a row, so the count restarts after each answer
     and the slice runs to its end (exit 1: the failed windows are retried by a rerun)."""
-    real, calls = transformers.LlavaNextModel.get_image_features, []
+    real, calls = llava_next.embed, []
 
     def every_other(self, *args, **kw):
         calls.append(1)
@@ -250,7 +252,7 @@ def test_failures_that_are_not_in_a_row_never_stop_the_worker(odd_root, video_25
             raise ValueError("Image features and image tokens do not match")
         return real(self, *args, **kw)
 
-    monkeypatch.setattr(transformers.LlavaNextModel, "get_image_features", every_other)
+    monkeypatch.setattr(llava_next, "embed", every_other)
     project = make_project(odd_root / "scattered", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
     err = capsys.readouterr().err
@@ -312,7 +314,7 @@ def test_a_window_that_keeps_failing_is_recorded_and_five_in_a_row_stop_the_work
     def broken(self, *args, **kw):
         raise ValueError("Image features and image tokens do not match")
 
-    monkeypatch.setattr(transformers.LlavaNextModel, "get_image_features", broken)
+    monkeypatch.setattr(llava_next, "embed", broken)
     project = make_project(odd_root / "broken", {"a.mkv": video_25fps})
     assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
     err = capsys.readouterr().err
@@ -342,8 +344,8 @@ def test_nf4_weights_dequantized_once_are_bitsandbytes_own_dequantization(tmp_pa
     import bitsandbytes as bnb
     import numpy as np
     ckpt = str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    packed, processor = loading.load(ckpt, cpu_plan("nf4"), "cpu")
-    dequantized, _ = loading.load(ckpt, cpu_plan("nf4", nf4_weights="dequantized"), "cpu")
+    packed, processor = families.load(ckpt, cpu_plan("nf4"), "cpu")
+    dequantized, _ = families.load(ckpt, cpu_plan("nf4", nf4_weights="dequantized"), "cpu")
     fours = {name: m for name, m in packed.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     plain = dict(dequantized.named_modules())
     assert len(fours) > 10 and not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.values())
@@ -351,7 +353,7 @@ def test_nf4_weights_dequantized_once_are_bitsandbytes_own_dequantization(tmp_pa
         weight = bnb.functional.dequantize_4bit(four.weight.data, four.weight.quant_state)
         assert type(plain[name]) is torch.nn.Linear and torch.equal(plain[name].weight, weight), name
     rng = np.random.default_rng(1)
-    windows = prompt.prepare(processor, [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3),
+    windows = llava_next.prepare(processor, [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3),
                                          dtype=np.uint8) for _ in range(15)]) for t in (0.0, 2.0)])
     # bnb's CPU kernels round otherwise than F.linear (on a GPU, a prefill's products are F.linear on this very
     # tensor: benchmarks/RESULTS.md, session 7): near logits, where unrelated ones differ by ~140%
@@ -366,16 +368,16 @@ def test_a_window_has_the_real_models_token_count(tmp_path, video_25fps):
     ckpt = synthetic.make_checkpoint(tmp_path / "ck336", "tiny336")
     processor = transformers.LlavaNextProcessor.from_pretrained(ckpt)
     (_, _, times, frames), = videos.iter_windows(videos.probe(video_25fps), [0])
-    inputs, = prompt.prepare(processor, [(times, frames)])
+    inputs, = llava_next.prepare(processor, [(times, frames)])
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert int((inputs["input_ids"] == image_id).sum()) == 15 * 1608
     text = processor.batch_decode(inputs["input_ids"])[0]
     assert "Frame 1 (0:00.0): <image>" in text and "Frame 15 (0:02.8): <image>" in text
     # the fast mode: base view + one tile
     engine = load_engine(ckpt, visual_tokens="reduced")
-    inputs = prompt.prepare(engine.processor, [(times, frames)])
+    inputs = engine.prepare([(times, frames)])
     assert int((inputs[0]["input_ids"] == image_id).sum()) == 15 * 926
-    assert len(engine.generate(inputs, max_new_tokens=2)) == 1
+    assert len(engine.generate(inputs, Generation(max_new_tokens=2))) == 1
 
 
 def test_new_videos_get_new_indices_without_renumbering(tmp_path, video_25fps, video_2997fps):
@@ -492,11 +494,11 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
     for ckpt, n in ((synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
                     (synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None"), 30)):
         engine = load_engine(ckpt)
-        inputs = prompt.prepare(engine.processor, windows)
+        inputs = engine.prepare(windows)
         assert len({w["input_ids"].shape[1] for w in inputs}) == 3  # padding happens in a batch
-        alone = [engine.generate([w], n, decoder="transformers")[0] for w in inputs]
-        assert engine.generate(inputs, n, decoder="transformers") == alone
-        assert engine.generate(inputs, n, decoder="fast") == alone
+        alone = [engine.generate([w], Generation(n, decoder="transformers"))[0] for w in inputs]
+        assert engine.generate(inputs, Generation(n, decoder="transformers")) == alone
+        assert engine.generate(inputs, Generation(n, decoder="fast")) == alone
         answers.append(alone)
     assert len(set(answers[0])) == 4 and answers[1] == ["None"] * 4
 
@@ -511,24 +513,24 @@ def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(t
                                                    for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0)]
     engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
     model, processor = engine.model, engine.processor
-    inputs = prompt.prepare(processor, windows)
+    inputs = llava_next.prepare(processor, windows)
     with torch.inference_mode():
-        ids = decoding.Decoder(model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
+        ids = decoding.Decoder(llava_next, model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
     # an end token that row 0 says early and some other row never says: rows stop at different steps
     def stops(eos):
         return [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else 12 for row in ids]
     eos = next(int(t) for t in ids[0, 1:] if 1 < stops(int(t))[0] < 12 and max(stops(int(t))) == 12)
     stops = stops(eos)
     model.generation_config.eos_token_id = eos
-    alone = [engine.generate([w], 12, decoder="transformers")[0] for w in inputs]
-    assert engine.generate(inputs, 12, decoder="fast") == alone
+    alone = [engine.generate([w], Generation(12, decoder="transformers"))[0] for w in inputs]
+    assert engine.generate(inputs, Generation(12, decoder="fast")) == alone
     positions = []
     real_step = decoding.Step.__call__
     with pytest.MonkeyPatch.context() as mp:  # the positions each step attends up to
-        mp.setattr(decoding.Step, "__call__", lambda self, tokens, pos: positions.append(pos.tolist())
-                   or real_step(self, tokens, pos))
+        mp.setattr(decoding.Step, "__call__", lambda self, tokens, pos, offsets: positions.append(pos.tolist())
+                   or real_step(self, tokens, pos, offsets))
         with torch.inference_mode():
-            decoding.Decoder(model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
+            decoding.Decoder(llava_next, model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
     # step k makes token k + 1: a row whose end token was token s - 1 attends to slot 0 from step s - 1 on
     assert [[p == 0 for p in step] for step in positions] == [[k >= s - 1 for s in stops]
                                                               for k in range(len(positions))]
@@ -545,10 +547,11 @@ def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_
     windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                    for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0, 8.0)]
     engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    inputs = prompt.prepare(engine.processor, windows)
+    inputs = engine.prepare(windows)
     decoder = engine.decoder
     with torch.inference_mode():
-        fresh = [decoding.Decoder(engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0) for i in (0, 2, 4)]
+        fresh = [decoding.Decoder(llava_next, engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0)
+                 for i in (0, 2, 4)]
         kept = []
         for i in (0, 2, 4):
             kept.append(decoder.greedy(inputs[i:i + 2], 10, [-1], 0))
@@ -569,14 +572,14 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path)
     rng = np.random.default_rng(1)
     windows = [([t + 0.2 * i for i in range(3)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                   for _ in range(3)]) for t in (599.6, 4.0)]
-    model, processor = loading.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)),
-                                    cpu_plan(), "cpu")
-    inputs = prompt.prepare(processor, windows)
+    model, processor = families.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)),
+                                     cpu_plan(), "cpu")
+    inputs = llava_next.prepare(processor, windows)
     new = torch.tensor([[5, 9], [7, 11]])
     with torch.inference_mode():
-        first, _, lengths, kv = decoding.prefill(model, inputs, room=2)
-        step = decoding.Step(model, *kv)
-        ours = [step(new[:, 0], lengths), step(new[:, 1], lengths + 1)]
+        first, _, lengths, kv, offsets = decoding.prefill(llava_next, model, inputs, room=2)
+        step = decoding.Step(llava_next, model, *kv)
+        ours = [step(new[:, 0], lengths, offsets), step(new[:, 1], lengths + 1, offsets)]
         for row, window in enumerate(inputs):
             cache = DynamicCache()
             out = model(**window, past_key_values=cache, use_cache=True)

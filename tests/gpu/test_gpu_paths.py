@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from conftest import GOAL_ANSWER
-from llava_soccer import decoding, fused, gpus, loading, prompt, synthetic
+from llava_soccer import decoding, families, fused, gpus, synthetic
 from llava_soccer.config import WorkerSettings
 from llava_soccer.engine import Engine
+from llava_soccer.families import llava_next
+from llava_soccer.generation import Generation
 
 MODERN = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 needs_modern = pytest.mark.skipif(not MODERN, reason="Triton kernels and torch.compile need compute capability 8.0+")
@@ -21,9 +23,9 @@ needs_modern = pytest.mark.skipif(not MODERN, reason="Triton kernels and torch.c
 
 def windows(processor, n=3, start=0):
     """n windows of 15 barcoded frames, as prepare() makes them for the worker."""
-    return prompt.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
-                                      [synthetic.frame_image((start + k) * 50 + 5 * j) for j in range(15)])
-                                     for k in range(n)])
+    return llava_next.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
+                                           [synthetic.frame_image((start + k) * 50 + 5 * j) for j in range(15)])
+                                          for k in range(n)])
 
 
 def plan(quantization="fp32", **flags):
@@ -48,7 +50,7 @@ def test_triton_split_kv_attention_equals_sdpa(rows, heads, group, slots):
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
     ckpt = synthetic.make_checkpoint(tmp_path_factory.mktemp("gpu") / "random", "tiny", seed=3, init_std=0.5)
-    return loading.load(str(ckpt), plan("bf16"), "cuda")
+    return families.load(str(ckpt), plan("bf16"), "cuda")
 
 
 def greedy_ids(decoder, processor, n=3, new=24):
@@ -59,8 +61,9 @@ def greedy_ids(decoder, processor, n=3, new=24):
 @needs_modern
 def test_cuda_graph_and_triton_decoding_give_the_eager_sdpa_tokens(random_model):
     model, processor = random_model
-    eager = greedy_ids(decoding.Decoder(model, plan("bf16", decode_attention="sdpa", cuda_graphs="no")), processor)
-    fast = decoding.Decoder(model, plan("bf16"))  # the 8.0+ default: Triton decode attention in a CUDA graph
+    eager = greedy_ids(decoding.Decoder(llava_next, model, plan("bf16", decode_attention="sdpa", cuda_graphs="no")),
+                       processor)
+    fast = decoding.Decoder(llava_next, model, plan("bf16"))  # the 8.0+ default: Triton decode attention, CUDA graph
     graphed = greedy_ids(fast, processor)
     assert fast.attention == "triton" and fast.graphs  # both passed their self-checks
     assert eager.shape == (3, 24)
@@ -73,12 +76,12 @@ def test_the_graph_replays_the_eager_step_exactly(random_model):
     """Same kernels recorded or launched one by one: identical logits, step after step."""
     model, processor = random_model
     with torch.inference_mode():
-        tokens, _, positions, kv = decoding.prefill(model, windows(processor, 2), 8)
+        tokens, _, positions, kv, offsets = decoding.prefill(llava_next, model, windows(processor, 2), 8)
         logits = {}
         for mode in ("eager", "graph"):
             kv_copy = [[t.clone() for t in layer] for layer in kv]
-            step = decoding.Step(model, *kv_copy, "sdpa")
-            inputs = (tokens.clone(), positions.clone())
+            step = decoding.Step(llava_next, model, *kv_copy, "sdpa")
+            inputs = (tokens.clone(), positions.clone(), offsets.clone())
             run = decoding.graphed(step, *inputs) if mode == "graph" else functools.partial(step, *inputs)
             out = []
             for _ in range(4):
@@ -117,7 +120,7 @@ def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, ass
         assert chosen.prefill_chunk and chosen.decode_attention == "sdpa" and not chosen.fused_kernels
     engine = Engine.load(str(goal_checkpoint_gpu), chosen, "cuda")
     try:
-        answers = engine.generate(windows(engine.processor, 2), max_new_tokens=40)
+        answers = engine.generate(windows(engine.processor, 2), Generation(40))
     finally:
         del engine
         torch.cuda.empty_cache()
@@ -130,7 +133,7 @@ def test_dequantized_nf4_weights_give_the_packed_prefill_exactly(tmp_path):
     logits = {}
     for weights in ("packed", "dequantized"):
         chosen = plan("nf4", nf4_weights=weights)
-        model, processor = loading.load(ckpt, chosen, "cuda")
+        model, processor = families.load(ckpt, chosen, "cuda")
         window = windows(processor, 1)[0]
         assert window["input_ids"].shape[1] > 1536
         with torch.inference_mode(), Engine(model, processor, chosen).attention():
@@ -145,17 +148,18 @@ def test_batches_reuse_the_graph_and_stop_as_generate_does(random_model, tmp_pat
     Rows that all end early stop at generate()'s length although the check of each step is read
     a step late (decoding._Lagged)."""
     model, processor = random_model
-    reused = decoding.Decoder(model, plan("bf16"))
+    reused = decoding.Decoder(llava_next, model, plan("bf16"))
     ids = [greedy_ids(reused, processor, n=2, new=12) for _ in range(2)]
     assert reused.graphs and torch.equal(ids[0], ids[1])
-    assert torch.equal(ids[0], greedy_ids(decoding.Decoder(model, plan("bf16")), processor, n=2, new=12))
-    none, none_processor = loading.load(str(synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None")),
+    assert torch.equal(ids[0], greedy_ids(decoding.Decoder(llava_next, model, plan("bf16")), processor, n=2, new=12))
+    none, none_processor = families.load(str(synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None")),
                                         plan("bf16"), "cuda")
     inputs = windows(none_processor, 2)
     pad, eos = none_processor.tokenizer.pad_token_id, none.generation_config.eos_token_id
     with torch.inference_mode():
-        fast = decoding.Decoder(none, plan("bf16")).greedy(inputs, 30, eos if isinstance(eos, list) else [eos], pad)
-        batch = decoding.on_model(none, prompt.collate(none_processor, inputs))
+        fast = decoding.Decoder(llava_next, none, plan("bf16")).greedy(inputs, 30,
+                                                                       eos if isinstance(eos, list) else [eos], pad)
+        batch = decoding.on_model(none, llava_next.collate(none_processor, inputs))
         slow = none.generate(**batch, max_new_tokens=30, do_sample=False, pad_token_id=pad)
     assert 2 <= fast.shape[1] < 30 and torch.equal(fast, slow[:, batch["input_ids"].shape[1]:])
 
@@ -233,7 +237,7 @@ def test_fp8_model_quantizes_only_the_language_models_linears_and_decodes(random
     assert fp8.lm_head.weight.dtype == torch.bfloat16  # the head and the vision tower stay bf16
     vision = [type(m).__name__ for m in fp8.model.vision_tower.modules()]
     assert "Linear" in vision and "FP8Linear" not in vision
-    decoder = decoding.Decoder(fp8, plan("fp8"))
+    decoder = decoding.Decoder(llava_next, fp8, plan("fp8"))
     ids = greedy_ids(decoder, processor, n=2, new=8)  # the decode step, in a CUDA graph, in FP8 too
     assert ids.shape == (2, 8) and decoder.graphs
 

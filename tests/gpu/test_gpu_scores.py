@@ -13,6 +13,7 @@ import torch
 
 from llava_soccer import decoding, scores, synthetic
 from llava_soccer.engine import Engine
+from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 from .test_gpu_paths import MODERN, plan, windows
@@ -75,7 +76,7 @@ def test_scores_on_the_gpu_plans_are_plain_forward_passes(none_checkpoint, quant
     tok = engine.processor.tokenizer
     try:
         inputs = windows(engine.processor, 2)
-        answers = engine.answer(inputs, len(forced) + 1)
+        answers = engine.answer(inputs, Generation(len(forced) + 1))
         assert FORCED in answers[0].text and len(scores.label_anchors(tok, answers[0].ids, answers[0].text)) == 3
         for window, answer in zip(inputs, answers):
             forward = plain_forward(engine, window)

@@ -1,0 +1,78 @@
+"""Model families: each module here holds everything this pipeline knows about one kind of checkpoint
+(its classes, prompt, inputs, embeddings, rotary positions, memory; docs/design.md#model-families).
+
+    family = families.of_model("llava-hf/llava-v1.6-mistral-7b-hf")   # from its config.json, never a flag
+    family.NAME, family.TAG                                             # "llava_next", "llava"
+
+The family of a checkpoint is its config.json's model_type. Modules here import torch and transformers
+only inside their functions, so the plan (--print-plan) picks a family in milliseconds.
+"""
+import importlib
+import json
+from pathlib import Path
+
+from ..cli import InputError
+
+FAMILIES = {"llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}   # config.json model_type -> module name
+# a hub id not in the cache: its name says the family (what from_pretrained will fetch decides in the end)
+_BY_NAME = (("qwen2.5-vl", "qwen2_5_vl"), ("llava", "llava_next"))
+
+
+def _module(name):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def of_config(config: dict):
+    """The family module of a parsed config.json; InputError (one line) for a model_type none supports."""
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in FAMILIES:
+        raise InputError(f"model_type {model_type!r} is not a model family this pipeline runs (supported: "
+                         f"{', '.join(sorted(FAMILIES))}): use one of those checkpoints, or add a family "
+                         f"(docs/design.md#model-families)")
+    return _module(FAMILIES[model_type])
+
+
+def of_model(model_id: str):
+    """The family of a checkpoint directory (its config.json) or a hub id (its cached config.json; no
+    network): a hub id not cached yet is known by its DEFAULT_ID, else by its name."""
+    from ..loading import check_model_source, is_local
+    if is_local(model_id):
+        check_model_source(model_id)  # no such directory: its one line
+        path = Path(model_id).expanduser() / "config.json"
+        if not path.is_file():
+            raise InputError(f"--model {model_id}: no config.json there (a checkpoint directory holds the config.json, "
+                             f"tokenizer and weights that save_pretrained writes)")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(model_id, "config.json")
+        path = Path(cached) if isinstance(cached, str) else None
+    if path is not None:
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise InputError(f"--model {model_id}: cannot read {path} ({e}): download the model again") from None
+        return of_config(config)
+    for name in FAMILIES.values():
+        try:
+            module = _module(name)
+        except ModuleNotFoundError as e:  # a family listed whose module this checkout lacks: not this model's
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        if module.DEFAULT_ID.lower() == model_id.lower():
+            return module
+    for part, name in _BY_NAME:
+        if part in model_id.lower():
+            return _module(name)
+    raise InputError(f"--model {model_id}: not in the Hugging Face cache, and its name says no model family "
+                     f"(supported: {', '.join(sorted(FAMILIES))}): download it first (README: Troubleshooting)")
+
+
+def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
+    """(model, processor) of model_id, loaded by its family (its load())."""
+    return of_model(model_id).load(model_id, plan, device, visual_tokens)
+
+
+def of_loaded(model):
+    """The family of a loaded model."""
+    return of_config(model.config.to_dict())
