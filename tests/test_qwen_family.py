@@ -184,3 +184,20 @@ print("ok")
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_the_full_size_is_qwen2_5_vl_7b():
+    """The "full" config in the hub's flat layout builds Qwen2.5-VL-7B-Instruct's 8,292,166,656 parameters (its
+    safetensors index: 16,584,333,312 bytes in bf16), in bf16 from the start (meta device: no memory)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    hub = qwen.hub_config("full", qwen._tokenizer(None))
+    config = Qwen2_5_VLConfig(**{k: v for k, v in hub.items() if k not in ("architectures", "model_type")})
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    assert sum(p.numel() for p in model.parameters()) == 8_292_166_656 and model.dtype == torch.bfloat16
+    assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]

@@ -222,6 +222,19 @@ def _wire_parrot(model, tokenizer, answer):
         head[said, 0] = head[end, 1] = 10.0  # "\n" -> answer -> <|im_end|>
 
 
+def hub_config(size, tokenizer, dtype="bfloat16") -> dict:
+    """config.json of a `size` checkpoint in the hub's flat layout (text keys at the top), token ids the tokenizer's."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
+    dims = SIZES[size]
+    return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+            "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02, "tie_word_embeddings": False,
+            "use_cache": True, "torch_dtype": dtype, "vocab_size": len(tokenizer),  # full: dims say 152,064
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+            "image_token_id": ids[IMAGE], "video_token_id": ids[VIDEO],
+            **dims, "vision_config": {**_VISION, **dims["vision_config"]}}
+
+
 def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu"):
     """Save a random Qwen2.5-VL checkpoint laid out as the hub's (config.json in its flat layout, tokenizer files,
     preprocessor_config.json, chat_template.json, generation_config.json); return out_dir. "full" builds in
@@ -229,21 +242,15 @@ def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32",
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its per-shard bars
     if answer is not None and size != "tiny":
         raise ValueError("--answer makes a tiny parrot checkpoint only (use --size tiny)")
     out_dir = Path(out_dir)
     tokenizer = _tokenizer(answer)
+    hub = hub_config(size, tokenizer, dtype)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
-    dims = SIZES[size]
-    hub = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-           "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02, "tie_word_embeddings": False,
-           "use_cache": True, "torch_dtype": dtype, "vocab_size": len(tokenizer),
-           "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-           "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-           "image_token_id": ids[IMAGE], "video_token_id": ids[VIDEO],
-           **dims, "vision_config": {**_VISION, **dims["vision_config"]}}
-    hub["vocab_size"] = max(hub["vocab_size"], len(tokenizer))  # full: the real 152,064 rows
     config = Qwen2_5_VLConfig(**{k: v for k, v in hub.items() if k not in ("architectures", "model_type")})
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
