@@ -67,8 +67,9 @@ def load(model_id, plan, device, visual_tokens="full"):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, plan.compute_dtype))
     low, high = PIXELS[visual_tokens]
-    # size= a new dict: the class's own default dict is shared, and its __init__ writes min/max_pixels into it
-    images = Qwen2VLImageProcessorPil.from_pretrained(model_id, token=token,
+    # min/max_pixels, not size=: the hub's preprocessor_config.json has min_pixels/max_pixels, which __init__ writes
+    # over size; a new size dict too: the class's default dict is shared, and __init__ writes into it
+    images = Qwen2VLImageProcessorPil.from_pretrained(model_id, token=token, min_pixels=low, max_pixels=high,
                                                       size={"shortest_edge": low, "longest_edge": high})
     processor = Processor(AutoTokenizer.from_pretrained(model_id, token=token), images)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_id, **kwargs).eval()
@@ -175,6 +176,10 @@ _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
 SIZES = {"tiny": _TINY, "full": _FULL}
 _VISION = dict(hidden_act="silu", in_chans=3, patch_size=14, spatial_merge_size=2, spatial_patch_size=14,
                temporal_patch_size=2, tokens_per_second=2)
+# The hub's preprocessor_config.json (its own pixel bounds: load() replaces them with PIXELS)
+PREPROCESSOR = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
 # The hub's chat_template.json (Qwen2-VL's template), so a checkpoint dir holds what the hub repository does.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
@@ -241,7 +246,6 @@ def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32",
     `dtype` directly on `device` (bf16 on a GPU: ~17 GB there, no fp32 copy in CPU memory)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its per-shard bars
@@ -269,6 +273,6 @@ def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32",
                      eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], repetition_penalty=1.05,
                      temperature=0.1, top_p=0.001, top_k=1).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}).save_pretrained(out_dir)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2) + "\n")
     (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
     return out_dir
