@@ -319,9 +319,10 @@ def on_model(model, inputs):
 
 
 def head_dim(model):
-    """Size of one attention head of the language model (Mistral's config may leave head_dim unset)."""
+    """Size of one attention head of the language model (Mistral's config may leave head_dim unset; Qwen2's has
+    no such field)."""
     text = model.config.text_config
-    return text.head_dim or text.hidden_size // text.num_attention_heads
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
 
 def kv_shape(model, rows, slots):
