@@ -212,7 +212,7 @@ def main(argv=None):
     if a.what == "checkpoint":
         family = of_config({"model_type": a.family})
         if hasattr(family, "build_checkpoint"):
-            family.build_checkpoint(a.out_dir, a.size, a.answer)
+            family.build_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
         else:
             make_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
     else:
