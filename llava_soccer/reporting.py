@@ -88,7 +88,11 @@ def note_failure(cfg, line) -> None:
     from .families import tag_of
     from .jsonio import atomic_write_json
     try:
-        project, tag = settings.project_dir(cfg.project), tag_of(cfg.model)  # no family: nothing of its to note
+        project = settings.project_dir(cfg.project)
+        try:
+            tag = tag_of(cfg.model)
+        except InputError:  # a model no family runs (a folder that is not there): the default model's, where status
+            tag = settings.DEFAULT_TAG  # looks without --model; the line names the model
         if cfg.video_index is None or settings.partial_path(project, cfg.video_index, cfg.gpu_id, tag).exists():
             return
         claims.Fence(project, cfg.video_index, model=tag)()  # another run's video: its state is not ours to note

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..cli import InputError
+from ..settings import DEFAULT_MODEL, DEFAULT_TAG
 
 # config.json model_type -> the family's TAG, the model's name in every file name (settings.FINAL, LOCK, ...)
 _TAG_OF_TYPE = {"llava_next": "llava", "qwen2_5_vl": "qwen2.5vl"}
@@ -20,11 +21,16 @@ def tag_of(model_id: str) -> str:
     """The TAG of a model: its config.json's model_type (a checkpoint directory, or a hub id's cached config.json;
     no network), else its name; InputError (one line) naming the model and the supported families."""
     from ..loading import is_local
+    if model_id == DEFAULT_MODEL:  # its config.json can only say llava_next: no look-up (status, submit start fast)
+        return DEFAULT_TAG
     supported = ", ".join(f"{t} ({m})" for m, t in _TAG_OF_TYPE.items())
     path = Path(model_id).expanduser() / "config.json" if is_local(model_id) else None
     if path is None:
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(model_id, "config.json")
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # a python without it (status_llava.py run by the system's): the name says
+            try_to_load_from_cache = None
+        cached = try_to_load_from_cache and try_to_load_from_cache(model_id, "config.json")
         path = Path(cached) if isinstance(cached, str) else None
     if path is not None and path.is_file():
         try:
