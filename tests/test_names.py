@@ -12,8 +12,8 @@ SOCCERNET_PIN = soccernet.INSTALL_HINT.split()[-1]  # the official evaluator's v
 HOME_PROJECT = settings.PROJECT_DEFAULT.replace("~", "${HOME}", 1)
 DRIVERS = doctor.parse_drivers(doctor.CUDA_DRIVERS)  # the least NVIDIA driver per CUDA major version
 COPIES = [
-    ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="llava", video="${video}")}"'),
-    ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(video="$1", gpu="*")}"'),
+    ("submit_llava.sh", f'local final="${{PROJECT}}/{settings.FINAL.format(model="${TAG}", video="${video}")}"'),
+    ("submit_llava.sh", f'compgen -G "${{PROJECT}}/{settings.PARTIAL.format(model="${TAG}", video="$1", gpu="*")}"'),
     ("submit_llava.sh", f"      PROJECT={HOME_PROJECT}\n"),
     ("submit_llava.sh", "if [[ -d ${here}/raw_data || -f ${here}/videos.txt ]]; then"),  # settings.is_project
     ("submit_llava.sh", f"hub id or local checkpoint dir ({settings.DEFAULT_MODEL})"),
@@ -29,7 +29,7 @@ COPIES = [
     ("submit_llava.sh", f"readonly EX_LOST_LOCK={claims.EXIT_LOST_LOCK} "),  # the heartbeat's lock: claims beat
     ("demo.sh", f'rm -f {settings.FINAL.format(model="llava", video="*")} '
                 f'{settings.RAW_ANSWERS.format(model="llava", video="*")} '
-                f'{settings.PARTIAL.format(video="*", gpu="*")}'),
+                f'{settings.PARTIAL.format(model="llava", video="*", gpu="*")}'),
 ]
 
 

@@ -18,7 +18,7 @@ def main(argv) -> int:
         print(tag_of(model))
     except InputError as e:
         named = len(argv) == 1 and os.environ.get("LLAVA_MODEL")  # the variable, not a flag, gave the model
-        print(log_safe(f"LLAVA_MODEL={model}: {e}" if named else e, 1000), file=sys.stderr)
+        print(log_safe(f"{e} (LLAVA_MODEL)" if named else e, 1000), file=sys.stderr)
         return 2
     return 0
 
