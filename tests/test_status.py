@@ -353,3 +353,23 @@ def test_a_second_models_videos_by_its_tag_and_the_other_models_in_one_line(tmp_
     assert line_of(lines, 5).startswith("5  not started  "), lines
     code, lines, err = status("--project", project, "--model", tmp_path / "no such model")
     assert (code, lines) == (1, []) and err.startswith(f"status_llava.py: error: model {tmp_path / 'no such model'}: ")
+
+
+@pytest.mark.slow
+def test_a_second_models_worker_failure_is_noted_as_its_own(tmp_path, video_25fps):
+    """A Qwen2.5-VL worker that stops before its first window (here: a checkpoint folder with only its config.json)
+    notes why in .failed_qwen2.5vl_video_0.json: status of that model says failed with the line, LLaVA's view of the
+    video is untouched."""
+    project = make_project(tmp_path, {"g/1_224p.mkv": video_25fps})
+    qwen = tmp_path / "qwen checkpoint"
+    qwen.mkdir()
+    (qwen / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    r = subprocess.run([sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
+                        "--video-index", "0", "--project", str(project), "--quantization", "fp32", "--model",
+                        str(qwen)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode != 0 and settings.failed_note_path(project, 0, "qwen2.5vl").exists(), r.stderr
+    assert not settings.failed_note_path(project, 0).exists()
+    code, lines, _ = status("--project", project, "--model", qwen)
+    assert code == 0 and re.search(r"^\s*0  failed .*\(a worker stopped before saving a window\): fix that and rerun",
+                                   line_of(lines, 0)), lines
+    assert re.match(r"\s*0  not started ", line_of(status("--project", project)[1], 0))
