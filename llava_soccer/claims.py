@@ -271,10 +271,9 @@ def release(project, video: int, token: str, model: str = DEFAULT_TAG):
 
 class Fence:
     """`fence = Fence(project, video, model=TAG)`; `fence()` before each write of the video's files of that model
-    (jsonio's fence=):
-    returns the lock's info (None when there is none) while this run may write, else raises, in one line,
-    LostLock (a run of submit_llava.sh, token LLAVA_CLAIM, whose lock is gone or another run's) or InputError
-    (a run by hand, no token, while a live holder has the video)."""
+    (jsonio's fence=): returns the lock's info (None when there is none) while this run may write, else raises,
+    in one line, LostLock (a run of submit_llava.sh, token LLAVA_CLAIM, whose lock is gone or another run's) or
+    InputError (a run by hand, no token, while a live holder has the video)."""
 
     def __init__(self, project, video: int, token: str | None = None, model: str = DEFAULT_TAG):
         self.path, self.video = lock_path(Path(project), video, model), video

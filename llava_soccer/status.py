@@ -277,8 +277,8 @@ def video_row(project: Path, index: int, listed: list, partials: list, jobs: dic
     """One video's row for model (its TAG: its files and lock). Its lock comes first (a job may be redoing an
     incomplete video); then a final a rerun skips; then its partials (partials: their files); then the note of a
     worker that failed before saving a window (noted: .failed_<tag>_video_I.json exists); else not started. A file
-    that cannot be read is that
-    video's error row; a lock file that is none (claims.BadLock) is "locked", saying what to do."""
+    that cannot be read is that video's error row; a lock file that is none (claims.BadLock) is "locked", saying
+    what to do."""
     try:
         lock = lock_of(project, index, jobs, model)
         if lock and lock[2] is None:
