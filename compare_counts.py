@@ -1,10 +1,12 @@
 """Compare two models' final predictions, video by video (replaces the seed's shell loop).
 
-    python compare_counts.py                                  # every video with a final, qwen7b vs llava
+    python compare_counts.py                                  # every video with a final, Qwen vs llava
     python compare_counts.py --videos 0-20 --models qwen7b llava --tolerance 3
     python compare_counts.py --csv counts.csv --plot counts.png --ensemble ensemble/
     python compare_counts.py --dirs ../qwen_runs ~/soccer_project  # each model's files elsewhere
 
+Without --models: our Qwen2.5-VL runs (qwen2.5vl) where the project has their finals, else the seed's
+Qwen files (qwen7b), against LLaVA (llava); the first line of the report says which.
 Reads final_predictions_<model>_video_N.json of both models: ours (one record per event)
 and the seed's older per-window files ({"time", "raw"}, e.g. the Qwen runs) alike. Labels
 are normalised to the SoccerNet classes and each model's events are de-duplicated with the
@@ -35,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from llava_soccer import merge, provenance, records, settings, soccernet, videos
+from llava_soccer import families, merge, provenance, records, settings, soccernet, videos
 from llava_soccer.cli import InputError, log_safe, run_cli
 from llava_soccer.jsonio import atomic_savefig, atomic_write_json, atomic_write_text
 from llava_soccer.matching import match
@@ -47,8 +49,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", default="all", type=settings.video_list,
                    help="video indices, e.g. 0-9,12 (default all: every video with a final of either model)")
-    p.add_argument("--models", nargs=2, default=["qwen7b", "llava"], metavar=("A", "B"),
-                   help="the two model names in final_predictions_<model>_video_N.json (default qwen7b llava)")
+    p.add_argument("--models", nargs=2, default=None, metavar=("A", "B"),
+                   help="the two model names in final_predictions_<model>_video_N.json (default: qwen2.5vl, our "
+                        f"Qwen2.5-VL runs, where they have finals, else {SEED_QWEN}, the seed's; and llava)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
     p.add_argument("--dirs", nargs=2, default=None, metavar=("DIR_A", "DIR_B"),
                    help="read each model's files from its own directory (default: both from --project)")
@@ -64,11 +67,21 @@ def parse_args(argv):
                    help="draw per-video counts and a per-label comparison (matplotlib)")
     settings.check_env(p, {"tolerance": "LLAVA_MATCH_S", "dedup_s": "LLAVA_DEDUP_S"})
     args = p.parse_args(argv)
-    if args.models[0] == args.models[1] and not args.dirs:
+    if args.models and args.models[0] == args.models[1] and not args.dirs:
         p.error("--models names the same model twice: give two models, or --dirs to compare two runs")
     if not (args.tolerance >= 0 and args.dedup_s >= 0):  # also NaN
         p.error("--tolerance and --dedup-s must be 0 or more")
     return args
+
+
+SEED_QWEN = "qwen7b"  # the seed's Qwen runs (its workers/qwen_split_worker.py): per-window files
+
+
+def default_models(folder: Path) -> list[str]:
+    """The two models compared without --models: our other model family's runs (the first of families.TAGS but
+    LLaVA's with finals in folder), else the seed's Qwen files; against LLaVA's."""
+    ours = [t for t in families.TAGS if t != settings.DEFAULT_TAG and soccernet.prediction_files(folder, t)]
+    return [ours[0] if ours else SEED_QWEN, settings.DEFAULT_TAG]
 
 
 def load_events(path: Path, dedup_s: float, repairs=None):
@@ -198,7 +211,6 @@ class Tally:
 
 
 def run(args) -> int:
-    names = args.models
     try:
         project = settings.project_dir(args.project)
     except InputError:
@@ -206,6 +218,8 @@ def run(args) -> int:
             raise
         project = None  # --dirs: the project only says which video each index is (videos.check_source)
     dirs = [Path(d).expanduser() for d in args.dirs] if args.dirs else [project, project]
+    names = args.models or default_models(dirs[0])
+    args.found = "" if args.models else f" (found in {dirs[0]}; --models A B compares others)"
     tally = compare_videos(args, names, project, dirs)
     for name in names:
         if records.repairs_note(tally.repairs[name]):
@@ -292,7 +306,7 @@ def compare_videos(args, names, project, dirs) -> Tally:
 def print_report(args, names, tally, columns, total) -> None:
     """The table, what made each model's files, the per-label counts and the most frequent disagreements."""
     width = max(8, *(len(c) + 1 for c in columns))
-    print(f"{names[0]} vs {names[1]}: events after de-duplication (same label within {args.dedup_s:g} s); "
+    print(f"{names[0]} vs {names[1]}{args.found}: events after de-duplication (same label within {args.dedup_s:g} s); "
           f"both = same label within {args.tolerance:g} s; disagree = different labels within {args.tolerance:g} s")
     for r in [dict(zip(columns, columns))] + tally.rows + [total]:
         print("".join(f"{r[c]!s:>{width}}" for c in columns))

@@ -6,7 +6,8 @@
     python evaluate_soccernet.py --videos 0-9 --tolerance 5 --min-confidence 0.6 --metrics tight
     python evaluate_soccernet.py --videos 10-19 --thresholds /data/eval_0-9/thresholds.json
 
-Reads every $SOCCER_PROJECT/final_predictions_<model>_video_<N>.json (or --videos), maps N
+Reads every $SOCCER_PROJECT/final_predictions_<model>_video_<N>.json (or --videos) of every model there
+(llava, qwen2.5vl, the seed's qwen7b, ...: one line names them) or of --models, maps N
 through $SOCCER_PROJECT/videos.txt to <league>/<season>/<game>/<half>_<res>.mkv, and reads
 <soccernet>/<league>/<season>/<game>/Labels-v2.json. Only the games and halves that were
 processed are scored. Predictions are ranked three ways, side by side (docs/evaluation.md): by the
@@ -42,9 +43,10 @@ def parse_args(argv):
     p.add_argument("--soccernet", default=env("SOCCERNET_DIR", None),
                    help="SoccerNet folder holding <league>/<season>/<game>/Labels-v2.json")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
-    p.add_argument("--models", default="llava",
+    p.add_argument("--models", default=None,
                    help="comma-separated models, each NAME (files in --predictions-dir) or NAME=DIR; "
-                        "e.g. llava,qwen7b=/runs/qwen (default llava)")
+                        "e.g. llava,qwen7b=/runs/qwen (default: every model with finals in --predictions-dir, "
+                        "e.g. llava,qwen2.5vl)")
     p.add_argument("--predictions-dir", "--predictions_dir", default=None,
                    help="folder of final_predictions_<model>_video_<N>.json (default: the project directory)")
     p.add_argument("--videos", default="all", type=settings.video_list,

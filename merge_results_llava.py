@@ -95,7 +95,7 @@ def run(args) -> int:
             say(f"video {args.video_index}: already merged into {final} (no partials left)")
             return 0
         raise InputError(f"no partials of video {args.video_index} in {project} "
-                         f"({settings.PARTIAL.format(video=args.video_index, gpu='*')}): run the workers first")
+                         f"({settings.partial_path(project, args.video_index, '*').name}): run the workers first")
     video = videos.resolve_video(project, args.video_index)
     listed = videos.read_list(project)  # "video 5 of 40": every SoccerNet half is 1_224p.mkv or 2_224p.mkv
     info = videos.probe(video)

@@ -78,7 +78,7 @@ remove_unshipped() {
   if [[ -f ${PROJECT}/${DEPLOYED} ]]; then
     mapfile -t before <"${PROJECT}/${DEPLOYED}"
   else
-    for name in "${PROJECT}"/llava_soccer/*.py; do
+    for name in "${PROJECT}"/llava_soccer/*.py "${PROJECT}"/llava_soccer/*/*.py; do
       [[ -f ${name} ]] && before+=("${name#"${PROJECT}/"}")
     done
   fi
@@ -105,8 +105,8 @@ install_files() {
   for name in "${OPTIONAL_FILES[@]}"; do
     [[ -f ${SRC}/${name} ]] && shipped+=("${name}")
   done
-  for name in "${SRC}"/llava_soccer/*.py; do
-    shipped+=("llava_soccer/$(basename "${name}")")
+  for name in "${SRC}"/llava_soccer/*.py "${SRC}"/llava_soccer/*/*.py; do   # the package and its subpackages
+    [[ -f ${name} ]] && shipped+=("${name#"${SRC}/"}")
   done
   for name in "${shipped[@]}"; do
     copy_if_changed "${SRC}/${name}" "${PROJECT}/${name}"

@@ -4,12 +4,15 @@
     python status_llava.py --videos 0-39        # a range (also 0-9,12)
     python status_llava.py --videos 0-39 --watch        # again every 30 s until Ctrl-C (--watch 60: every 60 s)
     SOCCER_PROJECT=/scratch/me/soccer python status_llava.py
+    LLAVA_MODEL=Qwen/Qwen2.5-VL-7B-Instruct python status_llava.py   # another model's videos (also --model)
 
 Per video: done (events by label), in progress (job and node from its lock, windows saved/total, rate,
 ETA), failed (the reason; a rerun retries), stopped (part done, no job: a rerun resumes), incomplete
 (undecodable windows: reruns skip it while the file is unchanged), held (a lock whose job is not
 running), not started; then the totals, events by label, and how long the rest takes at the rate
-the running jobs measure. It writes nothing (works on a project you cannot write to, while jobs run).
+the running jobs measure. The model is the one the worker runs (--model, LLAVA_MODEL, default LLaVA): its files
+are named by its family (final_predictions_qwen2.5vl_video_N.json, ...), and a line names the other models that
+have finals in the project. It writes nothing (works on a project you cannot write to, while jobs run).
 The project: --project, else SOCCER_PROJECT, else the current directory when it is a project, else
 ~/soccer_project. Exit codes: 0 shown, 1 the project cannot be read (one line says why), 2 bad flags,
 141 its reader stopped reading (| head: nothing said).
@@ -22,7 +25,7 @@ import argparse
 import sys
 import time
 
-from llava_soccer import settings, status
+from llava_soccer import families, settings, status
 from llava_soccer.cli import run_cli
 
 
@@ -51,14 +54,19 @@ def parse_args(argv):
     p.add_argument("--watch", nargs="?", const=30.0, default=None, type=watch_seconds, metavar="SECONDS",
                    help="print again every SECONDS (default 30) until interrupted")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    p.add_argument("--model", default=None,
+                   help=f"the model whose videos to show, as the worker takes it (default {settings.DEFAULT_MODEL})")
+    settings.check_env(p, {"model": "LLAVA_MODEL"})
     return p.parse_args(argv)
 
 
 def run(args) -> int:
     project = settings.project_dir(args.project)
+    model_id = settings.model_in_use(args.model)
+    tag = families.tag_of(model_id)  # its files' name; a model no family runs: one line, exit 1
     seen = {}  # what --watch saw of each running video: its rate is measured between refreshes
     while True:
-        print("\n".join(status.report(project, args.videos, seen)), flush=True)
+        print("\n".join(status.report(project, args.videos, seen, model_id, tag)), flush=True)
         if args.watch is None:
             return 0
         time.sleep(args.watch)

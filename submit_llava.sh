@@ -9,10 +9,13 @@
 #   bash submit_llava.sh --check 0 39       # before sbatch: checks every setting, shows the videos, workers,
 #                                           # GPUs and model it would use; runs and writes nothing
 #
-# For each video it first takes the video's lock, .lock_llava_video_I.json in the project: a
-# video that another job (or run) is processing is skipped, so submitting twice or overlapping
-# ranges never runs one video twice (llava_soccer/claims.py says when a lock is stale and taken
-# over). Then it skips the video if final_predictions_llava_video_I.json is complete, starts one
+# The model (LLAVA_MODEL) names its files by its family's tag, once at the start: llava for LLaVA (the
+# names below), qwen2.5vl for Qwen2.5-VL (final_predictions_qwen2.5vl_video_I.json, ...), so two models'
+# runs sit side by side in one project. For each video it first takes the video's lock of that model,
+# .lock_llava_video_I.json in the project: a video that another job (or run) of the same model is
+# processing is skipped, so submitting twice or overlapping ranges never runs one video twice
+# (llava_soccer/claims.py says when a lock is stale and taken over); a job of another model runs
+# beside it. Then it skips the video if final_predictions_llava_video_I.json is complete, starts one
 # llava_split_worker.py per GPU (each worker sees exactly one GPU and takes one time slice),
 # waits for all of them, merges their partial files with merge_results_llava.py, removes the
 # lock and moves on. A video whose worker or merge fails is reported as failed (its partial
@@ -32,6 +35,7 @@
 #   SOCCER_PROJECT       project directory: raw_data/, videos.txt, results (unset: the submit directory
 #                        if it holds raw_data/ or videos.txt, else ~/soccer_project)
 #   LLAVA_MODEL          hub id or local checkpoint dir (llava-hf/llava-v1.6-mistral-7b-hf)
+#                        or Qwen/Qwen2.5-VL-7B-Instruct (python -m llava_soccer.families tag MODEL: its files' tag)
 #   LLAVA_QUANT          nf4 | bf16 | fp16 | fp32 | fp8 (nf4; fp8 only on compute capability 8.9+)
 #   LLAVA_NUM_WORKERS    workers (slices) per video, 1..64 (one per GPU of the job; 1 without GPUs)
 #   LLAVA_BATCH_SIZE, LLAVA_MAX_NEW_TOKENS   and the other LLAVA_* worker settings (README, docs/gpus.md), read by the worker
@@ -114,7 +118,7 @@ in_slurm() { [[ -n ${SLURM_JOB_ID:-} ]]; }
 
 # What is left of a failed video: its partials (a rerun resumes) or nothing.
 partials_note() {
-  if compgen -G "${PROJECT}/partial_results_llava_vid$1_gpu*.json" >/dev/null; then
+  if compgen -G "${PROJECT}/partial_results_${TAG}_vid$1_gpu*.json" >/dev/null; then
     echo "partial results kept"
   else
     echo "no partial results were written"
@@ -218,9 +222,10 @@ run_python() {
 
 CLAIM_VIDEO="" CLAIM_TOKEN="" HEARTBEAT_PID=""
 
-# python -m llava_soccer.claims: standard library only, so a take or release is quick.
+# python -m llava_soccer.claims: standard library only, so a take or release is quick. The lock is the
+# model's (TAG): a job of another model on the same video holds its own.
 claims() {
-  run_python -m llava_soccer.claims "$@"
+  run_python -m llava_soccer.claims "$@" --model-tag "${TAG}"
 }
 
 # In the background: touch video I's lock every HEARTBEAT_S seconds (its mtime is the heartbeat that
@@ -348,12 +353,12 @@ lost_lock() {
 run_video() {
   local video=$1 slice merge_status
   # File names and defaults are llava_soccer/settings.py's; tests/test_names.py checks these copies.
-  local final="${PROJECT}/final_predictions_llava_video_${video}.json"
+  local final="${PROJECT}/final_predictions_${TAG}_video_${video}.json"
   local -a statuses=() bad=()
   local state line name
   # done (a complete final), incomplete (undecodable windows, file unchanged: a rerun cannot fill them),
   # redo (an incomplete final whose video file changed) or todo; llava_soccer/videos.py final_state()
-  line=$(run_python -m llava_soccer.videos state "${PROJECT}" "${video}" 2>&1) || {
+  line=$(run_python -m llava_soccer.videos state "${PROJECT}" "${video}" --model-tag "${TAG}" 2>&1) || {
     log "video ${video}: FAILED (${line#submit_llava.sh: error: })"
     FAILED+=("${video}")
     return 0
@@ -538,7 +543,7 @@ show_check() {
     "${GPUS[*]:-none (CPU)}" "$(in_slurm || echo ' here (a job: those of its --gres, one worker each)')" \
     "${OMP_NUM_THREADS}"
   out=$(run_python -m llava_soccer.preflight model 2>&1) || status=$?
-  printf '%s\n' "${out}"
+  printf '%s (files and locks tagged %s)\n' "${out}" "${TAG}"
   printf 'plan: per GPU, chosen by the worker at start; on a GPU node: %q %q --print-plan\n' "${PYTHON}" \
     "${LLAVA_HOME}/llava_split_worker.py"
   ((status == 0)) || die "the model cannot be loaded from here (the line above); fix it before sbatch"
@@ -584,6 +589,12 @@ main() {
   command -v "${PYTHON}" >/dev/null 2>&1 || die "python '${PYTHON}' not found: run 'bash setup_llava.sh' or set LLAVA_PYTHON"
   # the worker's settings (LLAVA_QUANT, LLAVA_BATCH_SIZE, ...) by the worker's rules, once for all videos
   out=$(run_python -m llava_soccer.preflight env 2>&1) || die "${out} (nothing started)"
+  # the model's family tag names its files and locks (llava_soccer/settings.py): read once, for all videos
+  out=$(run_python -m llava_soccer.families tag 2>&1) || die "${out} (nothing started)"
+  TAG=${out##*$'\n'}
+  [[ ${TAG} =~ ^[A-Za-z0-9._+-]+$ ]] ||
+    die "python -m llava_soccer.families tag printed '${TAG//[[:cntrl:]]/?}', no model tag: is" \
+      "${LLAVA_HOME}/llava_soccer as new as this script? (bash setup_llava.sh copies both)"
   mapfile -t GPUS < <(gpu_ids)
   NUM_WORKERS=${WORKERS_ASKED:-${#GPUS[@]}}
   ((NUM_WORKERS > 0)) || NUM_WORKERS=1
@@ -619,7 +630,8 @@ main() {
 
   log "LLaVA soccer: videos ${FIRST}..${LAST}, $(where)"
   log "project ${PROJECT}; scripts ${LLAVA_HOME}; python ${PYTHON}"
-  log "model ${LLAVA_MODEL:-(worker default)}, quantization ${LLAVA_QUANT:-(worker default)}," \
+  log "model ${LLAVA_MODEL:-(worker default)} (files and locks tagged ${TAG}), quantization" \
+    "${LLAVA_QUANT:-(worker default)}," \
     "${NUM_WORKERS} worker(s) per video, GPUs: ${GPUS[*]:-none (CPU)}, ${OMP_NUM_THREADS} CPU thread(s) per worker"
 
   for ((video = FIRST; video <= LAST; video++)); do

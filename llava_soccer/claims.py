@@ -1,6 +1,7 @@
 """One lock per video in the project directory, so two jobs never process the same video at once.
 
-submit_llava.sh takes `.lock_llava_video_I.json` before it starts video I, beats it every
+submit_llava.sh takes `.lock_<tag>_video_I.json` before it starts video I (<tag>: the model's family TAG,
+settings.LOCK: one lock per model and video, so jobs of two models run one video at once), beats it every
 LLAVA_LOCK_HEARTBEAT_S (30 s) while the video runs (its mtime is the heartbeat; `beat` touches it
 only while its token is still this run's) and removes it when the video ends; a job that finds it
 held by a live holder skips the video. The lock is made with O_CREAT|O_EXCL, which is atomic on
@@ -31,6 +32,7 @@ holder has the video (a job started beside it meanwhile), as at its start.
     python -m llava_soccer.claims take PROJECT VIDEO PID      # token (exit 0) or holder (exit 3)
     python -m llava_soccer.claims beat PROJECT VIDEO TOKEN    # touch it if ours (exit 0), else exit 3
     python -m llava_soccer.claims release PROJECT VIDEO TOKEN
+each with --model-tag TAG last for another model's lock than LLaVA's (families.TAGS).
 Only the standard library and settings/cli: it must start fast (no torch).
 """
 import json
@@ -45,7 +47,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .cli import InputError, log_safe
-from .settings import lock_path
+from .settings import DEFAULT_TAG, lock_path
 
 EXIT_HELD, EXIT_ERROR = 3, 2
 EXIT_LOST_LOCK = 4  # worker and merge: another run took the video's lock over; that run owns the video now
@@ -224,10 +226,10 @@ def _break_mutex(lock: Path):
         mutex.unlink(missing_ok=True)
 
 
-def take(project, video: int, pid: int, report=None, wait_s=5.0):
-    """(token, None) when this run now holds video's lock for process pid, else (None, holder
+def take(project, video: int, pid: int, report=None, wait_s=5.0, model: str = DEFAULT_TAG):
+    """(token, None) when this run now holds video's lock of model (its TAG) for process pid, else (None, holder
     line). report(line) is told when a stale lock was taken over, and why."""
-    path, mine = lock_path(Path(project), video), _new_info(video, pid)
+    path, mine = lock_path(Path(project), video, model), _new_info(video, pid)
     deadline = time.monotonic() + wait_s
     while True:
         if _create(path, mine):
@@ -251,10 +253,10 @@ def take(project, video: int, pid: int, report=None, wait_s=5.0):
         time.sleep(0.02)  # another taker holds the mutex (for milliseconds) or the lock went meanwhile
 
 
-def release(project, video: int, token: str):
-    """Remove video's lock if token holds it: None, else the holder line of whoever holds it now.
+def release(project, video: int, token: str, model: str = DEFAULT_TAG):
+    """Remove video's lock of model if token holds it: None, else the holder line of whoever holds it now.
     Under the .break mutex, so that a taker breaking this lock as stale cannot lose its new one."""
-    path = lock_path(Path(project), video)
+    path = lock_path(Path(project), video, model)
     deadline = time.monotonic() + 2
     while True:
         with _break_mutex(path) as got:
@@ -268,13 +270,13 @@ def release(project, video: int, token: str):
 
 
 class Fence:
-    """`fence = Fence(project, video)`; `fence()` before each write of the video's files (jsonio's fence=):
-    returns the lock's info (None when there is none) while this run may write, else raises, in one line,
-    LostLock (a run of submit_llava.sh, token LLAVA_CLAIM, whose lock is gone or another run's) or InputError
-    (a run by hand, no token, while a live holder has the video)."""
+    """`fence = Fence(project, video, model=TAG)`; `fence()` before each write of the video's files of that model
+    (jsonio's fence=): returns the lock's info (None when there is none) while this run may write, else raises,
+    in one line, LostLock (a run of submit_llava.sh, token LLAVA_CLAIM, whose lock is gone or another run's) or
+    InputError (a run by hand, no token, while a live holder has the video)."""
 
-    def __init__(self, project, video: int, token: str | None = None):
-        self.path, self.video = lock_path(Path(project), video), video
+    def __init__(self, project, video: int, token: str | None = None, model: str = DEFAULT_TAG):
+        self.path, self.video = lock_path(Path(project), video, model), video
         self.token = token or os.environ.get("LLAVA_CLAIM") or None
 
     def __call__(self) -> dict | None:
@@ -302,15 +304,15 @@ def stops_on_lost_lock(run, report):
     return guarded
 
 
-def check(project, video: int) -> None:
-    """At the start of a worker or merge: Fence(project, video)() (its one-line errors)."""
-    Fence(project, video)()
+def check(project, video: int, model: str = DEFAULT_TAG) -> None:
+    """At the start of a worker or merge: Fence(project, video, model=model)() (its one-line errors)."""
+    Fence(project, video, model=model)()
 
 
-def beat(project, video: int, token: str) -> str | None:
+def beat(project, video: int, token: str, model: str = DEFAULT_TAG) -> str | None:
     """Touch video's lock (the heartbeat) if token still holds it: None, else the holder line of whoever holds it.
     The touch goes through the file read (its descriptor), so it never reaches a lock that replaced ours."""
-    path = lock_path(Path(project), video)
+    path = lock_path(Path(project), video, model)
     try:
         with open(path, "rb") as f:
             try:
@@ -330,11 +332,11 @@ class BadLock(InputError):
     that video as locked with this line; no job can take it either."""
 
 
-def peek(project, video: int):
+def peek(project, video: int, model: str = DEFAULT_TAG):
     """(info, why it is stale or None, heartbeat age in s) of video's lock, or None when there is none:
     a read-only look by the rules take() applies (status_llava.py); it never writes (a future mtime: age 0).
     BadLock (one line) for a lock file that is a directory, unreadable, or whose fields are of the wrong type."""
-    path = lock_path(Path(project), video)
+    path = lock_path(Path(project), video, model)
     try:
         info, _, age = _read(path, video)
     except OSError as e:
@@ -356,22 +358,33 @@ def _number(text: str, what: str) -> int:
     return int(text)
 
 
+def _tag(text: str) -> str:
+    from .families import TAGS
+    if text not in TAGS:
+        raise InputError(f"--model-tag {text!r} is no model family's tag (one of {', '.join(TAGS)}: "
+                         f"python -m llava_soccer.families tag MODEL says a model's)")
+    return text
+
+
 def main(argv) -> int:
     """The command line above: prints the token, a holder line, or one error line (exit 2)."""
     try:
+        model = DEFAULT_TAG
+        if len(argv) == 6 and argv[4] == "--model-tag":
+            argv, model = argv[:4], _tag(argv[5])
         if len(argv) != 4 or argv[0] not in ("take", "beat", "release"):
             raise InputError("usage: python -m llava_soccer.claims take PROJECT VIDEO PID | "
-                             "beat PROJECT VIDEO TOKEN | release PROJECT VIDEO TOKEN")
+                             "beat PROJECT VIDEO TOKEN | release PROJECT VIDEO TOKEN, each [--model-tag TAG]")
         command, project, video, last = argv[0], Path(argv[1]), _number(argv[2], "VIDEO"), argv[3]
         if not project.is_dir():
             raise InputError(f"project directory {project} does not exist")
         if command == "beat":
-            other = beat(project, video, last)
+            other = beat(project, video, last, model)
             if other:
                 print(f"{other}: our lock was taken over as stale, left to it")
             return EXIT_HELD if other else 0
         if command == "release":
-            other = release(project, video, last)
+            other = release(project, video, last, model)
             if other:
                 print(f"{other}: our lock was taken over as stale, left to it")
             return 0
@@ -379,7 +392,7 @@ def main(argv) -> int:
         if process_start(pid) is None:
             raise InputError(f"PID {pid} is not a running process")
         notes = []
-        token, held = take(project, video, pid, report=notes.append)
+        token, held = take(project, video, pid, report=notes.append, model=model)
         print("\n".join([token or held, *notes]))  # line 1: what submit_llava.sh reads; then notes for its log
         return 0 if token else EXIT_HELD
     except InputError as e:

@@ -487,7 +487,16 @@ def run(args):
     leaves the earlier run's set as it was, never its summary beside new per-game files."""
     project, root, manifest = inputs(args)
     out = Path(args.out).expanduser() if args.out else project / "soccernet_eval"
-    models = parse_models(args.models, Path(args.predictions_dir).expanduser() if args.predictions_dir else project)
+    where = Path(args.predictions_dir).expanduser() if args.predictions_dir else project
+    found = [] if args.models else soccernet.models_in(where)  # both models' runs side by side, the seed's too
+    if found and args.videos is not None:  # those with every video asked that videos.txt lists (as --models wants)
+        asked = args.videos.below(len(manifest))
+        whole = [m for m in found if set(asked) <= set(soccernet.prediction_files(where, m))]
+        lacking, found = [m for m in found if m not in whole], whole or found  # none: load_model names what lacks
+    else:
+        lacking = []
+    # none there: the default model's, whose missing files load_model names
+    models = parse_models(args.models or ",".join(found) or settings.DEFAULT_TAG, where)
     thresholds = Path(args.thresholds).expanduser() if args.thresholds else None
     saved = read_saved(thresholds, models) if thresholds else None
     wanted = args.videos
@@ -505,6 +514,9 @@ def run(args):
         timeline_halves(loaded, args)  # a --timeline-video without predictions stops here, not after the writing
     warn_past_the_end(loaded, origins, project)
     warn_changed(loaded, origins, project)
+    if found:  # said once every input is read: a bad one is the only line
+        but = f"; {', '.join(lacking)} lack some of --videos, left out" if lacking else ""
+        print(f"models: {', '.join(found)} (every model with finals in {where}{but}; --models picks)")
 
     stage = staging(out)
     try:

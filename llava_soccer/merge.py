@@ -15,7 +15,16 @@ from .events import class_scores, probability, window_events
 from .jsonio import read_json
 from .provenance import describe, differences
 from .records import record_time, window_status
-from .settings import PARTIAL, SOCCERNET_CLASSES, STEP_S, TIME_EPS, WINDOW_S, consecutive_runs, name_pattern
+from .settings import (
+    DEFAULT_TAG,
+    PARTIAL,
+    SOCCERNET_CLASSES,
+    STEP_S,
+    TIME_EPS,
+    WINDOW_S,
+    consecutive_runs,
+    name_pattern,
+)
 
 
 def dedup(events, dedup_s):
@@ -40,10 +49,10 @@ def dedup(events, dedup_s):
     return sorted(kept, key=lambda e: (e["time"], str(e["label"])))
 
 
-def partial_files(project: Path, video_index: int) -> list[Path]:
-    """Every partial of the video (settings.partial_path), whatever the number of workers."""
-    name = name_pattern(PARTIAL, video=video_index)
-    found = [p for p in project.glob(PARTIAL.format(video=video_index, gpu="*")) if name.fullmatch(p.name)]
+def partial_files(project: Path, video_index: int, model: str = DEFAULT_TAG) -> list[Path]:
+    """Every partial of the video by model (its TAG; settings.partial_path), whatever the number of workers."""
+    name = name_pattern(PARTIAL, video=video_index, model=model)
+    found = [p for p in project.glob(PARTIAL.format(model=model, video=video_index, gpu="*")) if name.fullmatch(p.name)]
     return sorted(found, key=lambda p: int(name.fullmatch(p.name)["gpu"]))
 
 

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import config, loading, settings, videos
+from . import config, families, loading, settings, videos
 from .cli import InputError, log_safe
 
 EX_USAGE = 2
@@ -108,11 +108,12 @@ def video_states(project: Path, first: int, last: int) -> int:
         print(f"  {settings.count(len(new), 'new video')} under {raw}: the run appends them to videos.txt "
               f"(indices {len(listed)}..{len(listed) + len(new) - 1})")
     listed += new
+    tag = families.tag_of(settings.model_in_use())  # the files of the model the job runs
     words = {"todo": "to do", "done": "done, skipped", "incomplete": "incomplete, skipped (file unchanged)",
              "redo": "to do again (incomplete, its file changed)"}
     for index in range(first, min(last, len(listed) - 1) + 1):
         try:
-            state = words[videos.final_state(project, index, listed)[0]]
+            state = words[videos.final_state(project, index, listed, tag)[0]]
         except InputError as e:
             state = f"FAILS: {log_safe(e, 300)}"
         print(f"  video {index}: {state}: {videos.display_name(listed[index])}")

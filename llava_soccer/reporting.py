@@ -81,17 +81,22 @@ def report(records, n_windows, info) -> int:
 
 def note_failure(cfg, line) -> None:
     """After an error that stopped the worker (line: what its log said), when its slice has no partial yet (a
-    partial's failed windows say it otherwise): .failed_llava_video_I.json holds the line, so status shows the
-    video as failed with its reason, not as not started. Written only while no other run holds the video; the
-    merge removes it with the partials. Best effort: the error is already in the log."""
+    partial's failed windows say it otherwise): .failed_<tag>_video_I.json (the model's family TAG) holds the line,
+    so status shows the video as failed with its reason, not as not started. Written only while no other run holds
+    the video; the merge removes it with the partials. Best effort: the error is already in the log."""
     from . import claims
+    from .families import tag_of
     from .jsonio import atomic_write_json
     try:
         project = settings.project_dir(cfg.project)
-        if cfg.video_index is None or settings.partial_path(project, cfg.video_index, cfg.gpu_id).exists():
+        try:
+            tag = tag_of(cfg.model)
+        except InputError:  # a model no family runs (a folder that is not there): the default model's, where status
+            tag = settings.DEFAULT_TAG  # looks without --model; the line names the model
+        if cfg.video_index is None or settings.partial_path(project, cfg.video_index, cfg.gpu_id, tag).exists():
             return
-        claims.Fence(project, cfg.video_index)()  # another run's video: its state is not ours to note
-        atomic_write_json(settings.failed_note_path(project, cfg.video_index), {
+        claims.Fence(project, cfg.video_index, model=tag)()  # another run's video: its state is not ours to note
+        atomic_write_json(settings.failed_note_path(project, cfg.video_index, tag), {
             "error": log_safe(line, 500), "gpu_id": cfg.gpu_id, "job": os.environ.get("SLURM_JOB_ID"),
             "host": socket.gethostname(), "time": time.time()})
     except (OSError, InputError):  # no project, another run's lock (LostLock too): nothing to note

@@ -28,6 +28,13 @@ LOG_TIME = "%Y-%m-%d %H:%M:%S"  # the stamp of every job-log line: submit_llava.
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 SETUP = Path(__file__).resolve().parent.parent / "setup_llava.sh"  # beside the scripts (repository or project)
+
+
+def model_in_use(value=None) -> str:
+    """--model (value), else LLAVA_MODEL, else DEFAULT_MODEL: the model the worker runs (config.py's --model), for
+    the tools that name its files (families.tag_of of it)."""
+    return value or os.environ.get("LLAVA_MODEL") or DEFAULT_MODEL
+
 QUANTIZATIONS = ("nf4", "bf16", "fp16", "fp32", "fp8")
 VIDEO_SUFFIXES = (".mkv", ".mp4")
 
@@ -132,12 +139,15 @@ def check_env(parser, envs: dict) -> None:
 
 
 # Where things are. These are the only definitions; the shell scripts hold copies of the project
-# default and the file names (tests/test_names.py checks that they match).
-PARTIAL = "partial_results_llava_vid{video}_gpu{gpu}.json"   # one per worker, deleted by the merge
+# default and the file names (tests/test_names.py checks that they match). {model} is the model family's TAG
+# (families.tag_of: "llava", "qwen2.5vl"), so two models' runs sit side by side in one project, each with its
+# own files and locks; the seed's Qwen files are "qwen7b". LLaVA's names are those of every earlier run.
+PARTIAL = "partial_results_{model}_vid{video}_gpu{gpu}.json"  # one per worker, deleted by the merge
 FINAL = "final_predictions_{model}_video_{video}.json"       # one per video and model
 RAW_ANSWERS = "raw_answers_{model}_video_{video}.json.gz"    # every window's answer, beside the final
-LOCK = ".lock_llava_video_{video}.json"                      # who is processing a video now (claims.py)
-FAILED_NOTE = ".failed_llava_video_{video}.json"            # why its workers stopped before saving a window
+LOCK = ".lock_{model}_video_{video}.json"                    # who is processing a video now (claims.py)
+FAILED_NOTE = ".failed_{model}_video_{video}.json"           # why its workers stopped before saving a window
+DEFAULT_TAG = "llava"  # the TAG of DEFAULT_MODEL (families/llava_next.py): the path helpers' default model
 _FIELDS = {"video": r"\d+", "gpu": r"\d+", "model": r"[\w.+-]+?"}
 
 
@@ -188,24 +198,25 @@ def project_dir(value=None, must_exist=True) -> Path:
     return path
 
 
-def partial_path(project: Path, video_index: int, gpu_id: int) -> Path:
-    return project / PARTIAL.format(video=video_index, gpu=gpu_id)
+def partial_path(project: Path, video_index: int, gpu_id: int, model: str = DEFAULT_TAG) -> Path:
+    return project / PARTIAL.format(model=model, video=video_index, gpu=gpu_id)
 
 
-def final_path(project: Path, video_index: int, model: str = "llava") -> Path:
+def final_path(project: Path, video_index: int, model: str = DEFAULT_TAG) -> Path:
     return project / FINAL.format(model=model, video=video_index)
 
 
-def raw_answers_path(project: Path, video_index: int, model: str = "llava") -> Path:
+def raw_answers_path(project: Path, video_index: int, model: str = DEFAULT_TAG) -> Path:
     """Every window's raw answer of a merged video (the partials are deleted after the merge)."""
     return project / RAW_ANSWERS.format(model=model, video=video_index)
 
 
-def failed_note_path(project: Path, video_index: int) -> Path:
+def failed_note_path(project: Path, video_index: int, model: str = DEFAULT_TAG) -> Path:
     """Why a video's worker stopped before it saved any window (no partial says it): status_llava.py shows it."""
-    return project / FAILED_NOTE.format(video=video_index)
+    return project / FAILED_NOTE.format(model=model, video=video_index)
 
 
-def lock_path(project: Path, video_index: int) -> Path:
-    """The lock of a video that a job holds while it processes it (llava_soccer/claims.py)."""
-    return project / LOCK.format(video=video_index)
+def lock_path(project: Path, video_index: int, model: str = DEFAULT_TAG) -> Path:
+    """The lock of a video that a job holds while it runs model over it (llava_soccer/claims.py): one per model,
+    so jobs of two models run one video at once and two jobs of one model exclude each other."""
+    return project / LOCK.format(model=model, video=video_index)

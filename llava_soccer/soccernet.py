@@ -69,6 +69,13 @@ def prediction_files(directory: Path, model: str) -> dict:
     return dict(sorted(found.items()))
 
 
+def models_in(directory: Path) -> list[str]:
+    """The models with a final_predictions_<model>_video_<N>.json in directory, sorted."""
+    pattern = name_pattern(FINAL)
+    return sorted({m["model"] for p in directory.iterdir() if (m := pattern.fullmatch(p.name))}) \
+        if directory.is_dir() else []
+
+
 def confidence_flag(text: str) -> float:
     """argparse type of a confidence flag: the events' own rule (0.6, 60 and "60%" are 0.6)."""
     c = confidence(text)

@@ -76,12 +76,12 @@ def probed_windows(path: str) -> tuple[int, float] | None:
     return info.n_windows, info.duration
 
 
-def read_partials(project: Path, index: int, listed: list, files: list) -> Partials | None:
+def read_partials(project: Path, index: int, listed: list, files: list, model: str) -> Partials | None:
     """The video's partials (files: from the one listing of the project, report()), with merge.read_windows'
     checks; None when there are none; InputError (one line) for a damaged partial or partials of different
     runs. A partial that the merge deletes while we read (the video just finished) is looked for again."""
     for attempt in range(3):
-        files = files if attempt == 0 else merge.partial_files(project, index)
+        files = files if attempt == 0 else merge.partial_files(project, index, model)
         if not files:
             return None
         try:
@@ -105,10 +105,10 @@ def _read_partials(project, index, listed, files) -> Partials:
                     list(windows.records.values()))
 
 
-def lock_of(project: Path, index: int, jobs: dict):
+def lock_of(project: Path, index: int, jobs: dict, model: str):
     """(lock info, holder line, None when live else why not) of the video's lock by claims' rules, or None when
     there is none. Not live: stale, or squeue knows its job and it is not running (jobs caches squeue_state)."""
-    held = claims.peek(project, index)
+    held = claims.peek(project, index, model)
     if held is None:
         return None
     info, why, _ = held
@@ -166,13 +166,13 @@ def labels_text(labels: dict) -> str:
     return ", ".join(f"{log_safe(label, 40)} {n}" for label, n in labels.items()) or "no events"
 
 
-def final_row(project: Path, index: int, listed: list) -> Row | None:
+def final_row(project: Path, index: int, listed: list, model: str) -> Row | None:
     """The row of a video with a final that a rerun skips (done, incomplete), else None (todo, or redo: an
     incomplete final whose video file changed since, which a rerun processes again)."""
-    state, line = videos.final_state(project, index, listed)
+    state, line = videos.final_state(project, index, listed, model)
     if state in ("todo", "redo"):
         return None
-    final = settings.final_path(project, index)
+    final = settings.final_path(project, index, model)
     labels, made_by = final_labels(final)
     known = video_windows(made_by)
     events = f"{count(sum(labels.values()), 'event')}: {labels_text(labels)}" if labels else "0 events"
@@ -273,27 +273,29 @@ def running_row(index: int, p: Partials | None, info: dict, who: str, seen: dict
 
 
 def video_row(project: Path, index: int, listed: list, partials: list, jobs: dict, seen: dict, now: float,
-              noted: bool = False) -> Row:
-    """One video's row. Its lock comes first (a job may be redoing an incomplete video); then a final a rerun
-    skips; then its partials (partials: their files); then the note of a worker that failed before saving a
-    window (noted: .failed_llava_video_I.json exists); else not started. A file that cannot be read is that
-    video's error row; a lock file that is none (claims.BadLock) is "locked", saying what to do."""
+              noted: bool = False, model: str = settings.DEFAULT_TAG) -> Row:
+    """One video's row for model (its TAG: its files and lock). Its lock comes first (a job may be redoing an
+    incomplete video); then a final a rerun skips; then its partials (partials: their files); then the note of a
+    worker that failed before saving a window (noted: .failed_<tag>_video_I.json exists); else not started. A file
+    that cannot be read is that video's error row; a lock file that is none (claims.BadLock) is "locked", saying
+    what to do."""
     try:
-        lock = lock_of(project, index, jobs)
+        lock = lock_of(project, index, jobs, model)
         if lock and lock[2] is None:
-            return running_row(index, read_partials(project, index, listed, partials), lock[0], lock[1], seen, now)
-        row = final_row(project, index, listed)  # also under a dead job's lock: the final is what counts
+            p = read_partials(project, index, listed, partials, model)
+            return running_row(index, p, lock[0], lock[1], seen, now)
+        row = final_row(project, index, listed, model)  # also under a dead job's lock: the final is what counts
         if row:
             return row
-        p = read_partials(project, index, listed, partials)
+        p = read_partials(project, index, listed, partials, model)
         if lock:
             saved = f"; {p.done}/{p.total or '?'} windows saved" if p else ""
             return Row(index, "held", f"{lock[1]}, {lock[2]}{saved}", total=p and p.total,
                        left=p.total - p.done if p and p.total else None)
         if p:
-            return partial_row(index, p, settings.final_path(project, index).exists())
+            return partial_row(index, p, settings.final_path(project, index, model).exists())
         if noted:
-            note = read_json(settings.failed_note_path(project, index), "failure note")
+            note = read_json(settings.failed_note_path(project, index, model), "failure note")
             error = note.get("error") if isinstance(note, dict) else note
             return Row(index, "failed", f"{log_safe(error, 300)} (a worker stopped before saving a window): fix that "
                                         f"and rerun")
@@ -330,25 +332,28 @@ def clock(ts: float) -> str:
 
 
 STATES = ("done", "in progress", "failed", "stopped", "incomplete", "held", "locked", "duplicate", "not started")
-PATTERNS = {kind: settings.name_pattern(template, model="llava")
-            for kind, template in (("final", settings.FINAL), ("partial", settings.PARTIAL), ("lock", settings.LOCK),
-                                   ("note", settings.FAILED_NOTE))}
+TEMPLATES = {"final": settings.FINAL, "partial": settings.PARTIAL, "lock": settings.LOCK,
+             "note": settings.FAILED_NOTE}
+ANY_FINAL = settings.name_pattern(settings.FINAL)
 
 
-def listing(project: Path) -> tuple[set, dict, set]:
-    """(indices with a final, partial, lock or failure note; {index: its partials, by worker}; indices with a
-    failure note) from one listing of the project: once per report, not once per video (10,000 videos: a listing
-    each made it quadratic)."""
-    found, partials, notes = set(), {}, set()
+def listing(project: Path, model: str) -> tuple[set, dict, set, dict]:
+    """(indices with a final, partial, lock or failure note of model (its TAG); {index: its partials, by worker};
+    indices with a failure note; {other model: its finals}) from one listing of the project: once per report, not
+    once per video (10,000 videos: a listing each made it quadratic)."""
+    patterns = {kind: settings.name_pattern(template, model=model) for kind, template in TEMPLATES.items()}
+    found, partials, notes, others = set(), {}, set(), {}
     for f in project.iterdir():
-        for kind, pattern in PATTERNS.items():
+        for kind, pattern in patterns.items():
             if m := pattern.fullmatch(f.name):
                 found.add(int(m["video"]))
                 if kind == "partial":
                     partials.setdefault(int(m["video"]), []).append((int(m["gpu"]), f))
                 if kind == "note":
                     notes.add(int(m["video"]))
-    return found, {i: [f for _, f in sorted(fs)] for i, fs in partials.items()}, notes
+        if (m := ANY_FINAL.fullmatch(f.name)) and m["model"] != model:
+            others[m["model"]] = others.get(m["model"], 0) + 1
+    return found, {i: [f for _, f in sorted(fs)] for i, fs in partials.items()}, notes, dict(sorted(others.items()))
 
 
 def indices_of(listed: list, found: set, asked) -> tuple[list, str]:
@@ -364,19 +369,26 @@ def indices_of(listed: list, found: set, asked) -> tuple[list, str]:
     return asked.below(len(listed)), note
 
 
-def report(project: Path, asked, seen: dict) -> list[str]:
-    """The status lines of the videos asked (None: all): a header, one aligned line per video, totals."""
+def report(project: Path, asked, seen: dict, model_id: str = settings.DEFAULT_MODEL,
+           model: str = settings.DEFAULT_TAG) -> list[str]:
+    """The status lines of the videos asked (None: all) for model_id, whose family TAG is model: a header, the
+    model and which other models have finals here, one aligned line per video, totals."""
     now = time.time()
     listed = videos.read_list(project)  # never manifest(): that one writes videos.txt
-    found, partials, notes = listing(project)
+    found, partials, notes, others = listing(project, model)
     shown, note = indices_of(listed, found, asked)
     jobs = {}
-    rows = [video_row(project, i, listed, partials.get(i, []), jobs, seen, now, i in notes) for i in shown]
+    rows = [video_row(project, i, listed, partials.get(i, []), jobs, seen, now, i in notes, model) for i in shown]
     duplicates(rows)
     for row in rows:
         row.name = videos.display_name(listed[row.index], 70) if row.index < len(listed) else ""
-    lines = [f"status of {project} at {datetime.fromtimestamp(now):%Y-%m-%d %H:%M:%S} "
+    when = datetime.fromtimestamp(now)
+    lines = [f"status of {log_safe(model_id, 200)} ({model}) in {project} at {when:%Y-%m-%d %H:%M:%S} "
              f"({count(len(rows), 'video')}; read-only)"]
+    if others:  # finals of other models sit beside: where to look for them
+        lines.append("other models' finals here: " + ", ".join(f"{log_safe(m, 40)} ({count(n, 'video')})"
+                                                                for m, n in others.items())
+                     + ": status_llava.py --model MODEL (or LLAVA_MODEL) shows a model's videos")
     if not rows:
         lines.append("no videos yet: videos.txt is written by the first run (sbatch submit_llava.sh 0 39)")
     width = len(str(max(shown, default=0)))

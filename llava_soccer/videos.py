@@ -18,6 +18,7 @@ from pathlib import Path
 from .cli import InputError, UnreadableFile, log_safe, run_cli
 from .jsonio import atomic_write_text, read_json
 from .settings import (
+    DEFAULT_TAG,
     FINAL,
     FPS,
     FRAMES_PER_WINDOW,
@@ -227,20 +228,20 @@ def _same_video(origin: Origin, project: Path, index: int, final: Path, listed) 
     return origin
 
 
-def final_state(project: Path, index: int, listed=None) -> tuple[str, str]:
-    """What submit_llava.sh does with a video, and the line it logs: "todo" (no final), "done" (a
-    complete final: skipped), "incomplete" (a final with undecodable windows whose video file is
+def final_state(project: Path, index: int, listed=None, model: str = DEFAULT_TAG) -> tuple[str, str]:
+    """What submit_llava.sh does with a video for model (its TAG: its files), and the line it logs: "todo" (no
+    final), "done" (a complete final: skipped), "incomplete" (a final with undecodable windows whose video file is
     unchanged: a rerun cannot fill them, skipped) or "redo" (an incomplete final whose file changed, or
     a merge interrupted before it wrote the final, whose partials are still there: the workers find their
     windows saved and the merge runs again). listed: videos.txt's lines, when the caller has read them."""
     from .merge import partial_files
     from .provenance import same_file
-    final = final_path(project, index)
+    final = final_path(project, index, model)
     if not final.exists():
         return "todo", ""
     origin, merged = _origin(final)
     if not merged:
-        if partial_files(project, index):  # the merge deletes them only after writing the final
+        if partial_files(project, index, model):  # the merge deletes them only after writing the final
             return "redo", (f"video {index}: its last merge was interrupted ({final.name} is older than the raw "
                             f"answers beside it): merging its saved partials again")
         origin = origin_of(final)  # raises: one line saying what to do
@@ -287,10 +288,13 @@ def display_name(video: str, width: int = 90) -> str:
     return short if short == text else f"…/{short}" if len(parts) > 1 else f"…{short}"
 
 
-def _state(project: str, index: str) -> int:
-    """submit_llava.sh, before each video: "STATE<tab>LINE<tab>NAME" (final_state; display_name)."""
+def _state(project: str, index: str, *tag) -> int:
+    """submit_llava.sh, before each video: "STATE<tab>LINE<tab>NAME" (final_state; display_name) of the files of
+    the model whose TAG follows --model-tag (submit's families.tag_of of LLAVA_MODEL; default LLaVA's)."""
+    if tag and (len(tag) != 2 or tag[0] != "--model-tag"):
+        raise InputError("usage: python -m llava_soccer.videos state PROJECT VIDEO [--model-tag TAG]")
     listed = read_list(Path(project))
-    state, line = final_state(Path(project), int(index), listed)
+    state, line = final_state(Path(project), int(index), listed, tag[1] if tag else DEFAULT_TAG)
     name = display_name(listed[int(index)]) if int(index) < len(listed) else "?"
     print(f"{state}\t{line}\t{name}")
     return 0
@@ -540,6 +544,6 @@ def iter_windows(info: VideoInfo, windows):
 
 if __name__ == "__main__":  # submit_llava.sh: python -m llava_soccer.videos P 0 39 before starting (checks the
     # finals of the range, prints the number of videos), python -m llava_soccer.videos state P 5 before each video
-    # (prints "STATE<tab>LINE")
+    # (prints "STATE<tab>LINE"; --model-tag TAG: that model's files)
     command = _state if sys.argv[1:2] == ["state"] else _check_finals
     sys.exit(run_cli(lambda a: command(*a), sys.argv[2:] if command is _state else sys.argv[1:], "submit_llava.sh"))

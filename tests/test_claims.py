@@ -457,3 +457,30 @@ def test_a_worker_or_merge_run_by_hand_leaves_a_held_video_alone(tmp_path, video
         assert line.endswith("error: video 0: being processed by job 19 on node7 since 2026-01-02 03:04: its files "
                              "are that run's; wait until it ends (or scancel it), then run again")
         assert partial.read_text() == '{"made_by": null, "windows": []}' and writing.exists()
+
+
+# --- one lock per model (issue 32) -------------------------------------------------------------
+
+def test_two_models_jobs_on_one_video_hold_their_own_locks_and_one_models_exclude_each_other(project):
+    """claims take/beat/release as submit_llava.sh runs them, --model-tag its model's family tag: a live Qwen
+    holder does not keep LLaVA out of the video, a second Qwen taker is kept out, and each release and beat
+    touches its own model's lock only."""
+    qwen = cli("take", project, 0, os.getpid(), "--model-tag", "qwen2.5vl")
+    assert qwen.returncode == 0 and (project / ".lock_qwen2.5vl_video_0.json").exists(), qwen.stderr
+    llava = cli("take", project, 0, os.getpid())  # LLaVA's: the tag by default, the name of every earlier run
+    assert llava.returncode == 0 and lock_of(project).exists(), llava.stderr
+    again = cli("take", project, 0, os.getpid(), "--model-tag", "qwen2.5vl")
+    assert again.returncode == claims.EXIT_HELD
+    assert again.stdout.startswith(f"video 0: being processed by local run pid {os.getpid()} on ")
+    qwen_token, llava_token = qwen.stdout.split()[0], llava.stdout.split()[0]
+    assert cli("beat", project, 0, llava_token, "--model-tag", "qwen2.5vl").returncode == claims.EXIT_HELD
+    assert cli("beat", project, 0, qwen_token, "--model-tag", "qwen2.5vl").returncode == 0
+    assert claims.Fence(project, 0, qwen_token, model="qwen2.5vl")()["token"] == qwen_token  # the worker's fence
+    with pytest.raises(claims.LostLock):  # LLaVA's lock is another run's
+        claims.Fence(project, 0, qwen_token)()
+    assert cli("release", project, 0, qwen_token, "--model-tag", "qwen2.5vl").returncode == 0
+    assert not (project / ".lock_qwen2.5vl_video_0.json").exists() and lock_of(project).exists()
+    bad = cli("take", project, 0, os.getpid(), "--model-tag", "../x")
+    assert bad.returncode == claims.EXIT_ERROR and bad.stdout == ""
+    assert bad.stderr == ("claims: error: --model-tag '../x' is no model family's tag (one of llava, qwen2.5vl: "
+                          "python -m llava_soccer.families tag MODEL says a model's)\n")

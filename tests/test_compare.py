@@ -373,3 +373,24 @@ def test_other_peoples_bad_times_are_repaired_with_one_warning_per_model(project
         "⚠️ qwen7b: of its records, 1 with a negative time counted at 0 s and 1 without a usable time left out "
         "(files not written by this pipeline's merge)"]
     assert rows(out)[1][1] == "5"  # video 2: the four events of QWEN and the foul at 0 s
+
+
+def test_without_models_our_qwen_runs_are_compared_with_llava_where_they_exist(project, capsys):
+    """Issue 32: the project holds the seed's Qwen files (qwen7b), LLaVA's and, for video 2, our Qwen2.5-VL run's
+    (qwen2.5vl, events as the merge writes them): no flag compares ours with LLaVA and says so in its first line;
+    without ours, the seed's, as before; --models still picks any two."""
+    qwen_ours = [llava("Goal", 12.5, 0.9), llava("Offside", 31.0)]
+    settings.final_path(project, 2, "qwen2.5vl").write_text(json.dumps(qwen_ours))
+    assert compare_counts.main(["--project", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"qwen2.5vl vs llava (found in {project}; --models A B compares others): ")
+    assert rows(out) == [["2", "2", "4", "2", "0", "2", "0"], ["total", "2", "4", "2", "0", "2", "0"]]
+    assert "no final_predictions_llava_video_N.json" not in out  # video 3 has the seed's Qwen file only
+    assert compare_counts.main(["--project", str(project), "--models", "qwen7b", "llava"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("qwen7b vs llava: ") and rows(out)[-1] == ["total", "8", "8", "2", "6",
+                                                                                    "6", "2"]
+    settings.final_path(project, 2, "qwen2.5vl").unlink()
+    assert compare_counts.main(["--project", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"qwen7b vs llava (found in {project}; --models A B compares others): ")

@@ -262,9 +262,9 @@ def test_the_readmes_compare_and_evaluate_commands_run(tmp_path):
     for d in (project, qwen, labels / GAME):
         d.mkdir(parents=True)
     # what setup_llava.sh puts there: the scripts and llava_soccer/
-    for src in [*ROOT.glob("*.py"), *ROOT.glob("llava_soccer/*.py")]:
+    for src in [*ROOT.glob("*.py"), *ROOT.glob("llava_soccer/*.py"), *ROOT.glob("llava_soccer/*/*.py")]:
         dst = project / src.relative_to(ROOT)
-        dst.parent.mkdir(exist_ok=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     # a 10-video run (the README evaluates 0-9): 2 halves with labels, 8 of games without
     others = [f"england_epl/2015-2016/2015-09-1{g} - 17-00 Game {g}/{h}_224p.mkv" for g in range(4) for h in (1, 2)]

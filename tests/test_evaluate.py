@@ -1159,3 +1159,28 @@ def test_a_worker_runs_merge_gives_numbers_for_all_three_rankings(odd_root, vide
         line = next(line for line in out.splitlines() if line.startswith(f"  {ranking} "))
         assert "@5s 0." in line and "n/a" not in line, line
     assert "n/a" not in out
+
+
+def test_without_models_every_model_with_finals_in_the_project_is_scored(odd_root):
+    """Issue 32: LLaVA's finals, our Qwen2.5-VL run's (tag qwen2.5vl) and the seed's per-window Qwen file (qwen7b)
+    sit side by side in one project: evaluate without --models scores all three, and one line names them."""
+    seed_window = {"time": 99.0, "raw": '```json\n{"label": "Goal", "team": "home", "confidence": 0.9}\n```'}
+    project, sn = make_case(odd_root, "two_families", {GAME: [ann(1, 100, "Goal"), ann(1, 200, "Foul")]},
+                            [f"{GAME}/1_224p.mkv", f"{GAME}/2_224p.mkv"],
+                            {"llava": {0: [pred(100, "Goal")], 1: [pred(50, "Goal")]},
+                                                     "qwen2.5vl": {0: [pred(100, "Goal"), pred(200, "Foul")]},
+                                                     "qwen7b": {0: [seed_window]}})
+    rc, out, err = run(project, sn, "--metrics", "none")
+    assert rc == 0, err
+    assert f"models: llava, qwen2.5vl, qwen7b (every model with finals in {project}; --models picks)" in out
+    summary = json.loads((project / "soccernet_eval" / "summary.json").read_text())
+    recall = {s["model"]: [c for c in s["per_class"] if c["class"] == "Foul"][0]["recall"] for s in summary["models"]}
+    assert recall == {"llava": 0.0, "qwen2.5vl": 1.0, "qwen7b": 0.0}
+    rc, out, err = run(project, sn, "--metrics", "none", "--videos", "0-1")  # only LLaVA has both: said so
+    assert rc == 0, err
+    assert (f"models: llava (every model with finals in {project}; qwen2.5vl, qwen7b lack some of --videos, left "
+            f"out; --models picks)") in out
+    rc, out, err = run(project, sn, "--metrics", "none", "--models", "qwen2.5vl")
+    assert rc == 0 and "models: " not in out, err
+    assert [s["model"] for s in json.loads((project / "soccernet_eval" / "summary.json").read_text())["models"]] == \
+        ["qwen2.5vl"]

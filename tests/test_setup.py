@@ -16,7 +16,8 @@ from llava_soccer import synthetic
 pytestmark = pytest.mark.slow  # each runs setup_llava.sh (a venv, pip, the checks)
 SETUP = ROOT / "setup_llava.sh"
 INSTALLED = ["llava_split_worker.py", "merge_results_llava.py", "submit_llava.sh", "requirements.txt",
-             "llava_soccer/__init__.py", "llava_soccer/videos.py", "llava_soccer/engine.py"]
+             "llava_soccer/__init__.py", "llava_soccer/videos.py", "llava_soccer/engine.py",
+             "llava_soccer/families/__init__.py"]  # a subpackage
 
 
 def clean_env(**extra):

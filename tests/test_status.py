@@ -323,3 +323,53 @@ def test_a_video_whose_workers_failed_before_saving_a_window_is_failed_with_the_
     assert not settings.failed_note_path(project, 0).exists()
     lines = status("--project", project)[1]
     assert re.match(r"\s*0  done ", line_of(lines, 0)), lines
+
+
+def test_a_second_models_videos_by_its_tag_and_the_other_models_in_one_line(tmp_path):
+    """Issue 32: every state of build(), with Qwen2.5-VL's files (tag qwen2.5vl) in place of LLaVA's, reads the
+    same through LLAVA_MODEL=<a Qwen checkpoint>; LLaVA's view of that project has none of them and one line says
+    which models have finals there."""
+    project = build(tmp_path)
+    for template in (settings.FINAL, settings.RAW_ANSWERS, settings.PARTIAL, settings.LOCK):
+        pattern = settings.name_pattern(template, model="llava")
+        for f in project.iterdir():
+            if m := pattern.fullmatch(f.name):
+                f.rename(project / template.format(model="qwen2.5vl", **m.groupdict()))  # keeps its mtime
+    qwen = tmp_path / "Qwen2.5-VL checkpoint"
+    qwen.mkdir()
+    (qwen / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    code, lines, err = status("--project", project, prefix=("env", f"LLAVA_MODEL={qwen}"))
+    assert code == 0, err
+    check_every_state(lines)
+    assert lines[0].startswith(f"status of {qwen} (qwen2.5vl) in {project} at ")
+    code, lines, err = status("--project", project)  # the default model, LLaVA
+    assert code == 0 and lines[0].startswith(f"status of {settings.DEFAULT_MODEL} (llava) in {project} at "), err
+    assert lines[1] == ("other models' finals here: qwen2.5vl (2 videos): status_llava.py --model MODEL (or "
+                        "LLAVA_MODEL) shows a model's videos")
+    assert [line.split("  ")[1] for line in lines[2:9]] == ["not started"] * 7
+    write(settings.final_path(project, 5), [event(project, 5, "Goal", 8.0)])
+    code, lines, err = status("--project", project, "--model", qwen, "--videos", "5")
+    assert code == 0 and lines[1].startswith("other models' finals here: llava (1 video): "), err
+    assert line_of(lines, 5).startswith("5  not started  "), lines
+    code, lines, err = status("--project", project, "--model", tmp_path / "no such model")
+    assert (code, lines) == (1, []) and err.startswith(f"status_llava.py: error: model {tmp_path / 'no such model'}: ")
+
+
+@pytest.mark.slow
+def test_a_second_models_worker_failure_is_noted_as_its_own(tmp_path, video_25fps):
+    """A Qwen2.5-VL worker that stops before its first window (here: a checkpoint folder with only its config.json)
+    notes why in .failed_qwen2.5vl_video_0.json: status of that model says failed with the line, LLaVA's view of the
+    video is untouched."""
+    project = make_project(tmp_path, {"g/1_224p.mkv": video_25fps})
+    qwen = tmp_path / "qwen checkpoint"
+    qwen.mkdir()
+    (qwen / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    r = subprocess.run([sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
+                        "--video-index", "0", "--project", str(project), "--quantization", "fp32", "--model",
+                        str(qwen)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode != 0 and settings.failed_note_path(project, 0, "qwen2.5vl").exists(), r.stderr
+    assert not settings.failed_note_path(project, 0).exists()
+    code, lines, _ = status("--project", project, "--model", qwen)
+    assert code == 0 and re.search(r"^\s*0  failed .*\(a worker stopped before saving a window\): fix that and rerun",
+                                   line_of(lines, 0)), lines
+    assert re.match(r"\s*0  not started ", line_of(status("--project", project)[1], 0))

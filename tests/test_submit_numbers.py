@@ -46,6 +46,7 @@ def scripts(tmp_path):
     (d / "llava_split_worker.py").write_text(FAKE_WORKER)
     (d / "merge_results_llava.py").write_text(FAKE_MERGE)
     (d / "llava_soccer").symlink_to(ROOT / "llava_soccer")  # the range check and the locks are the real ones
+    (d / "config.json").write_text('{"model_type": "llava_next"}')  # LLAVA_MODEL below: a LLaVA, by its files' tag
     return d
 
 
@@ -349,7 +350,7 @@ def test_a_missing_model_stops_the_job_once(tmp_path, scripts):
     line before the first video that needs it, the rest not started, exit 2; finished videos need no model."""
     project = project_with(tmp_path, 4)
     finished(project, 0)
-    missing = tmp_path / "no such model"
+    missing = tmp_path / "no such llava model"  # its name says its family: LLaVA's finals are the finished ones
     r = submit(project, scripts, "0", "3", LLAVA_MODEL=str(missing))
     assert r.returncode == 2, r.stderr
     assert r.stderr.count(f"--model {missing}: no such directory") == 1, r.stderr
@@ -377,7 +378,10 @@ def test_the_command_check_prints_runs_as_printed(tmp_path, scripts):
 def test_the_plan_command_check_prints_runs_as_printed(tmp_path):
     """--check's plan line names the real worker's --print-plan: it prints this machine's plan, loading nothing."""
     project = project_with(tmp_path, 1)
-    r = submit(project, ROOT, "--check", "0", LLAVA_QUANT="fp32")
+    model = tmp_path / "model"  # --check loads nothing: a directory whose config.json says its family
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llava_next"}')
+    r = submit(project, ROOT, "--check", "0", LLAVA_QUANT="fp32", LLAVA_MODEL=str(model))
     assert r.returncode == 0, r.stderr
     (command,) = re.findall(r"^plan: per GPU, chosen by the worker at start; on a GPU node: (.*)$", r.stdout, re.M)
     run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120,

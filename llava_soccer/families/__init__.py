@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 from ..cli import InputError
+from ..settings import DEFAULT_MODEL
 
 FAMILIES = {"llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}   # config.json model_type -> module name
 # a hub id not in the cache: its name says the family (what from_pretrained will fetch decides in the end)
-_BY_NAME = (("qwen2.5-vl", "qwen2_5_vl"), ("llava", "llava_next"))
+_BY_NAME = (("qwen2.5-vl", "qwen2_5_vl"), ("qwen2_5_vl", "qwen2_5_vl"), ("llava", "llava_next"))
 
 
 def _module(name):
@@ -42,9 +43,14 @@ def of_model(model_id: str):
         if not path.is_file():
             raise InputError(f"--model {model_id}: no config.json there (a checkpoint directory holds the config.json, "
                              f"tokenizer and weights that save_pretrained writes)")
+    elif model_id == DEFAULT_MODEL:  # its config.json can only say llava_next: no look-up (status, submit start fast)
+        return _module("llava_next")
     else:
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(model_id, "config.json")
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # a python without it (status_llava.py run by the system's): the name says
+            try_to_load_from_cache = None
+        cached = try_to_load_from_cache and try_to_load_from_cache(model_id, "config.json")
         path = Path(cached) if isinstance(cached, str) else None
     if path is not None:
         try:
@@ -68,6 +74,18 @@ def of_model(model_id: str):
                      f"(supported: {', '.join(sorted(FAMILIES))}): download it first (README: Troubleshooting)")
 
 
+def tag_of(model_id: str) -> str:
+    """The TAG of model_id's family: the model's name in every file name (settings.FINAL, LOCK, ...). A checkpoint
+    directory that does not exist (yet) is known by its name as a hub id is, so finished videos are still found;
+    the worker then says the directory is missing."""
+    from ..loading import is_local
+    if is_local(model_id) and not Path(model_id).expanduser().exists():
+        for part, name in _BY_NAME:
+            if part in model_id.lower():
+                return _module(name).TAG
+    return of_model(model_id).TAG
+
+
 def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
     """(model, processor) of model_id, loaded by its family (its load())."""
     return of_model(model_id).load(model_id, plan, device, visual_tokens)
@@ -76,3 +94,6 @@ def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
 def of_loaded(model):
     """The family of a loaded model."""
     return of_config(model.config.to_dict())
+
+
+TAGS = tuple(_module(name).TAG for name in FAMILIES.values())  # every family's: the model names files may carry

@@ -37,7 +37,6 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "
 # The seed's processor bounds (workers/qwen_split_worker.py): a 224p frame is scaled UP to ~200k pixels,
 # 256 tokens per frame. "reduced": the frame at its own size (rounded to 28 px), 112 tokens per 398x224 frame.
 PIXELS = {"full": (256 * 28 * 28, 480 * 28 * 28), "reduced": (56 * 56, 480 * 28 * 28)}
-FRAMES_PER_VISION_CALL = 3  # a chunked (small card's) prefill runs the vision tower on this many frames at a time
 
 
 class Processor:
@@ -133,6 +132,8 @@ def embed(model, window, chunk=None):
     ids of the prompt, offset = rope_delta: rope position minus slot of every text token after the prompt).
     chunk: the vision tower sees FRAMES_PER_VISION_CALL frames at a time (each frame attends only to itself)."""
     import torch
+
+    from ..decoding import FRAMES_PER_VISION_CALL
     inner = model.model
     ids, grid, pixels = window["input_ids"], window["image_grid_thw"], window["pixel_values"]
     embeds = inner.get_input_embeddings()(ids)
