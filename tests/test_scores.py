@@ -134,7 +134,7 @@ def test_every_label_the_answer_wrote_is_scored_after_its_own_prefix(engine):
     def force(logits, positions):
         b = len(positions)
         start.setdefault(b, positions.clone())
-        step = (positions - start[b]).clamp(max=len(forced) - 1)
+        step = (positions - start[b]).clamp(0, len(forced) - 1)  # a finished row (position 0): any
         wanted = torch.where(torch.arange(logits.shape[1])[None] == torch.tensor(forced)[step][:, None], 1e4, -1e4)
         return torch.where(torch.arange(b)[:, None] == 0, wanted, logits)
 
