@@ -31,15 +31,25 @@ _LABEL_KEY = re.compile(r"""(['"])label\1\s*:\s*(['"])""")
 
 
 class Decodes:
-    """len(tokenizer.decode(ids[:k])) for each k, decoded once per k asked: where each token's text ends."""
+    """tokenizer.decode(ids[:k]) for each k, decoded once per k asked: where each token's text ends."""
 
     def __init__(self, tokenizer, ids):
-        self.tokenizer, self.ids, self.known = tokenizer, list(ids), {0: 0}
+        self.tokenizer, self.ids, self.known = tokenizer, list(ids), {0: ""}
+
+    def text(self, k) -> str:
+        if k not in self.known:
+            self.known[k] = self.tokenizer.decode(self.ids[:k], skip_special_tokens=True)
+        return self.known[k]
 
     def end(self, k) -> int:
-        if k not in self.known:
-            self.known[k] = len(self.tokenizer.decode(self.ids[:k], skip_special_tokens=True))
-        return self.known[k]
+        return len(self.text(k))
+
+    def written(self, k, text, end) -> int:
+        """The smallest k' >= k after which text[:end] is written whole: a byte-level vocabulary splits a character
+        over tokens, and its first bytes already decode to one replacement character ("\ufffd")."""
+        while k < len(self.ids) and self.text(k)[:end] != text[:end]:
+            k += 1
+        return k
 
     def first_ending_after(self, char) -> int:
         """The smallest k whose text ends after `char` (len(ids) if none): token k - 1 holds that char."""
@@ -232,6 +242,7 @@ def label_probs(tokenizer, ids, logprobs, text, spans, digits=8):
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
             out.append(None)
             continue
-        first, last = decodes.first_ending_after(start), decodes.first_ending_after(end - 1)
+        first = decodes.first_ending_after(start)
+        last = decodes.written(decodes.first_ending_after(end - 1), text, end)
         out.append(_round(math.exp(sum(float(lp) for lp in logprobs[first - 1:last])), digits))
     return out

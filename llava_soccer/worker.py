@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from . import claims, families, gpus, loading, provenance, reporting, settings, videos
+from . import claims, families, gpus, loading, provenance, reporting, scores, settings, videos
 from .cli import InputError, first_line, log_safe
 from .events import window_events
 from .generation import Generation
@@ -95,6 +95,11 @@ class Worker:
         self.cfg, self.engine = cfg, engine
         self.generation = Generation.from_settings(cfg, engine.family)
         self.failed_in_a_row = 0
+        if self.generation.class_scores:  # before the first window: else every window fails on it, one by one
+            try:
+                scores.check_spelling(engine.processor.tokenizer)
+            except ValueError as e:
+                raise InputError(f"--model {cfg.model}: {e}") from None
 
     def answer(self, batch):
         """Records for a batch of (Window, processor inputs or None when it has no frames), in order."""

@@ -1,9 +1,12 @@
 """Token probabilities and class scores (llava_soccer/scores.py, decoding.score_trees) against the model's
-own forward: one extra pass over each window's cache gives the log-probabilities that plain forward
-passes of prompt + prefix + class give, at batch 1 and 3, with rows that finished early, for the fast
-decoder and transformers' generate: in fp32 to 1e-5 of their size (fp32's own rounding over a 3.5k-token
-forward moves a sum of ~10 log-probabilities near -50 by ~1e-5), in fp64 to 1e-6 (the stored scores'
-8 significant digits); token probabilities are generate's own."""
+own forward, for every model family (a tiny random checkpoint of each, biased to answer "None" now and then):
+one extra pass over each window's cache gives the log-probabilities that plain forward passes of
+prompt + prefix + class give, at batch 1 and 3, with rows that finished early and prompts of different
+lengths (left padding in generate's batch), for the fast decoder and transformers' generate: in fp32 to
+1e-5 of their size (fp32's own rounding over a 3.5k-token forward moves a sum of ~10 log-probabilities near
+-50 by ~1e-5), in fp64 to 1e-6 (the stored scores' 8 significant digits); token probabilities are
+generate's own. Qwen2.5-VL's text after the images sits at M-RoPE positions slot + rope_delta: a tree scored
+at its slots would be caught here."""
 import math
 
 import numpy as np
@@ -12,46 +15,61 @@ import torch
 
 from conftest import load_engine
 from llava_soccer import scores, synthetic
-from llava_soccer.families import llava_next
+from llava_soccer.families import qwen2_5_vl
 from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 pytestmark = pytest.mark.slow
+# each family's tiny checkpoint builder (init_std: answers that differ window by window; none_prob: P("None"))
+BUILDERS = {"llava_next": synthetic.make_checkpoint, "qwen2_5_vl": qwen2_5_vl.build_checkpoint}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def checkpoint(request, tmp_path_factory):
+    return BUILDERS[request.param](tmp_path_factory.mktemp(request.param) / "r", "tiny", seed=11, init_std=0.2,
+                                   none_prob=0.01)
+
+
+def loaded(checkpoint):
+    """Qwen's windows at visual_tokens reduced (112 tokens a frame, not 256): its vision tower runs again in every
+    plain forward of the reference, and the scoring does not depend on the image token count."""
+    return load_engine(checkpoint, visual_tokens="reduced" if "qwen" in checkpoint.parent.name else "full")
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    ckpt = synthetic.make_checkpoint(tmp_path_factory.mktemp("scores") / "r", "tiny", seed=11, init_std=0.2,
-                                     none_prob=0.01)
-    return load_engine(ckpt)
+def engine(checkpoint):
+    return loaded(checkpoint)
 
 
 @pytest.fixture(scope="module")
-def engine64(tmp_path_factory):
-    ckpt = synthetic.make_checkpoint(tmp_path_factory.mktemp("scores64") / "r", "tiny", seed=11, init_std=0.2,
-                                     none_prob=0.01)
-    engine = load_engine(ckpt)
+def engine64(checkpoint):
+    engine = loaded(checkpoint)
     engine.model.double()
     return engine
 
 
-def windows(processor, starts, dtype=torch.float32, frames=(4, 4, 4)):
-    """Windows at `starts` of frames[i] frames each: fewer frames, a shorter prompt."""
+def windows(engine, starts, frames=(4, 4, 4)):
+    """The family's inputs of windows at `starts` of frames[i] random frames each: fewer frames, a shorter
+    prompt."""
     rng = np.random.default_rng(3)
-    inputs = llava_next.prepare(processor, [([t + 0.2 * i for i in range(f)], [rng.integers(
-        0, 255, (224, 398, 3), dtype=np.uint8) for _ in range(f)]) for t, f in zip(starts, frames)], dtype)
-    return inputs
+    return engine.prepare([([t + 0.2 * i for i in range(f)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
+                                                               for _ in range(f)]) for t, f in zip(starts, frames)])
 
 
 def forward(model, window):
     """scores.reference's forward: log-probabilities after prompt + before + each prefix of tokens, from the
-    model's own forward over the whole sequence."""
+    model's own forward over the whole sequence: the window's inputs (any family's) with the text tokens
+    appended to its per-token inputs (input_ids, attention_mask, and Qwen's mm_token_type_ids: 0, text)."""
     def run(before, tokens):
-        ids = torch.tensor([window["input_ids"][0].tolist() + list(before) + list(tokens)])
+        extra = torch.tensor([list(before) + list(tokens)], dtype=torch.long)
+        inputs = {**window, "input_ids": torch.cat([window["input_ids"], extra], 1)}
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if "mm_token_type_ids" in window:
+            inputs["mm_token_type_ids"] = torch.cat([window["mm_token_type_ids"], torch.zeros_like(
+                extra, dtype=window["mm_token_type_ids"].dtype)], 1)
         with torch.inference_mode():
-            logits = model(input_ids=ids, pixel_values=window["pixel_values"], image_sizes=window["image_sizes"],
-                           attention_mask=torch.ones_like(ids)).logits[0].double().log_softmax(-1)
-        return logits[ids.shape[1] - len(tokens) - 1:]
+            logits = model(**inputs).logits[0].double().log_softmax(-1)
+        return logits[inputs["input_ids"].shape[1] - len(tokens) - 1:]
     return run
 
 
@@ -79,9 +97,10 @@ def assert_scores(engine, window, answer, class_scores=True):
     ("fast", 1, "fp32", (4,)), ("fast", 3, "fp32", (4, 4, 4)), ("transformers", 1, "fp32", (4,)),
     ("transformers", 3, "fp32", (4, 4, 4)), ("fast", 3, "fp64", (4, 4, 4)),
     ("fast", 3, "fp32", (3, 4, 2)), ("transformers", 3, "fp32", (3, 4, 2))])  # prompts of 3 lengths: left padding
-def test_one_pass_class_scores_are_the_models_own_log_probabilities(request, batch, decoder, dtype, frames):
+def test_one_pass_class_scores_are_the_models_own_log_probabilities(request, checkpoint, batch, decoder, dtype,
+                                                                   frames):
     engine = request.getfixturevalue("engine64" if dtype == "fp64" else "engine")
-    inputs = windows(engine.processor, [0.0, 2.0, 4.0][:batch], engine.model.dtype, frames)
+    inputs = windows(engine, [0.0, 2.0, 4.0][:batch], frames)
     assert len({w["input_ids"].shape[1] for w in inputs}) == len(set(frames))
     eos = engine.model.generation_config.eos_token_id
     free = engine.answer(inputs, Generation(10, decoder=decoder, class_scores=False))
@@ -115,13 +134,13 @@ def test_every_label_the_answer_wrote_is_scored_after_its_own_prefix(engine):
     def force(logits, positions):
         b = len(positions)
         start.setdefault(b, positions.clone())
-        step = (positions - start[b]).clamp(max=len(forced) - 1)
+        step = (positions - start[b]).clamp(0, len(forced) - 1)  # a finished row (position 0): any
         wanted = torch.where(torch.arange(logits.shape[1])[None] == torch.tensor(forced)[step][:, None], 1e4, -1e4)
         return torch.where(torch.arange(b)[:, None] == 0, wanted, logits)
 
     engine.reset(force)
     try:
-        inputs = windows(engine.processor, [0.0, 2.0])
+        inputs = windows(engine, [0.0, 2.0])
         answers = engine.answer(inputs, Generation(len(forced) + 1))
         slots = engine.decoder.kept["kv"][0][0].shape[2]
     finally:
@@ -142,7 +161,7 @@ def test_every_label_the_answer_wrote_is_scored_after_its_own_prefix(engine):
 
 
 def test_none_prob_is_recorded_without_class_scores(engine):
-    inputs = windows(engine.processor, [0.0, 2.0])
+    inputs = windows(engine, [0.0, 2.0])
     for decoder in ("fast", "transformers"):
         for window, answer in zip(inputs, engine.answer(inputs, Generation(6, decoder=decoder, class_scores=False))):
             assert_scores(engine, window, answer, class_scores=False)
@@ -151,7 +170,7 @@ def test_none_prob_is_recorded_without_class_scores(engine):
 def test_token_probabilities_are_generates_own(engine):
     """Each answer token's probability is what generate(output_scores=True) reports for it (greedy), and a
     label's probability is the product over the tokens that spell it."""
-    inputs = windows(engine.processor, [0.0, 2.0])
+    inputs = windows(engine, [0.0, 2.0])
     answers = engine.answer(inputs, Generation(12, class_scores=False))
     tok = engine.processor.tokenizer
     for window, answer in zip(inputs, answers):
@@ -162,9 +181,27 @@ def test_token_probabilities_are_generates_own(engine):
         assert ids[:len(answer.ids)] == answer.ids
         theirs = [float(s[0].float().log_softmax(-1)[t]) for s, t in zip(out.scores, ids)]
         np.testing.assert_allclose(answer.logprobs, theirs[:len(answer.ids)], atol=1e-5)
-        ends = scores.Decodes(tok, answer.ids)  # tokens 3-7 spell these characters (the model may write <pad>)
-        span = [ends.end(3), ends.end(8)]
+        # tokens a to b - 1 (from 3, at least 5) spell these characters (the model may write <pad>); a and b where
+        # a character begins (a byte-level vocabulary splits one over tokens: its first bytes decode to "\ufffd")
+        ends = scores.Decodes(tok, answer.ids)
+        whole = [k for k in range(3, len(answer.ids) + 1) if ends.text(k) == answer.text[:ends.end(k)]]
+        a = whole[0]
+        b = next(k for k in whole if k >= a + 5)
+        span = [ends.end(a), ends.end(b)]
         assert answer.text[span[0]:span[1]].strip()
         (prob,) = answer.label_probs(tok, [span])
-        assert prob == pytest.approx(math.exp(sum(theirs[3:8])), rel=1e-5)
+        assert prob == pytest.approx(math.exp(sum(theirs[a:b])), rel=1e-5)
         assert answer.label_probs(tok, [None, [5, 5], [0, len(answer.text) + 1]]) == [None, None, None]
+
+
+def test_a_label_spelled_over_split_characters_counts_every_byte_token():
+    """Qwen's byte-level vocabulary writes "é" as two tokens, and the first already decodes to "\ufffd": a label
+    ending in such a character has the probability of every token of its bytes, the last one's included."""
+    tok = qwen2_5_vl._tokenizer(None)
+    text = "{'label': 'Arrêté', 'team': 'home'}"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode()) and tok.decode(ids) == text
+    logprobs = [math.log(0.5)] * len(ids)
+    start = text.index("Arr")
+    (prob,) = scores.label_probs(tok, ids, logprobs, text, [[start, start + len("Arrêté")]])
+    assert prob == 0.5 ** len("Arrêté".encode())

@@ -2,12 +2,17 @@
 (tests/data/mistral_tokenizer.model.v1, from the mistral-common 1.13.1 wheel, Apache-2.0; sha256 dadfd56d...),
 read by sentencepiece itself as the reference. No model: tokenisation is the point."""
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import pytest
 
-from llava_soccer import scores
-from llava_soccer.settings import SOCCERNET_CLASSES
+import llava_split_worker as worker
+from conftest import load, make_project
+from llava_soccer import scores, synthetic
+from llava_soccer.families import qwen2_5_vl
+from llava_soccer.settings import SOCCERNET_CLASSES, partial_path
 
 spm = pytest.importorskip("sentencepiece", reason="pip install sentencepiece (tests/requirements.txt)")
 VOCAB = Path(__file__).parent / "data" / "mistral_tokenizer.model.v1"
@@ -68,3 +73,42 @@ def test_a_tokenizer_that_cannot_spell_the_classes_gives_no_class_scores(mistral
         scores.tree_room(lower)
     assert scores.tree_room(lower, ()) > 0  # P("None") alone needs no class names
     assert scores.tree_room(mistral[1]) > 0
+
+
+def word_level(checkpoint):
+    """The checkpoint's tokenizer made word-level, one character a word, without capitals (each maps to <unk>; a
+    vocabulary without one names "A"'s id so): every id keeps its place, the family's specials theirs."""
+    path = checkpoint / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    vocab = spec["model"]["vocab"]
+    capital = {"A": "<unk>"} if "<unk>" not in vocab else {}
+    vocab = {capital.get(t) or (f"<unused{i}>" if len(t) == 1 and t.isupper() else t): i for t, i in vocab.items()}
+    spec["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    split = {"type": "Split", "pattern": {"String": ""}, "behavior": "Isolated", "invert": False}
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [p for p in (spec["pre_tokenizer"], split) if p]}
+    path.write_text(json.dumps(spec))
+    config = checkpoint / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "PreTrainedTokenizerFast",
+                                  "unk_token": "<unk>"}))
+    return checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
+def test_the_worker_refuses_class_scores_it_cannot_spell_in_one_line(tmp_path, video_25fps, family, capsys):
+    """For every family: a checkpoint whose tokenizer cannot spell the class names stops the worker before its
+    first window with one line and exit 1 (never 17 numbers of something else, nor a failed record per window);
+    with --class-scores no the same checkpoint runs."""
+    builder = qwen2_5_vl.build_checkpoint if family == "qwen2_5_vl" else synthetic.make_checkpoint
+    ckpt = word_level(builder(tmp_path / "ckpt", "tiny"))
+    project = make_project(tmp_path, {"v.mkv": video_25fps})
+    args = ["--gpu-id", "3", "--num-workers", "4", "--video-index", "0", "--project", str(project),
+            "--model", str(ckpt), "--quantization", "fp32", "--max-new-tokens", "2"]
+    capsys.readouterr()
+    assert worker.main(args) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower() or "⚠️" in line]
+    assert len(errors) == 1 and re.search(r"cannot spell .*Penalty.*--class-scores no", errors[0]), err
+    assert not partial_path(project, 0, 3).exists()
+    assert worker.main(args + ["--class-scores", "no"]) == 0
+    assert all(r["class_scores"] is None for r in load(partial_path(project, 0, 3))["windows"])

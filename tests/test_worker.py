@@ -17,7 +17,7 @@ import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
 from llava_soccer import decoding, families, jsonio, synthetic, videos
 from llava_soccer import worker as worker_loop
-from llava_soccer.families import llava_next
+from llava_soccer.families import llava_next, qwen2_5_vl
 from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES, partial_path
 
@@ -481,19 +481,28 @@ def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, vi
     assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
 
 
+# each family's tiny checkpoint builder, and the frames per window its decoder tests use (Qwen's vision tower sees
+# ~1,000 patches a frame: 3 frames keep its tests as quick as LLaVA's)
+BUILDERS = {"llava_next": (synthetic.make_checkpoint, 15), "qwen2_5_vl": (qwen2_5_vl.build_checkpoint, 3)}
+
+
 @pytest.mark.slow
-def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path):
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path, family):
     """Windows whose prompts differ in length (frame times crossing 10:00 add a character) are
-    left-padded in generate()'s batch; the fast decoder prefills each alone and masks per row.
-    Same greedy text, including rows that stop early at </s> (a checkpoint that answers "None")."""
+    left-padded in generate()'s batch; the fast decoder prefills each alone and masks per row (Qwen: each
+    row's own M-RoPE offset). Same greedy text, including rows that stop early at the end token (a checkpoint
+    that answers "None")."""
     import numpy as np
+    build, frames = BUILDERS[family]
     rng = np.random.default_rng(0)
-    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                   for _ in range(15)]) for t in (590.0, 598.0, 1000.0, 4.0)]
+    windows = [([t + 0.2 * i for i in range(frames)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
+                                                       for _ in range(frames)]) for t in (590.0, 598.0, 1000.0, 4.0)]
     answers = []
-    for ckpt, n in ((synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
-                    (synthetic.make_checkpoint(tmp_path / "none", "tiny", answer="None"), 30)):
+    for ckpt, n in ((build(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
+                    (build(tmp_path / "none", "tiny", answer="None"), 30)):
         engine = load_engine(ckpt)
+        assert engine.family.NAME == family
         inputs = engine.prepare(windows)
         assert len({w["input_ids"].shape[1] for w in inputs}) == 3  # padding happens in a batch
         alone = [engine.generate([w], Generation(n, decoder="transformers"))[0] for w in inputs]
@@ -563,31 +572,43 @@ def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_
 
 
 @pytest.mark.slow
-def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path):
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path, family):
     """decoding.Step for two windows of different prompt lengths, two new tokens each, against
-    transformers' forward for each window alone with its DynamicCache: same logits (fp32; leaving out
-    the new token itself from attention would differ by 4e-3 to 5e-2 on this checkpoint)."""
+    transformers' forward over each window's prompt + those tokens: same logits (fp32; leaving out
+    the new token itself from attention would differ by 4e-3 to 5e-2 on LLaVA's checkpoint; Qwen's new tokens
+    rotate at slot + the window's M-RoPE offset)."""
     import numpy as np
-    from transformers.cache_utils import DynamicCache
     rng = np.random.default_rng(1)
     windows = [([t + 0.2 * i for i in range(3)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                   for _ in range(3)]) for t in (599.6, 4.0)]
-    model, processor = families.load(str(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)),
-                                     cpu_plan(), "cpu")
-    inputs = llava_next.prepare(processor, windows)
+    ckpt = BUILDERS[family][0](tmp_path / "r", "tiny", seed=7, init_std=0.1)
+    model, processor = families.load(str(ckpt), cpu_plan(), "cpu")
+    fam = families.of_loaded(model)
+    inputs = fam.prepare(processor, windows)
     new = torch.tensor([[5, 9], [7, 11]])
     with torch.inference_mode():
-        first, _, lengths, kv, offsets = decoding.prefill(llava_next, model, inputs, room=2)
-        step = decoding.Step(llava_next, model, *kv)
+        first, _, lengths, kv, offsets = decoding.prefill(fam, model, inputs, room=2)
+        step = decoding.Step(fam, model, *kv)
         ours = [step(new[:, 0], lengths, offsets), step(new[:, 1], lengths + 1, offsets)]
         for row, window in enumerate(inputs):
-            cache = DynamicCache()
-            out = model(**window, past_key_values=cache, use_cache=True)
-            assert first[row] == out.logits[0, -1].argmax() and lengths[row] == window["input_ids"].shape[1]
+            assert first[row] == model(**window).logits[0, -1].argmax() and lengths[row] == window["input_ids"].shape[1]
             for t in range(2):
-                logits = model(input_ids=new[row:row + 1, t:t + 1], past_key_values=cache, use_cache=True).logits
+                logits = model(**appended(window, new[row, :t + 1])).logits
                 torch.testing.assert_close(ours[t][row], logits[0, -1], rtol=1e-5, atol=1e-4)
-    assert lengths[0] > lengths[1]
+    assert lengths[0] > lengths[1] and (offsets != 0).all() == (family == "qwen2_5_vl")
+
+
+def appended(window, tokens):
+    """A window's inputs (any family's) with text tokens after its prompt: its per-token inputs extended (Qwen's
+    mm_token_type_ids: 0, text)."""
+    extra = torch.as_tensor(tokens, dtype=torch.long)[None]
+    out = {**window, "input_ids": torch.cat([window["input_ids"], extra], 1)}
+    for key in ("attention_mask", "mm_token_type_ids"):
+        if key in window:
+            fill = torch.full_like(extra, key == "attention_mask", dtype=window[key].dtype)
+            out[key] = torch.cat([window[key], fill], 1)
+    return out
 
 
 # --- operational failures: one line, before the model loads where possible, data intact ----------

@@ -228,23 +228,49 @@ def _wire_parrot(model, tokenizer, answer):
         head[said, 0] = head[end, 1] = 10.0  # "\n" -> answer -> <|im_end|>
 
 
-def hub_config(size, tokenizer, dtype="bfloat16") -> dict:
-    """config.json of a `size` checkpoint in the hub's flat layout (text keys at the top), token ids the tokenizer's."""
+def _bias_none(model, tokenizer, none_prob):
+    """Make a random model answer "None" with probability about none_prob (synthetic._bias_none's way): after the
+    prompt's last token "\n" it writes "N" with that probability, then "o", "n", "e" almost surely. Each of those
+    tokens' embedding is a large unit vector of its own that dominates its hidden state; the head reads the next
+    token from it. Unlike LLaVA's, the other tokens keep their random head weights on the "\n" direction: in this
+    vocabulary of ~260 bytes, a flat rest would make "N" (0.01 > 1/260) every window's greedy first token."""
+    import torch
+    ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(c)[0]) for c in ("\n", "N", "o", "n", "e")]
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    hidden = emb.shape[1]
+    with torch.no_grad():
+        head[:, 1:len(ids)] = 0
+        for k, token in enumerate(ids):
+            emb[token] = 0
+            emb[token, k] = 1000.0  # far larger than any layer adds: its hidden state keeps this direction
+        rms = hidden ** 0.5  # the final norm makes that direction ~sqrt(hidden) long
+        others = torch.cat([head[:ids[1], 0], head[ids[1] + 1:len(tokenizer), 0]]).double() * rms
+        head[ids[1], 0] = float(others.logsumexp(0) + torch.tensor(none_prob / (1 - none_prob)).log()) / rms
+        for k in range(1, len(ids) - 1):
+            head[ids[k + 1], k] = 12.0 / rms  # "N" -> "o" -> "n" -> "e": e^12 against ~260 tokens
+
+
+def hub_config(size, tokenizer, dtype="bfloat16", init_std=0.02) -> dict:
+    """config.json of a `size` checkpoint in the hub's flat layout (text keys at the top), token ids the tokenizer's;
+    init_std: the random weights' standard deviation (initializer_range, the vision tower's too)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
     dims = SIZES[size]
     return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-            "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02, "tie_word_embeddings": False,
+            "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": init_std, "tie_word_embeddings": False,
             "use_cache": True, "torch_dtype": dtype, "vocab_size": len(tokenizer),  # full: dims say 152,064
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
             "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
             "image_token_id": ids[IMAGE], "video_token_id": ids[VIDEO],
-            **dims, "vision_config": {**_VISION, **dims["vision_config"]}}
+            **dims, "vision_config": {**_VISION, **dims["vision_config"], "initializer_range": init_std}}
 
 
-def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu"):
+def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32", device="cpu", init_std=0.02,
+                     none_prob=None):
     """Save a random Qwen2.5-VL checkpoint laid out as the hub's (config.json in its flat layout, tokenizer files,
     preprocessor_config.json, chat_template.json, generation_config.json); return out_dir. "full" builds in
-    `dtype` directly on `device` (bf16 on a GPU: ~17 GB there, no fp32 copy in CPU memory)."""
+    `dtype` directly on `device` (bf16 on a GPU: ~17 GB there, no fp32 copy in CPU memory). init_std, none_prob:
+    as synthetic.make_checkpoint's (the weights' spread; a random model that answers "None" with about that
+    probability, tiny only)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -254,7 +280,7 @@ def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32",
         raise ValueError("--answer makes a tiny parrot checkpoint only (use --size tiny)")
     out_dir = Path(out_dir)
     tokenizer = _tokenizer(answer)
-    hub = hub_config(size, tokenizer, dtype)
+    hub = hub_config(size, tokenizer, dtype, init_std)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
     config = Qwen2_5_VLConfig(**{k: v for k, v in hub.items() if k not in ("architectures", "model_type")})
     torch.manual_seed(seed)
@@ -267,6 +293,8 @@ def build_checkpoint(out_dir, size="tiny", answer=None, seed=0, dtype="float32",
         torch.set_default_dtype(previous)
     if answer is not None:
         _wire_parrot(model, tokenizer, answer)
+    if none_prob is not None:
+        _bias_none(model, tokenizer, none_prob)
     model.save_pretrained(out_dir, max_shard_size="5GB")
     (out_dir / "config.json").write_text(json.dumps(hub, indent=2) + "\n")  # the hub's flat layout, as downloaded
     # The hub's generation_config.json (its sampling settings included: load() overrides them, see there)
