@@ -34,7 +34,7 @@ def test_a_directory_without_config_json_or_with_a_broken_one_is_one_line(tmp_pa
     with pytest.raises(InputError, match=r"cannot read .*config.json"):
         families.of_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3_v"}))
-    with pytest.raises(InputError, match=r"model_type 'phi3_v' is not a model family"):
+    with pytest.raises(InputError, match=r"model_type 'phi3_v', not a model family"):
         families.of_model(str(tmp_path))
     with pytest.raises(InputError, match=r"no such directory"):
         families.of_model(str(tmp_path / "missing"))

@@ -97,9 +97,10 @@ def test_a_models_tag_comes_from_its_config_json_else_its_name(tmp_path):
     assert family_tag("Qwen/Qwen2.5-VL-7B-Instruct", **cache) == (0, "qwen2.5vl\n", "")  # not cached: its name
     other = checkpoint_dir(tmp_path, "idefics2", "c")
     code, out, err = family_tag(LLAVA_MODEL=str(other))
-    assert (code, out) == (2, "") and err == (f"model {other}: its config.json has model_type 'idefics2', no model "
-                                              f"family of this pipeline (supported: llava (llava_next), qwen2.5vl "
-                                              f"(qwen2_5_vl)) (LLAVA_MODEL)\n")
+    assert (code, out) == (2, "") and err == (f"model {other}: its config.json has model_type 'idefics2', not a model "
+                                              f"family this pipeline runs (supported: llava_next, qwen2_5_vl): use one "
+                                              f"of those checkpoints, or add a family (docs/design.md#model-families) "
+                                              f"(LLAVA_MODEL)\n")
     code, out, err = family_tag("org/some-model", **cache)
     assert code == 2 and len(err.splitlines()) == 1 and "org/some-model: not in the Hugging Face cache" in err
 

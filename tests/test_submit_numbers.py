@@ -451,35 +451,35 @@ def test_a_misspelt_hub_id_stops_the_job_once(tmp_path, scripts, hub):
 
 @pytest.mark.parametrize("answer,env,says", [
     ((403, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access restricted"}), {"HF_TOKEN": "hf_x"},
-     "/org/gated is gated: accept its terms there with your account, then export HF_TOKEN="),
+     "/org/gated-llava is gated: accept its terms there with your account, then export HF_TOKEN="),
     ((401, {"X-Error-Message": "Invalid credentials in Authorization header"}), {"HF_TOKEN": "hf_stale"},
-     "answered HTTP 401 for model org/gated: HF_TOKEN is refused: make a new read token"),
+     "answered HTTP 401 for model org/gated-llava: HF_TOKEN is refused: make a new read token"),
     ((404, {"X-Error-Code": "RepoNotFound"}), {"HF_TOKEN": "hf_x"},
-     "the Hugging Face hub has no model org/gated (or it is private and HF_TOKEN cannot see it): check the spelling"),
-    ((503, {}), {}, "answered HTTP 503 for model org/gated: try again later"),
+     "the Hugging Face hub has no model org/gated-llava (or it is private and HF_TOKEN cannot see it): check the spelling"),
+    ((503, {}), {}, "answered HTTP 503 for model org/gated-llava: try again later"),
 ], ids=["gated", "token refused", "no such repo, with a token", "hub down"])
 def test_check_says_what_the_hub_answered_in_one_line(tmp_path, scripts, hub, answer, env, says):
     project = project_with(tmp_path, 1)
-    hub.answers["org/gated"] = (*answer, b"{}")
-    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/gated", **{**hub.env, **env})
-    assert r.returncode == 2 and "LLAVA_MODEL=org/gated: " in r.stdout + r.stderr, r.stdout + r.stderr
+    hub.answers["org/gated-llava"] = (*answer, b"{}")
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/gated-llava", **{**hub.env, **env})
+    assert r.returncode == 2 and "LLAVA_MODEL=org/gated-llava: " in r.stdout + r.stderr, r.stdout + r.stderr
     assert says in r.stdout and "hf_" not in r.stdout + r.stderr, r.stdout  # the token is never printed
 
 
 def test_a_hub_id_that_exists_or_is_cached_runs(tmp_path, scripts, hub):
     """Found on the hub: --check says where; cached: the hub is not asked (from_pretrained needs no network)."""
     project = project_with(tmp_path, 1)
-    hub.answers["org/real"] = (200, {}, json.dumps({"id": "org/real", "sha": "0" * 40}).encode())
-    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/real", **hub.env)
-    assert r.returncode == 0 and f"model org/real (Hugging Face hub id, found on {hub.url})" in r.stdout, r.stderr
-    snapshot = tmp_path / "hf home" / "hub" / "models--org--cached" / "snapshots" / ("1" * 40)
+    hub.answers["org/real-llava"] = (200, {}, json.dumps({"id": "org/real-llava", "sha": "0" * 40}).encode())
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/real-llava", **hub.env)
+    assert r.returncode == 0 and f"model org/real-llava (Hugging Face hub id, found on {hub.url})" in r.stdout, r.stderr
+    snapshot = tmp_path / "hf home" / "hub" / "models--org--cached-llava" / "snapshots" / ("1" * 40)
     snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("1" * 40)
     hub.asked.clear()
-    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/cached", **hub.env)
-    assert r.returncode == 0 and "model org/cached (Hugging Face hub id), quantization" in r.stdout, r.stderr
+    r = submit(project, scripts, "--check", "0", LLAVA_MODEL="org/cached-llava", **hub.env)
+    assert r.returncode == 0 and "model org/cached-llava (Hugging Face hub id), quantization" in r.stdout, r.stderr
     assert hub.asked == []
 
 

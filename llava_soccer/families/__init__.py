@@ -23,11 +23,13 @@ def _module(name):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def of_config(config: dict):
-    """The family module of a parsed config.json; InputError (one line) for a model_type none supports."""
+def of_config(config: dict, model_id: str | None = None):
+    """The family module of a parsed config.json (of model_id, named in the message); InputError (one line) for a
+    model_type none supports."""
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in FAMILIES:
-        raise InputError(f"model_type {model_type!r} is not a model family this pipeline runs (supported: "
+        where = f"model {model_id}: its config.json has " if model_id else ""
+        raise InputError(f"{where}model_type {model_type!r}, not a model family this pipeline runs (supported: "
                          f"{', '.join(sorted(FAMILIES))}): use one of those checkpoints, or add a family "
                          f"(docs/design.md#model-families)")
     return _module(FAMILIES[model_type])
@@ -57,7 +59,7 @@ def of_model(model_id: str):
             config = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise InputError(f"--model {model_id}: cannot read {path} ({e}): download the model again") from None
-        return of_config(config)
+        return of_config(config, model_id)
     for name in FAMILIES.values():
         try:
             module = _module(name)
