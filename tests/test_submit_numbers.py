@@ -455,7 +455,8 @@ def test_a_misspelt_hub_id_stops_the_job_once(tmp_path, scripts, hub):
     ((401, {"X-Error-Message": "Invalid credentials in Authorization header"}), {"HF_TOKEN": "hf_stale"},
      "answered HTTP 401 for model org/gated-llava: HF_TOKEN is refused: make a new read token"),
     ((404, {"X-Error-Code": "RepoNotFound"}), {"HF_TOKEN": "hf_x"},
-     "the Hugging Face hub has no model org/gated-llava (or it is private and HF_TOKEN cannot see it): check the spelling"),
+     "the Hugging Face hub has no model org/gated-llava (or it is private and HF_TOKEN cannot see it): check the "
+     "spelling"),
     ((503, {}), {}, "answered HTTP 503 for model org/gated-llava: try again later"),
 ], ids=["gated", "token refused", "no such repo, with a token", "hub down"])
 def test_check_says_what_the_hub_answered_in_one_line(tmp_path, scripts, hub, answer, env, says):
