@@ -35,7 +35,7 @@ import argparse
 import sys
 import time
 
-from llava_soccer import claims, merge, provenance, records, settings, videos
+from llava_soccer import claims, families, merge, provenance, records, settings, videos
 from llava_soccer.cli import EXIT_INCOMPLETE, EXIT_RETRY, InputError, log_safe, run_cli
 from llava_soccer.jsonio import atomic_write_json, atomic_write_json_gz, read_json, remove_stale_temps
 
@@ -47,6 +47,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video-index", "--video_index", type=int, required=True, help="line of videos.txt (0-based)")
     p.add_argument("--project", default=None, help="project directory (env SOCCER_PROJECT, default ~/soccer_project)")
+    p.add_argument("--model", default=None,
+                   help="the model whose partials to merge, by its family's file names (env LLAVA_MODEL, default "
+                        f"{settings.DEFAULT_MODEL})")
     p.add_argument("--dedup-s", type=float, default=env("LLAVA_DEDUP_S", settings.DEDUP_S),
                    help="events of one label this many seconds apart or closer are one event "
                         f"(default {settings.DEDUP_S:g}; 0 merges only equal times)")
@@ -79,23 +82,24 @@ def _short(text, width=100) -> str:
 
 def run(args) -> int:
     project = settings.project_dir(args.project)
-    fence = claims.Fence(project, args.video_index)  # before every write: a video taken over is not ours to touch
+    tag = families.tag_of(settings.model_in_use(args.model))  # the model's name in its files
+    fence = claims.Fence(project, args.video_index, model=tag)  # before every write: a video taken over is not ours
     fence()
-    final = settings.final_path(project, args.video_index)
-    archive = settings.raw_answers_path(project, args.video_index)
+    final = settings.final_path(project, args.video_index, tag)
+    archive = settings.raw_answers_path(project, args.video_index, tag)
     for path in (final, archive):
         if path.is_dir():  # would be found only when writing it, after all the work
             raise InputError(f"{path} is a directory, where the merge writes a file: move it out of {project} "
                              f"and merge again (the partials are kept until then)")
     remove_stale_temps(final)
-    files = merge.partial_files(project, args.video_index)
+    files = merge.partial_files(project, args.video_index, tag)
     if not files:
         if final.exists():
             videos.check_source(project, args.video_index, final, videos.manifest(project))
             say(f"video {args.video_index}: already merged into {final} (no partials left)")
             return 0
         raise InputError(f"no partials of video {args.video_index} in {project} "
-                         f"({settings.partial_path(project, args.video_index, '*').name}): run the workers first")
+                         f"({settings.partial_path(project, args.video_index, '*', tag).name}): run the workers first")
     video = videos.resolve_video(project, args.video_index)
     listed = videos.read_list(project)  # "video 5 of 40": every SoccerNet half is 1_224p.mkv or 2_224p.mkv
     info = videos.probe(video)
@@ -125,7 +129,7 @@ def run(args) -> int:
         "final_digest": records.final_digest(events),
         "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]}, fence=fence)
     atomic_write_json(final, events, fence=fence)
-    settings.failed_note_path(project, args.video_index).unlink(missing_ok=True)  # a failure the final outlives
+    settings.failed_note_path(project, args.video_index, tag).unlink(missing_ok=True)  # a failure the final outlives
     if not args.keep_partials:  # only now: until the final is written, they are what a rerun merges
         fence()
         for path in files:

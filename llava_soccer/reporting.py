@@ -85,14 +85,11 @@ def note_failure(cfg, line) -> None:
     so status shows the video as failed with its reason, not as not started. Written only while no other run holds
     the video; the merge removes it with the partials. Best effort: the error is already in the log."""
     from . import claims
-    from .families import tag_of
+    from .families import tag_or_default
     from .jsonio import atomic_write_json
     try:
         project = settings.project_dir(cfg.project)
-        try:
-            tag = tag_of(cfg.model)
-        except InputError:  # a model no family runs (a folder that is not there): the default model's, where status
-            tag = settings.DEFAULT_TAG  # looks without --model; the line names the model
+        tag = tag_or_default(cfg.model)  # a model no family runs: the default's, where status looks; the line names it
         if cfg.video_index is None or settings.partial_path(project, cfg.video_index, cfg.gpu_id, tag).exists():
             return
         claims.Fence(project, cfg.video_index, model=tag)()  # another run's video: its state is not ours to note

@@ -267,13 +267,14 @@ def run(cfg, engine=None, on_batch=None) -> int:
 
 def _run(cfg, engine, on_batch) -> int:
     project = settings.project_dir(cfg.project)
+    tag = families.tag_or_default(cfg.model)  # the model's name in its files (settings.PARTIAL, LOCK); checked below
     # every write of the partial is fenced: another job's video, or one taken over from us, is not ours to touch
-    fence = claims.Fence(project, cfg.video_index)
+    fence = claims.Fence(project, cfg.video_index, model=tag)
     die_with_parent(fence, fence())
     video = videos.resolve_video(project, cfg.video_index)
     info = videos.probe(video)
     slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
-    out = settings.partial_path(project, cfg.video_index, cfg.gpu_id)
+    out = settings.partial_path(project, cfg.video_index, cfg.gpu_id, tag)
     remove_stale_temps(out)
     family = family_of(cfg, warn=False)
     device, plan = plan_for(cfg, family)
@@ -290,7 +291,7 @@ def _run(cfg, engine, on_batch) -> int:
         return report(records, len(slice_windows), info)
     check_writable(project)
     loading.check_model_source(cfg.model)
-    if families.of_model(cfg.model) is not family:  # (its one line when the family cannot be read)
+    if families.of_model(cfg.model) is not family or family.TAG != tag:  # (its one line when it cannot be read)
         raise InputError(f"--model {cfg.model}: its family changed while this worker started; run it again")
     log.info(f"settings: model={cfg.model} quantization={cfg.quantization} device={device} "
              f"batch_size={cfg.batch_size} gpu_share={cfg.gpu_share} decoder={cfg.decoder} "

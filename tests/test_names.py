@@ -161,7 +161,8 @@ def test_a_model_of_no_family_stops_the_job_before_anything(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
-    assert r.stderr.endswith(f"ERROR: model {model}: its config.json has model_type 'phi3_v', no model family of "
-                             f"this pipeline (supported: llava (llava_next), qwen2.5vl (qwen2_5_vl)) (LLAVA_MODEL) "
+    assert r.stderr.endswith(f"ERROR: model {model}: its config.json has model_type 'phi3_v', not a model family "
+                             f"this pipeline runs (supported: llava_next, qwen2_5_vl): use one of those checkpoints, "
+                             f"or add a family (docs/design.md#model-families) (LLAVA_MODEL) "
                              f"(nothing started)\n")
     assert sorted(p.name for p in project.iterdir()) == ["raw_data"]

@@ -352,7 +352,8 @@ def test_a_second_models_videos_by_its_tag_and_the_other_models_in_one_line(tmp_
     assert code == 0 and lines[1].startswith("other models' finals here: llava (1 video): "), err
     assert line_of(lines, 5).startswith("5  not started  "), lines
     code, lines, err = status("--project", project, "--model", tmp_path / "no such model")
-    assert (code, lines) == (1, []) and err.startswith(f"status_llava.py: error: model {tmp_path / 'no such model'}: ")
+    assert (code, lines) == (1, []) and err.startswith(
+        f"status_llava.py: error: --model {tmp_path / 'no such model'}: no such directory")
 
 
 @pytest.mark.slow

@@ -88,6 +88,16 @@ def tag_of(model_id: str) -> str:
     return of_model(model_id).TAG
 
 
+def tag_or_default(model_id: str) -> str:
+    """tag_of(model_id), or the default model's TAG where no family can be read (a folder that is not there): for
+    what must be named before the model is checked (the worker's lock and partial, a failure note); the model's own
+    check then stops the run with its line before anything is written under that name."""
+    try:
+        return tag_of(model_id)
+    except InputError:
+        return _module("llava_next").TAG
+
+
 def load(model_id: str, plan, device: str, visual_tokens: str = "full"):
     """(model, processor) of model_id, loaded by its family (its load())."""
     return of_model(model_id).load(model_id, plan, device, visual_tokens)
