@@ -21,7 +21,6 @@ import pytest
 
 from conftest import ROOT, make_project
 from llava_soccer import synthetic
-from slurm_cluster import SlurmCluster, missing_binaries
 
 pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
 
@@ -31,25 +30,18 @@ SUBMIT = ROOT / "submit_llava.sh"
 # --- fixtures -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cluster():
-    if missing_binaries():
-        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
-    c = SlurmCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()  # by PID, also when a test failed
+def cluster(slurm_cluster):
+    return slurm_cluster  # (conftest.py: one per session, shared with tests/test_status.py)
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    """Short videos (10 s = 5 windows) and a long one for interrupting (100 s = 50 windows)."""
+def clips(tmp_path_factory, video_100s):
+    """Short videos (10 s = 5 windows) and a long one for interrupting (100 s = 50 windows, conftest.py's)."""
     d = tmp_path_factory.mktemp("slurm_videos")
     corrupt = d / "corrupt.mkv"
     corrupt.write_bytes(b"\x1a\x45\xdf\xa3 this is not a video " * 500)
     return {"a": synthetic.make_video(d / "a.mkv", 10), "b": synthetic.make_video(d / "b.mkv", 10),
-            "c": synthetic.make_video(d / "c.mkv", 10), "long": synthetic.make_video(d / "long.mkv", 100),
-            "corrupt": corrupt}
+            "c": synthetic.make_video(d / "c.mkv", 10), "long": video_100s, "corrupt": corrupt}
 
 
 @pytest.fixture(scope="module")
