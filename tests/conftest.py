@@ -28,6 +28,11 @@ if os.environ.get("CI") and not (SEED_PREDICTIONS / "qwen7b").is_dir():
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One CPU thread per torch process (pytest's own and every worker it starts, Slurm jobs included: sbatch passes
+# the environment on). tests/run.sh runs a process per core and a Slurm job runs four workers, each of which
+# would otherwise take a thread per core (submit_llava.sh: 16 claimed CPUs / 4 workers = 4): threads spinning on
+# cores that other processes hold cost twice the CPU time for the same windows. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +86,32 @@ def none_checkpoint(tmp_path_factory):
 def video_25fps(tmp_path_factory):
     """60 s of barcoded 398x224 H.264 at 25 fps (.mkv, as SoccerNet's 224p halves)."""
     return synthetic.make_video(tmp_path_factory.mktemp("vid") / "1_224p.mkv", 60, "25")
+
+
+@pytest.fixture(scope="session")
+def video_10s(tmp_path_factory):
+    """10 s of barcoded H.264 at 25 fps (5 windows): for tests where the video's length is not the point."""
+    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "short.mkv", 10, "25")
+
+
+@pytest.fixture(scope="session")
+def video_100s(tmp_path_factory):
+    """100 s of barcoded H.264 at 25 fps (50 windows): long enough to interrupt a run mid-video."""
+    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "long.mkv", 100, "25")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node Slurm cluster (tests/slurm_cluster.py), started once per test process: the tests that use
+    it are all in the xdist_group("serial"), so one process holds it."""
+    from slurm_cluster import SlurmCluster, missing_binaries
+    if missing_binaries():
+        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
+    c = SlurmCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()  # by PID, also when a test failed
 
 
 @pytest.fixture(scope="session")

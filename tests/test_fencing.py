@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, make_project
-from llava_soccer import claims, jsonio, settings, synthetic
+from llava_soccer import claims, jsonio, settings
 
 pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
 
@@ -75,12 +75,12 @@ def test_the_heartbeat_touches_only_its_own_lock(tmp_path):
 # --- submit_llava.sh without Slurm -------------------------------------------------------------
 
 @pytest.fixture
-def site(odd_root, goal_checkpoint, request, tmp_path):
+def site(odd_root, goal_checkpoint, video_25fps, request):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLAVA_"))}
     env.update(LLAVA_MODEL=str(goal_checkpoint), LLAVA_QUANT="fp32", LLAVA_PYTHON=sys.executable,
                LLAVA_HOME=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", CUDA_VISIBLE_DEVICES="",
                LLAVA_LOCK_HEARTBEAT_S="1", LLAVA_LOCK_STALE_S="4", LLAVA_BATCH_SIZE="1")
-    project = make_project(odd_root / request.node.name, {"long.mkv": synthetic.make_video(tmp_path / "l.mkv", 60)})
+    project = make_project(odd_root / request.node.name, {"long.mkv": video_25fps})
     env["SOCCER_PROJECT"] = str(project)
     return project, env
 
@@ -182,9 +182,9 @@ def test_the_worker_dies_with_its_script(site, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worker_past_the_file_size_limit_exits_75_and_keeps_its_partial(tmp_path, goal_checkpoint):
+def test_a_worker_past_the_file_size_limit_exits_75_and_keeps_its_partial(tmp_path, goal_checkpoint, video_10s):
     """ulimit -f: the partial's rewrite would pass it. One line, exit 75 (retryable), the partial intact."""
-    project = make_project(tmp_path, {"a.mkv": synthetic.make_video(tmp_path / "a.mkv", 10)})
+    project = make_project(tmp_path, {"a.mkv": video_10s})
     worker = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
               "--video-index", "0", "--project", str(project), "--model", str(goal_checkpoint),
               "--quantization", "fp32", "--batch-size", "1"]

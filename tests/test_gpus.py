@@ -595,6 +595,7 @@ def test_a_share_on_the_cpu_or_a_bad_share_is_the_usual_plan_or_one_line(monkeyp
     assert e.value.code == 2 and "LLAVA_GPU_SHARE='0' (--gpu-share): must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole worker process: importing bitsandbytes and loading NF4 on the CPU is the point (~10 s)
 def test_a_worker_that_sees_no_gpu_says_so_once_and_bitsandbytes_is_quiet(odd_root, video_25fps, goal_checkpoint):
     """Issue 33 item 10: submit_llava.sh logs "on GPU 0 (CUDA_VISIBLE_DEVICES=0)" for a worker; when its torch
     sees no GPU (this CPU machine: a broken driver or a CPU build of torch on a GPU node) the worker says so,

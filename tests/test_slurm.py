@@ -21,7 +21,6 @@ import pytest
 
 from conftest import ROOT, make_project
 from llava_soccer import synthetic
-from slurm_cluster import SlurmCluster, missing_binaries
 
 pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
 
@@ -31,25 +30,18 @@ SUBMIT = ROOT / "submit_llava.sh"
 # --- fixtures -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cluster():
-    if missing_binaries():
-        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
-    c = SlurmCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()  # by PID, also when a test failed
+def cluster(slurm_cluster):
+    return slurm_cluster  # (conftest.py: one per session, shared with tests/test_status.py)
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    """Short videos (10 s = 5 windows) and a long one for interrupting (100 s = 50 windows)."""
+def clips(tmp_path_factory, video_100s):
+    """Short videos (10 s = 5 windows) and a long one for interrupting (100 s = 50 windows, conftest.py's)."""
     d = tmp_path_factory.mktemp("slurm_videos")
     corrupt = d / "corrupt.mkv"
     corrupt.write_bytes(b"\x1a\x45\xdf\xa3 this is not a video " * 500)
     return {"a": synthetic.make_video(d / "a.mkv", 10), "b": synthetic.make_video(d / "b.mkv", 10),
-            "c": synthetic.make_video(d / "c.mkv", 10), "long": synthetic.make_video(d / "long.mkv", 100),
-            "corrupt": corrupt}
+            "c": synthetic.make_video(d / "c.mkv", 10), "long": video_100s, "corrupt": corrupt}
 
 
 @pytest.fixture(scope="module")
@@ -404,10 +396,10 @@ def test_missing_scripts_or_project_are_clear_errors(odd_root, base_env, tmp_pat
 
 @pytest.mark.slow
 def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone_once_replaced(
-        odd_root, cluster, clips, base_env, tmp_path):
+        odd_root, cluster, video_25fps, base_env, tmp_path):
     """A download cut short: the job says INCOMPLETE (not done) and exits 1; the next job skips it (a rerun
     cannot fill undecodable windows) and still says incomplete; once the full file is in place it is redone."""
-    full = clips["long"]
+    full = video_25fps  # 60 s, 30 windows
     cut = tmp_path / "long.mkv"
     cut.write_bytes(full.read_bytes()[:full.stat().st_size // 5])
     site = Site(odd_root, "truncated", {"long.mkv": cut}, base_env, cluster)
@@ -415,7 +407,7 @@ def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone
     assert cluster.wait_job(job) == "FAILED"
     log = site.log(job)
     assert summary(log)["incomplete"] == [0] and summary(log)["done"] == []
-    assert re.search(r"⚠️ video 0 is INCOMPLETE: \d+ of 50 windows undecodable from \d+\.0 s on: ", log), log
+    assert re.search(r"⚠️ video 0 is INCOMPLETE: \d+ of 30 windows undecodable from \d+\.0 s on: ", log), log
     assert f"video 0: INCOMPLETE -> {site.final(0)}" in log
     assert cluster.finished_runs(job) == [("FAILED", "1:0")]
     assert site.final(0).exists() and site.partials(0) == []
@@ -424,7 +416,7 @@ def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone
     assert cluster.wait_job(job) == "FAILED"
     log = site.log(job)
     assert "starting" not in log and summary(log)["incomplete"] == [0]
-    assert re.search(r"video 0: skipped, final_predictions_llava_video_0.json is INCOMPLETE \(\d+ of 50 windows "
+    assert re.search(r"video 0: skipped, final_predictions_llava_video_0.json is INCOMPLETE \(\d+ of 30 windows "
                      r"undecodable from \d+\.0 s on\) and its video file is unchanged, so a rerun cannot fill it", log)
 
     (site.project / "raw_data" / "long.mkv").unlink()  # the full download arrives under the same name
@@ -471,12 +463,13 @@ def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, clust
 
 
 @pytest.mark.slow
-def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_root, cluster, clips, base_env):
+def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_root, cluster, video_25fps,
+                                                                           base_env):
     """`scontrol suspend` (suspend-mode preemption, gang scheduling) of job 1 on another node: its lock
     goes stale, job 2 takes the video over; `scontrol resume` of job 1: its worker stops at its next write
     with one line, writing nothing (the partial only grows), job 1 lists the video as skipped, job 2 merges
     every window. One machine cannot be two nodes: the lock is rewritten to say job 1 runs on node7."""
-    site = Site(odd_root, "suspend", {"long.mkv": clips["long"]}, base_env, cluster)
+    site = Site(odd_root, "suspend", {"long.mkv": video_25fps}, base_env, cluster)  # 30 windows, one worker
     site.env.update(LLAVA_LOCK_STALE_S="4", LLAVA_LOCK_HEARTBEAT_S="1", LLAVA_BATCH_SIZE="1")
     fits = ("--gres=gpu:1", "--cpus-per-task=2")
     lock = site.project / ".lock_llava_video_0.json"
@@ -506,5 +499,5 @@ def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_r
                      rf"stale\): stopping, nothing written$", log1, re.M), log1
     assert summary(log1)["skipped"] == [0] and "Traceback" not in log1 + log2
     archive = json.loads(gzip.decompress((site.project / "raw_answers_llava_video_0.json.gz").read_bytes()))
-    assert len(archive["windows"]) == archive["windows_total"] == 50
+    assert len(archive["windows"]) == archive["windows_total"] == 30
     assert not lock.exists() and not site.workers_alive()

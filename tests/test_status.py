@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, make_project, nobody_prefix
-from llava_soccer import provenance, settings, synthetic
+from llava_soccer import provenance, settings
 from llava_soccer.jsonio import process_start
-from test_slurm import SUBMIT, Site, base_env, cluster, wait_for_records  # noqa: F401 (fixtures)
+from test_slurm import SUBMIT, Site, base_env, wait_for_records  # noqa: F401 (fixtures)
 
 GAMES = [f"england_epl/2015-2016/2015-08-{29 - i} - 17-00 Home {i} - 0 Away/1_224p.mkv" for i in range(7)]
 GOAL = "{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'x'}"
@@ -278,10 +278,11 @@ def test_a_renamed_video_is_counted_once(tmp_path):
 
 @pytest.mark.xdist_group("serial")
 @pytest.mark.slow
-def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, cluster, base_env):  # noqa: F811
+def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm_cluster, base_env,  # noqa: F811
+                                                         video_100s):
     """sbatch submit_llava.sh 0 on a 100 s video (50 windows); while it runs, status names the job."""
-    video = synthetic.make_video(tmp_path_factory.mktemp("status_video") / "long.mkv", 100)
-    site = Site(tmp_path_factory.mktemp("status_site"), "run", {"g/1_224p.mkv": video},
+    cluster = slurm_cluster
+    site = Site(tmp_path_factory.mktemp("status_site"), "run", {"g/1_224p.mkv": video_100s},
                 {**base_env, "LLAVA_BATCH_SIZE": "1"}, cluster)
     job = site.sbatch(SUBMIT, "0")
     try:

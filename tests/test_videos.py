@@ -79,9 +79,9 @@ def test_a_video_written_to_a_pipe_is_read_to_its_end_not_called_corrupt(video_f
 
     project = make_project(odd_root / "pipe", {"match/1_224p.mkv": video_from_a_pipe})
     capsys.readouterr()
-    code = worker.main(["--gpu-id", "1", "--num-workers", "2", "--video-index", "0", "--project", str(project),
+    code = worker.main(["--gpu-id", "3", "--num-workers", "4", "--video-index", "0", "--project", str(project),
                         "--model", str(goal_checkpoint), "--quantization", "fp32", "--max-new-tokens", "4"])
     err = capsys.readouterr().err
     assert code == 0, err
-    records = load(partial_path(project, 0, 1))["windows"]
-    assert len(records) == len(info.slice_windows(1, 2)) > 0 and "video 0: " in err and "(30.0 s, 25.000 fps" in err
+    records = load(partial_path(project, 0, 3))["windows"]  # the last quarter: 3 windows from 24 s, seeking there
+    assert len(records) == len(info.slice_windows(3, 4)) > 0 and "video 0: " in err and "(30.0 s, 25.000 fps" in err
