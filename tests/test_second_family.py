@@ -124,45 +124,71 @@ def test_qwens_final_records_its_family_model_and_scores(run, video):
     assert all(0 <= w["none_prob"] <= 1 and len(w["class_scores"]) == 17 for w in windows)
 
 
-def test_status_shows_each_models_videos_and_names_the_other(run):
-    project = run["project"]
-    rc, out, err = script(env_for(project, run["qwen"]), "status_llava.py")
+def status_of(run, **env):
+    rc, out, err = script({**env_for(run["project"], run["qwen"]), **env}, "status_llava.py")
     assert rc == 0, err
-    assert [line for line in out.splitlines() if re.match(r"\s*video\s+[01]\b", line) and "done" in line], out
-    assert "other models' finals here: llava (2 videos)" in out, out
-    rc, out, err = script({**env_for(project, run["llava"]), "LLAVA_MODEL": ""}, "status_llava.py")
-    assert rc == 0, err
-    assert "other models' finals here: qwen2.5vl (2 videos)" in out, out
+    return out
+
+
+def counts(run, tag):
+    """{video: events in its final} of one model."""
+    return {i: len(load(settings.final_path(run["project"], i, tag))) for i in VIDEOS}
+
+
+@pytest.mark.parametrize("model,tag,other", [("qwen", QWEN, LLAVA), (None, LLAVA, QWEN)])
+def test_status_shows_each_models_videos_done_and_names_the_other(run, model, tag, other):
+    """LLAVA_MODEL=<the Qwen checkpoint>: Qwen's videos; no LLAVA_MODEL: LLaVA's (the default model); each time one
+    line names the other model's finals."""
+    out = status_of(run, LLAVA_MODEL=str(run[model]) if model else "")
+    lines = out.splitlines()
+    assert lines[0].startswith("status of ") and f"({tag}) in {run['project']}" in lines[0], out
+    assert lines[1].startswith(f"other models' finals here: {other} (2 videos)"), out
+    for i, n in counts(run, tag).items():
+        assert any(re.match(rf"{i}\s+done\s+{n} events: Goal {n}\s", line) for line in lines), out
+    assert "total: 2 videos: 2 done;" in out, out
 
 
 def test_compare_without_models_compares_qwen_with_llava(run):
     rc, out, err = script(env_for(run["project"], run["llava"]), "compare_counts.py")
     assert rc == 0, err
-    first = out.splitlines()[0]
-    assert QWEN in first and LLAVA in first, out
-    n_qwen = sum(len(qwen_records(run, i)) for i in VIDEOS)
-    assert str(n_qwen) in out, out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{QWEN} vs {LLAVA} (found in {run['project']}; --models A B compares others)"), out
+    q, a = sum(counts(run, QWEN).values()), sum(counts(run, LLAVA).values())
+    assert q == a > 0  # the same parrot answer in the same windows: the same events
+    total = next(line.split() for line in lines if line.split()[:1] == ["total"])
+    assert total == ["total", str(q), str(a), str(q), "0", "0", "0"], out
+    assert any(line.startswith(f"{QWEN}: made by {run['qwen']} @ dir sha256:") for line in lines), out
 
 
 def test_evaluate_without_models_scores_both_with_every_ranking(run):
+    """Qwen's token and class rankings are scored, not n/a (the seed's Qwen files had neither)."""
     project = run["project"]
     rc, out, err = script(env_for(project, run["llava"]), "evaluate_soccernet.py", "--soccernet",
                           str(run["soccernet"]), "--metrics", "at5")
     assert rc == 0, err
     assert f"models: {LLAVA}, {QWEN} (every model with finals in {project}; --models picks)" in out, out
+    assert f"== {LLAVA}: 2 videos, 1 game ==" in out and f"== {QWEN}: 2 videos, 1 game ==" in out, out
     summary = load(project / "soccernet_eval" / "summary.json")
     by_model = {s["model"]: s for s in summary["models"]}
-    assert set(by_model) == {LLAVA, QWEN}
+    assert list(by_model) == [LLAVA, QWEN]
     for tag in (LLAVA, QWEN):
-        assert (project / "soccernet_eval" / tag / GAME / "results_spotting.json").is_file()
-        for ranking in ("token_ranking", "class_ranking"):
-            assert (project / "soccernet_eval" / ranking / tag / GAME / "results_spotting.json").is_file()
+        assert by_model[tag]["made_by"]
+        for ranking in ("confidence", "token", "class"):
+            ranked = by_model[tag]["rankings"][ranking]
+            assert ranked["available"], (tag, ranking, ranked.get("note"))
+            assert 0 < ranked["official"]["at5"]["a_mAP_per_class"]["Goal"] <= 1, (tag, ranking)
+        for folder in ("", "token_ranking/", "class_ranking/"):
+            assert (project / "soccernet_eval" / f"{folder}{tag}" / GAME / "results_spotting.json").is_file()
     assert "n/a" not in out, out
+    per_class = (project / "soccernet_eval" / "per_class.csv").read_text()
+    assert f"\n{LLAVA}," in per_class and f"\n{QWEN}," in per_class, per_class[:300]
 
 
 def test_reruns_skip_both_videos_of_each_model(run):
-    for name in ("qwen_rerun", "llava_rerun"):
+    for name, tag in (("qwen_rerun", QWEN), ("llava_rerun", LLAVA)):
         rc, _, err = run[name]
         assert rc == 0, f"{name}: {err}"
         assert re.search(r"summary: 0 done, 2 skipped", err), err
+        for i in VIDEOS:
+            assert f"video {i}: skipped, {settings.final_path(run['project'], i, tag)} exists" in err, err
     assert run["after_reruns"] == run["after_qwen"]  # nothing rewritten
