@@ -325,7 +325,9 @@ def run_printed(command, cwd, **env):
 
 
 def check(project, model):
-    """`bash submit_llava.sh --check 0 1`: the lines a job would stop with, at once."""
+    """`bash submit_llava.sh --check 0 1`: the lines a job would stop with, at once. model: a folder whose
+    config.json names LLaVA-NeXT (submit reads the model's family, its files' name, before anything else)."""
+    (model / "config.json").write_text('{"model_type": "llava_next"}')
     return subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "--check", "0", "1"], capture_output=True,
                           text=True, timeout=120, env=tool_env(SOCCER_PROJECT=str(project), LLAVA_MODEL=str(model)))
 
