@@ -10,7 +10,7 @@ import pytest
 
 import llava_split_worker as worker
 from conftest import load, make_project
-from llava_soccer import scores, synthetic
+from llava_soccer import families, scores, synthetic
 from llava_soccer.families import qwen2_5_vl
 from llava_soccer.settings import SOCCERNET_CLASSES, partial_path
 
@@ -109,6 +109,7 @@ def test_the_worker_refuses_class_scores_it_cannot_spell_in_one_line(tmp_path, v
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line.lower() or "⚠️" in line]
     assert len(errors) == 1 and re.search(r"cannot spell .*Penalty.*--class-scores no", errors[0]), err
-    assert not partial_path(project, 0, 3).exists()
+    tag = families.tag_of(str(ckpt))  # the family's file names (qwen2.5vl: partial_results_qwen2.5vl_...)
+    assert not partial_path(project, 0, 3, tag).exists()
     assert worker.main(args + ["--class-scores", "no"]) == 0
-    assert all(r["class_scores"] is None for r in load(partial_path(project, 0, 3))["windows"])
+    assert all(r["class_scores"] is None for r in load(partial_path(project, 0, 3, tag))["windows"])

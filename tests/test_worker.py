@@ -498,7 +498,7 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
     build, frames = BUILDERS[family]
     rng = np.random.default_rng(0)
     windows = [([t + 0.2 * i for i in range(frames)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                       for _ in range(frames)]) for t in (590.0, 598.0, 1000.0, 4.0)]
+                                                       for _ in range(frames)]) for t in (590.0, 599.8, 1000.0, 4.0)]
     answers = []
     for ckpt, n in ((build(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
                     (build(tmp_path / "none", "tiny", answer="None"), 30)):
