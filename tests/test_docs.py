@@ -102,7 +102,8 @@ def known_env():
     names = set(ENV.findall(help_text("llava_split_worker.py")))
     for pattern in ENV_SOURCES:
         for path in ROOT.glob(pattern):
-            if ".venv" not in path.parts and ("tests" not in path.parts or path.name == "run.sh"):
+            parts = path.relative_to(ROOT).parts  # (a checkout under a folder named tests counts too)
+            if ".venv" not in parts and ("tests" not in parts or path.name == "run.sh"):
                 names |= set(ENV.findall(path.read_text(errors="replace")))
     return names
 

@@ -9,18 +9,23 @@ only inside their functions, so the plan (--print-plan) picks a family in millis
 """
 import importlib
 import json
+import pkgutil
 from pathlib import Path
 
 from ..cli import InputError
 from ..settings import DEFAULT_MODEL
 
-FAMILIES = {"llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}   # config.json model_type -> module name
-# a hub id not in the cache: its name says the family (what from_pretrained will fetch decides in the end)
-_BY_NAME = (("qwen2.5-vl", "qwen2_5_vl"), ("qwen2_5_vl", "qwen2_5_vl"), ("llava", "llava_next"))
-
 
 def _module(name):
     return importlib.import_module(f"{__name__}.{name}")
+
+
+# Every module of this package is a family: a new family is one new module here, found by its MODEL_TYPES
+# (config.json model_type -> module name); a hub id not in the cache is known by its NAME_HINTS (parts of its
+# lower-cased name; what from_pretrained fetches decides in the end).
+_NAMES = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]  # not __main__
+FAMILIES = {t: name for name in _NAMES for t in _module(name).MODEL_TYPES}
+_BY_NAME = tuple((hint, name) for name in _NAMES for hint in _module(name).NAME_HINTS)
 
 
 def of_config(config: dict, model_id: str | None = None):
@@ -108,4 +113,4 @@ def of_loaded(model):
     return of_config(model.config.to_dict())
 
 
-TAGS = tuple(_module(name).TAG for name in FAMILIES.values())  # every family's: the model names files may carry
+TAGS = tuple(dict.fromkeys(_module(name).TAG for name in FAMILIES.values()))  # every family's: names in files

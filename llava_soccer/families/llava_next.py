@@ -15,6 +15,7 @@ from ..settings import DEFAULT_MODEL, FPS
 NAME = "llava_next"                 # recorded in made_by
 TAG = "llava"                       # in file names: final_predictions_llava_video_N.json, ...
 MODEL_TYPES = ("llava_next",)       # config.json model_type
+NAME_HINTS = ("llava",)  # parts of a hub id's name (lower-cased): its family before it is downloaded
 DEFAULT_ID = DEFAULT_MODEL
 # The worker's memory per window, for the plan's batch-size estimate (224p, measured on the device's
 # H100/H200; benchmarks/RESULTS.md): weights, prefill activations, KV cache of one window.

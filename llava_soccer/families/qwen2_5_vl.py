@@ -20,6 +20,7 @@ from ..settings import FPS
 NAME = "qwen2_5_vl"
 TAG = "qwen2.5vl"
 MODEL_TYPES = ("qwen2_5_vl",)
+NAME_HINTS = ("qwen2.5-vl", "qwen2_5_vl")  # parts of a hub id's name (lower-cased): its family before it is downloaded
 DEFAULT_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
 # ESTIMATES, not yet measured on a GPU (replace with measured numbers, as LLaVA's): 8.29e9 parameters, of
 # which 1.09e9 in embed_tokens + lm_head (never quantized: bf16 in NF4 too); KV: 28 layers x 2 x 4 heads x
