@@ -90,9 +90,11 @@ def class_halves(halves, model, nms_window) -> tuple:
         path = archive_path(h, model)
         if not path.is_file():
             return None, f"n/a: video #{h.index} has no {path.name} beside its final, where class scores are kept"
-        events, n_without, n_answered = class_candidates(path, nms_window)
+        events, n_without, n_answered, off = class_candidates(path, nms_window)
         if n_answered and n_without == n_answered:
-            return None, f"n/a: {path.name} has no class scores (an archive older than them)"
+            why = ("its run had them switched off (--class-scores no)" if off
+                   else "an archive older than them")
+            return None, f"n/a: {path.name} has no class scores ({why})"
         out.append(replace(h, events=events))
         without, answered = without + n_without, answered + n_answered
     note = f"{without} of {answered} answered windows have no class scores: no candidates there" if without else None
@@ -101,7 +103,8 @@ def class_halves(halves, model, nms_window) -> tuple:
 
 def class_candidates(path, nms_window) -> tuple:
     """(peaks of each class's score over one video's windows after NMS, as {time, label, confidence};
-    answered windows without class scores; answered windows) of a raw-answers archive."""
+    answered windows without class scores; answered windows; whether its made_by says class scores were off)
+    of a raw-answers archive."""
     data = read_json(path, "raw answers file", ARCHIVE_FIX)
     windows = data.get("windows") if isinstance(data, dict) else None
     if not isinstance(windows, list) or not all(isinstance(w, dict) for w in windows):
@@ -117,7 +120,9 @@ def class_candidates(path, nms_window) -> tuple:
             without += 1
             continue
         series += window_candidates(start, w, scores)
-    return merge.dedup(series, nms_window / 2), without, answered  # NMS: the merge's rule over +-window/2
+    made_by = data.get("made_by")
+    off = isinstance(made_by, dict) and made_by.get("class_scores") is False
+    return merge.dedup(series, nms_window / 2), without, answered, off  # NMS: the merge's rule over +-window/2
 
 
 def window_candidates(start, window, scores) -> list:

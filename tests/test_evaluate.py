@@ -758,9 +758,9 @@ def window(start, answer, class_scores):
             "status": "ok", "raw": answer, "error": None, "none_prob": 0.1, "class_scores": class_scores}
 
 
-def write_archive(project, index, windows, model="llava"):
+def write_archive(project, index, windows, model="llava", made_by=None):
     (project / f"raw_answers_{model}_video_{index}.json.gz").write_bytes(gzip.compress(json.dumps(
-        {"video": None, "made_by": None, "windows_total": len(windows), "incomplete": None,
+        {"video": None, "made_by": made_by, "windows_total": len(windows), "incomplete": None,
          "windows": windows}).encode()))
 
 
@@ -994,6 +994,20 @@ def test_files_without_token_or_class_scores_show_n_a_with_one_line(odd_root):
     assert not (project / "soccernet_eval" / "token_ranking").exists()
     saved = load(project / "soccernet_eval" / "thresholds.json")["models"]["qwen7b"]
     assert saved["token"] is None and saved["confidence"]["Goal"]["threshold"] == 0.8
+
+
+@pytest.mark.parametrize("made_by,why", [
+    (None, "an archive older than them"),
+    ({"class_scores": False}, "its run had them switched off (--class-scores no)")])
+def test_an_archive_without_class_scores_says_why_in_its_n_a_line(odd_root, made_by, why):
+    """Class scores missing from every window: n/a with the reason the archive's made_by gives (a run with
+    --class-scores no is not called an older archive)."""
+    project, sn = make_case(odd_root, f"why_{made_by is None}", {GAME: [ann(1, 99.4, "Goal")]}, [f"{GAME}/1_224p.mkv"],
+                            {"llava": {0: [pred(99.4, "Goal")]}})
+    write_archive(project, 0, [window(98.0, "{'label': 'Goal'}", None)], made_by=made_by)
+    rc, out, err = run(project, sn, "--models", "llava", "--metrics", "at5")
+    assert rc == 0, err
+    assert f"n/a: raw_answers_llava_video_0.json.gz has no class scores ({why})" in out, out
 
 
 THRESHOLD_FORMS = [  # what a hand-written or edited thresholds.json may hold -> the one line it gives
