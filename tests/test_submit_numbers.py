@@ -495,15 +495,8 @@ def test_a_hub_that_cannot_be_reached_needs_the_cache(tmp_path, scripts, hub):
 # --- on a real Slurm cluster (tests/slurm_cluster.py): the printed sbatch line, the hub check in a job -------
 
 @pytest.fixture(scope="module")
-def cluster():
-    from slurm_cluster import SlurmCluster, missing_binaries
-    if missing_binaries():
-        pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
-    c = SlurmCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()  # by PID
+def cluster(slurm_cluster):
+    return slurm_cluster  # (conftest.py: one per session, shared with tests/test_slurm.py and test_status.py)
 
 
 def slurm_env(cluster, project, **extra):

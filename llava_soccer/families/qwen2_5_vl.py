@@ -11,7 +11,6 @@ after the images has three equal ids, its slot + rope_delta (embed()'s offset), 
 with rope_positions(s + offset).
 """
 import json
-import os
 from pathlib import Path
 
 from ..prompt import QUESTION, clock
@@ -52,20 +51,12 @@ class Processor:
 def load(model_id, plan, device, visual_tokens="full"):
     """(model, Processor) in the plan's dtypes: NF4 computes in plan.compute_dtype (the seed used fp16 compute;
     our plan picks it as for LLaVA), everything else is stored in plan.storage_dtype."""
-    import torch
-    from transformers import AutoTokenizer, BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.utils import logging as hf_logging
 
-    from ..loading import dequantize_nf4, quiet_bitsandbytes
-    hf_logging.disable_progress_bar()
-    token = os.environ.get("HF_TOKEN") or None  # used, never printed
-    kwargs = {"token": token, "device_map": {"": device}, "dtype": getattr(torch, plan.storage_dtype)}
-    if plan.quantization == "nf4":
-        quiet_bitsandbytes()
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=getattr(torch, plan.compute_dtype))
+    from .. import loading
+    kwargs = loading.from_pretrained_kwargs(plan, device)
+    token = kwargs["token"]
     low, high = PIXELS[visual_tokens]
     # min/max_pixels, not size=: the hub's preprocessor_config.json has min_pixels/max_pixels, which __init__ writes
     # over size; a new size dict too: the class's default dict is shared, and __init__ writes into it
@@ -78,8 +69,7 @@ def load(model_id, plan, device, visual_tokens="full"):
     # same way: the engine's own settings only.
     g = model.generation_config
     g.repetition_penalty, g.top_k, g.top_p, g.temperature, g.do_sample = 1.0, None, None, None, False
-    if plan.quantization == "nf4" and plan.nf4_weights == "dequantized":
-        dequantize_nf4(model)
+    loading.after_load(model, plan)
     return model, processor
 
 
