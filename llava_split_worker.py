@@ -40,12 +40,17 @@ def parse_args(argv=None) -> config.WorkerSettings:
     return config.parse(argv, __doc__)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def log_to_stderr(args):
+    """The worker's log lines on stderr, stamped as submit_llava.sh's lines in the same job log."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format=f"[%(asctime)s] [vid{args.video_index} gpu{args.gpu_id}] %(message)s"
                         if not args.print_plan else "%(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")  # as submit_llava.sh's lines in the same log
+                        datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    log_to_stderr(args)
     from llava_soccer import reporting, worker  # after the flags: --help and a bad flag answer without loading torch
 
     def report(line):

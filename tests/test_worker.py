@@ -48,6 +48,34 @@ def worker_cmd(project, ckpt, gpu=0, workers=1, index=0):
             "--quantization", "fp32"]
 
 
+class FailingEngine:
+    """A real engine (conftest.load_engine) whose answer() first asks fail(batch sizes so far) for an error to
+    raise: the worker's failure paths met through its engine seam (worker.run(cfg, engine=...)), nothing patched."""
+
+    def __init__(self, engine, fail):
+        self.engine, self.fail, self.calls = engine, fail, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def answer(self, windows, generation):
+        self.calls.append(len(windows))
+        error = self.fail(self.calls)
+        if error is not None:
+            raise error
+        return self.engine.answer(windows, generation)
+
+
+def run_engine(project, ckpt, engine, *extra, gpu=0, workers=1):
+    """run_worker() with this engine, as llava_split_worker.py's main() runs the worker (its exit code and lines)."""
+    from llava_soccer.cli import InputError, run_cli
+    cfg = worker.parse_args(["--gpu-id", str(gpu), "--num-workers", str(workers), "--video-index", "0",
+                             "--project", str(project), "--model", str(ckpt), "--quantization", "fp32", *extra])
+    worker.log_to_stderr(cfg)
+    return run_cli(lambda c: worker_loop.run(c, engine=engine), cfg, "llava_split_worker.py",
+                   failures=(InputError, worker_loop.Abort))
+
+
 @pytest.mark.parametrize("fixture", ["video_25fps", "video_2997fps"])
 def test_each_window_gets_the_frames_at_its_exact_timestamps(fixture, request):
     info = videos.probe(request.getfixturevalue(fixture))
@@ -240,21 +268,13 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     assert [r["time"] for r in windows_of(partial)] == [2.0 * k for k in range(20)]
 
 
-def test_failures_that_are_not_in_a_row_never_stop_the_worker(odd_root, video_25fps, goal_checkpoint, monkeypatch,
-                                                              capsys):
+def test_failures_that_are_not_in_a_row_never_stop_the_worker(odd_root, video_25fps, goal_checkpoint, capsys):
     """Every other window fails: five failures (MAX_ERRORS_IN_A_ROW), never two in a row, so the count restarts
     after each answer and the slice runs to its end (exit 1: the failed windows are retried by a rerun)."""
-    real, calls = llava_next.embed, []
-
-    def every_other(self, *args, **kw):
-        calls.append(1)
-        if len(calls) % 2 == 0:
-            raise ValueError("Image features and image tokens do not match")
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(llava_next, "embed", every_other)
+    engine = FailingEngine(load_engine(goal_checkpoint), lambda calls: ValueError(
+        "Image features and image tokens do not match") if len(calls) % 2 == 0 else None)
     project = make_project(odd_root / "scattered", {"a.mkv": video_25fps})
-    assert run_worker(project, goal_checkpoint, gpu=0, workers=3) == 1  # slice 0 of 3: 10 windows
+    assert run_engine(project, goal_checkpoint, engine, gpu=0, workers=3) == 1  # slice 0 of 3: 10 windows
     err = capsys.readouterr().err
     assert worker_loop.MAX_ERRORS_IN_A_ROW == 5  # as many failures as would stop it if the count never restarted
     assert [r["status"] for r in windows_of(partial_path(project, 0, 0))] == ["ok", "failed"] * 5
@@ -263,23 +283,17 @@ def test_failures_that_are_not_in_a_row_never_stop_the_worker(odd_root, video_25
 
 @pytest.mark.slow
 def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_rerun(odd_root, video_25fps,
-                                                                                    goal_checkpoint, monkeypatch,
-                                                                                    capsys):
-    real_greedy = decoding.Decoder.decode
-    calls = []
-
-    def greedy(self, windows, *args, **kw):
-        calls.append(len(windows))
-        if len(windows) > 1 or len(calls) == 6:  # batches never fit; window 4 s (call 4,2,1,1,2,[1]) fails alone too
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_greedy(self, windows, *args, **kw)
-
-    monkeypatch.setattr(decoding.Decoder, "decode", greedy)
+                                                                                    goal_checkpoint, capsys):
+    def oom(calls):  # batches never fit; window 4 s (call 4,2,1,1,2,[1]) fails alone too
+        if calls[-1] > 1 or len(calls) == 6:
+            return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    engine = FailingEngine(load_engine(goal_checkpoint), oom)
     project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
-    assert run_worker(project, goal_checkpoint, "--batch-size", "4", gpu=0, workers=4) == worker_loop.EXIT_FAILED
+    assert run_engine(project, goal_checkpoint, engine, "--batch-size", "4", gpu=0, workers=4) == \
+        worker_loop.EXIT_FAILED
     records = windows_of(partial_path(project, 0, 0))
     assert [r["time"] for r in records] == [2.0 * k for k in range(8)]
-    assert calls[:4] == [4, 2, 1, 1]
+    assert engine.calls[:4] == [4, 2, 1, 1]
     failed = [r for r in records if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["time"] == 4.0
     assert failed[0]["error"] == "OOM" and failed[0]["raw"] is None
@@ -288,21 +302,19 @@ def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_r
     assert "1 of 8 windows failed (OOM) at 4.0-7.0 s: rerun the same command to retry them" in err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
     # the rerun retries that window, and only that one
-    monkeypatch.setattr(decoding.Decoder, "decode", real_greedy)
-    assert run_worker(project, goal_checkpoint, gpu=0, workers=4) == worker_loop.EXIT_DONE
+    assert run_engine(project, goal_checkpoint, engine.engine, gpu=0, workers=4) == worker_loop.EXIT_DONE
     assert "7 already in" in capsys.readouterr().err
     assert all(r["status"] == "ok" for r in windows_of(partial_path(project, 0, 0)))
 
 
 def test_a_gpu_out_of_memory_on_every_window_stops_the_worker_with_the_reason(odd_root, video_25fps,
-                                                                              goal_checkpoint, monkeypatch, capsys):
+                                                                              goal_checkpoint, capsys):
     """Another process fills the GPU: OOM counts towards "five in a row" like any failure."""
-    def full(*args, **kw):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(decoding.Decoder, "decode", full)
+    engine = FailingEngine(load_engine(goal_checkpoint),
+                           lambda calls: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     project = make_project(odd_root / "oom every", {"a.mkv": video_25fps})
-    assert run_worker(project, goal_checkpoint, "--batch-size", "2", gpu=0, workers=2) == worker_loop.EXIT_FAILED
+    assert run_engine(project, goal_checkpoint, engine, "--batch-size", "2", gpu=0, workers=2) == \
+        worker_loop.EXIT_FAILED
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert "5 windows in a row failed, last at 8.0s (out of GPU memory (OOM)): is another process using" in line
     assert "a rerun retries the failed ones" in line
@@ -310,14 +322,11 @@ def test_a_gpu_out_of_memory_on_every_window_stops_the_worker_with_the_reason(od
 
 
 def test_a_window_that_keeps_failing_is_recorded_and_five_in_a_row_stop_the_worker(odd_root, video_25fps,
-                                                                                  goal_checkpoint, monkeypatch,
-                                                                                  capsys):
-    def broken(self, *args, **kw):
-        raise ValueError("Image features and image tokens do not match")
-
-    monkeypatch.setattr(llava_next, "embed", broken)
+                                                                                  goal_checkpoint, capsys):
+    engine = FailingEngine(load_engine(goal_checkpoint),
+                           lambda calls: ValueError("Image features and image tokens do not match"))
     project = make_project(odd_root / "broken", {"a.mkv": video_25fps})
-    assert run_worker(project, goal_checkpoint, gpu=0, workers=2) == 1
+    assert run_engine(project, goal_checkpoint, engine, gpu=0, workers=2) == 1
     err = capsys.readouterr().err
     assert "⚠️ ValueError: Image features and image tokens do not match at 0.0s: window failed" in err
     assert "5 windows in a row failed, last at 8.0s (ValueError: Image features" in err
