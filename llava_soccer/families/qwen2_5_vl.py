@@ -21,9 +21,11 @@ TAG = "qwen2.5vl"
 MODEL_TYPES = ("qwen2_5_vl",)
 NAME_HINTS = ("qwen2.5-vl", "qwen2_5_vl")  # parts of a hub id's name (lower-cased): its family before it is downloaded
 DEFAULT_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
-# ESTIMATES, not yet measured on a GPU (replace with measured numbers, as LLaVA's): 8.29e9 parameters, of
-# which 1.09e9 in embed_tokens + lm_head (never quantized: bf16 in NF4 too); KV: 28 layers x 2 x 4 heads x
-# 128 x 2 bytes = 56 KiB per token x ~5,100 tokens of a 224p window at the seed's pixel bounds.
+# ESTIMATES from the architecture: 8.29e9 parameters, of which 1.09e9 in embed_tokens + lm_head (never quantized:
+# bf16 in NF4 too); KV: 28 layers x 2 x 4 heads x 128 x 2 bytes = 56 KiB per token x ~5,100 tokens of a 224p
+# window at the seed's pixel bounds. Measured so far (H100, benchmarks/RESULTS.md 2026-12-06): dequantized NF4
+# (bf16 weights) peaked at 16.8 GiB at batch 1 and 24.8 GiB at batch 16 (~0.5 GiB a window); packed NF4 (the
+# plan of cards under 64 GiB) not yet; the seed's packed NF4 worker peaked at 6.9 GiB at batch 1.
 WEIGHTS_GIB = {"nf4": 5.6, "bf16": 15.5, "fp16": 15.5, "fp32": 31.0, "fp8": 8.8}  # fp8 unused while FP8 is False
 ACTIVATIONS_GIB = 0.6
 KV_GIB = 0.3
