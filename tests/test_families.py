@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llava_soccer import families, gpus, provenance
+from llava_soccer import families, gpus, provenance, settings
 from llava_soccer.cli import InputError
 from llava_soccer.config import WorkerSettings
 from llava_soccer.families import llava_next
@@ -79,3 +79,11 @@ def test_an_older_made_by_without_family_is_llavas():
     old = {k: v for k, v in new.items() if k != "family"}
     assert provenance.differences(old, new) == [] and provenance.run_key(old) == provenance.run_key(new)
     assert provenance.differences({**old, "family": "qwen2_5_vl"}, new) == ["family qwen2_5_vl -> llava_next"]
+
+
+def test_the_default_models_tag_is_its_familys_and_every_family_has_its_own():
+    """settings.DEFAULT_TAG (the path helpers' default: settings cannot import the families) is llava_next's TAG;
+    no two families share a TAG, or their files would mix in one project."""
+    assert families.tag_of(settings.DEFAULT_MODEL) == llava_next.TAG == settings.DEFAULT_TAG
+    modules = {families.of_config({"model_type": t}) for t in families.FAMILIES}
+    assert len({m.TAG for m in modules}) == len(modules) == len(families.TAGS)
