@@ -137,8 +137,7 @@ class Engine:
         import torch
         model, pad, family = self.model, self.processor.tokenizer.pad_token_id, self.family
         temperature, top_p = generation.temperature, generation.top_p
-        offsets = [family.rope_offset(model, w) if hasattr(family, "rope_offset")  # (without the vision tower)
-                   else family.embed(model, decoding.on_model(model, w))[2] for w in windows]
+        offsets = [family.rope_offset(model, w) for w in windows]  # (without the vision tower)
         inputs = decoding.on_model(model, family.collate(self.processor, windows))
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
             "do_sample": False}

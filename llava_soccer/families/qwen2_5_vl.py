@@ -136,10 +136,20 @@ def embed(model, window, chunk=None):
     features = torch.cat([f for i in range(0, len(grid), step) for f in inner.get_image_features(
         pixels[starts[i]:starts[min(i + step, len(grid))]], grid[i:i + step]).pooler_output])
     mask, _ = inner.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
-    embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
-    position_ids, deltas = inner.get_rope_index(ids, mm_token_type_ids=window["mm_token_type_ids"],
-                                                image_grid_thw=grid, attention_mask=window.get("attention_mask"))
-    return embeds, position_ids, int(deltas.reshape(-1)[0])
+    return (embeds.masked_scatter(mask, features.to(embeds.dtype)), *_rope_index(model, window))
+
+
+def rope_offset(model, window) -> int:
+    """embed()'s offset without running the vision tower (the generate() path's): from the token ids and grids."""
+    return _rope_index(model, window)[1]
+
+
+def _rope_index(model, window):
+    """(the (3, 1, n) M-RoPE position ids of the prompt, its rope_delta) from the model's get_rope_index."""
+    position_ids, deltas = model.model.get_rope_index(
+        window["input_ids"], mm_token_type_ids=window["mm_token_type_ids"], image_grid_thw=window["image_grid_thw"],
+        attention_mask=window.get("attention_mask"))
+    return position_ids, int(deltas.reshape(-1)[0])
 
 
 def rope_positions(positions):
