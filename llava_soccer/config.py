@@ -13,7 +13,7 @@ import dataclasses
 import os
 
 from . import gpus, settings
-from .families import llava_next
+from .families import ALL as FAMILIES
 
 GROUPS = {"job": "which slice of which video", "model": "the model and its answers",
           "gpu": "the GPU plan (llava_soccer/gpus.py): 'auto' takes the plan's choice"}
@@ -93,7 +93,8 @@ class WorkerSettings:
                                  "OOM")
     max_batch_size: int = _flag(16, "--max-batch-size", env="LLAVA_MAX_BATCH_SIZE", type=int, group="gpu",
                                 help="upper bound for --batch-size auto (default 16: each window is prefilled alone, "
-                                     f"so a batch adds ~{llava_next.KV_GIB:g} GiB of KV cache per 224p window)")
+                                     "so a batch adds each window's KV cache at 224p: "
+                                     + ", ".join(f"~{f.KV_GIB:g} GiB ({f.NAME})" for f in FAMILIES) + ")")
     assume_gpu: str | None = _flag(
         None, "--assume-gpu", env="LLAVA_ASSUME_GPU", metavar="CC[,GIB]", group="gpu",
         help="plan as if on a GPU of compute capability CC with GIB GiB (e.g. 7.5,24 for a Titan RTX); on a real GPU "

@@ -23,9 +23,9 @@ def _module(name):
 # Every module of this package is a family: a new family is one new module here, found by its MODEL_TYPES
 # (config.json model_type -> module name); a hub id not in the cache is known by its NAME_HINTS (parts of its
 # lower-cased name; what from_pretrained fetches decides in the end).
-_NAMES = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]  # not __main__
-FAMILIES = {t: name for name in _NAMES for t in _module(name).MODEL_TYPES}
-_BY_NAME = tuple((hint, name) for name in _NAMES for hint in _module(name).NAME_HINTS)
+ALL = tuple(_module(m.name) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))  # not __main__
+FAMILIES = {t: m.__name__.rpartition(".")[2] for m in ALL for t in m.MODEL_TYPES}
+_BY_NAME = tuple((hint, m.__name__.rpartition(".")[2]) for m in ALL for hint in m.NAME_HINTS)
 
 
 def of_config(config: dict, model_id: str | None = None):
@@ -113,4 +113,4 @@ def of_loaded(model):
     return of_config(model.config.to_dict())
 
 
-TAGS = tuple(dict.fromkeys(_module(name).TAG for name in FAMILIES.values()))  # every family's: names in files
+TAGS = tuple(m.TAG for m in ALL)  # every family's: the model names files carry
