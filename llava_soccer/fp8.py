@@ -71,27 +71,35 @@ class SharedRows:
 
 
 class FP8Linear(torch.nn.Module):
-    """y = x W^T in FP8 e4m3 on FP8 tensor cores (torch._scaled_mm): W scaled per output channel
-    once, x per token (row); products accumulate in fp32, y comes out in bf16."""
+    """y = x W^T + b in FP8 e4m3 on FP8 tensor cores (torch._scaled_mm): W scaled per output channel
+    once, x per token (row); products accumulate in fp32, y comes out in bf16, the bias (Qwen2's q, k
+    and v have one) added in bf16."""
 
-    def __init__(self, weight, rows=None):
+    def __init__(self, weight, rows=None, bias=None):
         super().__init__()
         w, scale = quantize_rows(weight)
         self.weight_t = w.t()                    # (in, out), column-major, as _scaled_mm wants it
         self.scale_w = scale.t().contiguous()    # (1, out)
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
         self.rows = rows or SharedRows()
+
+    @classmethod
+    def of(cls, linear, rows=None):
+        """An FP8Linear of the nn.Linear `linear`, its bias kept."""
+        return cls(linear.weight.data, rows, linear.bias)
 
     def forward(self, x):
         return self.product(*self.rows(x), x.shape[:-1])
 
     def product(self, xq, scale_x, shape):
-        y = torch._scaled_mm(xq, self.weight_t, scale_a=scale_x, scale_b=self.scale_w, out_dtype=torch.bfloat16)
+        y = torch._scaled_mm(xq, self.weight_t, scale_a=scale_x, scale_b=self.scale_w, bias=self.bias,
+                             out_dtype=torch.bfloat16)
         return y.reshape(*shape, y.shape[-1])
 
 
 class FP8MLP(torch.nn.Module):
-    """MistralMLP in FP8: gate and up as one product (one quantization of x), then silu(gate) * up
-    quantized in the same kernel that computes it, then down."""
+    """Mistral's (and Qwen2's: the same module, no biases) MLP in FP8: gate and up as one product (one
+    quantization of x), then silu(gate) * up quantized in the same kernel that computes it, then down."""
 
     def __init__(self, mlp):
         super().__init__()
@@ -104,15 +112,18 @@ class FP8MLP(torch.nn.Module):
 
 
 def convert(model):
-    """The language model's linear layers in FP8 (FP8Linear, FP8MLP), each input quantized once; layers
-    already converted are left as they are. Mistral's layers have no biases."""
+    """The language model's linear layers in FP8 (FP8Linear, FP8MLP), each input quantized once, biases
+    kept; layers already converted are left as they are. Both families' decoder layers have this shape
+    (self_attn q/k/v/o_proj, mlp gate/up/down_proj with SiLU): a family whose layers differ says FP8 =
+    False."""
     for layer in model.model.language_model.layers:
         if isinstance(layer.mlp, FP8MLP):
             continue
         attn = layer.self_attn
         qkv = SharedRows(readers=3)
         for name in ("q_proj", "k_proj", "v_proj"):
-            setattr(attn, name, FP8Linear(getattr(attn, name).weight.data, qkv))
-        attn.o_proj = FP8Linear(attn.o_proj.weight.data)
+            setattr(attn, name, FP8Linear.of(getattr(attn, name), qkv))
+        attn.o_proj = FP8Linear.of(attn.o_proj)
+        assert layer.mlp.gate_proj.bias is None and layer.mlp.down_proj.bias is None, "FP8MLP has no biases"
         layer.mlp = FP8MLP(layer.mlp)
     torch.cuda.empty_cache()  # the bf16 weights just freed

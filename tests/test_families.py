@@ -87,3 +87,16 @@ def test_the_default_models_tag_is_its_familys_and_every_family_has_its_own():
     assert families.tag_of(settings.DEFAULT_MODEL) == llava_next.TAG == settings.DEFAULT_TAG
     modules = {families.of_config({"model_type": t}) for t in families.FAMILIES}
     assert len({m.TAG for m in modules}) == len(modules) == len(families.TAGS)
+
+
+@pytest.mark.parametrize("family", families.ALL, ids=lambda f: f.NAME)
+def test_fp8_is_planned_for_a_family_with_fp8_layers_and_refused_in_one_line_otherwise(family, monkeypatch):
+    """--quantization fp8 on an FP8 card: each family with FP8 layers (fp8.convert: both, Qwen's q/k/v biases
+    kept) gets the fp8 plan and its weights' size; a family without them gets one line naming it and the fix."""
+    args = WorkerSettings(model="/ckpt", quantization="fp8", assume_gpu="9.0,80")
+    assert family.FP8 and gpus.plan(args, None, family).quantization == "fp8"
+    monkeypatch.setattr(family, "FP8", False)
+    with pytest.raises(InputError) as e:
+        gpus.plan(args, None, family)
+    assert "\n" not in str(e.value) and f"no FP8 layers for {family.NAME} models" in str(e.value)
+    assert str(e.value).endswith("use nf4 (the default) or bf16")

@@ -26,11 +26,12 @@ DEFAULT_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
 # window at the seed's pixel bounds. Measured so far (H100, benchmarks/RESULTS.md 2026-12-06): dequantized NF4
 # (bf16 weights) peaked at 16.8 GiB at batch 1 and 24.8 GiB at batch 16 (~0.5 GiB a window); packed NF4 (the
 # plan of cards under 64 GiB) not yet; the seed's packed NF4 worker peaked at 6.9 GiB at batch 1.
-WEIGHTS_GIB = {"nf4": 5.6, "bf16": 15.5, "fp16": 15.5, "fp32": 31.0, "fp8": 8.8}  # fp8 unused while FP8 is False
+# fp8: the language model's 6.5e9 linear weights in e4m3 (6.1 GiB) + vision tower, embeddings and head in bf16 (3.3)
+WEIGHTS_GIB = {"nf4": 5.6, "bf16": 15.5, "fp16": 15.5, "fp32": 31.0, "fp8": 9.4}
 ACTIVATIONS_GIB = 0.6
 KV_GIB = 0.3
 FUSED_KERNELS = False  # fused.py's kernels are Mistral's (no q/k/v biases)
-FP8 = False  # fp8.py's layer walk assumes bias-free layers
+FP8 = True  # fp8.convert: Qwen2's decoder layers are Mistral's shape, plus q/k/v biases (kept)
 
 SYSTEM = "You are a helpful assistant."  # what Qwen's chat template writes when the messages have no system turn
 IMAGE, VIDEO = "<|image_pad|>", "<|video_pad|>"

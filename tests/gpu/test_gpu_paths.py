@@ -14,16 +14,16 @@ from conftest import GOAL_ANSWER
 from llava_soccer import decoding, families, fused, gpus, synthetic
 from llava_soccer.config import WorkerSettings
 from llava_soccer.engine import Engine
-from llava_soccer.families import llava_next
+from llava_soccer.families import llava_next, qwen2_5_vl
 from llava_soccer.generation import Generation
 
 MODERN = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 needs_modern = pytest.mark.skipif(not MODERN, reason="Triton kernels and torch.compile need compute capability 8.0+")
 
 
-def windows(processor, n=3, start=0):
-    """n windows of 15 barcoded frames, as prepare() makes them for the worker."""
-    return llava_next.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
+def windows(processor, n=3, start=0, family=llava_next):
+    """n windows of 15 barcoded frames, as the family's prepare() makes them for the worker."""
+    return family.prepare(processor, [([(start + k) * 2 + j / 5 for j in range(15)],
                                            [synthetic.frame_image((start + k) * 50 + 5 * j) for j in range(15)])
                                           for k in range(n)])
 
@@ -103,16 +103,21 @@ def test_fused_kernels_agree_with_mistrals_own_arithmetic(random_model):
         fused.remove(model)
 
 
-@pytest.fixture(scope="module")
-def goal_checkpoint_gpu(tmp_path_factory):
-    return synthetic.make_checkpoint(tmp_path_factory.mktemp("gpu") / "goal", "tiny", answer=GOAL_ANSWER)
+BUILDERS = {llava_next: synthetic.make_checkpoint, qwen2_5_vl: qwen2_5_vl.build_checkpoint}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS), ids=lambda f: f.NAME)
+def goal_checkpoint_gpu(tmp_path_factory, request):
+    """(family, a tiny parrot checkpoint of it that answers GOAL_ANSWER)."""
+    return request.param, BUILDERS[request.param](tmp_path_factory.mktemp("gpu") / "goal", "tiny", answer=GOAL_ANSWER)
 
 
 @pytest.mark.parametrize("assume", ["6.1,11", "7.0,12", "7.5,24", None])
 @pytest.mark.parametrize("quantization", ["nf4", "fp16"])
 def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, assume, quantization):
-    """Every plan a card can get (GTX 1080 Ti, Titan V, Titan RTX, this GPU's own), run on this GPU:
-    its dtypes, attention backends, chunked prefill and decode path give the parrot's answer."""
+    """Every plan a card can get (GTX 1080 Ti, Titan V, Titan RTX, this GPU's own), run on this GPU for each
+    family: its dtypes, attention backends, chunked prefill and decode path give the parrot's answer."""
+    family, goal_checkpoint_gpu = goal_checkpoint_gpu
     chosen = plan(quantization, assume_gpu=assume)
     if assume == "6.1,11" and quantization == "nf4":
         assert (chosen.compute_dtype, chosen.storage_dtype) == ("float32", "float16")
@@ -120,7 +125,7 @@ def test_each_cards_plan_runs_here_and_gives_the_answer(goal_checkpoint_gpu, ass
         assert chosen.prefill_chunk and chosen.decode_attention == "sdpa" and not chosen.fused_kernels
     engine = Engine.load(str(goal_checkpoint_gpu), chosen, "cuda")
     try:
-        answers = engine.generate(windows(engine.processor, 2), Generation(40))
+        answers = engine.generate(windows(engine.processor, 2, family=family), Generation(40))
     finally:
         del engine
         torch.cuda.empty_cache()
@@ -240,6 +245,42 @@ def test_fp8_model_quantizes_only_the_language_models_linears_and_decodes(random
     decoder = decoding.Decoder(llava_next, fp8, plan("fp8"))
     ids = greedy_ids(decoder, processor, n=2, new=8)  # the decode step, in a CUDA graph, in FP8 too
     assert ids.shape == (2, 8) and decoder.graphs
+
+
+@needs_fp8
+def test_fp8_linear_adds_its_bias_in_bf16():
+    """Qwen2's q, k and v projections have biases: the FP8 product plus the bias, as an nn.Linear would."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1024, 512, bias=True, device="cuda", dtype=torch.bfloat16)
+    torch.nn.init.normal_(linear.bias, std=3.0)  # large: a dropped bias cannot hide in e4m3's rounding
+    x = torch.randn(2, 9, 1024, device="cuda", dtype=torch.bfloat16)
+    from llava_soccer import fp8
+    y = fp8.FP8Linear.of(linear)(x)
+    xq, scale_x = fp8.quantize_rows(x.reshape(-1, 1024))
+    wq, scale_w = fp8.quantize_rows(linear.weight)
+    emulated = ((xq.float() * scale_x) @ (wq.float() * scale_w).t()).reshape(2, 9, 512) + linear.bias.float()
+    assert decoding.relative_error(y, emulated) < 0.01 and decoding.relative_error(y, linear(x)) < 0.06
+
+
+@needs_fp8
+def test_fp8_qwen_keeps_its_biases_and_decodes_as_bf16_does(tmp_path):
+    """Qwen2.5-VL under --quantization fp8: its language model's linears in FP8 with q/k/v biases kept, the
+    vision tower and head in bf16; the fast decoder runs it; its logits stay near the bf16 model's."""
+    ckpt = str(qwen2_5_vl.build_checkpoint(tmp_path / "qwen", "tiny", seed=3, init_std=0.5))
+    model = Engine.load(ckpt, plan("fp8"), "cuda").model
+    layer = model.model.language_model.layers[0]
+    assert type(layer.self_attn.q_proj).__name__ == "FP8Linear" and type(layer.mlp).__name__ == "FP8MLP"
+    assert layer.self_attn.k_proj.bias is not None and layer.self_attn.o_proj.bias is None
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert "FP8Linear" not in {type(m).__name__ for m in model.model.visual.modules()}
+    bf16, processor = families.load(ckpt, plan("bf16"), "cuda")
+    inputs = windows(processor, 2, family=qwen2_5_vl)
+    with torch.inference_mode():
+        ids = decoding.Decoder(qwen2_5_vl, model, plan("fp8")).greedy(inputs, 8, [-1], processor.tokenizer.pad_token_id)
+        logits = [m(**decoding.on_model(m, inputs[0]), logits_to_keep=1).logits[0, -1].float() for m in (model, bf16)]
+    assert ids.shape == (2, 8)
+    error = decoding.relative_error(*logits)  # e4m3 rounding: a few percent per product, not a different model
+    assert error < 0.25, error
 
 
 @needs_modern
