@@ -474,45 +474,63 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
     assert "SuperSecret" not in out.stderr + out.stdout
 
 
-@pytest.mark.slow
-def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, video_25fps):
-    """A random checkpoint (answers differ window by window) gives the same text for every
-    window whether generated alone by transformers' generate (the plain path), by it in batches,
-    or by the fast decoder (the default) alone or in batches."""
-    ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
-    answers = {}
-    for name, extra in {"plain": ["--decoder", "transformers"], "default": [], "fast3": ["--batch-size", "3"],
-                        "transformers2": ["--decoder", "transformers", "--batch-size", "2"]}.items():
-        project = make_project(tmp_path / name, {"v.mkv": video_25fps})
-        assert run_worker(project, ckpt, "--max-new-tokens", "12", *extra, gpu=1, workers=4) == 0
-        answers[name] = [(r["time"], r["raw"]) for r in windows_of(partial_path(project, 0, 1))]
-    assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
-    assert answers["default"] == answers["plain"]
-    assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
-
-
 # each family's tiny checkpoint builder, and the frames per window its decoder tests use (Qwen's vision tower sees
 # ~1,000 patches a frame: 3 frames keep its tests as quick as LLaVA's)
 BUILDERS = {"llava_next": (synthetic.make_checkpoint, 15), "qwen2_5_vl": (qwen2_5_vl.build_checkpoint, 3)}
 
 
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def random_engine(request, tmp_path_factory):
+    """(checkpoint, engine, frames per window, visual tokens) of each family's tiny random checkpoint (answers differ
+    window by window), loaded once per family for the decoder tests that take it; they leave the model as they found
+    it. Qwen at --visual-tokens reduced (112 tokens a frame, not 256): the worker's 15-frame windows run its vision
+    tower, and the decoder does not depend on the image token count."""
+    build, frames = BUILDERS[request.param]
+    ckpt = build(tmp_path_factory.mktemp(request.param) / "random", "tiny", seed=5, init_std=0.5)
+    visual_tokens = "reduced" if request.param == "qwen2_5_vl" else "full"
+    return ckpt, load_engine(ckpt, visual_tokens=visual_tokens), frames, visual_tokens
+
+
+def random_windows(seed, starts, frames):
+    """Windows [(frame_times, rgb_frames)] of random 224p frames starting at `starts`: `frames` frames each, or
+    frames[i] for window i (a list)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    counts = frames if isinstance(frames, list) else [frames] * len(starts)
+    return [([t + 0.2 * i for i in range(n)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8) for _ in range(n)])
+            for t, n in zip(starts, counts)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path, family):
+def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, video_25fps, random_engine):
+    """A random checkpoint (answers differ window by window) gives the same text for every
+    window whether generated alone by transformers' generate (the plain path), by it in batches,
+    or by the fast decoder (the default) alone or in batches; for every family (the worker's windows of 15
+    frames)."""
+    ckpt, engine, _, visual_tokens = random_engine
+    answers = {}
+    for name, extra in {"plain": ["--decoder", "transformers"], "default": [], "fast3": ["--batch-size", "3"],
+                        "transformers2": ["--decoder", "transformers", "--batch-size", "2"]}.items():
+        project = make_project(tmp_path / name, {"v.mkv": video_25fps})
+        assert run_engine(project, ckpt, engine, "--max-new-tokens", "12", "--visual-tokens", visual_tokens, *extra,
+                          gpu=1, workers=4) == 0
+        answers[name] = [(r["time"], r["raw"]) for r in windows_of(partial_path(project, 0, 1, engine.family.TAG))]
+    assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
+    assert answers["default"] == answers["plain"]
+    assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
+
+
+@pytest.mark.slow
+def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path, random_engine):
     """Windows whose prompts differ in length (frame times crossing 10:00 add a character) are
     left-padded in generate()'s batch; the fast decoder prefills each alone and masks per row (Qwen: each
     row's own M-RoPE offset). Same greedy text, including rows that stop early at the end token (a checkpoint
     that answers "None")."""
-    import numpy as np
-    build, frames = BUILDERS[family]
-    rng = np.random.default_rng(0)
-    windows = [([t + 0.2 * i for i in range(frames)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                       for _ in range(frames)]) for t in (590.0, 599.8, 1000.0, 4.0)]
+    _, random, frames, _ = random_engine
+    windows = random_windows(0, (590.0, 599.8, 1000.0, 4.0), frames)
+    none = load_engine(BUILDERS[random.family.NAME][0](tmp_path / "none", "tiny", answer="None"))
     answers = []
-    for ckpt, n in ((build(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
-                    (build(tmp_path / "none", "tiny", answer="None"), 30)):
-        engine = load_engine(ckpt)
-        assert engine.family.NAME == family
+    for engine, n in ((random, 10), (none, 30)):
         inputs = engine.prepare(windows)
         assert len({w["input_ids"].shape[1] for w in inputs}) == 3  # padding happens in a batch
         alone = [engine.generate([w], Generation(n, decoder="transformers"))[0] for w in inputs]
@@ -523,33 +541,30 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
 
 
 @pytest.mark.slow
-def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(tmp_path):
+def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(random_engine):
     """Real answers end early ("None" is two tokens) while others run on. A finished row's step
-    attends to one slot only (decoding.greedy); the rows still running give generate()'s text."""
-    import numpy as np
-    rng = np.random.default_rng(2)
-    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                   for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0)]
-    engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    model, processor = engine.model, engine.processor
-    inputs = llava_next.prepare(processor, windows)
+    attends to one slot only (decoding.greedy); the rows still running give generate()'s text (Qwen: each row
+    at its own M-RoPE offset)."""
+    _, engine, frames, _ = random_engine
+    model, family = engine.model, engine.family
+    inputs = engine.prepare(random_windows(2, (0.0, 2.0, 4.0, 6.0), frames))
     with torch.inference_mode():
-        ids = decoding.Decoder(llava_next, model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
+        ids = decoding.Decoder(family, model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
     # an end token that row 0 says early and some other row never says: rows stop at different steps
     def stops(eos):
         return [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else 12 for row in ids]
     eos = next(int(t) for t in ids[0, 1:] if 1 < stops(int(t))[0] < 12 and max(stops(int(t))) == 12)
     stops = stops(eos)
-    model.generation_config.eos_token_id = eos
-    alone = [engine.generate([w], Generation(12, decoder="transformers"))[0] for w in inputs]
-    assert engine.generate(inputs, Generation(12, decoder="fast")) == alone
     positions = []
     real_step = decoding.Step.__call__
-    with pytest.MonkeyPatch.context() as mp:  # the positions each step attends up to
+    with pytest.MonkeyPatch.context() as mp:  # the shared model's end token, then the positions each step attends up to
+        mp.setattr(model.generation_config, "eos_token_id", eos)
+        alone = [engine.generate([w], Generation(12, decoder="transformers"))[0] for w in inputs]
+        assert engine.generate(inputs, Generation(12, decoder="fast")) == alone
         mp.setattr(decoding.Step, "__call__", lambda self, tokens, pos, offsets: positions.append(pos.tolist())
                    or real_step(self, tokens, pos, offsets))
         with torch.inference_mode():
-            decoding.Decoder(llava_next, model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
+            decoding.Decoder(family, model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
     # step k makes token k + 1: a row whose end token was token s - 1 attends to slot 0 from step s - 1 on
     assert [[p == 0 for p in step] for step in positions] == [[k >= s - 1 for s in stops]
                                                               for k in range(len(positions))]
@@ -557,19 +572,18 @@ def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(t
 
 
 @pytest.mark.slow
-def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_answers(tmp_path):
+def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_answers(random_engine):
     """The worker's batches go through one plan: the second batch of a size decodes on the first's
     buffers (zeroed again) and step (its CUDA graph on a GPU); a batch of another size gets new ones.
-    Every window's tokens are those it gets with a fresh plan."""
-    import numpy as np
-    rng = np.random.default_rng(4)
-    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                   for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0, 8.0)]
-    engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    inputs = engine.prepare(windows)
+    Every window's tokens are those it gets with a fresh plan: batch 2's rows have one frame more and one less
+    than batch 1's (the same buffer length), so Qwen's rows sit at other M-RoPE offsets than the step's last."""
+    _, engine, frames, _ = random_engine
+    inputs = engine.prepare(random_windows(4, (0.0, 2.0, 4.0, 6.0, 8.0), [frames, frames - 1, frames - 1, frames,
+                                                                          frames]))
+    engine.reset()  # no buffers kept from the tests before, which share this engine
     decoder = engine.decoder
     with torch.inference_mode():
-        fresh = [decoding.Decoder(llava_next, engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0)
+        fresh = [decoding.Decoder(engine.family, engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0)
                  for i in (0, 2, 4)]
         kept = []
         for i in (0, 2, 4):
