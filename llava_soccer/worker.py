@@ -29,10 +29,6 @@ from .records import hole_record, ok_record
 from .reporting import Progress, event_line, finished, report
 from .resume import check_revision, partial_doc, resume
 
-# run()'s exit codes, llava_split_worker.py's: reporting.report chooses among the first three
-EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = (reporting.EXIT_DONE, reporting.EXIT_FAILED,
-                                                             reporting.EXIT_INCOMPLETE, reporting.EXIT_INTERRUPTED)
-EXIT_LOST_LOCK = claims.EXIT_LOST_LOCK  # another run took the video over: nothing written, that run owns it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_ERRORS_IN_A_ROW = 5
 # --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
@@ -254,14 +250,14 @@ def die_with_parent(fence, held) -> None:
 
 
 def run(cfg, engine=None, on_batch=None) -> int:
-    """Process the slice (or print the plan); returns EXIT_DONE (every window answered), EXIT_INCOMPLETE (done,
-    with undecodable windows), EXIT_FAILED (windows failed: a rerun retries them), EXIT_INTERRUPTED (a
-    signal stopped it after saving: rerun to resume) or EXIT_LOST_LOCK (another run took the video's lock
-    over: nothing more written). engine: one made for this plan (else loaded here); on_batch(records): called
-    after each batch is saved (benchmarks/bench_worker.py's timing)."""
+    """Process the slice (or print the plan); returns reporting.EXIT_DONE (every window answered),
+    cli.EXIT_INCOMPLETE (done, with undecodable windows), reporting.EXIT_FAILED (windows failed: a rerun retries
+    them), reporting.EXIT_INTERRUPTED (a signal stopped it after saving: rerun to resume) or claims.EXIT_LOST_LOCK
+    (another run took the video's lock over: nothing more written). engine: one made for this plan (else loaded
+    here); on_batch(records): called after each batch is saved (benchmarks/bench_worker.py's timing)."""
     if cfg.print_plan:
         print(plan_for(cfg, family_of(cfg))[1].to_json())
-        return EXIT_DONE
+        return reporting.EXIT_DONE
     return claims.stops_on_lost_lock(_run, log.error)(cfg, engine, on_batch)
 
 
@@ -309,7 +305,7 @@ def _run(cfg, engine, on_batch) -> int:
     check_revision(made_by, revision, records, out, cfg.model)
     slice_ = Slice(cfg, out, made_by, records, todo, info, fence)
     if not slice_.process(Worker(cfg, engine), device, on_batch):
-        return EXIT_INTERRUPTED
+        return reporting.EXIT_INTERRUPTED
     return report(slice_.records, len(slice_windows), info)
 
 

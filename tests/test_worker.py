@@ -15,7 +15,7 @@ import transformers
 
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
-from llava_soccer import decoding, families, jsonio, synthetic, videos
+from llava_soccer import cli, decoding, families, jsonio, reporting, synthetic, videos
 from llava_soccer import worker as worker_loop
 from llava_soccer.families import llava_next, qwen2_5_vl
 from llava_soccer.generation import Generation
@@ -214,7 +214,7 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
     cut.write_bytes(full.read_bytes()[:full.stat().st_size // 4])
     project = make_project(tmp_path, {"cut.mkv": cut})
     assert videos.probe(cut).n_windows == 20  # the header still says 40 s
-    assert run_worker(project, none_checkpoint) == worker_loop.EXIT_INCOMPLETE
+    assert run_worker(project, none_checkpoint) == cli.EXIT_INCOMPLETE
     err = capsys.readouterr().err
     records = windows_of(partial_path(project, 0, 0))
     statuses = [r["status"] for r in records]
@@ -223,7 +223,7 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
     (warning,) = [line for line in err.splitlines() if "undecodable" in line]
     assert f"{20 - first_hole} of 20 windows undecodable from {2.0 * first_hole:.1f} s on: the video file" in warning
     assert "a rerun cannot fill them, replace the file to redo the video" in warning
-    assert run_worker(project, none_checkpoint) == worker_loop.EXIT_INCOMPLETE
+    assert run_worker(project, none_checkpoint) == cli.EXIT_INCOMPLETE
     assert "slice already complete" in capsys.readouterr().err
 
 
@@ -260,7 +260,7 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
     err = proc.communicate()[1]
-    assert proc.returncode == worker_loop.EXIT_INTERRUPTED == 75, err
+    assert proc.returncode == reporting.EXIT_INTERRUPTED == 75, err
     assert "SIGUSR1 received" in err and "rerun the same command to resume" in err
     n = len(windows_of(partial))
     assert 2 <= n < 20
@@ -290,7 +290,7 @@ def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_r
     engine = FailingEngine(load_engine(goal_checkpoint), oom)
     project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
     assert run_engine(project, goal_checkpoint, engine, "--batch-size", "4", gpu=0, workers=4) == \
-        worker_loop.EXIT_FAILED
+        reporting.EXIT_FAILED
     records = windows_of(partial_path(project, 0, 0))
     assert [r["time"] for r in records] == [2.0 * k for k in range(8)]
     assert engine.calls[:4] == [4, 2, 1, 1]
@@ -302,7 +302,7 @@ def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_r
     assert "1 of 8 windows failed (OOM) at 4.0-7.0 s: rerun the same command to retry them" in err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
     # the rerun retries that window, and only that one
-    assert run_engine(project, goal_checkpoint, engine.engine, gpu=0, workers=4) == worker_loop.EXIT_DONE
+    assert run_engine(project, goal_checkpoint, engine.engine, gpu=0, workers=4) == reporting.EXIT_DONE
     assert "7 already in" in capsys.readouterr().err
     assert all(r["status"] == "ok" for r in windows_of(partial_path(project, 0, 0)))
 
@@ -314,7 +314,7 @@ def test_a_gpu_out_of_memory_on_every_window_stops_the_worker_with_the_reason(od
                            lambda calls: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     project = make_project(odd_root / "oom every", {"a.mkv": video_25fps})
     assert run_engine(project, goal_checkpoint, engine, "--batch-size", "2", gpu=0, workers=2) == \
-        worker_loop.EXIT_FAILED
+        reporting.EXIT_FAILED
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert "5 windows in a row failed, last at 8.0s (out of GPU memory (OOM)): is another process using" in line
     assert "a rerun retries the failed ones" in line
@@ -438,6 +438,22 @@ def test_answers_that_need_no_model_load_no_torch(argv, code):
     assert r.returncode == code, r.stderr[-2000:]
     loaded = re.findall(r"^import time:.*\| +(torch\S*)$", r.stderr, re.M)
     assert not loaded, f"{' '.join(argv)} imported {', '.join(loaded[:5])}"
+
+def test_each_exit_code_is_defined_once():
+    """An exit code has one name in one module (cli, claims, reporting, a script): a second module's copy of it
+    (an alias such as worker.EXIT_DONE = reporting.EXIT_DONE) is a second place to keep in step."""
+    import ast
+    defined = {}
+    for path in sorted([*(ROOT / "llava_soccer").rglob("*.py"), *ROOT.glob("*.py")]):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            for name in (n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
+                if name.startswith("EXIT_"):
+                    defined.setdefault(name, []).append(path.relative_to(ROOT).as_posix())
+    assert {name: where for name, where in defined.items() if len(where) > 1} == {}
+    assert {"EXIT_DONE", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INCOMPLETE", "EXIT_LOST_LOCK"} <= set(defined)
+
 
 def test_underscore_flags_of_the_first_versions_parse_as_the_dashed_ones(monkeypatch):
     monkeypatch.delenv("LLAVA_NUM_WORKERS", raising=False)
