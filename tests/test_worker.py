@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -477,6 +478,39 @@ def test_llava_num_workers_is_checked_under_the_dashed_name(env, argv, says, mon
     assert e.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert says in line, line
+
+
+CONFIG_READS = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import llava_split_worker
+    config, reads = sys.argv[2] + "/config.json", []
+
+    def parses(event, args):  # the pipeline's own reads of the checkpoint's config.json (families.of_model)
+        if event == "open" and str(args[0]) == config:
+            frame, names = sys._getframe(1), []
+            while frame:
+                names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            reads.append("of_model" in names[:3])
+
+    sys.addaudithook(parses)
+    code = llava_split_worker.main(sys.argv[3:])
+    print("config.json read", sum(reads), "times by the pipeline,", len(reads), "in all")
+    sys.exit(code)
+""")
+
+
+@pytest.mark.slow
+def test_a_run_reads_the_checkpoints_config_once(tmp_path, video_10s, goal_checkpoint):
+    """The worker reads the model's family from its config.json once per run and hands it on (the lock's and
+    partial's names, the plan, made_by, the load); transformers' own reads while loading are its business."""
+    project = make_project(tmp_path, {"v.mkv": video_10s})
+    r = subprocess.run([sys.executable, "-c", CONFIG_READS, str(ROOT), str(goal_checkpoint),
+                        *worker_cmd(project, goal_checkpoint, gpu=3, workers=4)[2:]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "config.json read 1 times by the pipeline," in r.stdout
+    assert windows_of(partial_path(project, 0, 3))[0]["raw"] == GOAL_ANSWER
 
 
 @pytest.mark.slow
