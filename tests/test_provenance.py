@@ -223,6 +223,26 @@ def test_a_new_checkpoint_is_read_once_when_four_workers_start_together(tmp_path
     assert sorted(p.suffix for p in cache.iterdir()) == [".json"] * len(files)  # no lock left
 
 
+def test_a_reader_killed_while_reading_does_not_hold_the_others_back(tmp_path, cache_small_files):
+    """The lock of a reader killed on this host (kill -9: it never removed it) is not waited on: the next
+    process reads the file itself and keeps its digest."""
+    import socket
+    import threading
+    path = preallocated(tmp_path / "a.mkv", mib=3)
+    time.sleep(0.05)
+    cache = tmp_path / "cache"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert provenance.content_digest(path) == (digest := provenance.content_digest(path, tmp_path / "other"))
+    entry = next((tmp_path / "other").iterdir())
+    cache.mkdir()
+    (cache / (entry.name + ".lock")).write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(provenance.content_digest(path, cache)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # a wait for the dead reader would last 60 s
+    assert got == [digest] and (cache / entry.name).exists()
+
+
 def test_a_checkpoint_is_identified_by_its_whole_weights(tmp_path, cache_small_files):
     """Issue 29: a fine-tune written into the same shard in place (a tensor in the middle of the file changed,
     the shard's size and first and last MiB unchanged) is another model_revision, so its windows never merge
