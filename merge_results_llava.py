@@ -106,6 +106,7 @@ def run(args) -> int:
     windows = merge.read_windows(files, info.n_windows)
     check_same_file(args.video_index, project, video, info, windows.made_by)
     if windows.missing and left_over(final, archive, windows):
+        fence()  # deletes, as writes, only while the video is still this run's
         for path in files:
             path.unlink(missing_ok=True)
         say(f"video {args.video_index}: already merged into {final}; deleted "
@@ -129,9 +130,9 @@ def run(args) -> int:
         "final_digest": records.final_digest(events),
         "windows": [records.archived_record(windows.records[i]) for i in sorted(windows.records)]}, fence=fence)
     atomic_write_json(final, events, fence=fence)
+    fence()  # the failure note and the partials: deleted, as written, only while the video is still this run's
     settings.failed_note_path(project, args.video_index, tag).unlink(missing_ok=True)  # a failure the final outlives
     if not args.keep_partials:  # only now: until the final is written, they are what a rerun merges
-        fence()
         for path in files:
             path.unlink(missing_ok=True)
 

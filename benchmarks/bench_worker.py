@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from llava_soccer import decoding, families, gpus, loading, synthetic, videos, worker  # noqa: E402
+from llava_soccer import decoding, families, gpus, loading, reporting, synthetic, videos, worker  # noqa: E402
 from llava_soccer.config import WorkerSettings  # noqa: E402
 from llava_soccer.engine import Engine  # noqa: E402
 from llava_soccer.generation import Generation  # noqa: E402
@@ -400,7 +400,7 @@ def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, qu
     seconds, code = timed(lambda: worker.run(cfg, engine, on_batch=lambda new: ends.append((time.perf_counter(),
                                                                                              len(new)))))
     util = sampler.stop()
-    assert code == worker.EXIT_DONE, f"the worker ended its slice with exit code {code}"
+    assert code == reporting.EXIT_DONE, f"the worker ended its slice with exit code {code}"
     per_window = seconds / windows
     steady = (ends[-1][0] - ends[0][0]) / (windows - ends[0][1]) if len(ends) > 1 else None
     return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,

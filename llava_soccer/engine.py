@@ -36,8 +36,11 @@ class Engine:
         self.decoder = decoding.Decoder(self.family, self.model, self.plan, on_logits)
 
     @classmethod
-    def load(cls, model_id, plan, device, visual_tokens="full", **seams) -> "Engine":
-        engine = cls(*families.load(model_id, plan, device, visual_tokens), plan, **seams)
+    def load(cls, model_id, plan, device, visual_tokens="full", family=None, **seams) -> "Engine":
+        """family: the model's family module when the caller has read it (None: families.of_model)."""
+        loaded = family.load(model_id, plan, device, visual_tokens) if family else families.load(
+            model_id, plan, device, visual_tokens)
+        engine = cls(*loaded, plan, **seams)
         engine.install()
         return engine
 

@@ -14,8 +14,11 @@ file may not. Files are identified by a digest of their whole content, read once
 import datetime
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cli import log_safe
@@ -33,6 +36,7 @@ NOT_COMPARED_VIDEO = ("mtime",)       # a copy of the same bytes is the same vid
 FINGERPRINTS = ".fingerprints"        # in the project: one small JSON file per (file, state) hashed
 CACHED_FROM = 64 * MIB                # smaller files are read again each time (milliseconds), not cached
 RACY_S = 2.0                          # a file changed this recently may still be changing: not cached
+READ_RATE = 20e6                      # bytes/s: the slowest disk a digest waited for is assumed to read at
 CHECKPOINT_FILES = (".json", ".model", ".txt", ".jinja", ".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -70,12 +74,76 @@ def content_digest(path: Path, cache: Path | None = None) -> str:
     state = _state(path, st)
     entry = cache / f"{hashlib.sha256(state.encode()).hexdigest()[:32]}.json" \
         if cache is not None and st.st_size >= CACHED_FROM else None
+    kept = _kept(entry, state)
+    if kept:
+        return kept
+    with _one_reader(entry, st.st_size):
+        return _kept(entry, state) or _read_and_keep(path, entry, state)  # (kept by the reader just before?)
+
+
+def _kept(entry: Path | None, state: str) -> str | None:
+    """The digest kept in entry for this state of the file, or None (no entry, another state, damaged)."""
     try:
         kept = json.loads(entry.read_text()) if entry else None
         if isinstance(kept, dict) and kept.get("state") == state and isinstance(kept.get("digest"), str):
             return kept["digest"]
     except (OSError, ValueError):
         pass  # missing, or damaged: read the file again
+    return None
+
+
+@contextmanager
+def _one_reader(entry: Path | None, size: int):
+    """`with _one_reader(entry, size):` one process at a time reads a file for a cache entry, the others wait and
+    then find its entry: the workers of a job start together and would each read the same GBs of a new
+    checkpoint. The body runs holding ENTRY.lock (O_EXCL, as claims.py: atomic on NFS), or after waiting while
+    another process held it, until it is gone, its holder (on this host) is dead, or it is older than a read of
+    size bytes at READ_RATE (+ 60 s); without a cache (or one that cannot be written) at once."""
+    if entry is None:
+        yield
+        return
+    lock = entry.with_name(entry.name + ".lock")
+    try:
+        entry.parent.mkdir(exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except OSError:  # another reader holds it, or the cache cannot be written (a read-only project: no wait)
+        fd = None
+    if fd is None:
+        while _waited_on(lock, 60 + size / READ_RATE):
+            time.sleep(0.1)
+        yield
+        return
+    try:
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _waited_on(lock: Path, deadline_s: float) -> bool:
+    """Whether lock is still held by a reader worth waiting for."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:  # gone: its reader is done
+        return False
+    try:
+        host, pid = lock.read_text().split()
+    except (OSError, ValueError):  # not written yet (its holder writes it right after creating it), or gone
+        return lock.exists() and age < deadline_s
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            pass
+    return age < deadline_s
+
+
+def _read_and_keep(path: Path, entry: Path | None, state: str) -> str:
+    """The digest of the whole file, kept in entry (when given) if the file did not change while read and is
+    older than RACY_S."""
     h, block = hashlib.sha256(), bytearray(8 * MIB)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(block):

@@ -29,10 +29,6 @@ from .records import hole_record, ok_record
 from .reporting import Progress, event_line, finished, report
 from .resume import check_revision, partial_doc, resume
 
-# run()'s exit codes, llava_split_worker.py's: reporting.report chooses among the first three
-EXIT_DONE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED = (reporting.EXIT_DONE, reporting.EXIT_FAILED,
-                                                             reporting.EXIT_INCOMPLETE, reporting.EXIT_INTERRUPTED)
-EXIT_LOST_LOCK = claims.EXIT_LOST_LOCK  # another run took the video over: nothing written, that run owns it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_ERRORS_IN_A_ROW = 5
 # --batch-size auto fills this share of the memory it may use: the rest is for the allocator's
@@ -219,17 +215,17 @@ def plan_for(cfg, family=None):
     return device, gpus.plan(cfg, gpus.detect(device), family or families.of_model(cfg.model))
 
 
-def family_of(cfg, warn=True):
-    """The model's family, or where it cannot be read (no such directory, a hub model not downloaded whose name
-    says no family) the default model's, with a warning when warn: --print-plan's preview; a run refuses such a
-    model with its own check's line before loading it (_run), and only a finished slice needs no model."""
+def model_family(cfg):
+    """(family, tag, problem) of cfg.model from one read of its config.json (families.of_model), which the run
+    hands on: its family and the TAG its files carry. Where it cannot be read (no such directory, a hub model not
+    downloaded whose name says no family) the default model's family, families.tag_or_default's tag and problem,
+    the InputError saying why: a run raises it before loading the model (only a finished slice needs no model),
+    --print-plan warns with it."""
     try:
-        return families.of_model(cfg.model)
+        family = families.of_model(cfg.model)
+        return family, family.TAG, None
     except InputError as e:
-        family = families.of_model(settings.DEFAULT_MODEL)
-        if warn:
-            log.warning(f"⚠️ {e}; planned for a {family.NAME} model")
-        return family
+        return families.of_model(settings.DEFAULT_MODEL), families.tag_or_default(cfg.model), e
 
 
 def identity(cfg, plan, project, video, info, family=None) -> dict:
@@ -254,20 +250,23 @@ def die_with_parent(fence, held) -> None:
 
 
 def run(cfg, engine=None, on_batch=None) -> int:
-    """Process the slice (or print the plan); returns EXIT_DONE (every window answered), EXIT_INCOMPLETE (done,
-    with undecodable windows), EXIT_FAILED (windows failed: a rerun retries them), EXIT_INTERRUPTED (a
-    signal stopped it after saving: rerun to resume) or EXIT_LOST_LOCK (another run took the video's lock
-    over: nothing more written). engine: one made for this plan (else loaded here); on_batch(records): called
-    after each batch is saved (benchmarks/bench_worker.py's timing)."""
+    """Process the slice (or print the plan); returns reporting.EXIT_DONE (every window answered),
+    cli.EXIT_INCOMPLETE (done, with undecodable windows), reporting.EXIT_FAILED (windows failed: a rerun retries
+    them), reporting.EXIT_INTERRUPTED (a signal stopped it after saving: rerun to resume) or claims.EXIT_LOST_LOCK
+    (another run took the video's lock over: nothing more written). engine: one made for this plan (else loaded
+    here); on_batch(records): called after each batch is saved (benchmarks/bench_worker.py's timing)."""
     if cfg.print_plan:
-        print(plan_for(cfg, family_of(cfg))[1].to_json())
-        return EXIT_DONE
+        family, _, problem = model_family(cfg)
+        if problem:
+            log.warning(f"⚠️ {problem}; planned for a {family.NAME} model")
+        print(plan_for(cfg, family)[1].to_json())
+        return reporting.EXIT_DONE
     return claims.stops_on_lost_lock(_run, log.error)(cfg, engine, on_batch)
 
 
 def _run(cfg, engine, on_batch) -> int:
     project = settings.project_dir(cfg.project)
-    tag = families.tag_or_default(cfg.model)  # the model's name in its files (settings.PARTIAL, LOCK); checked below
+    family, tag, problem = model_family(cfg)  # tag: the model's name in its files (settings.PARTIAL, LOCK)
     # every write of the partial is fenced: another job's video, or one taken over from us, is not ours to touch
     fence = claims.Fence(project, cfg.video_index, model=tag)
     die_with_parent(fence, fence())
@@ -276,7 +275,6 @@ def _run(cfg, engine, on_batch) -> int:
     slice_windows = info.slice_windows(cfg.gpu_id, cfg.num_workers)
     out = settings.partial_path(project, cfg.video_index, cfg.gpu_id, tag)
     remove_stale_temps(out)
-    family = family_of(cfg, warn=False)
     device, plan = plan_for(cfg, family)
     made_by = identity(cfg, plan, project, video, info, family)
     records, todo = resume(out, info, slice_windows, made_by, cfg.replace_mismatched)
@@ -291,8 +289,8 @@ def _run(cfg, engine, on_batch) -> int:
         return report(records, len(slice_windows), info)
     check_writable(project)
     loading.check_model_source(cfg.model)
-    if families.of_model(cfg.model) is not family or family.TAG != tag:  # (its one line when it cannot be read)
-        raise InputError(f"--model {cfg.model}: its family changed while this worker started; run it again")
+    if problem:
+        raise problem
     log.info(f"settings: model={cfg.model} quantization={cfg.quantization} device={device} "
              f"batch_size={cfg.batch_size} gpu_share={cfg.gpu_share} decoder={cfg.decoder} "
              f"visual_tokens={cfg.visual_tokens} "
@@ -304,25 +302,29 @@ def _run(cfg, engine, on_batch) -> int:
     if engine is not None and (engine.plan != plan or engine.family.NAME != made_by["family"]):
         raise InputError("the engine given was made for another plan or model family than these settings' "
                          "(a benchmark's bug)")
-    engine = engine or load_engine(cfg, device, plan)
+    engine = engine or load_engine(cfg, device, plan, family)
     revision = getattr(engine.model.config, "_commit_hash", None)  # the hub commit from_pretrained really used
     check_revision(made_by, revision, records, out, cfg.model)
     slice_ = Slice(cfg, out, made_by, records, todo, info, fence)
     if not slice_.process(Worker(cfg, engine), device, on_batch):
-        return EXIT_INTERRUPTED
+        return reporting.EXIT_INTERRUPTED
     return report(slice_.records, len(slice_windows), info)
 
 
-def load_engine(cfg, device, plan):
+def load_engine(cfg, device, plan, family):
+    """The engine of cfg.model, loaded by family (model_family's): InputError when the model loaded is of another
+    family (its config.json changed since it was read)."""
     from .engine import Engine  # here, where it is made: it loads torch, which --print-plan needs not
     gpus.apply_memory(plan, device)
     t0 = time.monotonic()
     try:
-        engine = Engine.load(cfg.model, plan, device, cfg.visual_tokens)
+        engine = Engine.load(cfg.model, plan, device, cfg.visual_tokens, family=family)
     except Exception as e:  # hub errors are long; the first line says what is missing
         raise InputError(f"cannot load model {cfg.model!r} ({cfg.quantization}): "
                          f"{first_line(e, None) or type(e).__name__}. Check --model/LLAVA_MODEL, HF_TOKEN and network, "
                          f"or pre-download the model (README: Troubleshooting)") from None
+    if engine.family is not family:
+        raise InputError(f"--model {cfg.model}: its family changed while this worker started; run it again")
     log.info(f"model loaded in {time.monotonic() - t0:.1f} s")
     return engine
 

@@ -18,8 +18,7 @@ import pytest
 import llava_split_worker as worker
 import merge_results_llava
 from conftest import load, make_project
-from llava_soccer import synthetic, videos
-from llava_soccer import worker as worker_loop
+from llava_soccer import cli, synthetic, videos
 from llava_soccer.settings import FPS, partial_path, raw_answers_path
 
 MIB = 1 << 20
@@ -93,7 +92,7 @@ def test_a_damaged_video_ends_incomplete_as_a_truncated_one(tmp_path, damaged_vi
     project = make_project(tmp_path, {"zeroed.mkv": damaged_videos["zeroed"]})
     args = ["--gpu-id", "0", "--num-workers", "1", "--video-index", "0", "--project", str(project),
             "--model", str(none_checkpoint), "--quantization", "fp32"]
-    assert worker.main(args) == worker_loop.EXIT_INCOMPLETE
+    assert worker.main(args) == cli.EXIT_INCOMPLETE
     err = capsys.readouterr().err
     records = load(partial_path(project, 0, 0))["windows"]
     holes = [round(r["time"] / 2) for r in records if r["status"] == "undecodable"]

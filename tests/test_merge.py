@@ -13,7 +13,7 @@ import pytest
 
 import merge_results_llava
 from conftest import ROOT, load, make_project
-from llava_soccer import gpus, merge, provenance, settings, videos
+from llava_soccer import claims, gpus, merge, provenance, settings, videos
 from llava_soccer.config import WorkerSettings
 from llava_soccer.events import final_events
 from llava_soccer.families import llava_next
@@ -443,6 +443,51 @@ def test_kill_while_writing_final_leaves_old_or_no_final(project, capsys, point,
     assert code == 0, err
     assert len(load(final)) == 10 and not any(p.exists() for p in partials)
     assert not any(p.name.endswith(".tmp") for p in project.iterdir())  # the rerun removed the leftover
+
+
+STALE_MERGE = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    import merge_results_llava
+    from llava_soccer import jsonio, settings
+    project, point, note = Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+
+    def taken_over():  # job 20 takes the lock over as stale; its worker fails and notes why
+        lock = settings.lock_path(project, 0)
+        lock.write_text(json.dumps({**json.loads(lock.read_text()), "token": "e" * 32, "job": "20", "host": "node7"}))
+        jsonio.atomic_write_json(settings.failed_note_path(project, 0), note)
+
+    real_replace, real_left_over = os.replace, merge_results_llava.left_over
+    if point == "after its final":
+        def replace(src, dst, *a, **k):
+            real_replace(src, dst, *a, **k)
+            if Path(dst) == settings.final_path(project, 0):
+                taken_over()
+        os.replace = replace
+    else:
+        merge_results_llava.left_over = lambda *a: real_left_over(*a) and (taken_over() or True)
+    sys.exit(merge_results_llava.main(["--video_index", "0", "--project", str(project)]))
+""")
+
+
+@pytest.mark.parametrize("point", ["after its final", "finding partials a merge left"])
+def test_a_merge_whose_lock_was_taken_over_deletes_nothing_of_the_new_owner(project, capsys, point):
+    """A merge of submit_llava.sh (LLAVA_CLAIM) loses its video's lock as stale (it was stopped) right after its
+    final landed, or once it found the partials a merge stopped while deleting them left: the job that owns the
+    video now keeps its failure note and the partials it resumes from; the merge stops with one line, exit 4."""
+    partials = write_partials(project, all_windows()[:15], all_windows()[15:])
+    if point == "finding partials a merge left":
+        assert run_merge(project, capsys, "--keep-partials")[0] == 0
+        partials.pop().unlink()  # deleted by a merge stopped before it deleted the other
+    token, _ = claims.take(project, 0, os.getpid())
+    note = {"error": "error: --model /ckpt/gone: no such directory", "gpu_id": 1, "job": "20", "host": "node7"}
+    child = subprocess.run([sys.executable, "-c", STALE_MERGE, str(ROOT), str(project), point, json.dumps(note)],
+                           env={**os.environ, "LLAVA_CLAIM": token}, capture_output=True, text=True)
+    assert child.returncode == claims.EXIT_LOST_LOCK, child.stdout + child.stderr
+    assert re.search(r"video 0: lock lost to job 20 on node7 since .*: stopping, nothing written", child.stderr)
+    assert load(settings.failed_note_path(project, 0)) == note
+    assert all(p.exists() for p in partials)
 
 
 def test_prose_answers_are_archived_warned_about_and_never_lost(project, capsys):

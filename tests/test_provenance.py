@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -175,7 +176,71 @@ def test_a_file_changed_just_now_is_not_cached(tmp_path, monkeypatch):
     path = preallocated(tmp_path / "a.mkv", mib=3)
     cache = tmp_path / "cache"
     provenance.content_digest(path, cache)
-    assert not cache.exists()
+    assert not cache.exists() or not any(cache.iterdir())  # no digest kept (nor a reader's lock left)
+
+
+FOUR_WORKERS = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from llava_soccer import provenance
+    provenance.CACHED_FROM, provenance.RACY_S = 0, 0.02  # as cache_small_files
+    ckpt, cache, go = Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    reads = []
+
+    def whole_reads(event, args):  # the digest's own reads of the checkpoint's files
+        if event == "open" and Path(str(args[0])).parent == ckpt:
+            frame, names = sys._getframe(1), []
+            while frame:
+                names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            reads.extend([1] if {"content_digest", "_read_and_keep"} & set(names[:2]) else [])
+
+    sys.addaudithook(whole_reads)
+    print("ready", flush=True)
+    while not go.exists():  # the workers of a job start together
+        time.sleep(0.001)
+    print(provenance.model_revision(str(ckpt), cache), len(reads), flush=True)
+""")
+
+
+def test_a_new_checkpoint_is_read_once_when_four_workers_start_together(tmp_path, goal_checkpoint):
+    """submit_llava.sh starts a job's 4 workers at once, and each records the checkpoint's digest (made_by): one
+    of them reads the weights (GBs for a real model), the others wait for its digest and reuse it."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(goal_checkpoint, ckpt)
+    files = [f for f in ckpt.iterdir() if f.suffix in provenance.CHECKPOINT_FILES]
+    cache, go = tmp_path / "p" / provenance.FINGERPRINTS, tmp_path / "go"
+    cache.parent.mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", FOUR_WORKERS, str(ROOT), str(ckpt), str(cache), str(go)],
+                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    assert all(w.stdout.readline() == "ready\n" for w in workers)
+    go.touch()
+    said = [w.communicate(timeout=120)[0].rsplit(maxsplit=1) for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    assert len({revision for revision, _ in said}) == 1
+    assert sum(int(n) for _, n in said) == len(files)  # each file read by one worker only
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json"] * len(files)  # no lock left
+
+
+def test_a_reader_killed_while_reading_does_not_hold_the_others_back(tmp_path, cache_small_files):
+    """The lock of a reader killed on this host (kill -9: it never removed it) is not waited on: the next
+    process reads the file itself and keeps its digest."""
+    import socket
+    import threading
+    path = preallocated(tmp_path / "a.mkv", mib=3)
+    time.sleep(0.05)
+    cache = tmp_path / "cache"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert provenance.content_digest(path) == (digest := provenance.content_digest(path, tmp_path / "other"))
+    entry = next((tmp_path / "other").iterdir())
+    cache.mkdir()
+    (cache / (entry.name + ".lock")).write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(provenance.content_digest(path, cache)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # a wait for the dead reader would last 60 s
+    assert got == [digest] and (cache / entry.name).exists()
 
 
 def test_a_checkpoint_is_identified_by_its_whole_weights(tmp_path, cache_small_files):

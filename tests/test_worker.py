@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -15,7 +16,7 @@ import transformers
 
 import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
-from llava_soccer import decoding, families, jsonio, synthetic, videos
+from llava_soccer import cli, decoding, families, jsonio, reporting, synthetic, videos
 from llava_soccer import worker as worker_loop
 from llava_soccer.families import llava_next, qwen2_5_vl
 from llava_soccer.generation import Generation
@@ -214,7 +215,7 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
     cut.write_bytes(full.read_bytes()[:full.stat().st_size // 4])
     project = make_project(tmp_path, {"cut.mkv": cut})
     assert videos.probe(cut).n_windows == 20  # the header still says 40 s
-    assert run_worker(project, none_checkpoint) == worker_loop.EXIT_INCOMPLETE
+    assert run_worker(project, none_checkpoint) == cli.EXIT_INCOMPLETE
     err = capsys.readouterr().err
     records = windows_of(partial_path(project, 0, 0))
     statuses = [r["status"] for r in records]
@@ -223,7 +224,7 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
     (warning,) = [line for line in err.splitlines() if "undecodable" in line]
     assert f"{20 - first_hole} of 20 windows undecodable from {2.0 * first_hole:.1f} s on: the video file" in warning
     assert "a rerun cannot fill them, replace the file to redo the video" in warning
-    assert run_worker(project, none_checkpoint) == worker_loop.EXIT_INCOMPLETE
+    assert run_worker(project, none_checkpoint) == cli.EXIT_INCOMPLETE
     assert "slice already complete" in capsys.readouterr().err
 
 
@@ -260,7 +261,7 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
     err = proc.communicate()[1]
-    assert proc.returncode == worker_loop.EXIT_INTERRUPTED == 75, err
+    assert proc.returncode == reporting.EXIT_INTERRUPTED == 75, err
     assert "SIGUSR1 received" in err and "rerun the same command to resume" in err
     n = len(windows_of(partial))
     assert 2 <= n < 20
@@ -290,7 +291,7 @@ def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_r
     engine = FailingEngine(load_engine(goal_checkpoint), oom)
     project = make_project(odd_root / "oom", {"a.mkv": video_25fps})
     assert run_engine(project, goal_checkpoint, engine, "--batch-size", "4", gpu=0, workers=4) == \
-        worker_loop.EXIT_FAILED
+        reporting.EXIT_FAILED
     records = windows_of(partial_path(project, 0, 0))
     assert [r["time"] for r in records] == [2.0 * k for k in range(8)]
     assert engine.calls[:4] == [4, 2, 1, 1]
@@ -302,7 +303,7 @@ def test_oom_halves_the_batch_then_a_window_that_fails_alone_is_retried_by_the_r
     assert "1 of 8 windows failed (OOM) at 4.0-7.0 s: rerun the same command to retry them" in err
     assert all(r["raw"] == GOAL_ANSWER for r in records if r["status"] == "ok")
     # the rerun retries that window, and only that one
-    assert run_engine(project, goal_checkpoint, engine.engine, gpu=0, workers=4) == worker_loop.EXIT_DONE
+    assert run_engine(project, goal_checkpoint, engine.engine, gpu=0, workers=4) == reporting.EXIT_DONE
     assert "7 already in" in capsys.readouterr().err
     assert all(r["status"] == "ok" for r in windows_of(partial_path(project, 0, 0)))
 
@@ -314,7 +315,7 @@ def test_a_gpu_out_of_memory_on_every_window_stops_the_worker_with_the_reason(od
                            lambda calls: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     project = make_project(odd_root / "oom every", {"a.mkv": video_25fps})
     assert run_engine(project, goal_checkpoint, engine, "--batch-size", "2", gpu=0, workers=2) == \
-        worker_loop.EXIT_FAILED
+        reporting.EXIT_FAILED
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert "5 windows in a row failed, last at 8.0s (out of GPU memory (OOM)): is another process using" in line
     assert "a rerun retries the failed ones" in line
@@ -439,6 +440,22 @@ def test_answers_that_need_no_model_load_no_torch(argv, code):
     loaded = re.findall(r"^import time:.*\| +(torch\S*)$", r.stderr, re.M)
     assert not loaded, f"{' '.join(argv)} imported {', '.join(loaded[:5])}"
 
+def test_each_exit_code_is_defined_once():
+    """An exit code has one name in one module (cli, claims, reporting, a script): a second module's copy of it
+    (an alias such as worker.EXIT_DONE = reporting.EXIT_DONE) is a second place to keep in step."""
+    import ast
+    defined = {}
+    for path in sorted([*(ROOT / "llava_soccer").rglob("*.py"), *ROOT.glob("*.py")]):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            for name in (n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
+                if name.startswith("EXIT_"):
+                    defined.setdefault(name, []).append(path.relative_to(ROOT).as_posix())
+    assert {name: where for name, where in defined.items() if len(where) > 1} == {}
+    assert {"EXIT_DONE", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INCOMPLETE", "EXIT_LOST_LOCK"} <= set(defined)
+
+
 def test_underscore_flags_of_the_first_versions_parse_as_the_dashed_ones(monkeypatch):
     monkeypatch.delenv("LLAVA_NUM_WORKERS", raising=False)
     rest = ["--project", "/p", "--batch-size", "2"]
@@ -463,6 +480,39 @@ def test_llava_num_workers_is_checked_under_the_dashed_name(env, argv, says, mon
     assert says in line, line
 
 
+CONFIG_READS = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import llava_split_worker
+    config, reads = sys.argv[2] + "/config.json", []
+
+    def parses(event, args):  # the pipeline's own reads of the checkpoint's config.json (families.of_model)
+        if event == "open" and str(args[0]) == config:
+            frame, names = sys._getframe(1), []
+            while frame:
+                names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            reads.append("of_model" in names[:3])
+
+    sys.addaudithook(parses)
+    code = llava_split_worker.main(sys.argv[3:])
+    print("config.json read", sum(reads), "times by the pipeline,", len(reads), "in all")
+    sys.exit(code)
+""")
+
+
+@pytest.mark.slow
+def test_a_run_reads_the_checkpoints_config_once(tmp_path, video_10s, goal_checkpoint):
+    """The worker reads the model's family from its config.json once per run and hands it on (the lock's and
+    partial's names, the plan, made_by, the load); transformers' own reads while loading are its business."""
+    project = make_project(tmp_path, {"v.mkv": video_10s})
+    r = subprocess.run([sys.executable, "-c", CONFIG_READS, str(ROOT), str(goal_checkpoint),
+                        *worker_cmd(project, goal_checkpoint, gpu=3, workers=4)[2:]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "config.json read 1 times by the pipeline," in r.stdout
+    assert windows_of(partial_path(project, 0, 3))[0]["raw"] == GOAL_ANSWER
+
+
 @pytest.mark.slow
 def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoint):
     project = make_project(tmp_path, {"v.mkv": video_25fps})
@@ -474,45 +524,63 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
     assert "SuperSecret" not in out.stderr + out.stdout
 
 
-@pytest.mark.slow
-def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, video_25fps):
-    """A random checkpoint (answers differ window by window) gives the same text for every
-    window whether generated alone by transformers' generate (the plain path), by it in batches,
-    or by the fast decoder (the default) alone or in batches."""
-    ckpt = synthetic.make_checkpoint(tmp_path / "random", "tiny", seed=3, init_std=0.5)
-    answers = {}
-    for name, extra in {"plain": ["--decoder", "transformers"], "default": [], "fast3": ["--batch-size", "3"],
-                        "transformers2": ["--decoder", "transformers", "--batch-size", "2"]}.items():
-        project = make_project(tmp_path / name, {"v.mkv": video_25fps})
-        assert run_worker(project, ckpt, "--max-new-tokens", "12", *extra, gpu=1, workers=4) == 0
-        answers[name] = [(r["time"], r["raw"]) for r in windows_of(partial_path(project, 0, 1))]
-    assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
-    assert answers["default"] == answers["plain"]
-    assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
-
-
 # each family's tiny checkpoint builder, and the frames per window its decoder tests use (Qwen's vision tower sees
 # ~1,000 patches a frame: 3 frames keep its tests as quick as LLaVA's)
 BUILDERS = {"llava_next": (synthetic.make_checkpoint, 15), "qwen2_5_vl": (qwen2_5_vl.build_checkpoint, 3)}
 
 
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def random_engine(request, tmp_path_factory):
+    """(checkpoint, engine, frames per window, visual tokens) of each family's tiny random checkpoint (answers differ
+    window by window), loaded once per family for the decoder tests that take it; they leave the model as they found
+    it. Qwen at --visual-tokens reduced (112 tokens a frame, not 256): the worker's 15-frame windows run its vision
+    tower, and the decoder does not depend on the image token count."""
+    build, frames = BUILDERS[request.param]
+    ckpt = build(tmp_path_factory.mktemp(request.param) / "random", "tiny", seed=5, init_std=0.5)
+    visual_tokens = "reduced" if request.param == "qwen2_5_vl" else "full"
+    return ckpt, load_engine(ckpt, visual_tokens=visual_tokens), frames, visual_tokens
+
+
+def random_windows(seed, starts, frames):
+    """Windows [(frame_times, rgb_frames)] of random 224p frames starting at `starts`: `frames` frames each, or
+    frames[i] for window i (a list)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    counts = frames if isinstance(frames, list) else [frames] * len(starts)
+    return [([t + 0.2 * i for i in range(n)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8) for _ in range(n)])
+            for t, n in zip(starts, counts)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path, family):
+def test_batching_and_the_fast_decoder_do_not_change_greedy_answers(tmp_path, video_25fps, random_engine):
+    """A random checkpoint (answers differ window by window) gives the same text for every
+    window whether generated alone by transformers' generate (the plain path), by it in batches,
+    or by the fast decoder (the default) alone or in batches; for every family (the worker's windows of 15
+    frames)."""
+    ckpt, engine, _, visual_tokens = random_engine
+    answers = {}
+    for name, extra in {"plain": ["--decoder", "transformers"], "default": [], "fast3": ["--batch-size", "3"],
+                        "transformers2": ["--decoder", "transformers", "--batch-size", "2"]}.items():
+        project = make_project(tmp_path / name, {"v.mkv": video_25fps})
+        assert run_engine(project, ckpt, engine, "--max-new-tokens", "12", "--visual-tokens", visual_tokens, *extra,
+                          gpu=1, workers=4) == 0
+        answers[name] = [(r["time"], r["raw"]) for r in windows_of(partial_path(project, 0, 1, engine.family.TAG))]
+    assert len(answers["plain"]) == 7 and len({raw for _, raw in answers["plain"]}) > 4
+    assert answers["default"] == answers["plain"]
+    assert answers["fast3"] == answers["plain"] and answers["transformers2"] == answers["plain"]
+
+
+@pytest.mark.slow
+def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early_stops(tmp_path, random_engine):
     """Windows whose prompts differ in length (frame times crossing 10:00 add a character) are
     left-padded in generate()'s batch; the fast decoder prefills each alone and masks per row (Qwen: each
     row's own M-RoPE offset). Same greedy text, including rows that stop early at the end token (a checkpoint
     that answers "None")."""
-    import numpy as np
-    build, frames = BUILDERS[family]
-    rng = np.random.default_rng(0)
-    windows = [([t + 0.2 * i for i in range(frames)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                       for _ in range(frames)]) for t in (590.0, 599.8, 1000.0, 4.0)]
+    _, random, frames, _ = random_engine
+    windows = random_windows(0, (590.0, 599.8, 1000.0, 4.0), frames)
+    none = load_engine(BUILDERS[random.family.NAME][0](tmp_path / "none", "tiny", answer="None"))
     answers = []
-    for ckpt, n in ((build(tmp_path / "random", "tiny", seed=5, init_std=0.5), 10),
-                    (build(tmp_path / "none", "tiny", answer="None"), 30)):
-        engine = load_engine(ckpt)
-        assert engine.family.NAME == family
+    for engine, n in ((random, 10), (none, 30)):
         inputs = engine.prepare(windows)
         assert len({w["input_ids"].shape[1] for w in inputs}) == 3  # padding happens in a batch
         alone = [engine.generate([w], Generation(n, decoder="transformers"))[0] for w in inputs]
@@ -523,33 +591,30 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
 
 
 @pytest.mark.slow
-def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(tmp_path):
+def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(random_engine):
     """Real answers end early ("None" is two tokens) while others run on. A finished row's step
-    attends to one slot only (decoding.greedy); the rows still running give generate()'s text."""
-    import numpy as np
-    rng = np.random.default_rng(2)
-    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                   for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0)]
-    engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    model, processor = engine.model, engine.processor
-    inputs = llava_next.prepare(processor, windows)
+    attends to one slot only (decoding.greedy); the rows still running give generate()'s text (Qwen: each row
+    at its own M-RoPE offset)."""
+    _, engine, frames, _ = random_engine
+    model, family = engine.model, engine.family
+    inputs = engine.prepare(random_windows(2, (0.0, 2.0, 4.0, 6.0), frames))
     with torch.inference_mode():
-        ids = decoding.Decoder(llava_next, model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
+        ids = decoding.Decoder(family, model, cpu_plan()).greedy(inputs, 12, eos=[-1], pad=0)  # no row stops
     # an end token that row 0 says early and some other row never says: rows stop at different steps
     def stops(eos):
         return [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else 12 for row in ids]
     eos = next(int(t) for t in ids[0, 1:] if 1 < stops(int(t))[0] < 12 and max(stops(int(t))) == 12)
     stops = stops(eos)
-    model.generation_config.eos_token_id = eos
-    alone = [engine.generate([w], Generation(12, decoder="transformers"))[0] for w in inputs]
-    assert engine.generate(inputs, Generation(12, decoder="fast")) == alone
     positions = []
     real_step = decoding.Step.__call__
-    with pytest.MonkeyPatch.context() as mp:  # the positions each step attends up to
+    with pytest.MonkeyPatch.context() as mp:  # the shared model's end token, then the positions each step attends up to
+        mp.setattr(model.generation_config, "eos_token_id", eos)
+        alone = [engine.generate([w], Generation(12, decoder="transformers"))[0] for w in inputs]
+        assert engine.generate(inputs, Generation(12, decoder="fast")) == alone
         mp.setattr(decoding.Step, "__call__", lambda self, tokens, pos, offsets: positions.append(pos.tolist())
                    or real_step(self, tokens, pos, offsets))
         with torch.inference_mode():
-            decoding.Decoder(llava_next, model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
+            decoding.Decoder(family, model, cpu_plan()).greedy(inputs, 12, eos=[eos], pad=0)
     # step k makes token k + 1: a row whose end token was token s - 1 attends to slot 0 from step s - 1 on
     assert [[p == 0 for p in step] for step in positions] == [[k >= s - 1 for s in stops]
                                                               for k in range(len(positions))]
@@ -557,19 +622,18 @@ def test_rows_that_finish_early_stop_costing_and_the_others_keep_their_answers(t
 
 
 @pytest.mark.slow
-def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_answers(tmp_path):
+def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_answers(random_engine):
     """The worker's batches go through one plan: the second batch of a size decodes on the first's
     buffers (zeroed again) and step (its CUDA graph on a GPU); a batch of another size gets new ones.
-    Every window's tokens are those it gets with a fresh plan."""
-    import numpy as np
-    rng = np.random.default_rng(4)
-    windows = [([t + 0.2 * i for i in range(15)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
-                                                   for _ in range(15)]) for t in (0.0, 2.0, 4.0, 6.0, 8.0)]
-    engine = load_engine(synthetic.make_checkpoint(tmp_path / "r", "tiny", seed=5, init_std=0.5))
-    inputs = engine.prepare(windows)
+    Every window's tokens are those it gets with a fresh plan: batch 2's rows have one frame more and one less
+    than batch 1's (the same buffer length), so Qwen's rows sit at other M-RoPE offsets than the step's last."""
+    _, engine, frames, _ = random_engine
+    inputs = engine.prepare(random_windows(4, (0.0, 2.0, 4.0, 6.0, 8.0), [frames, frames - 1, frames - 1, frames,
+                                                                          frames]))
+    engine.reset()  # no buffers kept from the tests before, which share this engine
     decoder = engine.decoder
     with torch.inference_mode():
-        fresh = [decoding.Decoder(llava_next, engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0)
+        fresh = [decoding.Decoder(engine.family, engine.model, cpu_plan()).greedy(inputs[i:i + 2], 10, [-1], 0)
                  for i in (0, 2, 4)]
         kept = []
         for i in (0, 2, 4):
