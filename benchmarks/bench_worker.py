@@ -389,7 +389,8 @@ def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, qu
                          visual_tokens=visual_tokens, progress_every=1e9, class_scores=class_scores)
     plan = worker.plan_for(cfg)[1]
     made_by = worker.identity(cfg, plan, project, project / "raw_data" / "match.mkv", info)
-    atomic_write_json(partial_path(project, 0, 0), worker.partial_doc(made_by, rest))
+    # named by the model's tag: under another name the worker would not see the rest as done and run them all
+    atomic_write_json(partial_path(project, 0, 0, families.tag_of(str(ckpt))), worker.partial_doc(made_by, rest))
     engine = engines.get(plan, on_logits)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
@@ -401,6 +402,8 @@ def run_worker(engines, ckpt, video, windows, batch, decoder, max_new_tokens, qu
                                                                                              len(new)))))
     util = sampler.stop()
     assert code == reporting.EXIT_DONE, f"the worker ended its slice with exit code {code}"
+    ran = sum(n for _, n in ends)  # s/window divides by `windows`: the worker must have run exactly those
+    assert ran == windows, f"the worker ran {ran} windows, not the first {windows}: it did not resume the partial"
     per_window = seconds / windows
     steady = (ends[-1][0] - ends[0][0]) / (windows - ends[0][1]) if len(ends) > 1 else None
     return {"quantization": quant, "batch_size": batch, "decoder": decoder, "fused_kernels": fused,

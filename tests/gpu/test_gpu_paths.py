@@ -266,7 +266,7 @@ def test_fp8_linear_adds_its_bias_in_bf16():
 def test_fp8_qwen_keeps_its_biases_and_decodes_as_bf16_does(tmp_path):
     """Qwen2.5-VL under --quantization fp8: its language model's linears in FP8 with q/k/v biases kept, the
     vision tower and head in bf16; the fast decoder runs it; its logits stay near the bf16 model's."""
-    ckpt = str(qwen2_5_vl.build_checkpoint(tmp_path / "qwen", "tiny", seed=3, init_std=0.5))
+    ckpt = str(qwen2_5_vl.build_checkpoint(tmp_path / "qwen", "tiny", seed=3))
     model = Engine.load(ckpt, plan("fp8"), "cuda").model
     layer = model.model.language_model.layers[0]
     assert type(layer.self_attn.q_proj).__name__ == "FP8Linear" and type(layer.mlp).__name__ == "FP8MLP"
