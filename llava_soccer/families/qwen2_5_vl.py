@@ -24,8 +24,8 @@ DEFAULT_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
 # ESTIMATES from the architecture: 8.29e9 parameters, of which 1.09e9 in embed_tokens + lm_head (never quantized:
 # bf16 in NF4 too); KV: 28 layers x 2 x 4 heads x 128 x 2 bytes = 56 KiB per token x ~5,100 tokens of a 224p
 # window at the seed's pixel bounds. Measured so far (H100, benchmarks/RESULTS.md 2026-12-06): dequantized NF4
-# (bf16 weights) peaked at 16.8 GiB at batch 1 and 24.8 GiB at batch 16 (~0.5 GiB a window); packed NF4 (the
-# plan of cards under 64 GiB) not yet; the seed's packed NF4 worker peaked at 6.9 GiB at batch 1.
+# (bf16 weights) peaked at 16.6 GiB at batch 1 and 21.9 GiB at batch 16 (~0.35 GiB a window); packed NF4 (the
+# plan of cards under 64 GiB) at 6.7 GiB at batch 1, also under the Titan RTX plan; the seed's worker: 6.9 GiB.
 # fp8: the language model's 6.5e9 linear weights in e4m3 (6.1 GiB) + vision tower, embeddings and head in bf16 (3.3)
 WEIGHTS_GIB = {"nf4": 5.6, "bf16": 15.5, "fp16": 15.5, "fp32": 31.0, "fp8": 9.4}
 ACTIVATIONS_GIB = 0.6
