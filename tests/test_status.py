@@ -301,12 +301,12 @@ def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm
 
 
 @pytest.mark.slow
-def test_a_video_whose_workers_failed_before_saving_a_window_is_failed_with_the_reason(tmp_path, video_25fps,
+def test_a_video_whose_workers_failed_before_saving_a_window_is_failed_with_the_reason(tmp_path, video_10s,
                                                                                      none_checkpoint):
     """A worker that stops before its first window (here: a model folder that is not there) leaves no partial: its
     error line goes to .failed_llava_video_0.json and status says failed with that line, not `not started`. A run
     that works and its merge replace it: done."""
-    project = make_project(tmp_path, {"g/1_224p.mkv": video_25fps})
+    project = make_project(tmp_path, {"g/1_224p.mkv": video_10s})  # 5 windows: the states are the point
     worker = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
               "--video-index", "0", "--project", str(project), "--quantization", "fp32", "--max-new-tokens", "4"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
