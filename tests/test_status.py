@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, make_project, nobody_prefix
 from llava_soccer import provenance, settings
 from llava_soccer.jsonio import process_start
-from test_slurm import SUBMIT, Site, base_env, wait_for_records  # noqa: F401 (fixtures)
+from test_slurm import ONE_GPU, SUBMIT, Site, base_env, wait_for_records  # noqa: F401 (fixtures)
 
 GAMES = [f"england_epl/2015-2016/2015-08-{29 - i} - 17-00 Home {i} - 0 Away/1_224p.mkv" for i in range(7)]
 GOAL = "{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'x'}"
@@ -284,7 +284,7 @@ def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm
     cluster = slurm_cluster
     site = Site(tmp_path_factory.mktemp("status_site"), "run", {"g/1_224p.mkv": video_100s},
                 {**base_env, "LLAVA_BATCH_SIZE": "1"}, cluster)
-    job = site.sbatch(SUBMIT, "0")
+    job = site.sbatch(*ONE_GPU, SUBMIT, "0")  # one worker: what status says of a running job is the point
     try:
         wait_for_records(site, 0, 2, job)
         env = {**cluster.env, "SOCCER_PROJECT": str(site.project)}
