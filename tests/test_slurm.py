@@ -22,9 +22,9 @@ import pytest
 from conftest import ROOT, make_project
 from llava_soccer import synthetic
 
-# A real Slurm cluster / signals and the clock: those tests run one after another, in one process (tests/run.sh).
-# The runs without Slurm below share neither, so any process takes them.
-SERIAL = pytest.mark.xdist_group("serial")
+# The tests on the real Slurm cluster run one after another, in the one process that holds the cluster (tests/run.sh,
+# tests/conftest.py). The runs without Slurm below need no cluster, so any process takes them.
+SLURM = pytest.mark.xdist_group("slurm")
 
 SUBMIT = ROOT / "submit_llava.sh"
 # One GPU and 2 CPUs: one worker per video (each worker process costs seconds of CPU to start), and two jobs fit on
@@ -132,7 +132,7 @@ def first_run(main_site):
 
 # --- tests ----------------------------------------------------------------------------------
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_run):
     job, state, log = first_run
@@ -154,7 +154,7 @@ def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_r
     assert not main_site.workers_alive()
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_second_sbatch_skips_finished_videos(main_site, first_run):
     before = {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)}
@@ -166,7 +166,7 @@ def test_second_sbatch_skips_finished_videos(main_site, first_run):
     assert {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)} == before
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, first_run, clips):
     # the README's "reprocess a video": delete its final (and partials); add a corrupt video (index 2)
@@ -194,7 +194,7 @@ def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, f
     assert main_site.final(3).exists()
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, video_100s, base_env):
     """scancel mid-video: workers save and exit, none is left behind; a new sbatch resumes
@@ -259,7 +259,7 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, video_100s, ba
     assert ("COMPLETED", "0:0") in cluster.finished_runs(job2)
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
@@ -276,7 +276,7 @@ def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
         assert f"(array task {job}_{video})" in log
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, video_100s, base_env):
     """The same range submitted twice while the first job runs: each video's lock keeps the
@@ -307,7 +307,7 @@ def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, vi
     assert not list(site.project.glob(".lock_*")) and not list(site.project.glob(".*.tmp"))
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array_usage", {"a.mkv": clips["a"]}, base_env, cluster)
@@ -318,7 +318,7 @@ def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base
     assert "in a job array give no START END" in log
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_array_tasks_past_the_end_complete_and_a_range_past_it_fails_with_one_line(odd_root, cluster, clips,
                                                                                    base_env):
@@ -405,7 +405,7 @@ def test_missing_scripts_or_project_are_clear_errors(odd_root, base_env, tmp_pat
     assert r.returncode == 2 and "llava_split_worker.py and merge_results_llava.py not found" in r.stderr
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone_once_replaced(
         odd_root, cluster, video_25fps, base_env, tmp_path):
@@ -460,7 +460,7 @@ def test_a_slice_of_another_model_is_refused_then_replaced_on_request(odd_root, 
     assert {e["made_by"]["model"] for e in final} == {base_env["LLAVA_MODEL"]}
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, cluster, clips, base_env):
     """`cd /elsewhere/soccer_project && sbatch submit_llava.sh 0 0` after a setup outside the default, in a
@@ -475,7 +475,7 @@ def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, clust
     assert summary(log)["done"] == [0] and site.final(0).exists()
 
 
-@SERIAL
+@SLURM
 @pytest.mark.slow
 def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_root, cluster, video_25fps,
                                                                            base_env):
