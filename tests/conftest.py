@@ -103,7 +103,7 @@ def video_100s(tmp_path_factory):
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A real one-node Slurm cluster (tests/slurm_cluster.py), started once per test process: the tests that use
-    it are all in the xdist_group("serial"), so one process holds it."""
+    it are all in the xdist_group("slurm"), so one process holds it."""
     from slurm_cluster import SlurmCluster, missing_binaries
     if missing_binaries():
         pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
@@ -173,9 +173,23 @@ def tick_labels(axis) -> list:
     return [t.get_text() for t in axis.get_ticklabels()]
 
 
+# The xdist_groups, longest first. Each group runs one test after another in one process (`-n N --dist loadgroup`,
+# tests/run.sh): "slurm", the tests on the real Slurm cluster (one per process, so they all share one); "serial",
+# those that send signals or wait on heartbeats and the clock (never two at once); "demo" and "second_family", the
+# tests that assert on one expensive run of their module's fixture.
+GROUPS = ("slurm", "serial", "demo", "second_family")
+
+
+def group_rank(item) -> int:
+    marker = item.get_closest_marker("xdist_group")
+    if marker is None:
+        return len(GROUPS) + 1
+    name = marker.args[0] if marker.args else marker.kwargs.get("name")
+    return GROUPS.index(name) if name in GROUPS else len(GROUPS)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The tests marked xdist_group("serial") (a real Slurm cluster, signals, heartbeats, the clock) run one after
-    another in one process with `-n N --dist loadgroup` (tests/run.sh), never two at once, while the other
-    processes take the independent tests. They come first: the group is the longest chain (minutes of Slurm jobs
-    and heartbeats), so it starts while the others share what is left."""
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable within each kind
+    """The grouped tests come first, the longest groups first: xdist hands each process one group to start with
+    (and more only to a process with two tests or fewer left), so the long chains start at once, in different
+    processes, while the others share the independent tests."""
+    items.sort(key=group_rank)  # stable within each group

@@ -5,9 +5,10 @@
 #   bash tests/run.sh -k merge     # extra arguments go to pytest
 #   bash tests/run.sh -m gpu       # on a GPU machine: the tests in tests/gpu/
 # In parallel (pytest-xdist, LLAVA_TEST_WORKERS processes, default: CPU cores + 1, since many tests
-# wait on a subprocess); the tests marked xdist_group("serial") (a real Slurm cluster, signals,
-# heartbeats, --watch) run one after another in one of those processes (--dist loadgroup), never
-# two at once, and first (tests/conftest.py): they are the longest chain. The install is tools/install_env.sh (Debian packages ffmpeg, Slurm, munge and
+# wait on a subprocess); the tests of one xdist_group ("slurm": the real Slurm cluster; "serial":
+# signals, heartbeats, --watch) run one after another in one of those processes (--dist loadgroup),
+# never two at once, and first, the longest group first (tests/conftest.py): they are the longest
+# chains. The install is tools/install_env.sh (Debian packages ffmpeg, Slurm, munge and
 # the linter when missing, as root or with sudo; .venv from requirements.txt + tests/requirements.txt
 # + the SoccerNet evaluator). The full run always lets pip check .venv; --fast skips pip when no
 # requirements file changed since the last install. Offline afterwards.

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-
-SLOW = pytest.mark.slow  # runs the whole pipeline (the fresh clone also installs a venv)
 
 
 def demo_env(**extra):
@@ -38,16 +37,67 @@ def assert_demo_ran(out, demo_dir):
     assert "demo done" in out
 
 
-@SLOW
-def test_demo_runs_the_full_loop_and_shows_every_file(odd_root):
-    demo_dir = odd_root / "demo dir"
-    r = subprocess.run(["bash", str(ROOT / "demo.sh"), str(demo_dir)], capture_output=True, text=True,
-                       timeout=1200, env=demo_env(LLAVA_PYTHON=sys.executable))
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    assert "installing" not in out  # LLAVA_PYTHON given: nothing is installed
-    assert_demo_ran(out, demo_dir)
-    run_next_as_printed(out, demo_dir)
+@pytest.fixture(scope="module")
+def fresh_demo(odd_root):
+    """`bash demo.sh` as a newcomer types it, in a fresh clone without a .venv: the shared install step makes one,
+    then the demo runs. The clone holds this checkout's tracked files as they are now (what a commit of them would
+    give; a file that git does not track is not in it), under a path with spaces and quotes. pip installs from its
+    configured indexes and cache, as a user's first run would (offline on the test machines).
+    Returns (clone, exit status, what the demo printed). It runs once: the two tests below assert on that run (one
+    xdist_group, so tests/run.sh gives both to one process)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if files.returncode != 0:
+        pytest.skip(f"not a git checkout: {files.stderr.decode().strip()}")
+    clone = odd_root / "fresh clone"
+    for rel in filter(None, files.stdout.decode().split("\0")):
+        src, dst = ROOT / rel, clone / rel
+        if src.is_symlink() or src.exists():  # (a tracked file deleted in the checkout is not in its next commit)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst, follow_symlinks=False)
+    assert (clone / "demo.sh").is_file() and not (clone / ".venv").exists()
+    r = subprocess.run(["bash", "demo.sh"], cwd=clone, capture_output=True, text=True, timeout=1800,
+                       env=demo_env())
+    return clone, r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo")
+def test_demo_on_a_fresh_clone_installs_what_it_needs(fresh_demo):
+    clone, code, out = fresh_demo
+    assert code == 0, out
+    assert "creating the virtual environment" in out and "installing Python requirements" in out
+    assert_demo_ran(out, clone / "llava_demo")
+    py = clone / ".venv" / "bin" / "python"
+    subprocess.run([str(py), "-c", "import torch, transformers, cv2, SoccerNet.Evaluation.ActionSpotting"],
+                   check=True)
+
+    # a second install finds everything in place and leaves pip alone
+    r = subprocess.run(["bash", "tools/install_env.sh", "demo"], cwd=clone, capture_output=True, text=True,
+                       timeout=120, env=demo_env())
+    assert r.returncode == 0 and "already installed" in r.stderr and "installing" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo")
+def test_demo_runs_the_full_loop_and_shows_every_file(fresh_demo):
+    clone, code, out = fresh_demo
+    assert code == 0, out
+    assert_demo_ran(out, clone / "llava_demo")
+    run_next_as_printed(out, clone / "llava_demo")
+
+
+def test_demo_with_llava_python_installs_nothing(tmp_path):
+    """LLAVA_PYTHON given: the demo uses that python as it is and installs nothing (no venv made, pip not run);
+    one that lacks the requirements is one line naming it."""
+    python = tmp_path / "bare python"
+    python.write_text('#!/bin/sh\nexec python3 -S "$@"\n')  # -S: no site-packages, so no torch
+    python.chmod(0o755)
+    venv = tmp_path / "venv"
+    r = subprocess.run(["bash", str(ROOT / "demo.sh"), str(tmp_path / "demo dir")], capture_output=True,
+                       text=True, timeout=120, env=demo_env(LLAVA_PYTHON=str(python), LLAVA_VENV=str(venv)))
+    assert r.returncode == 1 and "installing" not in r.stderr and not venv.exists(), r.stderr
+    assert r.stderr.splitlines()[-1].endswith(f"ERROR: {python} lacks torch/transformers/OpenCV: pip install -r "
+                                              "requirements.txt, or unset LLAVA_PYTHON"), r.stderr
 
 
 def run_next_as_printed(out, demo_dir):
@@ -83,37 +133,6 @@ def run_next_as_printed(out, demo_dir):
                and line.strip().startswith("python -c ")]
     r = subprocess.run(["bash", "-c", show], capture_output=True, text=True, timeout=60, cwd=demo_dir, env=demo_env())
     assert r.returncode == 0 and r.stdout.startswith("[{") and "Goal" in r.stdout, r.stdout + r.stderr
-
-
-@SLOW
-def test_demo_on_a_fresh_clone_installs_what_it_needs(tmp_path):
-    """`bash demo.sh` in a new clone (this checkout's last commit; uncommitted changes are not in
-    it) without a .venv: the shared install step makes one, then the demo runs. pip installs from
-    its configured indexes and cache, as a user's first run would (offline on the test machines)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip(f"not a git checkout: {head.stderr.strip()}")
-    clone = tmp_path / "fresh clone"
-    for cmd in (["git", "init", "-q", str(clone)],
-                ["git", "-C", str(clone), "fetch", "-q", "--depth=1", f"file://{ROOT}", head.stdout.strip()],
-                ["git", "-C", str(clone), "checkout", "-q", "FETCH_HEAD"]):
-        subprocess.run(cmd, check=True, capture_output=True)
-    assert not (clone / ".venv").exists()
-
-    r = subprocess.run(["bash", "demo.sh"], cwd=clone, capture_output=True, text=True, timeout=1800,
-                       env=demo_env())
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    assert "creating the virtual environment" in out and "installing Python requirements" in out
-    assert_demo_ran(out, clone / "llava_demo")
-    py = clone / ".venv" / "bin" / "python"
-    subprocess.run([str(py), "-c", "import torch, transformers, cv2, SoccerNet.Evaluation.ActionSpotting"],
-                   check=True)
-
-    # a second install finds everything in place and leaves pip alone
-    r = subprocess.run(["bash", "tools/install_env.sh", "demo"], cwd=clone, capture_output=True, text=True,
-                       timeout=120, env=demo_env())
-    assert r.returncode == 0 and "already installed" in r.stderr and "installing" not in r.stderr, r.stderr
 
 
 def synthetic_video(*args, cwd):

@@ -18,7 +18,9 @@ import pytest
 from conftest import ROOT, make_project
 from llava_soccer import claims, jsonio, settings
 
-pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
+# Signals and the clock: those tests run one after another, in one process (tests/run.sh); the file size limit
+# below needs neither, so any process takes it.
+SERIAL = pytest.mark.xdist_group("serial")
 
 HOST = socket.gethostname()
 SUBMIT = ROOT / "submit_llava.sh"
@@ -30,6 +32,7 @@ def no_slurm(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@SERIAL
 def test_a_fenced_write_of_a_lock_taken_over_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     project = tmp_path
     token, _ = claims.take(project, 0, os.getpid())
@@ -56,6 +59,7 @@ def test_a_fenced_write_of_a_lock_taken_over_leaves_the_file_as_it_was(tmp_path,
     assert json.loads(out.read_text()) == {"windows": [1]}
 
 
+@SERIAL
 def test_the_heartbeat_touches_only_its_own_lock(tmp_path):
     token, _ = claims.take(tmp_path, 0, os.getpid())
     lock = settings.lock_path(tmp_path, 0)
@@ -104,6 +108,7 @@ def alive(pid):
     return jsonio.process_start(pid) is not None
 
 
+@SERIAL
 @pytest.mark.slow
 def test_a_stopped_run_loses_its_video_and_writes_nothing_when_it_resumes(site, tmp_path):
     """kill -STOP of a whole run (what `scontrol suspend` and gang scheduling do): on this host it stays
@@ -157,6 +162,7 @@ def test_a_stopped_run_loses_its_video_and_writes_nothing_when_it_resumes(site, 
     assert not lock.exists() and not list(project.glob(".*.tmp"))
 
 
+@SERIAL
 @pytest.mark.slow
 def test_the_worker_dies_with_its_script(site, tmp_path):
     """kill -9 of submit_llava.sh alone: its worker stops within seconds (it saves its batch), no write after."""

@@ -364,14 +364,14 @@ def test_login_node_asks_for_setup_on_a_gpu_node(tmp_path):
                                        "lines above"),
     ("garbled partial", "video 0: FAILED (merge exit 1); partial results kept"),  # the worker is fine
 ])
-def test_failed_video_says_whether_partial_results_were_kept(tmp_path, goal_checkpoint, video_25fps, case, message):
+def test_failed_video_says_whether_partial_results_were_kept(tmp_path, goal_checkpoint, video_10s, case, message):
     project = tmp_path / "my project"
     (project / "raw_data").mkdir(parents=True)
     video = project / "raw_data" / "a.mkv"
     if case.startswith("corrupt video"):
         video.write_bytes(b"\x1aE\xdf\xa3 not a Matroska file, cut short")  # the worker cannot open it
     else:
-        video.symlink_to(video_25fps)
+        video.symlink_to(video_10s)  # 5 windows: the merge's failure is the point, not the video's length
     if case != "corrupt video":  # a partial an earlier run left; garbled: the merge cannot read it
         (project / "partial_results_llava_vid0_gpu1.json").write_text('{"made_by": null, "windows": [{"time": 0')
     r = subprocess.run(["bash", str(ROOT / "submit_llava.sh"), "0"], capture_output=True, text=True, timeout=600,

@@ -22,9 +22,14 @@ import pytest
 from conftest import ROOT, make_project
 from llava_soccer import synthetic
 
-pytestmark = pytest.mark.xdist_group("serial")  # a real Slurm cluster / signals and the clock: run alone (tests/run.sh)
+# The tests on the real Slurm cluster run one after another, in the one process that holds the cluster (tests/run.sh,
+# tests/conftest.py). The runs without Slurm below need no cluster, so any process takes them.
+SLURM = pytest.mark.xdist_group("slurm")
 
 SUBMIT = ROOT / "submit_llava.sh"
+# One GPU and 2 CPUs: one worker per video (each worker process costs seconds of CPU to start), and two jobs fit on
+# the node at once. The four-worker job, one GPU each, is test_sbatch_processes_both_videos_with_one_gpu_per_worker's.
+ONE_GPU = ("--gres=gpu:1", "--cpus-per-task=2")
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -35,13 +40,13 @@ def cluster(slurm_cluster):
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory, video_100s):
-    """Short videos (10 s = 5 windows) and a long one for interrupting (100 s = 50 windows, conftest.py's)."""
+def clips(tmp_path_factory):
+    """Short videos (10 s = 5 windows); the tests that interrupt a run take conftest.py's video_100s (50 windows)."""
     d = tmp_path_factory.mktemp("slurm_videos")
     corrupt = d / "corrupt.mkv"
     corrupt.write_bytes(b"\x1a\x45\xdf\xa3 this is not a video " * 500)
     return {"a": synthetic.make_video(d / "a.mkv", 10), "b": synthetic.make_video(d / "b.mkv", 10),
-            "c": synthetic.make_video(d / "c.mkv", 10), "long": video_100s, "corrupt": corrupt}
+            "c": synthetic.make_video(d / "c.mkv", 10), "corrupt": corrupt}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +132,7 @@ def first_run(main_site):
 
 # --- tests ----------------------------------------------------------------------------------
 
+@SLURM
 @pytest.mark.slow
 def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_run):
     job, state, log = first_run
@@ -148,6 +154,7 @@ def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_r
     assert not main_site.workers_alive()
 
 
+@SLURM
 @pytest.mark.slow
 def test_second_sbatch_skips_finished_videos(main_site, first_run):
     before = {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)}
@@ -159,6 +166,7 @@ def test_second_sbatch_skips_finished_videos(main_site, first_run):
     assert {i: main_site.final(i).stat().st_mtime_ns for i in (0, 1)} == before
 
 
+@SLURM
 @pytest.mark.slow
 def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, first_run, clips):
     # the README's "reprocess a video": delete its final (and partials); add a corrupt video (index 2)
@@ -166,7 +174,7 @@ def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, f
     main_site.final(1).unlink()
     kept = main_site.final(0).stat().st_mtime_ns
     os.symlink(clips["corrupt"], main_site.project / "raw_data" / "corrupt.mkv")
-    job = main_site.sbatch(SUBMIT, "0", "2")  # index 2 = corrupt.mkv (videos.txt appends new files)
+    job = main_site.sbatch(*ONE_GPU, SUBMIT, "0", "2")  # index 2 = corrupt.mkv (videos.txt appends new files)
     assert main_site.cluster.wait_job(job) == "FAILED"
     log = main_site.log(job)
     assert summary(log) == {"done": [1], "skipped": [0], "incomplete": [], "failed": [2], "interrupted": [],
@@ -179,19 +187,20 @@ def test_rerun_of_a_deleted_video_and_a_corrupt_video_failing_alone(main_site, f
 
     # the loop goes on after a failed video
     os.symlink(clips["c"], main_site.project / "raw_data" / "zz_next.mkv")  # index 3
-    job = main_site.sbatch(SUBMIT, "2", "3")
+    job = main_site.sbatch(*ONE_GPU, SUBMIT, "2", "3")
     assert main_site.cluster.wait_job(job) == "FAILED"
     log = main_site.log(job)
     assert summary(log)["failed"] == [2] and summary(log)["done"] == [3]
     assert main_site.final(3).exists()
 
 
+@SLURM
 @pytest.mark.slow
-def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_env):
+def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, video_100s, base_env):
     """scancel mid-video: workers save and exit, none is left behind; a new sbatch resumes
     without redoing windows; USR1 (what --signal=B:USR1@120 sends before the time limit)
     makes the job save and requeue itself, and the requeued run finishes the video."""
-    site = Site(odd_root, "interrupt", {"long.mkv": clips["long"]}, base_env, cluster)
+    site = Site(odd_root, "interrupt", {"long.mkv": video_100s}, base_env, cluster)
 
     # 1. scancel while all four workers are mid-slice
     job1 = site.sbatch(SUBMIT, "0", "0")
@@ -250,6 +259,7 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, clips, base_en
     assert ("COMPLETED", "0:0") in cluster.finished_runs(job2)
 
 
+@SLURM
 @pytest.mark.slow
 def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array", {"a.mkv": clips["a"], "b.mkv": clips["b"]}, base_env, cluster)
@@ -266,14 +276,14 @@ def test_job_array_one_video_per_task(odd_root, cluster, clips, base_env):
         assert f"(array task {job}_{video})" in log
 
 
+@SLURM
 @pytest.mark.slow
-def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, base_env):
+def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, video_100s, base_env):
     """The same range submitted twice while the first job runs: each video's lock keeps the
     second job off the video the first is processing (and the reverse), no worker or merge of
     one job touches the other's files, both jobs complete and every video is done once."""
-    site = Site(odd_root, "twice", {"a_long.mkv": clips["long"], "b.mkv": clips["b"]}, base_env, cluster)
-    fits = ("--gres=gpu:1", "--cpus-per-task=2")  # both jobs on the node at once
-    job_a = site.sbatch(*fits, SUBMIT, "0", "1")
+    site = Site(odd_root, "twice", {"a_long.mkv": video_100s, "b.mkv": clips["b"]}, base_env, cluster)
+    job_a = site.sbatch(*ONE_GPU, SUBMIT, "0", "1")
     lock = site.project / ".lock_llava_video_0.json"
 
     def a_works_on_video_0():
@@ -281,7 +291,7 @@ def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, ba
         return lock.exists() and "video 0: worker 0/1 pid" in site.log(job_a)
     cluster.wait_until(a_works_on_video_0, 300, f"job {job_a} working on video 0")
     assert json.loads(lock.read_text())["job"] == job_a
-    job_b = site.sbatch(*fits, SUBMIT, "0", "1")
+    job_b = site.sbatch(*ONE_GPU, SUBMIT, "0", "1")
     assert cluster.wait_job(job_a) == "COMPLETED" and cluster.wait_job(job_b) == "COMPLETED"
 
     log_a, log_b = site.log(job_a), site.log(job_b)
@@ -297,6 +307,7 @@ def test_two_jobs_at_once_never_run_one_video_twice(odd_root, cluster, clips, ba
     assert not list(site.project.glob(".lock_*")) and not list(site.project.glob(".*.tmp"))
 
 
+@SLURM
 @pytest.mark.slow
 def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base_env):
     site = Site(odd_root, "array_usage", {"a.mkv": clips["a"]}, base_env, cluster)
@@ -307,14 +318,14 @@ def test_array_task_with_a_range_is_a_usage_error(odd_root, cluster, clips, base
     assert "in a job array give no START END" in log
 
 
+@SLURM
 @pytest.mark.slow
 def test_array_tasks_past_the_end_complete_and_a_range_past_it_fails_with_one_line(odd_root, cluster, clips,
                                                                                    base_env):
     """One video: the array tasks past it are COMPLETED with one line each (the part of the array that does
     not exist is no failure), a range of which no video exists is FAILED, exit 2, one line; no worker starts."""
     site = Site(odd_root, "past the end", {"a.mkv": clips["a"]}, base_env, cluster)
-    fits = ("--gres=gpu:1", "--cpus-per-task=2")
-    job = site.sbatch("--array=1-2", *fits, SUBMIT)
+    job = site.sbatch("--array=1-2", *ONE_GPU, SUBMIT)
     states = cluster.wait_job(job)
     assert set(states.values()) == {"COMPLETED"}, states
     logs = [p.read_text() for p in site.submit_dir.glob("llava_*.log")]
@@ -322,7 +333,7 @@ def test_array_tasks_past_the_end_complete_and_a_range_past_it_fails_with_one_li
         f"array task {task}: video {task} does not exist, videos.txt lists 1 video (0); nothing to do\n"
         for task in (1, 2)]  # one line each
 
-    job = site.sbatch(*fits, SUBMIT, "3", "9")
+    job = site.sbatch(*ONE_GPU, SUBMIT, "3", "9")
     assert cluster.wait_job(job) == "FAILED"
     assert cluster.finished_runs(job) == [("FAILED", "2:0")]
     (line,) = site.log(job).splitlines()
@@ -394,6 +405,7 @@ def test_missing_scripts_or_project_are_clear_errors(odd_root, base_env, tmp_pat
     assert r.returncode == 2 and "llava_split_worker.py and merge_results_llava.py not found" in r.stderr
 
 
+@SLURM
 @pytest.mark.slow
 def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone_once_replaced(
         odd_root, cluster, video_25fps, base_env, tmp_path):
@@ -403,7 +415,7 @@ def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone
     cut = tmp_path / "long.mkv"
     cut.write_bytes(full.read_bytes()[:full.stat().st_size // 5])
     site = Site(odd_root, "truncated", {"long.mkv": cut}, base_env, cluster)
-    job = site.sbatch(SUBMIT, "0", "0")
+    job = site.sbatch(*ONE_GPU, SUBMIT, "0", "0")
     assert cluster.wait_job(job) == "FAILED"
     log = site.log(job)
     assert summary(log)["incomplete"] == [0] and summary(log)["done"] == []
@@ -412,7 +424,7 @@ def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone
     assert cluster.finished_runs(job) == [("FAILED", "1:0")]
     assert site.final(0).exists() and site.partials(0) == []
 
-    job = site.sbatch(SUBMIT, "0", "0")  # the same file: nothing a rerun can do
+    job = site.sbatch(*ONE_GPU, SUBMIT, "0", "0")  # the same file: nothing a rerun can do
     assert cluster.wait_job(job) == "FAILED"
     log = site.log(job)
     assert "starting" not in log and summary(log)["incomplete"] == [0]
@@ -421,7 +433,7 @@ def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone
 
     (site.project / "raw_data" / "long.mkv").unlink()  # the full download arrives under the same name
     os.symlink(full, site.project / "raw_data" / "long.mkv")
-    job = site.sbatch(SUBMIT, "0", "0")
+    job = site.sbatch(*ONE_GPU, SUBMIT, "0", "0")
     assert cluster.wait_job(job) == "COMPLETED", site.log(job)
     log = site.log(job)
     assert "has changed since: processing it again" in log and summary(log)["done"] == [0]
@@ -448,13 +460,14 @@ def test_a_slice_of_another_model_is_refused_then_replaced_on_request(odd_root, 
     assert {e["made_by"]["model"] for e in final} == {base_env["LLAVA_MODEL"]}
 
 
+@SLURM
 @pytest.mark.slow
 def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, cluster, clips, base_env):
     """`cd /elsewhere/soccer_project && sbatch submit_llava.sh 0 0` after a setup outside the default, in a
     new shell where SOCCER_PROJECT is not exported: the submit directory is the project (it has raw_data/)."""
     site = Site(odd_root, "project here", {"a.mkv": clips["a"]}, base_env, cluster)
     env = {k: v for k, v in site.env.items() if k != "SOCCER_PROJECT"}
-    job = cluster.sbatch(SUBMIT, "0", "0", cwd=site.project, env=env)
+    job = cluster.sbatch(*ONE_GPU, SUBMIT, "0", "0", cwd=site.project, env=env)
     assert cluster.wait_job(job) == "COMPLETED"
     log = (site.project / f"llava_{job}.log").read_text()
     assert (f"project {site.project}: the submit directory (SOCCER_PROJECT is not set and it has raw_data/ or "
@@ -462,6 +475,7 @@ def test_sbatch_in_the_project_directory_needs_no_soccer_project(odd_root, clust
     assert summary(log)["done"] == [0] and site.final(0).exists()
 
 
+@SLURM
 @pytest.mark.slow
 def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_root, cluster, video_25fps,
                                                                            base_env):
@@ -471,9 +485,8 @@ def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_r
     every window. One machine cannot be two nodes: the lock is rewritten to say job 1 runs on node7."""
     site = Site(odd_root, "suspend", {"long.mkv": video_25fps}, base_env, cluster)  # 30 windows, one worker
     site.env.update(LLAVA_LOCK_STALE_S="4", LLAVA_LOCK_HEARTBEAT_S="1", LLAVA_BATCH_SIZE="1")
-    fits = ("--gres=gpu:1", "--cpus-per-task=2")
     lock = site.project / ".lock_llava_video_0.json"
-    job1 = site.sbatch(*fits, SUBMIT, "0", "0")
+    job1 = site.sbatch(*ONE_GPU, SUBMIT, "0", "0")
     wait_for_records(site, 0, 4, job1)
     cluster.run("scontrol", "suspend", job1)
     cluster.wait_until(lambda: cluster.job_state(job1) == "SUSPENDED", 30, f"job {job1} suspended")
@@ -483,7 +496,7 @@ def test_lock_of_a_suspended_job_taken_over_the_resumed_job_writes_nothing(odd_r
     lock.write_text(json.dumps({**info, "host": "node7"}))
     os.utime(lock, (time.time() - 10, time.time() - 10))  # past LLAVA_LOCK_STALE_S: job 1 no longer beats
 
-    job2 = site.sbatch(*fits, SUBMIT, "0", "0")
+    job2 = site.sbatch(*ONE_GPU, SUBMIT, "0", "0")
     cluster.wait_until(lambda: len(site.records(0)) > at_suspend, 300, f"job {job2} saving windows")
     cluster.run("scontrol", "resume", job1)
     seen = []

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, make_project, nobody_prefix
 from llava_soccer import provenance, settings
 from llava_soccer.jsonio import process_start
-from test_slurm import SUBMIT, Site, base_env, wait_for_records  # noqa: F401 (fixtures)
+from test_slurm import ONE_GPU, SUBMIT, Site, base_env, wait_for_records  # noqa: F401 (fixtures)
 
 GAMES = [f"england_epl/2015-2016/2015-08-{29 - i} - 17-00 Home {i} - 0 Away/1_224p.mkv" for i in range(7)]
 GOAL = "{'label': 'Goal', 'team': 'home', 'confidence': 0.9, 'frame': 8, 'details': 'x'}"
@@ -276,7 +276,7 @@ def test_a_renamed_video_is_counted_once(tmp_path):
     assert lines[9].endswith("; 4 events in the finals") and lines[10] == "events by label: Goal 2, Corner 1, Foul 1"
 
 
-@pytest.mark.xdist_group("serial")
+@pytest.mark.xdist_group("slurm")  # the process that holds the Slurm cluster (tests/conftest.py)
 @pytest.mark.slow
 def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm_cluster, base_env,  # noqa: F811
                                                          video_100s):
@@ -284,7 +284,7 @@ def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm
     cluster = slurm_cluster
     site = Site(tmp_path_factory.mktemp("status_site"), "run", {"g/1_224p.mkv": video_100s},
                 {**base_env, "LLAVA_BATCH_SIZE": "1"}, cluster)
-    job = site.sbatch(SUBMIT, "0")
+    job = site.sbatch(*ONE_GPU, SUBMIT, "0")  # one worker: what status says of a running job is the point
     try:
         wait_for_records(site, 0, 2, job)
         env = {**cluster.env, "SOCCER_PROJECT": str(site.project)}
@@ -301,12 +301,12 @@ def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm
 
 
 @pytest.mark.slow
-def test_a_video_whose_workers_failed_before_saving_a_window_is_failed_with_the_reason(tmp_path, video_25fps,
+def test_a_video_whose_workers_failed_before_saving_a_window_is_failed_with_the_reason(tmp_path, video_10s,
                                                                                      none_checkpoint):
     """A worker that stops before its first window (here: a model folder that is not there) leaves no partial: its
     error line goes to .failed_llava_video_0.json and status says failed with that line, not `not started`. A run
     that works and its merge replace it: done."""
-    project = make_project(tmp_path, {"g/1_224p.mkv": video_25fps})
+    project = make_project(tmp_path, {"g/1_224p.mkv": video_10s})  # 5 windows: the states are the point
     worker = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
               "--video-index", "0", "--project", str(project), "--quantization", "fp32", "--max-new-tokens", "4"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
