@@ -193,3 +193,29 @@ def pytest_collection_modifyitems(config, items):
     (and more only to a process with two tests or fewer left), so the long chains start at once, in different
     processes, while the others share the independent tests."""
     items.sort(key=group_rank)  # stable within each group
+
+
+# LLAVA_TEST_CPU=FILE: one line per test appended to FILE, "<self CPU s> <children CPU s> <wall s> <node id>": the
+# CPU time (user + sys) of the pytest process and of its waited-for children (workers, submit_llava.sh, ffmpeg) from
+# the test's setup (its fixtures' too, the first time they are built) to its teardown, to rank where the CPU goes
+# (wall times lie on a shared machine). Slurm jobs' processes are slurmd's children, not ours: not counted.
+CPU_LOG = os.environ.get("LLAVA_TEST_CPU")
+
+
+def cpu_seconds():
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not CPU_LOG:
+        yield
+        return
+    import time
+    (own, kids), wall = cpu_seconds(), time.monotonic()
+    yield
+    (own2, kids2), wall2 = cpu_seconds(), time.monotonic()
+    with open(CPU_LOG, "a") as f:  # one short write per line: processes appending at once do not mix lines
+        f.write(f"{own2 - own:.2f} {kids2 - kids:.2f} {wall2 - wall:.2f} {item.nodeid}\n")
