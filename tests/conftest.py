@@ -70,34 +70,53 @@ def nobody_prefix() -> list:
 
 
 
+def built_once(tmp_path_factory, name, build):
+    """A session fixture's file, built once per test run, not once per test process: each costs seconds of CPU (a
+    tiny checkpoint 1.8 s, the 100 s video 3.6 s). pytest-xdist's processes share their base temporary directory's
+    parent; the first to come builds the file under a lock, the others wait, then take it. build(folder) -> path."""
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built once"
+    shared.mkdir(exist_ok=True)
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when build fails
+        done = shared / f"{name}.done"
+        if not done.exists():
+            (shared / name).mkdir()
+            done.write_text(str(build(shared / name)))  # written last: a failed build leaves no .done
+        return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def goal_checkpoint(tmp_path_factory):
     """Tiny checkpoint that answers every window with GOAL_ANSWER."""
-    return synthetic.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "goal", "tiny", answer=GOAL_ANSWER)
+    return built_once(tmp_path_factory, "goal_checkpoint",
+                      lambda d: synthetic.make_checkpoint(d / "goal", "tiny", answer=GOAL_ANSWER))
 
 
 @pytest.fixture(scope="session")
 def none_checkpoint(tmp_path_factory):
     """Tiny checkpoint that answers every window with "None"."""
-    return synthetic.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "none", "tiny", answer="None")
+    return built_once(tmp_path_factory, "none_checkpoint",
+                      lambda d: synthetic.make_checkpoint(d / "none", "tiny", answer="None"))
 
 
 @pytest.fixture(scope="session")
 def video_25fps(tmp_path_factory):
     """60 s of barcoded 398x224 H.264 at 25 fps (.mkv, as SoccerNet's 224p halves)."""
-    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "1_224p.mkv", 60, "25")
+    return built_once(tmp_path_factory, "video_25fps", lambda d: synthetic.make_video(d / "1_224p.mkv", 60, "25"))
 
 
 @pytest.fixture(scope="session")
 def video_10s(tmp_path_factory):
     """10 s of barcoded H.264 at 25 fps (5 windows): for tests where the video's length is not the point."""
-    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "short.mkv", 10, "25")
+    return built_once(tmp_path_factory, "video_10s", lambda d: synthetic.make_video(d / "short.mkv", 10, "25"))
 
 
 @pytest.fixture(scope="session")
 def video_100s(tmp_path_factory):
     """100 s of barcoded H.264 at 25 fps (50 windows): long enough to interrupt a run mid-video."""
-    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "long.mkv", 100, "25")
+    return built_once(tmp_path_factory, "video_100s", lambda d: synthetic.make_video(d / "long.mkv", 100, "25"))
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +136,8 @@ def slurm_cluster():
 @pytest.fixture(scope="session")
 def video_2997fps(tmp_path_factory):
     """31 s of barcoded H.264 at 29.97 fps (.mp4)."""
-    return synthetic.make_video(tmp_path_factory.mktemp("vid") / "clip.mp4", 31, "30000/1001")
+    return built_once(tmp_path_factory, "video_2997fps",
+                      lambda d: synthetic.make_video(d / "clip.mp4", 31, "30000/1001"))
 
 
 def make_project(root: Path, videos: dict) -> Path:
@@ -193,3 +213,29 @@ def pytest_collection_modifyitems(config, items):
     (and more only to a process with two tests or fewer left), so the long chains start at once, in different
     processes, while the others share the independent tests."""
     items.sort(key=group_rank)  # stable within each group
+
+
+# LLAVA_TEST_CPU=FILE: one line per test appended to FILE, "<self CPU s> <children CPU s> <wall s> <node id>": the
+# CPU time (user + sys) of the pytest process and of its waited-for children (workers, submit_llava.sh, ffmpeg) from
+# the test's setup (its fixtures' too, the first time they are built) to its teardown, to rank where the CPU goes
+# (wall times lie on a shared machine). Slurm jobs' processes are slurmd's children, not ours: not counted.
+CPU_LOG = os.environ.get("LLAVA_TEST_CPU")
+
+
+def cpu_seconds():
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not CPU_LOG:
+        yield
+        return
+    import time
+    (own, kids), wall = cpu_seconds(), time.monotonic()
+    yield
+    (own2, kids2), wall2 = cpu_seconds(), time.monotonic()
+    with open(CPU_LOG, "a") as f:  # one short write per line: processes appending at once do not mix lines
+        f.write(f"{own2 - own:.2f} {kids2 - kids:.2f} {wall2 - wall:.2f} {item.nodeid}\n")

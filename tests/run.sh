@@ -4,6 +4,7 @@
 #   bash tests/run.sh --fast       # the edit loop: leaves out the tests marked slow
 #   bash tests/run.sh -k merge     # extra arguments go to pytest
 #   bash tests/run.sh -m gpu       # on a GPU machine: the tests in tests/gpu/
+#   LLAVA_TEST_CPU=FILE bash tests/run.sh   # each test's CPU seconds appended to FILE (tests/conftest.py)
 # In parallel (pytest-xdist, LLAVA_TEST_WORKERS processes, default: CPU cores + 1, since many tests
 # wait on a subprocess); the tests of one xdist_group ("slurm": the real Slurm cluster; "serial":
 # signals, heartbeats, --watch) run one after another in one of those processes (--dist loadgroup),

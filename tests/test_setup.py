@@ -72,7 +72,7 @@ def test_setup_copies_checks_and_is_idempotent(odd_root, goal_checkpoint, tmp_pa
     assert f"LLAVA_PYTHON={sys.executable}" in command
     r = subprocess.run(["bash", "-c", command.replace(" && sbatch ", " && bash ")], capture_output=True, text=True,
                        check=False, timeout=900, env=clean_env(LLAVA_MODEL=goal_checkpoint, LLAVA_QUANT="fp32",
-                                                               LLAVA_NUM_WORKERS=2))
+                                                               LLAVA_NUM_WORKERS=1))
     assert r.returncode == 0, r.stderr
     assert f"scripts {project};" in r.stderr
     assert (project / "final_predictions_llava_video_0.json").exists()

@@ -28,8 +28,10 @@ SLURM = pytest.mark.xdist_group("slurm")
 
 SUBMIT = ROOT / "submit_llava.sh"
 # One GPU and 2 CPUs: one worker per video (each worker process costs seconds of CPU to start), and two jobs fit on
-# the node at once. The four-worker job, one GPU each, is test_sbatch_processes_both_videos_with_one_gpu_per_worker's.
+# the node at once. Where several workers per video are the point (one GPU each, a partial file each, each resuming
+# its own slice), two: TWO_GPUS.
 ONE_GPU = ("--gres=gpu:1", "--cpus-per-task=2")
+TWO_GPUS = ("--gres=gpu:2", "--cpus-per-task=4")
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -123,9 +125,10 @@ def main_site(odd_root, cluster, clips, base_env):
 
 @pytest.fixture(scope="module")
 def first_run(main_site):
-    """`sbatch submit_llava.sh 0 1` on two fresh videos, typed in a directory holding the script."""
+    """`sbatch --gres=gpu:2 --cpus-per-task=4 submit_llava.sh 0 1` on two fresh videos, typed in a directory holding
+    the script (its own #SBATCH lines, 4 GPUs, are taken by test_second_sbatch_skips_finished_videos's job)."""
     shutil.copy(SUBMIT, main_site.submit_dir / "submit_llava.sh")
-    job = main_site.sbatch("submit_llava.sh", "0", "1")
+    job = main_site.sbatch(*TWO_GPUS, "submit_llava.sh", "0", "1")
     state = main_site.cluster.wait_job(job, timeout=600)
     return job, state, main_site.log(job)
 
@@ -142,10 +145,10 @@ def test_sbatch_processes_both_videos_with_one_gpu_per_worker(main_site, first_r
         final = json.loads(main_site.final(i).read_text())
         assert final and all(e["label"] == "Goal" for e in final)
         assert main_site.partials(i) == []  # merged, then cleaned
-        # four workers, each pinned to a different one of the job's four GPUs
-        assert worker_gpus(log, i) == {0: "0", 1: "1", 2: "2", 3: "3"}
+        # two workers, each pinned to a different one of the job's two GPUs
+        assert worker_gpus(log, i) == {0: "0", 1: "1"}
         assert f"video {i}: done -> {main_site.final(i)}" in log
-    assert "GPUs: 0 1 2 3" in log and f"job {job} on llavanode" in log
+    assert "GPUs: 0 1" in log and f"job {job} on llavanode" in log
     # which video each is, and where in the job: "video 1 [2/2 in this job]: b.mkv"
     assert re.search(r"\] video 0 \[1/2 in this job\]: a\.mkv$", log, re.M)
     assert re.search(r"\] video 1 \[2/2 in this job\]: b\.mkv$", log, re.M)
@@ -202,17 +205,17 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, video_100s, ba
     makes the job save and requeue itself, and the requeued run finishes the video."""
     site = Site(odd_root, "interrupt", {"long.mkv": video_100s}, base_env, cluster)
 
-    # 1. scancel while all four workers are mid-slice
-    job1 = site.sbatch(SUBMIT, "0", "0")
+    # 1. scancel while both workers are mid-slice
+    job1 = site.sbatch(*TWO_GPUS, SUBMIT, "0", "0")
     wait_for_records(site, 0, 4, job1)
     log = site.log(job1)
-    pids = {int(p) for p in re.findall(r"video 0: worker \d/4 pid (\d+) on GPU", log)}
-    assert len(pids) == 4
+    pids = {int(p) for p in re.findall(r"video 0: worker \d/2 pid (\d+) on GPU", log)}
+    assert len(pids) == 2
     seen = {}
     for pid in pids:  # what each worker process really has in its environment
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         seen[pid] = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"CUDA_VISIBLE_DEVICES=")]
-    assert sorted(v for vs in seen.values() for v in vs) == ["0", "1", "2", "3"], seen
+    assert sorted(v for vs in seen.values() for v in vs) == ["0", "1"], seen
     cluster.run("scancel", job1)
     assert cluster.wait_job(job1) == "CANCELLED"
     assert not site.workers_alive(), "scancel left workers behind"
@@ -223,7 +226,7 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, video_100s, ba
     assert "received SIGTERM" in log and summary(log)["interrupted"] == [0]
 
     # 2. a new sbatch resumes: each worker starts after its saved windows
-    job2 = site.sbatch(SUBMIT, "0", "0")
+    job2 = site.sbatch(*TWO_GPUS, SUBMIT, "0", "0")
     wait_for_records(site, 0, len(saved) + 4, job2)
     log = site.log(job2)
     already = [int(n) for n in re.findall(r"(\d+) already in partial_results_llava_vid0_gpu\d\.json", log)]
@@ -250,7 +253,7 @@ def test_scancel_then_resume_then_usr1_requeue(odd_root, cluster, video_100s, ba
     assert cluster.wait_job(job2, timeout=600) == "COMPLETED"
     log = site.log(job2)  # both runs append to the same log
     assert "(restart 1)" in log
-    resumed = [int(n) for n in re.findall(r"(\d+) already in partial_results_llava_vid0_gpu\d\.json", log)][-4:]
+    resumed = [int(n) for n in re.findall(r"(\d+) already in partial_results_llava_vid0_gpu\d\.json", log)][-2:]
     assert sum(resumed) == at_requeue
     assert summary(log)["done"] == [0]
     assert site.final(0).exists() and site.partials(0) == []
@@ -443,17 +446,18 @@ def test_a_truncated_video_ends_incomplete_is_skipped_while_unchanged_and_redone
 
 @pytest.mark.slow
 def test_a_slice_of_another_model_is_refused_then_replaced_on_request(odd_root, clips, base_env, none_checkpoint):
-    """Slice 0 made with model A, then the job with model B: no final mixing A and B."""
+    """Slice 0 made with model A, then the job with model B: no final mixing A and B. (One worker per video: each
+    worker process costs seconds of CPU; the check is the partial's, whatever the slice.)"""
     site = Site(odd_root, "two models", {"a.mkv": clips["a"]}, base_env)
-    worker_a = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "2",
+    worker_a = [sys.executable, str(ROOT / "llava_split_worker.py"), "--gpu-id", "0", "--num-workers", "1",
                 "--video-index", "0", "--project", str(site.project), "--model", str(none_checkpoint),
                 "--quantization", "fp32"]
     subprocess.run(worker_a, check=True, capture_output=True, env=site.env)
-    r = run_local(site, "0", "0", LLAVA_NUM_WORKERS="2", CUDA_VISIBLE_DEVICES="")
+    r = run_local(site, "0", "0", LLAVA_NUM_WORKERS="1", CUDA_VISIBLE_DEVICES="")
     assert r.returncode == 1 and summary(r.stderr)["failed"] == [0] and not site.final(0).exists()
     assert re.search(r"error: partial file .*partial_results_llava_vid0_gpu0.json was made by another run "
                      r"\(model .*none -> .*goal; model_revision dir sha256:\w+ -> dir sha256:\w+\)", r.stderr), r.stderr
-    r = run_local(site, "0", "0", LLAVA_NUM_WORKERS="2", CUDA_VISIBLE_DEVICES="", LLAVA_REPLACE_MISMATCHED="1")
+    r = run_local(site, "0", "0", LLAVA_NUM_WORKERS="1", CUDA_VISIBLE_DEVICES="", LLAVA_REPLACE_MISMATCHED="1")
     assert r.returncode == 0, r.stderr
     final = json.loads(site.final(0).read_text())
     assert final and {e["label"] for e in final} == {"Goal"}

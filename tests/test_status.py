@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -155,8 +156,11 @@ def test_bad_arguments_are_one_line_naming_the_argument_exit_2(args, message):
 def test_watch_prints_again_until_interrupted(tmp_path):
     project = build(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    # Ctrl-C as in a terminal: a test run started in the background (`bash tests/run.sh &`) ignores SIGINT, and
+    # its children inherit that (python then installs no KeyboardInterrupt handler)
     p = subprocess.Popen([sys.executable, str(ROOT / "status_llava.py"), "--project", str(project), "--watch",
-                          "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                          "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(2.5)
     p.send_signal(2)  # Ctrl-C
     out, err = p.communicate(timeout=30)
