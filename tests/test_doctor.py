@@ -283,6 +283,7 @@ def test_main_usage_errors(argv, capsys):
     assert e.value.code == 2 and "usage: python -m llava_soccer.doctor" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole process over ~7 s: the full tier's (docs/testing.md, Tiers)
 def test_run_as_a_module_with_hf_home_set(tmp_path):
     """As setup_llava.sh runs it: python -m, a fresh process that finds the cache from HF_HOME."""
     home = tmp_path / "hf home"

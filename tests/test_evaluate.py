@@ -116,6 +116,7 @@ def test_perfect_predictions_score_one_and_write_the_official_layout(odd_root):
     assert table[-1]["a_mAP_at5"] == str(round(4 / 17, 6)) and table[2]["recall"] == "1.0"
 
 
+@pytest.mark.slow  # a whole process over ~7 s: the full tier's (docs/testing.md, Tiers)
 def test_shifted_predictions_score_as_computed_by_hand(odd_root):
     # One class per shift, two events each, far apart (loose tolerates up to 30 s).
     shifts = {"Goal": 0, "Corner": 1, "Foul": -2, "Throw-in": 3, "Clearance": 6}
