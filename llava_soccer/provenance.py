@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .claims import process_start
 from .cli import log_safe
 from .jsonio import atomic_write_json
 from .settings import FPS, STEP_S, WINDOW_S, runs_text
@@ -114,7 +115,7 @@ def _one_reader(entry: Path | None, size: int):
         yield
         return
     try:
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        os.write(fd, f"{socket.gethostname()} {os.getpid()} {process_start(os.getpid())}".encode())
         os.close(fd)
         yield
     finally:
@@ -128,16 +129,11 @@ def _waited_on(lock: Path, deadline_s: float) -> bool:
     except OSError:  # gone: its reader is done
         return False
     try:
-        host, pid = lock.read_text().split()
+        host, pid, start = lock.read_text().split()
     except (OSError, ValueError):  # not written yet (its holder writes it right after creating it), or gone
         return lock.exists() and age < deadline_s
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError):
-            pass
+    if host == socket.gethostname() and str(process_start(int(pid) if pid.isdigit() else -1)) != start:
+        return False  # its reader died (or its pid is another process's now): claims.py's rule for a lock's holder
     return age < deadline_s
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, make_project
-from llava_soccer import config, gpus, provenance, settings, synthetic, videos
+from llava_soccer import claims, config, gpus, provenance, settings, synthetic, videos
 from llava_soccer.families import llava_next
 from llava_soccer.settings import partial_path
 
@@ -223,19 +223,26 @@ def test_a_new_checkpoint_is_read_once_when_four_workers_start_together(tmp_path
     assert sorted(p.suffix for p in cache.iterdir()) == [".json"] * len(files)  # no lock left
 
 
-def test_a_reader_killed_while_reading_does_not_hold_the_others_back(tmp_path, cache_small_files):
-    """The lock of a reader killed on this host (kill -9: it never removed it) is not waited on: the next
-    process reads the file itself and keeps its digest."""
+@pytest.mark.parametrize("holder", ["killed", "pid reused"])
+def test_a_reader_killed_while_reading_does_not_hold_the_others_back(tmp_path, cache_small_files, holder):
+    """The lock of a reader killed on this host (kill -9: it never removed it) is not waited on, nor one whose pid
+    is now another process's (claims.py's rule: pid and start time): the next process reads the file itself and
+    keeps its digest."""
     import socket
     import threading
     path = preallocated(tmp_path / "a.mkv", mib=3)
     time.sleep(0.05)
     cache = tmp_path / "cache"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    if holder == "killed":
+        dead = subprocess.run([sys.executable, "-c", "import os; from llava_soccer.claims import process_start; "
+                               "print(os.getpid(), process_start(os.getpid()))"], capture_output=True, text=True,
+                              cwd=ROOT, check=True).stdout.strip()
+    else:  # this live process's pid, with a start time it never had
+        dead = f"{os.getpid()} {claims.process_start(os.getpid()) - 1}"
     assert provenance.content_digest(path) == (digest := provenance.content_digest(path, tmp_path / "other"))
     entry = next((tmp_path / "other").iterdir())
     cache.mkdir()
-    (cache / (entry.name + ".lock")).write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    (cache / (entry.name + ".lock")).write_text(f"{socket.gethostname()} {dead}")
     got = []
     reader = threading.Thread(target=lambda: got.append(provenance.content_digest(path, cache)), daemon=True)
     reader.start()
