@@ -198,7 +198,7 @@ def main(argv=None):
     c = sub.add_parser("checkpoint", help="save a random checkpoint of a model family (LLaVA-NeXT by default)")
     c.add_argument("out_dir")
     c.add_argument("--family", choices=sorted(FAMILIES), default="llava_next",
-                   help="the model family (llava_soccer/families/): its module's build_checkpoint, LLaVA-NeXT's here")
+                   help="the model family (llava_soccer/families/): its module's build_checkpoint")
     c.add_argument("--size", choices=sorted(SIZES), default="tiny")
     c.add_argument("--answer", default=None, help="text the model will answer every window with (tiny only)")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -210,11 +210,8 @@ def main(argv=None):
     v.add_argument("--size", default="398x224", help="WIDTHxHEIGHT")
     a = p.parse_args(argv)
     if a.what == "checkpoint":
-        family = of_config({"model_type": a.family})
-        if hasattr(family, "build_checkpoint"):
-            family.build_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
-        else:
-            make_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype, device=a.device)
+        of_config({"model_type": a.family}).build_checkpoint(a.out_dir, a.size, a.answer, dtype=a.dtype,
+                                                             device=a.device)
     else:
         size = a.size.split("x")
         if len(size) != 2 or not all(x.isdigit() and int(x) > 0 for x in size):

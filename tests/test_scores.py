@@ -14,20 +14,17 @@ import pytest
 import torch
 
 from conftest import load_engine
-from llava_soccer import scores, synthetic
+from llava_soccer import families, scores
 from llava_soccer.families import qwen2_5_vl
 from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES
 
 pytestmark = pytest.mark.slow
-# each family's tiny checkpoint builder (init_std: answers that differ window by window; none_prob: P("None"))
-BUILDERS = {"llava_next": synthetic.make_checkpoint, "qwen2_5_vl": qwen2_5_vl.build_checkpoint}
-
-
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
+# each family's tiny checkpoint (init_std: answers that differ window by window; none_prob: P("None"))
+@pytest.fixture(scope="module", params=families.ALL, ids=lambda f: f.NAME)
 def checkpoint(request, tmp_path_factory):
-    return BUILDERS[request.param](tmp_path_factory.mktemp(request.param) / "r", "tiny", seed=11, init_std=0.2,
-                                   none_prob=0.01)
+    return request.param.build_checkpoint(tmp_path_factory.mktemp(request.param.NAME) / "r", "tiny", seed=11,
+                                          init_std=0.2, none_prob=0.01)
 
 
 def loaded(checkpoint):

@@ -18,7 +18,7 @@ import llava_split_worker as worker
 from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
 from llava_soccer import cli, decoding, families, jsonio, reporting, synthetic, videos
 from llava_soccer import worker as worker_loop
-from llava_soccer.families import llava_next, qwen2_5_vl
+from llava_soccer.families import llava_next
 from llava_soccer.generation import Generation
 from llava_soccer.settings import SOCCERNET_CLASSES, partial_path
 
@@ -524,20 +524,20 @@ def test_hf_token_is_used_but_never_printed(tmp_path, video_25fps, none_checkpoi
     assert "SuperSecret" not in out.stderr + out.stdout
 
 
-# each family's tiny checkpoint builder, and the frames per window its decoder tests use (Qwen's vision tower sees
-# ~1,000 patches a frame: 3 frames keep its tests as quick as LLaVA's)
-BUILDERS = {"llava_next": (synthetic.make_checkpoint, 15), "qwen2_5_vl": (qwen2_5_vl.build_checkpoint, 3)}
+# the frames per window each family's decoder tests use (Qwen's vision tower sees ~1,000 patches a frame: 3 frames
+# keep its tests as quick as LLaVA's)
+FRAMES = {"llava_next": 15, "qwen2_5_vl": 3}
 
 
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
+@pytest.fixture(scope="module", params=families.ALL, ids=lambda f: f.NAME)
 def random_engine(request, tmp_path_factory):
     """(checkpoint, engine, frames per window, visual tokens) of each family's tiny random checkpoint (answers differ
     window by window), loaded once per family for the decoder tests that take it; they leave the model as they found
     it. Qwen at --visual-tokens reduced (112 tokens a frame, not 256): the worker's 15-frame windows run its vision
     tower, and the decoder does not depend on the image token count."""
-    build, frames = BUILDERS[request.param]
-    ckpt = build(tmp_path_factory.mktemp(request.param) / "random", "tiny", seed=5, init_std=0.5)
-    visual_tokens = "reduced" if request.param == "qwen2_5_vl" else "full"
+    family, frames = request.param, FRAMES[request.param.NAME]
+    ckpt = family.build_checkpoint(tmp_path_factory.mktemp(family.NAME) / "random", "tiny", seed=5, init_std=0.5)
+    visual_tokens = "reduced" if family.NAME == "qwen2_5_vl" else "full"
     return ckpt, load_engine(ckpt, visual_tokens=visual_tokens), frames, visual_tokens
 
 
@@ -578,7 +578,7 @@ def test_fast_decoder_matches_generate_on_prompts_of_different_lengths_and_early
     that answers "None")."""
     _, random, frames, _ = random_engine
     windows = random_windows(0, (590.0, 599.8, 1000.0, 4.0), frames)
-    none = load_engine(BUILDERS[random.family.NAME][0](tmp_path / "none", "tiny", answer="None"))
+    none = load_engine(random.family.build_checkpoint(tmp_path / "none", "tiny", answer="None"))
     answers = []
     for engine, n in ((random, 10), (none, 30)):
         inputs = engine.prepare(windows)
@@ -646,7 +646,7 @@ def test_batches_of_one_size_reuse_the_kv_buffers_and_decode_step_with_the_same_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(BUILDERS))
+@pytest.mark.parametrize("family", families.ALL, ids=lambda f: f.NAME)
 def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path, family):
     """decoding.Step for two windows of different prompt lengths, two new tokens each, against
     transformers' forward over each window's prompt + those tokens: same logits (fp32; leaving out
@@ -656,7 +656,7 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path,
     rng = np.random.default_rng(1)
     windows = [([t + 0.2 * i for i in range(3)], [rng.integers(0, 255, (224, 398, 3), dtype=np.uint8)
                                                   for _ in range(3)]) for t in (599.6, 4.0)]
-    ckpt = BUILDERS[family][0](tmp_path / "r", "tiny", seed=7, init_std=0.1)
+    ckpt = family.build_checkpoint(tmp_path / "r", "tiny", seed=7, init_std=0.1)
     model, processor = families.load(str(ckpt), cpu_plan(), "cpu")
     fam = families.of_loaded(model)
     inputs = fam.prepare(processor, windows)
@@ -670,7 +670,7 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path,
             for t in range(2):
                 logits = model(**appended(window, new[row, :t + 1])).logits
                 torch.testing.assert_close(ours[t][row], logits[0, -1], rtol=1e-5, atol=1e-4)
-    assert lengths[0] > lengths[1] and (offsets != 0).all() == (family == "qwen2_5_vl")
+    assert lengths[0] > lengths[1] and (offsets != 0).all() == (family.NAME == "qwen2_5_vl")
 
 
 def appended(window, tokens):

@@ -7,7 +7,7 @@
 Its language model is Mistral: 1-D rotary positions (position = KV slot, offset 0), layers without
 biases, so the fused kernels (fused.py) and FP8 layers (fp8.py) apply. Torch and transformers are
 imported inside the functions: the plan (gpus.py) reads this module's constants in milliseconds.
-The tiny and full-size random checkpoints of this family are synthetic.make_checkpoint's.
+Its tiny and full-size random checkpoints: build_checkpoint (synthetic.make_checkpoint's, the first family's).
 """
 from ..prompt import QUESTION, clock
 from ..settings import DEFAULT_MODEL, FPS
@@ -120,3 +120,9 @@ def rope_offset(model, window) -> int:
 def rope_positions(positions):
     """Mistral's rotary embedding takes the 1-D positions as they are."""
     return positions
+
+
+def build_checkpoint(out_dir, size="tiny", answer=None, **kw):
+    """A random checkpoint of this family laid out as the hub's: synthetic.make_checkpoint (its arguments)."""
+    from ..synthetic import make_checkpoint
+    return make_checkpoint(out_dir, size, answer, **kw)

@@ -103,13 +103,11 @@ def test_fused_kernels_agree_with_mistrals_own_arithmetic(random_model):
         fused.remove(model)
 
 
-BUILDERS = {llava_next: synthetic.make_checkpoint, qwen2_5_vl: qwen2_5_vl.build_checkpoint}
-
-
-@pytest.fixture(scope="module", params=list(BUILDERS), ids=lambda f: f.NAME)
+@pytest.fixture(scope="module", params=families.ALL, ids=lambda f: f.NAME)
 def goal_checkpoint_gpu(tmp_path_factory, request):
     """(family, a tiny parrot checkpoint of it that answers GOAL_ANSWER)."""
-    return request.param, BUILDERS[request.param](tmp_path_factory.mktemp("gpu") / "goal", "tiny", answer=GOAL_ANSWER)
+    return request.param, request.param.build_checkpoint(tmp_path_factory.mktemp("gpu") / "goal", "tiny",
+                                                         answer=GOAL_ANSWER)
 
 
 @pytest.mark.parametrize("assume", ["6.1,11", "7.0,12", "7.5,24", None])
