@@ -124,7 +124,7 @@ def check_every_state(lines):
         "events by label: Goal 2, Corner 1, Foul 1",
         "left: ~115 windows in 5 videos (1 of unknown length counted at ~30 windows, the mean of the 6 videos whose "
         "length is known)"] + [lines[11]]
-    assert re.fullmatch(r"estimate: ~2 h 2\d min more \(~\S+\) at 0\.8 win/min, the rate of the 1 video in "
+    assert re.fullmatch(rf"estimate: ~2 h 2\d min more \(~{when}\) at 0\.8 win/min, the rate of the 1 video in "
                         r"progress now; more jobs at once go faster", lines[11])
 
 
