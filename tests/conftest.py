@@ -215,10 +215,11 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=group_rank)  # stable within each group
 
 
-# LLAVA_TEST_CPU=FILE: one line per test appended to FILE, "<self CPU s> <children CPU s> <wall s> <node id>": the
-# CPU time (user + sys) of the pytest process and of its waited-for children (workers, submit_llava.sh, ffmpeg) from
-# the test's setup (its fixtures' too, the first time they are built) to its teardown, to rank where the CPU goes
-# (wall times lie on a shared machine). Slurm jobs' processes are slurmd's children, not ours: not counted.
+# LLAVA_TEST_CPU=FILE: one line per test appended to FILE, "<self CPU s> <children CPU s> <wall s> <end, unix s>
+# <xdist process> <node id>": the CPU time (user + sys) of the pytest process and of its waited-for children
+# (workers, submit_llava.sh, ffmpeg) from the test's setup (its fixtures' too, the first time they are built) to its
+# teardown, to rank where the CPU goes (wall times lie on a shared machine); the end times and processes show when a
+# process idles. Slurm jobs' processes are slurmd's children, not ours: not counted.
 CPU_LOG = os.environ.get("LLAVA_TEST_CPU")
 
 
@@ -238,4 +239,5 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     (own2, kids2), wall2 = cpu_seconds(), time.monotonic()
     with open(CPU_LOG, "a") as f:  # one short write per line: processes appending at once do not mix lines
-        f.write(f"{own2 - own:.2f} {kids2 - kids:.2f} {wall2 - wall:.2f} {item.nodeid}\n")
+        f.write(f"{own2 - own:.2f} {kids2 - kids:.2f} {wall2 - wall:.2f} {time.time():.1f} "
+                f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {item.nodeid}\n")
