@@ -23,7 +23,7 @@ def test_bench_worker_runs_the_worker_loop_and_writes_its_table(tmp_path, video_
     assert all(r["s_per_window"] > 0 and r["half_on_4_gpus_min"] > 0 for r in result["runs"])
     # batches of 1: the two after the first give the steady rate; one batch of 3 has none
     assert result["runs"][0]["steady_s_per_window"] > 0 and result["runs"][1]["steady_s_per_window"] is None
-    assert result["split"]["fp32"]["tokens"] > 3000
+    assert result["split"]["fp32"]["tokens"] > 15 * 100  # 15 frames of the tiny model's ~120 tokens
     assert "| fp32 | 3 | fast+auto+auto |" in proc.stdout
     assert "plan for a Titan RTX-class GPU (compute capability 7.5, 24 GiB, assumed)" in proc.stdout
     plans = result["plan_check"]["fp32"]  # fp32 weights: the 6.1 plan computes in fp32 too, so the same logits

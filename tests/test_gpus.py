@@ -486,12 +486,23 @@ def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ck
 
 # --- 7. chunked prefill gives the whole prefill's answers ------------------------------------
 
+@pytest.fixture(scope="module")
+def long_prompts(odd_root, video_25fps):
+    """random_ckpt's weights at 112 px, ~5,000 tokens a window (past the 1080 Ti plan's 4,096-token chunk; the
+    56 px "tiny" gives ~1,800), and the plain path's answers with it: (checkpoint, answers)."""
+    ckpt = synthetic.make_checkpoint(odd_root / "ckpt112", "tiny112", seed=3, init_std=0.5)
+    code, records = run_worker(odd_root, "plain 112 px", video_25fps, ckpt, *PLAIN)
+    assert code == 0
+    return ckpt, answers(records)
+
+
 @pytest.mark.parametrize("flags,chunk", [(["--prefill-chunk", "500"], 500),
                                          (["--assume-gpu", "6.1,11", "--cuda-graphs", "no"], gpus.PREFILL_CHUNK)])
 @pytest.mark.slow
-def test_chunked_prefill_gives_the_whole_prefills_answers(flags, chunk, odd_root, video_25fps, random_ckpt,
-                                                          plain_answers, monkeypatch, capsys):
+def test_chunked_prefill_gives_the_whole_prefills_answers(flags, chunk, odd_root, video_25fps, long_prompts,
+                                                          monkeypatch, capsys):
     """An explicit chunk, and the GTX 1080 Ti plan's own (4096 tokens, fp32 compute, SDPA decode)."""
+    ckpt, plain = long_prompts
     prompts = []
     real_last_logits = decoding.last_logits
 
@@ -501,9 +512,9 @@ def test_chunked_prefill_gives_the_whole_prefills_answers(flags, chunk, odd_root
 
     monkeypatch.setattr(decoding, "last_logits", last_logits)
     capsys.readouterr()
-    code, records = run_worker(odd_root, f"chunk {chunk}", video_25fps, random_ckpt, *flags)
+    code, records = run_worker(odd_root, f"chunk {chunk}", video_25fps, ckpt, *flags)
     log = capsys.readouterr().err
-    assert code == 0 and answers(records) == plain_answers
+    assert code == 0 and answers(records) == plain
     assert f"prefill chunks of {chunk} tokens" in log
     assert len(prompts) == 3 and all(n > chunk and c == chunk for n, c in prompts)  # really cut into chunks
     assert not [w for w in warnings_in(log) if "self-check" in w]  # (fp32 on an 11 GiB plan warns of OOM)
