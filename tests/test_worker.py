@@ -233,7 +233,7 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
 def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
     video = synthetic.make_video(tmp_path / "v.mkv", 24, "25")  # 12 windows: the kill lands after 4, well before 12
     clean, killed = (make_project(tmp_path / name, {"v.mkv": video}) for name in ("clean", "killed"))
-    subprocess.run(worker_cmd(clean, goal_checkpoint), check=True, capture_output=True)
+    assert run_engine(clean, goal_checkpoint, load_engine(goal_checkpoint)) == 0  # the reference, in this process
     partial = partial_path(killed, 0, 0)
     proc = subprocess.Popen(worker_cmd(killed, goal_checkpoint), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400
