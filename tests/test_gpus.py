@@ -294,10 +294,14 @@ def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
 
 @pytest.mark.slow
 def test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers(odd_root, video_25fps, random_ckpt,
-                                                                                 plain_answers, capsys):
+                                                                                 plain_answers, monkeypatch, capsys):
     """--assume-gpu on CPU plans for that GPU (no memory cap without one): Triton decode attention
-    and CUDA graphs fail their self-check and warn once each. The fused kernels are torch.compile'd
-    for the CPU (Inductor, with a C compiler) and pass, or fail and warn where no compiler works."""
+    and CUDA graphs fail their self-check and warn once each. The fused kernels pass theirs: torch.compile is
+    the identity here, as in test_fused_kernels_are_checked_against_transformers, which checks their self-check
+    both ways (Inductor compiling them for this CPU cost ~20 s of CPU on a clean machine, and a failed compile
+    only warns; the GPU tests compile them for real)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, *args, **kwargs: fn)
+    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))  # not a cached real compile
     capsys.readouterr()
     code, records = run_worker(odd_root, "h100 on cpu", video_25fps, random_ckpt, "--assume-gpu", "9.0,80")
     log = capsys.readouterr().err
@@ -310,9 +314,8 @@ def test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers
     graphs = [w for w in warned if "CUDA-graph decoding failed its self-check" in w]
     assert len(triton) == 1 and "using SDPA decode attention instead" in triton[0]
     assert len(graphs) == 1 and "using eager decode steps instead" in graphs[0]
-    fused_failed = [w for w in warned if "fused kernels failed their self-check" in w]
-    assert ("fused kernels passed their self-check" in log) != bool(fused_failed)
-    assert len(warned) == 2 + len(fused_failed), warned
+    assert "fused kernels passed their self-check" in log
+    assert len(warned) == 2, warned
     assert "3 of 3 windows answered" in log
 
 
