@@ -35,7 +35,7 @@ _TINY = dict(
     text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2),
     vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                image_size=56, projection_dim=64),
+                projection_dim=64),  # image size: SIZES
 )
 # Image sizes: "tiny" 56 px, ~120 tokens per 224p frame (a 15-frame window ~1,800; the suite's windows cost a third
 # of 112 px's); "tiny112" ~5,000 a window, past the 1080 Ti plan's 4,096-token prefill chunk; "tiny336" the hub

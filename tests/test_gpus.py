@@ -290,6 +290,13 @@ def test_fp16_compute_gives_the_fp32_answers(random_ckpt, video_25fps):
     assert answers_with("nf4", "7.5,24") == ("float16", nf4_fp32[1])
 
 
+def compile_with(monkeypatch, compile_):
+    """torch.compile replaced by compile_, and fused's kernels compiled again in this process with it, once (a new
+    cache for fused.compiled: the process's own, which may hold a real compile, is left untouched)."""
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))
+
+
 # --- 5. the H100 plan on a CPU: every optional path falls back, same answers ------------------
 
 @pytest.mark.slow
@@ -300,8 +307,7 @@ def test_a_gpu_plan_on_cpu_falls_back_with_one_warning_each_and_the_same_answers
     the identity here, as in test_fused_kernels_are_checked_against_transformers, which checks their self-check
     both ways (Inductor compiling them for this CPU cost ~20 s of CPU on a clean machine, and a failed compile
     only warns; the GPU tests compile them for real)."""
-    monkeypatch.setattr(torch, "compile", lambda fn, *args, **kwargs: fn)
-    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))  # not a cached real compile
+    compile_with(monkeypatch, lambda fn, *args, **kwargs: fn)
     capsys.readouterr()
     code, records = run_worker(odd_root, "h100 on cpu", video_25fps, random_ckpt, "--assume-gpu", "9.0,80")
     log = capsys.readouterr().err
@@ -414,9 +420,7 @@ def test_fused_kernels_are_checked_against_transformers(kernels, odd_root, video
             return lambda x, weight, eps: 3 * fn(x, weight, eps)
         return fn
 
-    monkeypatch.setattr(torch, "compile", compile_)
-    # compiled again in this process with the torch.compile above, once (the process's own cache untouched)
-    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))
+    compile_with(monkeypatch, compile_)
     capsys.readouterr()
     code, records = run_worker(odd_root, f"fused {kernels}", video_25fps, random_ckpt, "--assume-gpu", "9.0,80",
                                "--decode-attention", "sdpa", "--cuda-graphs", "no")
@@ -455,8 +459,7 @@ def test_fusing_one_model_leaves_another_in_the_same_process_untouched(random_ck
     def own_forwards(model):
         return [type(m).__name__ for m in model.modules() if "forward" in vars(m)]
 
-    monkeypatch.setattr(torch, "compile", compile_)
-    monkeypatch.setattr(fused, "compiled", functools.cache(fused.compiled.__wrapped__))  # as in the test above
+    compile_with(monkeypatch, compile_)
     eager = (mistral.MistralRMSNorm.forward, mistral.MistralMLP.forward, mistral.MistralAttention.forward,
              mistral.apply_rotary_pos_emb)
     one, _ = families.load(str(random_ckpt), cpu_plan(), "cpu")
