@@ -122,7 +122,7 @@ def video_100s(tmp_path_factory):
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A real one-node Slurm cluster (tests/slurm_cluster.py), started once per test process: the tests that use
-    it are all in the xdist_group("slurm"), so one process holds it."""
+    it are all in the xdist_group("serial"), so one process holds it."""
     from slurm_cluster import SlurmCluster, missing_binaries
     if missing_binaries():
         pytest.skip(f"Slurm/munge binaries missing: {', '.join(missing_binaries())} (bash tests/run.sh installs them)")
@@ -194,10 +194,10 @@ def tick_labels(axis) -> list:
 
 
 # The xdist_groups, longest first. Each group runs one test after another in one process (`-n N --dist loadgroup`,
-# tests/run.sh): "slurm", the tests on the real Slurm cluster (one per process, so they all share one); "serial",
-# those that send signals or wait on heartbeats and the clock (never two at once); "demo" and "second_family", the
-# tests that assert on one expensive run of their module's fixture.
-GROUPS = ("slurm", "serial", "demo", "second_family")
+# tests/run.sh): "serial", the tests that wait rather than compute: on the real Slurm cluster (one per process, so
+# they all share one), on signals, heartbeats and the clock (never two at once), while the other processes keep the
+# cores busy; "demo" and "second_family", the tests that assert on one expensive run of their module's fixture.
+GROUPS = ("serial", "demo", "second_family")
 
 
 def group_rank(item) -> int:

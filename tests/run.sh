@@ -5,13 +5,13 @@
 #   bash tests/run.sh -k merge     # extra arguments go to pytest
 #   bash tests/run.sh -m gpu       # on a GPU machine: the tests in tests/gpu/
 #   LLAVA_TEST_CPU=FILE bash tests/run.sh   # each test's CPU seconds appended to FILE (tests/conftest.py)
-# In parallel (pytest-xdist, LLAVA_TEST_WORKERS processes, default: CPU cores + 1 (--fast: the cores), since many tests
-# wait on a subprocess); the tests of one xdist_group ("slurm": the real Slurm cluster; "serial":
-# signals, heartbeats, --watch) run one after another in one of those processes (--dist loadgroup),
-# never two at once, and first, the longest group first (tests/conftest.py): they are the longest
-# chains. The install is tools/install_env.sh (Debian packages ffmpeg, Slurm, munge and
-# the linter when missing, as root or with sudo; .venv from requirements.txt + tests/requirements.txt
-# + the SoccerNet evaluator). The full run always lets pip check .venv; --fast skips pip when no
+# In parallel (pytest-xdist, LLAVA_TEST_WORKERS processes, default: the CPU cores: a process more only
+# adds its imports and makes the subprocesses fight for the cores); the tests of one xdist_group ("serial":
+# the real Slurm cluster, signals, heartbeats, --watch: tests that wait) run one after another in one of
+# those processes (--dist loadgroup), never two at once, and first, the longest group first
+# (tests/conftest.py): they are the longest chains. The install is tools/install_env.sh (Debian
+# packages ffmpeg, Slurm, munge and the linter when missing, as root or with sudo; .venv from
+# requirements.txt + tests/requirements.txt + the SoccerNet evaluator). The full run always lets pip check .venv; --fast skips pip when no
 # requirements file changed since the last install. Offline afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,17 +20,16 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 markers="not gpu"
 install=(bash tools/install_env.sh --verify tests)
-spare=1  # processes beyond the cores: the full tier's tests often wait on a subprocess or Slurm
 if [[ ${1:-} == --fast ]]; then
   shift
   markers="not slow and not gpu"
   install=(bash tools/install_env.sh tests)
-  spare=0  # the fast tier's rarely wait: a process more only adds its imports (2 cores: 82 s, not 91-96 s)
 fi
 "${install[@]}"
 
 venv=${LLAVA_VENV:-.venv}
-workers=${LLAVA_TEST_WORKERS:-$(($(nproc) + spare))}
+# 2 cores, full tier: 2 processes 7:49, 3 processes 8:15-8:25 (docs/testing.md); --fast: 82 s, not 91-96 s
+workers=${LLAVA_TEST_WORKERS:-$(nproc)}
 [[ ${workers} =~ ^[1-9][0-9]{0,2}$ ]] || { log "LLAVA_TEST_WORKERS=${workers} must be a number from 1 to 999"; exit 2; }
 log "running tests (-m '${markers}', ${workers} processes)"
 # a -m among the extra arguments comes later, so it wins

@@ -22,9 +22,9 @@ import pytest
 from conftest import ROOT, make_project
 from llava_soccer import synthetic
 
-# The tests on the real Slurm cluster run one after another, in the one process that holds the cluster (tests/run.sh,
-# tests/conftest.py). The runs without Slurm below need no cluster, so any process takes them.
-SLURM = pytest.mark.xdist_group("slurm")
+# The tests on the real Slurm cluster run one after another, in the one process that holds the cluster (the "serial"
+# group: tests/run.sh, tests/conftest.py). The runs without Slurm below need no cluster, so any process takes them.
+SLURM = pytest.mark.xdist_group("serial")
 
 SUBMIT = ROOT / "submit_llava.sh"
 # One GPU and 2 CPUs: one worker per video (each worker process costs seconds of CPU to start), and two jobs fit on

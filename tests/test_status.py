@@ -280,7 +280,7 @@ def test_a_renamed_video_is_counted_once(tmp_path):
     assert lines[9].endswith("; 4 events in the finals") and lines[10] == "events by label: Goal 2, Corner 1, Foul 1"
 
 
-@pytest.mark.xdist_group("slurm")  # the process that holds the Slurm cluster (tests/conftest.py)
+@pytest.mark.xdist_group("serial")  # the process that holds the Slurm cluster (tests/conftest.py)
 @pytest.mark.slow
 def test_a_real_slurm_job_is_in_progress_with_its_job_id(tmp_path_factory, slurm_cluster, base_env,  # noqa: F811
                                                          video_100s):

@@ -516,7 +516,7 @@ def submit_dir(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
+@pytest.mark.xdist_group("serial")
 def test_the_sbatch_line_check_prints_runs_as_printed_on_slurm(tmp_path, cluster, goal_checkpoint):
     """`bash submit_llava.sh --check 0 0` ends with `Submit with: sbatch ...`: typed as printed, it is a job that
     processes the video."""
@@ -535,7 +535,7 @@ def test_the_sbatch_line_check_prints_runs_as_printed_on_slurm(tmp_path, cluster
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
+@pytest.mark.xdist_group("serial")
 def test_a_misspelt_hub_id_stops_the_slurm_job_once(tmp_path, cluster, hub):
     """The README's `LLAVA_MODEL=... sbatch submit_llava.sh 0 2` with a misspelt id, on a node that reaches the
     hub (here a local one): the job fails once, with one line, before any worker of its 3 videos."""
@@ -553,7 +553,7 @@ def test_a_misspelt_hub_id_stops_the_slurm_job_once(tmp_path, cluster, hub):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
+@pytest.mark.xdist_group("serial")
 def test_the_sinfo_line_of_the_troubleshooting_runs(cluster):
     """docs/troubleshooting.md's sinfo shows what a node offers (partition, GPUs, CPUs, memory)."""
     (command,) = re.findall(r"`(sinfo [^`]+)`", (ROOT / "docs" / "troubleshooting.md").read_text())

@@ -230,10 +230,13 @@ def test_a_truncated_video_ends_incomplete_with_one_line_and_exit_3(tmp_path, no
 
 @pytest.mark.xdist_group("serial")
 @pytest.mark.slow
-def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint):
+def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_checkpoint, capsys):
+    """A worker process killed with SIGKILL mid-slice; the rerun (in this process: the kill is the point, not the
+    rerun's process) resumes after the saved windows and ends with the records of an uninterrupted run."""
     video = synthetic.make_video(tmp_path / "v.mkv", 24, "25")  # 12 windows: the kill lands after 4, well before 12
     clean, killed = (make_project(tmp_path / name, {"v.mkv": video}) for name in ("clean", "killed"))
-    assert run_engine(clean, goal_checkpoint, load_engine(goal_checkpoint)) == 0  # the reference, in this process
+    engine = load_engine(goal_checkpoint)
+    assert run_engine(clean, goal_checkpoint, engine) == 0  # the reference
     partial = partial_path(killed, 0, 0)
     proc = subprocess.Popen(worker_cmd(killed, goal_checkpoint), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400
@@ -243,15 +246,17 @@ def test_kill_9_mid_slice_then_rerun_gives_the_same_records(tmp_path, goal_check
     proc.wait()
     n_before = len(windows_of(partial))
     assert 4 <= n_before < 12
-    done = subprocess.run(worker_cmd(killed, goal_checkpoint), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert f"{n_before} already in" in done.stderr
+    capsys.readouterr()
+    assert run_engine(killed, goal_checkpoint, engine) == 0
+    assert f"{n_before} already in" in capsys.readouterr().err
     assert load(partial) == load(partial_path(clean, 0, 0))
 
 
 @pytest.mark.xdist_group("serial")
 @pytest.mark.slow
 def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
+    """SIGUSR1 to a worker process mid-slice: it saves, exits 75 and says how to resume; the rerun (in this process)
+    does the windows left."""
     video = synthetic.make_video(tmp_path / "v.mkv", 24, "25")  # 12 windows: the signal comes after 2
     project = make_project(tmp_path / "p", {"v.mkv": video})
     partial = partial_path(project, 0, 0)
@@ -265,7 +270,7 @@ def test_sigusr1_saves_and_exits_75_then_resumes(tmp_path, none_checkpoint):
     assert "SIGUSR1 received" in err and "rerun the same command to resume" in err
     n = len(windows_of(partial))
     assert 2 <= n < 12
-    assert subprocess.run(worker_cmd(project, none_checkpoint), capture_output=True).returncode == 0
+    assert run_worker(project, none_checkpoint) == 0
     assert [r["time"] for r in windows_of(partial)] == [2.0 * k for k in range(12)]
 
 
