@@ -11,8 +11,9 @@
 # those processes (--dist loadgroup), never two at once, and first, the longest group first
 # (tests/conftest.py): they are the longest chains. The install is tools/install_env.sh (Debian
 # packages ffmpeg, Slurm, munge and the linter when missing, as root or with sudo; .venv from
-# requirements.txt + tests/requirements.txt + the SoccerNet evaluator). The full run always lets pip check .venv; --fast skips pip when no
-# requirements file changed since the last install. Offline afterwards.
+# requirements.txt + tests/requirements.txt + the SoccerNet evaluator). The full run always lets
+# pip check .venv; --fast skips pip when no requirements file changed since the last install.
+# Offline afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ fi
 "${install[@]}"
 
 venv=${LLAVA_VENV:-.venv}
-# 2 cores, full tier: 2 processes 7:49, 3 processes 8:15-8:25 (docs/testing.md); --fast: 82 s, not 91-96 s
+# the cores, not one more: measured in docs/testing.md ("How 8 minutes was reached")
 workers=${LLAVA_TEST_WORKERS:-$(nproc)}
 [[ ${workers} =~ ^[1-9][0-9]{0,2}$ ]] || { log "LLAVA_TEST_WORKERS=${workers} must be a number from 1 to 999"; exit 2; }
 log "running tests (-m '${markers}', ${workers} processes)"
