@@ -45,7 +45,8 @@ def forced_engine(ckpt, chosen, forced_ids):
     def force(logits, positions):
         b = len(positions)
         start.setdefault(b, positions.clone())
-        step = (positions - start[b]).clamp(max=len(forced_ids) - 1)
+        # A finished row's position is 0 (decoding.Step): clamp below too, or its step indexes out of bounds.
+        step = (positions - start[b]).clamp(0, len(forced_ids) - 1)
         target = forced[step]
         wanted = torch.where(torch.arange(logits.shape[1], device=logits.device)[None] == target[:, None], 1e4, -1e4)
         return torch.where(torch.arange(b, device=logits.device)[:, None] == 0, wanted.to(logits.dtype), logits)
@@ -53,15 +54,20 @@ def forced_engine(ckpt, chosen, forced_ids):
 
 
 def plain_forward(engine, window):
-    """scores.reference's forward: the loaded model's own forward over prompt + before + tokens."""
+    """scores.reference's forward: the loaded model's own forward over prompt + before + tokens, as generate()
+    runs it: the prompt with its images, then the answer's ids through the cache, as text. (In one forward, an
+    answer token that a random model wrote as the image token's id would count as an image placeholder.)"""
     model, one = engine.model, decoding.on_model(engine.model, window)
 
     def forward(before, tokens):
-        ids = torch.cat([one["input_ids"], torch.tensor([list(before) + list(tokens)], device=model.device)], 1)
+        answer = torch.tensor([list(before) + list(tokens)], device=model.device)
         with torch.inference_mode(), engine.attention():
-            logits = model(input_ids=ids, pixel_values=one["pixel_values"], image_sizes=one["image_sizes"],
-                           logits_to_keep=len(tokens) + 1).logits[0]
-        return logits.double().log_softmax(-1)
+            prompt = model(input_ids=one["input_ids"], pixel_values=one["pixel_values"],
+                           image_sizes=one["image_sizes"], use_cache=True, logits_to_keep=1)
+            logits = [prompt.logits[0]]
+            if answer.shape[1]:
+                logits.append(model(input_ids=answer, past_key_values=prompt.past_key_values).logits[0])
+        return torch.cat(logits)[-len(tokens) - 1:].double().log_softmax(-1)
     return forward
 
 
