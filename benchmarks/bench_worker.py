@@ -289,14 +289,7 @@ def scores_check(engine, info, new_tokens=8):
     answers = engine.answer(windows, Generation(new_tokens))
     worst, same_order = 0.0, []
     for window, a in zip(windows, answers):
-        one = decoding.on_model(model, window)
-
-        def forward(before, cont, one=one):
-            ids = torch.cat([one["input_ids"], torch.tensor([list(before) + list(cont)], device=model.device)], 1)
-            with torch.inference_mode(), engine.attention():
-                logits = model(input_ids=ids, pixel_values=one["pixel_values"], image_sizes=one["image_sizes"],
-                               logits_to_keep=len(cont) + 1).logits[0]
-            return logits.double().log_softmax(-1)
+        forward = scores.plain_forward(model, decoding.on_model(model, window), engine.attention)
         found = scores.reference(forward, tok, a.ids, a.text)
         none = math.exp(found.pop(scores.NONE))
         ref = {c: math.log(1 - none) + found[c] for c in a.class_scores}

@@ -19,6 +19,7 @@ classes are disjoint events and names that share tokens ("Shots on/off target") 
 Each continuation sees the prompt and its own prefix, not the others (decoding.Tree). P("None") is the
 probability of the answer's opening tokens spelling "None"; recorded for every window, scores or not.
 """
+import contextlib
 import functools
 import math
 import re
@@ -223,6 +224,24 @@ def reference(forward, tokenizer, answer_ids, text, classes=SOCCERNET_CLASSES) -
             value = math.fsum([float(rows[j, t]) for j, t in enumerate(tokens)] + [float(ends)])
             found[name] = max(found.get(name, -math.inf), value)
     return found
+
+
+def plain_forward(model, window, context=contextlib.nullcontext):
+    """reference()'s forward from the model's own forward passes, run as generate() runs them: the window's
+    inputs (any family's, on the model's device) with their images, then before + tokens as text through the
+    cache. (In one pass over prompt + answer, an answer token that a random model wrote as the image token's
+    id would count as an image placeholder.) context: the engine's attention choice."""
+    import torch
+
+    def forward(before, tokens):
+        answer = torch.tensor([list(before) + list(tokens)], dtype=torch.long, device=model.device)
+        with torch.inference_mode(), context():
+            prompt = model(**window, use_cache=True, logits_to_keep=1)
+            rows = [prompt.logits[0]]
+            if answer.shape[1]:  # no attention mask: positions go on from the cache's length
+                rows.append(model(input_ids=answer, past_key_values=prompt.past_key_values).logits[0])
+        return torch.cat(rows)[-len(tokens) - 1:].double().log_softmax(-1)
+    return forward
 
 
 def _round(x, digits):

@@ -53,29 +53,12 @@ def windows(engine, starts, frames=(4, 4, 4)):
                                                                for _ in range(f)]) for t, f in zip(starts, frames)])
 
 
-def forward(model, window):
-    """scores.reference's forward: log-probabilities after prompt + before + each prefix of tokens, from the
-    model's own forward over the whole sequence: the window's inputs (any family's) with the text tokens
-    appended to its per-token inputs (input_ids, attention_mask, and Qwen's mm_token_type_ids: 0, text)."""
-    def run(before, tokens):
-        extra = torch.tensor([list(before) + list(tokens)], dtype=torch.long)
-        inputs = {**window, "input_ids": torch.cat([window["input_ids"], extra], 1)}
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if "mm_token_type_ids" in window:
-            inputs["mm_token_type_ids"] = torch.cat([window["mm_token_type_ids"], torch.zeros_like(
-                extra, dtype=window["mm_token_type_ids"].dtype)], 1)
-        with torch.inference_mode():
-            logits = model(**inputs).logits[0].double().log_softmax(-1)
-        return logits[inputs["input_ids"].shape[1] - len(tokens) - 1:]
-    return run
-
-
 def assert_scores(engine, window, answer, class_scores=True):
     """The answer's P(None) and class scores are plain forward passes' (scores.reference: every label
     position, each class's name then any token that closes it), with the (1 - P(None)) factor. Returns
     scores.reference's log-probabilities."""
     tok = engine.processor.tokenizer
-    found = scores.reference(forward(engine.model, window), tok, answer.ids, answer.text,
+    found = scores.reference(scores.plain_forward(engine.model, window), tok, answer.ids, answer.text,
                              SOCCERNET_CLASSES if class_scores else ())
     none = math.exp(found[scores.NONE])
     assert 1e-3 < none < 0.1  # the biased checkpoint's: a missing (1 - P(None)) factor shows
@@ -153,7 +136,7 @@ def test_every_label_the_answer_wrote_is_scored_after_its_own_prefix(engine):
     every = [assert_scores(engine, window, answer) for window, answer in zip(inputs, answers)][0]
     # the largest is at a later label for some class: scoring the first label alone would be caught
     p, prefix, _ = anchors[0]
-    first = scores.reference(forward(engine.model, inputs[0]), tok, answers[0].ids[:p], prefix)
+    first = scores.reference(scores.plain_forward(engine.model, inputs[0]), tok, answers[0].ids[:p], prefix)
     assert any(every[c] > first[c] + 0.1 for c in SOCCERNET_CLASSES)
 
 
@@ -189,6 +172,20 @@ def test_token_probabilities_are_generates_own(engine):
         (prob,) = answer.label_probs(tok, [span])
         assert prob == pytest.approx(math.exp(sum(theirs[a:b])), rel=1e-5)
         assert answer.label_probs(tok, [None, [5, 5], [0, len(answer.text) + 1]]) == [None, None, None]
+
+
+def test_the_reference_reads_the_image_tokens_id_in_an_answer_as_text(engine):
+    """A random model can write the image token's id (one did on the H100, 2026-12-07): the reference runs the
+    answer through the cache as generate() does, where one pass over prompt + answer counted it as one more
+    image placeholder and raised. Row k predicts token k of before + tokens whatever the split."""
+    window = windows(engine, [0.0], (2,))[0]
+    text = engine.processor.tokenizer("{'label': 'Foul'", add_special_tokens=False)["input_ids"]
+    forward = scores.plain_forward(engine.model, window)
+    whole = forward([], text)
+    rows = forward([], text + [engine.model.config.image_token_id] + text)
+    assert rows.shape[0] == 2 * len(text) + 2 and torch.isfinite(rows).all()
+    torch.testing.assert_close(rows[:len(text) + 1], whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(forward(text[:3], text[3:]), whole[3:], rtol=0, atol=1e-5)
 
 
 def test_a_label_spelled_over_split_characters_counts_every_byte_token():

@@ -54,21 +54,8 @@ def forced_engine(ckpt, chosen, forced_ids):
 
 
 def plain_forward(engine, window):
-    """scores.reference's forward: the loaded model's own forward over prompt + before + tokens, as generate()
-    runs it: the prompt with its images, then the answer's ids through the cache, as text. (In one forward, an
-    answer token that a random model wrote as the image token's id would count as an image placeholder.)"""
-    model, one = engine.model, decoding.on_model(engine.model, window)
-
-    def forward(before, tokens):
-        answer = torch.tensor([list(before) + list(tokens)], device=model.device)
-        with torch.inference_mode(), engine.attention():
-            prompt = model(input_ids=one["input_ids"], pixel_values=one["pixel_values"],
-                           image_sizes=one["image_sizes"], use_cache=True, logits_to_keep=1)
-            logits = [prompt.logits[0]]
-            if answer.shape[1]:
-                logits.append(model(input_ids=answer, past_key_values=prompt.past_key_values).logits[0])
-        return torch.cat(logits)[-len(tokens) - 1:].double().log_softmax(-1)
-    return forward
+    """scores.reference's forward: the loaded model's own forward passes over prompt + before + tokens."""
+    return scores.plain_forward(engine.model, decoding.on_model(engine.model, window), engine.attention)
 
 
 @pytest.mark.parametrize("quantization,assume", [("bf16", None), ("fp16", "7.0,12"), ("nf4", None)])
