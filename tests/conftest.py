@@ -168,6 +168,19 @@ def load_engine(checkpoint, quantization="fp32", visual_tokens="full", **flags):
     return Engine.load(str(checkpoint), cpu_plan(quantization, **flags), "cpu", visual_tokens)
 
 
+def appended(window, tokens):
+    """A window's inputs (any family's) with text tokens after its prompt: its per-token inputs extended (Qwen's
+    mm_token_type_ids: 0, text)."""
+    import torch
+    extra = torch.as_tensor(tokens, dtype=torch.long)[None]
+    out = {**window, "input_ids": torch.cat([window["input_ids"], extra], 1)}
+    for key in ("attention_mask", "mm_token_type_ids"):
+        if key in window:
+            fill = torch.full_like(extra, key == "attention_mask", dtype=window[key].dtype)
+            out[key] = torch.cat([window[key], fill], 1)
+    return out
+
+
 @pytest.fixture
 def saved_figures(monkeypatch):
     """{file name: matplotlib Figure} of every plot compare_counts.py and evaluate_soccernet.py save: what each

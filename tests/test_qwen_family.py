@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import GOAL_ANSWER, ROOT, cpu_plan
+from conftest import GOAL_ANSWER, ROOT, appended, cpu_plan
 from llava_soccer import events, scores
 from llava_soccer.families import qwen2_5_vl as qwen
 from llava_soccer.prompt import clock
@@ -35,14 +35,6 @@ def parrot_qwen(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(random_qwen):
     return qwen.load(str(random_qwen), cpu_plan("fp32"), "cpu")
-
-
-def appended(w, tokens):
-    """The window's inputs with text tokens appended after the prompt (what the model sees once it answered)."""
-    extra = torch.tensor([tokens], dtype=torch.long)
-    return {**w, "input_ids": torch.cat([w["input_ids"], extra], 1),
-            "attention_mask": torch.cat([w["attention_mask"], torch.ones_like(extra)], 1),
-            "mm_token_type_ids": torch.cat([w["mm_token_type_ids"], torch.zeros_like(extra, dtype=torch.int32)], 1)}
 
 
 def test_embed_gives_the_models_own_logits(loaded):

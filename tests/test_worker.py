@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import llava_split_worker as worker
-from conftest import GOAL_ANSWER, ROOT, cpu_plan, load, load_engine, make_project, nobody_prefix
+from conftest import GOAL_ANSWER, ROOT, appended, cpu_plan, load, load_engine, make_project, nobody_prefix
 from llava_soccer import cli, decoding, families, jsonio, reporting, synthetic, videos
 from llava_soccer import worker as worker_loop
 from llava_soccer.families import llava_next
@@ -676,18 +676,6 @@ def test_a_fast_decode_step_gives_the_logits_of_the_models_own_forward(tmp_path,
                 logits = model(**appended(window, new[row, :t + 1])).logits
                 torch.testing.assert_close(ours[t][row], logits[0, -1], rtol=1e-5, atol=1e-4)
     assert lengths[0] > lengths[1] and (offsets != 0).all() == (family.NAME == "qwen2_5_vl")
-
-
-def appended(window, tokens):
-    """A window's inputs (any family's) with text tokens after its prompt: its per-token inputs extended (Qwen's
-    mm_token_type_ids: 0, text)."""
-    extra = torch.as_tensor(tokens, dtype=torch.long)[None]
-    out = {**window, "input_ids": torch.cat([window["input_ids"], extra], 1)}
-    for key in ("attention_mask", "mm_token_type_ids"):
-        if key in window:
-            fill = torch.full_like(extra, key == "attention_mask", dtype=window[key].dtype)
-            out[key] = torch.cat([window[key], fill], 1)
-    return out
 
 
 # --- operational failures: one line, before the model loads where possible, data intact ----------
